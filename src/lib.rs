@@ -1,1 +1,15 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod config;
+pub mod engine;
+pub mod klarna;
+pub mod partner;
+
+pub use config::{ConfigError, ConfigErrors, StepUpConfig};
+pub use engine::{
+    AuthorizeResult, Candidate, Exchange, KeepReason, Refusal, RequestVerdict, ResponseVerdict,
+    Route, StepUp,
+};

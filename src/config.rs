@@ -1,0 +1,275 @@
+//! The configuration: plain serde types (TOML in files), validated once into a
+//! [`StepUp`](crate::StepUp) engine. Every validation error names its key.
+//!
+//! An empty configuration is valid; every field documents its default.
+//!
+//! ```toml
+//! body_limit = 1048576                 # bytes; larger candidate bodies get 413
+//! inject_at = ""                       # dot path of the object that gets step_up_config ("" = top level)
+//! klarna_answer_at = ""                # dot path of Klarna's answer in the upstream body ("" = whole body)
+//!
+//! [[routes]]                           # default: POST /payments, /v1/payments,
+//! method = "POST"                      #   /v2/accounts/{id}/payment/authorize
+//! path = "/payments"
+//!
+//! [detect]
+//! payment_method = ["klarna"]          # payment_method == v, or payment_method.type == v
+//! authorize_shape = true               # request_payment_transaction present
+//!
+//! [partner_fields]
+//! return_url = ["klarna_return_url", "return_url"]
+//! app_return_url = ["klarna_app_return_url", "app_return_url"]
+//! reference = ["reference"]
+//! strip = ["klarna_return_url", "klarna_app_return_url"]   # removed before forwarding
+//!
+//! [defaults]
+//! return_url = "https://pay.acquirer.example/klarna/return"   # when the partner gives none
+//! app_return_url = "acquirerapp://klarna"
+//! interaction_expiry = "PT30M"         # 15 min ..= 48 h
+//!
+//! [return_url_policy]
+//! schemes = ["https"]
+//! http_hosts = ["localhost"]           # hosts for which plain http is allowed
+//! allowed_hosts = ["*.partner.example"] # empty = any host
+//! max_length = 2000
+//!
+//! [partner_response]
+//! pending = "pending"
+//! authorized = "authorized"
+//! declined = "declined"
+//! redirect_url = "{payment_request_url}"  # or "https://pay.acquirer.example/r/{payment_request_id}"
+//! ```
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole step-up configuration, as written in a TOML file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StepUpConfig {
+    /// Largest candidate request body that is buffered, in bytes (default 1 MiB).
+    pub body_limit: Option<usize>,
+    /// Dot path of the JSON object of the forwarded body that receives `step_up_config`
+    /// (default `""`, the top level). Missing objects on the path are created.
+    pub inject_at: String,
+    /// Dot path of Klarna's authorize answer inside the upstream's response body (default
+    /// `""`, the whole body). The partner block replaces the answer at that place.
+    pub klarna_answer_at: String,
+    /// Candidate routes (default: `POST /payments`, `POST /v1/payments`,
+    /// `POST /v2/accounts/{id}/payment/authorize`).
+    pub routes: Option<Vec<RouteConfig>>,
+    /// How a candidate body is recognized as a Klarna payment.
+    pub detect: DetectConfig,
+    /// Where the partner's fields are read.
+    pub partner_fields: PartnerFieldsConfig,
+    /// Acquirer defaults used when the partner gives none.
+    pub defaults: DefaultsConfig,
+    /// Which return URLs are accepted.
+    pub return_url_policy: ReturnUrlPolicyConfig,
+    /// The partner-facing vocabulary.
+    pub partner_response: PartnerResponseConfig,
+}
+
+/// One candidate route: a method and a path pattern where `{name}` matches one segment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// HTTP method, e.g. `POST`.
+    pub method: String,
+    /// Path pattern, e.g. `/v2/accounts/{id}/payment/authorize`.
+    pub path: String,
+}
+
+/// How a candidate body is recognized as a Klarna payment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectConfig {
+    /// Values of `payment_method` (or `payment_method.type`) that mean Klarna
+    /// (default `["klarna"]`, compared ASCII case-insensitively).
+    pub payment_method: Vec<String>,
+    /// A body with Klarna's authorize shape (`request_payment_transaction`) is Klarna
+    /// (default true).
+    pub authorize_shape: bool,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            payment_method: vec!["klarna".into()],
+            authorize_shape: true,
+        }
+    }
+}
+
+/// Where the partner's fields are read, first name found wins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PartnerFieldsConfig {
+    /// Default `["klarna_return_url", "return_url"]`.
+    pub return_url: Vec<String>,
+    /// Default `["klarna_app_return_url", "app_return_url"]`.
+    pub app_return_url: Vec<String>,
+    /// Field used as `payment_request_reference` (default `["reference"]`); a UUID is
+    /// generated when none is present.
+    pub reference: Vec<String>,
+    /// Partner-only fields removed from the forwarded body once consumed (default
+    /// `["klarna_return_url", "klarna_app_return_url"]`; `[]` keeps everything).
+    pub strip: Vec<String>,
+}
+
+impl Default for PartnerFieldsConfig {
+    fn default() -> Self {
+        PartnerFieldsConfig {
+            return_url: vec!["klarna_return_url".into(), "return_url".into()],
+            app_return_url: vec!["klarna_app_return_url".into(), "app_return_url".into()],
+            reference: vec!["reference".into()],
+            strip: vec!["klarna_return_url".into(), "klarna_app_return_url".into()],
+        }
+    }
+}
+
+/// Acquirer defaults used when the partner gives none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DefaultsConfig {
+    /// Return URL when the partner gives none (default: none, and such requests are refused).
+    pub return_url: Option<String>,
+    /// App return URL when the partner gives none (default: none, and none is sent).
+    pub app_return_url: Option<String>,
+    /// `customer_interaction_config.interaction_expiry.duration`, ISO 8601 (e.g. `PT30M`),
+    /// 15 minutes ..= 48 hours (default: none, Klarna's 3 hours).
+    pub interaction_expiry: Option<String>,
+}
+
+/// Which return URLs are accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReturnUrlPolicyConfig {
+    /// Allowed schemes (default `["https"]`).
+    pub schemes: Vec<String>,
+    /// Hosts for which `http` is allowed too (default none).
+    pub http_hosts: Vec<String>,
+    /// Allowed hosts, exact or `*.example.com` (default empty: any host).
+    pub allowed_hosts: Vec<String>,
+    /// Longest URL accepted, in bytes (default 2000).
+    pub max_length: usize,
+}
+
+impl Default for ReturnUrlPolicyConfig {
+    fn default() -> Self {
+        ReturnUrlPolicyConfig {
+            schemes: vec!["https".into()],
+            http_hosts: Vec::new(),
+            allowed_hosts: Vec::new(),
+            max_length: 2000,
+        }
+    }
+}
+
+/// The words and URL the partner sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PartnerResponseConfig {
+    /// `status` for STEP_UP_REQUIRED (default `pending`).
+    pub pending: String,
+    /// `status` for APPROVED (default `authorized`).
+    pub authorized: String,
+    /// `status` for DECLINED (default `declined`).
+    pub declined: String,
+    /// `redirect_url` template with `{payment_request_url}`, `{payment_request_id}` and
+    /// `{payment_request_reference}` (default `{payment_request_url}`).
+    pub redirect_url: String,
+}
+
+impl Default for PartnerResponseConfig {
+    fn default() -> Self {
+        PartnerResponseConfig {
+            pending: "pending".into(),
+            authorized: "authorized".into(),
+            declined: "declined".into(),
+            redirect_url: "{payment_request_url}".into(),
+        }
+    }
+}
+
+impl StepUpConfig {
+    /// Parses a TOML document. Unknown keys are errors.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigErrors> {
+        toml::from_str(text).map_err(|e| {
+            let key = e.message().split('`').nth(1).unwrap_or("").to_owned();
+            ConfigErrors(vec![ConfigError {
+                key,
+                reason: e.to_string().trim().to_owned(),
+            }])
+        })
+    }
+
+    /// The default candidate routes.
+    pub fn default_routes() -> Vec<RouteConfig> {
+        [
+            "/payments",
+            "/v1/payments",
+            "/v2/accounts/{id}/payment/authorize",
+        ]
+        .into_iter()
+        .map(|path| RouteConfig {
+            method: "POST".into(),
+            path: path.into(),
+        })
+        .collect()
+    }
+
+    /// The configuration with every default spelled out, as the engine sees it.
+    pub fn effective(&self) -> StepUpConfig {
+        let mut c = self.clone();
+        c.body_limit
+            .get_or_insert(crate::engine::DEFAULT_BODY_LIMIT);
+        c.routes.get_or_insert_with(Self::default_routes);
+        c
+    }
+}
+
+/// One configuration error: the key (dotted path) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key, e.g. `return_url_policy.allowed_hosts[1]`.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Every error found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            if e.key.is_empty() {
+                write!(f, "{}", e.reason)?;
+            } else {
+                write!(f, "{}: {}", e.key, e.reason)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Collects errors while validating.
+#[derive(Default)]
+pub(crate) struct Problems(pub Vec<ConfigError>);
+
+impl Problems {
+    pub fn add(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+}

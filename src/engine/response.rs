@@ -1,0 +1,194 @@
+//! Response side: turn Klarna's authorize answer into the partner-facing block.
+
+use std::fmt;
+
+use http::{HeaderMap, StatusCode};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde_json::value::RawValue;
+
+use super::json::{self, Edits, Object};
+use super::{AuthorizeResult, Engine, Exchange, ResponseVerdict, StepUp, TemplatePart};
+use crate::klarna::{self, AuthorizeAnswer, PaymentRequest};
+use crate::partner::{Declined, FinalResponse, JsonText, PendingKlarna, PendingResponse};
+
+/// Characters escaped when an id is put into a `redirect_url` template.
+const TEMPLATE_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b':');
+
+/// Why an answer passed through untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeepReason {
+    /// Not a 2xx, or not JSON by its content type: not offered for a rewrite.
+    NotOffered,
+    /// The body is not valid JSON.
+    NotJson,
+    /// Nothing at `klarna_answer_at`, or not Klarna's authorize shape.
+    NoAnswer,
+    /// A `result` this version does not know.
+    UnknownResult,
+    /// A field the partner block needs is missing.
+    MissingField(&'static str),
+}
+
+impl fmt::Display for KeepReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeepReason::NotOffered => f.write_str("not a 2xx JSON answer"),
+            KeepReason::NotJson => f.write_str("the body is not JSON"),
+            KeepReason::NoAnswer => f.write_str("no Klarna authorize answer found"),
+            KeepReason::UnknownResult => f.write_str("unknown payment_transaction_response.result"),
+            KeepReason::MissingField(field) => write!(f, "missing {field}"),
+        }
+    }
+}
+
+impl StepUp {
+    /// Rewrites the upstream's answer to a Klarna exchange into the partner block, or says
+    /// why it must pass through untouched. Never fails, never panics on any input.
+    pub fn rewrite_response(
+        &self,
+        exchange: &Exchange,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> ResponseVerdict {
+        if !self.wants_response(exchange, status, headers) {
+            return ResponseVerdict::Keep(KeepReason::NotOffered);
+        }
+        match self.inner.rewrite(exchange, body) {
+            Ok((body, result)) => ResponseVerdict::Rewritten { body, result },
+            Err(reason) => ResponseVerdict::Keep(reason),
+        }
+    }
+}
+
+impl Engine {
+    fn rewrite(
+        &self,
+        exchange: &Exchange,
+        body: &[u8],
+    ) -> Result<(Vec<u8>, AuthorizeResult), KeepReason> {
+        // Locate the answer: the whole body, or the value at klarna_answer_at.
+        let answer: &RawValue = if self.answer_at.is_empty() {
+            serde_json::from_slice(body).map_err(|_| KeepReason::NotJson)?
+        } else {
+            let mut obj = Object::parse(body).ok_or(KeepReason::NotJson)?;
+            let (last, path) = self.answer_at.split_last().ok_or(KeepReason::NoAnswer)?;
+            for seg in path {
+                obj = obj
+                    .get(seg)
+                    .and_then(Object::from_raw)
+                    .ok_or(KeepReason::NoAnswer)?;
+            }
+            obj.get(last).ok_or(KeepReason::NoAnswer)?
+        };
+        let parsed: AuthorizeAnswer<'_> =
+            serde_json::from_str(answer.get()).map_err(|_| KeepReason::NoAnswer)?;
+        let result = parsed
+            .payment_transaction_response
+            .as_ref()
+            .and_then(|r| r.result.as_deref())
+            .ok_or(KeepReason::NoAnswer)?;
+        let (block, result) = match result {
+            klarna::STEP_UP_REQUIRED => (
+                self.pending_block(exchange, &parsed)?,
+                AuthorizeResult::StepUpRequired,
+            ),
+            klarna::APPROVED => (self.approved_block(&parsed)?, AuthorizeResult::Approved),
+            klarna::DECLINED => (self.declined_block(&parsed), AuthorizeResult::Declined),
+            _ => return Err(KeepReason::UnknownResult),
+        };
+        if self.answer_at.is_empty() {
+            return Ok((block, result));
+        }
+        let mut edits = Edits::default();
+        edits.replace(json::span(body, answer.get()), block);
+        Ok((edits.apply(body), result))
+    }
+
+    fn pending_block(
+        &self,
+        exchange: &Exchange,
+        answer: &AuthorizeAnswer<'_>,
+    ) -> Result<Vec<u8>, KeepReason> {
+        let pr: &PaymentRequest<'_> = answer
+            .payment_request
+            .as_ref()
+            .ok_or(KeepReason::MissingField("payment_request"))?;
+        let id = pr.id().ok_or(KeepReason::MissingField(
+            "payment_request.payment_request_id",
+        ))?;
+        let url = pr.url().ok_or(KeepReason::MissingField(
+            "payment_request.payment_request_url",
+        ))?;
+        let data = match pr.payment_request_data.filter(|d| d.get() != "null") {
+            Some(d) if d.get().starts_with('"') => JsonText::Literal(d),
+            Some(d) => JsonText::Text(d.get().to_owned()),
+            None => JsonText::Text(minimal_payment_request_data(id)),
+        };
+        let mut redirect = String::with_capacity(url.len() + 32);
+        for part in &self.redirect_template {
+            match part {
+                TemplatePart::Literal(s) => redirect.push_str(s),
+                TemplatePart::Url => redirect.push_str(url),
+                TemplatePart::Id => redirect.extend(utf8_percent_encode(id, TEMPLATE_ESCAPE)),
+                TemplatePart::Reference => {
+                    redirect.extend(utf8_percent_encode(&exchange.reference, TEMPLATE_ESCAPE))
+                }
+            }
+        }
+        let block = PendingResponse {
+            status: &self.words.pending,
+            redirect_url: &redirect,
+            klarna: PendingKlarna {
+                payment_request_id: id,
+                payment_request_url: url,
+                payment_request_data: data,
+                klarna_network_response_data: answer.klarna_network_response_data,
+            },
+        };
+        Ok(serde_json::to_vec(&block).expect("serializing strings and raw JSON cannot fail"))
+    }
+
+    fn approved_block(&self, answer: &AuthorizeAnswer<'_>) -> Result<Vec<u8>, KeepReason> {
+        let tx = answer
+            .payment_transaction_response
+            .as_ref()
+            .and_then(|r| r.payment_transaction)
+            .filter(|t| t.get().starts_with('{'))
+            .ok_or(KeepReason::MissingField(
+                "payment_transaction_response.payment_transaction",
+            ))?;
+        let block = FinalResponse {
+            status: &self.words.authorized,
+            klarna: tx,
+        };
+        Ok(serde_json::to_vec(&block).expect("serializing strings and raw JSON cannot fail"))
+    }
+
+    fn declined_block(&self, answer: &AuthorizeAnswer<'_>) -> Vec<u8> {
+        let result_reason = answer
+            .payment_transaction_response
+            .as_ref()
+            .and_then(|r| r.result_reason);
+        let block = FinalResponse {
+            status: &self.words.declined,
+            klarna: Declined { result_reason },
+        };
+        serde_json::to_vec(&block).expect("serializing strings and raw JSON cannot fail")
+    }
+}
+
+/// The documented minimal `payment_request_data`, built from the id when Klarna sent none.
+pub(crate) fn minimal_payment_request_data(id: &str) -> String {
+    let id = serde_json::to_string(id).expect("serializing a string cannot fail");
+    format!(
+        r#"{{"content_type":"{}","content":{{"payment_request":{{"payment_request_id":{id}}}}}}}"#,
+        klarna::PAYMENT_REQUEST_DATA_CONTENT_TYPE
+    )
+}
