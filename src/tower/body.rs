@@ -1,0 +1,93 @@
+//! The body type the layer hands on: the caller's stream untouched, or bytes it rewrote.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// A body that is either streamed through untouched or replaced by whole bytes.
+    ///
+    /// Requests and responses the layer does not touch keep their own body, frame for frame;
+    /// only Klarna exchanges carry [`full`](StepUpBody::full) bodies.
+    pub struct StepUpBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Stream { #[pin] body: B },
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl<B> StepUpBody<B> {
+    /// Streams `body` through untouched.
+    pub fn new(body: B) -> Self {
+        StepUpBody {
+            kind: Kind::Stream { body },
+        }
+    }
+
+    /// A body of exactly these bytes.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        StepUpBody {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+}
+
+impl<B> Body for StepUpBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Stream { body } => body.poll_frame(cx),
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Stream { body } => body.is_end_stream(),
+            Kind::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Stream { body } => body.size_hint(),
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for StepUpBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Stream { .. } => f.write_str("StepUpBody::Stream"),
+            Kind::Full { data } => write!(
+                f,
+                "StepUpBody::Full({} bytes)",
+                data.as_ref().map_or(0, Bytes::len)
+            ),
+        }
+    }
+}

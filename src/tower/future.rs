@@ -1,0 +1,62 @@
+//! [`ResponseFuture`]: passthrough without allocation, Klarna exchanges boxed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use super::StepUpBody;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+pin_project! {
+    /// The response future of [`KlarnaStepUp`](super::KlarnaStepUp).
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E> {
+        // Not a candidate: the inner future, its body wrapped on the way out.
+        Passthrough { #[pin] future: F },
+        // A candidate: body reading, the inner call and the rewrite, in one boxed future. The
+        // box is one allocation on a path that buffers bodies anyway.
+        StepUp { future: BoxFuture<Result<Response<StepUpBody<B>>, E>> },
+    }
+}
+
+impl<F, B, E> ResponseFuture<F, B, E> {
+    pub(super) fn passthrough(future: F) -> Self {
+        ResponseFuture {
+            kind: Kind::Passthrough { future },
+        }
+    }
+
+    pub(super) fn step_up(future: BoxFuture<Result<Response<StepUpBody<B>>, E>>) -> Self {
+        ResponseFuture {
+            kind: Kind::StepUp { future },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<StepUpBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Passthrough { future } => {
+                let res = ready!(future.poll(cx))?;
+                Poll::Ready(Ok(res.map(StepUpBody::new)))
+            }
+            KindProj::StepUp { future } => future.as_mut().poll(cx),
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The tower adapter: [`KlarnaStepUpLayer`] for services built on tower, hyper or axum.
+//!
+//! ```no_run
+//! use axum::{routing::post, Json, Router};
+//! use klarna_stepup::{tower::KlarnaStepUpLayer, StepUp};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let step_up = StepUp::from_toml(r#"
+//!     [defaults]
+//!     return_url = "https://pay.acquirer.example/klarna/return"
+//! "#)?;
+//! let payment_api = Router::new().route("/payments", post(|body: String| async move { body }));
+//! let app = payment_api.layer(KlarnaStepUpLayer::new(step_up));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! What it does per request:
+//! - Not a candidate route: nothing is buffered; request and response stream through.
+//! - Candidate: the body is read up to the limit (413 beyond it). Not Klarna: forwarded
+//!   byte for byte. Refused: a 400 JSON error, the inner service is not called. Klarna: the
+//!   new body goes on with an exact `Content-Length` and `Accept-Encoding: identity`.
+//! - The answer to a Klarna request, when it is a 2xx JSON: read, decoded if compressed
+//!   (gzip, deflate, br, zstd), rewritten, sent uncompressed with an exact length and no
+//!   stale validators. Anything else goes through untouched with `x-klarna-stepup:
+//!   passthrough`. Put a compression layer outside this one to compress for clients.
+//!
+//! # Security considerations
+//! Return URLs are validated before anything is sent upstream (scheme, host allow-list, no
+//! user info, no control characters, known placeholders only). Logs carry the route, the
+//! `payment_request_reference` and the outcome, never URLs, tokens or bodies.
+
+mod body;
+mod decode;
+mod future;
+mod layer;
+mod service;
+
+pub use body::StepUpBody;
+pub use future::ResponseFuture;
+pub use layer::KlarnaStepUpLayer;
+pub use service::KlarnaStepUp;
