@@ -1,1 +1,4 @@
 //! placeholder
+
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
