@@ -804,8 +804,52 @@ async fn payment_api_passes_klarna_errors_through_unchanged() {
         get(&format!("{api}/payments/order-9")).await.json()["state"],
         "FAILED"
     );
+    // Fixed and sent again under the same reference.
+    let answer = create_payment(&api, &partner_payment("order-9")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(
+        get(&format!("{api}/payments/order-9")).await.json()["state"],
+        "PENDING_STEP_UP"
+    );
     assert_eq!(
         get(&format!("{api}/payments/unknown")).await.status,
         StatusCode::NOT_FOUND
     );
+}
+
+#[tokio::test]
+async fn echoes_partner_correlation_id() {
+    let sandbox = Sandbox::start(None).await;
+    let answer = sandbox
+        .authorize(
+            &authorize_body(1, "approve-1"),
+            &[("partner-correlation-id", "abc123")],
+        )
+        .await;
+    assert_eq!(answer.headers["partner-correlation-id"], "abc123");
+    assert!(answer.headers.contains_key("klarna-correlation-id"));
+}
+
+#[tokio::test]
+async fn keeps_a_bounded_number_of_requests() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let mut config = KlarnaSandboxConfig::new(KEY, base.clone());
+    config.max_requests = 2;
+    let handle = KlarnaSandbox::new(config);
+    tokio::spawn(handle.clone().serve(listener));
+    let sandbox = Sandbox { handle, base };
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let request = sandbox.step_up(100, "https://shop.test/r", None).await;
+        ids.push(
+            request["payment_request_id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
+    }
+    assert_eq!(sandbox.read(&ids[0]).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(sandbox.read(&ids[1]).await.status, StatusCode::OK);
+    assert_eq!(sandbox.read(&ids[2]).await.status, StatusCode::OK);
 }

@@ -889,7 +889,28 @@ async fn authorize(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = sandbox.refuse_access(&headers, &account_id) {
+    let mut response = authorize_answer(&sandbox, &account_id, &headers, body).await;
+    // Klarna echoes an alphanumeric Partner-Correlation-Id.
+    if let Some(id) = headers.get("partner-correlation-id").filter(|id| {
+        let id = id.as_bytes();
+        !id.is_empty()
+            && id.len() <= 255
+            && id.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+    }) {
+        response
+            .headers_mut()
+            .insert("partner-correlation-id", id.clone());
+    }
+    response
+}
+
+async fn authorize_answer(
+    sandbox: &KlarnaSandbox,
+    account_id: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = sandbox.refuse_access(headers, account_id) {
         return refused;
     }
     let key = match headers.get("klarna-idempotency-key").map(|v| v.to_str()) {
@@ -905,7 +926,7 @@ async fn authorize(
     let mut events = Vec::new();
     let (status, answer) = {
         let mut store = lock(&sandbox.shared.store);
-        let stored_key = key.map(|key| (account_id.clone(), key));
+        let stored_key = key.map(|key| (account_id.to_owned(), key));
         if let Some(stored) = stored_key.as_ref().and_then(|k| store.answers.get(k)) {
             if stored.request_body != body {
                 return json_response(validation_error(vec![(
@@ -916,7 +937,7 @@ async fn authorize(
             return bytes_response(stored.status, stored.body.clone());
         }
         let (status, answer) =
-            sandbox.decide_authorize(&mut store, &account_id, &headers, &body, &mut events);
+            sandbox.decide_authorize(&mut store, account_id, headers, &body, &mut events);
         let answer = Bytes::from(answer.to_string());
         if let Some(stored_key) = stored_key {
             let stored = StoredAnswer {

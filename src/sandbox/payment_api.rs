@@ -308,9 +308,24 @@ async fn create_payment(State(api): State<PaymentApi>, body: Bytes) -> Response 
     }
     let first_body = Bytes::from(Value::Object(klarna).to_string());
 
+    let payment_request_reference = step_up_config
+        .as_ref()
+        .and_then(|s| s.get("payment_request_reference"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let first_key = {
         let mut orders = lock(&api.shared.orders);
         match orders.by_reference.get_mut(&reference) {
+            // Klarna refused the last try (4xx): the partner may fix the body and try again,
+            // under fresh idempotency keys since the body changed.
+            Some(order) if order.state == "FAILED" => {
+                order.state = "CREATED";
+                order.final_body = final_body;
+                order.payment_request_reference = payment_request_reference;
+                order.first_key = Uuid::new_v4().to_string();
+                order.final_key = Uuid::new_v4().to_string();
+                order.first_key.clone()
+            }
             Some(order) if order.state != "CREATED" && order.state != "PENDING_STEP_UP" => {
                 return api_error(StatusCode::CONFLICT, "this reference is already used");
             }
@@ -327,11 +342,7 @@ async fn create_payment(State(api): State<PaymentApi>, body: Bytes) -> Response 
                     first_key: Uuid::new_v4().to_string(),
                     final_key: Uuid::new_v4().to_string(),
                     payment_request_id: None,
-                    payment_request_reference: step_up_config
-                        .as_ref()
-                        .and_then(|s| s.get("payment_request_reference"))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
+                    payment_request_reference,
                     payment_transaction_id: None,
                 };
                 let key = order.first_key.clone();
