@@ -52,7 +52,9 @@
 //! `.klarna_network_session_token`, `.payment_token` and `.interoperability_token` replaced by
 //! percent-encoded values. A request past its expiry becomes `EXPIRED` when next touched (page,
 //! read, cancel; webhook `…expired`) and its page says so (410).
-//! [`KlarnaSandbox::advance_clock`] moves the sandbox's clock for tests.
+//! [`KlarnaSandbox::advance_clock`] moves the sandbox's clock for tests. Once `COMPLETED`, the
+//! read call also shows the token under `state_context.klarna_network_session_token` (the
+//! sandbox's choice; Klarna's read call is not documented).
 //!
 //! # Webhooks
 //!
@@ -66,6 +68,7 @@
 //! backoff ([`KlarnaSandboxConfig::webhook_attempts`]) in a background task.
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod client;
 mod clock;
