@@ -7,6 +7,8 @@ pub mod config;
 pub mod engine;
 pub mod klarna;
 pub mod partner;
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
 #[cfg(feature = "tower")]
 pub mod tower;
 

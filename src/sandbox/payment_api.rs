@@ -1,0 +1,610 @@
+//! A demo "existing payment API" of an acquirer, which the step-up layer wraps, and a shop
+//! page that uses it.
+//!
+//! Routes:
+//!
+//! - `POST /payments`: the partner's payment (JSON). The order is stored under its
+//!   `reference` (generated when absent) and authorized at Klarna with
+//!   `{currency, supplementary_purchase_data: {purchase_reference, line_items},
+//!   request_payment_transaction: {amount, payment_transaction_reference}}` plus a top-level
+//!   `step_up_config` (copied verbatim, as the step-up proxy injected it) and
+//!   `interoperability_data` / `klarna_network_data` when the partner sent them. Klarna's
+//!   answer goes back with its status and bytes **unchanged**; the proxy rewrites it.
+//! - `POST /webhooks/klarna`: a Klarna webhook (relayed by the proxy or direct). On
+//!   `…completed` the order is finalized with a second authorize call without
+//!   `step_up_config` and with the token in `Klarna-Network-Session-Token`; `…declined`,
+//!   `…expired` and `…canceled` are recorded. 200 only once the outcome is stored; 502 when
+//!   Klarna could not be asked (so that the sender retries); 404 for an unknown order.
+//! - `GET /payments/{reference}`: `{"reference", "state", "payment_transaction_id"?}`.
+//! - `GET /shop`, `GET /shop/confirmation?reference=…`: the demo shop.
+//!
+//! Order states: `CREATED`, `PENDING_STEP_UP`, `AUTHORIZED`, `DECLINED`, `EXPIRED`,
+//! `CANCELED`, `FAILED` (Klarna answered an error).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::client::HttpClient;
+use super::klarna::sign_webhook;
+
+/// Configuration of the demo [`PaymentApi`].
+#[derive(Clone)]
+pub struct PaymentApiConfig {
+    /// Klarna's base URL, e.g. the sandbox's `http://127.0.0.1:8091` (no trailing slash).
+    pub klarna_base_url: String,
+    /// Sent as `Authorization: Basic <api key>`.
+    pub api_key: String,
+    /// The `{partner_account_id}` of the authorize path.
+    pub partner_account_id: String,
+    /// When set, every webhook must carry a valid `Klarna-Signature` made with this key
+    /// (answered 400 otherwise): for webhooks that come straight from Klarna. Leave `None`
+    /// when the step-up proxy in front verifies signatures and relays the webhooks.
+    pub webhook_signing_key: Option<Vec<u8>>,
+    /// How many orders are kept; the oldest are forgotten first.
+    pub max_orders: usize,
+}
+
+impl std::fmt::Debug for PaymentApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymentApiConfig")
+            .field("klarna_base_url", &self.klarna_base_url)
+            .field("partner_account_id", &self.partner_account_id)
+            .field("verifies_webhooks", &self.webhook_signing_key.is_some())
+            .field("max_orders", &self.max_orders)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PaymentApiConfig {
+    /// A configuration that trusts its webhook caller and keeps 10 000 orders.
+    pub fn new(
+        klarna_base_url: impl Into<String>,
+        api_key: impl Into<String>,
+        partner_account_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            klarna_base_url: klarna_base_url.into(),
+            api_key: api_key.into(),
+            partner_account_id: partner_account_id.into(),
+            webhook_signing_key: None,
+            max_orders: 10_000,
+        }
+    }
+}
+
+/// An order as the demo payment API keeps it.
+#[derive(Clone)]
+struct Order {
+    reference: String,
+    state: &'static str,
+    /// The authorize body without `step_up_config`: what the final call sends again.
+    final_body: Bytes,
+    /// Idempotency keys, fixed per order so that retries replay Klarna's answer.
+    first_key: String,
+    final_key: String,
+    payment_request_id: Option<String>,
+    payment_request_reference: Option<String>,
+    payment_transaction_id: Option<String>,
+}
+
+fn is_final(state: &str) -> bool {
+    matches!(
+        state,
+        "AUTHORIZED" | "DECLINED" | "EXPIRED" | "CANCELED" | "FAILED"
+    )
+}
+
+#[derive(Default)]
+struct Orders {
+    by_reference: HashMap<String, Order>,
+    order: VecDeque<String>,
+}
+
+struct Shared {
+    config: PaymentApiConfig,
+    orders: Mutex<Orders>,
+    client: HttpClient,
+}
+
+/// The demo payment API's shared state; cheap to clone. [`PaymentApi::router`] serves it.
+#[derive(Clone)]
+pub struct PaymentApi {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PaymentApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymentApi")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl PaymentApi {
+    /// A payment API with no orders.
+    pub fn new(config: PaymentApiConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                orders: Mutex::new(Orders::default()),
+                client: HttpClient::new(Duration::from_secs(10)),
+            }),
+        }
+    }
+
+    /// The state of an order (`PENDING_STEP_UP`, `AUTHORIZED`, …), if it is known.
+    pub fn order_state(&self, reference: &str) -> Option<String> {
+        lock(&self.shared.orders)
+            .by_reference
+            .get(reference)
+            .map(|order| order.state.to_owned())
+    }
+
+    /// The axum router with the API and the shop pages.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/payments", post(create_payment))
+            .route("/payments/{reference}", get(read_payment))
+            .route("/webhooks/klarna", post(receive_webhook))
+            .route("/shop", get(shop_page))
+            .route("/shop/confirmation", get(confirmation_page))
+            .with_state(self.clone())
+    }
+
+    /// Serves the payment API on `listener` until the task is dropped or fails.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+
+    fn update(&self, reference: &str, change: impl FnOnce(&mut Order)) {
+        if let Some(order) = lock(&self.shared.orders).by_reference.get_mut(reference) {
+            change(order);
+        }
+    }
+
+    /// POSTs to Klarna's authorize endpoint.
+    async fn authorize(
+        &self,
+        body: Bytes,
+        idempotency_key: &str,
+        token: Option<&str>,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let config = &self.shared.config;
+        let url = format!(
+            "{}/v2/accounts/{}/payment/authorize",
+            config.klarna_base_url.trim_end_matches('/'),
+            config.partner_account_id
+        );
+        let authorization = format!("Basic {}", config.api_key);
+        let mut headers = vec![
+            ("authorization", authorization.as_str()),
+            ("content-type", "application/json"),
+            ("klarna-idempotency-key", idempotency_key),
+        ];
+        if let Some(token) = token {
+            headers.push(("klarna-network-session-token", token));
+        }
+        self.shared
+            .client
+            .send(Method::POST, &url, &headers, body)
+            .await
+    }
+}
+
+/// What a Klarna authorize answer means for the order.
+fn outcome(status: StatusCode, body: &[u8]) -> (&'static str, Option<Value>) {
+    if !status.is_success() {
+        return ("FAILED", None);
+    }
+    let Ok(answer) = serde_json::from_slice::<Value>(body) else {
+        return ("FAILED", None);
+    };
+    let result = answer
+        .pointer("/payment_transaction_response/result")
+        .and_then(Value::as_str);
+    let state = match result {
+        Some("APPROVED") => "AUTHORIZED",
+        Some("DECLINED") => "DECLINED",
+        Some("STEP_UP_REQUIRED") => "PENDING_STEP_UP",
+        _ => "FAILED",
+    };
+    (state, Some(answer))
+}
+
+fn apply_outcome(order: &mut Order, state: &'static str, answer: Option<&Value>) {
+    order.state = state;
+    let text = |pointer: &str| {
+        answer
+            .and_then(|a| a.pointer(pointer))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    if let Some(id) =
+        text("/payment_transaction_response/payment_transaction/payment_transaction_id")
+    {
+        order.payment_transaction_id = Some(id);
+    }
+    if let Some(id) = text("/payment_request/state_context/customer_interaction/payment_request_id")
+        .or_else(|| text("/payment_request/payment_request_id"))
+    {
+        order.payment_request_id = Some(id);
+    }
+}
+
+fn api_error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+fn json_bytes(status: StatusCode, body: Bytes) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn create_payment(State(api): State<PaymentApi>, body: Bytes) -> Response {
+    let Ok(Value::Object(partner)) = serde_json::from_slice::<Value>(&body) else {
+        return api_error(StatusCode::BAD_REQUEST, "the body must be a JSON object");
+    };
+    let reference = match partner.get("reference") {
+        None | Some(Value::Null) => format!("order-{}", Uuid::new_v4().simple()),
+        Some(Value::String(r)) if (1..=255).contains(&r.chars().count()) => r.clone(),
+        Some(_) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "reference must be a string of 1 to 255 characters",
+            )
+        }
+    };
+    let mut klarna = Map::new();
+    klarna.insert(
+        "currency".into(),
+        partner.get("currency").cloned().unwrap_or(Value::Null),
+    );
+    klarna.insert(
+        "supplementary_purchase_data".into(),
+        json!({
+            "purchase_reference": reference,
+            "line_items": partner.get("line_items").cloned().unwrap_or_else(|| json!([])),
+        }),
+    );
+    for pass_through in ["interoperability_data", "klarna_network_data"] {
+        if let Some(value) = partner.get(pass_through) {
+            klarna.insert(pass_through.into(), value.clone());
+        }
+    }
+    klarna.insert(
+        "request_payment_transaction".into(),
+        json!({
+            "amount": partner.get("amount").cloned().unwrap_or(Value::Null),
+            "payment_transaction_reference": reference,
+        }),
+    );
+    let final_body = Bytes::from(Value::Object(klarna.clone()).to_string());
+    let step_up_config = partner.get("step_up_config").cloned();
+    if let Some(step_up) = &step_up_config {
+        klarna.insert("step_up_config".into(), step_up.clone());
+    }
+    let first_body = Bytes::from(Value::Object(klarna).to_string());
+
+    let payment_request_reference = step_up_config
+        .as_ref()
+        .and_then(|s| s.get("payment_request_reference"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let first_key = {
+        let mut orders = lock(&api.shared.orders);
+        match orders.by_reference.get_mut(&reference) {
+            // Klarna refused the last try (4xx): the partner may fix the body and try again,
+            // under fresh idempotency keys since the body changed.
+            Some(order) if order.state == "FAILED" => {
+                order.state = "CREATED";
+                order.final_body = final_body;
+                order.payment_request_reference = payment_request_reference;
+                order.first_key = Uuid::new_v4().to_string();
+                order.final_key = Uuid::new_v4().to_string();
+                order.first_key.clone()
+            }
+            Some(order) if order.state != "CREATED" && order.state != "PENDING_STEP_UP" => {
+                return api_error(StatusCode::CONFLICT, "this reference is already used");
+            }
+            // A retry of the same order: the same idempotency key replays Klarna's answer.
+            Some(order) => {
+                order.final_body = final_body;
+                order.first_key.clone()
+            }
+            None => {
+                let order = Order {
+                    reference: reference.clone(),
+                    state: "CREATED",
+                    final_body,
+                    first_key: Uuid::new_v4().to_string(),
+                    final_key: Uuid::new_v4().to_string(),
+                    payment_request_id: None,
+                    payment_request_reference,
+                    payment_transaction_id: None,
+                };
+                let key = order.first_key.clone();
+                orders.order.push_back(reference.clone());
+                orders.by_reference.insert(reference.clone(), order);
+                while orders.by_reference.len() > api.shared.config.max_orders.max(1) {
+                    let Some(oldest) = orders.order.pop_front() else {
+                        break;
+                    };
+                    orders.by_reference.remove(&oldest);
+                }
+                key
+            }
+        }
+    };
+
+    match api.authorize(first_body, &first_key, None).await {
+        Ok((status, answer)) => {
+            let (state, parsed) = outcome(status, &answer);
+            api.update(&reference, |order| {
+                apply_outcome(order, state, parsed.as_ref())
+            });
+            tracing::info!(reference, state, "demo payment authorized at Klarna");
+            json_bytes(status, answer)
+        }
+        Err(error) => {
+            tracing::warn!(reference, %error, "Klarna unreachable");
+            api_error(StatusCode::BAD_GATEWAY, "Klarna could not be reached")
+        }
+    }
+}
+
+async fn read_payment(State(api): State<PaymentApi>, Path(reference): Path<String>) -> Response {
+    let orders = lock(&api.shared.orders);
+    let Some(order) = orders.by_reference.get(&reference) else {
+        return api_error(StatusCode::NOT_FOUND, "unknown payment");
+    };
+    let mut body = json!({ "reference": order.reference, "state": order.state });
+    if let Some(id) = &order.payment_transaction_id {
+        body["payment_transaction_id"] = json!(id);
+    }
+    let mut response = axum::Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The token of a `completed` webhook, from the places Klarna may put it.
+fn webhook_token<'a>(webhook: &'a Value, headers: &'a HeaderMap) -> Option<&'a str> {
+    [
+        "/payload/klarna_network_session_token",
+        "/payload/state_context/klarna_network_session_token",
+        "/payload/payment_token",
+        "/payload/state_context/payment_token",
+    ]
+    .iter()
+    .find_map(|pointer| webhook.pointer(pointer).and_then(Value::as_str))
+    .or_else(|| {
+        headers
+            .get("x-klarna-stepup-token")
+            .and_then(|v| v.to_str().ok())
+    })
+    .filter(|token| !token.is_empty())
+}
+
+fn signature_is_valid(key: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
+    let expected = sign_webhook(key, body);
+    let Some(given) = headers.get("klarna-signature").map(HeaderValue::as_bytes) else {
+        return false;
+    };
+    let given = given.to_ascii_lowercase();
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn receive_webhook(
+    State(api): State<PaymentApi>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(key) = &api.shared.config.webhook_signing_key {
+        if !signature_is_valid(key, &headers, &body) {
+            return api_error(StatusCode::BAD_REQUEST, "bad webhook signature");
+        }
+    }
+    let Ok(webhook) = serde_json::from_slice::<Value>(&body) else {
+        return api_error(StatusCode::BAD_REQUEST, "the webhook is not JSON");
+    };
+    let text = |pointer: &str| webhook.pointer(pointer).and_then(Value::as_str);
+    let event_type = text("/metadata/event_type").unwrap_or("");
+    let request_id = text("/payload/payment_request_id");
+    let request_reference = text("/payload/payment_request_reference");
+
+    let order = {
+        let orders = lock(&api.shared.orders);
+        orders
+            .by_reference
+            .values()
+            .find(|o| request_id.is_some() && o.payment_request_id.as_deref() == request_id)
+            .or_else(|| {
+                orders.by_reference.values().find(|o| {
+                    request_reference.is_some()
+                        && o.payment_request_reference.as_deref() == request_reference
+                })
+            })
+            .or_else(|| request_reference.and_then(|r| orders.by_reference.get(r)))
+            .cloned()
+    };
+    let Some(order) = order else {
+        return api_error(StatusCode::NOT_FOUND, "no order for this payment request");
+    };
+
+    let new_state = match event_type.rsplit('.').next().unwrap_or("") {
+        "completed" => None,
+        "declined" => Some("DECLINED"),
+        "expired" => Some("EXPIRED"),
+        "canceled" | "cancelled" => Some("CANCELED"),
+        // submitted, in-progress and unknown events change nothing.
+        _ => return StatusCode::OK.into_response(),
+    };
+    if is_final(order.state) {
+        // Already settled (a retried webhook): acknowledge, change nothing.
+        return StatusCode::OK.into_response();
+    }
+    if let Some(state) = new_state {
+        api.update(&order.reference, |o| o.state = state);
+        tracing::info!(
+            reference = order.reference,
+            state,
+            "demo payment updated by webhook"
+        );
+        return StatusCode::OK.into_response();
+    }
+
+    let Some(token) = webhook_token(&webhook, &headers) else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "the completed webhook has no token",
+        );
+    };
+    match api
+        .authorize(order.final_body.clone(), &order.final_key, Some(token))
+        .await
+    {
+        Ok((status, answer)) if !status.is_server_error() => {
+            let (state, parsed) = outcome(status, &answer);
+            api.update(&order.reference, |o| {
+                apply_outcome(o, state, parsed.as_ref())
+            });
+            tracing::info!(reference = order.reference, state, "demo payment finalized");
+            StatusCode::OK.into_response()
+        }
+        Ok((status, _)) => {
+            tracing::warn!(reference = order.reference, %status, "final authorize failed");
+            api_error(StatusCode::BAD_GATEWAY, "Klarna failed; retry later")
+        }
+        Err(error) => {
+            tracing::warn!(reference = order.reference, %error, "Klarna unreachable");
+            api_error(
+                StatusCode::BAD_GATEWAY,
+                "Klarna could not be reached; retry later",
+            )
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shop pages
+
+const SHOP_STYLE: &str = r#"<style>
+body { font-family: system-ui, sans-serif; background: #fafafa; margin: 0; }
+main { max-width: 28rem; margin: 3rem auto; background: #fff; padding: 2rem; border-radius: 1rem; box-shadow: 0 1px 4px #0002; }
+.price { font-size: 1.6rem; font-weight: bold; }
+button { padding: .8rem 1.2rem; font-size: 1rem; border: 0; border-radius: .5rem; background: #ffb3c7; cursor: pointer; }
+#error { color: #b00020; }
+</style>"#;
+
+async fn shop_page() -> Html<String> {
+    Html(format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Demo shop</title>{SHOP_STYLE}</head>
+<body><main>
+<h1>Demo shop</h1>
+<p id="product">Espresso machine</p>
+<p class="price" id="price">118.00 USD</p>
+<button id="pay" type="button">Pay with Klarna</button>
+<p id="error" role="alert"></p>
+</main>
+<script>
+document.getElementById("pay").addEventListener("click", async () => {{
+  const button = document.getElementById("pay");
+  const error = document.getElementById("error");
+  button.disabled = true;
+  error.textContent = "";
+  const reference = "order-" + Math.random().toString(36).slice(2, 12);
+  const body = {{
+    payment_method: "klarna",
+    amount: 11800,
+    currency: "USD",
+    reference,
+    return_url: location.origin + "/shop/confirmation?reference=" + encodeURIComponent(reference)
+      + "&state={{klarna.payment_request.state}}",
+    line_items: [{{ name: "Espresso machine", quantity: 1, unit_price: 11800, total_amount: 11800 }}],
+  }};
+  try {{
+    const response = await fetch("/payments", {{
+      method: "POST",
+      headers: {{ "Content-Type": "application/json" }},
+      body: JSON.stringify(body),
+    }});
+    const answer = await response.json().catch(() => ({{}}));
+    if (answer.status === "pending" && answer.redirect_url) {{
+      location = answer.redirect_url;
+      return;
+    }}
+    error.textContent = "Payment not started: " + JSON.stringify(answer);
+  }} catch (e) {{
+    error.textContent = "Payment not started: " + e;
+  }}
+  button.disabled = false;
+}});
+</script>
+</body></html>
+"#
+    ))
+}
+
+async fn confirmation_page() -> Html<String> {
+    Html(format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Order confirmation</title>{SHOP_STYLE}</head>
+<body><main>
+<h1>Your order</h1>
+<p>Reference: <span id="reference"></span></p>
+<p>Payment: <strong id="state">checking…</strong></p>
+</main>
+<script>
+const reference = new URLSearchParams(location.search).get("reference") || "";
+document.getElementById("reference").textContent = reference;
+const finalStates = ["AUTHORIZED", "DECLINED", "EXPIRED", "CANCELED", "FAILED"];
+const deadline = Date.now() + 10000;
+async function poll() {{
+  let state = "UNKNOWN";
+  try {{
+    const response = await fetch("/payments/" + encodeURIComponent(reference), {{ cache: "no-store" }});
+    if (response.ok) state = (await response.json()).state;
+  }} catch (e) {{}}
+  document.getElementById("state").textContent = state;
+  if (!finalStates.includes(state) && Date.now() < deadline) setTimeout(poll, 500);
+}}
+poll();
+</script>
+</body></html>
+"#
+    ))
+}

@@ -1,0 +1,867 @@
+//! Black-box tests of the Klarna sandbox and the demo payment API over loopback sockets.
+#![cfg(feature = "sandbox")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use klarna_stepup::sandbox::{
+    sign_webhook, start_demo_backends, DemoPorts, KlarnaSandbox, KlarnaSandboxConfig, PaymentApi,
+    PaymentApiConfig,
+};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Mutex};
+
+const KEY: &str = "test-api-key";
+const ACCOUNT: &str = "acct-1";
+
+// ----- helpers ------------------------------------------------------------------------
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("JSON answer")
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn location(&self) -> String {
+        self.headers
+            .get("location")
+            .expect("Location")
+            .to_str()
+            .expect("ASCII Location")
+            .to_owned()
+    }
+}
+
+async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(body.into())).expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .expect("no timeout")
+        .expect("response");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn get(url: &str) -> Answer {
+    send(Method::GET, url, &[], Bytes::new()).await
+}
+
+/// A started sandbox and its base URL.
+struct Sandbox {
+    handle: KlarnaSandbox,
+    base: String,
+}
+
+impl Sandbox {
+    async fn start(webhook_url: Option<String>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let mut config = KlarnaSandboxConfig::new(KEY, base.clone());
+        config.partner_account_id = Some(ACCOUNT.to_owned());
+        config.webhook_url = webhook_url;
+        config.webhook_backoff = Duration::from_millis(20);
+        config.webhook_timeout = Duration::from_secs(2);
+        let handle = KlarnaSandbox::new(config);
+        tokio::spawn(handle.clone().serve(listener));
+        Sandbox { handle, base }
+    }
+
+    fn authorize_url(&self) -> String {
+        format!("{}/v2/accounts/{ACCOUNT}/payment/authorize", self.base)
+    }
+
+    fn request_url(&self, id: &str) -> String {
+        format!("{}/v2/accounts/{ACCOUNT}/payment/requests/{id}", self.base)
+    }
+
+    async fn authorize(&self, body: &Value, extra: &[(&str, &str)]) -> Answer {
+        let auth = format!("Basic {KEY}");
+        let mut headers = vec![
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        headers.extend_from_slice(extra);
+        send(
+            Method::POST,
+            &self.authorize_url(),
+            &headers,
+            body.to_string(),
+        )
+        .await
+    }
+
+    async fn read(&self, id: &str) -> Answer {
+        let auth = format!("Basic {KEY}");
+        send(
+            Method::GET,
+            &self.request_url(id),
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
+    }
+
+    async fn cancel(&self, id: &str) -> Answer {
+        let auth = format!("Basic {KEY}");
+        send(
+            Method::DELETE,
+            &self.request_url(id),
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
+    }
+
+    /// Authorizes with a step-up config and returns the `payment_request` object.
+    async fn step_up(&self, amount: u64, return_url: &str, expiry: Option<&str>) -> Value {
+        let mut body = authorize_body(amount, "order-1");
+        body["step_up_config"] = json!({
+            "payment_request_reference": "pr-ref/1",
+            "customer_interaction_config": { "method": "HANDOVER", "return_url": return_url },
+        });
+        if let Some(duration) = expiry {
+            body["step_up_config"]["customer_interaction_config"]["interaction_expiry"] =
+                json!({ "duration": duration });
+        }
+        let answer = self.authorize(&body, &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        let answer = answer.json();
+        assert_eq!(
+            answer["payment_transaction_response"]["result"],
+            "STEP_UP_REQUIRED"
+        );
+        answer["payment_request"].clone()
+    }
+}
+
+fn authorize_body(amount: u64, reference: &str) -> Value {
+    json!({
+        "currency": "USD",
+        "supplementary_purchase_data": { "purchase_reference": reference, "line_items": [] },
+        "request_payment_transaction": { "amount": amount, "payment_transaction_reference": reference },
+    })
+}
+
+fn page_url(payment_request: &Value) -> String {
+    payment_request["state_context"]["customer_interaction"]["payment_request_url"]
+        .as_str()
+        .expect("payment_request_url")
+        .to_owned()
+}
+
+async fn press(page_url: &str, action: &str) -> Answer {
+    send(
+        Method::POST,
+        page_url,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        format!("action={action}&phone=%2B15550100"),
+    )
+    .await
+}
+
+/// A webhook receiver on loopback that answers `fail_first` deliveries with 500.
+struct Receiver {
+    url: String,
+    deliveries: mpsc::UnboundedReceiver<(HeaderMap, Bytes)>,
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    sender: mpsc::UnboundedSender<(HeaderMap, Bytes)>,
+    fail_first: Arc<Mutex<u32>>,
+}
+
+impl Receiver {
+    async fn start(fail_first: u32) -> Self {
+        async fn receive(
+            State(state): State<ReceiverState>,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> StatusCode {
+            let _ = state.sender.send((headers, body));
+            let mut fail = state.fail_first.lock().await;
+            if *fail > 0 {
+                *fail -= 1;
+                return StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            StatusCode::OK
+        }
+        let (sender, deliveries) = mpsc::unbounded_channel();
+        let state = ReceiverState {
+            sender,
+            fail_first: Arc::new(Mutex::new(fail_first)),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let app = Router::new()
+            .route("/hook", post(receive))
+            .with_state(state);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { url, deliveries }
+    }
+
+    /// The next delivery; panics after 5 s.
+    async fn next(&mut self) -> (HeaderMap, Bytes, Value) {
+        let (headers, body) = tokio::time::timeout(Duration::from_secs(5), self.deliveries.recv())
+            .await
+            .expect("a webhook in time")
+            .expect("receiver open");
+        let json = serde_json::from_slice(&body).expect("JSON webhook");
+        (headers, body, json)
+    }
+
+    /// Deliveries until one of `event_type` arrives; returns that one.
+    async fn until(&mut self, event_type: &str) -> (HeaderMap, Bytes, Value) {
+        loop {
+            let delivery = self.next().await;
+            if delivery.2["metadata"]["event_type"] == event_type {
+                return delivery;
+            }
+        }
+    }
+
+    /// Whether a delivery of `event_type` is already here, without waiting.
+    fn has_arrived(&mut self, event_type: &str) -> bool {
+        while let Ok((_, body)) = self.deliveries.try_recv() {
+            let json: Value = serde_json::from_slice(&body).expect("JSON webhook");
+            if json["metadata"]["event_type"] == event_type {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+fn assert_validation_error(answer: &Answer, parameter: &str) {
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["error_type"], "INPUT_ERROR");
+    assert_eq!(body["error_code"], "VALIDATION_ERROR");
+    assert_eq!(body["error_id"].as_str().map(str::len), Some(36));
+    let parameters: Vec<&str> = body["validation_errors"]
+        .as_array()
+        .expect("validation_errors")
+        .iter()
+        .map(|e| e["parameter"].as_str().expect("parameter"))
+        .collect();
+    assert!(
+        parameters.contains(&parameter),
+        "{parameters:?} lacks {parameter}"
+    );
+}
+
+fn assert_rfc3339_nanos(text: &str) {
+    // e.g. 2025-02-26T17:25:34.534721775Z
+    assert_eq!(text.len(), 30, "{text}");
+    assert_eq!(&text[10..11], "T");
+    assert_eq!(&text[19..20], ".");
+    assert!(text.ends_with('Z'));
+}
+
+// ----- errors -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn refuses_bad_credentials_and_foreign_accounts() {
+    let sandbox = Sandbox::start(None).await;
+    let body = authorize_body(100, "order-1").to_string();
+    for auth in [None, Some("Basic wrong"), Some(KEY)] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        let answer = send(
+            Method::POST,
+            &sandbox.authorize_url(),
+            &headers,
+            body.clone(),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(answer.json()["error_type"], "ACCESS_ERROR");
+    }
+    let other = format!(
+        "{}/v2/accounts/someone-else/payment/authorize",
+        sandbox.base
+    );
+    let auth = format!("Basic {KEY}");
+    let answer = send(Method::POST, &other, &[("authorization", &auth)], body).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert_eq!(answer.json()["error_type"], "ACCESS_ERROR");
+}
+
+#[tokio::test]
+async fn answers_bad_input_with_klarna_errors() {
+    let sandbox = Sandbox::start(None).await;
+
+    let answer = send(
+        Method::POST,
+        &sandbox.authorize_url(),
+        &[("authorization", &format!("Basic {KEY}"))],
+        "{not json",
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.json()["error_type"], "INPUT_ERROR");
+
+    let body = json!({
+        "currency": "usd",
+        "request_payment_transaction": { "amount": 0, "payment_transaction_reference": "" },
+    });
+    let answer = sandbox.authorize(&body, &[]).await;
+    assert_validation_error(&answer, "currency");
+    assert_validation_error(&answer, "request_payment_transaction.amount");
+    assert_validation_error(
+        &answer,
+        "request_payment_transaction.payment_transaction_reference",
+    );
+
+    for amount in [json!(-5), json!(118.5), json!("11800")] {
+        let mut body = authorize_body(1, "order-1");
+        body["request_payment_transaction"]["amount"] = amount;
+        assert_validation_error(
+            &sandbox.authorize(&body, &[]).await,
+            "request_payment_transaction.amount",
+        );
+    }
+
+    let mut body = authorize_body(100, "order-1");
+    body["step_up_config"] = json!({
+        "payment_request_reference": "r",
+        "customer_interaction_config": {
+            "method": "HANDOVER",
+            "return_url": "/relative",
+            "interaction_expiry": { "duration": "PT5M" },
+        },
+    });
+    let answer = sandbox.authorize(&body, &[]).await;
+    assert_validation_error(
+        &answer,
+        "step_up_config.customer_interaction_config.return_url",
+    );
+    assert_validation_error(
+        &answer,
+        "step_up_config.customer_interaction_config.interaction_expiry.duration",
+    );
+
+    let answer = sandbox
+        .authorize(
+            &authorize_body(100, "order-1"),
+            &[("klarna-network-session-token", "nope")],
+        )
+        .await;
+    assert_validation_error(&answer, "Klarna-Network-Session-Token");
+}
+
+// ----- idempotency and triggers -------------------------------------------------------
+
+#[tokio::test]
+async fn same_idempotency_key_gives_the_same_bytes() {
+    let sandbox = Sandbox::start(None).await;
+    let mut body = authorize_body(11800, "order-1");
+    body["step_up_config"] = json!({
+        "payment_request_reference": "r",
+        "customer_interaction_config": { "method": "HANDOVER", "return_url": "https://shop.test/r" },
+    });
+    let key = [("klarna-idempotency-key", "key-1")];
+    let first = sandbox.authorize(&body, &key).await;
+    let second = sandbox.authorize(&body, &key).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.body, second.body);
+
+    let fresh = sandbox
+        .authorize(&body, &[("klarna-idempotency-key", "key-2")])
+        .await;
+    assert_ne!(first.body, fresh.body);
+
+    let changed = sandbox.authorize(&authorize_body(1, "order-1"), &key).await;
+    assert_validation_error(&changed, "Klarna-Idempotency-Key");
+}
+
+#[tokio::test]
+async fn test_triggers_and_missing_step_up() {
+    let sandbox = Sandbox::start(None).await;
+    let answer = sandbox
+        .authorize(&authorize_body(500, "decline-me"), &[])
+        .await
+        .json();
+    assert_eq!(answer["payment_transaction_response"]["result"], "DECLINED");
+    assert!(answer["payment_transaction_response"]["result_reason"].is_string());
+
+    let answer = sandbox
+        .authorize(&authorize_body(500, "approve-me"), &[])
+        .await
+        .json();
+    let transaction = &answer["payment_transaction_response"]["payment_transaction"];
+    assert_eq!(answer["payment_transaction_response"]["result"], "APPROVED");
+    assert!(transaction["payment_transaction_id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("krn:payment:eu1:transaction:")));
+    assert_eq!(transaction["payment_transaction_reference"], "approve-me");
+    assert_eq!(transaction["amount"], 500);
+    assert_eq!(transaction["currency"], "USD");
+    assert_eq!(transaction["payment_funding"], json!({}));
+    assert_eq!(transaction["payment_pricing"], json!({}));
+    assert_rfc3339_nanos(transaction["expires_at"].as_str().expect("expires_at"));
+
+    let answer = sandbox
+        .authorize(&authorize_body(500, "order-1"), &[])
+        .await
+        .json();
+    assert_eq!(answer["payment_transaction_response"]["result"], "DECLINED");
+}
+
+// ----- the state machine, webhooks and the return URL -----------------------------------
+
+#[tokio::test]
+async fn approve_flow_fills_the_return_url_signs_webhooks_and_approves_the_final_call() {
+    let mut receiver = Receiver::start(0).await;
+    let sandbox = Sandbox::start(Some(receiver.url.clone())).await;
+    let return_url = "https://shop.test/back?id={klarna.payment_request.id}&state={klarna.payment_request.state}\
+        &ref={klarna.payment_request.payment_request_reference}\
+        &t={klarna.payment_request.klarna_network_session_token}\
+        &p={klarna.payment_request.payment_token}&i={klarna.payment_request.interoperability_token}";
+    let request = sandbox.step_up(11800, return_url, None).await;
+
+    let id = request["payment_request_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert!(id.starts_with("krn:payment:eu1:request:"));
+    assert_eq!(request["payment_request_reference"], "pr-ref/1");
+    assert_eq!(request["amount"], 11800);
+    assert_eq!(request["currency"], "USD");
+    assert_eq!(request["state"], "SUBMITTED");
+    assert_rfc3339_nanos(request["expires_at"].as_str().expect("expires_at"));
+    let interaction = &request["state_context"]["customer_interaction"];
+    assert_eq!(interaction["method"], "HANDOVER");
+    assert_eq!(interaction["payment_request_id"], id.as_str());
+    let url = page_url(&request);
+    assert!(url.starts_with(&format!("{}/pay/", sandbox.base)));
+    let data: Value =
+        serde_json::from_str(request["payment_request_data"].as_str().expect("string"))
+            .expect("payment_request_data is serialized JSON");
+    assert_eq!(
+        data["content_type"],
+        "application/vnd.klarna.payment-request-data.v2+json"
+    );
+    assert_eq!(
+        data["content"]["payment_request"]["payment_request_id"],
+        id.as_str()
+    );
+
+    // Every webhook is signed over its exact bytes.
+    let (headers, body, submitted) = receiver
+        .until("payment.request.state-change.submitted")
+        .await;
+    let signature = headers["klarna-signature"].to_str().expect("ASCII");
+    assert_eq!(
+        signature,
+        sign_webhook(b"klarna-sandbox-signing-key", &body)
+    );
+    assert_eq!(signature.len(), 64);
+    assert_eq!(headers["klarna-signing-key-id"], "sandbox-key-1");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(submitted["metadata"]["event_version"], "v2");
+    assert_eq!(submitted["metadata"]["live"], false);
+    assert_eq!(submitted["metadata"]["subject_account_id"], ACCOUNT);
+    assert_eq!(submitted["payload"]["payment_request_id"], id.as_str());
+    assert_eq!(submitted["payload"]["state"], "SUBMITTED");
+
+    // Opening the page: IN_PROGRESS.
+    let page = get(&url).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let html = page.text();
+    for needle in [
+        "118.00 USD",
+        "pr-ref/1",
+        r#"id="approve""#,
+        r#"id="decline""#,
+        r#"id="phone""#,
+    ] {
+        assert!(html.contains(needle), "page lacks {needle}");
+    }
+    assert_eq!(sandbox.read(&id).await.json()["state"], "IN_PROGRESS");
+    receiver
+        .until("payment.request.state-change.in-progress")
+        .await;
+
+    // Approve: the completed webhook is attempted before the 303.
+    let answer = press(&url, "approve").await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    assert!(receiver.has_arrived("payment.request.state-change.completed"));
+    let read = sandbox.read(&id).await.json();
+    assert_eq!(read["state"], "COMPLETED");
+    let token = read["state_context"]["klarna_network_session_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let enc_id = id.replace(':', "%3A");
+    assert_eq!(
+        answer.location(),
+        format!("https://shop.test/back?id={enc_id}&state=COMPLETED&ref=pr-ref%2F1&t={token}&p={token}&i={token}")
+    );
+
+    // The final call: amount must match (legacy header name accepted), token single use.
+    let mismatch = sandbox
+        .authorize(
+            &authorize_body(11801, "order-1"),
+            &[("klarna-payment-token", &token)],
+        )
+        .await;
+    assert_validation_error(&mismatch, "request_payment_transaction.amount");
+    let approved = sandbox
+        .authorize(
+            &authorize_body(11800, "order-1"),
+            &[("klarna-network-session-token", &token)],
+        )
+        .await
+        .json();
+    assert_eq!(
+        approved["payment_transaction_response"]["result"],
+        "APPROVED"
+    );
+    assert_eq!(
+        approved["payment_transaction_response"]["payment_transaction"]
+            ["payment_transaction_reference"],
+        "order-1"
+    );
+    let again = sandbox
+        .authorize(
+            &authorize_body(11800, "order-1"),
+            &[("klarna-network-session-token", &token)],
+        )
+        .await;
+    assert_validation_error(&again, "Klarna-Network-Session-Token");
+
+    // A finished request cannot be approved twice.
+    assert_eq!(press(&url, "approve").await.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn completed_webhook_carries_the_token() {
+    let mut receiver = Receiver::start(0).await;
+    let sandbox = Sandbox::start(Some(receiver.url.clone())).await;
+    let request = sandbox
+        .step_up(
+            100,
+            "http://127.0.0.1:1/r?t={klarna.payment_request.klarna_network_session_token}",
+            None,
+        )
+        .await;
+    let answer = press(&page_url(&request), "approve").await;
+    let (_, _, completed) = receiver
+        .until("payment.request.state-change.completed")
+        .await;
+    assert_eq!(completed["payload"]["state"], "COMPLETED");
+    let token = completed["payload"]["klarna_network_session_token"]
+        .as_str()
+        .expect("token");
+    assert!(answer.location().ends_with(token));
+}
+
+#[tokio::test]
+async fn decline_flow() {
+    let mut receiver = Receiver::start(0).await;
+    let sandbox = Sandbox::start(Some(receiver.url.clone())).await;
+    let request = sandbox
+        .step_up(100, "https://shop.test/r?s={klarna.payment_request.state}&t={klarna.payment_request.klarna_network_session_token}", None)
+        .await;
+    let url = page_url(&request);
+    let answer = press(&url, "decline").await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    assert_eq!(answer.location(), "https://shop.test/r?s=DECLINED&t=");
+    assert!(receiver.has_arrived("payment.request.state-change.declined"));
+    let id = request["payment_request_id"].as_str().expect("id");
+    assert_eq!(sandbox.read(id).await.json()["state"], "DECLINED");
+    assert_eq!(get(&url).await.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn cancel_only_while_open() {
+    let mut receiver = Receiver::start(0).await;
+    let sandbox = Sandbox::start(Some(receiver.url.clone())).await;
+    let request = sandbox.step_up(100, "https://shop.test/r", None).await;
+    let id = request["payment_request_id"].as_str().expect("id");
+
+    let canceled = sandbox.cancel(id).await;
+    assert_eq!(canceled.status, StatusCode::OK);
+    assert_eq!(canceled.json()["state"], "CANCELED");
+    receiver
+        .until("payment.request.state-change.canceled")
+        .await;
+
+    let again = sandbox.cancel(id).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.json()["error_type"], "RESOURCE_ERROR");
+    assert_eq!(get(&page_url(&request)).await.status, StatusCode::GONE);
+
+    let unknown = sandbox
+        .read("krn:payment:eu1:request:00000000-0000-0000-0000-000000000000")
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn requests_expire_after_their_interaction_expiry() {
+    let mut receiver = Receiver::start(0).await;
+    let sandbox = Sandbox::start(Some(receiver.url.clone())).await;
+    let request = sandbox
+        .step_up(100, "https://shop.test/r", Some("PT15M"))
+        .await;
+    let id = request["payment_request_id"].as_str().expect("id");
+    let url = page_url(&request);
+
+    sandbox.handle.advance_clock(Duration::from_secs(14 * 60));
+    assert_eq!(get(&url).await.status, StatusCode::OK);
+    sandbox.handle.advance_clock(Duration::from_secs(2 * 60));
+    let page = get(&url).await;
+    assert_eq!(page.status, StatusCode::GONE);
+    assert!(page.text().contains("expired"));
+    assert_eq!(sandbox.read(id).await.json()["state"], "EXPIRED");
+    receiver.until("payment.request.state-change.expired").await;
+    assert_eq!(press(&url, "approve").await.status, StatusCode::GONE);
+}
+
+#[tokio::test]
+async fn refused_webhooks_are_retried() {
+    let mut receiver = Receiver::start(1).await;
+    let sandbox = Sandbox::start(Some(receiver.url.clone())).await;
+    sandbox.step_up(100, "https://shop.test/r", None).await;
+    let (_, first, _) = receiver.next().await;
+    let (headers, second, _) = receiver.next().await;
+    assert_eq!(first, second);
+    assert_eq!(
+        headers["klarna-signature"].to_str().expect("ASCII"),
+        sign_webhook(b"klarna-sandbox-signing-key", &second)
+    );
+}
+
+// ----- the demo payment API -----------------------------------------------------------
+
+/// A sandbox whose webhooks go to a payment API that verifies their signatures.
+async fn start_verifying_pair() -> (Sandbox, String) {
+    let api_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let api_base = format!("http://{}", api_listener.local_addr().expect("addr"));
+    let sandbox = Sandbox::start(Some(format!("{api_base}/webhooks/klarna"))).await;
+    let mut config = PaymentApiConfig::new(sandbox.base.clone(), KEY, ACCOUNT);
+    config.webhook_signing_key = Some(sandbox.handle.config().signing_key.clone());
+    tokio::spawn(PaymentApi::new(config).serve(api_listener));
+    (sandbox, api_base)
+}
+
+fn partner_payment(reference: &str) -> Value {
+    json!({
+        "payment_method": "klarna",
+        "amount": 11800,
+        "currency": "USD",
+        "reference": reference,
+        "line_items": [{ "name": "Espresso machine", "quantity": 1, "total_amount": 11800 }],
+        // What the step-up proxy injects.
+        "step_up_config": {
+            "payment_request_reference": reference,
+            "customer_interaction_config": {
+                "method": "HANDOVER",
+                "return_url": "https://shop.test/confirmation?state={klarna.payment_request.state}",
+            },
+        },
+    })
+}
+
+async fn create_payment(api_base: &str, body: &Value) -> Answer {
+    send(
+        Method::POST,
+        &format!("{api_base}/payments"),
+        &[("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await
+}
+
+/// The order's state once final. The sandbox awaits the first webhook attempt before its
+/// redirect, so this is normally the first read; the loop only absorbs a slow machine.
+async fn settled_state(api_base: &str, reference: &str) -> Value {
+    for _ in 0..50 {
+        let state = get(&format!("{api_base}/payments/{reference}"))
+            .await
+            .json();
+        if state["state"] != "PENDING_STEP_UP" {
+            return state;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{reference} did not settle");
+}
+
+#[tokio::test]
+async fn full_flow_through_the_payment_api() {
+    let (_sandbox, api) = start_verifying_pair().await;
+    let answer = create_payment(&api, &partner_payment("order-42")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let klarna = answer.json();
+    assert_eq!(
+        klarna["payment_transaction_response"]["result"],
+        "STEP_UP_REQUIRED"
+    );
+    let state = get(&format!("{api}/payments/order-42")).await.json();
+    assert_eq!(
+        state,
+        json!({ "reference": "order-42", "state": "PENDING_STEP_UP" })
+    );
+
+    let url = page_url(&klarna["payment_request"]);
+    assert_eq!(get(&url).await.status, StatusCode::OK);
+    let back = press(&url, "approve").await;
+    assert_eq!(
+        back.location(),
+        "https://shop.test/confirmation?state=COMPLETED"
+    );
+
+    // The completed webhook was delivered before the redirect and the API answered it only
+    // after the final call was stored.
+    let state = settled_state(&api, "order-42").await;
+    assert_eq!(state["state"], "AUTHORIZED", "{state}");
+    assert!(state["payment_transaction_id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("krn:payment:eu1:transaction:")));
+
+    // A settled reference is not paid twice.
+    assert_eq!(
+        create_payment(&api, &partner_payment("order-42"))
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+}
+
+#[tokio::test]
+async fn payment_api_refuses_unsigned_webhooks() {
+    let (_sandbox, api) = start_verifying_pair().await;
+    let body = json!({ "metadata": { "event_type": "payment.request.state-change.declined" }, "payload": {} });
+    let answer = send(
+        Method::POST,
+        &format!("{api}/webhooks/klarna"),
+        &[("klarna-signature", "00")],
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn demo_backends_record_a_decline_and_serve_the_shop() {
+    let demo = start_demo_backends(DemoPorts::default())
+        .await
+        .expect("demo");
+    let api = format!("http://{}", demo.payment_api_addr);
+    let klarna = create_payment(&api, &partner_payment("order-7"))
+        .await
+        .json();
+    let url = page_url(&klarna["payment_request"]);
+    assert_eq!(press(&url, "decline").await.status, StatusCode::SEE_OTHER);
+    assert_eq!(settled_state(&api, "order-7").await["state"], "DECLINED");
+
+    let shop = get(&format!("{api}/shop")).await;
+    assert_eq!(shop.status, StatusCode::OK);
+    assert!(shop.text().contains(r#"id="pay""#));
+    assert!(shop.text().contains("{klarna.payment_request.state}"));
+    let confirmation = get(&format!("{api}/shop/confirmation?reference=x")).await;
+    assert!(confirmation.text().contains(r#"id="state""#));
+    demo.klarna_task.abort();
+    demo.payment_api_task.abort();
+}
+
+#[tokio::test]
+async fn payment_api_passes_klarna_errors_through_unchanged() {
+    let (_sandbox, api) = start_verifying_pair().await;
+    let mut payment = partner_payment("order-9");
+    payment["amount"] = json!(0);
+    let answer = create_payment(&api, &payment).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.json()["error_code"], "VALIDATION_ERROR");
+    assert_eq!(
+        get(&format!("{api}/payments/order-9")).await.json()["state"],
+        "FAILED"
+    );
+    // Fixed and sent again under the same reference.
+    let answer = create_payment(&api, &partner_payment("order-9")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(
+        get(&format!("{api}/payments/order-9")).await.json()["state"],
+        "PENDING_STEP_UP"
+    );
+    assert_eq!(
+        get(&format!("{api}/payments/unknown")).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn echoes_partner_correlation_id() {
+    let sandbox = Sandbox::start(None).await;
+    let answer = sandbox
+        .authorize(
+            &authorize_body(1, "approve-1"),
+            &[("partner-correlation-id", "abc123")],
+        )
+        .await;
+    assert_eq!(answer.headers["partner-correlation-id"], "abc123");
+    assert!(answer.headers.contains_key("klarna-correlation-id"));
+}
+
+#[tokio::test]
+async fn keeps_a_bounded_number_of_requests() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let mut config = KlarnaSandboxConfig::new(KEY, base.clone());
+    config.max_requests = 2;
+    let handle = KlarnaSandbox::new(config);
+    tokio::spawn(handle.clone().serve(listener));
+    let sandbox = Sandbox { handle, base };
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let request = sandbox.step_up(100, "https://shop.test/r", None).await;
+        ids.push(
+            request["payment_request_id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
+    }
+    assert_eq!(sandbox.read(&ids[0]).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(sandbox.read(&ids[1]).await.status, StatusCode::OK);
+    assert_eq!(sandbox.read(&ids[2]).await.status, StatusCode::OK);
+}
