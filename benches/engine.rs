@@ -1,1 +1,96 @@
-fn main() {}
+//! Engine micro-benchmarks: request injection and response rewrite.
+//!
+//! Bodies: the 1.5 KB partner request of the `step_up_required` fixture (5 line items), and
+//! the same request grown to 20 KB and 200 KB with more line items; the fixture's
+//! STEP_UP_REQUIRED answer. Throughput is reported in bytes, so criterion prints the rate;
+//! ns/byte = time / size.
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use http::{HeaderMap, Method, StatusCode};
+use klarna_stepup::{Candidate, RequestVerdict, ResponseVerdict, Route, StepUp};
+
+#[path = "../tests/common/fixtures.rs"]
+mod fixtures;
+
+/// The fixture request with line items repeated until it is at least `size` bytes.
+fn grown(base: &[u8], size: usize) -> Vec<u8> {
+    let text = std::str::from_utf8(base).unwrap();
+    let start = text.find("\"line_items\": [").unwrap() + "\"line_items\": [".len();
+    let item = r#"
+      {"name": "Merino scarf", "quantity": 1, "unit_price": 2000, "total_amount": 2000, "tax_rate": 25.00, "reference": "SKU-1000", "image_url": "https://partner.example/img/1000.png"},"#;
+    let mut out = String::with_capacity(size + item.len());
+    out.push_str(&text[..start]);
+    while out.len() + (text.len() - start) < size {
+        out.push_str(item);
+    }
+    out.push_str(&text[start..]);
+    out.into_bytes()
+}
+
+fn candidate(e: &StepUp) -> Candidate {
+    match e.classify(
+        &Method::POST,
+        &"/payments".parse().unwrap(),
+        &HeaderMap::new(),
+    ) {
+        Route::Candidate(c) => c,
+        _ => unreachable!(),
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let f = fixtures::by_name("step_up_required");
+    let engine = StepUp::from_toml(&f.config).unwrap();
+    let cand = candidate(&engine);
+
+    let mut group = c.benchmark_group("rewrite_request");
+    for (name, body) in [
+        ("1.5KB", f.body.clone()),
+        ("20KB", grown(&f.body, 20_000)),
+        ("200KB", grown(&f.body, 200_000)),
+    ] {
+        assert!(matches!(
+            engine.rewrite_request(cand, &body),
+            RequestVerdict::Injected { .. }
+        ));
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(format!("{name}/{}B", body.len())),
+            &body,
+            |b, body| b.iter(|| engine.rewrite_request(cand, black_box(body))),
+        );
+    }
+    group.finish();
+
+    let RequestVerdict::Injected { exchange, .. } = engine.rewrite_request(cand, &f.body) else {
+        unreachable!()
+    };
+    let answer = f.upstream.as_ref().unwrap().body.clone();
+    let headers = HeaderMap::new();
+    assert!(matches!(
+        engine.rewrite_response(&exchange, StatusCode::OK, &headers, &answer),
+        ResponseVerdict::Rewritten { .. }
+    ));
+    let mut group = c.benchmark_group("rewrite_response");
+    group.throughput(Throughput::Bytes(answer.len() as u64));
+    group.bench_function(format!("step_up_required/{}B", answer.len()), |b| {
+        b.iter(|| engine.rewrite_response(&exchange, StatusCode::OK, &headers, black_box(&answer)))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("classify");
+    let uri = "/v1/orders/123".parse().unwrap();
+    group.bench_function("pass_through", |b| {
+        b.iter(|| engine.classify(&Method::GET, black_box(&uri), &headers))
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = engine;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    targets = benches
+}
+criterion_main!(engine);

@@ -54,7 +54,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(KlarnaStepUpLayer::new(step_up));
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
-    println!("payment API with Klarna step-up on http://{}", listener.local_addr()?);
+    println!(
+        "payment API with Klarna step-up on http://{}",
+        listener.local_addr()?
+    );
     println!(
         r#"try: curl -s localhost:{port}/payments -H 'content-type: application/json' -d '{{"payment_method":"klarna","amount":11800,"currency":"USD","reference":"order-1","klarna_return_url":"https://shop.example/return?id={{klarna.payment_request.id}}"}}'"#
     );

@@ -33,7 +33,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Then the request is pointed at the upstream.
         .map_request(move |mut req: Request<StepUpBody<Incoming>>| {
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            *req.uri_mut() = format!("http://{upstream}{path}").parse().expect("valid upstream URI");
+            *req.uri_mut() = format!("http://{upstream}{path}")
+                .parse()
+                .expect("valid upstream URI");
             req
         })
         .service(client);

@@ -42,39 +42,59 @@ fn json_value() -> impl Strategy<Value = String> {
                 let items: Vec<_> = items.into_iter().map(|(w, v)| format!("{w}{v}")).collect();
                 format!("[{}{end}]", items.join(","))
             }),
-            (prop::collection::vec((ws(), key(), ws(), inner), 0..5), ws()).prop_map(|(members, end)| {
-                let m: Vec<_> = members.into_iter().map(|(a, k, b, v)| format!("{a}{k}{b}:{v}")).collect();
-                format!("{{{}{end}}}", m.join(","))
-            }),
+            (
+                prop::collection::vec((ws(), key(), ws(), inner), 0..5),
+                ws()
+            )
+                .prop_map(|(members, end)| {
+                    let m: Vec<_> = members
+                        .into_iter()
+                        .map(|(a, k, b, v)| format!("{a}{k}{b}:{v}"))
+                        .collect();
+                    format!("{{{}{end}}}", m.join(","))
+                }),
         ]
     })
 }
 
 fn key() -> impl Strategy<Value = String> {
     "[a-z_]{1,12}"
-        .prop_filter("not a key the engine owns", |k| !OWN_KEYS.contains(&k.as_str()))
+        .prop_filter("not a key the engine owns", |k| {
+            !OWN_KEYS.contains(&k.as_str())
+        })
         .prop_map(|k| format!("\"{k}\""))
 }
 
 /// A partner's Klarna request: generated members around the few the engine reads.
 fn klarna_request() -> impl Strategy<Value = (String, Vec<String>)> {
-    (prop::collection::vec((ws(), key(), ws(), json_value()), 0..8), ws(), any::<prop::sample::Index>()).prop_map(
-        |(members, end, at)| {
-            let mut m: Vec<String> = members.into_iter().map(|(a, k, b, v)| format!("{a}{k}{b}:{v}")).collect();
+    (
+        prop::collection::vec((ws(), key(), ws(), json_value()), 0..8),
+        ws(),
+        any::<prop::sample::Index>(),
+    )
+        .prop_map(|(members, end, at)| {
+            let mut m: Vec<String> = members
+                .into_iter()
+                .map(|(a, k, b, v)| format!("{a}{k}{b}:{v}"))
+                .collect();
             let own = [
                 r#""payment_method":"klarna""#.to_owned(),
-                r#""return_url" : "https://shop.example/r?id={klarna.payment_request.id}""#.to_owned(),
+                r#""return_url" : "https://shop.example/r?id={klarna.payment_request.id}""#
+                    .to_owned(),
             ];
             let pos = at.index(m.len() + 1);
             let generated = m.clone();
             m.insert(pos, own.join(","));
             (format!("{{{}{end}}}", m.join(",")), generated)
-        },
-    )
+        })
 }
 
 fn candidate(engine: &StepUp) -> Candidate {
-    match engine.classify(&Method::POST, &"/payments".parse().unwrap(), &HeaderMap::new()) {
+    match engine.classify(
+        &Method::POST,
+        &"/payments".parse().unwrap(),
+        &HeaderMap::new(),
+    ) {
         Route::Candidate(c) => c,
         other => panic!("{other:?}"),
     }

@@ -21,16 +21,21 @@ pub(crate) struct Member<'a> {
 /// The members of one JSON object, in document order, duplicates included.
 pub(crate) struct Object<'a> {
     /// The whole object, `{` through `}`.
-    pub raw: &'a str,
+    pub raw: &'a [u8],
     pub members: Vec<Member<'a>>,
 }
 
 impl<'a> Object<'a> {
     /// Parses `src` as one JSON object (surrounding whitespace allowed). `None` when it is
-    /// not valid JSON or not an object.
+    /// not valid JSON or not an object. One pass over the bytes.
     pub fn parse(src: &'a [u8]) -> Option<Self> {
-        let raw: &'a RawValue = serde_json::from_slice(src).ok()?;
-        Self::from_raw(raw)
+        let MembersOf(members) = serde_json::from_slice(src).ok()?;
+        let start = src.iter().position(|b| !b.is_ascii_whitespace())?;
+        let end = src.iter().rposition(|b| !b.is_ascii_whitespace())? + 1;
+        Some(Object {
+            raw: &src[start..end],
+            members,
+        })
     }
 
     /// The members of a raw value that is an object; `None` for any other JSON value.
@@ -40,7 +45,10 @@ impl<'a> Object<'a> {
             return None;
         }
         let MembersOf(members) = serde_json::from_str(text).ok()?;
-        Some(Object { raw: text, members })
+        Some(Object {
+            raw: text.as_bytes(),
+            members,
+        })
     }
 
     /// The value of `key`. With duplicate keys the last one wins, as in most JSON parsers
@@ -69,7 +77,8 @@ pub(crate) fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
 }
 
 /// The byte range of `part` inside `root`; `part` must be a sub-slice of `root`.
-pub(crate) fn span(root: &[u8], part: &str) -> Range<usize> {
+pub(crate) fn span(root: &[u8], part: impl AsRef<[u8]>) -> Range<usize> {
+    let part = part.as_ref();
     let start = part.as_ptr() as usize - root.as_ptr() as usize;
     debug_assert!(start + part.len() <= root.len());
     start..start + part.len()
@@ -143,7 +152,7 @@ pub(crate) fn remove_members(root: &[u8], obj: &Object<'_>, remove: &[usize], ed
 /// `obj`, as an edit over `root`.
 pub(crate) fn append_members(
     root: &[u8],
-    obj_raw: &str,
+    obj_raw: &[u8],
     has_members: bool,
     members: &[u8],
     edits: &mut Edits,

@@ -74,8 +74,11 @@ impl Engine {
         body: &[u8],
     ) -> Result<(Vec<u8>, AuthorizeResult), KeepReason> {
         // Locate the answer: the whole body, or the value at klarna_answer_at.
-        let answer: &RawValue = if self.answer_at.is_empty() {
-            serde_json::from_slice(body).map_err(|_| KeepReason::NotJson)?
+        let (parsed, nested): (AuthorizeAnswer<'_>, _) = if self.answer_at.is_empty() {
+            (
+                serde_json::from_slice(body).map_err(|_| KeepReason::NotJson)?,
+                None,
+            )
         } else {
             let mut obj = Object::parse(body).ok_or(KeepReason::NotJson)?;
             let (last, path) = self.answer_at.split_last().ok_or(KeepReason::NoAnswer)?;
@@ -85,10 +88,10 @@ impl Engine {
                     .and_then(Object::from_raw)
                     .ok_or(KeepReason::NoAnswer)?;
             }
-            obj.get(last).ok_or(KeepReason::NoAnswer)?
+            let answer = obj.get(last).ok_or(KeepReason::NoAnswer)?;
+            let parsed = serde_json::from_str(answer.get()).map_err(|_| KeepReason::NoAnswer)?;
+            (parsed, Some(answer))
         };
-        let parsed: AuthorizeAnswer<'_> =
-            serde_json::from_str(answer.get()).map_err(|_| KeepReason::NoAnswer)?;
         let result = parsed
             .payment_transaction_response
             .as_ref()
@@ -103,9 +106,9 @@ impl Engine {
             klarna::DECLINED => (self.declined_block(&parsed), AuthorizeResult::Declined),
             _ => return Err(KeepReason::UnknownResult),
         };
-        if self.answer_at.is_empty() {
+        let Some(answer) = nested else {
             return Ok((block, result));
-        }
+        };
         let mut edits = Edits::default();
         edits.replace(json::span(body, answer.get()), block);
         Ok((edits.apply(body), result))

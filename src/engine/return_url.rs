@@ -125,15 +125,16 @@ impl ReturnUrlPolicy {
         if raw.len() > self.max_length {
             return Err(format!("is longer than {} bytes", self.max_length));
         }
-        if let Some(c) = raw.chars().find(|c| c.is_control() || c.is_whitespace()) {
-            return Err(if c == ' ' {
-                "contains a space".into()
-            } else {
-                "contains a control or whitespace character".into()
-            });
+        if let Some(b) = raw.bytes().find(|&b| b <= b' ' || b == 0x7f || b == b'\\') {
+            return Err(match b {
+                b' ' => "contains a space",
+                b'\\' => "contains a backslash",
+                _ => "contains a control character",
+            }
+            .into());
         }
-        if raw.contains('\\') {
-            return Err("contains a backslash".into());
+        if !raw.is_ascii() && raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("contains a control or whitespace character".into());
         }
         let filled = fill_samples(raw)?;
         let url = url::Url::parse(&filled).map_err(|e| format!("is not an absolute URL ({e})"))?;
