@@ -4,7 +4,6 @@ use std::fmt;
 
 use http::{HeaderMap, StatusCode};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use serde_json::value::RawValue;
 
 use super::json::{self, Edits, Object};
 use super::{AuthorizeResult, Engine, Exchange, ResponseVerdict, StepUp, TemplatePart};

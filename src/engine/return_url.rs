@@ -307,10 +307,12 @@ mod tests {
 
     #[test]
     fn config_errors_name_the_key() {
-        let mut c = ReturnUrlPolicyConfig::default();
-        c.schemes = vec!["ftp".into()];
-        c.allowed_hosts = vec!["ok.example".into(), "bad/host".into()];
-        c.max_length = 1;
+        let c = ReturnUrlPolicyConfig {
+            schemes: vec!["ftp".into()],
+            allowed_hosts: vec!["ok.example".into(), "bad/host".into()],
+            max_length: 1,
+            ..ReturnUrlPolicyConfig::default()
+        };
         let mut p = Problems::default();
         ReturnUrlPolicy::new(&c, &mut p);
         let keys: Vec<_> = p.0.iter().map(|e| e.key.as_str()).collect();
