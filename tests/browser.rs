@@ -3,7 +3,7 @@
 //! Approve or Decline → back to the shop's confirmation page, which must show the final state.
 //!
 //! Needs `chromium` and `chromedriver` (Debian packages `chromium`, `chromium-driver`;
-//! `scripts/install-test-deps.sh` as root installs them). Without them the tests print a SKIP
+//! `./x test` installs them). Without them the tests print a SKIP
 //! line and pass, unless `CI` is set: then they fail. Screenshots of the purchase journey and
 //! of the confirmation page (`approve-journey.png`, `approve.png`, …) go to
 //! `$CARGO_TARGET_DIR/browser-screenshots/` (default `target/browser-screenshots/`).
@@ -320,13 +320,13 @@ fn tools_or_skip(test: &str) -> Option<Tools> {
     if in_ci() {
         panic!(
             "{test}: {missing} not found, and CI is set: install them with \
-             scripts/install-test-deps.sh (as root; Debian packages chromium, chromium-driver)"
+             ./x test (it installs the Debian packages chromium and chromium-driver)"
         );
     }
     // Straight to stderr: the test harness does not capture this, so the skip is visible.
     let _ = writeln!(
         std::io::stderr(),
-        "SKIP browser test {test}: {missing} not found (install: sudo scripts/install-test-deps.sh)"
+        "SKIP browser test {test}: {missing} not found (./x test installs them)"
     );
     None
 }
