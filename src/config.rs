@@ -69,6 +69,86 @@ pub struct StepUpConfig {
     pub return_url_policy: ReturnUrlPolicyConfig,
     /// The partner-facing vocabulary.
     pub partner_response: PartnerResponseConfig,
+    /// The acquirer-controlled return endpoint (off by default).
+    pub acquirer_return: AcquirerReturnConfig,
+    /// Verified webhook relay (off by default).
+    pub webhooks: WebhooksConfig,
+}
+
+/// A secret key: its id, and the environment variable that holds it. Keys never appear in
+/// configuration files, logs or errors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The key id (for return tokens: written into each token; for webhooks: Klarna's
+    /// `Klarna-Signing-Key-Id`).
+    pub id: String,
+    /// The environment variable holding the key.
+    pub env: String,
+}
+
+/// The acquirer-controlled return: Klarna sends the customer to the layer's own endpoint,
+/// which verifies a signed token and redirects (303) to the partner's URL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcquirerReturnConfig {
+    /// Off by default.
+    pub enabled: bool,
+    /// Where the layer is reachable from browsers, e.g. `https://pay.acquirer.example`.
+    pub public_base_url: String,
+    /// The endpoint's path prefix (default `/klarna/return`); tokens follow as one segment.
+    pub path: String,
+    /// Signing keys: the first signs new tokens, all verify (rotation).
+    pub keys: Vec<KeyConfig>,
+    /// Added to the payment request's lifetime to give the token's (default 3600 s).
+    pub token_margin_secs: u64,
+    /// When set, the payment API is told of each return with a `POST` here.
+    pub notify_path: Option<String>,
+    /// How long a notification may delay the redirect, in ms (default 500).
+    pub notify_timeout_ms: u64,
+}
+
+impl Default for AcquirerReturnConfig {
+    fn default() -> Self {
+        AcquirerReturnConfig {
+            enabled: false,
+            public_base_url: String::new(),
+            path: "/klarna/return".into(),
+            keys: Vec::new(),
+            token_margin_secs: 3600,
+            notify_path: None,
+            notify_timeout_ms: 500,
+        }
+    }
+}
+
+/// Klarna's webhooks: verified here, then relayed to the payment API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Off by default.
+    pub enabled: bool,
+    /// Where Klarna posts (default `/klarna/webhooks`).
+    pub path: String,
+    /// Where the payment API takes verified webhooks (default `/webhooks/klarna`). Requests
+    /// from outside to this path are refused (404), so only verified webhooks reach it.
+    pub relay_path: String,
+    /// Klarna's signing keys, by `Klarna-Signing-Key-Id`.
+    pub keys: Vec<KeyConfig>,
+    /// Largest webhook body, in bytes (default 64 KiB).
+    pub body_limit: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            enabled: false,
+            path: "/klarna/webhooks".into(),
+            relay_path: "/webhooks/klarna".into(),
+            keys: Vec::new(),
+            body_limit: 64 * 1024,
+        }
+    }
 }
 
 /// One candidate route: a method and a path pattern where `{name}` matches one segment.

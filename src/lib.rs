@@ -13,7 +13,8 @@ pub mod sandbox;
 pub mod tower;
 
 pub use config::{ConfigError, ConfigErrors, StepUpConfig};
+pub use engine::webhook::WebhookEvent;
 pub use engine::{
     AuthorizeResult, Candidate, Exchange, KeepReason, Refusal, RequestVerdict, ResponseVerdict,
-    Route, StepUp,
+    ReturnRedirect, Route, StepUp,
 };

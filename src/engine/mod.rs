@@ -12,7 +12,9 @@
 mod json;
 mod request;
 mod response;
+mod return_token;
 pub(crate) mod return_url;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -22,9 +24,13 @@ use http::{HeaderMap, Method, StatusCode, Uri};
 use crate::config::{
     ConfigErrors, PartnerFieldsConfig, PartnerResponseConfig, Problems, StepUpConfig,
 };
+use return_token::ReturnEndpoint;
 use return_url::ReturnUrlPolicy;
+use webhook::Webhooks;
 
 pub use response::KeepReason;
+pub use return_token::ReturnRedirect;
+pub use webhook::WebhookEvent;
 
 /// Default limit of a buffered candidate body: 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
@@ -64,6 +70,8 @@ struct Engine {
     policy: ReturnUrlPolicy,
     words: PartnerResponseConfig,
     redirect_template: Vec<TemplatePart>,
+    acquirer_return: Option<ReturnEndpoint>,
+    webhooks: Option<Webhooks>,
 }
 
 impl std::fmt::Debug for StepUp {
@@ -83,6 +91,14 @@ pub enum Route {
     /// A candidate route: read the body (within the limit) and ask
     /// [`StepUp::rewrite_request`].
     Candidate(Candidate),
+    /// The acquirer return endpoint: answer [`StepUp::resolve_return`] (no body to read).
+    Return,
+    /// Klarna's webhook: read the body (within [`StepUp::webhook_body_limit`]), ask
+    /// [`StepUp::verify_webhook`], relay to [`StepUp::webhook_relay_path`].
+    Webhook,
+    /// The payment API's webhook relay path, reached from outside: answer
+    /// [`Refusal::not_found`], so only verified webhooks get there.
+    Internal,
 }
 
 /// A candidate route, as matched by [`StepUp::classify`].
@@ -190,6 +206,26 @@ impl Refusal {
         }
     }
 
+    /// A 404: a path only the layer itself may call.
+    pub fn not_found() -> Self {
+        Refusal {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            param: None,
+            message: "not found".into(),
+        }
+    }
+
+    /// A 503 to Klarna: the payment API did not accept a webhook, so Klarna must retry.
+    pub fn webhook_not_accepted() -> Self {
+        Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "webhook_not_accepted",
+            param: None,
+            message: "the payment API did not accept the webhook; retry later".into(),
+        }
+    }
+
     /// A 400 for a request body that could not be read.
     pub fn unreadable_body() -> Self {
         Refusal {
@@ -273,8 +309,18 @@ impl Refusal {
 }
 
 impl StepUp {
-    /// Validates `config` into an engine; every error names its key.
+    /// Validates `config` into an engine; every error names its key. Secret keys are read
+    /// from the environment variables the configuration names.
     pub fn new(config: StepUpConfig) -> Result<Self, ConfigErrors> {
+        Self::with_secrets(config, |name| std::env::var(name).ok())
+    }
+
+    /// Like [`new`](Self::new), with secrets looked up by `secret(env_var_name)` (for tests,
+    /// or a secret store).
+    pub fn with_secrets(
+        config: StepUpConfig,
+        secret: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigErrors> {
         let mut p = Problems::default();
         let c = config.effective();
         let body_limit = c.body_limit.unwrap_or(DEFAULT_BODY_LIMIT);
@@ -349,6 +395,13 @@ impl StepUp {
             }
         }
         let redirect_template = TemplatePart::parse(&words.redirect_url, &mut p);
+        let expiry = c
+            .defaults
+            .interaction_expiry
+            .as_deref()
+            .and_then(iso_duration_secs);
+        let acquirer_return = acquirer_return(&c, &policy, expiry, &secret, &mut p);
+        let webhooks = webhooks(&c, &secret, &mut p);
         if !p.0.is_empty() {
             return Err(ConfigErrors(p.0));
         }
@@ -367,6 +420,8 @@ impl StepUp {
                 policy,
                 words: c.partner_response.clone(),
                 redirect_template,
+                acquirer_return,
+                webhooks,
                 config: c,
             }),
         })
@@ -391,6 +446,24 @@ impl StepUp {
     /// body is never looked at here.
     pub fn classify(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Route {
         let path = uri.path();
+        let e = &*self.inner;
+        if let Some(w) = &e.webhooks {
+            if path == w.path && *method == Method::POST {
+                return Route::Webhook;
+            }
+            if path == w.relay_path {
+                return Route::Internal;
+            }
+        }
+        if let Some(r) = &e.acquirer_return {
+            if (*method == Method::GET || *method == Method::HEAD)
+                && path
+                    .strip_prefix(r.path.as_str())
+                    .is_some_and(|t| t.starts_with('/'))
+            {
+                return Route::Return;
+            }
+        }
         let Some(i) = self
             .inner
             .routes
@@ -404,6 +477,50 @@ impl StepUp {
             return Route::PassThrough;
         }
         Route::Candidate(Candidate { route: i as u16 })
+    }
+
+    /// Verifies an acquirer return (`Route::Return`) and says where the customer goes. `now`
+    /// is the current time in unix seconds.
+    pub fn resolve_return(&self, uri: &Uri, now: u64) -> Result<ReturnRedirect, Refusal> {
+        match &self.inner.acquirer_return {
+            Some(r) => r.resolve(uri, now),
+            None => Err(Refusal::not_found()),
+        }
+    }
+
+    /// Where and how long to notify the payment API of a return, when configured.
+    pub fn return_notification(&self) -> Option<(&str, std::time::Duration)> {
+        let r = self.inner.acquirer_return.as_ref()?;
+        Some((
+            r.notify_path.as_deref()?,
+            std::time::Duration::from_millis(r.notify_timeout_ms),
+        ))
+    }
+
+    /// Verifies a webhook (`Route::Webhook`): the signature over the raw body, with the key
+    /// named by `Klarna-Signing-Key-Id`; then reads its fields.
+    pub fn verify_webhook(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<WebhookEvent, Refusal> {
+        let w = self
+            .inner
+            .webhooks
+            .as_ref()
+            .ok_or_else(Refusal::not_found)?;
+        webhook::verify(&w.keys, headers, body)?;
+        Ok(webhook::parse(body))
+    }
+
+    /// The payment API's path for verified webhooks.
+    pub fn webhook_relay_path(&self) -> &str {
+        self.inner.webhooks.as_ref().map_or("", |w| &w.relay_path)
+    }
+
+    /// The largest webhook body accepted.
+    pub fn webhook_body_limit(&self) -> usize {
+        self.inner.webhooks.as_ref().map_or(0, |w| w.body_limit)
     }
 
     /// The path pattern of the route an exchange came through, for logs and metrics.
@@ -437,6 +554,131 @@ fn is_json_or_absent(headers: &HeaderMap) -> bool {
                 || essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json")
         }
     }
+}
+
+/// The current time in unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Keys named by `keys`, read through `secret`; `min` is the shortest key accepted.
+fn keys(
+    section: &str,
+    list: &[crate::config::KeyConfig],
+    min: usize,
+    secret: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems,
+) -> Vec<(String, Vec<u8>)> {
+    if list.is_empty() {
+        p.add(format!("{section}.keys"), "must name at least one key");
+    }
+    let mut out = Vec::new();
+    for (i, k) in list.iter().enumerate() {
+        let key = format!("{section}.keys[{i}]");
+        if k.id.is_empty() || k.id.len() > 64 || !k.id.bytes().all(|b| b.is_ascii_graphic()) {
+            p.add(
+                format!("{key}.id"),
+                "must be 1 to 64 visible ASCII characters",
+            );
+        }
+        match secret(&k.env) {
+            None => p.add(
+                format!("{key}.env"),
+                format!("the environment variable {} is not set", k.env),
+            ),
+            Some(v) if v.len() < min => p.add(
+                format!("{key}.env"),
+                format!("the key in {} is shorter than {min} bytes", k.env),
+            ),
+            Some(v) => out.push((k.id.clone(), v.into_bytes())),
+        }
+    }
+    out
+}
+
+fn acquirer_return(
+    c: &StepUpConfig,
+    policy: &ReturnUrlPolicy,
+    expiry: Option<u64>,
+    secret: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems,
+) -> Option<ReturnEndpoint> {
+    let r = &c.acquirer_return;
+    if !r.enabled {
+        return None;
+    }
+    let base = r.public_base_url.trim_end_matches('/');
+    match policy.check_return_url(base) {
+        Err(why) => p.add("acquirer_return.public_base_url", why),
+        Ok(()) if base.contains(['?', '#']) => p.add(
+            "acquirer_return.public_base_url",
+            "must have no query or fragment",
+        ),
+        Ok(()) => {}
+    }
+    if !r.path.starts_with('/') || r.path.ends_with('/') || r.path.contains(['?', '#', '{']) {
+        p.add(
+            "acquirer_return.path",
+            "must be a path starting with / and not ending with /",
+        );
+    }
+    if r.notify_path
+        .as_deref()
+        .is_some_and(|n| !n.starts_with('/'))
+    {
+        p.add(
+            "acquirer_return.notify_path",
+            "must be a path starting with /",
+        );
+    }
+    let keys = keys("acquirer_return", &r.keys, 32, secret, p);
+    if keys.is_empty() {
+        return None;
+    }
+    // Klarna's default Payment Request lifetime is 3 hours.
+    let lifetime_secs = expiry.unwrap_or(3 * 3600) + r.token_margin_secs;
+    Some(ReturnEndpoint {
+        base: base.to_owned(),
+        path: r.path.clone(),
+        keys,
+        lifetime_secs,
+        notify_path: r.notify_path.clone(),
+        notify_timeout_ms: r.notify_timeout_ms,
+    })
+}
+
+fn webhooks(
+    c: &StepUpConfig,
+    secret: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems,
+) -> Option<Webhooks> {
+    let w = &c.webhooks;
+    if !w.enabled {
+        return None;
+    }
+    for (key, path) in [
+        ("webhooks.path", &w.path),
+        ("webhooks.relay_path", &w.relay_path),
+    ] {
+        if !path.starts_with('/') || path.contains(['?', '#']) {
+            p.add(key, "must be a path starting with /");
+        }
+    }
+    if w.path == w.relay_path {
+        p.add("webhooks.relay_path", "must differ from webhooks.path");
+    }
+    if w.body_limit == 0 {
+        p.add("webhooks.body_limit", "must be at least 1 byte");
+    }
+    let keys = keys("webhooks", &w.keys, 1, secret, p);
+    Some(Webhooks {
+        path: w.path.clone(),
+        relay_path: w.relay_path.clone(),
+        keys,
+        body_limit: w.body_limit,
+    })
 }
 
 fn dot_path(key: &str, path: &str, p: &mut Problems) -> Vec<String> {

@@ -141,7 +141,15 @@ impl Engine {
             json::write_member(&mut cic_members, "method", "HANDOVER");
         }
         if !has("return_url") {
-            json::write_member(&mut cic_members, "return_url", &*return_url);
+            // With the acquirer return on, Klarna gets the layer's own endpoint; the partner's
+            // URL travels signed inside it. A return_url the caller set itself is left alone.
+            match &self.acquirer_return {
+                Some(r) => {
+                    let url = r.return_url(&return_url, &reference, super::unix_now());
+                    json::write_member(&mut cic_members, "return_url", &url);
+                }
+                None => json::write_member(&mut cic_members, "return_url", &*return_url),
+            }
         }
         if let Some(app) = app_return_url.as_ref().filter(|_| !has("app_return_url")) {
             json::write_member(&mut cic_members, "app_return_url", &**app);

@@ -136,6 +136,14 @@ impl ReturnUrlPolicy {
         if !raw.is_ascii() && raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err("contains a control or whitespace character".into());
         }
+        // Placeholders belong in the path, query or fragment: filled into the host, they
+        // would let whoever fills them choose where the customer goes.
+        if let Some((_, rest)) = raw.split_once("://") {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            if authority.contains(['{', '}']) {
+                return Err("has a placeholder in the host".into());
+            }
+        }
         let filled = fill_samples(raw)?;
         let url = url::Url::parse(&filled).map_err(|e| format!("is not an absolute URL ({e})"))?;
         let scheme = url.scheme().as_bytes();
@@ -261,6 +269,14 @@ mod tests {
                 "not a Klarna placeholder",
             ),
             ("https://a.partner.example/{klarna", "unbalanced"),
+            (
+                "https://{klarna.payment_request.state}.partner.example/",
+                "placeholder in the host",
+            ),
+            (
+                "https://a.partner.example{klarna.payment_request.id}/",
+                "placeholder in the host",
+            ),
             ("javascript:alert(1)", "scheme javascript"),
         ];
         for (url, why) in cases {

@@ -1,0 +1,209 @@
+//! Klarna's webhooks: signature verification and the normalized fields relayed with them.
+
+use std::borrow::Cow;
+
+use hmac::{Hmac, Mac};
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
+use serde::Deserialize;
+use sha2::Sha256;
+
+use super::Refusal;
+
+/// Klarna's signature header: hex HMAC-SHA256 of the raw body.
+pub const SIGNATURE_HEADER: HeaderName = HeaderName::from_static("klarna-signature");
+/// Klarna's header naming the signing key.
+pub const SIGNING_KEY_ID_HEADER: HeaderName = HeaderName::from_static("klarna-signing-key-id");
+
+/// Headers the layer sets on a relayed webhook. Incoming values are always replaced.
+pub mod relay_headers {
+    use http::header::HeaderName;
+    /// `true`: the layer verified the signature.
+    pub const VERIFIED: HeaderName = HeaderName::from_static("x-klarna-stepup-verified");
+    /// `metadata.event_id`.
+    pub const EVENT_ID: HeaderName = HeaderName::from_static("x-klarna-stepup-event-id");
+    /// `metadata.event_type`, e.g. `payment.request.state-change.completed`.
+    pub const EVENT_TYPE: HeaderName = HeaderName::from_static("x-klarna-stepup-event-type");
+    /// `payload.payment_request_id`.
+    pub const PAYMENT_REQUEST_ID: HeaderName =
+        HeaderName::from_static("x-klarna-stepup-payment-request-id");
+    /// `payload.payment_request_reference`.
+    pub const REFERENCE: HeaderName = HeaderName::from_static("x-klarna-stepup-reference");
+    /// `payload.state`.
+    pub const STATE: HeaderName = HeaderName::from_static("x-klarna-stepup-state");
+    /// The Klarna network session token for the final authorize call.
+    pub const TOKEN: HeaderName = HeaderName::from_static("x-klarna-stepup-token");
+    /// All of them.
+    pub const ALL: [HeaderName; 7] = [
+        VERIFIED,
+        EVENT_ID,
+        EVENT_TYPE,
+        PAYMENT_REQUEST_ID,
+        REFERENCE,
+        STATE,
+        TOKEN,
+    ];
+}
+
+/// The validated webhook settings.
+pub(crate) struct Webhooks {
+    pub path: String,
+    pub relay_path: String,
+    pub keys: Vec<(String, Vec<u8>)>,
+    pub body_limit: usize,
+}
+
+/// A verified webhook, with the fields the payment API needs, found where Klarna puts them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct WebhookEvent {
+    /// `metadata.event_id`.
+    pub event_id: Option<String>,
+    /// `metadata.event_type`.
+    pub event_type: Option<String>,
+    /// `payload.payment_request_id`.
+    pub payment_request_id: Option<String>,
+    /// `payload.payment_request_reference`.
+    pub reference: Option<String>,
+    /// `payload.state`.
+    pub state: Option<String>,
+    /// The session token: `payload.klarna_network_session_token`, then
+    /// `payload.state_context.klarna_network_session_token`, then the legacy `payment_token`
+    /// in both places. Never printed.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookEvent")
+            .field("event_id", &self.event_id)
+            .field("event_type", &self.event_type)
+            .field("payment_request_id", &self.payment_request_id)
+            .field("reference", &self.reference)
+            .field("state", &self.state)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl WebhookEvent {
+    /// The headers to set on the relayed request (see [`relay_headers`]). Values that are not
+    /// valid header values are left out; the body carries them anyway.
+    pub fn relay_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        use relay_headers::*;
+        let mut out = vec![(VERIFIED, HeaderValue::from_static("true"))];
+        for (name, value) in [
+            (EVENT_ID, &self.event_id),
+            (EVENT_TYPE, &self.event_type),
+            (PAYMENT_REQUEST_ID, &self.payment_request_id),
+            (REFERENCE, &self.reference),
+            (STATE, &self.state),
+            (TOKEN, &self.token),
+        ] {
+            if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                out.push((name, v));
+            }
+        }
+        out
+    }
+}
+
+fn refused(code: &'static str, param: &str, message: &str) -> Refusal {
+    Refusal::invalid(code, param, message)
+}
+
+/// Verifies `Klarna-Signature` over `body` with the key named by `Klarna-Signing-Key-Id`.
+pub(crate) fn verify(
+    keys: &[(String, Vec<u8>)],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), Refusal> {
+    let key_id = headers
+        .get(SIGNING_KEY_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| refused("invalid_signature", "Klarna-Signing-Key-Id", "is missing"))?;
+    let (_, key) = keys.iter().find(|(id, _)| id == key_id).ok_or_else(|| {
+        refused(
+            "invalid_signature",
+            "Klarna-Signing-Key-Id",
+            "names no known key",
+        )
+    })?;
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .map(|v| v.as_bytes())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| refused("invalid_signature", "Klarna-Signature", "is missing"))?;
+    let signature = hex::decode(signature.trim_ascii())
+        .map_err(|_| refused("invalid_signature", "Klarna-Signature", "is not hex"))?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(body);
+    // verify_slice compares in constant time and refuses any other length.
+    mac.verify_slice(&signature).map_err(|_| {
+        refused(
+            "invalid_signature",
+            "Klarna-Signature",
+            "does not match the body",
+        )
+    })
+}
+
+/// Reads the envelope's fields. A body that is not the expected envelope still verifies and
+/// is relayed (nothing is lost); it just carries fewer normalized fields.
+pub(crate) fn parse(body: &[u8]) -> WebhookEvent {
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        metadata: Metadata<'a>,
+        #[serde(borrow)]
+        payload: Payload<'a>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Metadata<'a> {
+        #[serde(borrow)]
+        event_id: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        event_type: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Payload<'a> {
+        #[serde(borrow)]
+        payment_request_id: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        payment_request_reference: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        state: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        klarna_network_session_token: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        payment_token: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        state_context: Option<Tokens<'a>>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Tokens<'a> {
+        #[serde(borrow)]
+        klarna_network_session_token: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        payment_token: Option<Cow<'a, str>>,
+    }
+    let e: Envelope<'_> = serde_json::from_slice(body).unwrap_or_default();
+    let ctx = e.payload.state_context.unwrap_or_default();
+    let own = |v: Option<Cow<'_, str>>| v.map(Cow::into_owned);
+    WebhookEvent {
+        event_id: own(e.metadata.event_id),
+        event_type: own(e.metadata.event_type),
+        payment_request_id: own(e.payload.payment_request_id),
+        reference: own(e.payload.payment_request_reference),
+        state: own(e.payload.state),
+        token: own(e
+            .payload
+            .klarna_network_session_token
+            .or(ctx.klarna_network_session_token)
+            .or(e.payload.payment_token)
+            .or(ctx.payment_token)),
+    }
+}
