@@ -10,8 +10,10 @@ use http::{HeaderMap, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::{decode::decode, ResponseFuture, StepUpBody};
+use crate::engine::webhook::relay_headers;
 use crate::engine::{Candidate, Exchange, MARKER_HEADER, STALE_RESPONSE_HEADERS};
 use crate::{Refusal, RequestVerdict, ResponseVerdict, Route, StepUp};
 
@@ -85,9 +87,145 @@ where
                     req,
                 )))
             }
+            Route::Return => {
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::step_up(Box::pin(acquirer_return(self.step_up.clone(), inner, req)))
+            }
+            Route::Webhook => {
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::step_up(Box::pin(webhook(self.step_up.clone(), inner, req)))
+            }
+            Route::Internal => ResponseFuture::step_up(Box::pin(std::future::ready(Ok(refusal(
+                &Refusal::not_found(),
+            ))))),
             _ => ResponseFuture::passthrough(self.inner.call(req.map(StepUpBody::new))),
         }
     }
+}
+
+/// The acquirer return: verify the token, tell the payment API (bounded wait), redirect.
+async fn acquirer_return<S, ReqB, ResB>(
+    step_up: StepUp,
+    mut inner: S,
+    req: Request<ReqB>,
+) -> Result<Response<StepUpBody<ResB>>, S::Error>
+where
+    S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes>,
+{
+    let redirect = match step_up.resolve_return(req.uri(), crate::engine::unix_now()) {
+        Ok(r) => r,
+        Err(r) => {
+            tracing::warn!(code = r.code, "acquirer return refused");
+            return Ok(refusal(&r));
+        }
+    };
+    if let Some((path, timeout)) = step_up.return_notification() {
+        let mut notify = Request::new(StepUpBody::full(redirect.notification()));
+        *notify.method_mut() = http::Method::POST;
+        *notify.uri_mut() = with_path(req.uri(), path);
+        if let Some(host) = req.headers().get(http::header::HOST) {
+            notify
+                .headers_mut()
+                .insert(http::header::HOST, host.clone());
+        }
+        notify
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        // The redirect waits for the notification at most `timeout`: the customer comes first.
+        match tokio::time::timeout(timeout, inner.call(notify)).await {
+            Ok(Ok(res)) if res.status().is_success() => {}
+            Ok(Ok(res)) => {
+                tracing::warn!(status = res.status().as_u16(), reference = %redirect.reference, "return notification refused")
+            }
+            Ok(Err(_)) => {
+                tracing::warn!(reference = %redirect.reference, "return notification failed")
+            }
+            Err(_) => {
+                tracing::warn!(reference = %redirect.reference, "return notification timed out")
+            }
+        }
+    }
+    tracing::info!(reference = %redirect.reference, state = redirect.state.as_deref(), "acquirer return");
+    Ok(redirect.to_response().map(StepUpBody::full))
+}
+
+/// A Klarna webhook: verify, relay the original bytes, and acknowledge only what the payment
+/// API accepted; anything else is a 503 so that Klarna retries.
+async fn webhook<S, ReqB, ResB>(
+    step_up: StepUp,
+    mut inner: S,
+    req: Request<ReqB>,
+) -> Result<Response<StepUpBody<ResB>>, S::Error>
+where
+    S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
+    ReqB: Body<Data = Bytes>,
+    ReqB::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes>,
+{
+    let (mut parts, body) = req.into_parts();
+    let limit = step_up.webhook_body_limit();
+    if content_length(&parts.headers).is_some_and(|n| n > limit as u64) {
+        return Ok(refusal(&Refusal::too_large(limit)));
+    }
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return Ok(refusal(&Refusal::too_large(limit))),
+        Err(_) => return Ok(refusal(&Refusal::unreadable_body())),
+    };
+    let event = match step_up.verify_webhook(&parts.headers, &body) {
+        Ok(event) => event,
+        Err(r) => {
+            tracing::warn!(code = r.code, param = r.param.as_deref(), "webhook refused");
+            return Ok(refusal(&r));
+        }
+    };
+    for name in relay_headers::ALL {
+        parts.headers.remove(name);
+    }
+    for (name, value) in event.relay_headers() {
+        parts.headers.insert(name, value);
+    }
+    parts.uri = with_path(&parts.uri, step_up.webhook_relay_path());
+    let span = tracing::info_span!(
+        "webhook",
+        event_type = event.event_type.as_deref(),
+        reference = event.reference.as_deref()
+    );
+    let relayed = inner
+        .call(Request::from_parts(parts, StepUpBody::full(body)))
+        .instrument(span.clone())
+        .await;
+    let _enter = span.enter();
+    match relayed {
+        Ok(res) if res.status().is_success() => {
+            tracing::info!(status = res.status().as_u16(), "webhook relayed");
+            let mut res = res.map(StepUpBody::new);
+            res.headers_mut()
+                .insert(MARKER_HEADER, HeaderValue::from_static("relayed"));
+            Ok(res)
+        }
+        Ok(res) => {
+            tracing::warn!(
+                status = res.status().as_u16(),
+                "webhook not accepted by the payment API"
+            );
+            Ok(refusal(&Refusal::webhook_not_accepted()))
+        }
+        Err(_) => {
+            tracing::warn!("webhook relay failed: payment API unreachable");
+            Ok(refusal(&Refusal::webhook_not_accepted()))
+        }
+    }
+}
+
+/// `uri` with its path (and query) replaced by `path`; scheme and authority kept.
+fn with_path(uri: &http::Uri, path: &str) -> http::Uri {
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = path.parse().ok();
+    http::Uri::from_parts(parts).unwrap_or_else(|_| http::Uri::from_static("/"))
 }
 
 /// One candidate exchange: read the body, ask the engine, call the payment API, rewrite.

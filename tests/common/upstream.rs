@@ -50,7 +50,12 @@ impl Upstream {
 
 /// Starts the upstream on an ephemeral loopback port, in the current tokio runtime.
 pub async fn start() -> Upstream {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_on("127.0.0.1:0".parse().unwrap()).await
+}
+
+/// Starts the upstream on `addr`.
+pub async fn start_on(addr: SocketAddr) -> Upstream {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let up = Upstream {
         addr: listener.local_addr().unwrap(),
         received: Arc::default(),
