@@ -5,6 +5,9 @@
 
 pub mod config;
 pub mod engine;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz_logic;
 pub mod klarna;
 pub mod partner;
 #[cfg(feature = "sandbox")]
