@@ -46,7 +46,7 @@ fn candidate(e: &StepUp) -> crate::Candidate {
 /// Request injection: an injected body is JSON; everything else is left alone.
 pub fn request(data: &[u8]) {
     let e = engine();
-    if let RequestVerdict::Injected { body, .. } = e.rewrite_request(candidate(&e), data) {
+    if let RequestVerdict::Injected { body, .. } = e.rewrite_request(candidate(e), data) {
         let v: serde_json::Value = serde_json::from_slice(&body).expect("injected body is JSON");
         assert!(v.get("step_up_config").is_some());
     }
@@ -56,7 +56,7 @@ pub fn request(data: &[u8]) {
 pub fn response(data: &[u8]) {
     let e = engine();
     let RequestVerdict::Injected { exchange, .. } = e.rewrite_request(
-        candidate(&e),
+        candidate(e),
         br#"{"payment_method":"klarna","return_url":"https://shop.example/r"}"#,
     ) else {
         unreachable!("a valid Klarna request")
@@ -88,7 +88,7 @@ pub fn return_token(data: &[u8]) {
     }
     // A minted token round-trips whatever the query holds.
     let RequestVerdict::Injected { body, .. } = e.rewrite_request(
-        candidate(&e),
+        candidate(e),
         br#"{"payment_method":"klarna","reference":"r1","return_url":"https://shop.example/r?id={klarna.payment_request.id}"}"#,
     ) else {
         unreachable!()
