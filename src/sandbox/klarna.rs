@@ -91,7 +91,7 @@ impl KlarnaSandboxConfig {
             public_base_url: public_base_url.into(),
             webhook_url: None,
             signing_key_id: "sandbox-key-1".to_owned(),
-            signing_key: b"klarna-sandbox-signing-key".to_vec(),
+            signing_key: super::DEMO_SIGNING_KEY.to_vec(),
             max_requests: 10_000,
             webhook_attempts: 4,
             webhook_backoff: Duration::from_millis(250),

@@ -115,6 +115,50 @@ pub const DEMO_API_KEY: &str = "sandbox-api-key";
 /// Partner account id used by the demo backends.
 pub const DEMO_PARTNER_ACCOUNT_ID: &str = "krn:partner:global:account:sandbox";
 
+/// The step-up configuration of the demo, for a proxy reachable at `public_base_url`:
+/// http return URLs allowed on loopback, the acquirer return endpoint on, and webhooks
+/// verified with the sandbox's signing key and relayed to the payment API's
+/// `/webhooks/klarna`. Its keys come from [`demo_secret`].
+pub fn demo_step_up_toml(public_base_url: &str) -> String {
+    format!(
+        r#"[return_url_policy]
+http_hosts = ["127.0.0.1", "localhost"]
+
+[acquirer_return]
+enabled = true
+public_base_url = "{public_base_url}"
+keys = [{{ id = "demo-1", env = "KLARNA_STEPUP_DEMO_RETURN_KEY" }}]
+
+[webhooks]
+enabled = true
+path = "/klarna/webhooks"
+relay_path = "/webhooks/klarna"
+keys = [{{ id = "sandbox-key-1", env = "KLARNA_STEPUP_DEMO_WEBHOOK_KEY" }}]
+"#
+    )
+}
+
+/// The demo's keys, by environment variable name: the environment's value when set, else a
+/// fixed demo value (not a secret: the demo runs on loopback only).
+pub fn demo_secret(name: &str) -> Option<String> {
+    std::env::var(name).ok().or(match name {
+        "KLARNA_STEPUP_DEMO_RETURN_KEY" => Some("demo-return-key-not-a-secret-0123456789".into()),
+        "KLARNA_STEPUP_DEMO_WEBHOOK_KEY" => {
+            Some(String::from_utf8_lossy(DEMO_SIGNING_KEY).into_owned())
+        }
+        _ => None,
+    })
+}
+
+/// The demo's [`StepUp`](crate::StepUp) engine for a proxy reachable at `public_base_url`.
+pub fn demo_step_up(public_base_url: &str) -> Result<crate::StepUp, crate::ConfigErrors> {
+    let config = crate::StepUpConfig::from_toml(&demo_step_up_toml(public_base_url))?;
+    crate::StepUp::with_secrets(config, demo_secret)
+}
+
+/// The sandbox's webhook signing key (not a secret).
+pub const DEMO_SIGNING_KEY: &[u8] = b"klarna-sandbox-signing-key";
+
 /// Binds the Klarna sandbox and the payment API on 127.0.0.1 and serves them.
 ///
 /// The payment API calls the sandbox with [`DEMO_API_KEY`] and [`DEMO_PARTNER_ACCOUNT_ID`] and

@@ -4,12 +4,13 @@
 //! ```text
 //! browser ──▶ proxy (step-up) ──▶ payment API + shop ──▶ Klarna sandbox
 //!    └──────────────── purchase journey ─────────────────────▲
-//!                        Klarna webhooks ──▶ payment API /webhooks/klarna (direct, for now)
+//!    ◀── 303 ── proxy /klarna/return/{token} ◀── return ──┘
+//!                        Klarna webhooks ──▶ proxy /klarna/webhooks (verified) ──▶ payment API
 //! ```
 //!
 //! The proxy is the tower layer in an in-process hyper reverse proxy. Everything that knows
 //! that lives in [`start_proxy`]: to test the shipped binary instead, make it spawn the
-//! binary on `upstream` with [`STEP_UP_CONFIG`] and return a [`Proxy`] whose guard kills the
+//! binary on `upstream` with the demo configuration and return a [`Proxy`] whose guard kills the
 //! child on drop.
 
 use std::net::SocketAddr;
@@ -26,13 +27,6 @@ use klarna_stepup::StepUp;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
-
-/// The step-up configuration of the demo: defaults, plus plain http return URLs for loopback
-/// (the shop's confirmation page is served over http on 127.0.0.1).
-pub const STEP_UP_CONFIG: &str = r#"
-[return_url_policy]
-http_hosts = ["127.0.0.1", "localhost"]
-"#;
 
 /// A running demo stack. Dropping it stops the proxy; the backends' tasks end with the
 /// runtime of the test.
@@ -75,13 +69,20 @@ impl Drop for ProxyGuard {
 }
 
 /// Starts the demo backends on ephemeral ports and the step-up proxy in front of the payment
-/// API. Klarna's webhooks go straight to the payment API's `/webhooks/klarna`.
+/// API; Klarna's returns and webhooks go through the proxy.
 pub async fn start() -> DemoStack {
     let backends = start_demo_backends(DemoPorts::default())
         .await
         .expect("start the demo backends on 127.0.0.1");
-    let proxy = start_proxy(STEP_UP_CONFIG, backends.payment_api_addr).await;
-    let proxy_url = format!("http://{}", proxy.addr);
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let proxy_url = format!("http://{}", listener.local_addr().expect("proxy address"));
+    let step_up = klarna_stepup::sandbox::demo_step_up(&proxy_url).expect("demo configuration");
+    let proxy = start_proxy(step_up, listener, backends.payment_api_addr).await;
+    backends
+        .klarna
+        .set_webhook_url(Some(format!("{proxy_url}/klarna/webhooks")));
     DemoStack {
         shop_url: format!("{proxy_url}/shop"),
         proxy_url,
@@ -92,15 +93,10 @@ pub async fn start() -> DemoStack {
     }
 }
 
-/// Starts a step-up proxy configured by `config` (TOML) in front of `upstream`, listening on
-/// an ephemeral 127.0.0.1 port, and returns once it accepts connections.
+/// Starts a step-up proxy running `step_up` in front of `upstream` on `listener`.
 ///
 /// Today: [`KlarnaStepUpLayer`] over a hyper-util client, served by hyper in this process.
-pub async fn start_proxy(config: &str, upstream: SocketAddr) -> Proxy {
-    let step_up = StepUp::from_toml(config).expect("valid step-up configuration");
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the proxy");
+pub async fn start_proxy(step_up: StepUp, listener: TcpListener, upstream: SocketAddr) -> Proxy {
     let addr = listener.local_addr().expect("proxy address");
     let client = Client::builder(TokioExecutor::new()).build_http::<StepUpBody<Incoming>>();
     let svc = ServiceBuilder::new()
