@@ -49,6 +49,7 @@ pub struct DemoStack {
 /// A running step-up proxy.
 pub struct Proxy {
     /// Where it listens.
+    #[allow(dead_code)] // read by some test binaries, not all
     pub addr: SocketAddr,
     /// Stops it when dropped.
     _guard: ProxyGuard,

@@ -1,0 +1,133 @@
+//! The whole demo flow over HTTP, without a browser: partner → proxy → payment API → Klarna
+//! sandbox → purchase journey → the acquirer return endpoint → the partner's page, and the
+//! signed webhook verified by the proxy and relayed to the payment API.
+#![cfg(feature = "sandbox")]
+
+#[path = "common/demo_stack.rs"]
+mod demo_stack;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+async fn call(
+    method: &str,
+    url: &str,
+    content_type: &str,
+    body: String,
+) -> (StatusCode, http::HeaderMap, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+async fn pay(approve: bool) -> (String, String) {
+    let stack = demo_stack::start().await;
+    let proxy = format!("http://{}", stack.proxy.addr);
+    let reference = format!("order-flow-{approve}");
+    let partner = serde_json::json!({
+        "payment_method": "klarna", "amount": 11800, "currency": "USD", "reference": reference,
+        "return_url": format!("{proxy}/shop/confirmation?reference={reference}&state={{klarna.payment_request.state}}"),
+        "line_items": [{"name": "T-shirt", "quantity": 1, "total_amount": 11800}]
+    });
+    let (status, headers, body) = call(
+        "POST",
+        &format!("{proxy}/payments"),
+        "application/json",
+        partner.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-klarna-stepup"], "rewritten");
+    let block: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(block["status"], "pending");
+    let journey = block["redirect_url"].as_str().unwrap().to_owned();
+    assert!(
+        journey.starts_with(&format!("{}/pay/", stack.klarna_url)),
+        "{journey}"
+    );
+    assert!(block["klarna"]["payment_request_data"].is_string());
+
+    // The customer opens the journey and approves or declines.
+    let (status, _, _) = call("GET", &journey, "text/html", String::new()).await;
+    assert_eq!(status, 200);
+    let action = if approve { "approve" } else { "decline" };
+    let (status, headers, _) = call(
+        "POST",
+        &journey,
+        "application/x-www-form-urlencoded",
+        format!("action={action}&phone=%2B15555550100"),
+    )
+    .await;
+    assert_eq!(status, 303);
+    // Klarna sends the customer to the acquirer's own endpoint, with a signed token...
+    let to_acquirer = headers["location"].to_str().unwrap().to_owned();
+    assert!(
+        to_acquirer.starts_with(&format!("{proxy}/klarna/return/")),
+        "{to_acquirer}"
+    );
+    let (status, headers, _) = call("GET", &to_acquirer, "text/html", String::new()).await;
+    // ...which verifies it and redirects to the partner's page, filled in.
+    assert_eq!(status, 303);
+    assert_eq!(headers["cache-control"], "no-store");
+    let final_state = if approve { "COMPLETED" } else { "DECLINED" };
+    assert_eq!(
+        headers["location"].to_str().unwrap(),
+        format!("{proxy}/shop/confirmation?reference={reference}&state={final_state}")
+    );
+
+    // The webhook reached the payment API only through the proxy's verification.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = call(
+            "GET",
+            &format!("{proxy}/payments/{reference}"),
+            "application/json",
+            String::new(),
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let state = v["state"].as_str().unwrap_or("").to_owned();
+        if state == "AUTHORIZED" || state == "DECLINED" || Instant::now() > deadline {
+            // Direct calls to the relay path are refused at the proxy.
+            let (status, _, _) = call(
+                "POST",
+                &format!("{proxy}/webhooks/klarna"),
+                "application/json",
+                "{}".into(),
+            )
+            .await;
+            assert_eq!(status, 404);
+            return (state, reference);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn approve_flow_ends_authorized() {
+    let (state, _) = pay(true).await;
+    assert_eq!(state, "AUTHORIZED");
+}
+
+#[tokio::test]
+async fn decline_flow_ends_declined() {
+    let (state, _) = pay(false).await;
+    assert_eq!(state, "DECLINED");
+}
