@@ -137,8 +137,8 @@ impl ReturnEndpoint {
         for (name, placeholder) in QUERY {
             let used = PLACEHOLDERS
                 .iter()
-                .filter(|(p, _)| partner_url.contains(p))
-                .any(|(p, _)| *p == placeholder || (name == "token" && p.ends_with("_token}")));
+                .filter(|p| partner_url.contains(*p))
+                .any(|p| *p == placeholder || (name == "token" && p.ends_with("_token}")));
             if used {
                 url.push(sep);
                 url.push_str(name);
@@ -229,7 +229,7 @@ impl ReturnEndpoint {
 /// `url` with each Klarna placeholder replaced by its value, URL-encoded (empty if unknown).
 fn fill<'a>(url: &str, value: impl Fn(&str) -> Option<&'a str>) -> String {
     let mut out = Cow::Borrowed(url);
-    for (p, _) in PLACEHOLDERS {
+    for p in PLACEHOLDERS {
         if out.contains(p) {
             let v: String = utf8_percent_encode(value(p).unwrap_or(""), COMPONENT).collect();
             out = Cow::Owned(out.replace(p, &v));
