@@ -7,6 +7,8 @@ pub mod config;
 pub mod engine;
 pub mod klarna;
 pub mod partner;
+#[cfg(feature = "pingora")]
+pub mod pingora;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 #[cfg(feature = "tower")]
