@@ -1,0 +1,205 @@
+//! The `klarna-stepup` binary: `check-config` exit codes and messages; `serve` as a child
+//! process on a free loopback port, one proxied request, SIGTERM.
+#![cfg(feature = "cli")]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::fixtures;
+use common::upstream::{self, Answer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_klarna-stepup");
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("klarna-stepup-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration() {
+    let path = write_config(
+        "ok.toml",
+        "[server]\nlisten = \"127.0.0.1:8080\"\nupstream = \"127.0.0.1:9000\"\n",
+    );
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "body_limit = 1048576",
+        "path = \"/payments\"",
+        "[server]",
+        "listen = \"127.0.0.1:8080\"",
+        "read_timeout_ms = 30000",
+        "large_candidate_bodies = \"stream\"",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    // What it prints is itself a valid configuration.
+    let again = write_config("again.toml", &text);
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_config_names_every_error() {
+    let path = write_config(
+        "bad.toml",
+        r#"
+body_limit = 0
+[return_url_policy]
+schemes = ["https"]
+[server]
+listen = "localhost"
+upstream = ["127.0.0.1:9000", "no-port"]
+threads = 0
+"#,
+    );
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8(out.stderr).unwrap();
+    for want in [
+        "body_limit: must be at least 1 byte",
+        "server.listen: must be an address",
+        "server.upstream[1]: must be host:port",
+        "server.threads: must be between 1 and 1024",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in\n{err}");
+    }
+
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(write_config("nosrv.toml", "nope = 1\n"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("server: missing table"), "{err}");
+    assert!(err.contains("nope: unknown field"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_a_two_key_file_proxy_one_request_and_stop_on_sigterm() {
+    let up = upstream::start().await;
+    let f = fixtures::by_name("step_up_required");
+    let fu = f.upstream.clone().unwrap();
+    up.set_answer(Answer {
+        status: fu.status,
+        headers: fu.headers,
+        body: fu.body,
+        delay: None,
+    });
+    let listen = free_addr();
+    let path = write_config(
+        "serve.toml",
+        &format!(
+            "[server]\nlisten = \"{listen}\"\nupstream = \"{}\"\n",
+            up.addr
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let started = Instant::now();
+    while TcpStream::connect(listen).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never listened"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let body = f.body.clone();
+    let response = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "POST /payments HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("x-klarna-stepup: rewritten"),
+        "{response}"
+    );
+    assert!(response.contains(r#""status":"pending""#), "{response}");
+    assert_eq!(up.take_received().len(), 1);
+
+    let stopping = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(stopping.elapsed() < Duration::from_secs(8), "did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("request done"), "one line per request:\n{log}");
+    assert!(
+        log.contains("payment_request_reference=\"order-1234\""),
+        "{log}"
+    );
+    assert!(
+        !log.contains("partner.example/klarna/return"),
+        "a URL was logged:\n{log}"
+    );
+    assert!(TcpStream::connect(listen).is_err(), "still listening");
+}

@@ -296,7 +296,10 @@ async fn non_klarna_get_is_byte_identical_gzip_and_5mb() {
         assert!(res.body == gz, "gzip body changed ({ae})");
     }
     let got = up.take_received();
-    assert_eq!(got[0].headers["accept-encoding"], "gzip", "client's AE forwarded");
+    assert_eq!(
+        got[0].headers["accept-encoding"], "gzip",
+        "client's AE forwarded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +321,11 @@ async fn non_klarna_post_is_byte_identical_chunked_and_5mb() {
     assert_eq!(res.status, 200);
     assert!(res.chunked, "chunked answer stays chunked");
     assert!(res.header("x-klarna-stepup").is_none());
-    assert_eq!(res.header("x-upload-te"), Some("chunked"), "upload stays chunked");
+    assert_eq!(
+        res.header("x-upload-te"),
+        Some("chunked"),
+        "upload stays chunked"
+    );
     assert!(res.body == big, "5 MB chunked echo changed");
     // A JSON POST with Content-Length on a route that is not a candidate.
     let json = br#"{"payment_method":"klarna","amount":  1.50}"#;
@@ -358,7 +365,10 @@ async fn klarna_request_injected_with_exact_content_length_chunked_upload_too() 
             proxy,
             "POST",
             "/payments",
-            &[("content-type", "application/json"), ("accept-encoding", "gzip")],
+            &[
+                ("content-type", "application/json"),
+                ("accept-encoding", "gzip"),
+            ],
             body,
             LIMIT,
         )
@@ -475,7 +485,10 @@ async fn a_refused_return_url_never_reaches_the_upstream() {
     let res = send_fixture(proxy, &f, &[("accept-encoding", "gzip")]).await;
     assert_eq!(res.status, 400);
     assert_eq!(res.header("x-klarna-stepup"), Some("invalid_return_url"));
-    assert!(res.header("content-encoding").is_none(), "refusals are not compressed");
+    assert!(
+        res.header("content-encoding").is_none(),
+        "refusals are not compressed"
+    );
     assert_eq!(show(&res.body), show(&f.expect.body));
     assert!(up.take_received().is_empty());
 }
@@ -483,7 +496,11 @@ async fn a_refused_return_url_never_reaches_the_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_limit_gets_413_before_the_upstream() {
     let up = upstream::start().await;
-    let proxy = pingora_step_up(StepUp::from_toml("body_limit = 100").unwrap(), up.addr, LIMIT);
+    let proxy = pingora_step_up(
+        StepUp::from_toml("body_limit = 100").unwrap(),
+        up.addr,
+        LIMIT,
+    );
     let body = padded_klarna_request(2000);
     let res = raw_request(
         proxy,

@@ -210,7 +210,8 @@ impl StepUpPhases {
     /// `Accept-Encoding`, which happens between this phase and `request_filter`).
     pub fn early_request_filter(&self, session: &mut Session, ctx: &mut StepUpCtx) {
         let req = session.req_header();
-        let Route::Candidate(candidate) = self.step_up.classify(&req.method, &req.uri, &req.headers)
+        let Route::Candidate(candidate) =
+            self.step_up.classify(&req.method, &req.uri, &req.headers)
         else {
             return;
         };
@@ -247,7 +248,11 @@ impl StepUpPhases {
         let large = declared.is_some_and(|n| n > RETRY_BUFFER_LIMIT as u64);
         if large && self.large_bodies == LargeBodies::Reject {
             return self
-                .refuse(session, ctx, Refusal::too_large(RETRY_BUFFER_LIMIT.min(limit)))
+                .refuse(
+                    session,
+                    ctx,
+                    Refusal::too_large(RETRY_BUFFER_LIMIT.min(limit)),
+                )
                 .await;
         }
         if large {
@@ -273,7 +278,11 @@ impl StepUpPhases {
                 // A chunked body over the retry buffer: what was read is ours to forward.
                 if self.large_bodies == LargeBodies::Reject {
                     return self
-                        .refuse(session, ctx, Refusal::too_large(RETRY_BUFFER_LIMIT.min(limit)))
+                        .refuse(
+                            session,
+                            ctx,
+                            Refusal::too_large(RETRY_BUFFER_LIMIT.min(limit)),
+                        )
                         .await;
                 }
                 self.start_streaming(session, ctx, candidate, body.freeze());
@@ -361,7 +370,8 @@ impl StepUpPhases {
                 *body = Some(match self.rewrite_request(ctx, candidate, &whole) {
                     RequestVerdict::NotKlarna => whole,
                     RequestVerdict::Injected { body, exchange } => {
-                        ctx.span.record("payment_request_reference", exchange.reference());
+                        ctx.span
+                            .record("payment_request_reference", exchange.reference());
                         ctx.exchange = Some(exchange);
                         Bytes::from(body)
                     }
@@ -378,7 +388,11 @@ impl StepUpPhases {
 
     /// `upstream_response_filter` (the header Pingora already decompressed): decides whether
     /// the answer to a Klarna exchange is read and rewritten.
-    pub fn upstream_response_filter(&self, upstream_response: &ResponseHeader, ctx: &mut StepUpCtx) {
+    pub fn upstream_response_filter(
+        &self,
+        upstream_response: &ResponseHeader,
+        ctx: &mut StepUpCtx,
+    ) {
         let Some(exchange) = &ctx.exchange else {
             return;
         };
@@ -539,7 +553,12 @@ impl StepUpPhases {
         });
     }
 
-    fn rewrite_request(&self, ctx: &mut StepUpCtx, candidate: Candidate, body: &[u8]) -> RequestVerdict {
+    fn rewrite_request(
+        &self,
+        ctx: &mut StepUpCtx,
+        candidate: Candidate,
+        body: &[u8],
+    ) -> RequestVerdict {
         let started = Instant::now();
         let verdict = self.step_up.rewrite_request(candidate, body);
         ctx.engine_time += started.elapsed();
@@ -547,7 +566,8 @@ impl StepUpPhases {
     }
 
     fn start_exchange(&self, session: &mut Session, ctx: &mut StepUpCtx, exchange: Exchange) {
-        ctx.span.record("payment_request_reference", exchange.reference());
+        ctx.span
+            .record("payment_request_reference", exchange.reference());
         ctx.outcome = Outcome::Passthrough;
         // Must be on before Pingora parses the upstream request (after
         // upstream_request_filter); it decodes the answer before our response filters.
@@ -598,7 +618,12 @@ impl StepUpPhases {
     }
 
     /// Sends `refusal` as the whole response and records it.
-    async fn refuse(&self, session: &mut Session, ctx: &mut StepUpCtx, refusal: Refusal) -> Result<bool> {
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut StepUpCtx,
+        refusal: Refusal,
+    ) -> Result<bool> {
         ctx.outcome = outcome_of(&refusal);
         ctx.span.in_scope(|| {
             tracing::info!(

@@ -215,11 +215,17 @@ where
             .await
     }
 
-    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool>
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<bool>
     where
         Self::CTX: Send + Sync,
     {
-        self.inner.proxy_upstream_filter(session, &mut ctx.inner).await
+        self.inner
+            .proxy_upstream_filter(session, &mut ctx.inner)
+            .await
     }
 
     // (D) takes &Session (not &mut)
@@ -229,7 +235,8 @@ where
         resp: &ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<RespCacheable> {
-        self.inner.response_cache_filter(session, resp, &mut ctx.inner)
+        self.inner
+            .response_cache_filter(session, resp, &mut ctx.inner)
     }
 
     // (D) note argument order (meta, ctx, req)
@@ -258,7 +265,8 @@ where
         resp: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> RangeType {
-        self.inner.range_header_filter(session, resp, &mut ctx.inner)
+        self.inner
+            .range_header_filter(session, resp, &mut ctx.inner)
     }
 
     // (D) called once per upstream attempt, after pingora's own header sanitizing and before
@@ -364,7 +372,12 @@ where
         Self::CTX: Send + Sync,
     {
         self.inner
-            .downstream_custom_message_proxy_filter(session, custom_message, &mut ctx.inner, final_hop)
+            .downstream_custom_message_proxy_filter(
+                session,
+                custom_message,
+                &mut ctx.inner,
+                final_hop,
+            )
             .await
     }
 
@@ -380,7 +393,12 @@ where
         Self::CTX: Send + Sync,
     {
         self.inner
-            .upstream_custom_message_proxy_filter(session, custom_message, &mut ctx.inner, final_hop)
+            .upstream_custom_message_proxy_filter(
+                session,
+                custom_message,
+                &mut ctx.inner,
+                final_hop,
+            )
             .await
     }
 
@@ -464,7 +482,8 @@ where
         ctx: &mut Self::CTX,
         prev_ctx: Box<dyn std::any::Any + Send + Sync>,
     ) {
-        self.inner.on_connection_reuse(session, &mut ctx.inner, prev_ctx)
+        self.inner
+            .on_connection_reuse(session, &mut ctx.inner, prev_ctx)
     }
 
     fn suppress_error_log(&self, session: &Session, ctx: &Self::CTX, error: &Error) -> bool {
@@ -506,7 +525,12 @@ where
         self.inner.fail_to_connect(session, peer, &mut ctx.inner, e)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Self::CTX) -> FailToProxy
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy
     where
         Self::CTX: Send + Sync,
     {
@@ -531,7 +555,8 @@ where
         ctx: &mut Self::CTX,
         error: Option<&Error>,
     ) -> bool {
-        self.inner.should_serve_stale(session, &mut ctx.inner, error)
+        self.inner
+            .should_serve_stale(session, &mut ctx.inner, error)
     }
 
     // (D) cfg(unix) fd parameter
@@ -586,4 +611,3 @@ where
             .purge_response_filter(session, &mut ctx.inner, purge_status, purge_response)
     }
 }
-
