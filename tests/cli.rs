@@ -108,6 +108,150 @@ threads = 0
     assert!(err.contains("nope: unknown field"), "{err}");
 }
 
+fn start_serve(config: &str) -> std::process::Child {
+    let path = write_config(&format!("serve-{}.toml", free_addr().port()), config);
+    Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_listening(addr: SocketAddr) {
+    let started = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never listened"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection; the raw answer.
+fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn stop(child: &mut std::process::Child, signal: &str) -> (Option<i32>, String) {
+    let stopping = Instant::now();
+    let kill = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(stopping.elapsed() < Duration::from_secs(8), "did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    (status.code(), log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_fails_over_to_the_next_upstream_counts_metrics_and_stops_on_sigint() {
+    let up = upstream::start().await;
+    let f = fixtures::by_name("step_up_required");
+    let fu = f.upstream.clone().unwrap();
+    up.set_answer(Answer {
+        status: fu.status,
+        headers: fu.headers,
+        body: fu.body,
+        delay: None,
+    });
+    let (listen, metrics, dead) = (free_addr(), free_addr(), free_addr());
+    let mut child = start_serve(&format!(
+        "[server]\nlisten = \"{listen}\"\nupstream = [\"{dead}\", \"{}\"]\nmetrics = \"{metrics}\"\n\
+         large_candidate_bodies = \"reject\"\n",
+        up.addr
+    ));
+    wait_listening(listen);
+    wait_listening(metrics);
+    let body = f.body.clone();
+    let (ok, big, page) = tokio::task::spawn_blocking(move || {
+        let head = |n: usize| {
+            format!(
+                "POST /payments HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nContent-Length: {n}\r\n\r\n"
+            )
+        };
+        // Twice: round robin starts at the dead upstream at least once.
+        let ok = [
+            exchange(listen, &head(body.len()), &body),
+            exchange(listen, &head(body.len()), &body),
+        ];
+        let big_body = vec![b' '; 70 * 1024];
+        let big = exchange(listen, &head(big_body.len()), &big_body);
+        let page = exchange(
+            metrics,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"",
+        );
+        (ok, big, page)
+    })
+    .await
+    .unwrap();
+    for r in &ok {
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    assert!(big.starts_with("HTTP/1.1 413"), "{big}");
+    assert!(
+        page.contains("klarna_stepup_requests_total{outcome=\"rewritten\"} 2"),
+        "{page}"
+    );
+    assert!(
+        page.contains("klarna_stepup_requests_total{outcome=\"refused\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("klarna_stepup_engine_seconds_count 2"),
+        "{page}"
+    );
+    assert_eq!(up.take_received().len(), 2);
+    let (code, log) = stop(&mut child, "-INT");
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_502_json_when_no_upstream_answers() {
+    let (listen, dead) = (free_addr(), free_addr());
+    let mut child = start_serve(&format!(
+        "[server]\nlisten = \"{listen}\"\nupstream = \"{dead}\"\n"
+    ));
+    wait_listening(listen);
+    let r = tokio::task::spawn_blocking(move || {
+        exchange(
+            listen,
+            "GET /anything HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    assert!(r.contains(r#""code":"upstream_unreachable""#), "{r}");
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_a_two_key_file_proxy_one_request_and_stop_on_sigterm() {
     let up = upstream::start().await;

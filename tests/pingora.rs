@@ -450,6 +450,40 @@ async fn a_70kb_klarna_request_takes_the_streaming_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_70kb_klarna_request_with_a_bad_return_url_is_refused_on_the_streaming_path() {
+    let up = upstream::start().await;
+    let (_, answer) = step_up_answer();
+    up.set_answer(answer);
+    let proxy = pingora_step_up(StepUp::from_toml("").unwrap(), up.addr, LIMIT);
+    let body = String::from_utf8(padded_klarna_request(70 * 1024))
+        .unwrap()
+        .replace(
+            "https://partner.example/klarna/return",
+            "javascript:alert(1)",
+        );
+    let res = raw_request(
+        proxy,
+        "POST",
+        "/payments",
+        &[("content-type", "application/json")],
+        ReqBody::Length(body.as_bytes()),
+        LIMIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 400, "{}", show(&res.body));
+    assert_eq!(res.header("x-klarna-stepup"), Some("invalid_return_url"));
+    assert!(show(&res.body).contains(r#""param":"klarna_return_url""#));
+    // The upstream was contacted (streaming) but never got a complete request.
+    for got in up.take_received() {
+        assert!(
+            got.body.len() < body.len(),
+            "a complete request reached the upstream"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_70kb_klarna_request_gets_413_when_large_bodies_are_rejected() {
     let up = upstream::start().await;
     let inner = PaymentApi {
@@ -804,5 +838,40 @@ mod raw {
             out.extend_from_slice(&data[i..i + size]);
             i += size + 2;
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn klarna_requests_keep_the_client_connection_alive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream::start().await;
+    let (f, answer) = step_up_answer();
+    up.set_answer(answer);
+    let proxy = pingora_step_up(StepUp::from_toml("").unwrap(), up.addr, LIMIT);
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let head = format!(
+        "POST /payments HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        f.body.len()
+    );
+    for i in 0..2 {
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&f.body).await.unwrap();
+        // Read until the end of the chunked answer.
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 8192];
+        while !buf.ends_with(b"0\r\n\r\n") {
+            let n = tokio::time::timeout(LIMIT, s.read(&mut tmp))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "request {i}: connection closed after {}", show(&buf));
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        let text = show(&buf).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        assert!(
+            text.contains("connection: keep-alive"),
+            "request {i}: {text}"
+        );
     }
 }
