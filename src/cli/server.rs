@@ -208,10 +208,8 @@ impl ProxyHttp for PaymentApi {
         ctx: &mut Attempts,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Try each upstream at most once per request.
-        if ctx.tried >= self.peers.len() {
-            e.set_retry(false);
-        }
+        // Nothing was sent yet: try the next upstream, each at most once per request.
+        e.set_retry(ctx.tried < self.peers.len());
         e
     }
 
