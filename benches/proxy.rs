@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -97,6 +97,9 @@ fn bind() -> std::net::TcpListener {
     l.set_nonblocking(true).expect("nonblocking");
     l
 }
+
+/// Nanoseconds the step-up proxy spent in the engine (from `StepUpProxy::observe`).
+static ENGINE_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Connections the upstream accepted (a proxy that does not reuse them pays for it).
 static UPSTREAM_CONNS: AtomicUsize = AtomicUsize::new(0);
@@ -368,7 +371,9 @@ fn main() {
     let plain = start_pingora("pg-plain", PaymentApi { upstream });
     let stepup = start_pingora(
         "pg-stepup",
-        StepUpProxy::new(PaymentApi { upstream }, step_up.clone()),
+        StepUpProxy::new(PaymentApi { upstream }, step_up.clone()).observe(|ctx| {
+            ENGINE_NS.fetch_add(ctx.engine_time().as_nanos() as u64, Ordering::Relaxed);
+        }),
     );
     let tower = start_tower(step_up, upstream);
     let client_rt = runtime("bench-client");
@@ -426,14 +431,27 @@ fn main() {
         f.answer.len()
     );
     println!(
-        "{:<34} {:>9} {:>10} {:>10} {:>14} {:>10} {:>10} {:>8}",
-        "scenario", "req/s", "p50 µs", "p99 µs", "proxy CPU µs/req", "req/s %", "CPU %", "up conns"
+        "{:<34} {:>9} {:>10} {:>10} {:>14} {:>10} {:>10} {:>8} {:>10}",
+        "scenario",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "proxy CPU µs/req",
+        "req/s %",
+        "CPU %",
+        "up conns",
+        "engine µs"
     );
     let mut base: Option<(f64, f64)> = None;
     for (name, addr, path, thread, body) in scenarios {
         let conns = UPSTREAM_CONNS.load(Ordering::Relaxed);
+        let engine_ns = ENGINE_NS.load(Ordering::Relaxed);
         let run = measure(&client_rt, addr, path, body, thread);
         let conns = UPSTREAM_CONNS.load(Ordering::Relaxed) - conns;
+        // Includes the warm-up requests: an upper bound per measured request.
+        let engine_us = (ENGINE_NS.load(Ordering::Relaxed) - engine_ns) as f64
+            / 1e3
+            / (run.requests + WARMUP) as f64;
         let rps = run.requests as f64 / run.elapsed.as_secs_f64();
         let pct = |p: f64| {
             let i = ((run.latencies.len() as f64 * p) as usize).min(run.latencies.len() - 1);
@@ -451,7 +469,7 @@ fn main() {
             _ => ("-".into(), "-".into()),
         };
         println!(
-            "{:<34} {:>9.0} {:>10} {:>10} {:>14} {:>10} {:>10} {:>8}",
+            "{:<34} {:>9.0} {:>10} {:>10} {:>14} {:>10} {:>10} {:>8} {:>10}",
             name,
             rps,
             pct(0.50),
@@ -464,6 +482,11 @@ fn main() {
             rps_pct,
             cpu_pct,
             conns,
+            if engine_us > 0.0 {
+                format!("{engine_us:.1}")
+            } else {
+                "-".into()
+            },
         );
     }
     println!("\n(ratios vs. pingora passthrough; CPU = the proxy's own threads only)");

@@ -108,16 +108,43 @@ threads = 0
     assert!(err.contains("nope: unknown field"), "{err}");
 }
 
-fn start_serve(config: &str) -> std::process::Child {
+/// The `serve` child; killed if a test fails before stopping it.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Served {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+fn start_serve(config: &str) -> Served {
     let path = write_config(&format!("serve-{}.toml", free_addr().port()), config);
-    Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    Served(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn wait_listening(addr: SocketAddr) {
@@ -142,7 +169,7 @@ fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn stop(child: &mut std::process::Child, signal: &str) -> (Option<i32>, String) {
+fn stop(child: &mut Served, signal: &str) -> (Option<i32>, String) {
     let stopping = Instant::now();
     let kill = Command::new("kill")
         .args([signal, &child.id().to_string()])
@@ -271,14 +298,16 @@ async fn serve_a_two_key_file_proxy_one_request_and_stop_on_sigterm() {
             up.addr
         ),
     );
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Served(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
 
     let started = Instant::now();
     while TcpStream::connect(listen).is_err() {
@@ -315,27 +344,8 @@ async fn serve_a_two_key_file_proxy_one_request_and_stop_on_sigterm() {
     assert!(response.contains(r#""status":"pending""#), "{response}");
     assert_eq!(up.take_received().len(), 1);
 
-    let stopping = Instant::now();
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(stopping.elapsed() < Duration::from_secs(8), "did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "{log}");
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("request done"), "one line per request:\n{log}");
     assert!(
         log.contains("payment_request_reference=\"order-1234\""),
