@@ -219,7 +219,7 @@ impl StepUpPhases {
         ctx.outcome = Outcome::NotKlarna;
         ctx.span = tracing::info_span!(
             "klarna_stepup",
-            route = req.uri.path(),
+            route = self.step_up.candidate_pattern(candidate),
             payment_request_reference = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
@@ -425,7 +425,10 @@ impl StepUpPhases {
         response: &mut ResponseHeader,
         ctx: &mut StepUpCtx,
     ) -> Result<()> {
-        if response.status.is_informational() || ctx.exchange.is_none() {
+        if response.status.is_informational() {
+            return Ok(());
+        }
+        if ctx.exchange.is_none() {
             self.compression_off(session, ctx);
             return Ok(());
         }
