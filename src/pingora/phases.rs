@@ -223,6 +223,15 @@ impl StepUpPhases {
             payment_request_reference = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
+        // Only clients that ask for an encoding need the compression module armed.
+        let wants_encoding = req
+            .headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("identity"));
+        if !wants_encoding {
+            return;
+        }
         if let Some(c) = session
             .downstream_modules_ctx
             .get_mut::<ResponseCompression>()
