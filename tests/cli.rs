@@ -99,6 +99,37 @@ threads = 0
 
     let out = Command::new(BIN)
         .arg("check-config")
+        .arg(write_config(
+            "tls.toml",
+            r#"
+[server]
+listen = "127.0.0.1:8443"
+upstream = "127.0.0.1:9000"
+[server.tls]
+cert = "/nonexistent/cert.pem"
+key = "/nonexistent/key.pem"
+[server.upstream_tls]
+sni = "payments.internal.example"
+client_cert = "/nonexistent/client.pem"
+client_key_env = "KLARNA_STEPUP_TEST_UNSET_KEY"
+"#,
+        ))
+        .env_remove("KLARNA_STEPUP_TEST_UNSET_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    for want in [
+        "server.tls.cert: /nonexistent/cert.pem is not a readable file",
+        "server.tls.key: ",
+        "server.upstream_tls.client_cert: ",
+        "server.upstream_tls.client_key_env: environment variable KLARNA_STEPUP_TEST_UNSET_KEY is not set",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in\n{err}");
+    }
+
+    let out = Command::new(BIN)
+        .arg("check-config")
         .arg(write_config("nosrv.toml", "nope = 1\n"))
         .output()
         .unwrap();
