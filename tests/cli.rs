@@ -290,22 +290,33 @@ async fn serve_fails_over_to_the_next_upstream_counts_metrics_and_stops_on_sigin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_502_json_when_no_upstream_answers() {
-    let (listen, dead) = (free_addr(), free_addr());
+    let (listen, dead, metrics) = (free_addr(), free_addr(), free_addr());
     let mut child = start_serve(&format!(
-        "[server]\nlisten = \"{listen}\"\nupstream = \"{dead}\"\n"
+        "[server]\nlisten = \"{listen}\"\nupstream = \"{dead}\"\nmetrics = \"{metrics}\"\n"
     ));
     wait_listening(listen);
-    let r = tokio::task::spawn_blocking(move || {
-        exchange(
+    wait_listening(metrics);
+    let (r, page) = tokio::task::spawn_blocking(move || {
+        let r = exchange(
             listen,
             "GET /anything HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
             b"",
-        )
+        );
+        let page = exchange(
+            metrics,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"",
+        );
+        (r, page)
     })
     .await
     .unwrap();
     assert!(r.starts_with("HTTP/1.1 502"), "{r}");
     assert!(r.contains(r#""code":"upstream_unreachable""#), "{r}");
+    assert!(
+        page.contains("klarna_stepup_requests_total{outcome=\"upstream_error\"} 1"),
+        "{page}"
+    );
     let (code, log) = stop(&mut child, "-TERM");
     assert_eq!(code, Some(0), "{log}");
 }

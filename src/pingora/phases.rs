@@ -109,6 +109,7 @@ enum Resp {
 /// yourself; [`StepUpProxy`](super::StepUpProxy) keeps it for you.
 #[derive(Debug)]
 pub struct StepUpCtx {
+    candidate: bool,
     req: Req,
     resp: Resp,
     exchange: Option<Exchange>,
@@ -125,6 +126,7 @@ pub struct StepUpCtx {
 impl Default for StepUpCtx {
     fn default() -> Self {
         StepUpCtx {
+            candidate: false,
             req: Req::default(),
             resp: Resp::default(),
             exchange: None,
@@ -140,7 +142,8 @@ impl Default for StepUpCtx {
 }
 
 impl StepUpCtx {
-    /// What step-up did (final once the request is logged).
+    /// What step-up did (final once the request is logged; an upstream failure of any
+    /// request, candidate or not, is [`Outcome::UpstreamError`]).
     pub fn outcome(&self) -> Outcome {
         self.outcome
     }
@@ -172,7 +175,7 @@ impl StepUpCtx {
     }
 
     fn candidate(&self) -> bool {
-        !matches!(self.outcome, Outcome::NotCandidate)
+        self.candidate
     }
 }
 
@@ -216,6 +219,7 @@ impl StepUpPhases {
             return;
         };
         ctx.req = Req::Candidate(candidate);
+        ctx.candidate = true;
         ctx.outcome = Outcome::NotKlarna;
         ctx.span = tracing::info_span!(
             "klarna_stepup",
@@ -542,15 +546,17 @@ impl StepUpPhases {
 
     /// `logging`: closes the request's span with its outcome.
     pub fn logging(&self, session: &Session, e: Option<&Error>, ctx: &mut StepUpCtx) {
-        if !ctx.candidate() {
-            return;
-        }
-        if let (Some(e), Outcome::Rewritten | Outcome::Passthrough | Outcome::NotKlarna) =
-            (e, ctx.outcome)
+        if let (
+            Some(e),
+            Outcome::NotCandidate | Outcome::Rewritten | Outcome::Passthrough | Outcome::NotKlarna,
+        ) = (e, ctx.outcome)
         {
             if let Some(r) = upstream_refusal(e) {
                 ctx.outcome = outcome_of(&r);
             }
+        }
+        if !ctx.candidate() {
+            return;
         }
         let outcome = ctx.outcome;
         let status = session.response_written().map(|r| r.status.as_u16());
