@@ -10,6 +10,8 @@ pub mod engine;
 pub mod fuzz_logic;
 pub mod klarna;
 pub mod partner;
+#[cfg(feature = "pingora")]
+pub mod pingora;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 #[cfg(feature = "tower")]

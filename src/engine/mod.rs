@@ -531,6 +531,16 @@ impl StepUp {
             .map_or("", |r| &r.pattern)
     }
 
+    /// The path pattern of a candidate's route (as configured, e.g.
+    /// `/v2/accounts/{id}/payment/authorize`), for logs and metrics before there is an
+    /// exchange.
+    pub fn candidate_pattern(&self, candidate: Candidate) -> &str {
+        self.inner
+            .routes
+            .get(candidate.route as usize)
+            .map_or("", |r| &r.pattern)
+    }
+
     /// Whether the response to `exchange` should be read and offered to
     /// [`rewrite_response`](Self::rewrite_response): a 2xx with a JSON (or no) content type.
     /// Anything else streams through untouched.

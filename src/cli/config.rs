@@ -1,0 +1,361 @@
+//! The proxy's configuration file: the library's `StepUpConfig` keys at the top level plus a
+//! `[server]` table. Every error names its key.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use klarna_stepup::{ConfigError, ConfigErrors, StepUp, StepUpConfig};
+use serde::{Deserialize, Serialize};
+
+/// `[server]`: where to listen, where to proxy to, and how.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listening address, e.g. `127.0.0.1:8080`.
+    pub listen: String,
+    /// The payment API: one `host:port` or a list (round robin, the next one on connect
+    /// failure).
+    pub upstream: Upstreams,
+    /// Worker threads (default 2).
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Upstream TCP (and TLS) connect timeout, in milliseconds (default 2000). Elapsed: 504.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Upstream read timeout (each read), in milliseconds (default 30000). Elapsed: 504.
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// After SIGTERM or SIGINT, the proxy stops once no request is in flight, at the latest
+    /// after this many seconds (default 5). It keeps answering meanwhile: take it out of the
+    /// load balancer first.
+    #[serde(default = "default_grace_period_secs")]
+    pub grace_period_secs: u64,
+    /// Candidate bodies over 64 KiB: `"stream"` (chunked to the upstream, default) or
+    /// `"reject"` (413 before contacting the upstream).
+    #[serde(default)]
+    pub large_candidate_bodies: LargeBodiesConfig,
+    /// Prometheus metrics address, e.g. `127.0.0.1:9100` (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+    /// TLS on the listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// TLS to the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+fn default_threads() -> usize {
+    2
+}
+fn default_connect_timeout_ms() -> u64 {
+    2000
+}
+fn default_read_timeout_ms() -> u64 {
+    30_000
+}
+fn default_grace_period_secs() -> u64 {
+    5
+}
+
+/// One upstream address or several.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Upstreams {
+    /// `upstream = "127.0.0.1:9000"`
+    One(String),
+    /// `upstream = ["10.0.0.1:9000", "10.0.0.2:9000"]`
+    Many(Vec<String>),
+}
+
+impl Upstreams {
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            Upstreams::One(a) => vec![a.clone()],
+            Upstreams::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `large_candidate_bodies`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LargeBodiesConfig {
+    #[default]
+    Stream,
+    Reject,
+}
+
+/// `[server.tls]`: PEM files of the listener's certificate chain and key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[server.upstream_tls]`: HTTPS to the upstream, optionally with a client certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Server name sent in SNI and checked against the certificate.
+    pub sni: String,
+    /// Verify the upstream's certificate and host name (default true).
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// PEM file of the client certificate chain (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM file of the client key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// Name of an environment variable holding the client key as PEM text, instead of
+    /// `client_key` (the key itself never appears in the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_env: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The whole file, validated.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub step_up: StepUp,
+    pub server: ServerConfig,
+}
+
+impl ProxyConfig {
+    /// Parses and validates a file's text; every error found, each with its key.
+    pub fn parse(text: &str) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: String::new(),
+                reason: e.to_string().trim().to_owned(),
+            }])
+        })?;
+        let server = match table.remove("server") {
+            None => {
+                errors.push(err("server", "missing table (needs listen and upstream)"));
+                None
+            }
+            Some(v) => match ServerConfig::deserialize(v) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let key = e.message().split('`').nth(1).unwrap_or("").to_owned();
+                    let key = if key.is_empty() {
+                        "server".into()
+                    } else {
+                        format!("server.{key}")
+                    };
+                    errors.push(err(&key, e.message().trim()));
+                    None
+                }
+            },
+        };
+        let step_up = match StepUpConfig::deserialize(toml::Value::Table(table)) {
+            Err(e) => {
+                let key = e.message().split('`').nth(1).unwrap_or("").to_owned();
+                errors.push(err(&key, e.message().trim()));
+                None
+            }
+            Ok(c) => match StepUp::new(c) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    errors.extend(e.0);
+                    None
+                }
+            },
+        };
+        if let Some(s) = &server {
+            errors.extend(s.problems());
+        }
+        match (step_up, server) {
+            (Some(step_up), Some(server)) if errors.is_empty() => {
+                Ok(ProxyConfig { step_up, server })
+            }
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// Reads and validates a file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![err(
+                "",
+                &format!("cannot read {}: {e}", path.display()),
+            )])
+        })?;
+        Self::parse(&text)
+    }
+
+    /// The effective configuration, every default spelled out, as TOML.
+    pub fn to_toml(&self) -> String {
+        #[derive(Serialize)]
+        struct Effective<'a> {
+            #[serde(flatten)]
+            step_up: &'a klarna_stepup::StepUpConfig,
+            server: &'a ServerConfig,
+        }
+        toml::to_string(&Effective {
+            step_up: self.step_up.config(),
+            server: &self.server,
+        })
+        .unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+    }
+}
+
+impl ServerConfig {
+    fn problems(&self) -> Vec<ConfigError> {
+        let mut p = Vec::new();
+        if self.listen.parse::<SocketAddr>().is_err() {
+            p.push(err(
+                "server.listen",
+                "must be an address such as 127.0.0.1:8080",
+            ));
+        }
+        let ups = self.upstream.list();
+        if ups.is_empty() {
+            p.push(err("server.upstream", "must name at least one host:port"));
+        }
+        for (i, u) in ups.iter().enumerate() {
+            let key = match self.upstream {
+                Upstreams::One(_) => "server.upstream".to_owned(),
+                Upstreams::Many(_) => format!("server.upstream[{i}]"),
+            };
+            if !is_host_port(u) {
+                p.push(err(&key, "must be host:port, e.g. 127.0.0.1:9000"));
+            }
+        }
+        if !(1..=1024).contains(&self.threads) {
+            p.push(err("server.threads", "must be between 1 and 1024"));
+        }
+        if self.connect_timeout_ms == 0 {
+            p.push(err("server.connect_timeout_ms", "must be at least 1"));
+        }
+        if self.read_timeout_ms == 0 {
+            p.push(err("server.read_timeout_ms", "must be at least 1"));
+        }
+        if let Some(m) = &self.metrics {
+            if m.parse::<SocketAddr>().is_err() {
+                p.push(err(
+                    "server.metrics",
+                    "must be an address such as 127.0.0.1:9100",
+                ));
+            } else if *m == self.listen {
+                p.push(err("server.metrics", "must differ from server.listen"));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            file_problem(&mut p, "server.tls.cert", &tls.cert);
+            file_problem(&mut p, "server.tls.key", &tls.key);
+        }
+        if let Some(t) = &self.upstream_tls {
+            if t.sni.is_empty() {
+                p.push(err("server.upstream_tls.sni", "must not be empty"));
+            }
+            if let Some(c) = &t.client_cert {
+                file_problem(&mut p, "server.upstream_tls.client_cert", c);
+            }
+            if let Some(k) = &t.client_key {
+                file_problem(&mut p, "server.upstream_tls.client_key", k);
+            }
+            let has_key = t.client_key.is_some() || t.client_key_env.is_some();
+            if t.client_key.is_some() && t.client_key_env.is_some() {
+                p.push(err(
+                    "server.upstream_tls.client_key_env",
+                    "give client_key or client_key_env, not both",
+                ));
+            }
+            if t.client_cert.is_some() != has_key {
+                p.push(err(
+                    "server.upstream_tls.client_cert",
+                    "a client certificate needs a key (client_key or client_key_env) and vice versa",
+                ));
+            }
+            if let Some(var) = &t.client_key_env {
+                if std::env::var_os(var).is_none() {
+                    p.push(err(
+                        "server.upstream_tls.client_key_env",
+                        &format!("environment variable {var} is not set"),
+                    ));
+                }
+            }
+        }
+        p
+    }
+
+    /// The upstream addresses, resolved.
+    pub fn resolve_upstreams(&self) -> std::io::Result<Vec<SocketAddr>> {
+        let mut out = Vec::new();
+        for u in self.upstream.list() {
+            out.extend(u.to_socket_addrs()?.next());
+        }
+        Ok(out)
+    }
+}
+
+fn is_host_port(s: &str) -> bool {
+    if s.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains(['/', ' ', '@'])
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    }
+}
+
+fn file_problem(p: &mut Vec<ConfigError>, key: &str, path: &std::path::Path) {
+    if !path.is_file() {
+        p.push(err(
+            key,
+            &format!("{} is not a readable file", path.display()),
+        ));
+    }
+}
+
+fn err(key: &str, reason: &str) -> ConfigError {
+    ConfigError {
+        key: key.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_keys_are_enough() {
+        let c = ProxyConfig::parse(
+            "[server]\nlisten = \"127.0.0.1:8080\"\nupstream = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.threads, 2);
+        assert!(c.to_toml().contains("[[routes]]"));
+    }
+
+    #[test]
+    fn every_error_is_named() {
+        let e = ProxyConfig::parse(
+            "body_limit = 0\n[server]\nlisten = \"nope\"\nupstream = [\"a:1\", \"b\"]\nthreads = 0\n",
+        )
+        .unwrap_err();
+        let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "body_limit",
+                "server.listen",
+                "server.upstream[1]",
+                "server.threads"
+            ]
+        );
+    }
+}

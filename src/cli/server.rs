@@ -1,0 +1,369 @@
+//! `serve`: the Pingora server the configuration describes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use klarna_stepup::pingora::{respond, upstream_refusal, LargeBodies, StepUpCtx, StepUpProxy};
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
+use pingora::utils::tls::CertKey;
+
+use super::config::{LargeBodiesConfig, ProxyConfig, UpstreamTls};
+use super::metrics::Metrics;
+
+/// The payment API behind the proxy: round robin over the configured addresses, the next
+/// one on connect failure, JSON 502/504 for upstream failures on every route.
+pub struct PaymentApi {
+    peers: Vec<SocketAddr>,
+    next: AtomicUsize,
+    tls: Option<(String, bool)>,
+    client_cert: Option<Arc<CertKey>>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Per request: how many upstreams were tried; counts as in flight while it lives.
+#[derive(Debug)]
+pub struct Attempts {
+    tried: usize,
+    _in_flight: InFlight,
+}
+
+/// One request in flight (decremented when the request's `CTX` is dropped).
+#[derive(Debug)]
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl PaymentApi {
+    fn new(config: &ProxyConfig, in_flight: Arc<AtomicUsize>) -> Result<Self, String> {
+        let s = &config.server;
+        let peers = s
+            .resolve_upstreams()
+            .map_err(|e| format!("server.upstream: cannot resolve: {e}"))?;
+        if peers.is_empty() {
+            return Err("server.upstream: no address".into());
+        }
+        let client_cert = match &s.upstream_tls {
+            Some(t) => client_cert(t)?,
+            None => None,
+        };
+        Ok(PaymentApi {
+            peers,
+            next: AtomicUsize::new(0),
+            tls: s.upstream_tls.as_ref().map(|t| (t.sni.clone(), t.verify)),
+            client_cert,
+            connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+            read_timeout: Duration::from_millis(s.read_timeout_ms),
+            in_flight,
+        })
+    }
+}
+
+fn client_cert(t: &UpstreamTls) -> Result<Option<Arc<CertKey>>, String> {
+    let Some(cert) = &t.client_cert else {
+        return Ok(None);
+    };
+    let chain = std::fs::read(cert).map_err(|e| format!("server.upstream_tls.client_cert: {e}"))?;
+    let key_pem = match (&t.client_key, &t.client_key_env) {
+        (Some(path), _) => {
+            std::fs::read(path).map_err(|e| format!("server.upstream_tls.client_key: {e}"))?
+        }
+        (None, Some(var)) => std::env::var(var)
+            .map_err(|_| format!("server.upstream_tls.client_key_env: {var} is not set"))?
+            .into_bytes(),
+        (None, None) => return Err("server.upstream_tls.client_key: missing".into()),
+    };
+    let certs: Vec<Vec<u8>> =
+        pem_certs(&chain).ok_or("server.upstream_tls.client_cert: no PEM certificate found")?;
+    let key =
+        pem_key(&key_pem).ok_or("server.upstream_tls.client_key: no PEM private key found")?;
+    Ok(Some(Arc::new(CertKey::new(certs, key))))
+}
+
+/// DER blocks of the `CERTIFICATE` entries of a PEM file.
+fn pem_certs(pem: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let certs = pem_blocks(pem, &["CERTIFICATE"]);
+    (!certs.is_empty()).then_some(certs)
+}
+
+/// The DER of the first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+fn pem_key(pem: &[u8]) -> Option<Vec<u8>> {
+    pem_blocks(pem, &["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"])
+        .into_iter()
+        .next()
+}
+
+fn pem_blocks(pem: &[u8], labels: &[&str]) -> Vec<Vec<u8>> {
+    use base64_lite::decode;
+    let text = String::from_utf8_lossy(pem);
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(label) = line
+            .trim()
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        else {
+            continue;
+        };
+        let mut b64 = String::new();
+        for l in lines.by_ref() {
+            if l.trim().starts_with("-----END ") {
+                break;
+            }
+            b64.push_str(l.trim());
+        }
+        if labels.contains(&label) {
+            if let Some(der) = decode(&b64) {
+                out.push(der);
+            }
+        }
+    }
+    out
+}
+
+/// A minimal standard base64 decoder for PEM bodies (no new dependency for a few lines).
+mod base64_lite {
+    pub fn decode(s: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(s.len() * 3 / 4);
+        let mut acc = 0u32;
+        let mut bits = 0;
+        for c in s.bytes() {
+            let v = match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'+' => 62,
+                b'/' => 63,
+                b'=' => break,
+                b'\r' | b'\n' | b' ' | b'\t' => continue,
+                _ => return None,
+            };
+            acc = (acc << 6) | u32::from(v);
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+                acc &= (1 << bits) - 1;
+            }
+        }
+        Some(out)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for PaymentApi {
+    type CTX = Attempts;
+
+    fn new_ctx(&self) -> Attempts {
+        Attempts {
+            tried: 0,
+            _in_flight: InFlight::new(&self.in_flight),
+        }
+    }
+
+    async fn upstream_peer(&self, _: &mut Session, ctx: &mut Attempts) -> Result<Box<HttpPeer>> {
+        ctx.tried += 1;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.peers.len();
+        let addr = self.peers[i];
+        let mut peer = match &self.tls {
+            None => HttpPeer::new(addr, false, String::new()),
+            Some((sni, verify)) => {
+                let mut p = HttpPeer::new(addr, true, sni.clone());
+                p.options.verify_cert = *verify;
+                p.options.verify_hostname = *verify;
+                p.client_cert_key = self.client_cert.clone();
+                p
+            }
+        };
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.write_timeout = Some(self.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _: &mut Session,
+        _: &HttpPeer,
+        ctx: &mut Attempts,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent yet: try the next upstream, each at most once per request.
+        e.set_retry(ctx.tried < self.peers.len());
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _: &mut Attempts,
+    ) -> FailToProxy {
+        let code = match upstream_refusal(e) {
+            Some(r) => {
+                if session.response_written().is_none() {
+                    let _ = respond(session, &r).await;
+                }
+                r.status.as_u16()
+            }
+            None => {
+                let code = match e.etype() {
+                    ErrorType::HTTPStatus(c) => *c,
+                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+                        if *e.esource() == ErrorSource::Downstream =>
+                    {
+                        0
+                    }
+                    _ if *e.esource() == ErrorSource::Downstream => 400,
+                    _ => 500,
+                };
+                if code > 0 && session.response_written().is_none() {
+                    let _ = session.respond_error(code).await;
+                }
+                code
+            }
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Pingora's error logs name the request with this: no query string (it may carry
+    /// tokens).
+    fn request_summary(&self, session: &Session, _: &Attempts) -> String {
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
+    }
+}
+
+/// SIGTERM and SIGINT both mean: let in-flight requests finish (at most `grace`), then stop.
+struct Signals {
+    in_flight: Arc<AtomicUsize>,
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: graceful shutdown"),
+            _ = int.recv() => tracing::info!("SIGINT: graceful shutdown"),
+        }
+        // Pingora's own grace period is a fixed sleep; drain instead, so that an idle proxy
+        // stops at once and a busy one as soon as its last request is answered.
+        let deadline = tokio::time::Instant::now() + self.grace;
+        while self.in_flight.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.in_flight.load(Ordering::Relaxed);
+        if left > 0 {
+            tracing::warn!(in_flight = left, "grace period over; stopping anyway");
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Builds the server and runs it until SIGTERM or SIGINT.
+pub fn serve(config: ProxyConfig) -> Result<(), String> {
+    let s = &config.server;
+    let conf = ServerConf {
+        threads: s.threads,
+        // Draining happens in `Signals` (see there).
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let metrics = s.metrics.as_ref().map(|_| Metrics::register());
+    let large = match s.large_candidate_bodies {
+        LargeBodiesConfig::Stream => LargeBodies::Stream,
+        LargeBodiesConfig::Reject => LargeBodies::Reject,
+    };
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut proxy = StepUpProxy::new(
+        PaymentApi::new(&config, in_flight.clone())?,
+        config.step_up.clone(),
+    )
+    .large_bodies(large);
+    if let Some(m) = metrics {
+        proxy = proxy.observe(move |ctx: &StepUpCtx| m.record(ctx));
+    }
+    let mut svc = http_proxy_service(&server.configuration, proxy);
+    match &s.tls {
+        None => svc.add_tcp(&s.listen),
+        Some(tls) => svc
+            .add_tls(
+                &s.listen,
+                &tls.cert.to_string_lossy(),
+                &tls.key.to_string_lossy(),
+            )
+            .map_err(|e| format!("server.tls: {e}"))?,
+    }
+    server.add_service(svc);
+    if let Some(addr) = &s.metrics {
+        let mut prom = pingora_prometheus::prometheus_http_service();
+        prom.add_tcp(addr);
+        server.add_service(prom);
+    }
+    tracing::info!(
+        listen = %s.listen,
+        upstreams = s.upstream.list().len(),
+        tls = s.tls.is_some(),
+        upstream_tls = s.upstream_tls.is_some(),
+        metrics = s.metrics.as_deref().unwrap_or("off"),
+        "klarna-stepup serving"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            in_flight,
+            grace: Duration::from_secs(s.grace_period_secs),
+        }),
+    });
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_blocks_decode() {
+        let pem = b"junk\n-----BEGIN CERTIFICATE-----\naGVs\nbG8=\n-----END CERTIFICATE-----\n\
+-----BEGIN PRIVATE KEY-----\nd29ybGQ=\n-----END PRIVATE KEY-----\n";
+        assert_eq!(pem_certs(pem), Some(vec![b"hello".to_vec()]));
+        assert_eq!(pem_key(pem), Some(b"world".to_vec()));
+        assert_eq!(pem_key(b"none"), None);
+    }
+}

@@ -1,0 +1,154 @@
+//! The Pingora adapter: [`StepUpProxy`] adds step-up to an existing `ProxyHttp` in one line.
+//!
+//! ```no_run
+//! use async_trait::async_trait;
+//! use klarna_stepup::pingora::StepUpProxy;
+//! use klarna_stepup::StepUp;
+//! use pingora::prelude::*;
+//!
+//! /// The proxy you already have.
+//! struct PaymentApi;
+//!
+//! #[async_trait]
+//! impl ProxyHttp for PaymentApi {
+//!     type CTX = ();
+//!     fn new_ctx(&self) {}
+//!     async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
+//!         Ok(Box::new(HttpPeer::new("127.0.0.1:9000", false, String::new())))
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let step_up = StepUp::from_toml(r#"
+//!     [defaults]
+//!     return_url = "https://pay.acquirer.example/klarna/return"
+//! "#)?;
+//! let mut server = Server::new(None)?;
+//! server.bootstrap();
+//! let proxy = StepUpProxy::new(PaymentApi, step_up); // the one line
+//! let mut service = http_proxy_service(&server.configuration, proxy);
+//! service.add_tcp("127.0.0.1:8080");
+//! server.add_service(service);
+//! server.run_forever();
+//! # }
+//! ```
+//!
+//! [`StepUpProxy`] delegates every phase of `ProxyHttp` to the inner proxy (its `CTX` is kept
+//! in [`StepUpProxyCtx::inner`]) and adds, per request:
+//!
+//! - **Not a candidate route**: nothing. The body is not buffered, headers and bytes are the
+//!   inner proxy's business. Cost: one route lookup on method and path.
+//! - **Candidate, body up to 64 KiB** (Pingora's retry buffer): the body is read in
+//!   `request_filter`. Not Klarna: forwarded byte for byte. Refused (bad return URL, over
+//!   `body_limit`): the JSON error is answered there and the upstream is never contacted.
+//!   Klarna: the injected body goes upstream with an exact `Content-Length`.
+//! - **Candidate, body over 64 KiB** (within `body_limit`): by default it streams upstream
+//!   with chunked framing and is rewritten at its end ([`LargeBodies::Stream`]). The upstream
+//!   connection is opened before the body is known, so a refusal then aborts the upstream
+//!   request half-way (never a complete request) before the client gets the JSON error.
+//!   [`LargeBodies::Reject`] answers 413 instead, before any upstream contact.
+//! - **The answer to a Klarna request**: sent upstream without `Accept-Encoding`, decoded by
+//!   Pingora if compressed anyway, read to its end (bounded by `body_limit`), rewritten by
+//!   the engine, and re-compressed for the client as its `Accept-Encoding` asks by Pingora's
+//!   `ResponseCompression` module.
+//! - **Upstream failures of candidate requests**: 502/504 with the JSON error
+//!   ([`Refusal::upstream_unreachable`](crate::Refusal::upstream_unreachable),
+//!   [`Refusal::upstream_timeout`](crate::Refusal::upstream_timeout)); other requests' failures
+//!   are the inner proxy's `fail_to_proxy`.
+//!
+//! Responses carry the `x-klarna-stepup` header ([`MARKER_HEADER`](crate::engine::MARKER_HEADER))
+//! exactly as with the tower adapter, and refusals are the same bytes
+//! ([`Refusal::to_response`](crate::Refusal::to_response)), with one difference that Pingora's
+//! phase order imposes: the header of an answer that is being read for a rewrite goes to the
+//! client before its body has been read. It is therefore sent chunked, without
+//! `Content-Length`, `ETag` or `Accept-Ranges`, and marked `rewritten`; if the engine then
+//! keeps the answer (an unknown `result`, a body that is not JSON) the client gets the
+//! upstream's bytes untouched under that header, and the log and [`Outcome`] say
+//! `passthrough`.
+//!
+//! # Calling step-up from your own filters
+//!
+//! If you would rather not wrap your proxy, keep a [`StepUpCtx`] in your `CTX` and call the
+//! [`StepUpPhases`] method of each phase (plus [`respond`] and [`upstream_refusal`] if you
+//! answer errors yourself):
+//!
+//! ```no_run
+//! use async_trait::async_trait;
+//! use bytes::Bytes;
+//! use klarna_stepup::pingora::{StepUpCtx, StepUpPhases};
+//! use pingora::prelude::*;
+//! use pingora::proxy::FailToProxy;
+//!
+//! struct MyProxy {
+//!     step_up: StepUpPhases,
+//! }
+//!
+//! #[async_trait]
+//! impl ProxyHttp for MyProxy {
+//!     type CTX = StepUpCtx;
+//!     fn new_ctx(&self) -> StepUpCtx {
+//!         StepUpCtx::default()
+//!     }
+//!     async fn upstream_peer(&self, _: &mut Session, _: &mut StepUpCtx) -> Result<Box<HttpPeer>> {
+//!         Ok(Box::new(HttpPeer::new("127.0.0.1:9000", false, String::new())))
+//!     }
+//!     async fn early_request_filter(&self, s: &mut Session, ctx: &mut StepUpCtx) -> Result<()> {
+//!         self.step_up.early_request_filter(s, ctx);
+//!         Ok(())
+//!     }
+//!     async fn request_filter(&self, s: &mut Session, ctx: &mut StepUpCtx) -> Result<bool> {
+//!         self.step_up.request_filter(s, ctx).await
+//!     }
+//!     async fn upstream_request_filter(
+//!         &self, _: &mut Session, req: &mut RequestHeader, ctx: &mut StepUpCtx,
+//!     ) -> Result<()> {
+//!         self.step_up.upstream_request_filter(req, ctx)
+//!     }
+//!     async fn request_body_filter(
+//!         &self, _: &mut Session, body: &mut Option<Bytes>, eos: bool, ctx: &mut StepUpCtx,
+//!     ) -> Result<()> {
+//!         self.step_up.request_body_filter(body, eos, ctx)
+//!     }
+//!     async fn upstream_response_filter(
+//!         &self, _: &mut Session, res: &mut ResponseHeader, ctx: &mut StepUpCtx,
+//!     ) -> Result<()> {
+//!         self.step_up.upstream_response_filter(res, ctx);
+//!         Ok(())
+//!     }
+//!     async fn response_filter(
+//!         &self, s: &mut Session, res: &mut ResponseHeader, ctx: &mut StepUpCtx,
+//!     ) -> Result<()> {
+//!         self.step_up.response_filter(s, res, ctx)
+//!     }
+//!     fn response_body_filter(
+//!         &self, _: &mut Session, body: &mut Option<Bytes>, eos: bool, ctx: &mut StepUpCtx,
+//!     ) -> Result<Option<std::time::Duration>> {
+//!         self.step_up.response_body_filter(body, eos, ctx);
+//!         Ok(None)
+//!     }
+//!     async fn fail_to_proxy(&self, s: &mut Session, e: &Error, ctx: &mut StepUpCtx) -> FailToProxy {
+//!         let error_code = match self.step_up.fail_to_proxy(s, e, ctx).await {
+//!             Some(code) => code,
+//!             None => 502, // your own error handling
+//!         };
+//!         FailToProxy { error_code, can_reuse_downstream: false }
+//!     }
+//!     async fn logging(&self, s: &mut Session, e: Option<&Error>, ctx: &mut StepUpCtx) {
+//!         self.step_up.logging(s, e, ctx);
+//!     }
+//! }
+//! ```
+//!
+//! # Security considerations
+//! Return URLs are validated before anything is sent upstream (buffered path). Logs carry the
+//! route, the `payment_request_reference` and the outcome, never URLs, tokens or bodies.
+//! Upstream answers to Klarna requests are buffered up to `body_limit`; set read timeouts on
+//! your `HttpPeer`s (Pingora's default is to wait forever).
+
+mod phases;
+mod proxy;
+
+pub use phases::{
+    respond, upstream_refusal, LargeBodies, Outcome, StepUpCtx, StepUpPhases, RETRY_BUFFER_LIMIT,
+};
+pub use proxy::{StepUpProxy, StepUpProxyCtx};

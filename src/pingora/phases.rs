@@ -1,0 +1,705 @@
+//! [`StepUpPhases`]: step-up as one call per Pingora phase, for wrappers and hand-written
+//! `ProxyHttp` implementations alike.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, StatusCode};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::compression::ResponseCompression;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::engine::{Candidate, Exchange, MARKER_HEADER, STALE_RESPONSE_HEADERS};
+use crate::{Refusal, RequestVerdict, ResponseVerdict, Route, StepUp};
+
+/// Pingora's retry buffer: a body read in `request_filter` reaches the upstream only if it
+/// fits (`BODY_BUF_LIMIT` in pingora-core). Candidate bodies up to this size take the
+/// buffered path, with an exact `Content-Length` and refusals answered before any upstream
+/// contact.
+pub const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// The error a body phase returns to abort the upstream request after a refusal.
+const REFUSED: ErrorType = ErrorType::Custom("klarna_stepup_refused");
+
+/// The level the client-facing compression module uses for rewritten Klarna answers.
+const COMPRESSION_LEVEL: u32 = 6;
+
+/// What to do with a candidate body larger than [`RETRY_BUFFER_LIMIT`] (but within
+/// [`StepUp::body_limit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LargeBodies {
+    /// Stream it to the upstream with chunked framing and rewrite it at its end. The upstream
+    /// is contacted before the body is known: a refusal (bad return URL, over the limit) then
+    /// aborts the upstream request half-way (the upstream never gets a complete request) and
+    /// the client gets the refusal.
+    #[default]
+    Stream,
+    /// Answer 413 before contacting the upstream.
+    Reject,
+}
+
+/// What step-up did with one request; see [`StepUpCtx::outcome`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Not a candidate route: streamed through untouched.
+    #[default]
+    NotCandidate,
+    /// A candidate whose body is not a Klarna payment: forwarded byte for byte.
+    NotKlarna,
+    /// Klarna request injected; the answer was rewritten into the partner block.
+    Rewritten,
+    /// Klarna request injected; the answer passed through untouched.
+    Passthrough,
+    /// Answered by step-up itself (400/413) with this code.
+    Refused(&'static str),
+    /// The upstream could not be reached or timed out (502/504 with this code).
+    UpstreamError(&'static str),
+}
+
+impl Outcome {
+    /// The metric label: `rewritten`, `passthrough`, `refused` or `upstream_error`
+    /// (requests that were not Klarna count as `passthrough`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Rewritten => "rewritten",
+            Outcome::NotCandidate | Outcome::NotKlarna | Outcome::Passthrough => "passthrough",
+            Outcome::Refused(_) => "refused",
+            Outcome::UpstreamError(_) => "upstream_error",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+enum Req {
+    /// Not a candidate, or not Klarna: untouched.
+    #[default]
+    Untouched,
+    /// A candidate whose body has not been read yet.
+    Candidate(Candidate),
+    /// Recipe A: the body was read in `request_filter`; this replaces it upstream.
+    Buffered(Bytes),
+    /// Recipe B: accumulate in `request_body_filter`, rewrite at the end.
+    Streaming {
+        candidate: Candidate,
+        /// What `request_filter` read before switching to streaming.
+        prefix: Bytes,
+        acc: BytesMut,
+    },
+}
+
+#[derive(Debug, Default)]
+enum Resp {
+    #[default]
+    Untouched,
+    /// Reading the answer to a Klarna exchange to the end.
+    Buffering {
+        status: StatusCode,
+        headers: HeaderMap,
+        acc: BytesMut,
+    },
+    /// Too large to rewrite: the rest streams through.
+    Flushed,
+}
+
+/// Step-up's per-request state. Keep one in your `CTX` when you call [`StepUpPhases`]
+/// yourself; [`StepUpProxy`](super::StepUpProxy) keeps it for you.
+#[derive(Debug)]
+pub struct StepUpCtx {
+    candidate: bool,
+    req: Req,
+    resp: Resp,
+    exchange: Option<Exchange>,
+    /// A refusal decided in a body phase, answered in `fail_to_proxy`.
+    pending: Option<Refusal>,
+    outcome: Outcome,
+    compression_enabled_by_us: bool,
+    request_body_len: Option<usize>,
+    response_body_len: Option<usize>,
+    engine_time: Duration,
+    span: tracing::Span,
+}
+
+impl Default for StepUpCtx {
+    fn default() -> Self {
+        StepUpCtx {
+            candidate: false,
+            req: Req::default(),
+            resp: Resp::default(),
+            exchange: None,
+            pending: None,
+            outcome: Outcome::default(),
+            compression_enabled_by_us: false,
+            request_body_len: None,
+            response_body_len: None,
+            engine_time: Duration::ZERO,
+            span: tracing::Span::none(),
+        }
+    }
+}
+
+impl StepUpCtx {
+    /// What step-up did (final once the request is logged; an upstream failure of any
+    /// request, candidate or not, is [`Outcome::UpstreamError`]).
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// The Klarna exchange, once a request was injected.
+    pub fn exchange(&self) -> Option<&Exchange> {
+        self.exchange.as_ref()
+    }
+
+    /// Size of the candidate request body the engine read, if it read one.
+    pub fn request_body_len(&self) -> Option<usize> {
+        self.request_body_len
+    }
+
+    /// Size of the upstream answer the engine read, if it read one.
+    pub fn response_body_len(&self) -> Option<usize> {
+        self.response_body_len
+    }
+
+    /// Time spent in the engine (request injection and response rewrite).
+    pub fn engine_time(&self) -> Duration {
+        self.engine_time
+    }
+
+    /// The request's `klarna_stepup` tracing span (disabled for requests that are not
+    /// candidates).
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    fn candidate(&self) -> bool {
+        self.candidate
+    }
+}
+
+/// Step-up, one method per Pingora phase. [`StepUpProxy`](super::StepUpProxy) calls these
+/// around its inner proxy; call them yourself from your own `ProxyHttp` if you prefer (see
+/// the [module docs](super)). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StepUpPhases {
+    step_up: StepUp,
+    large_bodies: LargeBodies,
+}
+
+impl StepUpPhases {
+    /// Phases for `step_up`, streaming large candidate bodies.
+    pub fn new(step_up: StepUp) -> Self {
+        StepUpPhases {
+            step_up,
+            large_bodies: LargeBodies::default(),
+        }
+    }
+
+    /// What to do with candidate bodies over 64 KiB.
+    pub fn large_bodies(mut self, large_bodies: LargeBodies) -> Self {
+        self.large_bodies = large_bodies;
+        self
+    }
+
+    /// The engine.
+    pub fn step_up(&self) -> &StepUp {
+        &self.step_up
+    }
+
+    /// `early_request_filter`: classifies the request; for candidates, arms client-facing
+    /// compression (it must be on before Pingora's compression module reads
+    /// `Accept-Encoding`, which happens between this phase and `request_filter`).
+    pub fn early_request_filter(&self, session: &mut Session, ctx: &mut StepUpCtx) {
+        let req = session.req_header();
+        let Route::Candidate(candidate) =
+            self.step_up.classify(&req.method, &req.uri, &req.headers)
+        else {
+            return;
+        };
+        ctx.req = Req::Candidate(candidate);
+        ctx.candidate = true;
+        ctx.outcome = Outcome::NotKlarna;
+        ctx.span = tracing::info_span!(
+            "klarna_stepup",
+            route = self.step_up.candidate_pattern(candidate),
+            payment_request_reference = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        // Only clients that ask for an encoding need the compression module armed.
+        let wants_encoding = req
+            .headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("identity"));
+        if !wants_encoding {
+            return;
+        }
+        if let Some(c) = session
+            .downstream_modules_ctx
+            .get_mut::<ResponseCompression>()
+        {
+            if c.is_header_phase() && !c.is_enabled() {
+                c.adjust_level(COMPRESSION_LEVEL);
+                ctx.compression_enabled_by_us = true;
+            }
+        }
+    }
+
+    /// `request_filter`: reads a candidate body (up to 64 KiB), asks the engine, and answers
+    /// a refusal by itself. `Ok(true)` means the response was sent: return `Ok(true)` too.
+    pub async fn request_filter(&self, session: &mut Session, ctx: &mut StepUpCtx) -> Result<bool> {
+        let Req::Candidate(candidate) = ctx.req else {
+            return Ok(false);
+        };
+        let limit = self.step_up.body_limit();
+        let declared = content_length(&session.req_header().headers);
+        if declared.is_some_and(|n| n > limit as u64) {
+            return self.refuse(session, ctx, Refusal::too_large(limit)).await;
+        }
+        let large = declared.is_some_and(|n| n > RETRY_BUFFER_LIMIT as u64);
+        if large && self.large_bodies == LargeBodies::Reject {
+            return self
+                .refuse(
+                    session,
+                    ctx,
+                    Refusal::too_large(RETRY_BUFFER_LIMIT.min(limit)),
+                )
+                .await;
+        }
+        if large {
+            // Nothing read yet: the whole body streams through request_body_filter.
+            self.start_streaming(session, ctx, candidate, Bytes::new());
+            return Ok(false);
+        }
+        // Must come before the first read: only then do the bytes read here reach the
+        // upstream (replayed from the retry buffer into request_body_filter).
+        session.enable_retry_buffering();
+        let mut body = BytesMut::new();
+        loop {
+            let chunk = match session.read_request_body().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_) => return self.refuse(session, ctx, Refusal::unreadable_body()).await,
+            };
+            body.extend_from_slice(&chunk);
+            if body.len() > limit {
+                return self.refuse(session, ctx, Refusal::too_large(limit)).await;
+            }
+            if body.len() > RETRY_BUFFER_LIMIT {
+                // A chunked body over the retry buffer: what was read is ours to forward.
+                if self.large_bodies == LargeBodies::Reject {
+                    return self
+                        .refuse(
+                            session,
+                            ctx,
+                            Refusal::too_large(RETRY_BUFFER_LIMIT.min(limit)),
+                        )
+                        .await;
+                }
+                self.start_streaming(session, ctx, candidate, body.freeze());
+                return Ok(false);
+            }
+        }
+        ctx.request_body_len = Some(body.len());
+        match self.rewrite_request(ctx, candidate, &body) {
+            RequestVerdict::NotKlarna => {
+                // Replayed untouched from the retry buffer.
+                ctx.req = Req::Untouched;
+                Ok(false)
+            }
+            RequestVerdict::Refused(r) => self.refuse(session, ctx, r).await,
+            RequestVerdict::Injected { body, exchange } => {
+                self.start_exchange(session, ctx, exchange);
+                ctx.req = Req::Buffered(Bytes::from(body));
+                Ok(false)
+            }
+        }
+    }
+
+    /// `upstream_request_filter`: framing of the forwarded body (exact `Content-Length` for
+    /// buffered bodies, chunked for streamed ones) and no `Accept-Encoding` for Klarna
+    /// exchanges. Runs once per upstream attempt.
+    pub fn upstream_request_filter(
+        &self,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut StepUpCtx,
+    ) -> Result<()> {
+        match &mut ctx.req {
+            Req::Buffered(body) => {
+                upstream_request.remove_header(&header::TRANSFER_ENCODING);
+                upstream_request.insert_header(header::CONTENT_LENGTH, body.len())?;
+            }
+            Req::Streaming { prefix, acc, .. } => {
+                acc.clear();
+                acc.extend_from_slice(prefix);
+                upstream_request.remove_header(&header::CONTENT_LENGTH);
+                upstream_request.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+            }
+            Req::Untouched | Req::Candidate(_) => {}
+        }
+        if ctx.exchange.is_some() || matches!(ctx.req, Req::Streaming { .. }) {
+            // Pingora decompresses the answer only for encodings not listed here.
+            upstream_request.remove_header(&header::ACCEPT_ENCODING);
+        }
+        Ok(())
+    }
+
+    /// `request_body_filter`: sends the rewritten body (buffered path), or accumulates and
+    /// rewrites at the end (streaming path). An `Err` aborts the upstream request; answer it
+    /// with [`fail_to_proxy`](Self::fail_to_proxy).
+    pub fn request_body_filter(
+        &self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut StepUpCtx,
+    ) -> Result<()> {
+        match &mut ctx.req {
+            Req::Buffered(new) => {
+                // Non-final: `Some(empty)` is "nothing now"; `None` would end the body.
+                *body = Some(if end_of_stream {
+                    new.clone()
+                } else {
+                    Bytes::new()
+                });
+            }
+            Req::Streaming { candidate, acc, .. } => {
+                let candidate = *candidate;
+                if let Some(b) = body.take() {
+                    acc.extend_from_slice(&b);
+                }
+                let limit = self.step_up.body_limit();
+                if acc.len() > limit {
+                    ctx.pending = Some(Refusal::too_large(limit));
+                    return Error::e_explain(REFUSED, "candidate body over the limit");
+                }
+                if !end_of_stream {
+                    *body = Some(Bytes::new());
+                    return Ok(());
+                }
+                let whole = std::mem::take(acc).freeze();
+                ctx.request_body_len = Some(whole.len());
+                *body = Some(match self.rewrite_request(ctx, candidate, &whole) {
+                    RequestVerdict::NotKlarna => whole,
+                    RequestVerdict::Injected { body, exchange } => {
+                        ctx.span
+                            .record("payment_request_reference", exchange.reference());
+                        ctx.exchange = Some(exchange);
+                        Bytes::from(body)
+                    }
+                    RequestVerdict::Refused(r) => {
+                        ctx.pending = Some(r);
+                        return Error::e_explain(REFUSED, "candidate body refused");
+                    }
+                });
+            }
+            Req::Untouched | Req::Candidate(_) => {}
+        }
+        Ok(())
+    }
+
+    /// `upstream_response_filter` (the header Pingora already decompressed): decides whether
+    /// the answer to a Klarna exchange is read and rewritten.
+    pub fn upstream_response_filter(
+        &self,
+        upstream_response: &ResponseHeader,
+        ctx: &mut StepUpCtx,
+    ) {
+        let Some(exchange) = &ctx.exchange else {
+            return;
+        };
+        let status = upstream_response.status;
+        if status.is_informational() {
+            return;
+        }
+        let headers = &upstream_response.headers;
+        let limit = self.step_up.body_limit() as u64;
+        let wanted = self.step_up.wants_response(exchange, status, headers)
+            && !headers.contains_key(header::CONTENT_ENCODING)
+            && content_length(headers).is_none_or(|n| n <= limit);
+        if wanted {
+            ctx.resp = Resp::Buffering {
+                status,
+                headers: headers.clone(),
+                acc: BytesMut::new(),
+            };
+        } else {
+            self.passed_through(ctx, "not a 2xx JSON answer within the limit");
+        }
+    }
+
+    /// `response_filter`: the client-facing header. For an answer being rewritten: no stale
+    /// length or validators, chunked (the header goes out before the body is read), marked
+    /// `rewritten`. Otherwise the marker says `passthrough` and compression is left off.
+    pub fn response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut StepUpCtx,
+    ) -> Result<()> {
+        if response.status.is_informational() {
+            return Ok(());
+        }
+        if ctx.exchange.is_none() {
+            self.compression_off(session, ctx);
+            return Ok(());
+        }
+        if let Resp::Buffering { .. } = ctx.resp {
+            for name in STALE_RESPONSE_HEADERS {
+                response.remove_header(&name);
+            }
+            response.insert_header(header::CONTENT_TYPE, "application/json")?;
+            response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+            response.insert_header(MARKER_HEADER, "rewritten")?;
+        } else {
+            self.compression_off(session, ctx);
+            response.insert_header(MARKER_HEADER, "passthrough")?;
+        }
+        Ok(())
+    }
+
+    /// `response_body_filter` (synchronous): buffers the answer to its end (bounded by the
+    /// body limit) and puts the rewritten bytes in its place.
+    pub fn response_body_filter(
+        &self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut StepUpCtx,
+    ) {
+        let Resp::Buffering { acc, .. } = &mut ctx.resp else {
+            return;
+        };
+        if let Some(b) = body.take() {
+            acc.extend_from_slice(&b);
+        }
+        if acc.len() > self.step_up.body_limit() {
+            // Too large to be a Klarna answer we rewrite: send what we hold, stream the rest.
+            *body = Some(std::mem::take(acc).freeze());
+            ctx.resp = Resp::Flushed;
+            self.passed_through(ctx, "answer over the body limit");
+            return;
+        }
+        if !end_of_stream {
+            return; // `None`: nothing is written now
+        }
+        let Resp::Buffering {
+            status,
+            headers,
+            acc,
+        } = std::mem::take(&mut ctx.resp)
+        else {
+            return;
+        };
+        let raw = acc.freeze();
+        ctx.response_body_len = Some(raw.len());
+        let Some(exchange) = &ctx.exchange else {
+            *body = Some(raw);
+            return;
+        };
+        let started = Instant::now();
+        let verdict = self
+            .step_up
+            .rewrite_response(exchange, status, &headers, &raw);
+        ctx.engine_time += started.elapsed();
+        match verdict {
+            ResponseVerdict::Rewritten { body: new, result } => {
+                ctx.span.in_scope(|| {
+                    tracing::debug!(?result, "klarna answer rewritten");
+                });
+                ctx.outcome = Outcome::Rewritten;
+                *body = Some(Bytes::from(new));
+            }
+            ResponseVerdict::Keep(reason) => {
+                // The header already went out marked `rewritten`: Pingora writes it before
+                // any body filter runs. The bytes are the upstream's, untouched.
+                self.passed_through(ctx, &reason.to_string());
+                *body = Some(raw);
+            }
+        }
+    }
+
+    /// `fail_to_proxy`: the answer for a candidate request that failed: a refusal decided in
+    /// a body phase, or 502/504 JSON for upstream failures. `None` when step-up has nothing
+    /// to say (not a candidate, or the client went away): let the inner proxy answer.
+    pub async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut StepUpCtx,
+    ) -> Option<u16> {
+        if !ctx.candidate() {
+            return None;
+        }
+        let refusal = match ctx.pending.take() {
+            Some(r) => r,
+            None => upstream_refusal(e)?,
+        };
+        let code = refusal.status.as_u16();
+        if session.response_written().is_none() {
+            let _ = self.refuse(session, ctx, refusal).await;
+        } else {
+            ctx.outcome = outcome_of(&refusal);
+        }
+        Some(code)
+    }
+
+    /// `logging`: closes the request's span with its outcome.
+    pub fn logging(&self, session: &Session, e: Option<&Error>, ctx: &mut StepUpCtx) {
+        if let (
+            Some(e),
+            Outcome::NotCandidate | Outcome::Rewritten | Outcome::Passthrough | Outcome::NotKlarna,
+        ) = (e, ctx.outcome)
+        {
+            if let Some(r) = upstream_refusal(e) {
+                ctx.outcome = outcome_of(&r);
+            }
+        }
+        if !ctx.candidate() {
+            return;
+        }
+        let outcome = ctx.outcome;
+        let status = session.response_written().map(|r| r.status.as_u16());
+        ctx.span.record("outcome", outcome.label());
+        ctx.span.in_scope(|| {
+            tracing::info!(
+                ?outcome,
+                status,
+                engine_us = ctx.engine_time.as_micros() as u64,
+                "request done"
+            );
+        });
+    }
+
+    fn rewrite_request(
+        &self,
+        ctx: &mut StepUpCtx,
+        candidate: Candidate,
+        body: &[u8],
+    ) -> RequestVerdict {
+        let started = Instant::now();
+        let verdict = self.step_up.rewrite_request(candidate, body);
+        ctx.engine_time += started.elapsed();
+        verdict
+    }
+
+    fn start_exchange(&self, session: &mut Session, ctx: &mut StepUpCtx, exchange: Exchange) {
+        ctx.span
+            .record("payment_request_reference", exchange.reference());
+        ctx.outcome = Outcome::Passthrough;
+        // Must be on before Pingora parses the upstream request (after
+        // upstream_request_filter); it decodes the answer before our response filters.
+        session.upstream_compression.adjust_decompression(true);
+        ctx.exchange = Some(exchange);
+    }
+
+    fn start_streaming(
+        &self,
+        session: &mut Session,
+        ctx: &mut StepUpCtx,
+        candidate: Candidate,
+        prefix: Bytes,
+    ) {
+        ctx.span.in_scope(|| {
+            tracing::debug!(read = prefix.len(), "large candidate body: streaming path");
+        });
+        // Whether this is Klarna is known only at the end of the body, after the upstream
+        // request went out: decode any answer, in case it is.
+        session.upstream_compression.adjust_decompression(true);
+        ctx.req = Req::Streaming {
+            candidate,
+            acc: BytesMut::from(&prefix[..]),
+            prefix,
+        };
+    }
+
+    fn passed_through(&self, ctx: &mut StepUpCtx, reason: &str) {
+        ctx.outcome = Outcome::Passthrough;
+        ctx.span.in_scope(|| {
+            tracing::warn!(reason, "klarna answer passed through untouched");
+        });
+    }
+
+    fn compression_off(&self, session: &mut Session, ctx: &mut StepUpCtx) {
+        if !ctx.compression_enabled_by_us {
+            return;
+        }
+        if let Some(c) = session
+            .downstream_modules_ctx
+            .get_mut::<ResponseCompression>()
+        {
+            if c.is_header_phase() {
+                c.adjust_level(0);
+                ctx.compression_enabled_by_us = false;
+            }
+        }
+    }
+
+    /// Sends `refusal` as the whole response and records it.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut StepUpCtx,
+        refusal: Refusal,
+    ) -> Result<bool> {
+        ctx.outcome = outcome_of(&refusal);
+        ctx.span.in_scope(|| {
+            tracing::info!(
+                code = refusal.code,
+                param = refusal.param.as_deref(),
+                "request refused"
+            );
+        });
+        self.compression_off(session, ctx);
+        if !session.is_body_done() {
+            // The rest of the body is not read: the connection cannot carry another request.
+            session.set_keepalive(None);
+        }
+        respond(session, &refusal).await?;
+        Ok(true)
+    }
+}
+
+fn outcome_of(r: &Refusal) -> Outcome {
+    if r.status.is_server_error() {
+        Outcome::UpstreamError(r.code)
+    } else {
+        Outcome::Refused(r.code)
+    }
+}
+
+/// The 502/504 answer for a proxy error that the upstream caused: a timeout gives
+/// [`Refusal::upstream_timeout`], any other upstream failure
+/// [`Refusal::upstream_unreachable`]. `None` for errors of the client or of the proxy itself.
+pub fn upstream_refusal(e: &Error) -> Option<Refusal> {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            Some(Refusal::upstream_timeout())
+        }
+        _ if *e.esource() == ErrorSource::Upstream => Some(Refusal::upstream_unreachable()),
+        _ => None,
+    }
+}
+
+/// Writes `refusal` as the complete response, with the same head and bytes as the tower
+/// adapter ([`Refusal::to_response`]).
+pub async fn respond(session: &mut Session, refusal: &Refusal) -> Result<()> {
+    let res = refusal.to_response();
+    let mut head = ResponseHeader::build(res.status(), Some(res.headers().len()))?;
+    for (name, value) in res.headers() {
+        head.insert_header(name.clone(), value.clone())?;
+    }
+    session.write_response_header(Box::new(head), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(res.into_body())), true)
+        .await?;
+    Ok(())
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v: &HeaderValue| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -1,0 +1,613 @@
+//! [`StepUpProxy`]: any `ProxyHttp` with step-up added, every phase delegated.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora::cache::{
+    key::HashBinary, CacheKey, CacheMeta, ForcedFreshness, HitHandler, PurgeAction, RespCacheable,
+};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
+use pingora::protocols::Digest;
+use pingora::proxy::{
+    FailToProxy, ProxyHttp, ProxyWarnLogContext, PurgeStatus, RangeType, Session,
+};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, Result};
+use tokio::sync::mpsc;
+
+use super::{LargeBodies, StepUpCtx, StepUpPhases};
+use crate::StepUp;
+
+type Observer = Arc<dyn Fn(&StepUpCtx) + Send + Sync>;
+
+/// An existing `ProxyHttp` with Klarna step-up added: `StepUpProxy::new(existing, step_up)`.
+///
+/// Every phase of Pingora's `ProxyHttp` is delegated to the inner proxy, whose `CTX` lives
+/// in [`StepUpProxyCtx::inner`]; step-up runs around it as [`StepUpPhases`] describes
+/// (after the inner proxy on the way in, before it on the way out, except where noted).
+pub struct StepUpProxy<P> {
+    inner: P,
+    phases: StepUpPhases,
+    observer: Option<Observer>,
+}
+
+impl<P> StepUpProxy<P> {
+    /// Wraps `inner`.
+    pub fn new(inner: P, step_up: StepUp) -> Self {
+        StepUpProxy {
+            inner,
+            phases: StepUpPhases::new(step_up),
+            observer: None,
+        }
+    }
+
+    /// What to do with candidate bodies over 64 KiB (default: stream them).
+    pub fn large_bodies(mut self, large_bodies: LargeBodies) -> Self {
+        self.phases = self.phases.large_bodies(large_bodies);
+        self
+    }
+
+    /// Calls `observer` once per request, in the `logging` phase, with step-up's record of it
+    /// (outcome, body sizes, engine time): the place for metrics.
+    pub fn observe(mut self, observer: impl Fn(&StepUpCtx) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+
+    /// The step-up phases this proxy runs.
+    pub fn phases(&self) -> &StepUpPhases {
+        &self.phases
+    }
+
+    /// The wrapped proxy.
+    pub fn get_ref(&self) -> &P {
+        &self.inner
+    }
+
+    /// The wrapped proxy, mutably.
+    pub fn get_mut(&mut self) -> &mut P {
+        &mut self.inner
+    }
+
+    /// The wrapped proxy, unwrapped.
+    pub fn into_inner(self) -> P {
+        self.inner
+    }
+}
+
+impl<P: std::fmt::Debug> std::fmt::Debug for StepUpProxy<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepUpProxy")
+            .field("inner", &self.inner)
+            .field("phases", &self.phases)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `CTX` of a [`StepUpProxy`]: the inner proxy's and step-up's.
+#[derive(Debug)]
+pub struct StepUpProxyCtx<C> {
+    /// The inner proxy's `CTX`.
+    pub inner: C,
+    /// Step-up's state.
+    pub step_up: StepUpCtx,
+}
+
+#[async_trait]
+impl<P> ProxyHttp for StepUpProxy<P>
+where
+    P: ProxyHttp + Send + Sync,
+    P::CTX: Send + Sync,
+{
+    type CTX = StepUpProxyCtx<P::CTX>;
+
+    // required
+    fn new_ctx(&self) -> Self::CTX {
+        StepUpProxyCtx {
+            inner: self.inner.new_ctx(),
+            step_up: StepUpCtx::default(),
+        }
+    }
+
+    // required
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        self.inner.upstream_peer(session, &mut ctx.inner).await
+    }
+
+    // (D) default adds ResponseCompressionBuilder::enable(0) (disabled downstream compression).
+    // Delegating keeps that (if the inner doesn't override, the inner's default adds it).
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        self.inner.init_downstream_modules(modules);
+    }
+
+    // (D) only exists with pingora feature `upstream_modules`.
+    #[cfg(feature = "pingora-upstream-modules")]
+    fn init_upstream_modules(&self, modules: &mut HttpModules) {
+        self.inner.init_upstream_modules(modules);
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()>
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.inner
+            .early_request_filter(session, &mut ctx.inner)
+            .await?;
+        self.phases.early_request_filter(session, &mut ctx.step_up);
+        Ok(())
+    }
+
+    fn allow_spawning_subrequest(&self, session: &Session, ctx: &Self::CTX) -> bool
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.inner.allow_spawning_subrequest(session, &ctx.inner)
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool>
+    where
+        Self::CTX: Send + Sync,
+    {
+        if self.inner.request_filter(session, &mut ctx.inner).await? {
+            return Ok(true);
+        }
+        self.phases.request_filter(session, &mut ctx.step_up).await
+    }
+
+    // (D) called once per chunk; ALSO called once with the replayed retry buffer at the start of
+    // every upstream attempt (proxy_h1.rs proxy_handle_downstream -> send_body_to_pipe).
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()>
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.phases
+            .request_body_filter(body, end_of_stream, &mut ctx.step_up)?;
+        self.inner
+            .request_body_filter(session, body, end_of_stream, &mut ctx.inner)
+            .await
+    }
+
+    // (D) sync fn
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()>
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.inner.request_cache_filter(session, &mut ctx.inner)
+    }
+
+    // (D) default PANICS (unimplemented!) — only called when caching is enabled.
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
+        self.inner.cache_key_callback(session, &mut ctx.inner)
+    }
+
+    // (D) default: session.cache.cache_miss()
+    fn cache_miss(&self, session: &mut Session, ctx: &mut Self::CTX) {
+        self.inner.cache_miss(session, &mut ctx.inner)
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<ForcedFreshness>>
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.inner
+            .cache_hit_filter(session, meta, hit_handler, is_fresh, &mut ctx.inner)
+            .await
+    }
+
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<bool>
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.inner
+            .proxy_upstream_filter(session, &mut ctx.inner)
+            .await
+    }
+
+    // (D) takes &Session (not &mut)
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<RespCacheable> {
+        self.inner
+            .response_cache_filter(session, resp, &mut ctx.inner)
+    }
+
+    // (D) note argument order (meta, ctx, req)
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut Self::CTX,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        self.inner.cache_vary_filter(meta, &mut ctx.inner, req)
+    }
+
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<bool> {
+        self.inner
+            .cache_not_modified_filter(session, resp, &mut ctx.inner)
+    }
+
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> RangeType {
+        self.inner
+            .range_header_filter(session, resp, &mut ctx.inner)
+    }
+
+    // (D) called once per upstream attempt, after pingora's own header sanitizing and before
+    // finalize_h1_upstream_request_framing (proxy_h1.rs proxy_1to1).
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()>
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.inner
+            .upstream_request_filter(session, upstream_request, &mut ctx.inner)
+            .await?;
+        self.phases
+            .upstream_request_filter(upstream_request, &mut ctx.step_up)
+    }
+
+    // (D) only with pingora feature `upstream_modules`.
+    #[cfg(feature = "pingora-upstream-modules")]
+    async fn adjust_upstream_modules(
+        &self,
+        session: &mut Session,
+        upstream_response: &ResponseHeader,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()>
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.inner
+            .adjust_upstream_modules(session, upstream_response, end_of_stream, &mut ctx.inner)
+            .await
+    }
+
+    // (D) runs AFTER upstream_compression decompressed the header (CE removed, CL removed,
+    // TE: chunked added) — proxy_h1.rs process_upstream_tasks.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()>
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.inner
+            .upstream_response_filter(session, upstream_response, &mut ctx.inner)
+            .await?;
+        self.phases
+            .upstream_response_filter(upstream_response, &mut ctx.step_up);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()>
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.inner
+            .response_filter(session, upstream_response, &mut ctx.inner)
+            .await?;
+        self.phases
+            .response_filter(session, upstream_response, &mut ctx.step_up)
+    }
+
+    // (D, doc(hidden))
+    async fn custom_forwarding(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+        custom_message_to_upstream: Option<mpsc::Sender<Bytes>>,
+        custom_message_to_downstream: mpsc::Sender<Bytes>,
+    ) -> Result<()>
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.inner
+            .custom_forwarding(
+                session,
+                &mut ctx.inner,
+                custom_message_to_upstream,
+                custom_message_to_downstream,
+            )
+            .await
+    }
+
+    // (D, doc(hidden))
+    async fn downstream_custom_message_proxy_filter(
+        &self,
+        session: &mut Session,
+        custom_message: Bytes,
+        ctx: &mut Self::CTX,
+        final_hop: bool,
+    ) -> Result<Option<Bytes>>
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.inner
+            .downstream_custom_message_proxy_filter(
+                session,
+                custom_message,
+                &mut ctx.inner,
+                final_hop,
+            )
+            .await
+    }
+
+    // (D, doc(hidden))
+    async fn upstream_custom_message_proxy_filter(
+        &self,
+        session: &mut Session,
+        custom_message: Bytes,
+        ctx: &mut Self::CTX,
+        final_hop: bool,
+    ) -> Result<Option<Bytes>>
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.inner
+            .upstream_custom_message_proxy_filter(
+                session,
+                custom_message,
+                &mut ctx.inner,
+                final_hop,
+            )
+            .await
+    }
+
+    // (D) SYNC fn, no `where Self::CTX: Send + Sync`
+    fn upstream_response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        self.inner
+            .upstream_response_body_filter(session, body, end_of_stream, &mut ctx.inner)
+    }
+
+    // (D) SYNC fn
+    fn upstream_response_trailer_filter(
+        &self,
+        session: &mut Session,
+        upstream_trailers: &mut header::HeaderMap,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        self.inner
+            .upstream_response_trailer_filter(session, upstream_trailers, &mut ctx.inner)
+    }
+
+    // (D) SYNC fn (cannot await!)
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>>
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.phases
+            .response_body_filter(body, end_of_stream, &mut ctx.step_up);
+        self.inner
+            .response_body_filter(session, body, end_of_stream, &mut ctx.inner)
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        session: &mut Session,
+        upstream_trailers: &mut header::HeaderMap,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Bytes>>
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.inner
+            .response_trailer_filter(session, upstream_trailers, &mut ctx.inner)
+            .await
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX)
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.phases.logging(session, e, &mut ctx.step_up);
+        if let Some(observe) = &self.observer {
+            observe(&ctx.step_up);
+        }
+        self.inner.logging(session, e, &mut ctx.inner).await
+    }
+
+    // (D) &Session, &CTX
+    fn persist_connection_context(
+        &self,
+        session: &Session,
+        ctx: &Self::CTX,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        self.inner.persist_connection_context(session, &ctx.inner)
+    }
+
+    fn on_connection_reuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+        prev_ctx: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        self.inner
+            .on_connection_reuse(session, &mut ctx.inner, prev_ctx)
+    }
+
+    fn suppress_error_log(&self, session: &Session, ctx: &Self::CTX, error: &Error) -> bool {
+        self.inner.suppress_error_log(session, &ctx.inner, error)
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        session: &Session,
+        ctx: &Self::CTX,
+        error: &Error,
+        context: ProxyWarnLogContext,
+    ) -> bool {
+        self.inner
+            .suppress_proxy_warn_log(session, &ctx.inner, error, context)
+    }
+
+    // (D) takes Box<Error> by value and returns it
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        self.inner
+            .error_while_proxy(peer, session, e, &mut ctx.inner, client_reused)
+    }
+
+    // (D) note argument order (session, peer, ctx, e)
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        self.inner.fail_to_connect(session, peer, &mut ctx.inner, e)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy
+    where
+        Self::CTX: Send + Sync,
+    {
+        // Candidates get step-up's JSON answer (a refusal decided in a body phase, 502/504);
+        // everything else is the inner proxy's to answer.
+        match self
+            .phases
+            .fail_to_proxy(session, e, &mut ctx.step_up)
+            .await
+        {
+            Some(code) => FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            },
+            None => self.inner.fail_to_proxy(session, e, &mut ctx.inner).await,
+        }
+    }
+
+    fn should_serve_stale(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+        error: Option<&Error>,
+    ) -> bool {
+        self.inner
+            .should_serve_stale(session, &mut ctx.inner, error)
+    }
+
+    // (D) cfg(unix) fd parameter
+    async fn connected_to_upstream(
+        &self,
+        session: &mut Session,
+        reused: bool,
+        peer: &HttpPeer,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] sock: std::os::windows::io::RawSocket,
+        digest: Option<&Digest>,
+        ctx: &mut Self::CTX,
+    ) -> Result<()>
+    where
+        Self::CTX: Send + Sync,
+    {
+        self.inner
+            .connected_to_upstream(
+                session,
+                reused,
+                peer,
+                #[cfg(unix)]
+                fd,
+                #[cfg(windows)]
+                sock,
+                digest,
+                &mut ctx.inner,
+            )
+            .await
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {
+        self.inner.request_summary(session, &ctx.inner)
+    }
+
+    fn is_purge(&self, session: &Session, ctx: &Self::CTX) -> bool {
+        self.inner.is_purge(session, &ctx.inner)
+    }
+
+    fn purge_action(&self, session: &Session, ctx: &Self::CTX) -> PurgeAction {
+        self.inner.purge_action(session, &ctx.inner)
+    }
+
+    fn purge_response_filter(
+        &self,
+        session: &Session,
+        ctx: &mut Self::CTX,
+        purge_status: PurgeStatus,
+        purge_response: &mut std::borrow::Cow<'static, ResponseHeader>,
+    ) -> Result<()> {
+        self.inner
+            .purge_response_filter(session, &mut ctx.inner, purge_status, purge_response)
+    }
+}

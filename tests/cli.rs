@@ -1,0 +1,401 @@
+//! The `klarna-stepup` binary: `check-config` exit codes and messages; `serve` as a child
+//! process on a free loopback port, one proxied request, SIGTERM.
+#![cfg(feature = "cli")]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::fixtures;
+use common::upstream::{self, Answer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_klarna-stepup");
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("klarna-stepup-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration() {
+    let path = write_config(
+        "ok.toml",
+        "[server]\nlisten = \"127.0.0.1:8080\"\nupstream = \"127.0.0.1:9000\"\n",
+    );
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "body_limit = 1048576",
+        "path = \"/payments\"",
+        "[server]",
+        "listen = \"127.0.0.1:8080\"",
+        "read_timeout_ms = 30000",
+        "large_candidate_bodies = \"stream\"",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    // What it prints is itself a valid configuration.
+    let again = write_config("again.toml", &text);
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_config_names_every_error() {
+    let path = write_config(
+        "bad.toml",
+        r#"
+body_limit = 0
+[return_url_policy]
+schemes = ["https"]
+[server]
+listen = "localhost"
+upstream = ["127.0.0.1:9000", "no-port"]
+threads = 0
+"#,
+    );
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8(out.stderr).unwrap();
+    for want in [
+        "body_limit: must be at least 1 byte",
+        "server.listen: must be an address",
+        "server.upstream[1]: must be host:port",
+        "server.threads: must be between 1 and 1024",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in\n{err}");
+    }
+
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(write_config(
+            "tls.toml",
+            r#"
+[server]
+listen = "127.0.0.1:8443"
+upstream = "127.0.0.1:9000"
+[server.tls]
+cert = "/nonexistent/cert.pem"
+key = "/nonexistent/key.pem"
+[server.upstream_tls]
+sni = "payments.internal.example"
+client_cert = "/nonexistent/client.pem"
+client_key_env = "KLARNA_STEPUP_TEST_UNSET_KEY"
+"#,
+        ))
+        .env_remove("KLARNA_STEPUP_TEST_UNSET_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    for want in [
+        "server.tls.cert: /nonexistent/cert.pem is not a readable file",
+        "server.tls.key: ",
+        "server.upstream_tls.client_cert: ",
+        "server.upstream_tls.client_key_env: environment variable KLARNA_STEPUP_TEST_UNSET_KEY is not set",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in\n{err}");
+    }
+
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(write_config("nosrv.toml", "nope = 1\n"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("server: missing table"), "{err}");
+    assert!(err.contains("nope: unknown field"), "{err}");
+}
+
+/// The `serve` child; killed if a test fails before stopping it.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Served {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+fn start_serve(config: &str) -> Served {
+    let path = write_config(&format!("serve-{}.toml", free_addr().port()), config);
+    Served(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_listening(addr: SocketAddr) {
+    let started = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never listened"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection; the raw answer.
+fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn stop(child: &mut Served, signal: &str) -> (Option<i32>, String) {
+    let stopping = Instant::now();
+    let kill = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(stopping.elapsed() < Duration::from_secs(8), "did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    (status.code(), log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_fails_over_to_the_next_upstream_counts_metrics_and_stops_on_sigint() {
+    let up = upstream::start().await;
+    let f = fixtures::by_name("step_up_required");
+    let fu = f.upstream.clone().unwrap();
+    up.set_answer(Answer {
+        status: fu.status,
+        headers: fu.headers,
+        body: fu.body,
+        delay: None,
+    });
+    let (listen, metrics, dead) = (free_addr(), free_addr(), free_addr());
+    let mut child = start_serve(&format!(
+        "[server]\nlisten = \"{listen}\"\nupstream = [\"{dead}\", \"{}\"]\nmetrics = \"{metrics}\"\n\
+         large_candidate_bodies = \"reject\"\n",
+        up.addr
+    ));
+    wait_listening(listen);
+    wait_listening(metrics);
+    let body = f.body.clone();
+    let (ok, big, page) = tokio::task::spawn_blocking(move || {
+        let head = |n: usize| {
+            format!(
+                "POST /payments HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nContent-Length: {n}\r\n\r\n"
+            )
+        };
+        // Twice: round robin starts at the dead upstream at least once.
+        let ok = [
+            exchange(listen, &head(body.len()), &body),
+            exchange(listen, &head(body.len()), &body),
+        ];
+        let big_body = vec![b' '; 70 * 1024];
+        let big = exchange(listen, &head(big_body.len()), &big_body);
+        let page = exchange(
+            metrics,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"",
+        );
+        (ok, big, page)
+    })
+    .await
+    .unwrap();
+    for r in &ok {
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    assert!(big.starts_with("HTTP/1.1 413"), "{big}");
+    assert!(
+        page.contains("klarna_stepup_requests_total{outcome=\"rewritten\"} 2"),
+        "{page}"
+    );
+    assert!(
+        page.contains("klarna_stepup_requests_total{outcome=\"refused\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("klarna_stepup_engine_seconds_count 2"),
+        "{page}"
+    );
+    assert_eq!(up.take_received().len(), 2);
+    let (code, log) = stop(&mut child, "-INT");
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_502_json_when_no_upstream_answers() {
+    let (listen, dead, metrics) = (free_addr(), free_addr(), free_addr());
+    let mut child = start_serve(&format!(
+        "[server]\nlisten = \"{listen}\"\nupstream = \"{dead}\"\nmetrics = \"{metrics}\"\n"
+    ));
+    wait_listening(listen);
+    wait_listening(metrics);
+    let (r, page) = tokio::task::spawn_blocking(move || {
+        let r = exchange(
+            listen,
+            "GET /anything HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"",
+        );
+        let page = exchange(
+            metrics,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"",
+        );
+        (r, page)
+    })
+    .await
+    .unwrap();
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    assert!(r.contains(r#""code":"upstream_unreachable""#), "{r}");
+    assert!(
+        page.contains("klarna_stepup_requests_total{outcome=\"upstream_error\"} 1"),
+        "{page}"
+    );
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_a_two_key_file_proxy_one_request_and_stop_on_sigterm() {
+    let up = upstream::start().await;
+    let f = fixtures::by_name("step_up_required");
+    let fu = f.upstream.clone().unwrap();
+    up.set_answer(Answer {
+        status: fu.status,
+        headers: fu.headers,
+        body: fu.body,
+        delay: None,
+    });
+    let listen = free_addr();
+    let path = write_config(
+        "serve.toml",
+        &format!(
+            "[server]\nlisten = \"{listen}\"\nupstream = \"{}\"\n",
+            up.addr
+        ),
+    );
+    let mut child = Served(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+
+    let started = Instant::now();
+    while TcpStream::connect(listen).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never listened"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let body = f.body.clone();
+    let response = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "POST /payments HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("x-klarna-stepup: rewritten"),
+        "{response}"
+    );
+    assert!(response.contains(r#""status":"pending""#), "{response}");
+    assert_eq!(up.take_received().len(), 1);
+
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("request done"), "one line per request:\n{log}");
+    assert!(
+        log.contains("payment_request_reference=\"order-1234\""),
+        "{log}"
+    );
+    assert!(
+        !log.contains("partner.example/klarna/return"),
+        "a URL was logged:\n{log}"
+    );
+    assert!(TcpStream::connect(listen).is_err(), "still listening");
+}

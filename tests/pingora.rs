@@ -1,0 +1,877 @@
+//! The Pingora adapter over real loopback sockets: parity with the tower adapter on every
+//! fixture, passthrough fidelity, both body paths, refusals, upstream failures, compression.
+#![cfg(feature = "pingora")]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::fixtures::{self, Fixture};
+use common::upstream::{self, Answer};
+use http::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use klarna_stepup::engine::MARKER_HEADER;
+use klarna_stepup::pingora::{LargeBodies, StepUpProxy};
+use klarna_stepup::tower::{KlarnaStepUpLayer, StepUpBody};
+use klarna_stepup::{Refusal, RequestVerdict, Route, StepUp};
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+use tower::ServiceBuilder;
+
+use raw::{raw_request, RawResponse, ReqBody};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------
+// Harness: an "existing" Pingora proxy, a server in a thread, the tower proxy
+// ---------------------------------------------------------------------------------------
+
+/// The proxy an acquirer already has: one upstream, timeouts, no retry to a dead peer.
+struct PaymentApi {
+    upstream: SocketAddr,
+    read_timeout: Duration,
+}
+
+#[async_trait]
+impl ProxyHttp for PaymentApi {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(1));
+        peer.options.read_timeout = Some(self.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _: &mut Session,
+        _: &HttpPeer,
+        _: &mut (),
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        e.set_retry(false);
+        e
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Starts a Pingora server with `proxy` on a free loopback port; it lives until the test
+/// process ends.
+fn start_pingora<P>(proxy: P) -> SocketAddr
+where
+    P: ProxyHttp + Send + Sync + 'static,
+    P::CTX: Send + Sync,
+{
+    let addr = free_addr();
+    let conf = ServerConf {
+        threads: 1,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut svc = http_proxy_service(&server.configuration, proxy);
+    svc.add_tcp(&addr.to_string());
+    server.add_service(svc);
+    std::thread::spawn(move || server.run_forever());
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    addr
+}
+
+fn pingora_step_up(step_up: StepUp, upstream: SocketAddr, read_timeout: Duration) -> SocketAddr {
+    let inner = PaymentApi {
+        upstream,
+        read_timeout,
+    };
+    start_pingora(StepUpProxy::new(inner, step_up))
+}
+
+/// The tower adapter in front of a hyper-util client, as in tests/tower.rs.
+async fn start_tower(step_up: StepUp, upstream: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client =
+        Client::builder(TokioExecutor::new()).build_http::<StepUpBody<hyper::body::Incoming>>();
+    let svc = ServiceBuilder::new()
+        .layer(KlarnaStepUpLayer::new(step_up))
+        .map_request(move |mut req: Request<StepUpBody<hyper::body::Incoming>>| {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            *req.uri_mut() = format!("http://{upstream}{path}").parse().unwrap();
+            req
+        })
+        .service(client);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn fixture_answer(f: &Fixture) -> Answer {
+    match &f.upstream {
+        Some(u) => Answer {
+            status: u.status,
+            headers: u.headers.clone(),
+            body: u.body.clone(),
+            delay: None,
+        },
+        None => Answer {
+            status: 200,
+            ..Answer::default()
+        },
+    }
+}
+
+async fn send_fixture(addr: SocketAddr, f: &Fixture, extra: &[(&str, &str)]) -> RawResponse {
+    let mut headers: Vec<(&str, &str)> = f
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    headers.extend_from_slice(extra);
+    raw_request(
+        addr,
+        &f.method,
+        &f.path,
+        &headers,
+        ReqBody::Length(&f.body),
+        LIMIT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}: {e}", f.name))
+}
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// Answers that the engine is offered (2xx JSON) but keeps: Pingora sends the header before
+/// the body is read, so it is already marked `rewritten` (see the module docs). The bytes
+/// are the same as through tower.
+const MARKED_BEFORE_THE_VERDICT: [&str; 2] = ["html_answer", "unknown_result"];
+
+// ---------------------------------------------------------------------------------------
+// Parity
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parity_every_fixture_through_tower_and_pingora() {
+    let up = upstream::start().await;
+    let mut proxies = std::collections::HashMap::new();
+    for f in fixtures::all() {
+        if !proxies.contains_key(&f.config) {
+            let step_up = StepUp::from_toml(&f.config).unwrap();
+            let t = start_tower(step_up.clone(), up.addr).await;
+            let p = pingora_step_up(step_up, up.addr, Duration::from_secs(5));
+            proxies.insert(f.config.clone(), (t, p));
+        }
+        let (tower_addr, pingora_addr) = proxies[&f.config];
+        up.set_answer(fixture_answer(&f));
+        up.take_received();
+
+        let t = send_fixture(tower_addr, &f, &[]).await;
+        let t_seen = up.take_received();
+        let p = send_fixture(pingora_addr, &f, &[]).await;
+        let p_seen = up.take_received();
+
+        let n = &f.name;
+        assert_eq!(t.status, f.expect.status, "{n}: tower status");
+        assert_eq!(p.status, t.status, "{n}: status differs");
+        assert_eq!(show(&t.body), show(&f.expect.body), "{n}: tower body");
+        assert_eq!(show(&p.body), show(&t.body), "{n}: partner body differs");
+        let (tm, pm) = (t.header("x-klarna-stepup"), p.header("x-klarna-stepup"));
+        assert_eq!(tm, f.expect.marker.as_deref(), "{n}: tower marker");
+        if MARKED_BEFORE_THE_VERDICT.contains(&n.as_str()) {
+            assert_eq!(pm, Some("rewritten"), "{n}: pingora marker");
+        } else {
+            assert_eq!(pm, tm, "{n}: marker differs");
+        }
+        // Refusals: same head fields, same bytes.
+        if t.status >= 400 && f.forwarded == fixtures::Forwarded::None {
+            for h in ["content-type", "cache-control", "content-length"] {
+                assert_eq!(p.header(h), t.header(h), "{n}: refusal {h}");
+            }
+        }
+        // What reached the upstream.
+        assert_eq!(t_seen.len(), p_seen.len(), "{n}: upstream request count");
+        match f.forwarded_body() {
+            None => assert!(p_seen.is_empty(), "{n}: upstream contacted"),
+            Some(want) => {
+                assert_eq!(show(&t_seen[0].body), show(want), "{n}: tower forwarded");
+                assert_eq!(show(&p_seen[0].body), show(want), "{n}: forwarded differs");
+                let cl = p_seen[0].headers.get("content-length");
+                assert_eq!(
+                    cl.map(|v| v.to_str().unwrap().to_owned()),
+                    Some(want.len().to_string()),
+                    "{n}: forwarded content-length"
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Passthrough fidelity
+// ---------------------------------------------------------------------------------------
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_klarna_get_is_byte_identical_gzip_and_5mb() {
+    let up = upstream::start().await;
+    let proxy = pingora_step_up(StepUp::from_toml("").unwrap(), up.addr, LIMIT);
+    let big = pattern(5 * 1024 * 1024);
+    let gz = gzip(&big);
+    up.set_answer(Answer {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("content-encoding".into(), "gzip".into()),
+            ("etag".into(), "\"x\"".into()),
+        ],
+        body: gz.clone(),
+        delay: None,
+    });
+    for ae in ["gzip", "identity"] {
+        let res = raw_request(
+            proxy,
+            "GET",
+            "/payments/1",
+            &[("accept-encoding", ae)],
+            ReqBody::None,
+            LIMIT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status, 200);
+        assert!(res.header("x-klarna-stepup").is_none());
+        assert_eq!(res.header("content-encoding"), Some("gzip"), "{ae}");
+        assert_eq!(res.header("etag"), Some("\"x\""));
+        assert_eq!(res.header("content-length"), Some(&*gz.len().to_string()));
+        assert!(res.body == gz, "gzip body changed ({ae})");
+    }
+    let got = up.take_received();
+    assert_eq!(
+        got[0].headers["accept-encoding"], "gzip",
+        "client's AE forwarded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_klarna_post_is_byte_identical_chunked_and_5mb() {
+    let up = chunked::start().await;
+    let proxy = pingora_step_up(StepUp::from_toml("").unwrap(), up, LIMIT);
+    let big = pattern(5 * 1024 * 1024);
+    // A chunked 5 MB upload: streamed, echoed back chunked.
+    let res = raw_request(
+        proxy,
+        "POST",
+        "/files/echo",
+        &[("content-type", "application/octet-stream")],
+        ReqBody::Chunked(&big, 100_000),
+        LIMIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 200);
+    assert!(res.chunked, "chunked answer stays chunked");
+    assert!(res.header("x-klarna-stepup").is_none());
+    assert_eq!(
+        res.header("x-upload-te"),
+        Some("chunked"),
+        "upload stays chunked"
+    );
+    assert!(res.body == big, "5 MB chunked echo changed");
+    // A JSON POST with Content-Length on a route that is not a candidate.
+    let json = br#"{"payment_method":"klarna","amount":  1.50}"#;
+    let res = raw_request(
+        proxy,
+        "POST",
+        "/refunds/echo",
+        &[("content-type", "application/json")],
+        ReqBody::Length(json),
+        LIMIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.body, json);
+    assert_eq!(res.header("x-upload-cl"), Some(&*json.len().to_string()));
+    assert!(res.header("x-klarna-stepup").is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// Klarna requests
+// ---------------------------------------------------------------------------------------
+
+fn step_up_answer() -> (Fixture, Answer) {
+    let f = fixtures::by_name("step_up_required");
+    let a = fixture_answer(&f);
+    (f, a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn klarna_request_injected_with_exact_content_length_chunked_upload_too() {
+    let up = upstream::start().await;
+    let (f, answer) = step_up_answer();
+    up.set_answer(answer);
+    let proxy = pingora_step_up(StepUp::from_toml("").unwrap(), up.addr, LIMIT);
+    for body in [ReqBody::Length(&f.body), ReqBody::Chunked(&f.body, 100)] {
+        let res = raw_request(
+            proxy,
+            "POST",
+            "/payments",
+            &[
+                ("content-type", "application/json"),
+                ("accept-encoding", "gzip"),
+            ],
+            body,
+            LIMIT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status, 200);
+        assert_eq!(res.header("x-klarna-stepup"), Some("rewritten"));
+        let plain = match res.header("content-encoding") {
+            Some("gzip") => gunzip(&res.body),
+            _ => res.body.clone(),
+        };
+        assert_eq!(show(&plain), show(&f.expect.body));
+        let got = up.take_received();
+        assert_eq!(got.len(), 1);
+        assert_eq!(show(&got[0].body), show(f.forwarded_body().unwrap()));
+        assert_eq!(
+            got[0].headers["content-length"],
+            got[0].body.len().to_string().as_str()
+        );
+        assert!(got[0].headers.get("transfer-encoding").is_none());
+        assert!(got[0].headers.get("accept-encoding").is_none());
+    }
+}
+
+/// The step_up_required request, padded to about `size` bytes with an extra field.
+fn padded_klarna_request(size: usize) -> Vec<u8> {
+    let f = fixtures::by_name("step_up_required");
+    let pad = size.saturating_sub(f.body.len() + 20);
+    let mut body = br#"{"padding":""#.to_vec();
+    body.extend(std::iter::repeat_n(b'p', pad));
+    body.extend_from_slice(b"\",");
+    body.extend_from_slice(&f.body[1..]);
+    body
+}
+
+fn expected_injection(step_up: &StepUp, body: &[u8]) -> Vec<u8> {
+    let uri = "/payments".parse().unwrap();
+    let mut h = http::HeaderMap::new();
+    h.insert("content-type", "application/json".parse().unwrap());
+    let Route::Candidate(c) = step_up.classify(&http::Method::POST, &uri, &h) else {
+        panic!("not a candidate")
+    };
+    match step_up.rewrite_request(c, body) {
+        RequestVerdict::Injected { body, .. } => body,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_70kb_klarna_request_takes_the_streaming_path() {
+    let up = upstream::start().await;
+    let (f, answer) = step_up_answer();
+    up.set_answer(answer);
+    let step_up = StepUp::from_toml("").unwrap();
+    let proxy = pingora_step_up(step_up.clone(), up.addr, LIMIT);
+    let body = padded_klarna_request(70 * 1024);
+    assert!(body.len() > 64 * 1024);
+    let want = expected_injection(&step_up, &body);
+    for upload in [ReqBody::Length(&body), ReqBody::Chunked(&body, 8 * 1024)] {
+        let res = raw_request(
+            proxy,
+            "POST",
+            "/payments",
+            &[("content-type", "application/json")],
+            upload,
+            LIMIT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status, 200, "{}", show(&res.body));
+        assert_eq!(res.header("x-klarna-stepup"), Some("rewritten"));
+        assert_eq!(show(&res.body), show(&f.expect.body));
+        let got = up.take_received();
+        assert_eq!(got.len(), 1);
+        assert!(got[0].body == want, "streamed injection differs");
+        assert_eq!(got[0].headers["transfer-encoding"], "chunked");
+        assert!(got[0].headers.get("content-length").is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_70kb_klarna_request_with_a_bad_return_url_is_refused_on_the_streaming_path() {
+    let up = upstream::start().await;
+    let (_, answer) = step_up_answer();
+    up.set_answer(answer);
+    let proxy = pingora_step_up(StepUp::from_toml("").unwrap(), up.addr, LIMIT);
+    let body = String::from_utf8(padded_klarna_request(70 * 1024))
+        .unwrap()
+        .replace(
+            "https://partner.example/klarna/return",
+            "javascript:alert(1)",
+        );
+    let res = raw_request(
+        proxy,
+        "POST",
+        "/payments",
+        &[("content-type", "application/json")],
+        ReqBody::Length(body.as_bytes()),
+        LIMIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 400, "{}", show(&res.body));
+    assert_eq!(res.header("x-klarna-stepup"), Some("invalid_return_url"));
+    assert!(show(&res.body).contains(r#""param":"klarna_return_url""#));
+    // The upstream was contacted (streaming) but never got a complete request.
+    for got in up.take_received() {
+        assert!(
+            got.body.len() < body.len(),
+            "a complete request reached the upstream"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_70kb_klarna_request_gets_413_when_large_bodies_are_rejected() {
+    let up = upstream::start().await;
+    let inner = PaymentApi {
+        upstream: up.addr,
+        read_timeout: LIMIT,
+    };
+    let proxy = start_pingora(
+        StepUpProxy::new(inner, StepUp::from_toml("").unwrap()).large_bodies(LargeBodies::Reject),
+    );
+    let body = padded_klarna_request(70 * 1024);
+    for upload in [ReqBody::Length(&body), ReqBody::Chunked(&body, 8 * 1024)] {
+        let res = raw_request(
+            proxy,
+            "POST",
+            "/payments",
+            &[("content-type", "application/json")],
+            upload,
+            LIMIT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status, 413);
+        assert_eq!(res.header("x-klarna-stepup"), Some("body_too_large"));
+    }
+    assert!(up.take_received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_return_url_never_reaches_the_upstream() {
+    let up = upstream::start().await;
+    let f = fixtures::by_name("invalid_return_url");
+    let proxy = pingora_step_up(StepUp::from_toml(&f.config).unwrap(), up.addr, LIMIT);
+    let res = send_fixture(proxy, &f, &[("accept-encoding", "gzip")]).await;
+    assert_eq!(res.status, 400);
+    assert_eq!(res.header("x-klarna-stepup"), Some("invalid_return_url"));
+    assert!(
+        res.header("content-encoding").is_none(),
+        "refusals are not compressed"
+    );
+    assert_eq!(show(&res.body), show(&f.expect.body));
+    assert!(up.take_received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_gets_413_before_the_upstream() {
+    let up = upstream::start().await;
+    let proxy = pingora_step_up(
+        StepUp::from_toml("body_limit = 100").unwrap(),
+        up.addr,
+        LIMIT,
+    );
+    let body = padded_klarna_request(2000);
+    let res = raw_request(
+        proxy,
+        "POST",
+        "/payments",
+        &[("content-type", "application/json")],
+        ReqBody::Chunked(&body, 64),
+        LIMIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 413);
+    assert_eq!(res.body, Refusal::too_large(100).to_json());
+    assert!(up.take_received().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Upstream failures
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_gives_502_json() {
+    let dead = free_addr();
+    let f = fixtures::by_name("step_up_required");
+    let proxy = pingora_step_up(StepUp::from_toml("").unwrap(), dead, LIMIT);
+    let started = std::time::Instant::now();
+    let res = send_fixture(proxy, &f, &[]).await;
+    assert_eq!(res.status, 502);
+    assert_eq!(res.header("x-klarna-stepup"), Some("upstream_unreachable"));
+    assert_eq!(res.body, Refusal::upstream_unreachable().to_json());
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_too_slow_gives_504_json() {
+    let up = upstream::start().await;
+    let (f, mut answer) = step_up_answer();
+    answer.delay = Some(Duration::from_millis(900));
+    up.set_answer(answer);
+    let proxy = pingora_step_up(
+        StepUp::from_toml("").unwrap(),
+        up.addr,
+        Duration::from_millis(200),
+    );
+    let res = send_fixture(proxy, &f, &[]).await;
+    assert_eq!(res.status, 504);
+    assert_eq!(res.header("x-klarna-stepup"), Some("upstream_timeout"));
+    assert_eq!(res.body, Refusal::upstream_timeout().to_json());
+}
+
+// ---------------------------------------------------------------------------------------
+// Compression
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_step_up_answer_is_rewritten_and_recompressed_for_the_client() {
+    let up = upstream::start().await;
+    let (f, mut answer) = step_up_answer();
+    answer.body = gzip(&answer.body);
+    answer
+        .headers
+        .push(("content-encoding".into(), "gzip".into()));
+    up.set_answer(answer);
+    let proxy = pingora_step_up(StepUp::from_toml("").unwrap(), up.addr, LIMIT);
+
+    let res = send_fixture(proxy, &f, &[("accept-encoding", "gzip")]).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.header("x-klarna-stepup"), Some("rewritten"));
+    assert_eq!(res.header("content-encoding"), Some("gzip"));
+    assert!(res.header("etag").is_none());
+    assert_eq!(show(&gunzip(&res.body)), show(&f.expect.body));
+    let got = up.take_received();
+    assert!(got[0].headers.get("accept-encoding").is_none());
+
+    // A client that did not ask for gzip gets it plain.
+    let res = send_fixture(proxy, &f, &[]).await;
+    assert!(res.header("content-encoding").is_none());
+    assert_eq!(show(&res.body), show(&f.expect.body));
+    assert_eq!(res.header(MARKER_HEADER.as_str()), Some("rewritten"));
+}
+
+// ---------------------------------------------------------------------------------------
+// A chunked echo upstream (tests/common/upstream.rs always answers with a length)
+// ---------------------------------------------------------------------------------------
+
+mod chunked {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use hyper_util::rt::TokioIo;
+
+    /// Echoes the request body back, chunked in 64 KiB frames, and reports the upload's
+    /// framing in `x-upload-te` / `x-upload-cl`.
+    pub async fn start() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        |req: hyper::Request<hyper::body::Incoming>| async move {
+                            let te = req.headers().get("transfer-encoding").cloned();
+                            let cl = req.headers().get("content-length").cloned();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let frames: Vec<Result<Frame<Bytes>, Infallible>> = body
+                                .chunks(64 * 1024)
+                                .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+                                .collect();
+                            let mut res = hyper::Response::builder()
+                                .header("content-type", "application/octet-stream");
+                            if let Some(te) = te {
+                                res = res.header("x-upload-te", te);
+                            }
+                            if let Some(cl) = cl {
+                                res = res.header("x-upload-cl", cl);
+                            }
+                            Ok::<_, Infallible>(
+                                res.body(StreamBody::new(futures_util::stream::iter(frames)))
+                                    .unwrap(),
+                            )
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A raw HTTP/1.1 client: shows the exact framing (from the Pingora prototype's testkit)
+// ---------------------------------------------------------------------------------------
+
+mod raw {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    #[derive(Debug, Clone)]
+    pub struct RawResponse {
+        pub status: u16,
+        pub headers: Vec<(String, String)>,
+        /// After de-chunking.
+        pub body: Vec<u8>,
+        pub chunked: bool,
+    }
+
+    impl RawResponse {
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    pub enum ReqBody<'a> {
+        None,
+        Length(&'a [u8]),
+        Chunked(&'a [u8], usize),
+    }
+
+    /// One request on a fresh connection (`Connection: close`), bounded by `limit`.
+    pub async fn raw_request(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: ReqBody<'_>,
+        limit: Duration,
+    ) -> Result<RawResponse, String> {
+        tokio::time::timeout(limit, inner(addr, method, path, headers, body))
+            .await
+            .map_err(|_| format!("timeout after {limit:?}"))?
+    }
+
+    async fn inner(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: ReqBody<'_>,
+    ) -> Result<RawResponse, String> {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut head =
+            format!("{method} {path} HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n");
+        for (n, v) in headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        match &body {
+            ReqBody::None => {}
+            ReqBody::Length(b) => head.push_str(&format!("Content-Length: {}\r\n", b.len())),
+            ReqBody::Chunked(..) => head.push_str("Transfer-Encoding: chunked\r\n"),
+        }
+        head.push_str("\r\n");
+        let (mut rd, mut wr) = s.split();
+        let write = async {
+            wr.write_all(head.as_bytes()).await?;
+            match body {
+                ReqBody::None => {}
+                ReqBody::Length(b) => wr.write_all(b).await?,
+                ReqBody::Chunked(b, n) => {
+                    for c in b.chunks(n) {
+                        wr.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+                            .await?;
+                        wr.write_all(c).await?;
+                        wr.write_all(b"\r\n").await?;
+                    }
+                    wr.write_all(b"0\r\n\r\n").await?;
+                }
+            }
+            wr.flush().await
+        };
+        let read = async {
+            let mut buf = Vec::new();
+            rd.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+            parse(&buf, method)
+        };
+        let (_, r) = tokio::join!(write, read);
+        r
+    }
+
+    fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+        h.windows(n.len()).position(|w| w == n)
+    }
+
+    fn parse(buf: &[u8], method: &str) -> Result<RawResponse, String> {
+        let end = find(buf, b"\r\n\r\n").ok_or_else(|| {
+            format!(
+                "no complete head in {:?}",
+                String::from_utf8_lossy(&buf[..buf.len().min(200)])
+            )
+        })?;
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.to_string(), v.trim().to_string()))
+            .collect();
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        let rest = &buf[end + 4..];
+        let chunked = get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let body = if chunked {
+            dechunk(rest)?
+        } else if let Some(cl) = get("content-length") {
+            let cl: usize = cl.parse().map_err(|_| "bad content-length")?;
+            if rest.len() < cl {
+                return Err(format!("EOF after {} of {cl} body bytes", rest.len()));
+            }
+            rest[..cl].to_vec()
+        } else if method == "HEAD" || status == 204 || status == 304 {
+            Vec::new()
+        } else {
+            rest.to_vec()
+        };
+        Ok(RawResponse {
+            status,
+            headers,
+            body,
+            chunked,
+        })
+    }
+
+    fn dechunk(data: &[u8]) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        loop {
+            let le = find(&data[i..], b"\r\n").ok_or("truncated chunk size")?;
+            let line = String::from_utf8_lossy(&data[i..i + le]).into_owned();
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|e| format!("bad chunk size {line:?}: {e}"))?;
+            i += le + 2;
+            if size == 0 {
+                return Ok(out);
+            }
+            if data.len() < i + size + 2 {
+                return Err("truncated chunk".into());
+            }
+            out.extend_from_slice(&data[i..i + size]);
+            i += size + 2;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn klarna_requests_keep_the_client_connection_alive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream::start().await;
+    let (f, answer) = step_up_answer();
+    up.set_answer(answer);
+    let proxy = pingora_step_up(StepUp::from_toml("").unwrap(), up.addr, LIMIT);
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let head = format!(
+        "POST /payments HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        f.body.len()
+    );
+    for i in 0..2 {
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&f.body).await.unwrap();
+        // Read until the end of the chunked answer.
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 8192];
+        while !buf.ends_with(b"0\r\n\r\n") {
+            let n = tokio::time::timeout(LIMIT, s.read(&mut tmp))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "request {i}: connection closed after {}", show(&buf));
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        let text = show(&buf).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        assert!(
+            text.contains("connection: keep-alive"),
+            "request {i}: {text}"
+        );
+    }
+}
