@@ -1,6 +1,7 @@
-//! The `klarna-stepup` binary's parts: configuration file, Pingora server, metrics.
+//! The `klarna-stepup` binary's parts: configuration file, Pingora server, metrics, demo.
 
 pub mod config;
+pub mod demo;
 pub mod metrics;
 pub mod server;
 
