@@ -56,6 +56,27 @@
 //!   [`Refusal::upstream_timeout`](crate::Refusal::upstream_timeout)); other requests' failures
 //!   are the inner proxy's `fail_to_proxy`.
 //!
+//! - **Acquirer return** (`GET`/`HEAD` on the return endpoint): answered in `request_filter`,
+//!   with the same 303 (or 400 for a bad token, never a redirect) as the tower adapter. With
+//!   a notification path configured, the notification JSON is first POSTed to the payment
+//!   API: the peer is the inner proxy's `upstream_peer` (called once more, in
+//!   `request_filter`), the client is Pingora's HTTP connector, and the redirect waits for
+//!   it at most the configured timeout (the notification is then abandoned). The inner
+//!   proxy's upstream filters do not run for the notification.
+//! - **Webhook** (`POST` on the webhook path): the body is read in `request_filter` (up to
+//!   `webhooks.body_limit`, but at most 64 KiB, the retry buffer: larger bodies get 413),
+//!   verified (400, not relayed, if it does not hold), and proxied to the payment API's
+//!   relay path (query dropped) with its original bytes, an exact `Content-Length` and the
+//!   `x-klarna-stepup-*` headers set by step-up (incoming ones removed). A 2xx answer goes
+//!   to Klarna marked `relayed`; any other answer, an unreachable payment API or a timeout
+//!   is answered 503 [`Refusal::webhook_not_accepted`](crate::Refusal::webhook_not_accepted)
+//!   so that Klarna retries. A non-2xx answer is replaced in `response_filter`: the 503 is
+//!   written there (exact `Content-Length`, connection closed) and an error stops the
+//!   upstream answer; Pingora's error log line for it is suppressed by
+//!   [`StepUpPhases::suppress_error_log`].
+//! - **The payment API's relay path**, requested from outside: 404, the upstream is never
+//!   contacted.
+//!
 //! Responses carry the `x-klarna-stepup` header ([`MARKER_HEADER`](crate::engine::MARKER_HEADER))
 //! exactly as with the tower adapter, and refusals are the same bytes
 //! ([`Refusal::to_response`](crate::Refusal::to_response)), with one difference that Pingora's
@@ -97,6 +118,10 @@
 //!         Ok(())
 //!     }
 //!     async fn request_filter(&self, s: &mut Session, ctx: &mut StepUpCtx) -> Result<bool> {
+//!         if self.step_up.wants_notify_peer(ctx) {
+//!             // Where the acquirer-return notification goes (your payment API).
+//!             ctx.set_notify_peer(Box::new(HttpPeer::new("127.0.0.1:9000", false, String::new())));
+//!         }
 //!         self.step_up.request_filter(s, ctx).await
 //!     }
 //!     async fn upstream_request_filter(
@@ -118,7 +143,7 @@
 //!     async fn response_filter(
 //!         &self, s: &mut Session, res: &mut ResponseHeader, ctx: &mut StepUpCtx,
 //!     ) -> Result<()> {
-//!         self.step_up.response_filter(s, res, ctx)
+//!         self.step_up.response_filter(s, res, ctx).await
 //!     }
 //!     fn response_body_filter(
 //!         &self, _: &mut Session, body: &mut Option<Bytes>, eos: bool, ctx: &mut StepUpCtx,
@@ -132,6 +157,9 @@
 //!             None => 502, // your own error handling
 //!         };
 //!         FailToProxy { error_code, can_reuse_downstream: false }
+//!     }
+//!     fn suppress_error_log(&self, _: &Session, _: &StepUpCtx, e: &Error) -> bool {
+//!         self.step_up.suppress_error_log(e)
 //!     }
 //!     async fn logging(&self, s: &mut Session, e: Option<&Error>, ctx: &mut StepUpCtx) {
 //!         self.step_up.logging(s, e, ctx);

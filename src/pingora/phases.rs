@@ -1,16 +1,21 @@
 //! [`StepUpPhases`]: step-up as one call per Pingora phase, for wrappers and hand-written
 //! `ProxyHttp` implementations alike.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
+use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::compression::ResponseCompression;
 use pingora::proxy::Session;
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, OkOrErr, OrErr, Result};
 
+use crate::engine::webhook::relay_headers;
+use crate::engine::ReturnRedirect;
 use crate::engine::{Candidate, Exchange, MARKER_HEADER, STALE_RESPONSE_HEADERS};
 use crate::{Refusal, RequestVerdict, ResponseVerdict, Route, StepUp};
 
@@ -22,6 +27,10 @@ pub const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 
 /// The error a body phase returns to abort the upstream request after a refusal.
 const REFUSED: ErrorType = ErrorType::Custom("klarna_stepup_refused");
+
+/// The error `response_filter` returns after it answered a webhook the payment API did not
+/// accept (the 503 is already written; this only stops the upstream answer).
+const WEBHOOK_ANSWERED: ErrorType = ErrorType::Custom("klarna_stepup_webhook_not_accepted");
 
 /// The level the client-facing compression module uses for rewritten Klarna answers.
 const COMPRESSION_LEVEL: u32 = 6;
@@ -56,17 +65,27 @@ pub enum Outcome {
     Passthrough,
     /// Answered by step-up itself (400/413) with this code.
     Refused(&'static str),
-    /// The upstream could not be reached or timed out (502/504 with this code).
+    /// The upstream could not be reached or timed out (502/504 with this code); for a
+    /// webhook, also a payment API that did not accept it (503 `webhook_not_accepted`).
     UpstreamError(&'static str),
+    /// An acquirer return answered with its 303 redirect.
+    Redirected,
+    /// A verified webhook relayed to the payment API, which accepted it (2xx).
+    Relayed,
 }
 
 impl Outcome {
     /// The metric label: `rewritten`, `passthrough`, `refused` or `upstream_error`
-    /// (requests that were not Klarna count as `passthrough`).
+    /// (requests that were not Klarna, acquirer returns that redirected and webhooks the
+    /// payment API accepted count as `passthrough`).
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Rewritten => "rewritten",
-            Outcome::NotCandidate | Outcome::NotKlarna | Outcome::Passthrough => "passthrough",
+            Outcome::NotCandidate
+            | Outcome::NotKlarna
+            | Outcome::Passthrough
+            | Outcome::Redirected
+            | Outcome::Relayed => "passthrough",
             Outcome::Refused(_) => "refused",
             Outcome::UpstreamError(_) => "upstream_error",
         }
@@ -91,6 +110,20 @@ enum Req {
     },
 }
 
+/// The routes step-up answers or relays itself (see [`Route`]).
+#[derive(Debug, Default)]
+enum Own {
+    #[default]
+    None,
+    /// The acquirer return, its token checked in `early_request_filter`.
+    Return(Result<ReturnRedirect, Refusal>),
+    /// Klarna's webhook path; `Some` once verified: the headers to relay (values marked
+    /// sensitive, they carry the session token).
+    Webhook(Option<Vec<(HeaderName, HeaderValue)>>),
+    /// The payment API's webhook relay path, reached from outside.
+    Internal,
+}
+
 #[derive(Debug, Default)]
 enum Resp {
     #[default]
@@ -109,7 +142,11 @@ enum Resp {
 /// yourself; [`StepUpProxy`](super::StepUpProxy) keeps it for you.
 #[derive(Debug)]
 pub struct StepUpCtx {
+    /// A route step-up acts on: a candidate, the acquirer return or a webhook path.
     candidate: bool,
+    own: Own,
+    /// Where the acquirer-return notification goes; see [`StepUpCtx::set_notify_peer`].
+    notify_peer: Option<Box<HttpPeer>>,
     req: Req,
     resp: Resp,
     exchange: Option<Exchange>,
@@ -127,6 +164,8 @@ impl Default for StepUpCtx {
     fn default() -> Self {
         StepUpCtx {
             candidate: false,
+            own: Own::default(),
+            notify_peer: None,
             req: Req::default(),
             resp: Resp::default(),
             exchange: None,
@@ -174,8 +213,62 @@ impl StepUpCtx {
         &self.span
     }
 
+    /// The payment API peer the acquirer-return notification is sent to. Needed only when
+    /// [`StepUpPhases::wants_notify_peer`] says so, before `request_filter`;
+    /// [`StepUpProxy`](super::StepUpProxy) asks its inner proxy's `upstream_peer` for it.
+    pub fn set_notify_peer(&mut self, peer: Box<HttpPeer>) {
+        self.notify_peer = Some(peer);
+    }
+
     fn candidate(&self) -> bool {
         self.candidate
+    }
+
+    fn relayed_webhook(&self) -> bool {
+        matches!(self.own, Own::Webhook(Some(_)))
+    }
+}
+
+/// Pingora's HTTP connector for the acquirer-return notification, made on first use.
+#[derive(Default)]
+struct Notifier(OnceLock<Connector>);
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Notifier")
+    }
+}
+
+impl Notifier {
+    /// POSTs `body` (JSON) to `path` on `peer`; the answer's status. Unbounded: the caller
+    /// puts the timeout around it.
+    async fn notify(
+        &self,
+        peer: &HttpPeer,
+        path: &str,
+        host: Option<HeaderValue>,
+        body: Vec<u8>,
+    ) -> Result<StatusCode> {
+        let connector = self.0.get_or_init(|| Connector::new(None));
+        let (mut s, _reused) = connector.get_http_session(peer).await?;
+        let mut req = RequestHeader::build("POST", path.as_bytes(), Some(3))?;
+        if let Some(host) = host {
+            req.insert_header(header::HOST, host)?;
+        }
+        req.insert_header(header::CONTENT_TYPE, "application/json")?;
+        req.insert_header(header::CONTENT_LENGTH, body.len())?;
+        s.write_request_header(Box::new(req)).await?;
+        s.write_request_body(Bytes::from(body), true).await?;
+        s.finish_request_body().await?;
+        s.read_response_header().await?;
+        let status = s
+            .response_header()
+            .map(|r| r.status)
+            .or_err(ErrorType::InvalidHTTPHeader, "no response header")?;
+        // Drain the answer so the connection can be reused.
+        while s.read_response_body().await?.is_some() {}
+        connector.release_http_session(s, peer, None).await;
+        Ok(status)
     }
 }
 
@@ -186,6 +279,7 @@ impl StepUpCtx {
 pub struct StepUpPhases {
     step_up: StepUp,
     large_bodies: LargeBodies,
+    notifier: Arc<Notifier>,
 }
 
 impl StepUpPhases {
@@ -194,6 +288,7 @@ impl StepUpPhases {
         StepUpPhases {
             step_up,
             large_bodies: LargeBodies::default(),
+            notifier: Arc::default(),
         }
     }
 
@@ -213,10 +308,18 @@ impl StepUpPhases {
     /// `Accept-Encoding`, which happens between this phase and `request_filter`).
     pub fn early_request_filter(&self, session: &mut Session, ctx: &mut StepUpCtx) {
         let req = session.req_header();
-        let Route::Candidate(candidate) =
-            self.step_up.classify(&req.method, &req.uri, &req.headers)
-        else {
-            return;
+        let candidate = match self.step_up.classify(&req.method, &req.uri, &req.headers) {
+            Route::Candidate(candidate) => candidate,
+            Route::Return => {
+                let resolved = self
+                    .step_up
+                    .resolve_return(&req.uri, crate::engine::unix_now());
+                self.own(ctx, Own::Return(resolved), "acquirer_return");
+                return;
+            }
+            Route::Webhook => return self.own(ctx, Own::Webhook(None), "webhook"),
+            Route::Internal => return self.own(ctx, Own::Internal, "webhook_relay_path"),
+            _ => return,
         };
         ctx.req = Req::Candidate(candidate);
         ctx.candidate = true;
@@ -247,9 +350,25 @@ impl StepUpPhases {
         }
     }
 
+    /// Whether `request_filter` needs [`StepUpCtx::set_notify_peer`] first: an acquirer
+    /// return with a valid token, and a notification path configured.
+    pub fn wants_notify_peer(&self, ctx: &StepUpCtx) -> bool {
+        matches!(ctx.own, Own::Return(Ok(_)))
+            && ctx.notify_peer.is_none()
+            && self.step_up.return_notification().is_some()
+    }
+
     /// `request_filter`: reads a candidate body (up to 64 KiB), asks the engine, and answers
-    /// a refusal by itself. `Ok(true)` means the response was sent: return `Ok(true)` too.
+    /// a refusal by itself. Answers the acquirer return (303 or 400) and the payment API's
+    /// relay path (404) itself; reads and verifies a webhook (400 when the signature does not
+    /// hold). `Ok(true)` means the response was sent: return `Ok(true)` too.
     pub async fn request_filter(&self, session: &mut Session, ctx: &mut StepUpCtx) -> Result<bool> {
+        match &ctx.own {
+            Own::None => {}
+            Own::Internal => return self.refuse(session, ctx, Refusal::not_found()).await,
+            Own::Return(_) => return self.acquirer_return(session, ctx).await,
+            Own::Webhook(_) => return self.webhook(session, ctx).await,
+        }
         let Req::Candidate(candidate) = ctx.req else {
             return Ok(false);
         };
@@ -338,6 +457,20 @@ impl StepUpPhases {
                 upstream_request.insert_header(header::TRANSFER_ENCODING, "chunked")?;
             }
             Req::Untouched | Req::Candidate(_) => {}
+        }
+        if let Own::Webhook(Some(relay)) = &ctx.own {
+            let path = self.step_up.webhook_relay_path();
+            let uri = http::Uri::try_from(path).or_err(
+                ErrorType::InternalError,
+                "webhook relay path is not a valid URI",
+            )?;
+            upstream_request.set_uri(uri);
+            for name in relay_headers::ALL {
+                upstream_request.remove_header(&name);
+            }
+            for (name, value) in relay {
+                upstream_request.insert_header(name.clone(), value.clone())?;
+            }
         }
         if ctx.exchange.is_some() || matches!(ctx.req, Req::Streaming { .. }) {
             // Pingora decompresses the answer only for encodings not listed here.
@@ -432,7 +565,12 @@ impl StepUpPhases {
     /// `response_filter`: the client-facing header. For an answer being rewritten: no stale
     /// length or validators, chunked (the header goes out before the body is read), marked
     /// `rewritten`. Otherwise the marker says `passthrough` and compression is left off.
-    pub fn response_filter(
+    ///
+    /// For a relayed webhook: a 2xx goes to Klarna marked `relayed`; anything else is
+    /// answered here with the 503 [`Refusal::webhook_not_accepted`] (exact
+    /// `Content-Length`, connection closed), and an `Err` stops the upstream answer: hand it
+    /// to [`fail_to_proxy`](Self::fail_to_proxy) as usual, which then writes nothing more.
+    pub async fn response_filter(
         &self,
         session: &mut Session,
         response: &mut ResponseHeader,
@@ -440,6 +578,9 @@ impl StepUpPhases {
     ) -> Result<()> {
         if response.status.is_informational() {
             return Ok(());
+        }
+        if ctx.relayed_webhook() {
+            return self.webhook_answer(session, response, ctx).await;
         }
         if ctx.exchange.is_none() {
             self.compression_off(session, ctx);
@@ -533,6 +674,15 @@ impl StepUpPhases {
         }
         let refusal = match ctx.pending.take() {
             Some(r) => r,
+            None if ctx.relayed_webhook() => {
+                // Whatever went wrong (unreachable, timeout, not accepted), Klarna must retry.
+                if e.etype() != &WEBHOOK_ANSWERED {
+                    ctx.span.in_scope(|| {
+                        tracing::warn!(error = ?e.etype(), "webhook relay failed");
+                    });
+                }
+                Refusal::webhook_not_accepted()
+            }
             None => upstream_refusal(e)?,
         };
         let code = refusal.status.as_u16();
@@ -548,7 +698,11 @@ impl StepUpPhases {
     pub fn logging(&self, session: &Session, e: Option<&Error>, ctx: &mut StepUpCtx) {
         if let (
             Some(e),
-            Outcome::NotCandidate | Outcome::Rewritten | Outcome::Passthrough | Outcome::NotKlarna,
+            Outcome::NotCandidate
+            | Outcome::Rewritten
+            | Outcome::Passthrough
+            | Outcome::NotKlarna
+            | Outcome::Relayed,
         ) = (e, ctx.outcome)
         {
             if let Some(r) = upstream_refusal(e) {
@@ -569,6 +723,155 @@ impl StepUpPhases {
                 "request done"
             );
         });
+    }
+
+    /// Whether Pingora's error log line for `e` is noise: the webhook 503 that
+    /// `response_filter` already answered (logged by step-up itself).
+    pub fn suppress_error_log(&self, e: &Error) -> bool {
+        e.etype() == &WEBHOOK_ANSWERED
+    }
+
+    fn own(&self, ctx: &mut StepUpCtx, own: Own, route: &'static str) {
+        ctx.own = own;
+        ctx.candidate = true;
+        ctx.span = tracing::info_span!(
+            "klarna_stepup",
+            route,
+            payment_request_reference = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+    }
+
+    /// The acquirer return: refuse a bad token, notify the payment API (bounded wait),
+    /// redirect.
+    async fn acquirer_return(&self, session: &mut Session, ctx: &mut StepUpCtx) -> Result<bool> {
+        let redirect = match &ctx.own {
+            Own::Return(Ok(r)) => r.clone(),
+            Own::Return(Err(r)) => {
+                let r = r.clone();
+                return self.refuse(session, ctx, r).await;
+            }
+            _ => return Ok(false),
+        };
+        ctx.span
+            .record("payment_request_reference", redirect.reference.as_str());
+        if let Some((path, timeout)) = self.step_up.return_notification() {
+            self.notify(session, ctx, &redirect, path, timeout).await;
+        }
+        ctx.outcome = Outcome::Redirected;
+        ctx.span.in_scope(|| {
+            tracing::info!(state = redirect.state.as_deref(), "acquirer return");
+        });
+        write_response(session, redirect.to_response()).await?;
+        Ok(true)
+    }
+
+    /// Tells the payment API about a return; never waits longer than `timeout`.
+    async fn notify(
+        &self,
+        session: &Session,
+        ctx: &mut StepUpCtx,
+        redirect: &ReturnRedirect,
+        path: &str,
+        timeout: Duration,
+    ) {
+        let Some(peer) = ctx.notify_peer.take() else {
+            ctx.span.in_scope(|| {
+                tracing::warn!("return notification skipped: no payment API peer");
+            });
+            return;
+        };
+        let host = session.req_header().headers.get(header::HOST).cloned();
+        let sent = self
+            .notifier
+            .notify(&peer, path, host, redirect.notification());
+        let result = tokio::time::timeout(timeout, sent).await;
+        ctx.span.in_scope(|| match result {
+            Ok(Ok(status)) if status.is_success() => {}
+            Ok(Ok(status)) => {
+                tracing::warn!(status = status.as_u16(), "return notification refused")
+            }
+            Ok(Err(e)) => tracing::warn!(error = ?e.etype(), "return notification failed"),
+            Err(_) => tracing::warn!("return notification timed out"),
+        });
+    }
+
+    /// A Klarna webhook: read the body into the retry buffer, verify it, and let Pingora
+    /// relay it (path and headers are set in `upstream_request_filter`).
+    async fn webhook(&self, session: &mut Session, ctx: &mut StepUpCtx) -> Result<bool> {
+        // The body reaches the upstream from the retry buffer: it must fit.
+        let limit = self.step_up.webhook_body_limit().min(RETRY_BUFFER_LIMIT);
+        if content_length(&session.req_header().headers).is_some_and(|n| n > limit as u64) {
+            return self.refuse(session, ctx, Refusal::too_large(limit)).await;
+        }
+        session.enable_retry_buffering();
+        let mut body = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(_) => return self.refuse(session, ctx, Refusal::unreadable_body()).await,
+            }
+            if body.len() > limit {
+                return self.refuse(session, ctx, Refusal::too_large(limit)).await;
+            }
+        }
+        ctx.request_body_len = Some(body.len());
+        let started = Instant::now();
+        let verified = self
+            .step_up
+            .verify_webhook(&session.req_header().headers, &body);
+        ctx.engine_time += started.elapsed();
+        let event = match verified {
+            Ok(event) => event,
+            Err(r) => return self.refuse(session, ctx, r).await,
+        };
+        if let Some(reference) = event.reference.as_deref() {
+            ctx.span.record("payment_request_reference", reference);
+        }
+        ctx.span.in_scope(|| {
+            tracing::debug!(event_type = event.event_type.as_deref(), "webhook verified");
+        });
+        let relay = event
+            .relay_headers()
+            .into_iter()
+            .map(|(name, mut value)| {
+                value.set_sensitive(true);
+                (name, value)
+            })
+            .collect();
+        ctx.own = Own::Webhook(Some(relay));
+        ctx.req = Req::Buffered(body.freeze());
+        Ok(false)
+    }
+
+    /// The payment API's answer to a relayed webhook: a 2xx goes to Klarna, anything else
+    /// becomes a 503 so that Klarna retries.
+    async fn webhook_answer(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut StepUpCtx,
+    ) -> Result<()> {
+        let status = response.status.as_u16();
+        if response.status.is_success() {
+            ctx.outcome = Outcome::Relayed;
+            ctx.span
+                .in_scope(|| tracing::info!(status, "webhook relayed"));
+            response.insert_header(MARKER_HEADER, "relayed")?;
+            return Ok(());
+        }
+        ctx.span.in_scope(|| {
+            tracing::warn!(status, "webhook not accepted by the payment API");
+        });
+        // Pingora writes this header with the upstream's framing, and an upstream answer
+        // without a body ends with its header (no body filter runs): answer the 503 here,
+        // whole, and stop the upstream answer with an error.
+        let refusal = Refusal::webhook_not_accepted();
+        ctx.outcome = outcome_of(&refusal);
+        session.set_keepalive(None);
+        respond(session, &refusal).await?;
+        Error::e_explain(WEBHOOK_ANSWERED, "payment API did not accept the webhook")
     }
 
     fn rewrite_request(
@@ -685,15 +988,24 @@ pub fn upstream_refusal(e: &Error) -> Option<Refusal> {
 /// Writes `refusal` as the complete response, with the same head and bytes as the tower
 /// adapter ([`Refusal::to_response`]).
 pub async fn respond(session: &mut Session, refusal: &Refusal) -> Result<()> {
-    let res = refusal.to_response();
+    write_response(session, refusal.to_response()).await
+}
+
+/// Writes `res` as the complete response.
+async fn write_response(session: &mut Session, res: http::Response<Vec<u8>>) -> Result<()> {
     let mut head = ResponseHeader::build(res.status(), Some(res.headers().len()))?;
     for (name, value) in res.headers() {
-        head.insert_header(name.clone(), value.clone())?;
+        head.append_header(name.clone(), value.clone())?;
     }
-    session.write_response_header(Box::new(head), false).await?;
-    session
-        .write_response_body(Some(Bytes::from(res.into_body())), true)
-        .await?;
+    let body = res.into_body();
+    if body.is_empty() {
+        session.write_response_header(Box::new(head), true).await?;
+    } else {
+        session.write_response_header(Box::new(head), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+    }
     Ok(())
 }
 

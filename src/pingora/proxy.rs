@@ -159,6 +159,15 @@ where
         if self.inner.request_filter(session, &mut ctx.inner).await? {
             return Ok(true);
         }
+        if self.phases.wants_notify_peer(&ctx.step_up) {
+            // The acquirer-return notification goes where the inner proxy sends requests.
+            match self.inner.upstream_peer(session, &mut ctx.inner).await {
+                Ok(peer) => ctx.step_up.set_notify_peer(peer),
+                Err(e) => ctx.step_up.span().in_scope(|| {
+                    tracing::warn!(error = ?e.etype(), "no payment API peer for the return notification");
+                }),
+            }
+        }
         self.phases.request_filter(session, &mut ctx.step_up).await
     }
 
@@ -337,6 +346,7 @@ where
             .await?;
         self.phases
             .response_filter(session, upstream_response, &mut ctx.step_up)
+            .await
     }
 
     // (D, doc(hidden))
@@ -487,7 +497,8 @@ where
     }
 
     fn suppress_error_log(&self, session: &Session, ctx: &Self::CTX, error: &Error) -> bool {
-        self.inner.suppress_error_log(session, &ctx.inner, error)
+        self.phases.suppress_error_log(error)
+            || self.inner.suppress_error_log(session, &ctx.inner, error)
     }
 
     fn suppress_proxy_warn_log(

@@ -1,0 +1,639 @@
+//! The Pingora adapter's acquirer return and webhook relay over loopback: the same behaviour
+//! as the tower adapter (tests/tower_return_webhook.rs).
+#![cfg(feature = "pingora")]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use common::upstream::{self, Answer};
+use hmac::{Hmac, Mac};
+use klarna_stepup::pingora::StepUpProxy;
+use klarna_stepup::{StepUp, StepUpConfig};
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+use sha2::Sha256;
+
+use raw::{raw_request, RawResponse, ReqBody};
+
+const LIMIT: Duration = Duration::from_secs(10);
+const WEBHOOK_KEY: &str = "klarna-signing-key-a";
+const RETURN_KEY: &str = "return-key-0123456789abcdef0123456789abcdef";
+const COMPLETED: &str = r#"{"metadata":{"event_id":"e1","event_type":"payment.request.state-change.completed"},"payload":{"payment_request_id":"krn:payment:eu1:request:1","payment_request_reference":"order-1","state":"COMPLETED","klarna_network_session_token":"tok-1"}}"#;
+
+fn step_up(extra: &str) -> StepUp {
+    let toml = format!(
+        r#"
+        [webhooks]
+        enabled = true
+        keys = [{{ id = "a", env = "WH" }}]
+        [acquirer_return]
+        enabled = true
+        public_base_url = "https://pay.acquirer.example"
+        keys = [{{ id = "r1", env = "RET" }}]
+        {extra}
+        "#
+    );
+    StepUp::with_secrets(StepUpConfig::from_toml(&toml).unwrap(), |n| match n {
+        "WH" => Some(WEBHOOK_KEY.into()),
+        "RET" => Some(RETURN_KEY.into()),
+        _ => None,
+    })
+    .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Harness (the minimum of tests/pingora.rs)
+// ---------------------------------------------------------------------------------------
+
+/// The proxy an acquirer already has: one upstream, timeouts, no retry to a dead peer.
+struct PaymentApi {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for PaymentApi {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(1));
+        peer.options.read_timeout = Some(LIMIT);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _: &mut Session,
+        _: &HttpPeer,
+        _: &mut (),
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        e.set_retry(false);
+        e
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Pingora with `StepUpProxy` in front of `upstream`, on a free loopback port; it lives until
+/// the test process ends.
+fn start_pingora(step_up: StepUp, upstream: SocketAddr) -> SocketAddr {
+    let addr = free_addr();
+    let conf = ServerConf {
+        threads: 1,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let proxy = StepUpProxy::new(PaymentApi { upstream }, step_up);
+    let mut svc = http_proxy_service(&server.configuration, proxy);
+    svc.add_tcp(&addr.to_string());
+    server.add_service(svc);
+    std::thread::spawn(move || server.run_forever());
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    addr
+}
+
+fn signature(body: &[u8]) -> String {
+    let mut m = Hmac::<Sha256>::new_from_slice(WEBHOOK_KEY.as_bytes()).unwrap();
+    m.update(body);
+    hex::encode(m.finalize().into_bytes())
+}
+
+/// Klarna's POST, with a forged relay header that must not survive.
+async fn post_webhook(proxy: SocketAddr, path: &str, body: &[u8], sig: &str) -> RawResponse {
+    raw_request(
+        proxy,
+        "POST",
+        path,
+        &[
+            ("Content-Type", "application/json"),
+            ("Klarna-Signing-Key-Id", "a"),
+            ("Klarna-Signature", sig),
+            ("X-Klarna-Stepup-Token", "forged"),
+        ],
+        ReqBody::Length(body),
+        LIMIT,
+    )
+    .await
+    .unwrap()
+}
+
+fn assert_refusal(res: &RawResponse, status: u16, code: &str) {
+    let text = String::from_utf8_lossy(&res.body);
+    assert_eq!(res.status, status, "{text}");
+    assert_eq!(res.header("x-klarna-stepup"), Some(code));
+    assert!(text.contains(code), "{text}");
+    assert_eq!(
+        res.header("content-length"),
+        Some(res.body.len().to_string().as_str()),
+        "exact length"
+    );
+    assert!(res.header("location").is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// Webhooks
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_webhook_is_relayed_with_its_original_bytes_and_fields() {
+    let up = upstream::start().await;
+    up.set_answer(Answer {
+        status: 200,
+        body: b"ok".to_vec(),
+        ..Answer::default()
+    });
+    let proxy = start_pingora(step_up(""), up.addr);
+    let body = COMPLETED.as_bytes();
+    let res = post_webhook(proxy, "/klarna/webhooks?q=1", body, &signature(body)).await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    assert_eq!(res.header("x-klarna-stepup"), Some("relayed"));
+    assert_eq!(res.body, b"ok");
+    let got = up.take_received();
+    assert_eq!(got.len(), 1);
+    let (r, h) = (&got[0], &got[0].headers);
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.path, "/webhooks/klarna");
+    assert_eq!(r.body, body, "original bytes relayed");
+    assert_eq!(h["content-length"], body.len().to_string().as_str());
+    assert!(h.get("transfer-encoding").is_none());
+    assert_eq!(h["x-klarna-stepup-verified"], "true");
+    assert_eq!(h["x-klarna-stepup-event-id"], "e1");
+    assert_eq!(
+        h["x-klarna-stepup-event-type"],
+        "payment.request.state-change.completed"
+    );
+    assert_eq!(
+        h["x-klarna-stepup-payment-request-id"],
+        "krn:payment:eu1:request:1"
+    );
+    assert_eq!(h["x-klarna-stepup-reference"], "order-1");
+    assert_eq!(h["x-klarna-stepup-state"], "COMPLETED");
+    assert_eq!(
+        h["x-klarna-stepup-token"], "tok-1",
+        "the forged header was replaced"
+    );
+    assert_eq!(h.get_all("x-klarna-stepup-token").iter().count(), 1);
+    assert!(h.contains_key("klarna-signature"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signatures_and_direct_relay_calls_never_reach_the_payment_api() {
+    let up = upstream::start().await;
+    let proxy = start_pingora(step_up(""), up.addr);
+    let body = COMPLETED.as_bytes();
+    let res = post_webhook(proxy, "/klarna/webhooks", body, &"00".repeat(32)).await;
+    assert_refusal(&res, 400, "invalid_signature");
+    // A tampered body under a signature of the original.
+    let tampered = COMPLETED.replace("COMPLETED", "DECLINED");
+    let res = post_webhook(
+        proxy,
+        "/klarna/webhooks",
+        tampered.as_bytes(),
+        &signature(body),
+    )
+    .await;
+    assert_refusal(&res, 400, "invalid_signature");
+    // The payment API's relay path, from outside, even signed and "verified".
+    let res = raw_request(
+        proxy,
+        "POST",
+        "/webhooks/klarna",
+        &[
+            ("X-Klarna-Stepup-Verified", "true"),
+            ("Klarna-Signing-Key-Id", "a"),
+            ("Klarna-Signature", &signature(body)),
+        ],
+        ReqBody::Length(body),
+        LIMIT,
+    )
+    .await
+    .unwrap();
+    assert_refusal(&res, 404, "not_found");
+    let res = raw_request(proxy, "GET", "/webhooks/klarna", &[], ReqBody::None, LIMIT)
+        .await
+        .unwrap();
+    assert_refusal(&res, 404, "not_found");
+    // Over the body limit: 413 before anything is relayed.
+    let big = vec![b' '; 64 * 1024 + 1];
+    let res = post_webhook(proxy, "/klarna/webhooks", &big, &signature(&big)).await;
+    assert_refusal(&res, 413, "body_too_large");
+    assert!(up.take_received().is_empty(), "the payment API saw nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_api_that_does_not_accept_gets_klarna_to_retry() {
+    let up = upstream::start().await;
+    let proxy = start_pingora(step_up(""), up.addr);
+    let body = COMPLETED.as_bytes();
+    // A 500 without a body (its header ends the answer) and one with a body.
+    for answer_body in [Vec::new(), b"{\"error\":\"db down\"}".to_vec()] {
+        up.set_answer(Answer {
+            status: 500,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: answer_body,
+            delay: None,
+        });
+        let res = post_webhook(proxy, "/klarna/webhooks", body, &signature(body)).await;
+        assert_refusal(&res, 503, "webhook_not_accepted");
+        assert!(!String::from_utf8_lossy(&res.body).contains("db down"));
+    }
+    up.set_answer(Answer {
+        status: 404,
+        ..Answer::default()
+    });
+    let res = post_webhook(proxy, "/klarna/webhooks", body, &signature(body)).await;
+    assert_refusal(&res, 503, "webhook_not_accepted");
+    assert_eq!(up.take_received().len(), 3, "each was relayed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_api_down_gives_503_and_the_relay_works_once_it_is_back() {
+    // Reserve a port, then free it: the payment API is down.
+    let port = free_addr();
+    let proxy = start_pingora(step_up(""), port);
+    let body = COMPLETED.as_bytes();
+    let res = post_webhook(proxy, "/klarna/webhooks", body, &signature(body)).await;
+    assert_refusal(&res, 503, "webhook_not_accepted");
+    // The payment API comes back on the same port; Klarna's retry goes through.
+    let up = upstream::start_on(port).await;
+    up.set_answer(Answer {
+        status: 204,
+        ..Answer::default()
+    });
+    let res = post_webhook(proxy, "/klarna/webhooks", body, &signature(body)).await;
+    assert_eq!(res.status, 204);
+    assert_eq!(res.header("x-klarna-stepup"), Some("relayed"));
+    let got = up.take_received();
+    assert_eq!(got[0].path, "/webhooks/klarna");
+    assert_eq!(got[0].body, body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_api_that_times_out_gets_klarna_to_retry() {
+    let up = upstream::start().await;
+    up.set_answer(Answer {
+        status: 200,
+        delay: Some(Duration::from_secs(5)),
+        ..Answer::default()
+    });
+    let addr = free_addr();
+    let conf = ServerConf {
+        threads: 1,
+        ..ServerConf::default()
+    };
+    // The same harness, with a short read timeout on the peer.
+    struct Slow(SocketAddr);
+    #[async_trait]
+    impl ProxyHttp for Slow {
+        type CTX = ();
+        fn new_ctx(&self) {}
+        async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
+            let mut peer = HttpPeer::new(self.0, false, String::new());
+            peer.options.read_timeout = Some(Duration::from_millis(300));
+            Ok(Box::new(peer))
+        }
+    }
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut svc = http_proxy_service(
+        &server.configuration,
+        StepUpProxy::new(Slow(up.addr), step_up("")),
+    );
+    svc.add_tcp(&addr.to_string());
+    server.add_service(svc);
+    std::thread::spawn(move || server.run_forever());
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let body = COMPLETED.as_bytes();
+    let started = Instant::now();
+    let res = post_webhook(addr, "/klarna/webhooks", body, &signature(body)).await;
+    assert_refusal(&res, 503, "webhook_not_accepted");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+// ---------------------------------------------------------------------------------------
+// Acquirer return
+// ---------------------------------------------------------------------------------------
+
+/// Mints a return path the way a payment creation does (as in tests/tower_return_webhook.rs).
+fn minted_return_path(engine: &StepUp, partner_url: &str) -> Option<String> {
+    use klarna_stepup::{RequestVerdict, Route};
+    let Route::Candidate(c) = engine.classify(
+        &http::Method::POST,
+        &"/payments".parse().ok()?,
+        &http::HeaderMap::new(),
+    ) else {
+        return None;
+    };
+    let body = serde_json::json!({"payment_method": "klarna", "reference": "order-9", "return_url": partner_url});
+    let RequestVerdict::Injected { body, .. } =
+        engine.rewrite_request(c, body.to_string().as_bytes())
+    else {
+        return None;
+    };
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    let sent = v["step_up_config"]["customer_interaction_config"]["return_url"].as_str()?;
+    Some(
+        sent.trim_start_matches("https://pay.acquirer.example")
+            .replace("{klarna.payment_request.state}", "COMPLETED"),
+    )
+}
+
+fn assert_redirect(res: &RawResponse, location: &str) {
+    assert_eq!(res.status, 303, "{}", String::from_utf8_lossy(&res.body));
+    assert_eq!(res.header("location"), Some(location));
+    assert_eq!(res.header("cache-control"), Some("no-store"));
+    assert_eq!(res.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(res.header("x-klarna-stepup"), Some("return"));
+    assert!(res.body.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_return_redirects_and_a_forged_one_never_does() {
+    let up = upstream::start().await;
+    let engine = step_up("");
+    let path = minted_return_path(
+        &engine,
+        "https://shop.example/done?s={klarna.payment_request.state}",
+    )
+    .unwrap();
+    let proxy = start_pingora(engine, up.addr);
+    for method in ["GET", "HEAD"] {
+        let res = raw_request(proxy, method, &path, &[], ReqBody::None, LIMIT)
+            .await
+            .unwrap();
+        assert_redirect(&res, "https://shop.example/done?s=COMPLETED");
+    }
+    let res = raw_request(
+        proxy,
+        "GET",
+        "/klarna/return/Zm9yZ2Vk?state=COMPLETED",
+        &[],
+        ReqBody::None,
+        LIMIT,
+    )
+    .await
+    .unwrap();
+    assert_refusal(&res, 400, "invalid_return_token");
+    // A token cut short.
+    let (token_path, query) = path.split_once('?').unwrap_or((&path, ""));
+    let truncated = format!("{}?{query}", &token_path[..token_path.len() - 4]);
+    let res = raw_request(proxy, "GET", &truncated, &[], ReqBody::None, LIMIT)
+        .await
+        .unwrap();
+    assert_refusal(&res, 400, "invalid_return_token");
+    assert!(
+        up.take_received().is_empty(),
+        "no notification configured, nothing upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_return_notifies_the_payment_api_without_waiting_past_the_timeout() {
+    let up = upstream::start().await;
+    // A slow payment API: the redirect must not wait for it beyond the timeout.
+    up.set_answer(Answer {
+        status: 200,
+        delay: Some(Duration::from_secs(3)),
+        ..Answer::default()
+    });
+    let engine = step_up("notify_path = \"/payments/klarna-return\"\nnotify_timeout_ms = 200");
+    let path = minted_return_path(
+        &engine,
+        "https://shop.example/done?s={klarna.payment_request.state}",
+    )
+    .unwrap();
+    let proxy = start_pingora(engine, up.addr);
+    let started = Instant::now();
+    let res = raw_request(proxy, "GET", &path, &[], ReqBody::None, LIMIT)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "redirect delayed {took:?}");
+    assert_redirect(&res, "https://shop.example/done?s=COMPLETED");
+    let got = up.take_received();
+    assert_eq!(got.len(), 1, "one notification");
+    assert_eq!(got[0].method, "POST");
+    assert_eq!(got[0].path, "/payments/klarna-return");
+    assert_eq!(got[0].headers["content-type"], "application/json");
+    let note: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(note["payment_request_reference"], "order-9");
+    assert_eq!(note["state"], "COMPLETED");
+
+    // A fast payment API: the notification is answered, the redirect follows.
+    up.set_answer(Answer {
+        status: 204,
+        ..Answer::default()
+    });
+    let res = raw_request(proxy, "GET", &path, &[], ReqBody::None, LIMIT)
+        .await
+        .unwrap();
+    assert_redirect(&res, "https://shop.example/done?s=COMPLETED");
+    assert_eq!(up.take_received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_return_redirects_even_when_the_payment_api_is_down() {
+    let engine = step_up("notify_path = \"/payments/klarna-return\"\nnotify_timeout_ms = 200");
+    let path = minted_return_path(
+        &engine,
+        "https://shop.example/done?s={klarna.payment_request.state}",
+    )
+    .unwrap();
+    let proxy = start_pingora(engine, free_addr());
+    let res = raw_request(proxy, "GET", &path, &[], ReqBody::None, LIMIT)
+        .await
+        .unwrap();
+    assert_redirect(&res, "https://shop.example/done?s=COMPLETED");
+}
+
+// ---------------------------------------------------------------------------------------
+// A raw HTTP/1.1 client (copied from tests/pingora.rs)
+// ---------------------------------------------------------------------------------------
+
+#[allow(dead_code)]
+mod raw {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    #[derive(Debug, Clone)]
+    pub struct RawResponse {
+        pub status: u16,
+        pub headers: Vec<(String, String)>,
+        /// After de-chunking.
+        pub body: Vec<u8>,
+        pub chunked: bool,
+    }
+
+    impl RawResponse {
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    pub enum ReqBody<'a> {
+        None,
+        Length(&'a [u8]),
+        Chunked(&'a [u8], usize),
+    }
+
+    /// One request on a fresh connection (`Connection: close`), bounded by `limit`.
+    pub async fn raw_request(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: ReqBody<'_>,
+        limit: Duration,
+    ) -> Result<RawResponse, String> {
+        tokio::time::timeout(limit, inner(addr, method, path, headers, body))
+            .await
+            .map_err(|_| format!("timeout after {limit:?}"))?
+    }
+
+    async fn inner(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: ReqBody<'_>,
+    ) -> Result<RawResponse, String> {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut head =
+            format!("{method} {path} HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n");
+        for (n, v) in headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        match &body {
+            ReqBody::None => {}
+            ReqBody::Length(b) => head.push_str(&format!("Content-Length: {}\r\n", b.len())),
+            ReqBody::Chunked(..) => head.push_str("Transfer-Encoding: chunked\r\n"),
+        }
+        head.push_str("\r\n");
+        let (mut rd, mut wr) = s.split();
+        let write = async {
+            wr.write_all(head.as_bytes()).await?;
+            match body {
+                ReqBody::None => {}
+                ReqBody::Length(b) => wr.write_all(b).await?,
+                ReqBody::Chunked(b, n) => {
+                    for c in b.chunks(n) {
+                        wr.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+                            .await?;
+                        wr.write_all(c).await?;
+                        wr.write_all(b"\r\n").await?;
+                    }
+                    wr.write_all(b"0\r\n\r\n").await?;
+                }
+            }
+            wr.flush().await
+        };
+        let read = async {
+            let mut buf = Vec::new();
+            rd.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+            parse(&buf, method)
+        };
+        let (_, r) = tokio::join!(write, read);
+        r
+    }
+
+    fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+        h.windows(n.len()).position(|w| w == n)
+    }
+
+    fn parse(buf: &[u8], method: &str) -> Result<RawResponse, String> {
+        let end = find(buf, b"\r\n\r\n").ok_or_else(|| {
+            format!(
+                "no complete head in {:?}",
+                String::from_utf8_lossy(&buf[..buf.len().min(200)])
+            )
+        })?;
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.to_string(), v.trim().to_string()))
+            .collect();
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        let rest = &buf[end + 4..];
+        let chunked = get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let body = if chunked {
+            dechunk(rest)?
+        } else if let Some(cl) = get("content-length") {
+            let cl: usize = cl.parse().map_err(|_| "bad content-length")?;
+            if rest.len() < cl {
+                return Err(format!("EOF after {} of {cl} body bytes", rest.len()));
+            }
+            rest[..cl].to_vec()
+        } else if method == "HEAD" || status == 204 || status == 304 {
+            Vec::new()
+        } else {
+            rest.to_vec()
+        };
+        Ok(RawResponse {
+            status,
+            headers,
+            body,
+            chunked,
+        })
+    }
+
+    fn dechunk(data: &[u8]) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        loop {
+            let le = find(&data[i..], b"\r\n").ok_or("truncated chunk size")?;
+            let line = String::from_utf8_lossy(&data[i..i + le]).into_owned();
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|e| format!("bad chunk size {line:?}: {e}"))?;
+            i += le + 2;
+            if size == 0 {
+                return Ok(out);
+            }
+            if data.len() < i + size + 2 {
+                return Err("truncated chunk".into());
+            }
+            out.extend_from_slice(&data[i..i + size]);
+            i += size + 2;
+        }
+    }
+}
