@@ -11,7 +11,7 @@
 //! ```sh
 //! cargo test --features sandbox --test browser
 //! ```
-#![cfg(all(feature = "sandbox", feature = "tower"))]
+#![cfg(all(feature = "sandbox", feature = "cli"))]
 
 #[path = "common/demo_stack.rs"]
 mod demo_stack;
@@ -85,7 +85,7 @@ async fn journey_test(choice: Choice) {
         return;
     };
     let started = Instant::now();
-    let stack = demo_stack::start().await;
+    let stack = demo_stack::start_binary().await;
     let driver = ChromeDriver::start(&tools).await;
     let client = driver.session(&tools).await;
 
@@ -202,7 +202,7 @@ async fn journey(client: &Client, stack: &DemoStack, choice: Choice) -> Result<(
 
     // The page's state is the payment API's record of the order.
     let reference = text_of(client, "reference").await?;
-    let recorded = stack.backends.payment_api.order_state(&reference);
+    let recorded = stack.order_state(&reference).await;
     if recorded.as_deref() != Some(shown.as_str()) {
         return Err(format!(
             "order {reference:?}: page shows {shown}, payment API has {recorded:?}"

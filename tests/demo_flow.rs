@@ -37,9 +37,8 @@ async fn call(
     )
 }
 
-async fn pay(approve: bool) -> (String, String) {
-    let stack = demo_stack::start().await;
-    let proxy = format!("http://{}", stack.proxy.addr);
+async fn pay(stack: demo_stack::DemoStack, approve: bool) -> (String, String) {
+    let proxy = stack.proxy_url.clone();
     let reference = format!("order-flow-{approve}");
     let partner = serde_json::json!({
         "payment_method": "klarna", "amount": 11800, "currency": "USD", "reference": reference,
@@ -121,13 +120,27 @@ async fn pay(approve: bool) -> (String, String) {
 }
 
 #[tokio::test]
-async fn approve_flow_ends_authorized() {
-    let (state, _) = pay(true).await;
+async fn tower_approve_flow_ends_authorized() {
+    let (state, _) = pay(demo_stack::start().await, true).await;
     assert_eq!(state, "AUTHORIZED");
 }
 
 #[tokio::test]
-async fn decline_flow_ends_declined() {
-    let (state, _) = pay(false).await;
+async fn tower_decline_flow_ends_declined() {
+    let (state, _) = pay(demo_stack::start().await, false).await;
+    assert_eq!(state, "DECLINED");
+}
+
+#[cfg(feature = "cli")]
+#[tokio::test]
+async fn binary_approve_flow_ends_authorized() {
+    let (state, _) = pay(demo_stack::start_binary().await, true).await;
+    assert_eq!(state, "AUTHORIZED");
+}
+
+#[cfg(feature = "cli")]
+#[tokio::test]
+async fn binary_decline_flow_ends_declined() {
+    let (state, _) = pay(demo_stack::start_binary().await, false).await;
     assert_eq!(state, "DECLINED");
 }

@@ -1,5 +1,5 @@
 //! The demo stack for end-to-end tests: the Klarna sandbox and the demo payment API (with its
-//! shop) on ephemeral 127.0.0.1 ports, and a step-up proxy in front of the payment API.
+//! shop), and a step-up proxy in front of the payment API, all on 127.0.0.1.
 //!
 //! ```text
 //! browser ──▶ proxy (step-up) ──▶ payment API + shop ──▶ Klarna sandbox
@@ -8,13 +8,17 @@
 //!                        Klarna webhooks ──▶ proxy /klarna/webhooks (verified) ──▶ payment API
 //! ```
 //!
-//! The proxy is the tower layer in an in-process hyper reverse proxy. Everything that knows
-//! that lives in [`start_proxy`]: to test the shipped binary instead, make it spawn the
-//! binary on `upstream` with the demo configuration and return a [`Proxy`] whose guard kills the
-//! child on drop.
+//! Two ways to run it, with the same URLs and the same demo configuration
+//! (`klarna_stepup::sandbox::demo_step_up`):
+//! - [`start`]: the tower layer in an in-process hyper reverse proxy;
+//! - [`start_binary`]: the shipped `klarna-stepup demo` (Pingora), as a child process.
+#![allow(dead_code)] // each test binary uses a part
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::client::legacy::Client;
@@ -28,49 +32,52 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
-/// A running demo stack. Dropping it stops the proxy; the backends' tasks end with the
-/// runtime of the test.
-#[allow(dead_code)] // not every test reads every field
+/// A running demo stack; dropping it stops what it started.
 pub struct DemoStack {
-    /// The shop page, through the proxy: `http://127.0.0.1:{proxy}/shop`.
+    /// The shop page, through the proxy: `{proxy_url}/shop`.
     pub shop_url: String,
     /// The proxy's base URL (no trailing slash): what partners and the shop talk to.
     pub proxy_url: String,
-    /// The payment API's own base URL, behind the proxy.
-    pub payment_api_url: String,
     /// The Klarna sandbox's base URL; purchase journey pages live under `{klarna_url}/pay/`.
     pub klarna_url: String,
-    /// The sandbox and the payment API, with their handles.
-    pub backends: DemoBackends,
-    /// The proxy in front of the payment API.
-    pub proxy: Proxy,
+    _running: Running,
 }
 
-/// A running step-up proxy.
-pub struct Proxy {
-    /// Where it listens.
-    #[allow(dead_code)] // read by some test binaries, not all
-    pub addr: SocketAddr,
-    /// Stops it when dropped.
-    _guard: ProxyGuard,
+enum Running {
+    InProcess {
+        _backends: DemoBackends,
+        proxy: JoinHandle<()>,
+    },
+    Binary(std::process::Child),
 }
 
-/// What keeps a proxy running; dropping it stops the proxy.
-enum ProxyGuard {
-    /// An in-process server task.
-    Task(JoinHandle<()>),
-}
-
-impl Drop for ProxyGuard {
+impl Drop for Running {
     fn drop(&mut self) {
         match self {
-            ProxyGuard::Task(task) => task.abort(),
+            Running::InProcess { proxy, .. } => proxy.abort(),
+            Running::Binary(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }
 
-/// Starts the demo backends on ephemeral ports and the step-up proxy in front of the payment
-/// API; Klarna's returns and webhooks go through the proxy.
+impl DemoStack {
+    /// The payment API's record of an order (`GET /payments/{reference}` through the proxy).
+    pub async fn order_state(&self, reference: &str) -> Option<String> {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let uri = format!("{}/payments/{reference}", self.proxy_url)
+            .parse()
+            .ok()?;
+        let res = client.get(uri).await.ok()?;
+        let body = res.into_body().collect().await.ok()?.to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        v["state"].as_str().map(str::to_owned)
+    }
+}
+
+/// The demo with the tower layer as the proxy, in this process.
 pub async fn start() -> DemoStack {
     let backends = start_demo_backends(DemoPorts::default())
         .await
@@ -80,25 +87,76 @@ pub async fn start() -> DemoStack {
         .expect("bind the proxy");
     let proxy_url = format!("http://{}", listener.local_addr().expect("proxy address"));
     let step_up = klarna_stepup::sandbox::demo_step_up(&proxy_url).expect("demo configuration");
-    let proxy = start_proxy(step_up, listener, backends.payment_api_addr).await;
+    let proxy = serve_tower_proxy(step_up, listener, backends.payment_api_addr);
     backends
         .klarna
         .set_webhook_url(Some(format!("{proxy_url}/klarna/webhooks")));
     DemoStack {
         shop_url: format!("{proxy_url}/shop"),
-        proxy_url,
-        payment_api_url: format!("http://{}", backends.payment_api_addr),
         klarna_url: format!("http://{}", backends.klarna_addr),
-        backends,
-        proxy,
+        proxy_url,
+        _running: Running::InProcess {
+            _backends: backends,
+            proxy,
+        },
     }
 }
 
-/// Starts a step-up proxy running `step_up` in front of `upstream` on `listener`.
-///
-/// Today: [`KlarnaStepUpLayer`] over a hyper-util client, served by hyper in this process.
-pub async fn start_proxy(step_up: StepUp, listener: TcpListener, upstream: SocketAddr) -> Proxy {
-    let addr = listener.local_addr().expect("proxy address");
+/// The demo as shipped: `klarna-stepup demo` on free ports, as a child process; returns once
+/// the shop answers through the proxy.
+#[cfg(feature = "cli")]
+pub async fn start_binary() -> DemoStack {
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    };
+    let (proxy, klarna, api) = (port(), port(), port());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_klarna-stepup"))
+        .args([
+            "demo",
+            "--port",
+            &proxy.to_string(),
+            "--klarna-port",
+            &klarna.to_string(),
+        ])
+        .args(["--api-port", &api.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn klarna-stepup demo");
+    let proxy_url = format!("http://127.0.0.1:{proxy}");
+    let stack = DemoStack {
+        shop_url: format!("{proxy_url}/shop"),
+        klarna_url: format!("http://127.0.0.1:{klarna}"),
+        proxy_url,
+        _running: Running::Binary(child),
+    };
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = client
+            .get(stack.shop_url.parse().unwrap())
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            return stack;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "klarna-stepup demo did not come up in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// [`KlarnaStepUpLayer`] over a hyper-util client to `upstream`, served by hyper.
+fn serve_tower_proxy(
+    step_up: StepUp,
+    listener: TcpListener,
+    upstream: SocketAddr,
+) -> JoinHandle<()> {
     let client = Client::builder(TokioExecutor::new()).build_http::<StepUpBody<Incoming>>();
     let svc = ServiceBuilder::new()
         .layer(KlarnaStepUpLayer::new(step_up))
@@ -110,7 +168,7 @@ pub async fn start_proxy(step_up: StepUp, listener: TcpListener, upstream: Socke
             req
         })
         .service(client);
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -122,9 +180,5 @@ pub async fn start_proxy(step_up: StepUp, listener: TcpListener, upstream: Socke
                     .await;
             });
         }
-    });
-    Proxy {
-        addr,
-        _guard: ProxyGuard::Task(task),
-    }
+    })
 }
