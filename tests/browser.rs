@@ -13,8 +13,7 @@
 //! ```
 #![cfg(all(feature = "sandbox", feature = "cli"))]
 
-#[path = "common/demo_stack.rs"]
-mod demo_stack;
+mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use demo_stack::DemoStack;
+use common::demo_stack::DemoStack;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
@@ -85,7 +84,7 @@ async fn journey_test(choice: Choice) {
         return;
     };
     let started = Instant::now();
-    let stack = demo_stack::start_binary().await;
+    let stack = common::demo_stack::start_binary().await;
     let driver = ChromeDriver::start(&tools).await;
     let client = driver.session(&tools).await;
 

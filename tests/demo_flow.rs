@@ -3,8 +3,7 @@
 //! signed webhook verified by the proxy and relayed to the payment API.
 #![cfg(feature = "sandbox")]
 
-#[path = "common/demo_stack.rs"]
-mod demo_stack;
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -37,7 +36,7 @@ async fn call(
     )
 }
 
-async fn pay(stack: demo_stack::DemoStack, approve: bool) -> (String, String) {
+async fn pay(stack: common::demo_stack::DemoStack, approve: bool) -> (String, String) {
     let proxy = stack.proxy_url.clone();
     let reference = format!("order-flow-{approve}");
     let partner = serde_json::json!({
@@ -121,26 +120,26 @@ async fn pay(stack: demo_stack::DemoStack, approve: bool) -> (String, String) {
 
 #[tokio::test]
 async fn tower_approve_flow_ends_authorized() {
-    let (state, _) = pay(demo_stack::start().await, true).await;
+    let (state, _) = pay(common::demo_stack::start().await, true).await;
     assert_eq!(state, "AUTHORIZED");
 }
 
 #[tokio::test]
 async fn tower_decline_flow_ends_declined() {
-    let (state, _) = pay(demo_stack::start().await, false).await;
+    let (state, _) = pay(common::demo_stack::start().await, false).await;
     assert_eq!(state, "DECLINED");
 }
 
 #[cfg(feature = "cli")]
 #[tokio::test]
 async fn binary_approve_flow_ends_authorized() {
-    let (state, _) = pay(demo_stack::start_binary().await, true).await;
+    let (state, _) = pay(common::demo_stack::start_binary().await, true).await;
     assert_eq!(state, "AUTHORIZED");
 }
 
 #[cfg(feature = "cli")]
 #[tokio::test]
 async fn binary_decline_flow_ends_declined() {
-    let (state, _) = pay(demo_stack::start_binary().await, false).await;
+    let (state, _) = pay(common::demo_stack::start_binary().await, false).await;
     assert_eq!(state, "DECLINED");
 }

@@ -15,7 +15,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use klarna_stepup::tower::{KlarnaStepUp, KlarnaStepUpLayer, StepUpBody};
 use klarna_stepup::StepUp;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
@@ -163,38 +163,6 @@ fn tokio_stream<T: Send + 'static>(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// A hyper proxy on 127.0.0.1: the layer in front of a hyper-util client to `upstream`.
-async fn start_proxy(step_up: StepUp, upstream: std::net::SocketAddr) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let client =
-        Client::builder(TokioExecutor::new()).build_http::<StepUpBody<hyper::body::Incoming>>();
-    let svc = ServiceBuilder::new()
-        .layer(KlarnaStepUpLayer::new(step_up))
-        .map_request(move |mut req: Request<StepUpBody<hyper::body::Incoming>>| {
-            let path = req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned();
-            *req.uri_mut() = format!("http://{upstream}{path}").parse().unwrap();
-            req
-        })
-        .service(client);
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 async fn send(
     addr: std::net::SocketAddr,
     req: Request<Full<Bytes>>,
@@ -224,7 +192,7 @@ async fn over_real_sockets_a_gzip_step_up_answer_is_decoded_and_rewritten() {
         body: gz.finish().unwrap(),
         delay: None,
     });
-    let proxy = start_proxy(StepUp::from_toml(&f.config).unwrap(), up.addr).await;
+    let proxy = common::tower_proxy::start(StepUp::from_toml(&f.config).unwrap(), up.addr).await;
     let mut req = request(&f);
     req.headers_mut()
         .insert("accept-encoding", "gzip".parse().unwrap());
@@ -256,7 +224,7 @@ async fn over_real_sockets_non_klarna_traffic_is_byte_identical() {
         body: big.clone(),
         delay: None,
     });
-    let proxy = start_proxy(StepUp::from_toml("").unwrap(), up.addr).await;
+    let proxy = common::tower_proxy::start(StepUp::from_toml("").unwrap(), up.addr).await;
     let req = Request::post("/files")
         .body(Full::new(Bytes::from(big.clone())))
         .unwrap();

@@ -13,11 +13,11 @@ use hmac::{Hmac, Mac};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use klarna_stepup::tower::{KlarnaStepUp, KlarnaStepUpLayer, StepUpBody};
+use hyper_util::rt::TokioExecutor;
+use klarna_stepup::tower::{KlarnaStepUp, StepUpBody};
 use klarna_stepup::{StepUp, StepUpConfig};
 use sha2::Sha256;
-use tower::{service_fn, ServiceBuilder, ServiceExt};
+use tower::{service_fn, ServiceExt};
 
 const WEBHOOK_KEY: &str = "klarna-signing-key-a";
 const RETURN_KEY: &str = "return-key-0123456789abcdef0123456789abcdef";
@@ -146,37 +146,6 @@ async fn a_payment_api_that_does_not_accept_gets_klarna_to_retry() {
     assert!(String::from_utf8_lossy(&body).contains("webhook_not_accepted"));
 }
 
-/// Over loopback: the layer in front of a hyper client to `upstream`.
-async fn start_proxy(step_up: StepUp, upstream: std::net::SocketAddr) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let client =
-        Client::builder(TokioExecutor::new()).build_http::<StepUpBody<hyper::body::Incoming>>();
-    let svc = ServiceBuilder::new()
-        .layer(KlarnaStepUpLayer::new(step_up))
-        .map_request(move |mut req: Request<StepUpBody<hyper::body::Incoming>>| {
-            let path = req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned();
-            *req.uri_mut() = format!("http://{upstream}{path}").parse().unwrap();
-            req
-        })
-        .service(client);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 async fn post(addr: std::net::SocketAddr, req: Request<Full<Bytes>>) -> StatusCode {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let (mut parts, body) = req.into_parts();
@@ -197,7 +166,7 @@ async fn payment_api_down_gives_503_and_the_relay_works_once_it_is_back() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let proxy = start_proxy(step_up(""), port).await;
+    let proxy = common::tower_proxy::start(step_up(""), port).await;
     assert_eq!(
         post(proxy, signed_webhook(COMPLETED)).await,
         StatusCode::SERVICE_UNAVAILABLE

@@ -166,14 +166,9 @@ where
     ResB: Body<Data = Bytes>,
 {
     let (mut parts, body) = req.into_parts();
-    let limit = step_up.webhook_body_limit();
-    if content_length(&parts.headers).is_some_and(|n| n > limit as u64) {
-        return Ok(refusal(&Refusal::too_large(limit)));
-    }
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return Ok(refusal(&Refusal::too_large(limit))),
-        Err(_) => return Ok(refusal(&Refusal::unreadable_body())),
+    let body = match read_body(&parts.headers, body, step_up.webhook_body_limit()).await {
+        Ok(body) => body,
+        Err(r) => return Ok(refusal(&r)),
     };
     let event = match step_up.verify_webhook(&parts.headers, &body) {
         Ok(event) => event,
@@ -242,14 +237,9 @@ where
     ResB: Body<Data = Bytes>,
 {
     let (mut parts, body) = req.into_parts();
-    let limit = step_up.body_limit();
-    if content_length(&parts.headers).is_some_and(|n| n > limit as u64) {
-        return Ok(refusal(&Refusal::too_large(limit)));
-    }
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return Ok(refusal(&Refusal::too_large(limit))),
-        Err(_) => return Ok(refusal(&Refusal::unreadable_body())),
+    let body = match read_body(&parts.headers, body, step_up.body_limit()).await {
+        Ok(body) => body,
+        Err(r) => return Ok(refusal(&r)),
     };
     let (body, exchange) = match step_up.rewrite_request(candidate, &body) {
         RequestVerdict::NotKlarna => {
@@ -351,6 +341,23 @@ fn passthrough(step_up: &StepUp, exchange: &Exchange, headers: &mut HeaderMap, r
         "klarna answer passed through untouched"
     );
     headers.insert(MARKER_HEADER, HeaderValue::from_static("passthrough"));
+}
+
+/// Reads a request body within `limit`: 413 beyond it (declared or counted), 400 when it
+/// cannot be read.
+async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, Refusal>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if content_length(headers).is_some_and(|n| n > limit as u64) {
+        return Err(Refusal::too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(Refusal::too_large(limit)),
+        Err(_) => Err(Refusal::unreadable_body()),
+    }
 }
 
 fn refusal<B>(r: &Refusal) -> Response<StepUpBody<B>> {

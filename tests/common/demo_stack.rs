@@ -14,23 +14,15 @@
 //! - [`start_binary`]: the shipped `klarna-stepup demo` (Pingora), as a child process.
 #![allow(dead_code)] // each test binary uses a part
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
-use hyper::Request;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
+use hyper_util::rt::TokioExecutor;
 use klarna_stepup::sandbox::{start_demo_backends, DemoBackends, DemoPorts};
-use klarna_stepup::tower::{KlarnaStepUpLayer, StepUpBody};
-use klarna_stepup::StepUp;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tower::ServiceBuilder;
 
 /// A running demo stack; dropping it stops what it started.
 pub struct DemoStack {
@@ -87,7 +79,7 @@ pub async fn start() -> DemoStack {
         .expect("bind the proxy");
     let proxy_url = format!("http://{}", listener.local_addr().expect("proxy address"));
     let step_up = klarna_stepup::sandbox::demo_step_up(&proxy_url).expect("demo configuration");
-    let proxy = serve_tower_proxy(step_up, listener, backends.payment_api_addr);
+    let proxy = super::tower_proxy::serve(step_up, listener, backends.payment_api_addr);
     backends
         .klarna
         .set_webhook_url(Some(format!("{proxy_url}/klarna/webhooks")));
@@ -149,36 +141,4 @@ pub async fn start_binary() -> DemoStack {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// [`KlarnaStepUpLayer`] over a hyper-util client to `upstream`, served by hyper.
-fn serve_tower_proxy(
-    step_up: StepUp,
-    listener: TcpListener,
-    upstream: SocketAddr,
-) -> JoinHandle<()> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<StepUpBody<Incoming>>();
-    let svc = ServiceBuilder::new()
-        .layer(KlarnaStepUpLayer::new(step_up))
-        .map_request(move |mut req: Request<StepUpBody<Incoming>>| {
-            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            *req.uri_mut() = format!("http://{upstream}{path}")
-                .parse()
-                .expect("valid upstream URI");
-            req
-        })
-        .service(client);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let svc = TowerToHyperService::new(svc.clone());
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    })
 }
