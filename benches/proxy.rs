@@ -7,6 +7,9 @@
 //! request is read per thread from `/proc/self/task/*/stat` (utime + stime) and summed over
 //! the proxy's threads only, so the client's and the upstream's CPU is not counted.
 //! Resolution is the kernel's clock tick (usually 10 ms) over the whole run.
+//!
+//! `PROXY_BENCH_ONLY="passthrough|klarna route"` runs only the scenarios whose name contains
+//! one of the `|`-separated words (ratios need `passthrough` among them).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -443,7 +446,15 @@ fn main() {
         "engine µs"
     );
     let mut base: Option<(f64, f64)> = None;
+    // `PROXY_BENCH_ONLY="passthrough|klarna route"`: only the scenarios whose name contains one of
+    // these (for profiling one scenario at a time).
+    let only = std::env::var("PROXY_BENCH_ONLY").ok();
     for (name, addr, path, thread, body) in scenarios {
+        if let Some(only) = &only {
+            if !only.split('|').any(|w| name.contains(w.trim())) {
+                continue;
+            }
+        }
         let conns = UPSTREAM_CONNS.load(Ordering::Relaxed);
         let engine_ns = ENGINE_NS.load(Ordering::Relaxed);
         let run = measure(&client_rt, addr, path, body, thread);

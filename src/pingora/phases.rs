@@ -131,6 +131,7 @@ enum Resp {
     /// Reading the answer to a Klarna exchange to the end.
     Buffering {
         status: StatusCode,
+        /// Only what the engine reads (the Content-Type).
         headers: HeaderMap,
         acc: BytesMut,
     },
@@ -552,10 +553,16 @@ impl StepUpPhases {
             && !headers.contains_key(header::CONTENT_ENCODING)
             && content_length(headers).is_none_or(|n| n <= limit);
         if wanted {
+            // The engine looks at the answer's Content-Type only: keep that, not a copy of
+            // every header.
+            let mut kept = HeaderMap::with_capacity(1);
+            if let Some(v) = headers.get(header::CONTENT_TYPE) {
+                kept.insert(header::CONTENT_TYPE, v.clone());
+            }
             ctx.resp = Resp::Buffering {
                 status,
-                headers: headers.clone(),
-                acc: BytesMut::new(),
+                headers: kept,
+                acc: BytesMut::with_capacity(content_length(headers).map_or(0, |n| n as usize)),
             };
         } else {
             self.passed_through(ctx, "not a 2xx JSON answer within the limit");
@@ -588,7 +595,10 @@ impl StepUpPhases {
         }
         if let Resp::Buffering { .. } = ctx.resp {
             for name in STALE_RESPONSE_HEADERS {
-                response.remove_header(&name);
+                // A lookup is cheaper than Pingora's removal (it also edits its case map).
+                if response.headers.contains_key(&name) {
+                    response.remove_header(&name);
+                }
             }
             response.insert_header(header::CONTENT_TYPE, "application/json")?;
             response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
