@@ -8,14 +8,12 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use common::fixtures::{self, Fixture};
+use common::pingora_proxy::{free_addr, start_pingora, PaymentApi};
 use common::upstream::{self, Answer};
 use klarna_stepup::engine::MARKER_HEADER;
 use klarna_stepup::pingora::{LargeBodies, StepUpProxy};
 use klarna_stepup::{Refusal, RequestVerdict, Route, StepUp};
-use pingora::prelude::*;
-use pingora::server::configuration::ServerConf;
 
 use common::raw_http::{raw_request, RawResponse, ReqBody};
 
@@ -24,72 +22,6 @@ const LIMIT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------
 // Harness: an "existing" Pingora proxy, a server in a thread, the tower proxy
 // ---------------------------------------------------------------------------------------
-
-/// The proxy an acquirer already has: one upstream, timeouts, no retry to a dead peer.
-struct PaymentApi {
-    upstream: SocketAddr,
-    read_timeout: Duration,
-}
-
-#[async_trait]
-impl ProxyHttp for PaymentApi {
-    type CTX = ();
-    fn new_ctx(&self) {}
-
-    async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
-        let mut peer = HttpPeer::new(self.upstream, false, String::new());
-        peer.options.connection_timeout = Some(Duration::from_secs(1));
-        peer.options.read_timeout = Some(self.read_timeout);
-        Ok(Box::new(peer))
-    }
-
-    fn fail_to_connect(
-        &self,
-        _: &mut Session,
-        _: &HttpPeer,
-        _: &mut (),
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        e.set_retry(false);
-        e
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// Starts a Pingora server with `proxy` on a free loopback port; it lives until the test
-/// process ends.
-fn start_pingora<P>(proxy: P) -> SocketAddr
-where
-    P: ProxyHttp + Send + Sync + 'static,
-    P::CTX: Send + Sync,
-{
-    let addr = free_addr();
-    let conf = ServerConf {
-        threads: 1,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let mut svc = http_proxy_service(&server.configuration, proxy);
-    svc.add_tcp(&addr.to_string());
-    server.add_service(svc);
-    std::thread::spawn(move || server.run_forever());
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    addr
-}
 
 fn pingora_step_up(step_up: StepUp, upstream: SocketAddr, read_timeout: Duration) -> SocketAddr {
     let inner = PaymentApi {

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use common::pingora_proxy::{free_addr, PaymentApi};
 use common::upstream::{self, Answer};
 use hmac::{Hmac, Mac};
 use klarna_stepup::pingora::StepUpProxy;
@@ -44,70 +45,13 @@ fn step_up(extra: &str) -> StepUp {
     .unwrap()
 }
 
-// ---------------------------------------------------------------------------------------
-// Harness (the minimum of tests/pingora.rs)
-// ---------------------------------------------------------------------------------------
-
-/// The proxy an acquirer already has: one upstream, timeouts, no retry to a dead peer.
-struct PaymentApi {
-    upstream: SocketAddr,
-}
-
-#[async_trait]
-impl ProxyHttp for PaymentApi {
-    type CTX = ();
-    fn new_ctx(&self) {}
-
-    async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
-        let mut peer = HttpPeer::new(self.upstream, false, String::new());
-        peer.options.connection_timeout = Some(Duration::from_secs(1));
-        peer.options.read_timeout = Some(LIMIT);
-        Ok(Box::new(peer))
-    }
-
-    fn fail_to_connect(
-        &self,
-        _: &mut Session,
-        _: &HttpPeer,
-        _: &mut (),
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        e.set_retry(false);
-        e
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// Pingora with `StepUpProxy` in front of `upstream`, on a free loopback port; it lives until
-/// the test process ends.
+/// Pingora with `StepUpProxy` in front of `upstream`, on a free loopback port.
 fn start_pingora(step_up: StepUp, upstream: SocketAddr) -> SocketAddr {
-    let addr = free_addr();
-    let conf = ServerConf {
-        threads: 1,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
+    let inner = PaymentApi {
+        upstream,
+        read_timeout: LIMIT,
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let proxy = StepUpProxy::new(PaymentApi { upstream }, step_up);
-    let mut svc = http_proxy_service(&server.configuration, proxy);
-    svc.add_tcp(&addr.to_string());
-    server.add_service(svc);
-    std::thread::spawn(move || server.run_forever());
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    addr
+    common::pingora_proxy::start_pingora(StepUpProxy::new(inner, step_up))
 }
 
 fn signature(body: &[u8]) -> String {
@@ -337,30 +281,6 @@ async fn a_payment_api_that_times_out_gets_klarna_to_retry() {
 // Acquirer return
 // ---------------------------------------------------------------------------------------
 
-/// Mints a return path the way a payment creation does (as in tests/tower_return_webhook.rs).
-fn minted_return_path(engine: &StepUp, partner_url: &str) -> Option<String> {
-    use klarna_stepup::{RequestVerdict, Route};
-    let Route::Candidate(c) = engine.classify(
-        &http::Method::POST,
-        &"/payments".parse().ok()?,
-        &http::HeaderMap::new(),
-    ) else {
-        return None;
-    };
-    let body = serde_json::json!({"payment_method": "klarna", "reference": "order-9", "return_url": partner_url});
-    let RequestVerdict::Injected { body, .. } =
-        engine.rewrite_request(c, body.to_string().as_bytes())
-    else {
-        return None;
-    };
-    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    let sent = v["step_up_config"]["customer_interaction_config"]["return_url"].as_str()?;
-    Some(
-        sent.trim_start_matches("https://pay.acquirer.example")
-            .replace("{klarna.payment_request.state}", "COMPLETED"),
-    )
-}
-
 fn assert_redirect(res: &RawResponse, location: &str) {
     assert_eq!(res.status, 303, "{}", String::from_utf8_lossy(&res.body));
     assert_eq!(res.header("location"), Some(location));
@@ -374,7 +294,7 @@ fn assert_redirect(res: &RawResponse, location: &str) {
 async fn the_return_redirects_and_a_forged_one_never_does() {
     let up = upstream::start().await;
     let engine = step_up("");
-    let path = minted_return_path(
+    let path = common::minted_return_path(
         &engine,
         "https://shop.example/done?s={klarna.payment_request.state}",
     )
@@ -420,7 +340,7 @@ async fn the_return_notifies_the_payment_api_without_waiting_past_the_timeout() 
         ..Answer::default()
     });
     let engine = step_up("notify_path = \"/payments/klarna-return\"\nnotify_timeout_ms = 200");
-    let path = minted_return_path(
+    let path = common::minted_return_path(
         &engine,
         "https://shop.example/done?s={klarna.payment_request.state}",
     )
@@ -457,7 +377,7 @@ async fn the_return_notifies_the_payment_api_without_waiting_past_the_timeout() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_return_redirects_even_when_the_payment_api_is_down() {
     let engine = step_up("notify_path = \"/payments/klarna-return\"\nnotify_timeout_ms = 200");
-    let path = minted_return_path(
+    let path = common::minted_return_path(
         &engine,
         "https://shop.example/done?s={klarna.payment_request.state}",
     )

@@ -191,7 +191,7 @@ async fn the_return_redirects_and_notifies_within_the_timeout() {
     let seen = Seen::default();
     let engine = step_up("notify_path = \"/payments/klarna-return\"\nnotify_timeout_ms = 200");
     // Mint a token the way a payment creation does.
-    let Some(uri) = minted_return_path(
+    let Some(uri) = common::minted_return_path(
         &engine,
         "https://shop.example/done?s={klarna.payment_request.state}",
     ) else {
@@ -241,27 +241,4 @@ async fn a_forged_return_is_400_and_never_redirects() {
         .unwrap();
     assert_eq!(res.status(), 400);
     assert!(res.headers().get("location").is_none());
-}
-
-fn minted_return_path(engine: &StepUp, partner_url: &str) -> Option<String> {
-    use klarna_stepup::{RequestVerdict, Route};
-    let Route::Candidate(c) = engine.classify(
-        &http::Method::POST,
-        &"/payments".parse().ok()?,
-        &http::HeaderMap::new(),
-    ) else {
-        return None;
-    };
-    let body = serde_json::json!({"payment_method": "klarna", "reference": "order-9", "return_url": partner_url});
-    let RequestVerdict::Injected { body, .. } =
-        engine.rewrite_request(c, body.to_string().as_bytes())
-    else {
-        return None;
-    };
-    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    let sent = v["step_up_config"]["customer_interaction_config"]["return_url"].as_str()?;
-    Some(
-        sent.trim_start_matches("https://pay.acquirer.example")
-            .replace("{klarna.payment_request.state}", "COMPLETED"),
-    )
 }
