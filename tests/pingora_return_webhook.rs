@@ -9,41 +9,16 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use common::pingora_proxy::{free_addr, PaymentApi};
+use common::return_webhook::{minted_return_path, signature, step_up, COMPLETED};
 use common::upstream::{self, Answer};
-use hmac::{Hmac, Mac};
 use klarna_stepup::pingora::StepUpProxy;
-use klarna_stepup::{StepUp, StepUpConfig};
+use klarna_stepup::StepUp;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
-use sha2::Sha256;
 
 use common::raw_http::{raw_request, RawResponse, ReqBody};
 
 const LIMIT: Duration = Duration::from_secs(10);
-const WEBHOOK_KEY: &str = "klarna-signing-key-a";
-const RETURN_KEY: &str = "return-key-0123456789abcdef0123456789abcdef";
-const COMPLETED: &str = r#"{"metadata":{"event_id":"e1","event_type":"payment.request.state-change.completed"},"payload":{"payment_request_id":"krn:payment:eu1:request:1","payment_request_reference":"order-1","state":"COMPLETED","klarna_network_session_token":"tok-1"}}"#;
-
-fn step_up(extra: &str) -> StepUp {
-    let toml = format!(
-        r#"
-        [webhooks]
-        enabled = true
-        keys = [{{ id = "a", env = "WH" }}]
-        [acquirer_return]
-        enabled = true
-        public_base_url = "https://pay.acquirer.example"
-        keys = [{{ id = "r1", env = "RET" }}]
-        {extra}
-        "#
-    );
-    StepUp::with_secrets(StepUpConfig::from_toml(&toml).unwrap(), |n| match n {
-        "WH" => Some(WEBHOOK_KEY.into()),
-        "RET" => Some(RETURN_KEY.into()),
-        _ => None,
-    })
-    .unwrap()
-}
 
 /// Pingora with `StepUpProxy` in front of `upstream`, on a free loopback port.
 fn start_pingora(step_up: StepUp, upstream: SocketAddr) -> SocketAddr {
@@ -52,12 +27,6 @@ fn start_pingora(step_up: StepUp, upstream: SocketAddr) -> SocketAddr {
         read_timeout: LIMIT,
     };
     common::pingora_proxy::start_pingora(StepUpProxy::new(inner, step_up))
-}
-
-fn signature(body: &[u8]) -> String {
-    let mut m = Hmac::<Sha256>::new_from_slice(WEBHOOK_KEY.as_bytes()).unwrap();
-    m.update(body);
-    hex::encode(m.finalize().into_bytes())
 }
 
 /// Klarna's POST, with a forged relay header that must not survive.
@@ -294,7 +263,7 @@ fn assert_redirect(res: &RawResponse, location: &str) {
 async fn the_return_redirects_and_a_forged_one_never_does() {
     let up = upstream::start().await;
     let engine = step_up("");
-    let path = common::minted_return_path(
+    let path = minted_return_path(
         &engine,
         "https://shop.example/done?s={klarna.payment_request.state}",
     )
@@ -340,7 +309,7 @@ async fn the_return_notifies_the_payment_api_without_waiting_past_the_timeout() 
         ..Answer::default()
     });
     let engine = step_up("notify_path = \"/payments/klarna-return\"\nnotify_timeout_ms = 200");
-    let path = common::minted_return_path(
+    let path = minted_return_path(
         &engine,
         "https://shop.example/done?s={klarna.payment_request.state}",
     )
@@ -377,7 +346,7 @@ async fn the_return_notifies_the_payment_api_without_waiting_past_the_timeout() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_return_redirects_even_when_the_payment_api_is_down() {
     let engine = step_up("notify_path = \"/payments/klarna-return\"\nnotify_timeout_ms = 200");
-    let path = common::minted_return_path(
+    let path = minted_return_path(
         &engine,
         "https://shop.example/done?s={klarna.payment_request.state}",
     )

@@ -8,54 +8,24 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::return_webhook::{minted_return_path, signature, step_up, COMPLETED};
 use common::upstream::{self, Answer};
-use hmac::{Hmac, Mac};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use klarna_stepup::tower::{KlarnaStepUp, StepUpBody};
-use klarna_stepup::{StepUp, StepUpConfig};
-use sha2::Sha256;
 use tower::{service_fn, ServiceExt};
 
-const WEBHOOK_KEY: &str = "klarna-signing-key-a";
-const RETURN_KEY: &str = "return-key-0123456789abcdef0123456789abcdef";
-
-fn step_up(extra: &str) -> StepUp {
-    let toml = format!(
-        r#"
-        [webhooks]
-        enabled = true
-        keys = [{{ id = "a", env = "WH" }}]
-        [acquirer_return]
-        enabled = true
-        public_base_url = "https://pay.acquirer.example"
-        keys = [{{ id = "r1", env = "RET" }}]
-        {extra}
-        "#
-    );
-    StepUp::with_secrets(StepUpConfig::from_toml(&toml).unwrap(), |n| match n {
-        "WH" => Some(WEBHOOK_KEY.into()),
-        "RET" => Some(RETURN_KEY.into()),
-        _ => None,
-    })
-    .unwrap()
-}
-
 fn signed_webhook(body: &'static str) -> Request<Full<Bytes>> {
-    let mut m = Hmac::<Sha256>::new_from_slice(WEBHOOK_KEY.as_bytes()).unwrap();
-    m.update(body.as_bytes());
     Request::post("/klarna/webhooks")
         .header("content-type", "application/json")
         .header("klarna-signing-key-id", "a")
-        .header("klarna-signature", hex::encode(m.finalize().into_bytes()))
+        .header("klarna-signature", signature(body.as_bytes()))
         .header("x-klarna-stepup-token", "forged")
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .unwrap()
 }
-
-const COMPLETED: &str = r#"{"metadata":{"event_id":"e1","event_type":"payment.request.state-change.completed"},"payload":{"payment_request_id":"krn:payment:eu1:request:1","payment_request_reference":"order-1","state":"COMPLETED","klarna_network_session_token":"tok-1"}}"#;
 
 type Seen = Arc<Mutex<Vec<(String, http::HeaderMap, Bytes)>>>;
 
@@ -191,7 +161,7 @@ async fn the_return_redirects_and_notifies_within_the_timeout() {
     let seen = Seen::default();
     let engine = step_up("notify_path = \"/payments/klarna-return\"\nnotify_timeout_ms = 200");
     // Mint a token the way a payment creation does.
-    let Some(uri) = common::minted_return_path(
+    let Some(uri) = minted_return_path(
         &engine,
         "https://shop.example/done?s={klarna.payment_request.state}",
     ) else {
