@@ -43,8 +43,10 @@ fn candidate(e: &StepUp) -> crate::Candidate {
     }
 }
 
-/// Request injection: an injected body is JSON; everything else is left alone.
+/// Request injection: an injected body is JSON; everything else is left alone. The JSON
+/// scanner under it accepts exactly what serde_json accepts, with the same member spans.
 pub fn request(data: &[u8]) {
+    crate::engine::json::assert_parses_as_serde(data);
     let e = engine();
     if let RequestVerdict::Injected { body, .. } = e.rewrite_request(candidate(e), data) {
         let v: serde_json::Value = serde_json::from_slice(&body).expect("injected body is JSON");

@@ -9,7 +9,7 @@
 //! 3. [`StepUp::wants_response`] on the response head, and if so
 //!    [`StepUp::rewrite_response`] on the whole response body.
 
-mod json;
+pub(crate) mod json;
 mod request;
 mod response;
 mod return_token;

@@ -2,8 +2,6 @@
 
 use std::borrow::Cow;
 
-use serde_json::value::RawValue;
-
 use super::json::{self, Edits, Object};
 use super::{Candidate, Engine, Exchange, Refusal, RequestVerdict, StepUp};
 
@@ -62,7 +60,7 @@ impl Engine {
         for (i, seg) in self.inject_at.iter().enumerate() {
             let parent = target.as_ref().unwrap_or(root);
             match parent.get(seg) {
-                Some(v) if v.get() != "null" => match Object::from_raw(v) {
+                Some(v) if v != "null" => match Object::from_raw(v) {
                     Some(o) => {
                         target = Some(o);
                         depth = i + 1;
@@ -92,7 +90,7 @@ impl Engine {
 
         // What the caller already sent in step_up_config.
         let existing = if missing.is_empty() {
-            target.get("step_up_config").filter(|v| v.get() != "null")
+            target.get("step_up_config").filter(|v| *v != "null")
         } else {
             None
         };
@@ -110,7 +108,7 @@ impl Engine {
             .as_ref()
             .and_then(|s| s.get("customer_interaction_config"))
         {
-            Some(v) if v.get() != "null" => Some(Object::from_raw(v).ok_or_else(|| {
+            Some(v) if v != "null" => Some(Object::from_raw(v).ok_or_else(|| {
                 Refusal::invalid(
                     "invalid_step_up_config",
                     prefix("step_up_config.customer_interaction_config"),
@@ -148,22 +146,20 @@ impl Engine {
                     let url = r.return_url(&return_url, &reference, super::unix_now());
                     json::write_member(&mut cic_members, "return_url", &url);
                 }
-                None => json::write_member(&mut cic_members, "return_url", &*return_url),
+                None => json::write_member(&mut cic_members, "return_url", &return_url),
             }
         }
         if let Some(app) = app_return_url.as_ref().filter(|_| !has("app_return_url")) {
-            json::write_member(&mut cic_members, "app_return_url", &**app);
+            json::write_member(&mut cic_members, "app_return_url", app);
         }
         if let Some(expiry) = self
             .interaction_expiry
             .as_deref()
             .filter(|_| !has("interaction_expiry"))
         {
-            json::write_member(
-                &mut cic_members,
-                "interaction_expiry",
-                &Duration { duration: expiry },
-            );
+            let mut duration = Vec::with_capacity(expiry.len() + 16);
+            json::write_member(&mut duration, "duration", expiry);
+            json::write_raw_member(&mut cic_members, "interaction_expiry", &object(&duration));
         }
 
         let mut edits = Edits::default();
@@ -182,7 +178,7 @@ impl Engine {
             .as_ref()
             .is_none_or(|s| s.get("payment_request_reference").is_none())
         {
-            json::write_member(&mut suc_add, "payment_request_reference", &*reference);
+            json::write_member(&mut suc_add, "payment_request_reference", &reference);
         }
         match (&cic, &suc) {
             (Some(cic), _) if !cic_members.is_empty() => {
@@ -203,7 +199,7 @@ impl Engine {
                 &mut suc_add,
                 &mut edits,
             ),
-            (None, None) => write_raw_member(
+            (None, None) => json::write_raw_member(
                 &mut suc_add,
                 "customer_interaction_config",
                 &object(&cic_members),
@@ -220,7 +216,7 @@ impl Engine {
                 let mut key = "step_up_config";
                 for seg in missing.iter().rev() {
                     let mut m = Vec::with_capacity(value.len() + seg.len() + 8);
-                    write_raw_member(&mut m, key, &value);
+                    json::write_raw_member(&mut m, key, &value);
                     value = object(&m);
                     key = seg;
                 }
@@ -327,10 +323,10 @@ impl Engine {
 }
 
 /// The first of `names` present at the top level (a JSON null counts as absent).
-fn first_field<'n, 'a>(root: &Object<'a>, names: &'n [String]) -> Option<(&'n str, &'a RawValue)> {
+fn first_field<'n, 'a>(root: &Object<'a>, names: &'n [String]) -> Option<(&'n str, &'a str)> {
     names.iter().find_map(|n| {
         root.get(n)
-            .filter(|v| v.get() != "null")
+            .filter(|v| *v != "null")
             .map(|v| (n.as_str(), v))
     })
 }
@@ -344,16 +340,6 @@ fn object(members: &[u8]) -> Vec<u8> {
     o
 }
 
-/// Writes `"key":value` where value is raw JSON.
-fn write_raw_member(out: &mut Vec<u8>, key: &str, value: &[u8]) {
-    if !out.is_empty() {
-        out.push(b',');
-    }
-    serde_json::to_writer(&mut *out, key).expect("serialize key");
-    out.push(b':');
-    out.extend_from_slice(value);
-}
-
 /// Sets `key` of `parent` to `value`: in place when the key is present (as null), else as a
 /// member added to `add`.
 fn place(
@@ -365,12 +351,7 @@ fn place(
     edits: &mut Edits,
 ) {
     match parent.get(key) {
-        Some(null) => edits.replace(json::span(body, null.get()), value),
-        None => write_raw_member(add, key, &value),
+        Some(null) => edits.replace(json::span(body, null), value),
+        None => json::write_raw_member(add, key, &value),
     }
-}
-
-#[derive(serde::Serialize)]
-struct Duration<'a> {
-    duration: &'a str,
 }

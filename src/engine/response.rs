@@ -88,7 +88,7 @@ impl Engine {
                     .ok_or(KeepReason::NoAnswer)?;
             }
             let answer = obj.get(last).ok_or(KeepReason::NoAnswer)?;
-            let parsed = serde_json::from_str(answer.get()).map_err(|_| KeepReason::NoAnswer)?;
+            let parsed = serde_json::from_str(answer).map_err(|_| KeepReason::NoAnswer)?;
             (parsed, Some(answer))
         };
         let result = parsed
@@ -109,7 +109,7 @@ impl Engine {
             return Ok((block, result));
         };
         let mut edits = Edits::default();
-        edits.replace(json::span(body, answer.get()), block);
+        edits.replace(json::span(body, answer), block);
         Ok((edits.apply(body), result))
     }
 
