@@ -4,9 +4,10 @@
 //! `cargo bench --features pingora --bench proxy`
 //!
 //! Everything runs in this one process, each part on threads of its own name; CPU time per
-//! request is read per thread from `/proc/self/task/*/stat` (utime + stime) and summed over
-//! the proxy's threads only, so the client's and the upstream's CPU is not counted.
-//! Resolution is the kernel's clock tick (usually 10 ms) over the whole run.
+//! request is the scheduler's account of each thread (`se.sum_exec_runtime` in
+//! `/proc/self/task/*/sched`), summed over the proxy's threads only, so the client's and the
+//! upstream's CPU is not counted. Scenarios run in interleaved slices, so that outside load
+//! on a shared machine weighs on all of them alike: compare ratios from one run.
 //!
 //! `PROXY_BENCH_ONLY="passthrough|klarna route"` runs only the scenarios whose name contains
 //! one of the `|`-separated words (ratios need `passthrough` among them).
@@ -38,6 +39,10 @@ use tower::ServiceBuilder;
 /// Per scenario: stop after this many requests or this long, whichever comes first.
 const MAX_REQUESTS: usize = 20_000;
 const MAX_TIME: Duration = Duration::from_secs(2);
+/// Scenarios run in turns of this many slices (a round runs each scenario once for
+/// 1/ROUNDS of its budget), so that load from outside this process drifts over all of them
+/// alike and the ratios stay comparable on a shared machine.
+const ROUNDS: u32 = 8;
 const WARMUP: usize = 300;
 const CONNECTIONS: usize = 4;
 
@@ -233,66 +238,53 @@ fn wait_listening(addr: SocketAddr) {
 // CPU per thread
 // ---------------------------------------------------------------------------------------
 
-/// utime + stime in clock ticks, per thread name prefix of interest.
-fn cpu_ticks_by_thread() -> Vec<(String, u64)> {
+/// CPU time in nanoseconds, per thread name: `se.sum_exec_runtime` of
+/// `/proc/self/task/*/sched` (the scheduler's own account, in ms with ns digits; utime and
+/// stime in `stat` count whole clock ticks, too coarse for slices of a quarter second).
+fn cpu_ns_by_thread() -> Vec<(String, u64)> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return out;
     };
     for task in dir.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+        let (Ok(comm), Ok(sched)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join("sched")),
+        ) else {
             continue;
         };
-        // pid (comm) state ... ; comm may contain spaces: split at the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = stat[open + 1..close].to_owned();
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        // After "pid (comm) ", field 0 is state; utime and stime are fields 14 and 15 of
-        // stat(5), i.e. 11 and 12 here.
-        let ticks = fields
-            .get(11)
-            .and_then(|u| u.parse::<u64>().ok())
-            .zip(fields.get(12).and_then(|s| s.parse::<u64>().ok()))
-            .map_or(0, |(u, s)| u + s);
-        out.push((comm, ticks));
+        let ns = sched
+            .lines()
+            .find_map(|l| l.strip_prefix("se.sum_exec_runtime"))
+            .and_then(|l| l.trim_start_matches([' ', ':']).trim().parse::<f64>().ok())
+            .map_or(0, |ms| (ms * 1e6) as u64);
+        out.push((comm.trim().to_owned(), ns));
     }
     out
 }
 
-fn ticks_of(prefix: &str) -> u64 {
-    cpu_ticks_by_thread()
+fn cpu_ns_of(prefix: &str) -> u64 {
+    cpu_ns_by_thread()
         .iter()
         .filter(|(c, _)| c.starts_with(prefix))
         .map(|(_, t)| t)
         .sum()
 }
 
-fn clock_ticks_per_sec() -> f64 {
-    // getconf is the only unsafe-free way; fall back to the usual 100.
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 // ---------------------------------------------------------------------------------------
 // Load
 // ---------------------------------------------------------------------------------------
 
+#[derive(Default)]
 struct Run {
     requests: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
-    proxy_ticks: u64,
+    proxy_ns: u64,
 }
 
 async fn drive(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: &HttpClient,
     addr: SocketAddr,
     path: &str,
     body: &Bytes,
@@ -327,43 +319,49 @@ async fn drive(
     all
 }
 
-fn measure(
-    rt: &tokio::runtime::Runtime,
-    addr: SocketAddr,
-    path: &str,
-    body: &Bytes,
-    proxy_thread: Option<&str>,
-) -> Run {
-    let client = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(CONNECTIONS)
-        .build_http::<Full<Bytes>>();
+/// Warms `addr` up with `WARMUP` requests.
+fn warm_up(rt: &tokio::runtime::Runtime, client: &HttpClient, addr: SocketAddr, path: &str, body: &Bytes) {
     rt.block_on(drive(
-        &client,
+        client,
         addr,
         path,
         body,
         WARMUP,
         Instant::now() + MAX_TIME,
     ));
-    let before = proxy_thread.map_or(0, ticks_of);
+}
+
+/// One slice of a scenario, added to `run`.
+fn measure_slice(
+    rt: &tokio::runtime::Runtime,
+    client: &HttpClient,
+    s: &Scenario<'_>,
+    run: &mut Run,
+) {
+    let before = s.thread.map_or(0, cpu_ns_of);
     let started = Instant::now();
-    let mut latencies = rt.block_on(drive(
-        &client,
-        addr,
-        path,
-        body,
-        MAX_REQUESTS,
-        started + MAX_TIME,
+    let latencies = rt.block_on(drive(
+        client,
+        s.addr,
+        s.path,
+        s.body,
+        MAX_REQUESTS / ROUNDS as usize,
+        started + MAX_TIME / ROUNDS,
     ));
-    let elapsed = started.elapsed();
-    let proxy_ticks = proxy_thread.map_or(0, ticks_of) - before;
-    latencies.sort();
-    Run {
-        requests: latencies.len(),
-        elapsed,
-        latencies,
-        proxy_ticks,
-    }
+    run.elapsed += started.elapsed();
+    run.proxy_ns += s.thread.map_or(0, cpu_ns_of) - before;
+    run.requests += latencies.len();
+    run.latencies.extend(latencies);
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+struct Scenario<'a> {
+    name: &'a str,
+    addr: SocketAddr,
+    path: &'a str,
+    thread: Option<&'a str>,
+    body: &'a Bytes,
 }
 
 fn main() {
@@ -380,7 +378,6 @@ fn main() {
     );
     let tower = start_tower(step_up, upstream);
     let client_rt = runtime("bench-client");
-    let tick = clock_ticks_per_sec();
 
     // The same body without the Klarna marks: the candidate body is read and replayed, the
     // answer is not buffered. Splits the Klarna route's cost into request and response side.
@@ -429,7 +426,8 @@ fn main() {
     ];
     println!(
         "\n{CONNECTIONS} connections, body {} B (step_up_required fixture), answer {} B; \
-         at most {MAX_REQUESTS} requests or {MAX_TIME:?} per scenario\n",
+         at most {MAX_REQUESTS} requests or {MAX_TIME:?} per scenario, in {ROUNDS} interleaved \
+         slices\n",
         f.request.len(),
         f.answer.len()
     );
@@ -445,30 +443,57 @@ fn main() {
         "up conns",
         "engine µs"
     );
-    let mut base: Option<(f64, f64)> = None;
     // `PROXY_BENCH_ONLY="passthrough|klarna route"`: only the scenarios whose name contains one of
     // these (for profiling one scenario at a time).
     let only = std::env::var("PROXY_BENCH_ONLY").ok();
-    for (name, addr, path, thread, body) in scenarios {
-        if let Some(only) = &only {
-            if !only.split('|').any(|w| name.contains(w.trim())) {
-                continue;
-            }
+    let scenarios: Vec<Scenario<'_>> = scenarios
+        .into_iter()
+        .filter(|(name, ..)| {
+            only.as_ref()
+                .is_none_or(|only| only.split('|').any(|w| name.contains(w.trim())))
+        })
+        .map(|(name, addr, path, thread, body)| Scenario {
+            name,
+            addr,
+            path,
+            thread,
+            body,
+        })
+        .collect();
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(CONNECTIONS)
+        .build_http::<Full<Bytes>>();
+    let mut runs: Vec<Run> = scenarios.iter().map(|_| Run::default()).collect();
+    let mut conns = vec![0; scenarios.len()];
+    let mut engine_ns = vec![0u64; scenarios.len()];
+    for s in &scenarios {
+        warm_up(&client_rt, &client, s.addr, s.path, s.body);
+    }
+    for _ in 0..ROUNDS {
+        for (i, s) in scenarios.iter().enumerate() {
+            let (c, e) = (
+                UPSTREAM_CONNS.load(Ordering::Relaxed),
+                ENGINE_NS.load(Ordering::Relaxed),
+            );
+            measure_slice(&client_rt, &client, s, &mut runs[i]);
+            conns[i] += UPSTREAM_CONNS.load(Ordering::Relaxed) - c;
+            engine_ns[i] += ENGINE_NS.load(Ordering::Relaxed) - e;
         }
-        let conns = UPSTREAM_CONNS.load(Ordering::Relaxed);
-        let engine_ns = ENGINE_NS.load(Ordering::Relaxed);
-        let run = measure(&client_rt, addr, path, body, thread);
-        let conns = UPSTREAM_CONNS.load(Ordering::Relaxed) - conns;
-        // Includes the warm-up requests: an upper bound per measured request.
-        let engine_us = (ENGINE_NS.load(Ordering::Relaxed) - engine_ns) as f64
-            / 1e3
-            / (run.requests + WARMUP) as f64;
+    }
+    let mut base: Option<(f64, f64)> = None;
+    for (i, s) in scenarios.iter().enumerate() {
+        let run = &mut runs[i];
+        run.latencies.sort();
+        let run = &*run;
+        let (name, thread) = (s.name, s.thread);
+        let conns = conns[i];
+        let engine_us = engine_ns[i] as f64 / 1e3 / run.requests as f64;
         let rps = run.requests as f64 / run.elapsed.as_secs_f64();
         let pct = |p: f64| {
             let i = ((run.latencies.len() as f64 * p) as usize).min(run.latencies.len() - 1);
             run.latencies[i].as_micros()
         };
-        let cpu = run.proxy_ticks as f64 / tick * 1e6 / run.requests as f64;
+        let cpu = run.proxy_ns as f64 / 1e3 / run.requests as f64;
         if name == "pingora passthrough" {
             base = Some((rps, cpu));
         }

@@ -173,6 +173,7 @@
 //! Upstream answers to Klarna requests are buffered up to `body_limit`; set read timeouts on
 //! your `HttpPeer`s (Pingora's default is to wait forever).
 
+mod exchange;
 mod phases;
 mod proxy;
 

@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::compression::ResponseCompression;
 use pingora::proxy::Session;
@@ -230,9 +231,13 @@ impl StepUpCtx {
     }
 }
 
-/// Pingora's HTTP connector for the acquirer-return notification, made on first use.
+/// Pingora's HTTP connector for the acquirer-return notification and the direct exchange,
+/// made on first use.
 #[derive(Default)]
-struct Notifier(OnceLock<Connector>);
+struct Notifier {
+    connector: OnceLock<Connector>,
+    options: Option<ConnectorOptions>,
+}
 
 impl std::fmt::Debug for Notifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -241,6 +246,11 @@ impl std::fmt::Debug for Notifier {
 }
 
 impl Notifier {
+    fn connector(&self) -> &Connector {
+        self.connector
+            .get_or_init(|| Connector::new(self.options.clone()))
+    }
+
     /// POSTs `body` (JSON) to `path` on `peer`; the answer's status. Unbounded: the caller
     /// puts the timeout around it.
     async fn notify(
@@ -250,7 +260,7 @@ impl Notifier {
         host: Option<HeaderValue>,
         body: Vec<u8>,
     ) -> Result<StatusCode> {
-        let connector = self.0.get_or_init(|| Connector::new(None));
+        let connector = self.connector();
         let (mut s, _reused) = connector.get_http_session(peer).await?;
         let mut req = RequestHeader::build("POST", path.as_bytes(), Some(3))?;
         if let Some(host) = host {
@@ -297,6 +307,98 @@ impl StepUpPhases {
     pub fn large_bodies(mut self, large_bodies: LargeBodies) -> Self {
         self.large_bodies = large_bodies;
         self
+    }
+
+    /// Options for the connector step-up opens its own upstream connections with (the
+    /// acquirer-return notification, and [`StepUpProxy`](super::StepUpProxy)'s direct
+    /// exchange), e.g. `ConnectorOptions::from_server_conf(&server.configuration)` for the
+    /// server's CA file and pool size. Default: Pingora's defaults.
+    pub fn connector_options(mut self, options: ConnectorOptions) -> Self {
+        self.notifier = Arc::new(Notifier {
+            connector: OnceLock::new(),
+            options: Some(options),
+        });
+        self
+    }
+
+    /// The connector step-up opens its own upstream connections with.
+    pub(crate) fn connector(&self) -> &Connector {
+        self.notifier.connector()
+    }
+
+    /// The body of an injected Klarna request read whole in `request_filter`: an exchange
+    /// [`StepUpProxy`](super::StepUpProxy) may carry out by itself.
+    pub(crate) fn direct_body(&self, ctx: &StepUpCtx) -> Option<Bytes> {
+        match (&ctx.req, &ctx.exchange) {
+            (Req::Buffered(body), Some(_)) => Some(body.clone()),
+            _ => None,
+        }
+    }
+
+    /// The direct exchange's answer when it is larger than `body_limit`: it passes through
+    /// untouched, streamed (chunked unless the upstream gave its length).
+    pub(crate) fn direct_too_large(
+        &self,
+        session: &mut Session,
+        head: &mut ResponseHeader,
+        ctx: &mut StepUpCtx,
+    ) {
+        self.passed_through(ctx, "answer over the body limit");
+        self.compression_off(session, ctx);
+        let _ = head.insert_header(MARKER_HEADER, "passthrough");
+        if !head.headers.contains_key(header::CONTENT_LENGTH) {
+            let _ = head.insert_header(header::TRANSFER_ENCODING, "chunked");
+        }
+    }
+
+    /// The direct exchange's answer, read whole: decoded and rewritten when it is a 2xx JSON
+    /// Klarna answer, else the upstream's bytes untouched. Edits `head` to match (marker,
+    /// no stale validators, exact framing is the caller's) and returns the body.
+    pub(crate) fn direct_answer(
+        &self,
+        session: &mut Session,
+        head: &mut ResponseHeader,
+        raw: Bytes,
+        ctx: &mut StepUpCtx,
+    ) -> Bytes {
+        ctx.response_body_len = Some(raw.len());
+        let Some(exchange) = &ctx.exchange else {
+            return raw;
+        };
+        let limit = self.step_up.body_limit();
+        let reason = if !self
+            .step_up
+            .wants_response(exchange, head.status, &head.headers)
+        {
+            "not a 2xx JSON answer".to_owned()
+        } else {
+            match crate::decode::decode(head.headers.get(header::CONTENT_ENCODING), &raw, limit) {
+                None => "a compressed answer that does not decode within the limit".to_owned(),
+                Some(plain) => {
+                    let started = Instant::now();
+                    let verdict =
+                        self.step_up
+                            .rewrite_response(exchange, head.status, &head.headers, &plain);
+                    ctx.engine_time += started.elapsed();
+                    match verdict {
+                        ResponseVerdict::Rewritten { body, result } => {
+                            ctx.span.in_scope(|| {
+                                tracing::debug!(?result, "klarna answer rewritten");
+                            });
+                            ctx.outcome = Outcome::Rewritten;
+                            // Only fails on invalid values; these are constants.
+                            let _ = mark_rewritten(head);
+                            return Bytes::from(body);
+                        }
+                        ResponseVerdict::Keep(reason) => reason.to_string(),
+                    }
+                }
+            }
+        };
+        self.passed_through(ctx, &reason);
+        self.compression_off(session, ctx);
+        let _ = head.insert_header(MARKER_HEADER, "passthrough");
+        raw
     }
 
     /// The engine.
@@ -594,15 +696,8 @@ impl StepUpPhases {
             return Ok(());
         }
         if let Resp::Buffering { .. } = ctx.resp {
-            for name in STALE_RESPONSE_HEADERS {
-                // A lookup is cheaper than Pingora's removal (it also edits its case map).
-                if response.headers.contains_key(&name) {
-                    response.remove_header(&name);
-                }
-            }
-            response.insert_header(header::CONTENT_TYPE, "application/json")?;
+            mark_rewritten(response)?;
             response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-            response.insert_header(MARKER_HEADER, "rewritten")?;
         } else {
             self.compression_off(session, ctx);
             response.insert_header(MARKER_HEADER, "passthrough")?;
@@ -971,6 +1066,19 @@ impl StepUpPhases {
         respond(session, &refusal).await?;
         Ok(true)
     }
+}
+
+/// The head of a rewritten answer: JSON, marked `rewritten`, without the upstream's length
+/// or validators (the caller sets the framing).
+fn mark_rewritten(head: &mut ResponseHeader) -> Result<()> {
+    for name in STALE_RESPONSE_HEADERS {
+        // A lookup is cheaper than Pingora's removal (it also edits its case map).
+        if head.headers.contains_key(&name) {
+            head.remove_header(&name);
+        }
+    }
+    head.insert_header(header::CONTENT_TYPE, "application/json")?;
+    head.insert_header(MARKER_HEADER, "rewritten")
 }
 
 fn outcome_of(r: &Refusal) -> Outcome {

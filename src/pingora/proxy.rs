@@ -30,9 +30,10 @@ type Observer = Arc<dyn Fn(&StepUpCtx) + Send + Sync>;
 /// in [`StepUpProxyCtx::inner`]; step-up runs around it as [`StepUpPhases`] describes
 /// (after the inner proxy on the way in, before it on the way out, except where noted).
 pub struct StepUpProxy<P> {
-    inner: P,
-    phases: StepUpPhases,
+    pub(super) inner: P,
+    pub(super) phases: StepUpPhases,
     observer: Option<Observer>,
+    direct_exchange: bool,
 }
 
 impl<P> StepUpProxy<P> {
@@ -42,7 +43,29 @@ impl<P> StepUpProxy<P> {
             inner,
             phases: StepUpPhases::new(step_up),
             observer: None,
+            direct_exchange: true,
         }
+    }
+
+    /// Whether an injected Klarna request read whole (up to 64 KiB) is carried to the
+    /// upstream by step-up itself, on Pingora's connector, with the inner proxy's phases
+    /// called in Pingora's order (default: on). The answer then goes back with an exact
+    /// `Content-Length` in one write, at about half the cost of Pingora's proxy pipeline,
+    /// which writes the header before any body filter and so sends a rewritten answer
+    /// chunked. Off: every request takes the pipeline (e.g. when the inner proxy caches, or
+    /// relies on phases the direct exchange does not call; see the [module docs](super)).
+    pub fn direct_exchange(mut self, on: bool) -> Self {
+        self.direct_exchange = on;
+        self
+    }
+
+    /// Options for the connector step-up opens its own upstream connections with (the
+    /// direct exchange and the acquirer-return notification): typically
+    /// `ConnectorOptions::from_server_conf(&server.configuration)`, for the server's CA file
+    /// and pool size. Default: Pingora's defaults.
+    pub fn connector_options(mut self, options: pingora::connectors::ConnectorOptions) -> Self {
+        self.phases = self.phases.connector_options(options);
+        self
     }
 
     /// What to do with candidate bodies over 64 KiB (default: stream them).
@@ -95,6 +118,13 @@ pub struct StepUpProxyCtx<C> {
     pub inner: C,
     /// Step-up's state.
     pub step_up: StepUpCtx,
+    /// A peer the inner proxy chose for a direct exchange that Pingora's pipeline carries
+    /// instead (an HTTP/2-capable peer): handed to Pingora by `upstream_peer`, so that the
+    /// inner proxy is not asked twice.
+    pub(super) peer: Option<Box<HttpPeer>>,
+    /// The inner proxy's `proxy_upstream_filter` declined the request in the direct
+    /// exchange: said again to Pingora without asking twice.
+    pub(super) declined: bool,
 }
 
 #[async_trait]
@@ -110,6 +140,8 @@ where
         StepUpProxyCtx {
             inner: self.inner.new_ctx(),
             step_up: StepUpCtx::default(),
+            peer: None,
+            declined: false,
         }
     }
 
@@ -119,6 +151,9 @@ where
         session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
+        if let Some(peer) = ctx.peer.take() {
+            return Ok(peer);
+        }
         self.inner.upstream_peer(session, &mut ctx.inner).await
     }
 
@@ -168,7 +203,17 @@ where
                 }),
             }
         }
-        self.phases.request_filter(session, &mut ctx.step_up).await
+        if self
+            .phases
+            .request_filter(session, &mut ctx.step_up)
+            .await?
+        {
+            return Ok(true);
+        }
+        if self.direct_exchange {
+            return self.direct(session, ctx).await;
+        }
+        Ok(false)
     }
 
     // (D) called once per chunk; ALSO called once with the replayed retry buffer at the start of
@@ -232,6 +277,9 @@ where
     where
         Self::CTX: Send + Sync,
     {
+        if ctx.declined {
+            return Ok(false);
+        }
         self.inner
             .proxy_upstream_filter(session, &mut ctx.inner)
             .await

@@ -32,7 +32,6 @@
 //! `payment_request_reference` and the outcome, never URLs, tokens or bodies.
 
 mod body;
-mod decode;
 mod future;
 mod layer;
 mod service;

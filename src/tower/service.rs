@@ -12,7 +12,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower_service::Service;
 use tracing::Instrument;
 
-use super::{decode::decode, ResponseFuture, StepUpBody};
+use super::{ResponseFuture, StepUpBody};
+use crate::decode::decode;
 use crate::engine::webhook::relay_headers;
 use crate::engine::{Candidate, Exchange, MARKER_HEADER, STALE_RESPONSE_HEADERS};
 use crate::{Refusal, RequestVerdict, ResponseVerdict, Route, StepUp};

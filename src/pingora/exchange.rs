@@ -1,0 +1,295 @@
+//! The direct exchange: how [`StepUpProxy`] carries an injected Klarna request that it read
+//! whole (up to 64 KiB) to the upstream and back.
+//!
+//! Through Pingora's proxy pipeline the rewritten answer would go out chunked in three
+//! flushed writes (Pingora writes a response header before any body filter runs), after the
+//! retry-buffer replay and the pipeline's two tasks and channels; that pipeline cost more
+//! than the whole engine. Here the proxy is its own client, on Pingora's connector and
+//! connection pool: one request with an exact `Content-Length`, the answer read to its end
+//! (bounded by `body_limit`), rewritten, and written back with an exact `Content-Length` in
+//! one go (through the downstream modules, so `ResponseCompression` still compresses for
+//! clients that ask).
+//!
+//! The inner proxy's phases run in Pingora's order: `proxy_upstream_filter`,
+//! `upstream_peer`, `fail_to_connect`, `connected_to_upstream`, `upstream_request_filter`,
+//! `request_body_filter`, `upstream_response_filter`, `upstream_response_body_filter`,
+//! `response_filter`, `response_body_filter`, `error_while_proxy` (whose retry verdict is
+//! followed, as Pingora follows it), then `logging` as for any request. Body filters see the
+//! whole body in one call, and the `Duration` they may return (a rate limit) is ignored.
+//!
+//! Peers that may speak HTTP/2 (ALPN other than `H1`) take Pingora's pipeline instead, as
+//! does everything when [`StepUpProxy::direct_exchange`] is off.
+
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::{UniqueID, ALPN};
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::Result;
+
+use super::proxy::{StepUpProxy, StepUpProxyCtx};
+
+/// Attempts per exchange when `error_while_proxy` or `fail_to_connect` say retry: Pingora's
+/// default `max_retries`.
+const MAX_ATTEMPTS: usize = 16;
+
+/// Request headers that belong to one connection (RFC 9110 §7.6.1), not to the exchange.
+const HOP_BY_HOP: [header::HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HeaderName::from_static("keep-alive"),
+];
+
+/// What one attempt brought back: the answer's head and body, and whether that body is
+/// whole. It is not when the answer is larger than `body_limit`: the rest is still to be read
+/// from the connection.
+struct Answer {
+    head: Box<ResponseHeader>,
+    body: Bytes,
+    whole: bool,
+}
+
+impl<P> StepUpProxy<P>
+where
+    P: ProxyHttp + Send + Sync,
+    P::CTX: Send + Sync,
+{
+    /// Carries out the injected exchange in `ctx`, if it can be done directly: `Ok(true)` once
+    /// the answer is written, `Ok(false)` to leave the request to Pingora's pipeline.
+    pub(super) async fn direct(
+        &self,
+        session: &mut Session,
+        ctx: &mut StepUpProxyCtx<P::CTX>,
+    ) -> Result<bool> {
+        let Some(body) = self.phases.direct_body(&ctx.step_up) else {
+            return Ok(false);
+        };
+        if !self
+            .inner
+            .proxy_upstream_filter(session, &mut ctx.inner)
+            .await?
+        {
+            ctx.declined = true;
+            return Ok(false);
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let peer = self.inner.upstream_peer(session, &mut ctx.inner).await?;
+            if peer.options.alpn != ALPN::H1 {
+                ctx.peer = Some(peer);
+                return Ok(false);
+            }
+            let connector = self.phases.connector();
+            let (mut conn, reused) = match connector.get_http_session(&*peer).await {
+                Ok(c) => c,
+                Err(mut e) => {
+                    e.as_up();
+                    let e = self
+                        .inner
+                        .fail_to_connect(session, &peer, &mut ctx.inner, e)
+                        .into_up();
+                    if e.retry() && attempt < MAX_ATTEMPTS {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            let answer = self
+                .attempt(session, ctx, &mut conn, reused, &peer, body.clone())
+                .await;
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(e) => {
+                    let e = self.inner.error_while_proxy(
+                        &peer,
+                        session,
+                        e.into_up(),
+                        &mut ctx.inner,
+                        reused,
+                    );
+                    if e.retry() && attempt < MAX_ATTEMPTS {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            if answer.whole {
+                connector
+                    .release_http_session(conn, &*peer, peer.idle_timeout())
+                    .await;
+                self.respond(session, ctx, answer, None).await?;
+            } else {
+                self.respond(session, ctx, answer, Some(&mut conn)).await?;
+                connector
+                    .release_http_session(conn, &*peer, peer.idle_timeout())
+                    .await;
+            }
+            return Ok(true);
+        }
+    }
+
+    /// One attempt on `conn`: the request out, the answer's head and body (up to the limit)
+    /// back.
+    async fn attempt(
+        &self,
+        session: &mut Session,
+        ctx: &mut StepUpProxyCtx<P::CTX>,
+        conn: &mut HttpSession,
+        reused: bool,
+        peer: &HttpPeer,
+        body: Bytes,
+    ) -> Result<Answer> {
+        conn.set_read_timeout(peer.options.read_timeout);
+        conn.set_write_timeout(peer.options.write_timeout);
+        let (fd, digest) = match conn.as_http1() {
+            Some(h1) => (h1.id(), Some(h1.digest())),
+            None => (-1, conn.digest()),
+        };
+        self.inner
+            .connected_to_upstream(session, reused, peer, fd, digest, &mut ctx.inner)
+            .await?;
+
+        let mut req = session.req_header().clone();
+        req.set_version(http::Version::HTTP_11);
+        for name in HOP_BY_HOP {
+            if req.headers.contains_key(&name) {
+                req.remove_header(&name);
+            }
+        }
+        if !req.headers.contains_key(header::HOST) {
+            if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_owned()) {
+                req.insert_header(header::HOST, authority)?;
+            }
+        }
+        self.inner
+            .upstream_request_filter(session, &mut req, &mut ctx.inner)
+            .await?;
+        let mut body = Some(body);
+        self.inner
+            .request_body_filter(session, &mut body, true, &mut ctx.inner)
+            .await?;
+        let body = body.unwrap_or_default();
+        // The answer is rewritten: ask for it plain (a compressed one is decoded anyway).
+        req.remove_header(&header::ACCEPT_ENCODING);
+        req.insert_header(header::CONTENT_LENGTH, body.len())?;
+
+        conn.write_request_header(Box::new(req)).await?;
+        conn.write_request_body(body, true).await?;
+        conn.finish_request_body().await?;
+        let head = loop {
+            conn.read_response_header().await?;
+            match conn.response_header() {
+                Some(h) if h.status.is_informational() => continue,
+                Some(h) => break Box::new(h.clone()),
+                None => {
+                    return pingora::Error::e_explain(
+                        pingora::ErrorType::InvalidHTTPHeader,
+                        "no response header",
+                    )
+                }
+            }
+        };
+        let limit = self.phases.step_up().body_limit();
+        let mut raw = BytesMut::new();
+        while let Some(chunk) = conn.read_response_body().await? {
+            if raw.is_empty() && chunk.len() <= limit && conn.response_done() {
+                // The usual answer: one chunk, no copy.
+                return Ok(Answer {
+                    head,
+                    body: chunk,
+                    whole: true,
+                });
+            }
+            raw.extend_from_slice(&chunk);
+            if raw.len() > limit {
+                return Ok(Answer {
+                    head,
+                    body: raw.freeze(),
+                    whole: false,
+                });
+            }
+        }
+        Ok(Answer {
+            head,
+            body: raw.freeze(),
+            whole: true,
+        })
+    }
+
+    /// Writes the answer to the client, through the inner proxy's response phases.
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut StepUpProxyCtx<P::CTX>,
+        answer: Answer,
+        rest: Option<&mut HttpSession>,
+    ) -> Result<()> {
+        let Answer {
+            mut head,
+            body: raw,
+            whole: end,
+        } = answer;
+        for name in [
+            header::CONNECTION,
+            header::HeaderName::from_static("keep-alive"),
+        ] {
+            if head.headers.contains_key(&name) {
+                head.remove_header(&name);
+            }
+        }
+        self.inner
+            .upstream_response_filter(session, &mut head, &mut ctx.inner)
+            .await?;
+        let mut raw = Some(raw);
+        self.inner
+            .upstream_response_body_filter(session, &mut raw, end, &mut ctx.inner)?;
+        let raw = raw.unwrap_or_default();
+        let body = if end {
+            self.phases
+                .direct_answer(session, &mut head, raw, &mut ctx.step_up)
+        } else {
+            self.phases
+                .direct_too_large(session, &mut head, &mut ctx.step_up);
+            raw
+        };
+        self.inner
+            .response_filter(session, &mut head, &mut ctx.inner)
+            .await?;
+        let mut body = Some(body);
+        self.inner
+            .response_body_filter(session, &mut body, end, &mut ctx.inner)?;
+        let body = body.unwrap_or_default();
+        let Some(conn) = rest else {
+            head.remove_header(&header::TRANSFER_ENCODING);
+            head.insert_header(header::CONTENT_LENGTH, body.len())?;
+            let empty = body.is_empty();
+            session.write_response_header(head, empty).await?;
+            if !empty {
+                session.write_response_body(Some(body), true).await?;
+            }
+            return Ok(());
+        };
+        // Too large to rewrite: what was read, then the rest as it comes, untouched.
+        session.write_response_header(head, false).await?;
+        session.write_response_body(Some(body), false).await?;
+        loop {
+            let chunk = conn.read_response_body().await.map_err(|e| e.into_up())?;
+            let end = chunk.is_none();
+            let mut chunk = chunk;
+            self.inner
+                .upstream_response_body_filter(session, &mut chunk, end, &mut ctx.inner)?;
+            self.inner
+                .response_body_filter(session, &mut chunk, end, &mut ctx.inner)?;
+            session.write_response_body(chunk, end).await?;
+            if end {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The Pingora adapter's direct exchange (an injected Klarna request carried by
+//! `StepUpProxy` itself): the inner proxy's phases still run, once; the bytes are those of
+//! Pingora's pipeline; HTTP/2-capable peers and answers over the limit take the other roads.
+#![cfg(feature = "pingora")]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use common::fixtures::{self, Fixture};
+use common::pingora_proxy::start_pingora;
+use common::raw_http::{raw_request, RawResponse, ReqBody};
+use common::upstream::{self, Answer};
+use klarna_stepup::pingora::StepUpProxy;
+use klarna_stepup::StepUp;
+use pingora::prelude::*;
+use pingora::protocols::ALPN;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// An acquirer's proxy with filters of its own, counting what Pingora asks of it.
+#[derive(Clone)]
+struct Inner {
+    upstream: SocketAddr,
+    alpn: ALPN,
+    peers: Arc<AtomicUsize>,
+    /// Length of the request body its `request_body_filter` saw last.
+    body_seen: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl ProxyHttp for Inner {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
+        self.peers.fetch_add(1, Ordering::SeqCst);
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        peer.options.alpn = self.alpn.clone();
+        peer.options.read_timeout = Some(LIMIT);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _: &mut Session,
+        req: &mut RequestHeader,
+        _: &mut (),
+    ) -> Result<()> {
+        req.insert_header("x-acquirer-auth", "inner")
+    }
+
+    async fn request_body_filter(
+        &self,
+        _: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        _: &mut (),
+    ) -> Result<()> {
+        if end_of_stream {
+            self.body_seen
+                .store(body.as_ref().map_or(0, Bytes::len), Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _: &mut Session,
+        res: &mut ResponseHeader,
+        _: &mut (),
+    ) -> Result<()> {
+        res.insert_header("x-inner", "seen")
+    }
+}
+
+fn inner(upstream: SocketAddr, alpn: ALPN) -> Inner {
+    Inner {
+        upstream,
+        alpn,
+        peers: Arc::default(),
+        body_seen: Arc::default(),
+    }
+}
+
+fn answer(f: &Fixture) -> Answer {
+    let u = f
+        .upstream
+        .as_ref()
+        .expect("fixture with an upstream answer");
+    Answer {
+        status: u.status,
+        headers: u.headers.clone(),
+        body: u.body.clone(),
+        delay: None,
+    }
+}
+
+async fn send(addr: SocketAddr, f: &Fixture) -> RawResponse {
+    let headers: Vec<(&str, &str)> = f
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    raw_request(
+        addr,
+        &f.method,
+        &f.path,
+        &headers,
+        ReqBody::Length(&f.body),
+        LIMIT,
+    )
+    .await
+    .expect("response")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_exchange_runs_the_inner_proxy_phases_once() {
+    let up = upstream::start().await;
+    let f = fixtures::by_name("step_up_required");
+    up.set_answer(answer(&f));
+    let inner = inner(up.addr, ALPN::H1);
+    let proxy = start_pingora(StepUpProxy::new(
+        inner.clone(),
+        StepUp::from_toml("").unwrap(),
+    ));
+
+    for round in 1..=2 {
+        let res = send(proxy, &f).await;
+        assert_eq!(res.status, 200);
+        assert_eq!(res.body, f.expect.body, "round {round}");
+        assert_eq!(res.header("x-klarna-stepup"), Some("rewritten"));
+        assert_eq!(res.header("x-inner"), Some("seen"), "response_filter ran");
+        assert_eq!(
+            res.header("content-length"),
+            Some(f.expect.body.len().to_string().as_str()),
+            "exact length"
+        );
+        assert_eq!(res.header("transfer-encoding"), None);
+        assert_eq!(res.header("etag"), None, "stale validator removed");
+
+        let seen = up.take_received();
+        assert_eq!(seen.len(), 1);
+        let forwarded = f.forwarded_body().unwrap();
+        assert_eq!(seen[0].body, forwarded, "the injected bytes");
+        assert_eq!(seen[0].headers["x-acquirer-auth"], "inner");
+        assert_eq!(
+            seen[0].headers["content-length"],
+            forwarded.len().to_string().as_str()
+        );
+        assert!(!seen[0].headers.contains_key("accept-encoding"));
+        assert_eq!(
+            inner.peers.load(Ordering::SeqCst),
+            round,
+            "one peer per request"
+        );
+        assert_eq!(inner.body_seen.load(Ordering::SeqCst), forwarded.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_gives_the_same_bytes_chunked() {
+    let up = upstream::start().await;
+    let f = fixtures::by_name("step_up_required");
+    up.set_answer(answer(&f));
+    let step_up = StepUp::from_toml("").unwrap();
+    let direct = start_pingora(StepUpProxy::new(inner(up.addr, ALPN::H1), step_up.clone()));
+    let piped =
+        start_pingora(StepUpProxy::new(inner(up.addr, ALPN::H1), step_up).direct_exchange(false));
+    let (d, p) = (send(direct, &f).await, send(piped, &f).await);
+    let seen = up.take_received();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].body, seen[1].body, "same bytes upstream");
+    assert_eq!((d.status, &d.body), (p.status, &p.body), "same answer");
+    assert_eq!(d.header("x-klarna-stepup"), p.header("x-klarna-stepup"));
+    assert_eq!(d.header("x-inner"), p.header("x-inner"));
+    assert_eq!(p.header("transfer-encoding"), Some("chunked"));
+    assert!(d.header("content-length").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_capable_peer_takes_the_pipeline_with_the_same_peer() {
+    let up = upstream::start().await;
+    let f = fixtures::by_name("step_up_required");
+    up.set_answer(answer(&f));
+    let inner = inner(up.addr, ALPN::H2H1);
+    let proxy = start_pingora(StepUpProxy::new(
+        inner.clone(),
+        StepUp::from_toml("").unwrap(),
+    ));
+    let res = send(proxy, &f).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.body, f.expect.body);
+    assert_eq!(
+        res.header("transfer-encoding"),
+        Some("chunked"),
+        "the pipeline"
+    );
+    assert_eq!(up.take_received()[0].body, f.forwarded_body().unwrap());
+    assert_eq!(
+        inner.peers.load(Ordering::SeqCst),
+        1,
+        "the peer is asked once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_body_limit_streams_through_untouched() {
+    let up = upstream::start().await;
+    let f = fixtures::by_name("step_up_required");
+    let mut big = answer(&f);
+    let padding = "x".repeat(20_000);
+    big.body = format!(r#"{{"payment_transaction_response":{{"result":"STEP_UP_REQUIRED"}},"padding":"{padding}"}}"#)
+        .into_bytes();
+    up.set_answer(big.clone());
+    let step_up = StepUp::from_toml("body_limit = 4096").unwrap();
+    let proxy = start_pingora(StepUpProxy::new(inner(up.addr, ALPN::H1), step_up));
+    let res = send(proxy, &f).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.header("x-klarna-stepup"), Some("passthrough"));
+    assert!(res.body == big.body, "the upstream's bytes");
+    assert_eq!(up.take_received()[0].body, f.forwarded_body().unwrap());
+}
