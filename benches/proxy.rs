@@ -320,7 +320,13 @@ async fn drive(
 }
 
 /// Warms `addr` up with `WARMUP` requests.
-fn warm_up(rt: &tokio::runtime::Runtime, client: &HttpClient, addr: SocketAddr, path: &str, body: &Bytes) {
+fn warm_up(
+    rt: &tokio::runtime::Runtime,
+    client: &HttpClient,
+    addr: SocketAddr,
+    path: &str,
+    body: &Bytes,
+) {
     rt.block_on(drive(
         client,
         addr,
@@ -469,8 +475,11 @@ fn main() {
     for s in &scenarios {
         warm_up(&client_rt, &client, s.addr, s.path, s.body);
     }
-    for _ in 0..ROUNDS {
-        for (i, s) in scenarios.iter().enumerate() {
+    for round in 0..ROUNDS as usize {
+        // Each round starts one scenario later: no scenario always follows the same one.
+        for k in 0..scenarios.len() {
+            let i = (round + k) % scenarios.len();
+            let s = &scenarios[i];
             let (c, e) = (
                 UPSTREAM_CONNS.load(Ordering::Relaxed),
                 ENGINE_NS.load(Ordering::Relaxed),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use klarna_stepup::pingora::{respond, upstream_refusal, LargeBodies, StepUpCtx, StepUpProxy};
+use pingora::connectors::ConnectorOptions;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::server::configuration::ServerConf;
@@ -315,7 +316,8 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
         PaymentApi::new(&config, in_flight.clone())?,
         config.step_up.clone(),
     )
-    .large_bodies(large);
+    .large_bodies(large)
+    .connector_options(ConnectorOptions::from_server_conf(&server.configuration));
     if let Some(m) = metrics {
         proxy = proxy.observe(move |ctx: &StepUpCtx| m.record(ctx));
     }

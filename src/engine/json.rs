@@ -232,11 +232,14 @@ impl<'a> Scanner<'a> {
     }
 
     fn digits(&mut self) -> usize {
+        let b = self.bytes();
         let start = self.at;
-        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-            self.at += 1;
+        let mut i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
         }
-        self.at - start
+        self.at = i;
+        i - start
     }
 
     /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
@@ -470,6 +473,14 @@ pub(crate) fn write_raw_member(out: &mut Vec<u8>, key: &str, raw: &[u8]) {
     write_str(out, key);
     out.push(b':');
     out.extend_from_slice(raw);
+}
+
+/// Writes `"key":{members}` (after a comma when `out` already holds members).
+pub(crate) fn write_object_member(out: &mut Vec<u8>, key: &str, members: &[u8]) {
+    out.reserve(key.len() + members.len() + 6);
+    write_raw_member(out, key, b"{");
+    out.extend_from_slice(members);
+    out.push(b'}');
 }
 
 /// Writes `"key":"value"` (after a comma when `out` already holds members).

@@ -199,11 +199,9 @@ impl Engine {
                 &mut suc_add,
                 &mut edits,
             ),
-            (None, None) => json::write_raw_member(
-                &mut suc_add,
-                "customer_interaction_config",
-                &object(&cic_members),
-            ),
+            (None, None) => {
+                json::write_object_member(&mut suc_add, "customer_interaction_config", &cic_members)
+            }
         }
         match &suc {
             Some(suc) if !suc_add.is_empty() => {
@@ -211,19 +209,30 @@ impl Engine {
             }
             Some(_) => {}
             None => {
-                // Objects missing on the inject_at path wrap step_up_config.
-                let mut value = object(&suc_add);
+                // Objects missing on the inject_at path wrap step_up_config: `members` ends as
+                // the members of the object `key` gets.
+                let mut members = suc_add;
                 let mut key = "step_up_config";
                 for seg in missing.iter().rev() {
-                    let mut m = Vec::with_capacity(value.len() + seg.len() + 8);
-                    json::write_raw_member(&mut m, key, &value);
-                    value = object(&m);
+                    let mut m = Vec::with_capacity(members.len() + key.len() + 8);
+                    json::write_object_member(&mut m, key, &members);
+                    members = m;
                     key = seg;
                 }
-                let mut add = Vec::new();
-                place(body, target, key, value, &mut add, &mut edits);
-                if !add.is_empty() {
-                    json::append_members(body, target.raw, target_has_members, &add, &mut edits);
+                match target.get(key) {
+                    // An explicit null is replaced in place.
+                    Some(null) => edits.replace(json::span(body, null), object(&members)),
+                    None => {
+                        let mut add = Vec::with_capacity(members.len() + key.len() + 8);
+                        json::write_object_member(&mut add, key, &members);
+                        json::append_members(
+                            body,
+                            target.raw,
+                            target_has_members,
+                            &add,
+                            &mut edits,
+                        );
+                    }
                 }
             }
         }

@@ -75,7 +75,11 @@ impl Engine {
         // Locate the answer: the whole body, or the value at klarna_answer_at.
         let (parsed, nested): (AuthorizeAnswer<'_>, _) = if self.answer_at.is_empty() {
             (
-                serde_json::from_slice(body).map_err(|_| KeepReason::NotJson)?,
+                // UTF-8 checked once for the whole body, not again for each borrowed value.
+                std::str::from_utf8(body)
+                    .ok()
+                    .and_then(|text| serde_json::from_str(text).ok())
+                    .ok_or(KeepReason::NotJson)?,
                 None,
             )
         } else {
@@ -133,6 +137,10 @@ impl Engine {
             Some(d) => JsonText::Text(d.get().to_owned()),
             None => JsonText::Text(minimal_payment_request_data(id)),
         };
+        let data_len = match &data {
+            JsonText::Literal(d) => d.get().len(),
+            JsonText::Text(t) => t.len() + 16,
+        };
         let mut redirect = String::with_capacity(url.len() + 32);
         for part in &self.redirect_template {
             match part {
@@ -154,7 +162,7 @@ impl Engine {
                 klarna_network_response_data: answer.klarna_network_response_data,
             },
         };
-        Ok(serde_json::to_vec(&block).expect("serializing strings and raw JSON cannot fail"))
+        Ok(to_json(&block, 256 + redirect.len() + url.len() + data_len))
     }
 
     fn approved_block(&self, answer: &AuthorizeAnswer<'_>) -> Result<Vec<u8>, KeepReason> {
@@ -170,7 +178,7 @@ impl Engine {
             status: &self.words.authorized,
             klarna: tx,
         };
-        Ok(serde_json::to_vec(&block).expect("serializing strings and raw JSON cannot fail"))
+        Ok(to_json(&block, 64 + tx.get().len()))
     }
 
     fn declined_block(&self, answer: &AuthorizeAnswer<'_>) -> Vec<u8> {
@@ -182,8 +190,16 @@ impl Engine {
             status: &self.words.declined,
             klarna: Declined { result_reason },
         };
-        serde_json::to_vec(&block).expect("serializing strings and raw JSON cannot fail")
+        to_json(&block, 128)
     }
+}
+
+/// `value` as JSON, into a buffer of `capacity` to start with (a good guess saves the
+/// reallocations of `serde_json::to_vec`, which starts small).
+fn to_json(value: &impl serde::Serialize, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut out, value).expect("serializing strings and raw JSON cannot fail");
+    out
 }
 
 /// The documented minimal `payment_request_data`, built from the id when Klarna sent none.

@@ -47,10 +47,18 @@
 //!   connection is opened before the body is known, so a refusal then aborts the upstream
 //!   request half-way (never a complete request) before the client gets the JSON error.
 //!   [`LargeBodies::Reject`] answers 413 instead, before any upstream contact.
-//! - **The answer to a Klarna request**: sent upstream without `Accept-Encoding`, decoded by
-//!   Pingora if compressed anyway, read to its end (bounded by `body_limit`), rewritten by
-//!   the engine, and re-compressed for the client as its `Accept-Encoding` asks by Pingora's
-//!   `ResponseCompression` module.
+//! - **A Klarna request read whole** (up to 64 KiB) is carried to the upstream by
+//!   [`StepUpProxy`] itself, on Pingora's connector, with the inner proxy's phases called in
+//!   Pingora's order: the *direct exchange* (see [`StepUpProxy::direct_exchange`] and the
+//!   `exchange` module's source for the exact list). Peers that may speak HTTP/2 take
+//!   Pingora's pipeline instead, with the peer the inner proxy chose.
+//! - **The answer to a Klarna request**: sent upstream without `Accept-Encoding`, decoded if
+//!   compressed anyway, read to its end (bounded by `body_limit`; a larger answer streams
+//!   through untouched), rewritten by the engine, and sent with an exact `Content-Length`,
+//!   re-compressed for the client as its `Accept-Encoding` asks by Pingora's
+//!   `ResponseCompression` module. On Pingora's pipeline (large streamed bodies, HTTP/2
+//!   peers, or [`StepUpPhases`] in your own filters) the header goes out before the body is
+//!   read: the answer is then chunked and marked before the engine's verdict.
 //! - **Upstream failures of candidate requests**: 502/504 with the JSON error
 //!   ([`Refusal::upstream_unreachable`](crate::Refusal::upstream_unreachable),
 //!   [`Refusal::upstream_timeout`](crate::Refusal::upstream_timeout)); other requests' failures

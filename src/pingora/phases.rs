@@ -226,6 +226,13 @@ impl StepUpCtx {
         self.candidate
     }
 
+    /// Whether step-up acts on this request (a candidate, the acquirer return, a webhook
+    /// path); known from `early_request_filter` on. Other requests are the inner proxy's
+    /// alone, and [`StepUpProxy`](super::StepUpProxy) hands them its phases unwrapped.
+    pub(crate) fn acts(&self) -> bool {
+        self.candidate
+    }
+
     fn relayed_webhook(&self) -> bool {
         matches!(self.own, Own::Webhook(Some(_)))
     }

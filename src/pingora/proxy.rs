@@ -1,5 +1,7 @@
 //! [`StepUpProxy`]: any `ProxyHttp` with step-up added, every phase delegated.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +25,9 @@ use super::{LargeBodies, StepUpCtx, StepUpPhases};
 use crate::StepUp;
 
 type Observer = Arc<dyn Fn(&StepUpCtx) + Send + Sync>;
+
+/// A phase's future, as `async_trait` boxes it.
+type Phase<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// An existing `ProxyHttp` with Klarna step-up added: `StepUpProxy::new(existing, step_up)`.
 ///
@@ -127,6 +132,40 @@ pub struct StepUpProxyCtx<C> {
     pub(super) declined: bool,
 }
 
+impl<P> StepUpProxy<P>
+where
+    P: ProxyHttp + Send + Sync,
+    P::CTX: Send + Sync,
+{
+    /// `request_filter` for the requests step-up acts on, after the inner proxy's.
+    async fn step_up_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut StepUpProxyCtx<P::CTX>,
+    ) -> Result<bool> {
+        if self.phases.wants_notify_peer(&ctx.step_up) {
+            // The acquirer-return notification goes where the inner proxy sends requests.
+            match self.inner.upstream_peer(session, &mut ctx.inner).await {
+                Ok(peer) => ctx.step_up.set_notify_peer(peer),
+                Err(e) => ctx.step_up.span().in_scope(|| {
+                    tracing::warn!(error = ?e.etype(), "no payment API peer for the return notification");
+                }),
+            }
+        }
+        if self
+            .phases
+            .request_filter(session, &mut ctx.step_up)
+            .await?
+        {
+            return Ok(true);
+        }
+        if self.direct_exchange {
+            return self.direct(session, ctx).await;
+        }
+        Ok(false)
+    }
+}
+
 #[async_trait]
 impl<P> ProxyHttp for StepUpProxy<P>
 where
@@ -146,15 +185,23 @@ where
     }
 
     // required
-    async fn upstream_peer(
-        &self,
-        session: &mut Session,
-        ctx: &mut Self::CTX,
-    ) -> Result<Box<HttpPeer>> {
-        if let Some(peer) = ctx.peer.take() {
-            return Ok(peer);
+    // Not `async`: the inner proxy's boxed future is returned as it is (one allocation per
+    // phase, not two). Step-up's own work in these phases is synchronous.
+    fn upstream_peer<'a, 'b, 'c, 'async_trait>(
+        &'a self,
+        session: &'b mut Session,
+        ctx: &'c mut Self::CTX,
+    ) -> Phase<'async_trait, Result<Box<HttpPeer>>>
+    where
+        'a: 'async_trait,
+        'b: 'async_trait,
+        'c: 'async_trait,
+        Self: 'async_trait,
+    {
+        match ctx.peer.take() {
+            Some(peer) => Box::pin(std::future::ready(Ok(peer))),
+            None => self.inner.upstream_peer(session, &mut ctx.inner),
         }
-        self.inner.upstream_peer(session, &mut ctx.inner).await
     }
 
     // (D) default adds ResponseCompressionBuilder::enable(0) (disabled downstream compression).
@@ -194,45 +241,39 @@ where
         if self.inner.request_filter(session, &mut ctx.inner).await? {
             return Ok(true);
         }
-        if self.phases.wants_notify_peer(&ctx.step_up) {
-            // The acquirer-return notification goes where the inner proxy sends requests.
-            match self.inner.upstream_peer(session, &mut ctx.inner).await {
-                Ok(peer) => ctx.step_up.set_notify_peer(peer),
-                Err(e) => ctx.step_up.span().in_scope(|| {
-                    tracing::warn!(error = ?e.etype(), "no payment API peer for the return notification");
-                }),
-            }
+        if !ctx.step_up.acts() {
+            return Ok(false);
         }
-        if self
-            .phases
-            .request_filter(session, &mut ctx.step_up)
-            .await?
-        {
-            return Ok(true);
-        }
-        if self.direct_exchange {
-            return self.direct(session, ctx).await;
-        }
-        Ok(false)
+        // Boxed: what step-up does here (read a body, relay, notify, the direct exchange) is
+        // a large future that requests step-up leaves alone should not carry.
+        Box::pin(self.step_up_request_filter(session, ctx)).await
     }
 
     // (D) called once per chunk; ALSO called once with the replayed retry buffer at the start of
     // every upstream attempt (proxy_h1.rs proxy_handle_downstream -> send_body_to_pipe).
-    async fn request_body_filter(
-        &self,
-        session: &mut Session,
-        body: &mut Option<Bytes>,
+    fn request_body_filter<'a, 'b, 'c, 'd, 'async_trait>(
+        &'a self,
+        session: &'b mut Session,
+        body: &'c mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Self::CTX,
-    ) -> Result<()>
+        ctx: &'d mut Self::CTX,
+    ) -> Phase<'async_trait, Result<()>>
     where
+        'a: 'async_trait,
+        'b: 'async_trait,
+        'c: 'async_trait,
+        'd: 'async_trait,
+        Self: 'async_trait,
         Self::CTX: Send + Sync,
     {
-        self.phases
-            .request_body_filter(body, end_of_stream, &mut ctx.step_up)?;
+        if let Err(e) = self
+            .phases
+            .request_body_filter(body, end_of_stream, &mut ctx.step_up)
+        {
+            return Box::pin(std::future::ready(Err(e)));
+        }
         self.inner
             .request_body_filter(session, body, end_of_stream, &mut ctx.inner)
-            .await
     }
 
     // (D) sync fn
@@ -269,20 +310,22 @@ where
             .await
     }
 
-    async fn proxy_upstream_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut Self::CTX,
-    ) -> Result<bool>
+    fn proxy_upstream_filter<'a, 'b, 'c, 'async_trait>(
+        &'a self,
+        session: &'b mut Session,
+        ctx: &'c mut Self::CTX,
+    ) -> Phase<'async_trait, Result<bool>>
     where
+        'a: 'async_trait,
+        'b: 'async_trait,
+        'c: 'async_trait,
+        Self: 'async_trait,
         Self::CTX: Send + Sync,
     {
         if ctx.declined {
-            return Ok(false);
+            return Box::pin(std::future::ready(Ok(false)));
         }
-        self.inner
-            .proxy_upstream_filter(session, &mut ctx.inner)
-            .await
+        self.inner.proxy_upstream_filter(session, &mut ctx.inner)
     }
 
     // (D) takes &Session (not &mut)
@@ -328,20 +371,32 @@ where
 
     // (D) called once per upstream attempt, after pingora's own header sanitizing and before
     // finalize_h1_upstream_request_framing (proxy_h1.rs proxy_1to1).
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream_request: &mut RequestHeader,
-        ctx: &mut Self::CTX,
-    ) -> Result<()>
+    fn upstream_request_filter<'a, 'b, 'c, 'd, 'async_trait>(
+        &'a self,
+        session: &'b mut Session,
+        upstream_request: &'c mut RequestHeader,
+        ctx: &'d mut Self::CTX,
+    ) -> Phase<'async_trait, Result<()>>
     where
+        'a: 'async_trait,
+        'b: 'async_trait,
+        'c: 'async_trait,
+        'd: 'async_trait,
+        Self: 'async_trait,
         Self::CTX: Send + Sync,
     {
-        self.inner
-            .upstream_request_filter(session, upstream_request, &mut ctx.inner)
-            .await?;
-        self.phases
-            .upstream_request_filter(upstream_request, &mut ctx.step_up)
+        if !ctx.step_up.acts() {
+            return self
+                .inner
+                .upstream_request_filter(session, upstream_request, &mut ctx.inner);
+        }
+        Box::pin(async move {
+            self.inner
+                .upstream_request_filter(session, upstream_request, &mut ctx.inner)
+                .await?;
+            self.phases
+                .upstream_request_filter(upstream_request, &mut ctx.step_up)
+        })
     }
 
     // (D) only with pingora feature `upstream_modules`.
@@ -363,38 +418,62 @@ where
 
     // (D) runs AFTER upstream_compression decompressed the header (CE removed, CL removed,
     // TE: chunked added) — proxy_h1.rs process_upstream_tasks.
-    async fn upstream_response_filter(
-        &self,
-        session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        ctx: &mut Self::CTX,
-    ) -> Result<()>
+    fn upstream_response_filter<'a, 'b, 'c, 'd, 'async_trait>(
+        &'a self,
+        session: &'b mut Session,
+        upstream_response: &'c mut ResponseHeader,
+        ctx: &'d mut Self::CTX,
+    ) -> Phase<'async_trait, Result<()>>
     where
+        'a: 'async_trait,
+        'b: 'async_trait,
+        'c: 'async_trait,
+        'd: 'async_trait,
+        Self: 'async_trait,
         Self::CTX: Send + Sync,
     {
-        self.inner
-            .upstream_response_filter(session, upstream_response, &mut ctx.inner)
-            .await?;
-        self.phases
-            .upstream_response_filter(upstream_response, &mut ctx.step_up);
-        Ok(())
+        if !ctx.step_up.acts() {
+            return self
+                .inner
+                .upstream_response_filter(session, upstream_response, &mut ctx.inner);
+        }
+        Box::pin(async move {
+            self.inner
+                .upstream_response_filter(session, upstream_response, &mut ctx.inner)
+                .await?;
+            self.phases
+                .upstream_response_filter(upstream_response, &mut ctx.step_up);
+            Ok(())
+        })
     }
 
-    async fn response_filter(
-        &self,
-        session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        ctx: &mut Self::CTX,
-    ) -> Result<()>
+    fn response_filter<'a, 'b, 'c, 'd, 'async_trait>(
+        &'a self,
+        session: &'b mut Session,
+        upstream_response: &'c mut ResponseHeader,
+        ctx: &'d mut Self::CTX,
+    ) -> Phase<'async_trait, Result<()>>
     where
+        'a: 'async_trait,
+        'b: 'async_trait,
+        'c: 'async_trait,
+        'd: 'async_trait,
+        Self: 'async_trait,
         Self::CTX: Send + Sync,
     {
-        self.inner
-            .response_filter(session, upstream_response, &mut ctx.inner)
-            .await?;
-        self.phases
-            .response_filter(session, upstream_response, &mut ctx.step_up)
-            .await
+        if !ctx.step_up.acts() {
+            return self
+                .inner
+                .response_filter(session, upstream_response, &mut ctx.inner);
+        }
+        Box::pin(async move {
+            self.inner
+                .response_filter(session, upstream_response, &mut ctx.inner)
+                .await?;
+            self.phases
+                .response_filter(session, upstream_response, &mut ctx.step_up)
+                .await
+        })
     }
 
     // (D, doc(hidden))
@@ -514,15 +593,25 @@ where
             .await
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX)
+    fn logging<'a, 'b, 'c, 'd, 'async_trait>(
+        &'a self,
+        session: &'b mut Session,
+        e: Option<&'c Error>,
+        ctx: &'d mut Self::CTX,
+    ) -> Phase<'async_trait, ()>
     where
+        'a: 'async_trait,
+        'b: 'async_trait,
+        'c: 'async_trait,
+        'd: 'async_trait,
+        Self: 'async_trait,
         Self::CTX: Send + Sync,
     {
         self.phases.logging(session, e, &mut ctx.step_up);
         if let Some(observe) = &self.observer {
             observe(&ctx.step_up);
         }
-        self.inner.logging(session, e, &mut ctx.inner).await
+        self.inner.logging(session, e, &mut ctx.inner)
     }
 
     // (D) &Session, &CTX
@@ -619,32 +708,36 @@ where
     }
 
     // (D) cfg(unix) fd parameter
-    async fn connected_to_upstream(
-        &self,
-        session: &mut Session,
+    fn connected_to_upstream<'a, 'b, 'c, 'd, 'e, 'async_trait>(
+        &'a self,
+        session: &'b mut Session,
         reused: bool,
-        peer: &HttpPeer,
+        peer: &'c HttpPeer,
         #[cfg(unix)] fd: std::os::unix::io::RawFd,
         #[cfg(windows)] sock: std::os::windows::io::RawSocket,
-        digest: Option<&Digest>,
-        ctx: &mut Self::CTX,
-    ) -> Result<()>
+        digest: Option<&'d Digest>,
+        ctx: &'e mut Self::CTX,
+    ) -> Phase<'async_trait, Result<()>>
     where
+        'a: 'async_trait,
+        'b: 'async_trait,
+        'c: 'async_trait,
+        'd: 'async_trait,
+        'e: 'async_trait,
+        Self: 'async_trait,
         Self::CTX: Send + Sync,
     {
-        self.inner
-            .connected_to_upstream(
-                session,
-                reused,
-                peer,
-                #[cfg(unix)]
-                fd,
-                #[cfg(windows)]
-                sock,
-                digest,
-                &mut ctx.inner,
-            )
-            .await
+        self.inner.connected_to_upstream(
+            session,
+            reused,
+            peer,
+            #[cfg(unix)]
+            fd,
+            #[cfg(windows)]
+            sock,
+            digest,
+            &mut ctx.inner,
+        )
     }
 
     fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {
