@@ -31,6 +31,8 @@ struct Inner {
     peers: Arc<AtomicUsize>,
     /// Length of the request body its `request_body_filter` saw last.
     body_seen: Arc<AtomicUsize>,
+    /// Its `upstream_request_filter` refuses with 403.
+    deny: bool,
 }
 
 #[async_trait]
@@ -52,6 +54,9 @@ impl ProxyHttp for Inner {
         req: &mut RequestHeader,
         _: &mut (),
     ) -> Result<()> {
+        if self.deny {
+            return Error::e_explain(ErrorType::HTTPStatus(403), "denied by the acquirer");
+        }
         req.insert_header("x-acquirer-auth", "inner")
     }
 
@@ -85,6 +90,7 @@ fn inner(upstream: SocketAddr, alpn: ALPN) -> Inner {
         alpn,
         peers: Arc::default(),
         body_seen: Arc::default(),
+        deny: false,
     }
 }
 
@@ -225,4 +231,22 @@ async fn an_answer_over_the_body_limit_streams_through_untouched() {
     assert_eq!(res.header("x-klarna-stepup"), Some("passthrough"));
     assert!(res.body == big.body, "the upstream's bytes");
     assert_eq!(up.take_received()[0].body, f.forwarded_body().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inner_filter_error_stays_the_inner_proxys_not_a_502() {
+    let up = upstream::start().await;
+    let f = fixtures::by_name("step_up_required");
+    up.set_answer(answer(&f));
+    let inner = Inner {
+        deny: true,
+        ..inner(up.addr, ALPN::H1)
+    };
+    let proxy = start_pingora(StepUpProxy::new(inner, StepUp::from_toml("").unwrap()));
+    let res = send(proxy, &f).await;
+    assert_eq!(res.status, 403, "the inner proxy's fail_to_proxy answers");
+    assert!(
+        up.take_received().is_empty(),
+        "nothing reached the upstream"
+    );
 }

@@ -106,13 +106,9 @@ where
             let answer = match answer {
                 Ok(answer) => answer,
                 Err(e) => {
-                    let e = self.inner.error_while_proxy(
-                        &peer,
-                        session,
-                        e.into_up(),
-                        &mut ctx.inner,
-                        reused,
-                    );
+                    let e = self
+                        .inner
+                        .error_while_proxy(&peer, session, e, &mut ctx.inner, reused);
                     if e.retry() && attempt < MAX_ATTEMPTS {
                         continue;
                     }
@@ -179,25 +175,26 @@ where
         req.remove_header(&header::ACCEPT_ENCODING);
         req.insert_header(header::CONTENT_LENGTH, body.len())?;
 
-        conn.write_request_header(Box::new(req)).await?;
-        conn.write_request_body(body, true).await?;
-        conn.finish_request_body().await?;
+        // Errors of the connection are the upstream's (502/504); a filter's are its own.
+        conn.write_request_header(Box::new(req)).await.map_err(up)?;
+        conn.write_request_body(body, true).await.map_err(up)?;
+        conn.finish_request_body().await.map_err(up)?;
         let head = loop {
-            conn.read_response_header().await?;
+            conn.read_response_header().await.map_err(up)?;
             match conn.response_header() {
                 Some(h) if h.status.is_informational() => continue,
                 Some(h) => break Box::new(h.clone()),
                 None => {
-                    return pingora::Error::e_explain(
+                    return Err(up(pingora::Error::explain(
                         pingora::ErrorType::InvalidHTTPHeader,
                         "no response header",
-                    )
+                    )))
                 }
             }
         };
         let limit = self.phases.step_up().body_limit();
         let mut raw = BytesMut::new();
-        while let Some(chunk) = conn.read_response_body().await? {
+        while let Some(chunk) = conn.read_response_body().await.map_err(up)? {
             if raw.is_empty() && chunk.len() <= limit && conn.response_done() {
                 // The usual answer: one chunk, no copy.
                 return Ok(Answer {
@@ -279,7 +276,7 @@ where
         session.write_response_header(head, false).await?;
         session.write_response_body(Some(body), false).await?;
         loop {
-            let chunk = conn.read_response_body().await.map_err(|e| e.into_up())?;
+            let chunk = conn.read_response_body().await.map_err(up)?;
             let end = chunk.is_none();
             let mut chunk = chunk;
             self.inner
@@ -292,4 +289,9 @@ where
             }
         }
     }
+}
+
+/// An error of the upstream connection, as Pingora marks them.
+fn up(e: Box<pingora::Error>) -> Box<pingora::Error> {
+    e.into_up()
 }
