@@ -228,13 +228,7 @@ fn stop(child: &mut Served, signal: &str) -> (Option<i32>, String) {
 async fn serve_fails_over_to_the_next_upstream_counts_metrics_and_stops_on_sigint() {
     let up = upstream::start().await;
     let f = fixtures::by_name("step_up_required");
-    let fu = f.upstream.clone().unwrap();
-    up.set_answer(Answer {
-        status: fu.status,
-        headers: fu.headers,
-        body: fu.body,
-        delay: None,
-    });
+    up.set_answer(Answer::of(&f));
     let (listen, metrics, dead) = (free_addr(), free_addr(), free_addr());
     let mut child = start_serve(&format!(
         "[server]\nlisten = \"{listen}\"\nupstream = [\"{dead}\", \"{}\"]\nmetrics = \"{metrics}\"\n\
@@ -325,13 +319,7 @@ async fn serve_answers_502_json_when_no_upstream_answers() {
 async fn serve_a_two_key_file_proxy_one_request_and_stop_on_sigterm() {
     let up = upstream::start().await;
     let f = fixtures::by_name("step_up_required");
-    let fu = f.upstream.clone().unwrap();
-    up.set_answer(Answer {
-        status: fu.status,
-        headers: fu.headers,
-        body: fu.body,
-        delay: None,
-    });
+    up.set_answer(Answer::of(&f));
     let listen = free_addr();
     let path = write_config(
         "serve.toml",

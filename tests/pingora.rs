@@ -15,7 +15,7 @@ use klarna_stepup::engine::MARKER_HEADER;
 use klarna_stepup::pingora::{LargeBodies, StepUpProxy};
 use klarna_stepup::{Refusal, RequestVerdict, Route, StepUp};
 
-use common::raw_http::{raw_request, RawResponse, ReqBody};
+use common::raw_http::{self, raw_request, RawResponse, ReqBody};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -31,38 +31,8 @@ fn pingora_step_up(step_up: StepUp, upstream: SocketAddr, read_timeout: Duration
     start_pingora(StepUpProxy::new(inner, step_up))
 }
 
-fn fixture_answer(f: &Fixture) -> Answer {
-    match &f.upstream {
-        Some(u) => Answer {
-            status: u.status,
-            headers: u.headers.clone(),
-            body: u.body.clone(),
-            delay: None,
-        },
-        None => Answer {
-            status: 200,
-            ..Answer::default()
-        },
-    }
-}
-
 async fn send_fixture(addr: SocketAddr, f: &Fixture, extra: &[(&str, &str)]) -> RawResponse {
-    let mut headers: Vec<(&str, &str)> = f
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    headers.extend_from_slice(extra);
-    raw_request(
-        addr,
-        &f.method,
-        &f.path,
-        &headers,
-        ReqBody::Length(&f.body),
-        LIMIT,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{}: {e}", f.name))
+    raw_http::send_fixture(addr, f, extra, LIMIT).await
 }
 
 fn show(b: &[u8]) -> String {
@@ -99,7 +69,7 @@ async fn parity_every_fixture_through_tower_and_pingora() {
             proxies.insert(f.config.clone(), (t, p));
         }
         let (tower_addr, pingora_addr) = proxies[&f.config];
-        up.set_answer(fixture_answer(&f));
+        up.set_answer(Answer::of(&f));
         up.take_received();
 
         let t = send_fixture(tower_addr, &f, &[]).await;
@@ -236,7 +206,7 @@ async fn non_klarna_post_is_byte_identical_chunked_and_5mb() {
 
 fn step_up_answer() -> (Fixture, Answer) {
     let f = fixtures::by_name("step_up_required");
-    let a = fixture_answer(&f);
+    let a = Answer::of(&f);
     (f, a)
 }
 

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use common::fixtures::{self, Fixture};
 use common::pingora_proxy::start_pingora;
-use common::raw_http::{raw_request, RawResponse, ReqBody};
+use common::raw_http::{send_fixture, RawResponse};
 use common::upstream::{self, Answer};
 use klarna_stepup::pingora::StepUpProxy;
 use klarna_stepup::StepUp;
@@ -94,42 +94,15 @@ fn inner(upstream: SocketAddr, alpn: ALPN) -> Inner {
     }
 }
 
-fn answer(f: &Fixture) -> Answer {
-    let u = f
-        .upstream
-        .as_ref()
-        .expect("fixture with an upstream answer");
-    Answer {
-        status: u.status,
-        headers: u.headers.clone(),
-        body: u.body.clone(),
-        delay: None,
-    }
-}
-
 async fn send(addr: SocketAddr, f: &Fixture) -> RawResponse {
-    let headers: Vec<(&str, &str)> = f
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    raw_request(
-        addr,
-        &f.method,
-        &f.path,
-        &headers,
-        ReqBody::Length(&f.body),
-        LIMIT,
-    )
-    .await
-    .expect("response")
+    send_fixture(addr, f, &[], LIMIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_direct_exchange_runs_the_inner_proxy_phases_once() {
     let up = upstream::start().await;
     let f = fixtures::by_name("step_up_required");
-    up.set_answer(answer(&f));
+    up.set_answer(Answer::of(&f));
     let inner = inner(up.addr, ALPN::H1);
     let proxy = start_pingora(StepUpProxy::new(
         inner.clone(),
@@ -173,7 +146,7 @@ async fn the_direct_exchange_runs_the_inner_proxy_phases_once() {
 async fn the_pipeline_gives_the_same_bytes_chunked() {
     let up = upstream::start().await;
     let f = fixtures::by_name("step_up_required");
-    up.set_answer(answer(&f));
+    up.set_answer(Answer::of(&f));
     let step_up = StepUp::from_toml("").unwrap();
     let direct = start_pingora(StepUpProxy::new(inner(up.addr, ALPN::H1), step_up.clone()));
     let piped =
@@ -193,7 +166,7 @@ async fn the_pipeline_gives_the_same_bytes_chunked() {
 async fn an_http2_capable_peer_takes_the_pipeline_with_the_same_peer() {
     let up = upstream::start().await;
     let f = fixtures::by_name("step_up_required");
-    up.set_answer(answer(&f));
+    up.set_answer(Answer::of(&f));
     let inner = inner(up.addr, ALPN::H2H1);
     let proxy = start_pingora(StepUpProxy::new(
         inner.clone(),
@@ -219,7 +192,7 @@ async fn an_http2_capable_peer_takes_the_pipeline_with_the_same_peer() {
 async fn an_answer_over_the_body_limit_streams_through_untouched() {
     let up = upstream::start().await;
     let f = fixtures::by_name("step_up_required");
-    let mut big = answer(&f);
+    let mut big = Answer::of(&f);
     let padding = "x".repeat(20_000);
     big.body = format!(r#"{{"payment_transaction_response":{{"result":"STEP_UP_REQUIRED"}},"padding":"{padding}"}}"#)
         .into_bytes();
@@ -237,7 +210,7 @@ async fn an_answer_over_the_body_limit_streams_through_untouched() {
 async fn an_inner_filter_error_stays_the_inner_proxys_not_a_502() {
     let up = upstream::start().await;
     let f = fixtures::by_name("step_up_required");
-    up.set_answer(answer(&f));
+    up.set_answer(Answer::of(&f));
     let inner = Inner {
         deny: true,
         ..inner(up.addr, ALPN::H1)

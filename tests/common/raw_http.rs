@@ -163,3 +163,28 @@ fn dechunk(data: &[u8]) -> Result<Vec<u8>, String> {
         i += size + 2;
     }
 }
+
+/// Sends fixture `f`'s request (its headers and `extra`, its body with a `Content-Length`).
+pub async fn send_fixture(
+    addr: SocketAddr,
+    f: &super::fixtures::Fixture,
+    extra: &[(&str, &str)],
+    limit: Duration,
+) -> RawResponse {
+    let mut headers: Vec<(&str, &str)> = f
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    headers.extend_from_slice(extra);
+    raw_request(
+        addr,
+        &f.method,
+        &f.path,
+        &headers,
+        ReqBody::Length(&f.body),
+        limit,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}: {e}", f.name))
+}

@@ -38,6 +38,24 @@ pub struct Upstream {
     pub answer: Arc<Mutex<Answer>>,
 }
 
+impl Answer {
+    /// The upstream answer of fixture `f` (a bare 200 when it has none).
+    pub fn of(f: &super::fixtures::Fixture) -> Answer {
+        match &f.upstream {
+            Some(u) => Answer {
+                status: u.status,
+                headers: u.headers.clone(),
+                body: u.body.clone(),
+                delay: None,
+            },
+            None => Answer {
+                status: 200,
+                ..Answer::default()
+            },
+        }
+    }
+}
+
 impl Upstream {
     pub fn set_answer(&self, answer: Answer) {
         *self.answer.lock().unwrap() = answer;
