@@ -103,6 +103,10 @@ pub struct UpstreamTls {
     /// Verify the upstream's certificate and host name (default true).
     #[serde(default = "yes")]
     pub verify: bool,
+    /// PEM file of the CA certificates the upstream's certificate is verified against (a
+    /// private CA), instead of the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
     /// PEM file of the client certificate chain (mTLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<PathBuf>,
@@ -255,6 +259,9 @@ impl ServerConfig {
         if let Some(t) = &self.upstream_tls {
             if t.sni.is_empty() {
                 p.push(err("server.upstream_tls.sni", "must not be empty"));
+            }
+            if let Some(ca) = &t.ca {
+                file_problem(&mut p, "server.upstream_tls.ca", ca);
             }
             if let Some(c) = &t.client_cert {
                 file_problem(&mut p, "server.upstream_tls.client_cert", c);

@@ -301,6 +301,12 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
         // Draining happens in `Signals` (see there).
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Both connectors (Pingora's and step-up's direct exchange) verify with it.
+        ca_file: s
+            .upstream_tls
+            .as_ref()
+            .and_then(|t| t.ca.as_ref())
+            .map(|ca| ca.display().to_string()),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
