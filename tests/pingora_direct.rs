@@ -98,16 +98,23 @@ async fn send(addr: SocketAddr, f: &Fixture) -> RawResponse {
     send_fixture(addr, f, &[], LIMIT).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_direct_exchange_runs_the_inner_proxy_phases_once() {
+/// The step_up_required fixture's upstream, and a default step-up proxy around an [`Inner`]
+/// that speaks `alpn` to it.
+async fn setup(alpn: ALPN) -> (upstream::Upstream, Fixture, Inner, SocketAddr) {
     let up = upstream::start().await;
     let f = fixtures::by_name("step_up_required");
     up.set_answer(Answer::of(&f));
-    let inner = inner(up.addr, ALPN::H1);
+    let inner = inner(up.addr, alpn);
     let proxy = start_pingora(StepUpProxy::new(
         inner.clone(),
         StepUp::from_toml("").unwrap(),
     ));
+    (up, f, inner, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_exchange_runs_the_inner_proxy_phases_once() {
+    let (up, f, inner, proxy) = setup(ALPN::H1).await;
 
     for round in 1..=2 {
         let res = send(proxy, &f).await;
@@ -164,14 +171,7 @@ async fn the_pipeline_gives_the_same_bytes_chunked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_capable_peer_takes_the_pipeline_with_the_same_peer() {
-    let up = upstream::start().await;
-    let f = fixtures::by_name("step_up_required");
-    up.set_answer(Answer::of(&f));
-    let inner = inner(up.addr, ALPN::H2H1);
-    let proxy = start_pingora(StepUpProxy::new(
-        inner.clone(),
-        StepUp::from_toml("").unwrap(),
-    ));
+    let (up, f, inner, proxy) = setup(ALPN::H2H1).await;
     let res = send(proxy, &f).await;
     assert_eq!(res.status, 200);
     assert_eq!(res.body, f.expect.body);
