@@ -223,3 +223,20 @@ async fn an_inner_filter_error_stays_the_inner_proxys_not_a_502() {
         "nothing reached the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_without_a_body_keeps_its_status_and_gets_no_length() {
+    let (up, f, _, proxy) = setup(ALPN::H1).await;
+    for status in [204, 202] {
+        up.set_answer(Answer {
+            status,
+            ..Answer::default()
+        });
+        let res = send(proxy, &f).await;
+        assert_eq!(res.status, status);
+        assert!(res.body.is_empty());
+        assert_eq!(res.header("x-klarna-stepup"), Some("passthrough"));
+        let length = (status != 204).then_some("0");
+        assert_eq!(res.header("content-length"), length, "{status}");
+    }
+}

@@ -264,7 +264,10 @@ where
         let body = body.unwrap_or_default();
         let Some(conn) = rest else {
             head.remove_header(&header::TRANSFER_ENCODING);
-            head.insert_header(header::CONTENT_LENGTH, body.len())?;
+            // 204 and 304 carry no body and no length (RFC 9110 §8.6).
+            if !matches!(head.status.as_u16(), 204 | 304) {
+                head.insert_header(header::CONTENT_LENGTH, body.len())?;
+            }
             let empty = body.is_empty();
             session.write_response_header(head, empty).await?;
             if !empty {
