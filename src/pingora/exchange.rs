@@ -16,6 +16,7 @@
 //! `response_filter`, `response_body_filter`, `error_while_proxy` (whose retry verdict is
 //! followed, as Pingora follows it), then `logging` as for any request. Body filters see the
 //! whole body in one call, and the `Duration` they may return (a rate limit) is ignored.
+//! Trailers of a chunked answer are not passed on (the pipeline passes them).
 //!
 //! Peers that may speak HTTP/2 (ALPN other than `H1`) take Pingora's pipeline instead, as
 //! does everything when [`StepUpProxy::direct_exchange`] is off.
