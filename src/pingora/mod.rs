@@ -87,8 +87,10 @@
 //!
 //! Responses carry the `x-klarna-stepup` header ([`MARKER_HEADER`](crate::engine::MARKER_HEADER))
 //! exactly as with the tower adapter, and refusals are the same bytes
-//! ([`Refusal::to_response`](crate::Refusal::to_response)), with one difference that Pingora's
-//! phase order imposes: the header of an answer that is being read for a rewrite goes to the
+//! ([`Refusal::to_response`](crate::Refusal::to_response)). Off the direct exchange, on
+//! Pingora's pipeline (bodies over 64 KiB, HTTP/2-capable peers, `direct_exchange(false)`,
+//! or [`StepUpPhases`] in your own filters), one difference remains that Pingora's phase
+//! order imposes: the header of an answer that is being read for a rewrite goes to the
 //! client before its body has been read. It is therefore sent chunked, without
 //! `Content-Length`, `ETag` or `Accept-Ranges`, and marked `rewritten`; if the engine then
 //! keeps the answer (an unknown `result`, a body that is not JSON) the client gets the
@@ -99,7 +101,8 @@
 //!
 //! If you would rather not wrap your proxy, keep a [`StepUpCtx`] in your `CTX` and call the
 //! [`StepUpPhases`] method of each phase (plus [`respond`] and [`upstream_refusal`] if you
-//! answer errors yourself):
+//! answer errors yourself). This runs on Pingora's pipeline, without the direct exchange;
+//! `tests/pingora_phases.rs` runs the whole fixture table through this recipe:
 //!
 //! ```no_run
 //! use async_trait::async_trait;
