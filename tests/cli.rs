@@ -457,9 +457,14 @@ mod tls {
         Arc::new(roots)
     }
 
+    /// What the payment API saw of each request: its target and `Host`.
+    pub type Seen = Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
     /// A payment API on HTTPS that only talks to clients with a certificate from the test CA;
     /// it answers every request with `answer`.
-    pub async fn start_upstream(pki: &Pki, answer: Answer) -> SocketAddr {
+    pub async fn start_upstream(pki: &Pki, answer: Answer) -> (SocketAddr, Seen) {
+        let seen = Seen::default();
+        let seen_by_server = seen.clone();
         let verifier = WebPkiClientVerifier::builder_with_provider(roots(pki), provider())
             .build()
             .unwrap();
@@ -481,12 +486,18 @@ mod tls {
                     return;
                 };
                 let (acceptor, answer) = (acceptor.clone(), answer.clone());
+                let seen = seen_by_server.clone();
                 tokio::spawn(async move {
                     // A client without a certificate fails here.
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let svc = hyper::service::service_fn(move |_req| {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .map(|h| h.to_str().unwrap().to_owned());
+                        seen.lock().unwrap().push((req.uri().to_string(), host));
                         let answer = answer.clone();
                         async move {
                             let mut res = hyper::Response::builder().status(answer.status);
@@ -504,20 +515,31 @@ mod tls {
                 });
             }
         });
-        addr
+        (addr, seen)
     }
 
-    /// One HTTP/1.1 exchange over TLS (trusting only the test CA, as `localhost`).
-    pub async fn exchange(addr: SocketAddr, pki: &Pki, head: &str, body: &[u8]) -> String {
-        let config = ClientConfig::builder_with_provider(provider())
+    /// A TLS connection to `addr` (trusting only the test CA, as `localhost`), offering
+    /// `alpn`.
+    async fn connect(
+        addr: SocketAddr,
+        pki: &Pki,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let mut config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots(pki))
             .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = connector.connect(name, tcp).await.unwrap();
+        connector.connect(name, tcp).await.unwrap()
+    }
+
+    /// One HTTP/1.1 exchange over TLS.
+    pub async fn exchange(addr: SocketAddr, pki: &Pki, head: &str, body: &[u8]) -> String {
+        let mut tls = connect(addr, pki, &[b"http/1.1"]).await;
         tls.write_all(head.as_bytes()).await.unwrap();
         tls.write_all(body).await.unwrap();
         let mut out = Vec::new();
@@ -525,13 +547,48 @@ mod tls {
         let _ = tls.read_to_end(&mut out).await;
         String::from_utf8_lossy(&out).into_owned()
     }
+
+    /// One POST over HTTP/2 (ALPN `h2`): status, version, marker and body.
+    pub async fn post_h2(
+        addr: SocketAddr,
+        pki: &Pki,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (u16, http::Version, Option<String>, Vec<u8>) {
+        use http_body_util::BodyExt;
+        let tls = connect(addr, pki, &[b"h2"]).await;
+        assert_eq!(
+            tls.get_ref().1.alpn_protocol(),
+            Some(&b"h2"[..]),
+            "h2 offered"
+        );
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::post(format!("https://localhost:{}{path}", addr.port()))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let res = send.send_request(req).await.unwrap();
+        let (status, version) = (res.status().as_u16(), res.version());
+        let marker = res
+            .headers()
+            .get("x-klarna-stepup")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = res.into_body().collect().await.unwrap().to_bytes().to_vec();
+        (status, version, marker, body)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_over_tls_with_mtls_to_a_payment_api_behind_a_private_ca() {
     let pki = tls::pki();
     let f = fixtures::by_name("step_up_required");
-    let up = tls::start_upstream(&pki, Answer::of(&f)).await;
+    let (up, seen) = tls::start_upstream(&pki, Answer::of(&f)).await;
     let file = |name: &str, text: &str| write_config(name, text).display().to_string();
     let ca = file("ca.pem", &pki.ca_pem);
     let (cert, key) = (
@@ -579,6 +636,21 @@ async fn serve_over_tls_with_mtls_to_a_payment_api_behind_a_private_ca() {
     assert!(
         res.ends_with(&*String::from_utf8_lossy(&f.expect.body)),
         "{res}"
+    );
+    // The same over HTTP/2 from the partner (HTTP/1.1 to the payment API).
+    let (status, version, marker, body) =
+        tls::post_h2(with_cert, &pki, "/payments", f.body.clone()).await;
+    assert_eq!((status, version), (200, http::Version::HTTP_2));
+    assert_eq!(marker.as_deref(), Some("rewritten"));
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        String::from_utf8_lossy(&f.expect.body)
+    );
+    let (target, host) = seen.lock().unwrap().last().cloned().unwrap();
+    assert!(target.ends_with("/payments"), "{target}");
+    assert_eq!(
+        host.as_deref(),
+        Some(&*format!("localhost:{}", with_cert.port()))
     );
     // ...and a request step-up leaves alone goes through Pingora's own connector the same way.
     let res = tls::exchange(with_cert, &pki, &head("POST", "/refunds", 2), b"{}").await;

@@ -92,6 +92,9 @@ pub enum LargeBodiesConfig {
 pub struct ListenerTls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Offer HTTP/2 (ALPN `h2`) besides HTTP/1.1 (default true).
+    #[serde(default = "yes")]
+    pub h2: bool,
 }
 
 /// `[server.upstream_tls]`: HTTPS to the upstream, optionally with a client certificate.

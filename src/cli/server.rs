@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use klarna_stepup::pingora::{respond, upstream_refusal, LargeBodies, StepUpCtx, StepUpProxy};
 use pingora::connectors::ConnectorOptions;
+use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::server::configuration::ServerConf;
@@ -330,13 +331,15 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
     let mut svc = http_proxy_service(&server.configuration, proxy);
     match &s.tls {
         None => svc.add_tcp(&s.listen),
-        Some(tls) => svc
-            .add_tls(
-                &s.listen,
-                &tls.cert.to_string_lossy(),
-                &tls.key.to_string_lossy(),
-            )
-            .map_err(|e| format!("server.tls: {e}"))?,
+        Some(tls) => {
+            let mut settings =
+                TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
+                    .map_err(|e| format!("server.tls: {e}"))?;
+            if tls.h2 {
+                settings.enable_h2();
+            }
+            svc.add_tls_with_settings(&s.listen, None, settings);
+        }
     }
     server.add_service(svc);
     if let Some(addr) = &s.metrics {
