@@ -222,10 +222,6 @@ impl StepUpCtx {
         self.notify_peer = Some(peer);
     }
 
-    fn candidate(&self) -> bool {
-        self.candidate
-    }
-
     /// Whether step-up acts on this request (a candidate, the acquirer return, a webhook
     /// path); known from `early_request_filter` on. Other requests are the inner proxy's
     /// alone, and [`StepUpProxy`](super::StepUpProxy) hands them its phases unwrapped.
@@ -351,8 +347,7 @@ impl StepUpPhases {
         ctx: &mut StepUpCtx,
     ) {
         self.passed_through(ctx, "answer over the body limit");
-        self.compression_off(session, ctx);
-        let _ = head.insert_header(MARKER_HEADER, "passthrough");
+        self.passthrough_head(session, head, ctx);
         if !head.headers.contains_key(header::CONTENT_LENGTH) {
             let _ = head.insert_header(header::TRANSFER_ENCODING, "chunked");
         }
@@ -403,8 +398,7 @@ impl StepUpPhases {
             }
         };
         self.passed_through(ctx, &reason);
-        self.compression_off(session, ctx);
-        let _ = head.insert_header(MARKER_HEADER, "passthrough");
+        self.passthrough_head(session, head, ctx);
         raw
     }
 
@@ -488,49 +482,30 @@ impl StepUpPhases {
             return self.refuse(session, ctx, Refusal::too_large(limit)).await;
         }
         let large = declared.is_some_and(|n| n > RETRY_BUFFER_LIMIT as u64);
+        let too_large_to_buffer = || Refusal::too_large(RETRY_BUFFER_LIMIT.min(limit));
         if large && self.large_bodies == LargeBodies::Reject {
-            return self
-                .refuse(
-                    session,
-                    ctx,
-                    Refusal::too_large(RETRY_BUFFER_LIMIT.min(limit)),
-                )
-                .await;
+            return self.refuse(session, ctx, too_large_to_buffer()).await;
         }
         if large {
             // Nothing read yet: the whole body streams through request_body_filter.
             self.start_streaming(session, ctx, candidate, Bytes::new());
             return Ok(false);
         }
-        // Must come before the first read: only then do the bytes read here reach the
-        // upstream (replayed from the retry buffer into request_body_filter).
-        session.enable_retry_buffering();
-        let mut body = BytesMut::new();
-        loop {
-            let chunk = match session.read_request_body().await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(_) => return self.refuse(session, ctx, Refusal::unreadable_body()).await,
-            };
-            body.extend_from_slice(&chunk);
-            if body.len() > limit {
-                return self.refuse(session, ctx, Refusal::too_large(limit)).await;
+        let body = match read_retry_buffered(session, limit.min(RETRY_BUFFER_LIMIT)).await {
+            Read::Whole(body) => body,
+            Read::Failed => return self.refuse(session, ctx, Refusal::unreadable_body()).await,
+            Read::Over(body) if body.len() > limit => {
+                return self.refuse(session, ctx, Refusal::too_large(limit)).await
             }
-            if body.len() > RETRY_BUFFER_LIMIT {
-                // A chunked body over the retry buffer: what was read is ours to forward.
-                if self.large_bodies == LargeBodies::Reject {
-                    return self
-                        .refuse(
-                            session,
-                            ctx,
-                            Refusal::too_large(RETRY_BUFFER_LIMIT.min(limit)),
-                        )
-                        .await;
-                }
-                self.start_streaming(session, ctx, candidate, body.freeze());
+            // A chunked body over the retry buffer: what was read is ours to forward.
+            Read::Over(_) if self.large_bodies == LargeBodies::Reject => {
+                return self.refuse(session, ctx, too_large_to_buffer()).await
+            }
+            Read::Over(prefix) => {
+                self.start_streaming(session, ctx, candidate, prefix);
                 return Ok(false);
             }
-        }
+        };
         ctx.request_body_len = Some(body.len());
         match self.rewrite_request(ctx, candidate, &body) {
             RequestVerdict::NotKlarna => {
@@ -706,8 +681,7 @@ impl StepUpPhases {
             mark_rewritten(response)?;
             response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         } else {
-            self.compression_off(session, ctx);
-            response.insert_header(MARKER_HEADER, "passthrough")?;
+            self.passthrough_head(session, response, ctx);
         }
         Ok(())
     }
@@ -781,7 +755,7 @@ impl StepUpPhases {
         e: &Error,
         ctx: &mut StepUpCtx,
     ) -> Option<u16> {
-        if !ctx.candidate() {
+        if !ctx.acts() {
             return None;
         }
         let refusal = match ctx.pending.take() {
@@ -821,7 +795,7 @@ impl StepUpPhases {
                 ctx.outcome = outcome_of(&r);
             }
         }
-        if !ctx.candidate() {
+        if !ctx.acts() {
             return;
         }
         let outcome = ctx.outcome;
@@ -916,18 +890,11 @@ impl StepUpPhases {
         if content_length(&session.req_header().headers).is_some_and(|n| n > limit as u64) {
             return self.refuse(session, ctx, Refusal::too_large(limit)).await;
         }
-        session.enable_retry_buffering();
-        let mut body = BytesMut::new();
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                Ok(None) => break,
-                Err(_) => return self.refuse(session, ctx, Refusal::unreadable_body()).await,
-            }
-            if body.len() > limit {
-                return self.refuse(session, ctx, Refusal::too_large(limit)).await;
-            }
-        }
+        let body = match read_retry_buffered(session, limit).await {
+            Read::Whole(body) => body,
+            Read::Failed => return self.refuse(session, ctx, Refusal::unreadable_body()).await,
+            Read::Over(_) => return self.refuse(session, ctx, Refusal::too_large(limit)).await,
+        };
         ctx.request_body_len = Some(body.len());
         let started = Instant::now();
         let verified = self
@@ -953,7 +920,7 @@ impl StepUpPhases {
             })
             .collect();
         ctx.own = Own::Webhook(Some(relay));
-        ctx.req = Req::Buffered(body.freeze());
+        ctx.req = Req::Buffered(body);
         Ok(false)
     }
 
@@ -1035,6 +1002,19 @@ impl StepUpPhases {
         });
     }
 
+    /// The head of an answer to a Klarna exchange that goes out untouched: marked
+    /// `passthrough`, and not compressed by us (the upstream's encoding, if any, stays).
+    fn passthrough_head(
+        &self,
+        session: &mut Session,
+        head: &mut ResponseHeader,
+        ctx: &mut StepUpCtx,
+    ) {
+        self.compression_off(session, ctx);
+        // Only fails on invalid values; these are constants.
+        let _ = head.insert_header(MARKER_HEADER, "passthrough");
+    }
+
     fn compression_off(&self, session: &mut Session, ctx: &mut StepUpCtx) {
         if !ctx.compression_enabled_by_us {
             return;
@@ -1073,6 +1053,50 @@ impl StepUpPhases {
         respond(session, &refusal).await?;
         Ok(true)
     }
+}
+
+/// What [`read_retry_buffered`] read.
+enum Read {
+    /// The whole body.
+    Whole(Bytes),
+    /// More than the bound: what was read so far (the rest is still to come).
+    Over(Bytes),
+    /// The client's body could not be read.
+    Failed,
+}
+
+/// Reads the request body into Pingora's retry buffer (turned on first: only then do the
+/// bytes read here reach the upstream, replayed into `request_body_filter`), stopping once
+/// more than `stop_over` bytes are in. A body that arrives in one chunk is not copied.
+async fn read_retry_buffered(session: &mut Session, stop_over: usize) -> Read {
+    session.enable_retry_buffering();
+    let mut first: Option<Bytes> = None;
+    let mut acc = BytesMut::new();
+    loop {
+        let chunk = match session.read_request_body().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => return Read::Failed,
+        };
+        let read = match first.take() {
+            None if acc.is_empty() => {
+                let n = chunk.len();
+                first = Some(chunk);
+                n
+            }
+            held => {
+                if let Some(held) = held {
+                    acc.extend_from_slice(&held);
+                }
+                acc.extend_from_slice(&chunk);
+                acc.len()
+            }
+        };
+        if read > stop_over {
+            return Read::Over(first.unwrap_or_else(|| acc.freeze()));
+        }
+    }
+    Read::Whole(first.unwrap_or_else(|| acc.freeze()))
 }
 
 /// The head of a rewritten answer: JSON, marked `rewritten`, without the upstream's length
