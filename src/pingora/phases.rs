@@ -37,8 +37,9 @@ const WEBHOOK_ANSWERED: ErrorType = ErrorType::Custom("klarna_stepup_webhook_not
 const COMPRESSION_LEVEL: u32 = 6;
 
 /// What to do with a candidate body larger than [`RETRY_BUFFER_LIMIT`] (but within
-/// [`StepUp::body_limit`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// [`StepUp::body_limit`]). In a configuration file: `"stream"` or `"reject"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum LargeBodies {
     /// Stream it to the upstream with chunked framing and rewrite it at its end. The upstream
