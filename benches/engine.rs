@@ -13,6 +13,9 @@ use klarna_stepup::{Candidate, RequestVerdict, ResponseVerdict, Route, StepUp};
 mod fixtures;
 
 /// The fixture request with line items repeated until it is at least `size` bytes.
+/// The clock the engine is asked at (unix seconds).
+const NOW: u64 = 1_800_000_000;
+
 fn grown(base: &[u8], size: usize) -> Vec<u8> {
     let text = std::str::from_utf8(base).unwrap();
     let start = text.find("\"line_items\": [").unwrap() + "\"line_items\": [".len();
@@ -50,19 +53,20 @@ fn benches(c: &mut Criterion) {
         ("200KB", grown(&f.body, 200_000)),
     ] {
         assert!(matches!(
-            engine.rewrite_request(cand, &body),
+            engine.rewrite_request(cand, &body, NOW),
             RequestVerdict::Injected { .. }
         ));
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_with_input(
             BenchmarkId::from_parameter(format!("{name}/{}B", body.len())),
             &body,
-            |b, body| b.iter(|| engine.rewrite_request(cand, black_box(body))),
+            |b, body| b.iter(|| engine.rewrite_request(cand, black_box(body), NOW)),
         );
     }
     group.finish();
 
-    let RequestVerdict::Injected { exchange, .. } = engine.rewrite_request(cand, &f.body) else {
+    let RequestVerdict::Injected { exchange, .. } = engine.rewrite_request(cand, &f.body, NOW)
+    else {
         unreachable!()
     };
     let answer = f.upstream.as_ref().unwrap().body.clone();

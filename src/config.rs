@@ -44,12 +44,31 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The whole step-up configuration, as written in a TOML file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Default limit of a buffered candidate body: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+
+/// The whole step-up configuration: TOML in files ([`from_toml`](Self::from_toml)), or built
+/// in code from typed values with the builder methods:
+///
+/// ```
+/// use klarna_stepup::config::RouteConfig;
+/// use klarna_stepup::{StepUp, StepUpConfig};
+///
+/// let config = StepUpConfig::default()
+///     .routes([RouteConfig::new("POST", "/v2/accounts/{id}/payment/authorize")])
+///     .allowed_hosts(["*.partner.example"])
+///     .default_return_url("https://shop.partner.example/klarna/return")
+///     .body_limit(256 * 1024);
+/// let step_up = StepUp::new(config)?;
+/// assert_eq!(step_up.body_limit(), 256 * 1024);
+/// # Ok::<(), klarna_stepup::ConfigErrors>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct StepUpConfig {
     /// Largest candidate request body that is buffered, in bytes (default 1 MiB).
-    pub body_limit: Option<usize>,
+    pub body_limit: usize,
     /// Dot path of the JSON object of the forwarded body that receives `step_up_config`
     /// (default `""`, the top level). Missing objects on the path are created.
     pub inject_at: String,
@@ -58,7 +77,7 @@ pub struct StepUpConfig {
     pub klarna_answer_at: String,
     /// Candidate routes (default: `POST /payments`, `POST /v1/payments`,
     /// `POST /v2/accounts/{id}/payment/authorize`).
-    pub routes: Option<Vec<RouteConfig>>,
+    pub routes: Vec<RouteConfig>,
     /// How a candidate body is recognized as a Klarna payment.
     pub detect: DetectConfig,
     /// Where the partner's fields are read.
@@ -75,10 +94,117 @@ pub struct StepUpConfig {
     pub webhooks: WebhooksConfig,
 }
 
+impl Default for StepUpConfig {
+    fn default() -> Self {
+        StepUpConfig {
+            body_limit: DEFAULT_BODY_LIMIT,
+            inject_at: String::new(),
+            klarna_answer_at: String::new(),
+            routes: Self::default_routes(),
+            detect: DetectConfig::default(),
+            partner_fields: PartnerFieldsConfig::default(),
+            defaults: DefaultsConfig::default(),
+            return_url_policy: ReturnUrlPolicyConfig::default(),
+            partner_response: PartnerResponseConfig::default(),
+            acquirer_return: AcquirerReturnConfig::default(),
+            webhooks: WebhooksConfig::default(),
+        }
+    }
+}
+
+/// Builder methods: each sets one key and returns the configuration, as tower-http's
+/// builders do. Validation happens once, in [`StepUp::new`](crate::StepUp::new).
+impl StepUpConfig {
+    /// `body_limit`: the largest candidate body buffered, in bytes.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// `routes`: the candidate routes, replacing the default ones.
+    pub fn routes(mut self, routes: impl IntoIterator<Item = RouteConfig>) -> Self {
+        self.routes = routes.into_iter().collect();
+        self
+    }
+
+    /// `inject_at`: dot path of the object that receives `step_up_config`.
+    pub fn inject_at(mut self, path: impl Into<String>) -> Self {
+        self.inject_at = path.into();
+        self
+    }
+
+    /// `klarna_answer_at`: dot path of Klarna's answer in the payment API's answer.
+    pub fn klarna_answer_at(mut self, path: impl Into<String>) -> Self {
+        self.klarna_answer_at = path.into();
+        self
+    }
+
+    /// `defaults.return_url`: the return URL when the partner gives none.
+    pub fn default_return_url(mut self, url: impl Into<String>) -> Self {
+        self.defaults.return_url = Some(url.into());
+        self
+    }
+
+    /// `defaults.app_return_url`: the app return URL when the partner gives none.
+    pub fn default_app_return_url(mut self, url: impl Into<String>) -> Self {
+        self.defaults.app_return_url = Some(url.into());
+        self
+    }
+
+    /// `defaults.interaction_expiry`: an ISO 8601 duration, 15 minutes ..= 48 hours.
+    pub fn interaction_expiry(mut self, duration: impl Into<String>) -> Self {
+        self.defaults.interaction_expiry = Some(duration.into());
+        self
+    }
+
+    /// `return_url_policy.allowed_hosts`: exact hosts or `*.example.com`.
+    pub fn allowed_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.return_url_policy.allowed_hosts = hosts.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// `return_url_policy.http_hosts`: hosts for which plain `http` is allowed too.
+    pub fn http_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.return_url_policy.http_hosts = hosts.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// `detect.payment_method`: the values of `payment_method` that mean Klarna.
+    pub fn detect_payment_method<I, S>(mut self, values: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.detect.payment_method = values.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// `[acquirer_return]`: turns the acquirer-controlled return on.
+    pub fn acquirer_return(mut self, acquirer_return: AcquirerReturnConfig) -> Self {
+        self.acquirer_return = acquirer_return;
+        self
+    }
+
+    /// `[webhooks]`: turns the verified webhook relay on.
+    pub fn webhooks(mut self, webhooks: WebhooksConfig) -> Self {
+        self.webhooks = webhooks;
+        self
+    }
+}
+
 /// A secret key: its id, and the environment variable that holds it. Keys never appear in
 /// configuration files, logs or errors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct KeyConfig {
     /// The key id (for return tokens: written into each token; for webhooks: Klarna's
     /// `Klarna-Signing-Key-Id`).
@@ -87,10 +213,21 @@ pub struct KeyConfig {
     pub env: String,
 }
 
+impl KeyConfig {
+    /// The key `id`, held in the environment variable `env`.
+    pub fn new(id: impl Into<String>, env: impl Into<String>) -> Self {
+        KeyConfig {
+            id: id.into(),
+            env: env.into(),
+        }
+    }
+}
+
 /// The acquirer-controlled return: Klarna sends the customer to the layer's own endpoint,
 /// which verifies a signed token and redirects (303) to the partner's URL.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct AcquirerReturnConfig {
     /// Off by default.
     pub enabled: bool,
@@ -106,6 +243,36 @@ pub struct AcquirerReturnConfig {
     pub notify_path: Option<String>,
     /// How long a notification may delay the redirect, in ms (default 500).
     pub notify_timeout_ms: u64,
+}
+
+impl AcquirerReturnConfig {
+    /// The acquirer return, on, reachable from browsers at `public_base_url`, signing with
+    /// the key in the environment variable `env` (id `key_id`). Add keys for rotation with
+    /// [`key`](Self::key); the first one signs.
+    pub fn new(
+        public_base_url: impl Into<String>,
+        key_id: impl Into<String>,
+        env: impl Into<String>,
+    ) -> Self {
+        AcquirerReturnConfig {
+            enabled: true,
+            public_base_url: public_base_url.into(),
+            ..Self::default()
+        }
+        .key(key_id, env)
+    }
+
+    /// Adds a key (verifies tokens; signs only if it is the first).
+    pub fn key(mut self, id: impl Into<String>, env: impl Into<String>) -> Self {
+        self.keys.push(KeyConfig::new(id, env));
+        self
+    }
+
+    /// POST each return to this path of the payment API.
+    pub fn notify_path(mut self, path: impl Into<String>) -> Self {
+        self.notify_path = Some(path.into());
+        self
+    }
 }
 
 impl Default for AcquirerReturnConfig {
@@ -125,6 +292,7 @@ impl Default for AcquirerReturnConfig {
 /// Klarna's webhooks: verified here, then relayed to the payment API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct WebhooksConfig {
     /// Off by default.
     pub enabled: bool,
@@ -137,6 +305,24 @@ pub struct WebhooksConfig {
     pub keys: Vec<KeyConfig>,
     /// Largest webhook body, in bytes (default 64 KiB).
     pub body_limit: usize,
+}
+
+impl WebhooksConfig {
+    /// The webhook relay, on, verifying with Klarna's signing key `key_id`, held in the
+    /// environment variable `env`. Add keys with [`key`](Self::key).
+    pub fn new(key_id: impl Into<String>, env: impl Into<String>) -> Self {
+        WebhooksConfig {
+            enabled: true,
+            ..Self::default()
+        }
+        .key(key_id, env)
+    }
+
+    /// Adds a signing key.
+    pub fn key(mut self, id: impl Into<String>, env: impl Into<String>) -> Self {
+        self.keys.push(KeyConfig::new(id, env));
+        self
+    }
 }
 
 impl Default for WebhooksConfig {
@@ -154,6 +340,7 @@ impl Default for WebhooksConfig {
 /// One candidate route: a method and a path pattern where `{name}` matches one segment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RouteConfig {
     /// HTTP method, e.g. `POST`.
     pub method: String,
@@ -161,9 +348,20 @@ pub struct RouteConfig {
     pub path: String,
 }
 
+impl RouteConfig {
+    /// `method` on paths matching `path` (`{name}` matches one segment).
+    pub fn new(method: impl Into<String>, path: impl Into<String>) -> Self {
+        RouteConfig {
+            method: method.into(),
+            path: path.into(),
+        }
+    }
+}
+
 /// How a candidate body is recognized as a Klarna payment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct DetectConfig {
     /// Values of `payment_method` (or `payment_method.type`) that mean Klarna
     /// (default `["klarna"]`, compared ASCII case-insensitively).
@@ -185,6 +383,7 @@ impl Default for DetectConfig {
 /// Where the partner's fields are read, first name found wins.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PartnerFieldsConfig {
     /// Default `["klarna_return_url", "return_url"]`.
     pub return_url: Vec<String>,
@@ -212,6 +411,7 @@ impl Default for PartnerFieldsConfig {
 /// Acquirer defaults used when the partner gives none.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct DefaultsConfig {
     /// Return URL when the partner gives none (default: none, and such requests are refused).
     pub return_url: Option<String>,
@@ -225,6 +425,7 @@ pub struct DefaultsConfig {
 /// Which return URLs are accepted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ReturnUrlPolicyConfig {
     /// Allowed schemes (default `["https"]`).
     pub schemes: Vec<String>,
@@ -250,6 +451,7 @@ impl Default for ReturnUrlPolicyConfig {
 /// The words and URL the partner sees.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PartnerResponseConfig {
     /// `status` for STEP_UP_REQUIRED (default `pending`).
     pub pending: String,
@@ -293,20 +495,8 @@ impl StepUpConfig {
             "/v2/accounts/{id}/payment/authorize",
         ]
         .into_iter()
-        .map(|path| RouteConfig {
-            method: "POST".into(),
-            path: path.into(),
-        })
+        .map(|path| RouteConfig::new("POST", path))
         .collect()
-    }
-
-    /// The configuration with every default spelled out, as the engine sees it.
-    pub fn effective(&self) -> StepUpConfig {
-        let mut c = self.clone();
-        c.body_limit
-            .get_or_insert(crate::engine::DEFAULT_BODY_LIMIT);
-        c.routes.get_or_insert_with(Self::default_routes);
-        c
     }
 }
 

@@ -43,12 +43,15 @@ fn candidate(e: &StepUp) -> crate::Candidate {
     }
 }
 
+/// The clock the fuzz targets run at (unix seconds): fixed, so that a run is repeatable.
+const NOW: u64 = 1_800_000_000;
+
 /// Request injection: an injected body is JSON; everything else is left alone. The JSON
 /// scanner under it accepts exactly what serde_json accepts, with the same member spans.
 pub fn request(data: &[u8]) {
     crate::engine::json::assert_parses_as_serde(data);
     let e = engine();
-    if let RequestVerdict::Injected { body, .. } = e.rewrite_request(candidate(e), data) {
+    if let RequestVerdict::Injected { body, .. } = e.rewrite_request(candidate(e), data, NOW) {
         // serde_json's own reading (not `Value`, which refuses numbers beyond f64, such as
         // 7e6576666666: JSON's grammar has no range, and the bytes are forwarded as sent).
         let members =
@@ -65,6 +68,7 @@ pub fn response(data: &[u8]) {
     let RequestVerdict::Injected { exchange, .. } = e.rewrite_request(
         candidate(e),
         br#"{"payment_method":"klarna","return_url":"https://shop.example/r"}"#,
+        NOW,
     ) else {
         unreachable!("a valid Klarna request")
     };
@@ -98,6 +102,7 @@ pub fn return_token(data: &[u8]) {
     let RequestVerdict::Injected { body, .. } = e.rewrite_request(
         candidate(e),
         br#"{"payment_method":"klarna","reference":"r1","return_url":"https://shop.example/r?id={klarna.payment_request.id}"}"#,
+        NOW,
     ) else {
         unreachable!()
     };
@@ -110,9 +115,7 @@ pub fn return_token(data: &[u8]) {
         .trim_start_matches("https://pay.acquirer.example")
         .replace("{klarna.payment_request.id}", &encoded);
     let uri: http::Uri = uri.parse().expect("minted URL parses");
-    let r = e
-        .resolve_return(&uri, crate::engine::unix_now())
-        .expect("minted token resolves");
+    let r = e.resolve_return(&uri, NOW).expect("minted token resolves");
     let to = url::Url::parse(&r.location).expect("location parses");
     assert_eq!(to.host_str(), Some("shop.example"));
 }

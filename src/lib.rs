@@ -4,14 +4,11 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod config;
-#[cfg(any(feature = "tower", feature = "pingora"))]
-mod decode;
 pub mod engine;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzz_logic;
-pub mod klarna;
-pub mod partner;
+pub mod observe;
 #[cfg(feature = "pingora")]
 pub mod pingora;
 #[cfg(feature = "sandbox")]
@@ -20,8 +17,8 @@ pub mod sandbox;
 pub mod tower;
 
 pub use config::{ConfigError, ConfigErrors, StepUpConfig};
-pub use engine::webhook::WebhookEvent;
 pub use engine::{
-    AuthorizeResult, Candidate, Exchange, KeepReason, Refusal, RequestVerdict, ResponseVerdict,
-    ReturnRedirect, Route, StepUp,
+    AuthorizeResult, Candidate, Exchange, KeepReason, Refusal, RequestVerdict, ResponsePlan,
+    ResponseVerdict, ReturnRedirect, Route, StepUp, WebhookEvent,
 };
+pub use observe::{Outcome, Record};

@@ -47,7 +47,7 @@ fn klarna_return_url(e: &StepUp, partner_url: &str) -> String {
     };
     let body = serde_json::json!({"payment_method": "klarna", "reference": "order-77", "klarna_return_url": partner_url});
     let RequestVerdict::Injected { body, exchange } =
-        e.rewrite_request(c, body.to_string().as_bytes())
+        e.rewrite_request(c, body.to_string().as_bytes(), now())
     else {
         panic!("not injected")
     };
@@ -76,7 +76,10 @@ fn path_of(uri: &Uri) -> Uri {
 }
 
 fn now() -> u64 {
-    klarna_stepup::engine::unix_now()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[test]
@@ -265,7 +268,7 @@ fn open_redirect_attempts_are_refused() {
     };
     let body = br#"{"payment_method":"klarna","return_url":"https://{klarna.payment_request.state}.example/"}"#;
     assert!(matches!(
-        e.rewrite_request(c, body),
+        e.rewrite_request(c, body, now()),
         RequestVerdict::Refused(_)
     ));
 }

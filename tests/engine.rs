@@ -30,7 +30,7 @@ fn every_fixture_through_the_engine() {
         let method: Method = f.method.parse().unwrap();
         let uri = f.path.parse().unwrap();
         let (forwarded, exchange) = match engine.classify(&method, &uri, &headers(&f.headers)) {
-            Route::Candidate(c) => match engine.rewrite_request(c, &f.body) {
+            Route::Candidate(c) => match engine.rewrite_request(c, &f.body, 1_800_000_000) {
                 RequestVerdict::NotKlarna => (Forwarded::Untouched, None),
                 RequestVerdict::Injected { body, exchange } => {
                     (Forwarded::Body(body), Some(exchange))

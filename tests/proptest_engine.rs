@@ -100,6 +100,9 @@ fn candidate(engine: &StepUp) -> Candidate {
     }
 }
 
+/// The clock the engine is asked at (unix seconds).
+const NOW: u64 = 1_800_000_000;
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -108,7 +111,7 @@ proptest! {
     #[test]
     fn injection_keeps_every_other_byte((body, _members) in klarna_request()) {
         let engine = StepUp::from_toml("[partner_fields]\nstrip = []\n").unwrap();
-        let RequestVerdict::Injected { body: out, exchange } = engine.rewrite_request(candidate(&engine), body.as_bytes()) else {
+        let RequestVerdict::Injected { body: out, exchange } = engine.rewrite_request(candidate(&engine), body.as_bytes(), NOW) else {
             panic!("not injected: {body}");
         };
         let close = body.rfind('}').unwrap();
@@ -132,7 +135,7 @@ proptest! {
             body
         };
         let engine = StepUp::from_toml("").unwrap();
-        let RequestVerdict::Injected { body: out, .. } = engine.rewrite_request(candidate(&engine), body.as_bytes()) else {
+        let RequestVerdict::Injected { body: out, .. } = engine.rewrite_request(candidate(&engine), body.as_bytes(), NOW) else {
             panic!("not injected");
         };
         let mut want: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&body).unwrap();
@@ -153,7 +156,7 @@ proptest! {
                     p.as_str().or_else(|| p.get("type").and_then(|t| t.as_str()))
                         .is_some_and(|s| s.eq_ignore_ascii_case("klarna"))
                 }));
-            let verdict = engine.rewrite_request(candidate(&engine), body);
+            let verdict = engine.rewrite_request(candidate(&engine), body, NOW);
             if !is_klarna {
                 prop_assert!(matches!(verdict, RequestVerdict::NotKlarna), "{:?}", verdict);
             }
@@ -167,7 +170,7 @@ proptest! {
                                      result in prop::sample::select(vec!["STEP_UP_REQUIRED", "APPROVED", "DECLINED", "X"])) {
         let engine = StepUp::from_toml("").unwrap();
         let RequestVerdict::Injected { exchange, .. } = engine.rewrite_request(candidate(&engine),
-            br#"{"payment_method":"klarna","return_url":"https://a.example/"}"#) else { panic!() };
+            br#"{"payment_method":"klarna","return_url":"https://a.example/"}"#, NOW) else { panic!() };
         let shaped = format!(
             r#"{{"payment_transaction_response":{{"result":"{result}","payment_transaction":{value},"result_reason":{value}}},
                "payment_request":{{"payment_request_id":{value},"state_context":{value},"payment_request_data":{value},

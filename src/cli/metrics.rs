@@ -1,6 +1,6 @@
 //! Prometheus metrics, served by `pingora-prometheus` from the default registry.
 
-use klarna_stepup::pingora::StepUpCtx;
+use klarna_stepup::Record;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts};
 
 /// The proxy's metrics.
@@ -65,7 +65,7 @@ impl Metrics {
     }
 
     /// Records one finished request.
-    pub fn record(&self, ctx: &StepUpCtx) {
+    pub fn record(&self, ctx: &Record) {
         self.requests
             .with_label_values(&[ctx.outcome().label()])
             .inc();

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use klarna_stepup::pingora::{respond, upstream_refusal, LargeBodies, StepUpCtx, StepUpProxy};
-use pingora::connectors::ConnectorOptions;
+use klarna_stepup::pingora::{respond, upstream_refusal, LargeBodies, StepUpProxy};
+use klarna_stepup::Record;
 use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
@@ -324,9 +324,9 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
         config.step_up.clone(),
     )
     .large_bodies(large)
-    .connector_options(ConnectorOptions::from_server_conf(&server.configuration));
+    .server_conf(&server.configuration);
     if let Some(m) = metrics {
-        proxy = proxy.observe(move |ctx: &StepUpCtx| m.record(ctx));
+        proxy = proxy.observe(move |r: &Record| m.record(r));
     }
     let mut svc = http_proxy_service(&server.configuration, proxy);
     match &s.tls {

@@ -1,74 +1,97 @@
 //! The step-up engine: every decision and every byte transformation, with no I/O.
 //!
 //! An adapter asks, in order:
-//! 1. [`StepUp::classify`] on the request head: pass through, or a candidate route whose body
-//!    must be read (up to [`StepUp::body_limit`]).
+//! 1. [`StepUp::classify`] on the request head: pass through, a candidate route whose body
+//!    must be read (up to [`StepUp::body_limit`]), or one of the layer's own routes.
 //! 2. [`StepUp::rewrite_request`] on the candidate body: not Klarna (forward it untouched),
 //!    injected (forward the new body, keep the [`Exchange`]), or refused (answer the
 //!    [`Refusal`], send nothing upstream).
-//! 3. [`StepUp::wants_response`] on the response head, and if so
-//!    [`StepUp::rewrite_response`] on the whole response body.
+//! 3. [`StepUp::response_plan`] on the response head: read the answer (bounded by the body
+//!    limit) or stream it through untouched, and if read, [`StepUp::rewrite_response`] on the
+//!    answer's bytes as received (a compressed answer is decoded here).
+//!
+//! The adapters own only framing: when to buffer, lengths and chunking, and turning these
+//! verdicts into their framework's responses. The header edits that go with each verdict are
+//! made here too (`head`), so that every adapter sends the same bytes.
 
+mod compile;
+mod decode;
+mod head;
 pub(crate) mod json;
+mod klarna;
+mod partner;
+mod refusal;
 mod request;
 mod response;
 mod return_token;
 pub(crate) mod return_url;
+mod routes;
 pub mod webhook;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::{HeaderMap, Method, StatusCode, Uri};
 
-use crate::config::{
-    ConfigErrors, PartnerFieldsConfig, PartnerResponseConfig, Problems, StepUpConfig,
-};
+use crate::config::{ConfigErrors, StepUpConfig};
+use compile::TemplatePart;
 use return_token::ReturnEndpoint;
 use return_url::ReturnUrlPolicy;
+use routes::RoutePattern;
 use webhook::Webhooks;
 
-pub use response::KeepReason;
+pub use crate::config::DEFAULT_BODY_LIMIT;
+pub(crate) use head::{
+    content_length, injected_request, mark_passthrough, mark_relayed, mark_rewritten,
+    relay_request, Head,
+};
+pub use head::{MARKER_HEADER, STALE_RESPONSE_HEADERS};
+pub use refusal::Refusal;
+pub use response::{KeepReason, ResponsePlan};
 pub use return_token::ReturnRedirect;
 pub use webhook::WebhookEvent;
 
-/// Default limit of a buffered candidate body: 1 MiB.
-pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
-
-/// The response header that tells an operator what the layer did: `rewritten`,
-/// `passthrough`, or the error code of an answer the layer gave itself.
-pub const MARKER_HEADER: HeaderName = HeaderName::from_static("x-klarna-stepup");
-
-/// Response headers that no longer describe a body once the layer changed its bytes.
-pub const STALE_RESPONSE_HEADERS: [HeaderName; 6] = [
-    http::header::CONTENT_LENGTH,
-    http::header::TRANSFER_ENCODING,
-    http::header::CONTENT_ENCODING,
-    http::header::ETAG,
-    http::header::ACCEPT_RANGES,
-    HeaderName::from_static("content-md5"),
-];
-
 /// The validated configuration, ready to serve. Cheap to clone (one `Arc`).
+///
+/// ```
+/// use http::{HeaderMap, Method};
+/// use klarna_stepup::{RequestVerdict, Route, StepUp};
+///
+/// let step_up = StepUp::from_toml(r#"
+///     [return_url_policy]
+///     allowed_hosts = ["shop.partner.example"]
+/// "#)?;
+/// let Route::Candidate(candidate) =
+///     step_up.classify(&Method::POST, &"/payments".parse()?, &HeaderMap::new())
+/// else {
+///     unreachable!("POST /payments is a default route")
+/// };
+/// let body = br#"{"payment_method":"klarna","amount":11800,
+///     "return_url":"https://shop.partner.example/done"}"#;
+/// let now = 1_800_000_000; // unix seconds
+/// match step_up.rewrite_request(candidate, body, now) {
+///     RequestVerdict::Injected { body, exchange } => {
+///         assert!(String::from_utf8(body)?.contains("\"step_up_config\""));
+///         assert_eq!(exchange.return_url(), "https://shop.partner.example/done");
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct StepUp {
     inner: Arc<Engine>,
 }
 
+/// The compiled configuration: the parts the engine reads on each request, beside the
+/// configuration they came from.
 struct Engine {
     config: StepUpConfig,
-    body_limit: usize,
     routes: Vec<RoutePattern>,
     inject_at: Vec<String>,
     answer_at: Vec<String>,
-    detect_values: Vec<String>,
-    authorize_shape: bool,
-    fields: PartnerFieldsConfig,
-    default_return_url: Option<String>,
-    default_app_return_url: Option<String>,
-    interaction_expiry: Option<String>,
     policy: ReturnUrlPolicy,
-    words: PartnerResponseConfig,
     redirect_template: Vec<TemplatePart>,
     acquirer_return: Option<ReturnEndpoint>,
     webhooks: Option<Webhooks>,
@@ -98,11 +121,12 @@ pub enum Route {
     Webhook,
     /// The payment API's webhook relay path, reached from outside: answer
     /// [`Refusal::not_found`], so only verified webhooks get there.
-    Internal,
+    RelayPathFromOutside,
 }
 
 /// A candidate route, as matched by [`StepUp::classify`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Candidate {
     route: u16,
 }
@@ -128,6 +152,10 @@ impl Exchange {
 }
 
 /// The engine's verdict on a candidate request body.
+///
+/// Exhaustive on purpose, as is [`ResponseVerdict`]: a new verdict is a breaking change, so
+/// that no caller can silently treat it as something else (the other public enums are
+/// `#[non_exhaustive]`).
 #[derive(Debug)]
 pub enum RequestVerdict {
     /// Not a Klarna payment (or not a JSON object): forward the original bytes untouched.
@@ -143,7 +171,8 @@ pub enum RequestVerdict {
     Refused(Refusal),
 }
 
-/// The engine's verdict on a response to a Klarna exchange.
+/// The engine's verdict on a response to a Klarna exchange (exhaustive on purpose, see
+/// [`RequestVerdict`]).
 #[derive(Debug)]
 pub enum ResponseVerdict {
     /// Send `body` instead, with [`STALE_RESPONSE_HEADERS`] removed and the new length.
@@ -159,6 +188,7 @@ pub enum ResponseVerdict {
 
 /// Klarna's authorize result that a rewritten answer carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AuthorizeResult {
     /// `STEP_UP_REQUIRED`: the partner got the `pending` block.
     StepUpRequired,
@@ -168,143 +198,14 @@ pub enum AuthorizeResult {
     Declined,
 }
 
-/// An answer the layer gives by itself: a JSON error naming the field and the reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// HTTP status: 400, 413, 502 or 504.
-    pub status: StatusCode,
-    /// Machine-readable code, e.g. `invalid_return_url`.
-    pub code: &'static str,
-    /// The request field at fault, when there is one.
-    pub param: Option<String>,
-    /// What is wrong, for a human. Never contains a secret or the offending value.
-    pub message: String,
-}
-
-impl Refusal {
-    /// A 400 about one field.
-    pub fn invalid(
-        code: &'static str,
-        param: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        Refusal {
-            status: StatusCode::BAD_REQUEST,
-            code,
-            param: Some(param.into()),
-            message: message.into(),
+impl AuthorizeResult {
+    /// Klarna's name: `STEP_UP_REQUIRED`, `APPROVED` or `DECLINED`.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthorizeResult::StepUpRequired => klarna::STEP_UP_REQUIRED,
+            AuthorizeResult::Approved => klarna::APPROVED,
+            AuthorizeResult::Declined => klarna::DECLINED,
         }
-    }
-
-    /// A 413 for a body over `limit` bytes.
-    pub fn too_large(limit: usize) -> Self {
-        Refusal {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "body_too_large",
-            param: None,
-            message: format!("the request body is larger than {limit} bytes"),
-        }
-    }
-
-    /// A 404: a path only the layer itself may call.
-    pub fn not_found() -> Self {
-        Refusal {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
-            param: None,
-            message: "not found".into(),
-        }
-    }
-
-    /// A 503 to Klarna: the payment API did not accept a webhook, so Klarna must retry.
-    pub fn webhook_not_accepted() -> Self {
-        Refusal {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "webhook_not_accepted",
-            param: None,
-            message: "the payment API did not accept the webhook; retry later".into(),
-        }
-    }
-
-    /// A 400 for a request body that could not be read.
-    pub fn unreadable_body() -> Self {
-        Refusal {
-            status: StatusCode::BAD_REQUEST,
-            code: "unreadable_body",
-            param: None,
-            message: "the request body could not be read".into(),
-        }
-    }
-
-    /// A 502: the upstream could not be reached or broke the connection.
-    pub fn upstream_unreachable() -> Self {
-        Refusal {
-            status: StatusCode::BAD_GATEWAY,
-            code: "upstream_unreachable",
-            param: None,
-            message: "the payment API could not be reached".into(),
-        }
-    }
-
-    /// A 504: the upstream did not answer in time.
-    pub fn upstream_timeout() -> Self {
-        Refusal {
-            status: StatusCode::GATEWAY_TIMEOUT,
-            code: "upstream_timeout",
-            param: None,
-            message: "the payment API did not answer in time".into(),
-        }
-    }
-
-    /// The JSON body: `{"error":{"type","code","param","message"}}`.
-    pub fn to_json(&self) -> Vec<u8> {
-        #[derive(serde::Serialize)]
-        struct Body<'a> {
-            error: Inner<'a>,
-        }
-        #[derive(serde::Serialize)]
-        struct Inner<'a> {
-            #[serde(rename = "type")]
-            kind: &'a str,
-            code: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            param: Option<&'a str>,
-            message: &'a str,
-        }
-        let kind = if self.status.is_server_error() {
-            "upstream_error"
-        } else {
-            "invalid_request"
-        };
-        serde_json::to_vec(&Body {
-            error: Inner {
-                kind,
-                code: self.code,
-                param: self.param.as_deref(),
-                message: &self.message,
-            },
-        })
-        .expect("serializing strings cannot fail")
-    }
-
-    /// The full response head and body, as both adapters send it.
-    pub fn to_response(&self) -> http::Response<Vec<u8>> {
-        let body = self.to_json();
-        let mut res = http::Response::new(Vec::new());
-        *res.status_mut() = self.status;
-        let h = res.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        h.insert(
-            http::header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        );
-        h.insert(MARKER_HEADER, HeaderValue::from_static(self.code));
-        *res.body_mut() = body;
-        res
     }
 }
 
@@ -321,109 +222,8 @@ impl StepUp {
         config: StepUpConfig,
         secret: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigErrors> {
-        let mut p = Problems::default();
-        let c = config.effective();
-        let body_limit = c.body_limit.unwrap_or(DEFAULT_BODY_LIMIT);
-        if body_limit == 0 {
-            p.add("body_limit", "must be at least 1 byte");
-        }
-        let routes = c.routes.as_deref().unwrap_or_default();
-        if routes.is_empty() || routes.len() > u16::MAX as usize {
-            p.add("routes", "must list between 1 and 65535 routes");
-        }
-        let routes = routes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                RoutePattern::parse(&r.method, &r.path, &format!("routes[{i}]"), &mut p)
-            })
-            .collect();
-        let inject_at = dot_path("inject_at", &c.inject_at, &mut p);
-        let answer_at = dot_path("klarna_answer_at", &c.klarna_answer_at, &mut p);
-        if let Some(first) = inject_at.first() {
-            if c.partner_fields.strip.contains(first) {
-                p.add(
-                    "inject_at",
-                    "must not start with a field listed in partner_fields.strip",
-                );
-            }
-        }
-        for (key, list) in [
-            ("partner_fields.return_url", &c.partner_fields.return_url),
-            (
-                "partner_fields.app_return_url",
-                &c.partner_fields.app_return_url,
-            ),
-            ("partner_fields.reference", &c.partner_fields.reference),
-        ] {
-            if list.iter().any(|f| f.is_empty()) {
-                p.add(key, "field names must not be empty");
-            }
-        }
-        let policy = ReturnUrlPolicy::new(&c.return_url_policy, &mut p);
-        if let Some(url) = &c.defaults.return_url {
-            if let Err(why) = policy.check_return_url(url) {
-                p.add("defaults.return_url", why);
-            }
-        }
-        if let Some(url) = &c.defaults.app_return_url {
-            if let Err(why) = policy.check_app_return_url(url) {
-                p.add("defaults.app_return_url", why);
-            }
-        }
-        if let Some(d) = &c.defaults.interaction_expiry {
-            match iso_duration_secs(d) {
-                Some(s) if (15 * 60..=48 * 3600).contains(&s) => {}
-                Some(_) => p.add(
-                    "defaults.interaction_expiry",
-                    "must be between PT15M and PT48H",
-                ),
-                None => p.add(
-                    "defaults.interaction_expiry",
-                    "must be an ISO 8601 duration such as PT30M",
-                ),
-            }
-        }
-        let words = &c.partner_response;
-        for (key, w) in [
-            ("pending", &words.pending),
-            ("authorized", &words.authorized),
-            ("declined", &words.declined),
-        ] {
-            if w.is_empty() {
-                p.add(format!("partner_response.{key}"), "must not be empty");
-            }
-        }
-        let redirect_template = TemplatePart::parse(&words.redirect_url, &mut p);
-        let expiry = c
-            .defaults
-            .interaction_expiry
-            .as_deref()
-            .and_then(iso_duration_secs);
-        let acquirer_return = acquirer_return(&c, &policy, expiry, &secret, &mut p);
-        let webhooks = webhooks(&c, &secret, &mut p);
-        if !p.0.is_empty() {
-            return Err(ConfigErrors(p.0));
-        }
         Ok(StepUp {
-            inner: Arc::new(Engine {
-                body_limit,
-                routes,
-                inject_at,
-                answer_at,
-                detect_values: c.detect.payment_method.clone(),
-                authorize_shape: c.detect.authorize_shape,
-                fields: c.partner_fields.clone(),
-                default_return_url: c.defaults.return_url.clone(),
-                default_app_return_url: c.defaults.app_return_url.clone(),
-                interaction_expiry: c.defaults.interaction_expiry.clone(),
-                policy,
-                words: c.partner_response.clone(),
-                redirect_template,
-                acquirer_return,
-                webhooks,
-                config: c,
-            }),
+            inner: Arc::new(compile::compile(config, &secret)?),
         })
     }
 
@@ -437,9 +237,10 @@ impl StepUp {
         &self.inner.config
     }
 
-    /// Largest candidate body that is buffered; larger ones get a 413.
+    /// Largest candidate body that is buffered; larger ones get a 413. Also the largest
+    /// answer to a Klarna request that is read for a rewrite (larger ones pass through).
     pub fn body_limit(&self) -> usize {
-        self.inner.body_limit
+        self.inner.config.body_limit
     }
 
     /// Classifies a request from its head. Costs a route lookup on method and path; the
@@ -452,7 +253,7 @@ impl StepUp {
                 return Route::Webhook;
             }
             if path == w.relay_path {
-                return Route::Internal;
+                return Route::RelayPathFromOutside;
             }
         }
         if let Some(r) = &e.acquirer_return {
@@ -473,7 +274,8 @@ impl StepUp {
             return Route::PassThrough;
         };
         // A body we cannot read as JSON is not ours to touch.
-        if headers.contains_key(http::header::CONTENT_ENCODING) || !is_json_or_absent(headers) {
+        if headers.contains_key(http::header::CONTENT_ENCODING) || !head::is_json_or_absent(headers)
+        {
             return Route::PassThrough;
         }
         Route::Candidate(Candidate { route: i as u16 })
@@ -488,13 +290,49 @@ impl StepUp {
         }
     }
 
-    /// Where and how long to notify the payment API of a return, when configured.
-    pub fn return_notification(&self) -> Option<(&str, std::time::Duration)> {
+    /// Whether returns are told to the payment API (a notification path is configured).
+    pub fn notifies_returns(&self) -> bool {
+        self.inner
+            .acquirer_return
+            .as_ref()
+            .is_some_and(|r| r.notify_path.is_some())
+    }
+
+    /// The request that tells the payment API of a return, and how long the redirect may
+    /// wait for it, when a notification path is configured: `POST` of
+    /// [`ReturnRedirect::notification`] as JSON, with the client's `Host`.
+    pub fn return_notification(
+        &self,
+        redirect: &ReturnRedirect,
+        host: Option<&HeaderValue>,
+    ) -> Option<(http::Request<Vec<u8>>, Duration)> {
         let r = self.inner.acquirer_return.as_ref()?;
-        Some((
-            r.notify_path.as_deref()?,
-            std::time::Duration::from_millis(r.notify_timeout_ms),
-        ))
+        let path = r.notify_path.as_deref()?;
+        let body = redirect.notification();
+        let mut req = http::Request::new(Vec::new());
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = Uri::try_from(path).ok()?;
+        let h = req.headers_mut();
+        if let Some(host) = host {
+            h.insert(http::header::HOST, host.clone());
+        }
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        *req.body_mut() = body;
+        Some((req, Duration::from_millis(r.notify_timeout_ms)))
+    }
+
+    /// Whether the payment API accepted a relayed webhook (any 2xx). Anything else must be
+    /// answered to Klarna with [`Refusal::webhook_not_accepted`], so that Klarna retries.
+    pub fn webhook_accepted(&self, status: StatusCode) -> Result<(), Refusal> {
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(Refusal::webhook_not_accepted())
+        }
     }
 
     /// Verifies a webhook (`Route::Webhook`): the signature over the raw body, with the key
@@ -540,308 +378,13 @@ impl StepUp {
             .get(candidate.route as usize)
             .map_or("", |r| &r.pattern)
     }
-
-    /// Whether the response to `exchange` should be read and offered to
-    /// [`rewrite_response`](Self::rewrite_response): a 2xx with a JSON (or no) content type.
-    /// Anything else streams through untouched.
-    pub fn wants_response(
-        &self,
-        _exchange: &Exchange,
-        status: StatusCode,
-        headers: &HeaderMap,
-    ) -> bool {
-        status.is_success() && status != StatusCode::NO_CONTENT && is_json_or_absent(headers)
-    }
 }
 
-fn is_json_or_absent(headers: &HeaderMap) -> bool {
-    match headers.get(http::header::CONTENT_TYPE) {
-        None => true,
-        Some(v) => {
-            let Ok(v) = v.to_str() else { return false };
-            let essence = v.split(';').next().unwrap_or("").trim();
-            essence.eq_ignore_ascii_case("application/json")
-                || essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json")
-        }
-    }
-}
-
-/// The current time in unix seconds.
-pub fn unix_now() -> u64 {
+/// The current time in unix seconds, for adapters to pass to the engine.
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Keys named by `keys`, read through `secret`; `min` is the shortest key accepted.
-fn keys(
-    section: &str,
-    list: &[crate::config::KeyConfig],
-    min: usize,
-    secret: &dyn Fn(&str) -> Option<String>,
-    p: &mut Problems,
-) -> Vec<(String, Vec<u8>)> {
-    if list.is_empty() {
-        p.add(format!("{section}.keys"), "must name at least one key");
-    }
-    let mut out = Vec::new();
-    for (i, k) in list.iter().enumerate() {
-        let key = format!("{section}.keys[{i}]");
-        if k.id.is_empty() || k.id.len() > 64 || !k.id.bytes().all(|b| b.is_ascii_graphic()) {
-            p.add(
-                format!("{key}.id"),
-                "must be 1 to 64 visible ASCII characters",
-            );
-        }
-        match secret(&k.env) {
-            None => p.add(
-                format!("{key}.env"),
-                format!("the environment variable {} is not set", k.env),
-            ),
-            Some(v) if v.len() < min => p.add(
-                format!("{key}.env"),
-                format!("the key in {} is shorter than {min} bytes", k.env),
-            ),
-            Some(v) => out.push((k.id.clone(), v.into_bytes())),
-        }
-    }
-    out
-}
-
-fn acquirer_return(
-    c: &StepUpConfig,
-    policy: &ReturnUrlPolicy,
-    expiry: Option<u64>,
-    secret: &dyn Fn(&str) -> Option<String>,
-    p: &mut Problems,
-) -> Option<ReturnEndpoint> {
-    let r = &c.acquirer_return;
-    if !r.enabled {
-        return None;
-    }
-    let base = r.public_base_url.trim_end_matches('/');
-    match policy.check_return_url(base) {
-        Err(why) => p.add("acquirer_return.public_base_url", why),
-        Ok(()) if base.contains(['?', '#']) => p.add(
-            "acquirer_return.public_base_url",
-            "must have no query or fragment",
-        ),
-        Ok(()) => {}
-    }
-    if !r.path.starts_with('/') || r.path.ends_with('/') || r.path.contains(['?', '#', '{']) {
-        p.add(
-            "acquirer_return.path",
-            "must be a path starting with / and not ending with /",
-        );
-    }
-    if r.notify_path
-        .as_deref()
-        .is_some_and(|n| !n.starts_with('/'))
-    {
-        p.add(
-            "acquirer_return.notify_path",
-            "must be a path starting with /",
-        );
-    }
-    let keys = keys("acquirer_return", &r.keys, 32, secret, p);
-    if keys.is_empty() {
-        return None;
-    }
-    // Klarna's default Payment Request lifetime is 3 hours.
-    let lifetime_secs = expiry.unwrap_or(3 * 3600) + r.token_margin_secs;
-    Some(ReturnEndpoint {
-        base: base.to_owned(),
-        path: r.path.clone(),
-        keys,
-        lifetime_secs,
-        notify_path: r.notify_path.clone(),
-        notify_timeout_ms: r.notify_timeout_ms,
-    })
-}
-
-fn webhooks(
-    c: &StepUpConfig,
-    secret: &dyn Fn(&str) -> Option<String>,
-    p: &mut Problems,
-) -> Option<Webhooks> {
-    let w = &c.webhooks;
-    if !w.enabled {
-        return None;
-    }
-    for (key, path) in [
-        ("webhooks.path", &w.path),
-        ("webhooks.relay_path", &w.relay_path),
-    ] {
-        if !path.starts_with('/') || path.contains(['?', '#']) {
-            p.add(key, "must be a path starting with /");
-        }
-    }
-    if w.path == w.relay_path {
-        p.add("webhooks.relay_path", "must differ from webhooks.path");
-    }
-    if w.body_limit == 0 {
-        p.add("webhooks.body_limit", "must be at least 1 byte");
-    }
-    let keys = keys("webhooks", &w.keys, 1, secret, p);
-    Some(Webhooks {
-        path: w.path.clone(),
-        relay_path: w.relay_path.clone(),
-        keys,
-        body_limit: w.body_limit,
-    })
-}
-
-fn dot_path(key: &str, path: &str, p: &mut Problems) -> Vec<String> {
-    if path.is_empty() {
-        return Vec::new();
-    }
-    let segs: Vec<String> = path.split('.').map(str::to_owned).collect();
-    if segs.iter().any(String::is_empty) {
-        p.add(
-            key,
-            "must be empty or dot-separated field names, e.g. payment.klarna",
-        );
-    }
-    segs
-}
-
-/// Seconds in an ISO 8601 duration of days, hours, minutes and seconds (`P1D`, `PT15M`).
-fn iso_duration_secs(s: &str) -> Option<u64> {
-    let rest = s.strip_prefix('P')?;
-    let (date, time) = rest.split_once('T').unwrap_or((rest, ""));
-    if rest.is_empty() || rest.ends_with('T') {
-        return None;
-    }
-    let mut total = 0u64;
-    for (part, units) in [
-        (date, &[('D', 86_400u64)][..]),
-        (time, &[('H', 3600), ('M', 60), ('S', 1)][..]),
-    ] {
-        let mut rest = part;
-        let mut last = 0;
-        while !rest.is_empty() {
-            let end = rest.find(|c: char| !c.is_ascii_digit())?;
-            let n: u64 = rest[..end].parse().ok()?;
-            let unit = rest[end..].chars().next()?;
-            let pos = units.iter().position(|(u, _)| *u == unit)?;
-            if pos < last {
-                return None;
-            }
-            last = pos + 1;
-            total = total.checked_add(n.checked_mul(units[pos].1)?)?;
-            rest = &rest[end + 1..];
-        }
-    }
-    Some(total)
-}
-
-#[derive(Debug)]
-struct RoutePattern {
-    method: Method,
-    pattern: String,
-    segments: Vec<Option<String>>,
-}
-
-impl RoutePattern {
-    fn parse(method: &str, path: &str, key: &str, p: &mut Problems) -> Option<Self> {
-        let method = match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
-            Ok(m) => m,
-            Err(_) => {
-                p.add(format!("{key}.method"), "is not an HTTP method");
-                return None;
-            }
-        };
-        if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
-            p.add(
-                format!("{key}.path"),
-                "must be a path starting with / (no query)",
-            );
-            return None;
-        }
-        let mut segments = Vec::new();
-        for seg in path.split('/').skip(1) {
-            if seg.starts_with('{') && seg.ends_with('}') && seg.len() > 2 {
-                segments.push(None);
-            } else if seg.contains(['{', '}']) {
-                p.add(
-                    format!("{key}.path"),
-                    "a {name} parameter must be a whole segment",
-                );
-                return None;
-            } else {
-                segments.push(Some(seg.to_owned()));
-            }
-        }
-        Some(RoutePattern {
-            method,
-            pattern: path.to_owned(),
-            segments,
-        })
-    }
-
-    fn matches(&self, method: &Method, path: &str) -> bool {
-        if *method != self.method {
-            return false;
-        }
-        let Some(path) = path.strip_prefix('/') else {
-            return false;
-        };
-        let mut parts = path.split('/');
-        for seg in &self.segments {
-            match (parts.next(), seg) {
-                (Some(part), Some(lit)) if part == lit => {}
-                (Some(part), None) if !part.is_empty() => {}
-                _ => return false,
-            }
-        }
-        parts.next().is_none()
-    }
-}
-
-/// A piece of the partner `redirect_url` template.
-#[derive(Debug)]
-enum TemplatePart {
-    Literal(String),
-    Url,
-    Id,
-    Reference,
-}
-
-impl TemplatePart {
-    fn parse(t: &str, p: &mut Problems) -> Vec<TemplatePart> {
-        const KEY: &str = "partner_response.redirect_url";
-        if !(t.starts_with("{payment_request_url}")
-            || t.starts_with("https://")
-            || t.starts_with("http://"))
-        {
-            p.add(KEY, "must start with https:// or {payment_request_url}");
-        }
-        let mut parts = Vec::new();
-        let mut rest = t;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(TemplatePart::Literal(rest[..open].to_owned()));
-            }
-            let Some(close) = rest[open..].find('}') else {
-                p.add(KEY, "has an unbalanced {");
-                return parts;
-            };
-            parts.push(match &rest[open..open + close + 1] {
-                "{payment_request_url}" => TemplatePart::Url,
-                "{payment_request_id}" => TemplatePart::Id,
-                "{payment_request_reference}" => TemplatePart::Reference,
-                other => {
-                    p.add(KEY, format!("has an unknown placeholder {other}"));
-                    TemplatePart::Literal(String::new())
-                }
-            });
-            rest = &rest[open + close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(TemplatePart::Literal(rest.to_owned()));
-        }
-        parts
-    }
 }
 
 #[cfg(test)]
@@ -962,42 +505,5 @@ mod tests {
         let err = StepUp::from_toml("[return_url_policy]\nmax_lenght = 3\n").unwrap_err();
         assert_eq!(err.0[0].key, "max_lenght");
         assert!(err.to_string().contains("unknown field"), "{err}");
-    }
-
-    #[test]
-    fn iso_durations() {
-        assert_eq!(iso_duration_secs("PT15M"), Some(900));
-        assert_eq!(iso_duration_secs("PT48H"), Some(172_800));
-        assert_eq!(
-            iso_duration_secs("P1DT1H30M5S"),
-            Some(86_400 + 3600 + 1800 + 5)
-        );
-        for bad in [
-            "", "P", "PT", "15M", "PT15", "PTM", "PT1M1H", "P1H", "PT-1M",
-        ] {
-            assert_eq!(iso_duration_secs(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn refusal_json_shape() {
-        let r = Refusal::invalid(
-            "invalid_return_url",
-            "klarna_return_url",
-            "is not an absolute URL",
-        );
-        let v: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"error": {"type": "invalid_request", "code": "invalid_return_url",
-                "param": "klarna_return_url", "message": "is not an absolute URL"}})
-        );
-        let res = Refusal::upstream_timeout().to_response();
-        assert_eq!(res.status(), 504);
-        assert_eq!(res.headers()[MARKER_HEADER], "upstream_timeout");
-        assert_eq!(
-            res.headers()["content-length"],
-            res.body().len().to_string().as_str()
-        );
     }
 }

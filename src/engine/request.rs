@@ -9,12 +9,14 @@ use super::{Candidate, Engine, Exchange, Refusal, RequestVerdict, StepUp};
 const MAX_REFERENCE: usize = 255;
 
 impl StepUp {
-    /// Reads a candidate body; for a Klarna payment, splices in `step_up_config`.
+    /// Reads a candidate body; for a Klarna payment, splices in `step_up_config`. `now` is
+    /// the current time in unix seconds (it dates the signed return token, when the acquirer
+    /// return is on).
     ///
     /// Everything the engine does not set survives byte for byte: unknown fields, key order,
     /// number formats, escapes and whitespace. What the caller already put in
     /// `step_up_config` wins; only what is missing is filled.
-    pub fn rewrite_request(&self, candidate: Candidate, body: &[u8]) -> RequestVerdict {
+    pub fn rewrite_request(&self, candidate: Candidate, body: &[u8], now: u64) -> RequestVerdict {
         let Some(root) = Object::parse(body) else {
             return RequestVerdict::NotKlarna;
         };
@@ -22,7 +24,7 @@ impl StepUp {
         if !e.is_klarna(&root) {
             return RequestVerdict::NotKlarna;
         }
-        match e.inject(body, &root) {
+        match e.inject(body, &root, now) {
             Ok((body, reference, return_url)) => RequestVerdict::Injected {
                 body,
                 exchange: Exchange {
@@ -42,7 +44,9 @@ impl Engine {
             let kind = json::as_str(pm).or_else(|| Object::from_raw(pm)?.get_str("type"));
             if let Some(kind) = kind {
                 if self
-                    .detect_values
+                    .config
+                    .detect
+                    .payment_method
                     .iter()
                     .any(|v| v.eq_ignore_ascii_case(&kind))
                 {
@@ -50,10 +54,15 @@ impl Engine {
                 }
             }
         }
-        self.authorize_shape && root.get("request_payment_transaction").is_some()
+        self.config.detect.authorize_shape && root.get("request_payment_transaction").is_some()
     }
 
-    fn inject(&self, body: &[u8], root: &Object<'_>) -> Result<(Vec<u8>, String, String), Refusal> {
+    fn inject(
+        &self,
+        body: &[u8],
+        root: &Object<'_>,
+        now: u64,
+    ) -> Result<(Vec<u8>, String, String), Refusal> {
         // Where step_up_config goes: walk inject_at; objects missing on the way are created.
         let mut target = None;
         let mut depth = 0;
@@ -123,10 +132,15 @@ impl Engine {
             .ok_or_else(|| {
                 Refusal::invalid(
                     "missing_return_url",
-                    self.fields.return_url.first().cloned().unwrap_or_default(),
+                    self.config
+                        .partner_fields
+                        .return_url
+                        .first()
+                        .cloned()
+                        .unwrap_or_default(),
                     format!(
                         "a return URL is required: send {}",
-                        self.fields.return_url.join(" or ")
+                        self.config.partner_fields.return_url.join(" or ")
                     ),
                 )
             })?;
@@ -143,7 +157,7 @@ impl Engine {
             // URL travels signed inside it. A return_url the caller set itself is left alone.
             match &self.acquirer_return {
                 Some(r) => {
-                    let url = r.return_url(&return_url, &reference, super::unix_now());
+                    let url = r.return_url(&return_url, &reference, now);
                     json::write_member(&mut cic_members, "return_url", &url);
                 }
                 None => json::write_member(&mut cic_members, "return_url", &return_url),
@@ -153,6 +167,8 @@ impl Engine {
             json::write_member(&mut cic_members, "app_return_url", app);
         }
         if let Some(expiry) = self
+            .config
+            .defaults
             .interaction_expiry
             .as_deref()
             .filter(|_| !has("interaction_expiry"))
@@ -249,7 +265,8 @@ impl Engine {
     ) -> Result<Cow<'a, str>, Refusal> {
         let found = match suc.and_then(|s| s.get("payment_request_reference")) {
             Some(v) => Some((v, prefix("step_up_config.payment_request_reference"))),
-            None => first_field(root, &self.fields.reference).map(|(name, v)| (v, name.to_owned())),
+            None => first_field(root, &self.config.partner_fields.reference)
+                .map(|(name, v)| (v, name.to_owned())),
         };
         let Some((raw, param)) = found else {
             return Ok(Cow::Owned(uuid::Uuid::new_v4().to_string()));
@@ -278,14 +295,14 @@ impl Engine {
         let (key, fields, default) = if app {
             (
                 "app_return_url",
-                &self.fields.app_return_url,
-                &self.default_app_return_url,
+                &self.config.partner_fields.app_return_url,
+                &self.config.defaults.app_return_url,
             )
         } else {
             (
                 "return_url",
-                &self.fields.return_url,
-                &self.default_return_url,
+                &self.config.partner_fields.return_url,
+                &self.config.defaults.return_url,
             )
         };
         let found = match cic.and_then(|c| c.get(key)) {
@@ -319,13 +336,13 @@ impl Engine {
 
     /// Indices (sorted) of the top-level members that are stripped before forwarding.
     fn strip_indices(&self, root: &Object<'_>) -> Vec<usize> {
-        if self.fields.strip.is_empty() {
+        if self.config.partner_fields.strip.is_empty() {
             return Vec::new();
         }
         root.members
             .iter()
             .enumerate()
-            .filter(|(_, m)| self.fields.strip.iter().any(|s| *s == m.key))
+            .filter(|(_, m)| self.config.partner_fields.strip.iter().any(|s| *s == m.key))
             .map(|(i, _)| i)
             .collect()
     }

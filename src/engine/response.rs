@@ -5,10 +5,11 @@ use std::fmt;
 use http::{HeaderMap, StatusCode};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use super::head::{content_length, is_json_or_absent};
 use super::json::{self, Edits, Object};
-use super::{AuthorizeResult, Engine, Exchange, ResponseVerdict, StepUp, TemplatePart};
-use crate::klarna::{self, AuthorizeAnswer, PaymentRequest};
-use crate::partner::{Declined, FinalResponse, JsonText, PendingKlarna, PendingResponse};
+use super::klarna::{self, AuthorizeAnswer, PaymentRequest};
+use super::partner::{Declined, FinalResponse, JsonText, PendingKlarna, PendingResponse};
+use super::{decode, AuthorizeResult, Engine, Exchange, ResponseVerdict, StepUp, TemplatePart};
 
 /// Characters escaped when an id is put into a `redirect_url` template.
 const TEMPLATE_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
@@ -18,12 +19,18 @@ const TEMPLATE_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b':');
 
-/// Why an answer passed through untouched.
+/// Why an answer to a Klarna request passed through untouched. One wording for every
+/// adapter: its `Display` is what the logs say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeepReason {
     /// Not a 2xx, or not JSON by its content type: not offered for a rewrite.
     NotOffered,
+    /// Larger than the body limit (declared, or as read).
+    TooLarge,
+    /// Compressed with an encoding this build does not decode, corrupt, or larger than the
+    /// body limit once decoded.
+    Undecodable,
     /// The body is not valid JSON.
     NotJson,
     /// Nothing at `klarna_answer_at`, or not Klarna's authorize shape.
@@ -38,6 +45,10 @@ impl fmt::Display for KeepReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeepReason::NotOffered => f.write_str("not a 2xx JSON answer"),
+            KeepReason::TooLarge => f.write_str("the answer is larger than the body limit"),
+            KeepReason::Undecodable => {
+                f.write_str("a compressed answer that does not decode within the body limit")
+            }
             KeepReason::NotJson => f.write_str("the body is not JSON"),
             KeepReason::NoAnswer => f.write_str("no Klarna authorize answer found"),
             KeepReason::UnknownResult => f.write_str("unknown payment_transaction_response.result"),
@@ -46,9 +57,44 @@ impl fmt::Display for KeepReason {
     }
 }
 
+/// What to do with the answer to a Klarna request, judged from its head:
+/// [`StepUp::response_plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ResponsePlan {
+    /// Read it to its end (at most [`StepUp::body_limit`] bytes; past that it passes through
+    /// as [`KeepReason::TooLarge`]) and hand it to [`StepUp::rewrite_response`].
+    Read,
+    /// Stream it through untouched, marked `passthrough`, for this reason.
+    Keep(KeepReason),
+}
+
 impl StepUp {
+    /// Whether the answer to `exchange` is read for a rewrite: a 2xx other than 204 with a
+    /// JSON (or no) content type, a declared length within the body limit, and an encoding
+    /// this build decodes. Informational (1xx) heads are not answers: adapters pass them on.
+    pub fn response_plan(
+        &self,
+        _exchange: &Exchange,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> ResponsePlan {
+        if !status.is_success() || status == StatusCode::NO_CONTENT || !is_json_or_absent(headers) {
+            return ResponsePlan::Keep(KeepReason::NotOffered);
+        }
+        if content_length(headers).is_some_and(|n| n > self.body_limit() as u64) {
+            return ResponsePlan::Keep(KeepReason::TooLarge);
+        }
+        if !decode::supported(headers.get(http::header::CONTENT_ENCODING)) {
+            return ResponsePlan::Keep(KeepReason::Undecodable);
+        }
+        ResponsePlan::Read
+    }
+
     /// Rewrites the upstream's answer to a Klarna exchange into the partner block, or says
-    /// why it must pass through untouched. Never fails, never panics on any input.
+    /// why it must pass through untouched. `body` is the answer as received: a compressed
+    /// answer (`Content-Encoding` in `headers`) is decoded first, bounded by the body limit.
+    /// Never fails, never panics on any input.
     pub fn rewrite_response(
         &self,
         exchange: &Exchange,
@@ -56,10 +102,18 @@ impl StepUp {
         headers: &HeaderMap,
         body: &[u8],
     ) -> ResponseVerdict {
-        if !self.wants_response(exchange, status, headers) {
-            return ResponseVerdict::Keep(KeepReason::NotOffered);
+        if let ResponsePlan::Keep(reason) = self.response_plan(exchange, status, headers) {
+            return ResponseVerdict::Keep(reason);
         }
-        match self.inner.rewrite(exchange, body) {
+        let limit = self.body_limit();
+        if body.len() > limit {
+            return ResponseVerdict::Keep(KeepReason::TooLarge);
+        }
+        let Some(body) = decode::decode(headers.get(http::header::CONTENT_ENCODING), body, limit)
+        else {
+            return ResponseVerdict::Keep(KeepReason::Undecodable);
+        };
+        match self.inner.rewrite(exchange, &body) {
             Ok((body, result)) => ResponseVerdict::Rewritten { body, result },
             Err(reason) => ResponseVerdict::Keep(reason),
         }
@@ -153,7 +207,7 @@ impl Engine {
             }
         }
         let block = PendingResponse {
-            status: &self.words.pending,
+            status: &self.config.partner_response.pending,
             redirect_url: &redirect,
             klarna: PendingKlarna {
                 payment_request_id: id,
@@ -175,7 +229,7 @@ impl Engine {
                 "payment_transaction_response.payment_transaction",
             ))?;
         let block = FinalResponse {
-            status: &self.words.authorized,
+            status: &self.config.partner_response.authorized,
             klarna: tx,
         };
         Ok(to_json(&block, 64 + tx.get().len()))
@@ -187,7 +241,7 @@ impl Engine {
             .as_ref()
             .and_then(|r| r.result_reason);
         let block = FinalResponse {
-            status: &self.words.declined,
+            status: &self.config.partner_response.declined,
             klarna: Declined { result_reason },
         };
         to_json(&block, 128)

@@ -30,11 +30,11 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::Result;
 
+use super::ctx::{Req, StepUpCtx};
+use super::phases::StepUpPhases;
 use super::proxy::{StepUpProxy, StepUpProxyCtx};
-
-/// Attempts per exchange when `error_while_proxy` or `fail_to_connect` say retry: Pingora's
-/// default `max_retries`.
-const MAX_ATTEMPTS: usize = 16;
+use crate::engine;
+use crate::{KeepReason, ResponsePlan, ResponseVerdict};
 
 /// Request headers that belong to one connection (RFC 9110 §7.6.1), not to the exchange.
 const HOP_BY_HOP: [header::HeaderName; 6] = [
@@ -67,9 +67,10 @@ where
         session: &mut Session,
         ctx: &mut StepUpProxyCtx<P::CTX>,
     ) -> Result<bool> {
-        let Some(body) = self.phases.direct_body(&ctx.step_up) else {
+        let Some(body) = direct_body(&ctx.step_up) else {
             return Ok(false);
         };
+        let max_attempts = self.phases.client.max_attempts();
         if !self
             .inner
             .proxy_upstream_filter(session, &mut ctx.inner)
@@ -86,7 +87,7 @@ where
                 ctx.peer = Some(peer);
                 return Ok(false);
             }
-            let connector = self.phases.connector();
+            let connector = self.phases.client.connector();
             let (mut conn, reused) = match connector.get_http_session(&*peer).await {
                 Ok(c) => c,
                 Err(mut e) => {
@@ -95,7 +96,7 @@ where
                         .inner
                         .fail_to_connect(session, &peer, &mut ctx.inner, e)
                         .into_up();
-                    if e.retry() && attempt < MAX_ATTEMPTS {
+                    if e.retry() && attempt < max_attempts {
                         continue;
                     }
                     return Err(e);
@@ -110,7 +111,7 @@ where
                     let e = self
                         .inner
                         .error_while_proxy(&peer, session, e, &mut ctx.inner, reused);
-                    if e.retry() && attempt < MAX_ATTEMPTS {
+                    if e.retry() && attempt < max_attempts {
                         continue;
                     }
                     return Err(e);
@@ -172,9 +173,7 @@ where
             .request_body_filter(session, &mut body, true, &mut ctx.inner)
             .await?;
         let body = body.unwrap_or_default();
-        // The answer is rewritten: ask for it plain (a compressed one is decoded anyway).
-        req.remove_header(&header::ACCEPT_ENCODING);
-        req.insert_header(header::CONTENT_LENGTH, body.len())?;
+        engine::injected_request(&mut req, body.len());
 
         // Errors of the connection are the upstream's (502/504); a filter's are its own.
         conn.write_request_header(Box::new(req)).await.map_err(up)?;
@@ -292,6 +291,71 @@ where
                 return Ok(());
             }
         }
+    }
+}
+
+/// The body of an injected Klarna request read whole in `request_filter`: an exchange
+/// [`StepUpProxy`] may carry out by itself.
+fn direct_body(ctx: &StepUpCtx) -> Option<Bytes> {
+    match (&ctx.req, &ctx.exchange) {
+        (Req::Buffered(body), Some(_)) => Some(body.clone()),
+        _ => None,
+    }
+}
+
+impl StepUpPhases {
+    /// The direct exchange's answer when it is larger than `body_limit`: it passes through
+    /// untouched, streamed (chunked unless the upstream gave its length).
+    fn direct_too_large(
+        &self,
+        session: &mut Session,
+        head: &mut ResponseHeader,
+        ctx: &mut StepUpCtx,
+    ) {
+        ctx.record.kept(KeepReason::TooLarge);
+        self.passthrough_head(session, head, ctx);
+        if !head.headers.contains_key(header::CONTENT_LENGTH) {
+            let _ = head.insert_header(header::TRANSFER_ENCODING, "chunked");
+        }
+    }
+
+    /// The direct exchange's answer, read whole: rewritten when the engine says so, else the
+    /// upstream's bytes untouched. Edits `head` to match (the caller sets the framing) and
+    /// returns the body.
+    fn direct_answer(
+        &self,
+        session: &mut Session,
+        head: &mut ResponseHeader,
+        raw: Bytes,
+        ctx: &mut StepUpCtx,
+    ) -> Bytes {
+        ctx.record.read_response(raw.len());
+        let Some(exchange) = &ctx.exchange else {
+            return raw;
+        };
+        let reason = match self
+            .step_up
+            .response_plan(exchange, head.status, &head.headers)
+        {
+            ResponsePlan::Keep(reason) => reason,
+            ResponsePlan::Read => {
+                let verdict = ctx.record.timed(|| {
+                    self.step_up
+                        .rewrite_response(exchange, head.status, &head.headers, &raw)
+                });
+                match verdict {
+                    ResponseVerdict::Rewritten { body, result } => {
+                        ctx.record.rewritten(result);
+                        engine::mark_rewritten(&mut *head);
+                        return Bytes::from(body);
+                    }
+                    ResponseVerdict::Keep(reason) => reason,
+                }
+            }
+        };
+        ctx.record.kept(reason);
+        self.passthrough_head(session, head, ctx);
+        raw
     }
 }
 

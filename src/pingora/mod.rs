@@ -94,7 +94,7 @@
 //! client before its body has been read. It is therefore sent chunked, without
 //! `Content-Length`, `ETag` or `Accept-Ranges`, and marked `rewritten`; if the engine then
 //! keeps the answer (an unknown `result`, a body that is not JSON) the client gets the
-//! upstream's bytes untouched under that header, and the log and [`Outcome`] say
+//! upstream's bytes untouched under that header, and the log and [`Outcome`](crate::Outcome) say
 //! `passthrough`.
 //!
 //! # Calling step-up from your own filters
@@ -184,11 +184,19 @@
 //! Upstream answers to Klarna requests are buffered up to `body_limit`; set read timeouts on
 //! your `HttpPeer`s (Pingora's default is to wait forever).
 
+// The parts, by concern: the per-request state; step-up's own upstream client; the phases
+// of Pingora's pipeline; the routes step-up answers itself; the direct exchange; session
+// I/O; and the delegating wrapper.
+mod client;
+mod ctx;
+mod delegate;
 mod exchange;
+mod io;
+mod own_routes;
 mod phases;
 mod proxy;
 
-pub use phases::{
-    respond, upstream_refusal, LargeBodies, Outcome, StepUpCtx, StepUpPhases, RETRY_BUFFER_LIMIT,
-};
+pub use ctx::StepUpCtx;
+pub use io::{respond, upstream_refusal};
+pub use phases::{LargeBodies, StepUpPhases, RETRY_BUFFER_LIMIT};
 pub use proxy::{StepUpProxy, StepUpProxyCtx};

@@ -23,6 +23,8 @@ pin_project! {
     enum Kind<B> {
         Stream { #[pin] body: B },
         Full { data: Option<Bytes> },
+        // What was read of `body` before it turned out too large to rewrite, then the rest.
+        Prefixed { prefix: Option<Bytes>, body: Pin<Box<B>> },
     }
 }
 
@@ -31,6 +33,16 @@ impl<B> StepUpBody<B> {
     pub fn new(body: B) -> Self {
         StepUpBody {
             kind: Kind::Stream { body },
+        }
+    }
+
+    /// `prefix` (already read from `body`), then the rest of `body`.
+    pub(crate) fn prefixed(prefix: Bytes, body: Pin<Box<B>>) -> Self {
+        StepUpBody {
+            kind: Kind::Prefixed {
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                body,
+            },
         }
     }
 
@@ -59,6 +71,10 @@ where
         match self.project().kind.project() {
             KindProj::Stream { body } => body.poll_frame(cx),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Prefixed { prefix, body } => match prefix.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => body.as_mut().poll_frame(cx),
+            },
         }
     }
 
@@ -66,6 +82,7 @@ where
         match &self.kind {
             Kind::Stream { body } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
+            Kind::Prefixed { prefix, body } => prefix.is_none() && body.is_end_stream(),
         }
     }
 
@@ -75,6 +92,16 @@ where
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            Kind::Prefixed { prefix, body } => {
+                let held = prefix.as_ref().map_or(0, |d| d.len() as u64);
+                let rest = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + held);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + held);
+                }
+                hint
+            }
         }
     }
 }
@@ -83,6 +110,7 @@ impl<B> std::fmt::Debug for StepUpBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
             Kind::Stream { .. } => f.write_str("StepUpBody::Stream"),
+            Kind::Prefixed { .. } => f.write_str("StepUpBody::Prefixed"),
             Kind::Full { data } => write!(
                 f,
                 "StepUpBody::Full({} bytes)",

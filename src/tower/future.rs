@@ -8,6 +8,7 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use super::StepUpBody;
+use crate::observe::{Observer, Record};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -22,8 +23,9 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, B, E> {
-        // Not a candidate: the inner future, its body wrapped on the way out.
-        Passthrough { #[pin] future: F },
+        // Not a candidate: the inner future, its body wrapped on the way out; the observer
+        // (if any) hears of it once the head is ready.
+        Passthrough { #[pin] future: F, observer: Option<Observer> },
         // A candidate: body reading, the inner call and the rewrite, in one boxed future. The
         // box is one allocation on a path that buffers bodies anyway.
         StepUp { future: BoxFuture<Result<Response<StepUpBody<B>>, E>> },
@@ -31,9 +33,9 @@ pin_project! {
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    pub(super) fn passthrough(future: F) -> Self {
+    pub(super) fn passthrough(future: F, observer: Option<Observer>) -> Self {
         ResponseFuture {
-            kind: Kind::Passthrough { future },
+            kind: Kind::Passthrough { future, observer },
         }
     }
 
@@ -52,8 +54,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Passthrough { future } => {
+            KindProj::Passthrough { future, observer } => {
                 let res = ready!(future.poll(cx))?;
+                if let Some(observe) = observer.take() {
+                    observe(&Record::default());
+                }
                 Poll::Ready(Ok(res.map(StepUpBody::new)))
             }
             KindProj::StepUp { future } => future.as_mut().poll(cx),

@@ -1,11 +1,10 @@
-//! [`KlarnaStepUp`]: the middleware service.
+//! [`KlarnaStepUp`]: the middleware service. Framing only: it reads and replaces bodies and
+//! heads as the engine says.
 
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{
-    HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING,
-};
+use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -13,29 +12,55 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::{ResponseFuture, StepUpBody};
-use crate::decode::decode;
-use crate::engine::webhook::relay_headers;
-use crate::engine::{Candidate, Exchange, MARKER_HEADER, STALE_RESPONSE_HEADERS};
-use crate::{Refusal, RequestVerdict, ResponseVerdict, Route, StepUp};
+use crate::engine::{self, unix_now, Candidate, Exchange};
+use crate::observe::{Notified, Observer, Outcome, Record};
+use crate::{Refusal, RequestVerdict, ResponsePlan, ResponseVerdict, Route, StepUp};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Klarna step-up in front of a payment API service: see [the module docs](crate::tower).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KlarnaStepUp<S> {
     inner: S,
     step_up: StepUp,
+    observer: Option<Observer>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for KlarnaStepUp<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KlarnaStepUp")
+            .field("inner", &self.inner)
+            .field("step_up", &self.step_up)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> KlarnaStepUp<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, step_up: StepUp) -> Self {
-        KlarnaStepUp { inner, step_up }
+        KlarnaStepUp {
+            inner,
+            step_up,
+            observer: None,
+        }
     }
 
     /// A [`KlarnaStepUpLayer`](super::KlarnaStepUpLayer) for `step_up`.
     pub fn layer(step_up: StepUp) -> super::KlarnaStepUpLayer {
         super::KlarnaStepUpLayer::new(step_up)
+    }
+
+    /// Calls `observer` once per request, when its response head is ready (for rewritten
+    /// answers: when the rewrite is done), with step-up's [`Record`] of it: the place for
+    /// metrics. The same record the Pingora adapter's `observe` gets.
+    pub fn observe(mut self, observer: impl Fn(&Record) + Send + Sync + 'static) -> Self {
+        self.observer = Some(std::sync::Arc::new(observer));
+        self
+    }
+
+    pub(super) fn with_observer(mut self, observer: Option<Observer>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// The wrapped service.
@@ -51,6 +76,15 @@ impl<S> KlarnaStepUp<S> {
     /// The wrapped service, unwrapped.
     pub fn into_inner(self) -> S {
         self.inner
+    }
+}
+
+impl<S: Clone> KlarnaStepUp<S> {
+    /// The service that was polled ready, for a call made after the body is read; a clone
+    /// takes its place (see tower's docs on `Service`).
+    fn take_ready(&mut self) -> S {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
     }
 }
 
@@ -72,38 +106,54 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        match self
-            .step_up
-            .classify(req.method(), req.uri(), req.headers())
-        {
+        let step_up = self.step_up.clone();
+        let observer = self.observer.clone();
+        match step_up.classify(req.method(), req.uri(), req.headers()) {
             Route::Candidate(candidate) => {
-                // The body must be read before `inner` is called: take the service that was
-                // polled ready and leave a clone in its place (see tower's docs on `Service`).
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::step_up(Box::pin(exchange(
-                    self.step_up.clone(),
-                    inner,
-                    candidate,
-                    req,
-                )))
+                let pattern = step_up.candidate_pattern(candidate);
+                let record = Record::acting(pattern, Outcome::NotKlarna);
+                let span = record.span().clone();
+                let inner = self.take_ready();
+                let fut = exchange(step_up, inner, candidate, req, record);
+                ResponseFuture::step_up(Box::pin(observed(fut, observer).instrument(span)))
             }
             Route::Return => {
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::step_up(Box::pin(acquirer_return(self.step_up.clone(), inner, req)))
+                let record = Record::acting("acquirer_return", Outcome::NotCandidate);
+                let span = record.span().clone();
+                let fut = acquirer_return(step_up, self.take_ready(), req, record);
+                ResponseFuture::step_up(Box::pin(observed(fut, observer).instrument(span)))
             }
             Route::Webhook => {
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::step_up(Box::pin(webhook(self.step_up.clone(), inner, req)))
+                let record = Record::acting("webhook", Outcome::NotCandidate);
+                let span = record.span().clone();
+                let fut = webhook(step_up, self.take_ready(), req, record);
+                ResponseFuture::step_up(Box::pin(observed(fut, observer).instrument(span)))
             }
-            Route::Internal => ResponseFuture::step_up(Box::pin(std::future::ready(Ok(refusal(
-                &Refusal::not_found(),
-            ))))),
-            _ => ResponseFuture::passthrough(self.inner.call(req.map(StepUpBody::new))),
+            Route::RelayPathFromOutside => {
+                // Answered at once: only verified webhooks reach the payment API's relay path.
+                let mut record = Record::acting("webhook_relay_path", Outcome::NotCandidate);
+                let res = refuse(&mut record, &Refusal::not_found());
+                let fut = std::future::ready(Ok((record, res)));
+                ResponseFuture::step_up(Box::pin(observed(fut, observer)))
+            }
+            _ => ResponseFuture::passthrough(self.inner.call(req.map(StepUpBody::new)), observer),
         }
     }
+}
+
+type Answer<B, E> = Result<(Record, Response<StepUpBody<B>>), E>;
+
+/// Runs a step-up route's future, then closes its record and hands it to the observer.
+async fn observed<B, E>(
+    route: impl std::future::Future<Output = Answer<B, E>>,
+    observer: Option<Observer>,
+) -> Result<Response<StepUpBody<B>>, E> {
+    let (mut record, res) = route.await?;
+    record.done(Some(res.status().as_u16()));
+    if let Some(observe) = &observer {
+        observe(&record);
+    }
+    Ok(res)
 }
 
 /// The acquirer return: verify the token, tell the payment API (bounded wait), redirect.
@@ -111,46 +161,36 @@ async fn acquirer_return<S, ReqB, ResB>(
     step_up: StepUp,
     mut inner: S,
     req: Request<ReqB>,
-) -> Result<Response<StepUpBody<ResB>>, S::Error>
+    mut record: Record,
+) -> Answer<ResB, S::Error>
 where
     S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
     ResB: Body<Data = Bytes>,
 {
-    let redirect = match step_up.resolve_return(req.uri(), crate::engine::unix_now()) {
+    let redirect = match step_up.resolve_return(req.uri(), unix_now()) {
         Ok(r) => r,
         Err(r) => {
-            tracing::warn!(code = r.code, "acquirer return refused");
-            return Ok(refusal(&r));
+            let res = refuse(&mut record, &r);
+            return Ok((record, res));
         }
     };
-    if let Some((path, timeout)) = step_up.return_notification() {
-        let mut notify = Request::new(StepUpBody::full(redirect.notification()));
-        *notify.method_mut() = http::Method::POST;
-        *notify.uri_mut() = with_path(req.uri(), path);
-        if let Some(host) = req.headers().get(http::header::HOST) {
-            notify
-                .headers_mut()
-                .insert(http::header::HOST, host.clone());
-        }
-        notify
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let host = req.headers().get(http::header::HOST);
+    if let Some((notify, timeout)) = step_up.return_notification(&redirect, host) {
+        let (mut parts, body) = notify.into_parts();
+        parts.uri = with_path(req.uri(), parts.uri.path());
+        let notify = Request::from_parts(parts, StepUpBody::full(body));
         // The redirect waits for the notification at most `timeout`: the customer comes first.
-        match tokio::time::timeout(timeout, inner.call(notify)).await {
-            Ok(Ok(res)) if res.status().is_success() => {}
-            Ok(Ok(res)) => {
-                tracing::warn!(status = res.status().as_u16(), reference = %redirect.reference, "return notification refused")
-            }
-            Ok(Err(_)) => {
-                tracing::warn!(reference = %redirect.reference, "return notification failed")
-            }
-            Err(_) => {
-                tracing::warn!(reference = %redirect.reference, "return notification timed out")
-            }
-        }
+        record.notified(
+            match tokio::time::timeout(timeout, inner.call(notify)).await {
+                Ok(Ok(res)) if res.status().is_success() => Notified::Accepted,
+                Ok(Ok(res)) => Notified::Refused(res.status().as_u16()),
+                Ok(Err(_)) => Notified::Failed,
+                Err(_) => Notified::TimedOut,
+            },
+        );
     }
-    tracing::info!(reference = %redirect.reference, state = redirect.state.as_deref(), "acquirer return");
-    Ok(redirect.to_response().map(StepUpBody::full))
+    record.redirected(&redirect);
+    Ok((record, redirect.to_response().map(StepUpBody::full)))
 }
 
 /// A Klarna webhook: verify, relay the original bytes, and acknowledge only what the payment
@@ -159,7 +199,8 @@ async fn webhook<S, ReqB, ResB>(
     step_up: StepUp,
     mut inner: S,
     req: Request<ReqB>,
-) -> Result<Response<StepUpBody<ResB>>, S::Error>
+    mut record: Record,
+) -> Answer<ResB, S::Error>
 where
     S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
     ReqB: Body<Data = Bytes>,
@@ -169,52 +210,47 @@ where
     let (mut parts, body) = req.into_parts();
     let body = match read_body(&parts.headers, body, step_up.webhook_body_limit()).await {
         Ok(body) => body,
-        Err(r) => return Ok(refusal(&r)),
+        Err(r) => {
+            let res = refuse(&mut record, &r);
+            return Ok((record, res));
+        }
     };
-    let event = match step_up.verify_webhook(&parts.headers, &body) {
+    record.read_request(body.len());
+    let verified = record.timed(|| step_up.verify_webhook(&parts.headers, &body));
+    let event = match verified {
         Ok(event) => event,
         Err(r) => {
-            tracing::warn!(code = r.code, param = r.param.as_deref(), "webhook refused");
-            return Ok(refusal(&r));
+            let res = refuse(&mut record, &r);
+            return Ok((record, res));
         }
     };
-    for name in relay_headers::ALL {
-        parts.headers.remove(name);
-    }
-    for (name, value) in event.relay_headers() {
-        parts.headers.insert(name, value);
-    }
+    record.webhook_verified(&event);
+    engine::relay_request(&mut parts.headers, &event);
     parts.uri = with_path(&parts.uri, step_up.webhook_relay_path());
-    let span = tracing::info_span!(
-        "webhook",
-        event_type = event.event_type.as_deref(),
-        reference = event.reference.as_deref()
-    );
     let relayed = inner
         .call(Request::from_parts(parts, StepUpBody::full(body)))
-        .instrument(span.clone())
         .await;
-    let _enter = span.enter();
-    match relayed {
-        Ok(res) if res.status().is_success() => {
-            tracing::info!(status = res.status().as_u16(), "webhook relayed");
-            let mut res = res.map(StepUpBody::new);
-            res.headers_mut()
-                .insert(MARKER_HEADER, HeaderValue::from_static("relayed"));
-            Ok(res)
-        }
-        Ok(res) => {
-            tracing::warn!(
-                status = res.status().as_u16(),
-                "webhook not accepted by the payment API"
-            );
-            Ok(refusal(&Refusal::webhook_not_accepted()))
-        }
+    let res = match relayed {
+        Ok(res) => match step_up.webhook_accepted(res.status()) {
+            Ok(()) => {
+                record.relayed(res.status().as_u16());
+                let mut res = res.map(StepUpBody::new);
+                engine::mark_relayed(res.headers_mut());
+                res
+            }
+            Err(r) => {
+                record.not_relayed(Some(res.status().as_u16()));
+                r.to_response().map(StepUpBody::full)
+            }
+        },
         Err(_) => {
-            tracing::warn!("webhook relay failed: payment API unreachable");
-            Ok(refusal(&Refusal::webhook_not_accepted()))
+            record.not_relayed(None);
+            Refusal::webhook_not_accepted()
+                .to_response()
+                .map(StepUpBody::full)
         }
-    }
+    };
+    Ok((record, res))
 }
 
 /// `uri` with its path (and query) replaced by `path`; scheme and authority kept.
@@ -230,7 +266,8 @@ async fn exchange<S, ReqB, ResB>(
     mut inner: S,
     candidate: Candidate,
     req: Request<ReqB>,
-) -> Result<Response<StepUpBody<ResB>>, S::Error>
+    mut record: Record,
+) -> Answer<ResB, S::Error>
 where
     S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
     ReqB: Body<Data = Bytes>,
@@ -240,108 +277,95 @@ where
     let (mut parts, body) = req.into_parts();
     let body = match read_body(&parts.headers, body, step_up.body_limit()).await {
         Ok(body) => body,
-        Err(r) => return Ok(refusal(&r)),
+        Err(r) => {
+            let res = refuse(&mut record, &r);
+            return Ok((record, res));
+        }
     };
-    let (body, exchange) = match step_up.rewrite_request(candidate, &body) {
+    record.read_request(body.len());
+    let verdict = record.timed(|| step_up.rewrite_request(candidate, &body, unix_now()));
+    let (body, exchange) = match verdict {
         RequestVerdict::NotKlarna => {
             let res = inner
                 .call(Request::from_parts(parts, StepUpBody::full(body)))
                 .await?;
-            return Ok(res.map(StepUpBody::new));
+            return Ok((record, res.map(StepUpBody::new)));
         }
         RequestVerdict::Refused(r) => {
-            tracing::info!(
-                code = r.code,
-                param = r.param.as_deref(),
-                "klarna request refused"
-            );
-            return Ok(refusal(&r));
+            let res = refuse(&mut record, &r);
+            return Ok((record, res));
         }
-        RequestVerdict::Injected { body, exchange } => (body, exchange),
+        RequestVerdict::Injected { body, exchange } => {
+            record.injected(&exchange);
+            (body, exchange)
+        }
     };
-    let h = &mut parts.headers;
-    h.remove(TRANSFER_ENCODING);
-    h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-    // The answer is read and rewritten: ask for it plain (compressed ones are decoded anyway).
-    h.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    engine::injected_request(&mut parts.headers, body.len());
     let res = inner
         .call(Request::from_parts(parts, StepUpBody::full(body)))
         .await?;
-    Ok(rewrite_response(&step_up, &exchange, res).await)
+    let res = rewrite_response(&step_up, &exchange, &mut record, res).await;
+    Ok((record, res))
 }
 
+/// The answer to an injected request: read (bounded by the body limit) and rewritten when
+/// the engine says so; otherwise, or when it turns out larger, passed on untouched.
 async fn rewrite_response<B>(
     step_up: &StepUp,
     exchange: &Exchange,
+    record: &mut Record,
     res: Response<B>,
 ) -> Response<StepUpBody<B>>
 where
     B: Body<Data = Bytes>,
 {
     let (mut parts, body) = res.into_parts();
-    let limit = step_up.body_limit();
-    let wanted = step_up.wants_response(exchange, parts.status, &parts.headers)
-        && content_length(&parts.headers).is_none_or(|n| n <= limit as u64);
-    if !wanted {
-        passthrough(
-            step_up,
-            exchange,
-            &mut parts.headers,
-            "not a 2xx JSON answer within the limit",
-        );
+    if let ResponsePlan::Keep(reason) =
+        step_up.response_plan(exchange, parts.status, &parts.headers)
+    {
+        record.kept(reason);
+        engine::mark_passthrough(&mut parts.headers);
         return Response::from_parts(parts, StepUpBody::new(body));
     }
-    // The payment API is trusted, and its answer to an authorize call is small: read it whole.
-    let raw = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            tracing::warn!(
-                route = step_up.route_pattern(exchange),
-                "upstream answer body failed"
-            );
-            return refusal(&Refusal::upstream_unreachable());
+    let limit = step_up.body_limit();
+    // Pinned on the heap: if the answer turns out too large, the rest of it is passed on.
+    let mut body = Box::pin(body);
+    let mut raw = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            let r = Refusal::upstream_unreachable();
+            return refuse(record, &r);
+        };
+        if let Ok(data) = frame.into_data() {
+            raw.extend_from_slice(&data);
         }
-    };
-    let verdict = match decode(parts.headers.get(CONTENT_ENCODING), &raw, limit) {
-        Some(plain) => step_up.rewrite_response(exchange, parts.status, &parts.headers, &plain),
-        None => ResponseVerdict::Keep(crate::KeepReason::NotJson),
-    };
+        if raw.len() > limit {
+            // Too large to be an answer we rewrite: what was read, then the rest, untouched.
+            record.read_response(raw.len());
+            record.kept(crate::KeepReason::TooLarge);
+            engine::mark_passthrough(&mut parts.headers);
+            return Response::from_parts(parts, StepUpBody::prefixed(raw.freeze(), body));
+        }
+    }
+    let raw = raw.freeze();
+    record.read_response(raw.len());
+    let verdict =
+        record.timed(|| step_up.rewrite_response(exchange, parts.status, &parts.headers, &raw));
     match verdict {
         ResponseVerdict::Rewritten { body, result } => {
-            tracing::debug!(
-                reference = exchange.reference(),
-                ?result,
-                "klarna answer rewritten"
-            );
-            for name in STALE_RESPONSE_HEADERS {
-                parts.headers.remove(name);
-            }
+            record.rewritten(result);
+            engine::mark_rewritten(&mut parts.headers);
             parts
                 .headers
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            parts
-                .headers
-                .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-            parts
-                .headers
-                .insert(MARKER_HEADER, HeaderValue::from_static("rewritten"));
+                .insert(CONTENT_LENGTH, http::HeaderValue::from(body.len()));
             Response::from_parts(parts, StepUpBody::full(body))
         }
         ResponseVerdict::Keep(reason) => {
-            passthrough(step_up, exchange, &mut parts.headers, &reason.to_string());
+            record.kept(reason);
+            engine::mark_passthrough(&mut parts.headers);
             Response::from_parts(parts, StepUpBody::full(raw))
         }
     }
-}
-
-fn passthrough(step_up: &StepUp, exchange: &Exchange, headers: &mut HeaderMap, reason: &str) {
-    tracing::warn!(
-        route = step_up.route_pattern(exchange),
-        reference = exchange.reference(),
-        reason,
-        "klarna answer passed through untouched"
-    );
-    headers.insert(MARKER_HEADER, HeaderValue::from_static("passthrough"));
 }
 
 /// Reads a request body within `limit`: 413 beyond it (declared or counted), 400 when it
@@ -351,7 +375,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    if content_length(headers).is_some_and(|n| n > limit as u64) {
+    if engine::content_length(headers).is_some_and(|n| n > limit as u64) {
         return Err(Refusal::too_large(limit));
     }
     match Limited::new(body, limit).collect().await {
@@ -361,10 +385,8 @@ where
     }
 }
 
-fn refusal<B>(r: &Refusal) -> Response<StepUpBody<B>> {
+/// Step-up's own answer, recorded.
+fn refuse<B>(record: &mut Record, r: &Refusal) -> Response<StepUpBody<B>> {
+    record.refused(r);
     r.to_response().map(StepUpBody::full)
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }

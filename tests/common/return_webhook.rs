@@ -47,6 +47,10 @@ pub fn signature(body: &[u8]) -> String {
 /// request path of the layer's return URL as Klarna fills it (state `COMPLETED`), for a
 /// configuration whose `public_base_url` is `https://pay.acquirer.example`.
 pub fn minted_return_path(engine: &StepUp, partner_url: &str) -> Option<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
     let Route::Candidate(c) = engine.classify(
         &http::Method::POST,
         &"/payments".parse().ok()?,
@@ -56,7 +60,7 @@ pub fn minted_return_path(engine: &StepUp, partner_url: &str) -> Option<String> 
     };
     let body = serde_json::json!({"payment_method": "klarna", "reference": "order-9", "return_url": partner_url});
     let RequestVerdict::Injected { body, .. } =
-        engine.rewrite_request(c, body.to_string().as_bytes())
+        engine.rewrite_request(c, body.to_string().as_bytes(), now)
     else {
         return None;
     };

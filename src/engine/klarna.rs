@@ -57,9 +57,6 @@ pub struct PaymentRequest<'a> {
     /// Fallback location of the URL.
     #[serde(borrow)]
     pub payment_request_url: Option<Cow<'a, str>>,
-    /// The acquirer's reference, echoed.
-    #[serde(borrow)]
-    pub payment_request_reference: Option<Cow<'a, str>>,
     /// The canonical place of id and URL.
     #[serde(borrow)]
     pub state_context: Option<StateContext<'a>>,

@@ -1,0 +1,336 @@
+//! Compiling a [`StepUpConfig`] into the engine: every check, every error named by its key,
+//! done once at start.
+
+use super::return_token::ReturnEndpoint;
+use super::return_url::ReturnUrlPolicy;
+use super::routes::RoutePattern;
+use super::webhook::Webhooks;
+use super::Engine;
+use crate::config::{ConfigErrors, Problems, StepUpConfig};
+
+/// Validates `c` into an engine; secret keys are read through `secret(env_var_name)`.
+pub(super) fn compile(
+    c: StepUpConfig,
+    secret: &dyn Fn(&str) -> Option<String>,
+) -> Result<Engine, ConfigErrors> {
+    let mut p = Problems::default();
+    if c.body_limit == 0 {
+        p.add("body_limit", "must be at least 1 byte");
+    }
+    let routes = &c.routes;
+    if routes.is_empty() || routes.len() > u16::MAX as usize {
+        p.add("routes", "must list between 1 and 65535 routes");
+    }
+    let routes = routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            RoutePattern::parse(&r.method, &r.path, &format!("routes[{i}]"), &mut p)
+        })
+        .collect();
+    let inject_at = dot_path("inject_at", &c.inject_at, &mut p);
+    let answer_at = dot_path("klarna_answer_at", &c.klarna_answer_at, &mut p);
+    if let Some(first) = inject_at.first() {
+        if c.partner_fields.strip.contains(first) {
+            p.add(
+                "inject_at",
+                "must not start with a field listed in partner_fields.strip",
+            );
+        }
+    }
+    for (key, list) in [
+        ("partner_fields.return_url", &c.partner_fields.return_url),
+        (
+            "partner_fields.app_return_url",
+            &c.partner_fields.app_return_url,
+        ),
+        ("partner_fields.reference", &c.partner_fields.reference),
+    ] {
+        if list.iter().any(|f| f.is_empty()) {
+            p.add(key, "field names must not be empty");
+        }
+    }
+    let policy = ReturnUrlPolicy::new(&c.return_url_policy, &mut p);
+    if let Some(url) = &c.defaults.return_url {
+        if let Err(why) = policy.check_return_url(url) {
+            p.add("defaults.return_url", why);
+        }
+    }
+    if let Some(url) = &c.defaults.app_return_url {
+        if let Err(why) = policy.check_app_return_url(url) {
+            p.add("defaults.app_return_url", why);
+        }
+    }
+    if let Some(d) = &c.defaults.interaction_expiry {
+        match iso_duration_secs(d) {
+            Some(s) if (15 * 60..=48 * 3600).contains(&s) => {}
+            Some(_) => p.add(
+                "defaults.interaction_expiry",
+                "must be between PT15M and PT48H",
+            ),
+            None => p.add(
+                "defaults.interaction_expiry",
+                "must be an ISO 8601 duration such as PT30M",
+            ),
+        }
+    }
+    let words = &c.partner_response;
+    for (key, w) in [
+        ("pending", &words.pending),
+        ("authorized", &words.authorized),
+        ("declined", &words.declined),
+    ] {
+        if w.is_empty() {
+            p.add(format!("partner_response.{key}"), "must not be empty");
+        }
+    }
+    let redirect_template = TemplatePart::parse(&words.redirect_url, &mut p);
+    let expiry = c
+        .defaults
+        .interaction_expiry
+        .as_deref()
+        .and_then(iso_duration_secs);
+    let acquirer_return = acquirer_return(&c, &policy, expiry, secret, &mut p);
+    let webhooks = webhooks(&c, secret, &mut p);
+    if !p.0.is_empty() {
+        return Err(ConfigErrors(p.0));
+    }
+    Ok(Engine {
+        routes,
+        inject_at,
+        answer_at,
+        policy,
+        redirect_template,
+        acquirer_return,
+        webhooks,
+        config: c,
+    })
+}
+
+/// Keys named by `keys`, read through `secret`; `min` is the shortest key accepted.
+fn keys(
+    section: &str,
+    list: &[crate::config::KeyConfig],
+    min: usize,
+    secret: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems,
+) -> Vec<(String, Vec<u8>)> {
+    if list.is_empty() {
+        p.add(format!("{section}.keys"), "must name at least one key");
+    }
+    let mut out = Vec::new();
+    for (i, k) in list.iter().enumerate() {
+        let key = format!("{section}.keys[{i}]");
+        if k.id.is_empty() || k.id.len() > 64 || !k.id.bytes().all(|b| b.is_ascii_graphic()) {
+            p.add(
+                format!("{key}.id"),
+                "must be 1 to 64 visible ASCII characters",
+            );
+        }
+        match secret(&k.env) {
+            None => p.add(
+                format!("{key}.env"),
+                format!("the environment variable {} is not set", k.env),
+            ),
+            Some(v) if v.len() < min => p.add(
+                format!("{key}.env"),
+                format!("the key in {} is shorter than {min} bytes", k.env),
+            ),
+            Some(v) => out.push((k.id.clone(), v.into_bytes())),
+        }
+    }
+    out
+}
+
+fn acquirer_return(
+    c: &StepUpConfig,
+    policy: &ReturnUrlPolicy,
+    expiry: Option<u64>,
+    secret: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems,
+) -> Option<ReturnEndpoint> {
+    let r = &c.acquirer_return;
+    if !r.enabled {
+        return None;
+    }
+    let base = r.public_base_url.trim_end_matches('/');
+    match policy.check_return_url(base) {
+        Err(why) => p.add("acquirer_return.public_base_url", why),
+        Ok(()) if base.contains(['?', '#']) => p.add(
+            "acquirer_return.public_base_url",
+            "must have no query or fragment",
+        ),
+        Ok(()) => {}
+    }
+    if !r.path.starts_with('/') || r.path.ends_with('/') || r.path.contains(['?', '#', '{']) {
+        p.add(
+            "acquirer_return.path",
+            "must be a path starting with / and not ending with /",
+        );
+    }
+    if r.notify_path
+        .as_deref()
+        .is_some_and(|n| !n.starts_with('/'))
+    {
+        p.add(
+            "acquirer_return.notify_path",
+            "must be a path starting with /",
+        );
+    }
+    let keys = keys("acquirer_return", &r.keys, 32, secret, p);
+    if keys.is_empty() {
+        return None;
+    }
+    // Klarna's default Payment Request lifetime is 3 hours.
+    let lifetime_secs = expiry.unwrap_or(3 * 3600) + r.token_margin_secs;
+    Some(ReturnEndpoint {
+        base: base.to_owned(),
+        path: r.path.clone(),
+        keys,
+        lifetime_secs,
+        notify_path: r.notify_path.clone(),
+        notify_timeout_ms: r.notify_timeout_ms,
+    })
+}
+
+fn webhooks(
+    c: &StepUpConfig,
+    secret: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems,
+) -> Option<Webhooks> {
+    let w = &c.webhooks;
+    if !w.enabled {
+        return None;
+    }
+    for (key, path) in [
+        ("webhooks.path", &w.path),
+        ("webhooks.relay_path", &w.relay_path),
+    ] {
+        if !path.starts_with('/') || path.contains(['?', '#']) {
+            p.add(key, "must be a path starting with /");
+        }
+    }
+    if w.path == w.relay_path {
+        p.add("webhooks.relay_path", "must differ from webhooks.path");
+    }
+    if w.body_limit == 0 {
+        p.add("webhooks.body_limit", "must be at least 1 byte");
+    }
+    let keys = keys("webhooks", &w.keys, 1, secret, p);
+    Some(Webhooks {
+        path: w.path.clone(),
+        relay_path: w.relay_path.clone(),
+        keys,
+        body_limit: w.body_limit,
+    })
+}
+
+fn dot_path(key: &str, path: &str, p: &mut Problems) -> Vec<String> {
+    if path.is_empty() {
+        return Vec::new();
+    }
+    let segs: Vec<String> = path.split('.').map(str::to_owned).collect();
+    if segs.iter().any(String::is_empty) {
+        p.add(
+            key,
+            "must be empty or dot-separated field names, e.g. payment.klarna",
+        );
+    }
+    segs
+}
+
+/// Seconds in an ISO 8601 duration of days, hours, minutes and seconds (`P1D`, `PT15M`).
+fn iso_duration_secs(s: &str) -> Option<u64> {
+    let rest = s.strip_prefix('P')?;
+    let (date, time) = rest.split_once('T').unwrap_or((rest, ""));
+    if rest.is_empty() || rest.ends_with('T') {
+        return None;
+    }
+    let mut total = 0u64;
+    for (part, units) in [
+        (date, &[('D', 86_400u64)][..]),
+        (time, &[('H', 3600), ('M', 60), ('S', 1)][..]),
+    ] {
+        let mut rest = part;
+        let mut last = 0;
+        while !rest.is_empty() {
+            let end = rest.find(|c: char| !c.is_ascii_digit())?;
+            let n: u64 = rest[..end].parse().ok()?;
+            let unit = rest[end..].chars().next()?;
+            let pos = units.iter().position(|(u, _)| *u == unit)?;
+            if pos < last {
+                return None;
+            }
+            last = pos + 1;
+            total = total.checked_add(n.checked_mul(units[pos].1)?)?;
+            rest = &rest[end + 1..];
+        }
+    }
+    Some(total)
+}
+
+/// A piece of the partner `redirect_url` template.
+#[derive(Debug)]
+pub(super) enum TemplatePart {
+    Literal(String),
+    Url,
+    Id,
+    Reference,
+}
+
+impl TemplatePart {
+    pub(super) fn parse(t: &str, p: &mut Problems) -> Vec<TemplatePart> {
+        const KEY: &str = "partner_response.redirect_url";
+        if !(t.starts_with("{payment_request_url}")
+            || t.starts_with("https://")
+            || t.starts_with("http://"))
+        {
+            p.add(KEY, "must start with https:// or {payment_request_url}");
+        }
+        let mut parts = Vec::new();
+        let mut rest = t;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(TemplatePart::Literal(rest[..open].to_owned()));
+            }
+            let Some(close) = rest[open..].find('}') else {
+                p.add(KEY, "has an unbalanced {");
+                return parts;
+            };
+            parts.push(match &rest[open..open + close + 1] {
+                "{payment_request_url}" => TemplatePart::Url,
+                "{payment_request_id}" => TemplatePart::Id,
+                "{payment_request_reference}" => TemplatePart::Reference,
+                other => {
+                    p.add(KEY, format!("has an unknown placeholder {other}"));
+                    TemplatePart::Literal(String::new())
+                }
+            });
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(TemplatePart::Literal(rest.to_owned()));
+        }
+        parts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_durations() {
+        assert_eq!(iso_duration_secs("PT15M"), Some(900));
+        assert_eq!(iso_duration_secs("PT48H"), Some(172_800));
+        assert_eq!(
+            iso_duration_secs("P1DT1H30M5S"),
+            Some(86_400 + 3600 + 1800 + 5)
+        );
+        for bad in [
+            "", "P", "PT", "15M", "PT15", "PTM", "PT1M1H", "P1H", "PT-1M",
+        ] {
+            assert_eq!(iso_duration_secs(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Message heads: every header edit step-up makes, written once for every adapter.
+//!
+//! An adapter implements [`Head`] for its framework's head type (tower: `http::HeaderMap`;
+//! Pingora: its `RequestHeader` and `ResponseHeader`) and calls these functions; it never
+//! decides a header itself.
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::HeaderMap;
+
+use super::webhook::{relay_headers, WebhookEvent};
+
+/// The response header that tells an operator what the layer did: `rewritten`,
+/// `passthrough`, `relayed`, `return`, or the error code of an answer the layer gave itself.
+pub const MARKER_HEADER: HeaderName = HeaderName::from_static("x-klarna-stepup");
+
+/// Response headers that no longer describe a body once the layer changed its bytes.
+pub const STALE_RESPONSE_HEADERS: [HeaderName; 6] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_ENCODING,
+    header::ETAG,
+    header::ACCEPT_RANGES,
+    HeaderName::from_static("content-md5"),
+];
+
+/// A message head that step-up edits.
+pub(crate) trait Head {
+    /// The head's headers, to read.
+    fn headers(&self) -> &HeaderMap;
+    /// Sets `name` to `value`, replacing what was there.
+    fn set(&mut self, name: HeaderName, value: HeaderValue);
+    /// Removes `name`.
+    fn remove(&mut self, name: &HeaderName);
+}
+
+impl Head for HeaderMap {
+    fn headers(&self) -> &HeaderMap {
+        self
+    }
+
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        self.insert(name, value);
+    }
+
+    fn remove(&mut self, name: &HeaderName) {
+        HeaderMap::remove(self, name);
+    }
+}
+
+/// Removes `name` only when present (Pingora's removal also edits its case map: a lookup
+/// first is cheaper).
+fn remove_present(head: &mut impl Head, name: &HeaderName) {
+    if head.headers().contains_key(name) {
+        head.remove(name);
+    }
+}
+
+/// The head of a rewritten answer: JSON, marked `rewritten`, without the upstream's length,
+/// encoding or validators. The adapter sets the new framing.
+pub(crate) fn mark_rewritten(head: &mut impl Head) {
+    for name in &STALE_RESPONSE_HEADERS {
+        remove_present(head, name);
+    }
+    head.set(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    head.set(MARKER_HEADER, HeaderValue::from_static("rewritten"));
+}
+
+/// The head of an answer to a Klarna request that goes out untouched.
+pub(crate) fn mark_passthrough(head: &mut impl Head) {
+    head.set(MARKER_HEADER, HeaderValue::from_static("passthrough"));
+}
+
+/// The head of the payment API's 2xx to a relayed webhook, on its way to Klarna.
+pub(crate) fn mark_relayed(head: &mut impl Head) {
+    head.set(MARKER_HEADER, HeaderValue::from_static("relayed"));
+}
+
+/// The upstream request head of an injected Klarna request: an exact length for the new
+/// body, and the answer asked for plain (`Accept-Encoding: identity`): the client's
+/// encodings are not the layer's, which reads the answer. A compressed one is decoded
+/// anyway.
+pub(crate) fn injected_request(head: &mut impl Head, body_len: usize) {
+    remove_present(head, &header::TRANSFER_ENCODING);
+    head.set(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+    head.set(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+}
+
+/// The head of a verified webhook relayed to the payment API: the `x-klarna-stepup-*`
+/// headers are step-up's alone (incoming ones removed), their values marked sensitive (one
+/// carries the session token).
+pub(crate) fn relay_request(head: &mut impl Head, event: &WebhookEvent) {
+    for name in &relay_headers::ALL {
+        remove_present(head, name);
+    }
+    for (name, mut value) in event.relay_headers() {
+        value.set_sensitive(true);
+        head.set(name, value);
+    }
+}
+
+/// The declared `Content-Length`, if it is one number.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether the content type is JSON (`application/json`, `*/*+json`) or absent.
+pub(crate) fn is_json_or_absent(headers: &HeaderMap) -> bool {
+    match headers.get(header::CONTENT_TYPE) {
+        None => true,
+        Some(v) => {
+            let Ok(v) = v.to_str() else { return false };
+            let essence = v.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("application/json")
+                || essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewritten_heads_lose_what_no_longer_describes_the_body() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("content-length", "10"),
+            ("content-encoding", "gzip"),
+            ("etag", "\"x\""),
+            ("accept-ranges", "bytes"),
+            ("content-type", "application/vnd.x+json"),
+            ("x-request-id", "1"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        mark_rewritten(&mut h);
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(h[MARKER_HEADER], "rewritten");
+        assert_eq!(h["x-request-id"], "1");
+    }
+
+    #[test]
+    fn content_length_is_one_number() {
+        let mut h = HeaderMap::new();
+        assert_eq!(content_length(&h), None);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static(" 12 "));
+        assert_eq!(content_length(&h), Some(12));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5, 5"));
+        assert_eq!(content_length(&h), None);
+    }
+}

@@ -1,0 +1,173 @@
+//! [`Refusal`]: an answer the layer gives by itself, as JSON naming the field and the reason.
+
+use http::header::HeaderValue;
+use http::StatusCode;
+
+use super::MARKER_HEADER;
+
+/// An answer the layer gives by itself: a JSON error naming the field and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status: 400, 413, 502 or 504.
+    pub status: StatusCode,
+    /// Machine-readable code, e.g. `invalid_return_url`.
+    pub code: &'static str,
+    /// The request field at fault, when there is one.
+    pub param: Option<String>,
+    /// What is wrong, for a human. Never contains a secret or the offending value.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A 400 about one field.
+    pub fn invalid(
+        code: &'static str,
+        param: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            param: Some(param.into()),
+            message: message.into(),
+        }
+    }
+
+    /// A 413 for a body over `limit` bytes.
+    pub fn too_large(limit: usize) -> Self {
+        Refusal {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "body_too_large",
+            param: None,
+            message: format!("the request body is larger than {limit} bytes"),
+        }
+    }
+
+    /// A 404: a path only the layer itself may call.
+    pub fn not_found() -> Self {
+        Refusal {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            param: None,
+            message: "not found".into(),
+        }
+    }
+
+    /// A 503 to Klarna: the payment API did not accept a webhook, so Klarna must retry.
+    pub fn webhook_not_accepted() -> Self {
+        Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "webhook_not_accepted",
+            param: None,
+            message: "the payment API did not accept the webhook; retry later".into(),
+        }
+    }
+
+    /// A 400 for a request body that could not be read.
+    pub fn unreadable_body() -> Self {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: "unreadable_body",
+            param: None,
+            message: "the request body could not be read".into(),
+        }
+    }
+
+    /// A 502: the upstream could not be reached or broke the connection.
+    pub fn upstream_unreachable() -> Self {
+        Refusal {
+            status: StatusCode::BAD_GATEWAY,
+            code: "upstream_unreachable",
+            param: None,
+            message: "the payment API could not be reached".into(),
+        }
+    }
+
+    /// A 504: the upstream did not answer in time.
+    pub fn upstream_timeout() -> Self {
+        Refusal {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            code: "upstream_timeout",
+            param: None,
+            message: "the payment API did not answer in time".into(),
+        }
+    }
+
+    /// The JSON body: `{"error":{"type","code","param","message"}}`.
+    pub fn to_json(&self) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct Inner<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            code: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            param: Option<&'a str>,
+            message: &'a str,
+        }
+        let kind = if self.status.is_server_error() {
+            "upstream_error"
+        } else {
+            "invalid_request"
+        };
+        serde_json::to_vec(&Body {
+            error: Inner {
+                kind,
+                code: self.code,
+                param: self.param.as_deref(),
+                message: &self.message,
+            },
+        })
+        .expect("serializing strings cannot fail")
+    }
+
+    /// The full response head and body, as both adapters send it.
+    pub fn to_response(&self) -> http::Response<Vec<u8>> {
+        let body = self.to_json();
+        let mut res = http::Response::new(Vec::new());
+        *res.status_mut() = self.status;
+        let h = res.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        h.insert(MARKER_HEADER, HeaderValue::from_static(self.code));
+        *res.body_mut() = body;
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_json_shape() {
+        let r = Refusal::invalid(
+            "invalid_return_url",
+            "klarna_return_url",
+            "is not an absolute URL",
+        );
+        let v: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"type": "invalid_request", "code": "invalid_return_url",
+                "param": "klarna_return_url", "message": "is not an absolute URL"}})
+        );
+        let res = Refusal::upstream_timeout().to_response();
+        assert_eq!(res.status(), 504);
+        assert_eq!(res.headers()[MARKER_HEADER], "upstream_timeout");
+        assert_eq!(
+            res.headers()["content-length"],
+            res.body().len().to_string().as_str()
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! What step-up did with one request: the [`Outcome`], sizes and engine time, handed to an
+//! adapter's observation hook, and the log lines both adapters write for the same events.
+//!
+//! Logs name the route pattern, the `payment_request_reference`, outcomes, reasons and
+//! status codes; never URLs, tokens, keys or bodies.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::engine::{AuthorizeResult, Exchange, KeepReason, Refusal, ReturnRedirect};
+
+/// What step-up did with one request; see [`Record::outcome`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Not a route step-up acts on: streamed through untouched.
+    #[default]
+    NotCandidate,
+    /// A candidate whose body is not a Klarna payment: forwarded byte for byte.
+    NotKlarna,
+    /// Klarna request injected; the answer was rewritten into the partner block.
+    Rewritten,
+    /// Klarna request injected; the answer passed through untouched (not understood, not a
+    /// 2xx JSON answer, or too large). The one to alert on when it is a 2xx.
+    Passthrough,
+    /// Answered by step-up itself (4xx) with this code.
+    Refused(&'static str),
+    /// The upstream could not be reached or timed out (502/504 with this code); for a
+    /// webhook, also a payment API that did not accept it (503 `webhook_not_accepted`).
+    UpstreamError(&'static str),
+    /// An acquirer return answered with its 303 redirect.
+    Redirected,
+    /// A verified webhook relayed to the payment API, which accepted it (2xx).
+    Relayed,
+}
+
+impl Outcome {
+    /// The metric label: `not_candidate`, `not_klarna`, `rewritten`, `passthrough`,
+    /// `refused`, `upstream_error`, `redirected` or `relayed`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::NotCandidate => "not_candidate",
+            Outcome::NotKlarna => "not_klarna",
+            Outcome::Rewritten => "rewritten",
+            Outcome::Passthrough => "passthrough",
+            Outcome::Refused(_) => "refused",
+            Outcome::UpstreamError(_) => "upstream_error",
+            Outcome::Redirected => "redirected",
+            Outcome::Relayed => "relayed",
+        }
+    }
+
+    /// The refusal or upstream error code, if the outcome has one.
+    pub fn code(self) -> Option<&'static str> {
+        match self {
+            Outcome::Refused(code) | Outcome::UpstreamError(code) => Some(code),
+            _ => None,
+        }
+    }
+
+    fn of(refusal: &Refusal) -> Outcome {
+        if refusal.status.is_server_error() {
+            Outcome::UpstreamError(refusal.code)
+        } else {
+            Outcome::Refused(refusal.code)
+        }
+    }
+}
+
+/// An observation hook: called once per request when it is done.
+pub(crate) type Observer = Arc<dyn Fn(&Record) + Send + Sync>;
+
+/// Step-up's record of one request: what it did, the body sizes it read, the time spent in
+/// the engine, and the request's `klarna_stepup` tracing span. Both adapters hand it to their
+/// observation hook (`observe`), the place for metrics.
+#[derive(Debug)]
+pub struct Record {
+    outcome: Outcome,
+    acting: bool,
+    request_body_len: Option<usize>,
+    response_body_len: Option<usize>,
+    engine_time: Duration,
+    span: tracing::Span,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Record {
+            outcome: Outcome::NotCandidate,
+            acting: false,
+            request_body_len: None,
+            response_body_len: None,
+            engine_time: Duration::ZERO,
+            span: tracing::Span::none(),
+        }
+    }
+}
+
+impl Record {
+    /// What step-up did (final once the request is done).
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// Size of the candidate request (or webhook) body the engine read, if it read one.
+    pub fn request_body_len(&self) -> Option<usize> {
+        self.request_body_len
+    }
+
+    /// Size of the upstream answer the engine read, if it read one.
+    pub fn response_body_len(&self) -> Option<usize> {
+        self.response_body_len
+    }
+
+    /// Time spent in the engine (request injection and response rewrite).
+    pub fn engine_time(&self) -> Duration {
+        self.engine_time
+    }
+
+    /// The request's `klarna_stepup` tracing span (disabled for requests step-up leaves
+    /// alone).
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// A request on one of step-up's routes (`route`: the candidate route's pattern, or
+    /// `acquirer_return`, `webhook`, `webhook_relay_path`).
+    pub(crate) fn acting(route: &str, outcome: Outcome) -> Record {
+        Record {
+            outcome,
+            acting: true,
+            span: tracing::info_span!(
+                "klarna_stepup",
+                route,
+                payment_request_reference = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            ),
+            ..Record::default()
+        }
+    }
+
+    /// Whether step-up acts on this request.
+    pub(crate) fn acts(&self) -> bool {
+        self.acting
+    }
+
+    /// Runs `f` (an engine call), adding its time to [`engine_time`](Self::engine_time).
+    pub(crate) fn timed<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let out = f();
+        self.engine_time += started.elapsed();
+        out
+    }
+
+    pub(crate) fn read_request(&mut self, len: usize) {
+        self.request_body_len = Some(len);
+    }
+
+    pub(crate) fn read_response(&mut self, len: usize) {
+        self.response_body_len = Some(len);
+    }
+
+    fn reference(&self, reference: &str) {
+        self.span.record("payment_request_reference", reference);
+    }
+
+    /// A Klarna request was injected; its answer is still to come.
+    pub(crate) fn injected(&mut self, exchange: &Exchange) {
+        self.reference(exchange.reference());
+        self.outcome = Outcome::Passthrough;
+    }
+
+    /// Step-up answered by itself (a refusal, or a proxy-made 502/503/504).
+    pub(crate) fn refused(&mut self, refusal: &Refusal) {
+        self.outcome = Outcome::of(refusal);
+        self.span.in_scope(|| {
+            tracing::info!(
+                code = refusal.code,
+                param = refusal.param.as_deref(),
+                status = refusal.status.as_u16(),
+                "request refused"
+            );
+        });
+    }
+
+    /// A request failed upstream after step-up had nothing more to say: only the outcome.
+    pub(crate) fn failed_upstream(&mut self, refusal: &Refusal) {
+        self.outcome = Outcome::of(refusal);
+    }
+
+    /// The answer to a Klarna request was rewritten.
+    pub(crate) fn rewritten(&mut self, result: AuthorizeResult) {
+        self.outcome = Outcome::Rewritten;
+        self.span.in_scope(|| {
+            tracing::debug!(result = result.label(), "klarna answer rewritten");
+        });
+    }
+
+    /// The answer to a Klarna request passes through untouched.
+    pub(crate) fn kept(&mut self, reason: KeepReason) {
+        self.outcome = Outcome::Passthrough;
+        self.span.in_scope(|| {
+            tracing::warn!(reason = %reason, "klarna answer passed through untouched");
+        });
+    }
+
+    /// An acquirer return, redirected.
+    pub(crate) fn redirected(&mut self, redirect: &ReturnRedirect) {
+        self.reference(&redirect.reference);
+        self.outcome = Outcome::Redirected;
+        self.span.in_scope(|| {
+            tracing::info!(state = redirect.state.as_deref(), "acquirer return");
+        });
+    }
+
+    /// How telling the payment API of a return went (the redirect follows either way).
+    pub(crate) fn notified(&self, result: Notified) {
+        self.span.in_scope(|| match result {
+            Notified::Accepted => {}
+            Notified::Refused(status) => tracing::warn!(status, "return notification refused"),
+            Notified::Failed => tracing::warn!("return notification failed"),
+            Notified::TimedOut => tracing::warn!("return notification timed out"),
+            Notified::NoPeer => tracing::warn!("return notification skipped: no payment API"),
+        });
+    }
+
+    /// A webhook whose signature holds, about to be relayed.
+    pub(crate) fn webhook_verified(&mut self, event: &crate::WebhookEvent) {
+        if let Some(reference) = event.reference.as_deref() {
+            self.reference(reference);
+        }
+        self.span.in_scope(|| {
+            tracing::debug!(event_type = event.event_type.as_deref(), "webhook verified");
+        });
+    }
+
+    /// The payment API accepted a relayed webhook.
+    pub(crate) fn relayed(&mut self, status: u16) {
+        self.outcome = Outcome::Relayed;
+        self.span
+            .in_scope(|| tracing::info!(status, "webhook relayed"));
+    }
+
+    /// The payment API did not accept a relayed webhook (`status`), or could not be reached
+    /// (`None`): Klarna gets the 503 and retries.
+    pub(crate) fn not_relayed(&mut self, status: Option<u16>) {
+        self.outcome = Outcome::of(&Refusal::webhook_not_accepted());
+        self.span.in_scope(|| match status {
+            Some(status) => tracing::warn!(status, "webhook not accepted by the payment API"),
+            None => tracing::warn!("webhook relay failed: payment API unreachable"),
+        });
+    }
+
+    /// The request is done: the outcome goes into the span, and one line is logged.
+    pub(crate) fn done(&mut self, status: Option<u16>) {
+        if !self.acts() {
+            return;
+        }
+        let outcome = self.outcome;
+        self.span.record("outcome", outcome.label());
+        self.span.in_scope(|| {
+            tracing::info!(
+                outcome = outcome.label(),
+                code = outcome.code(),
+                status,
+                engine_us = self.engine_time.as_micros() as u64,
+                "request done"
+            );
+        });
+    }
+}
+
+/// How a return notification went: [`Record::notified`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Notified {
+    Accepted,
+    Refused(u16),
+    Failed,
+    TimedOut,
+    NoPeer,
+}

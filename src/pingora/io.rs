@@ -1,0 +1,126 @@
+//! Reading and writing through a Pingora `Session`, and the engine's head edits on Pingora's
+//! header types.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::engine::Head;
+use crate::Refusal;
+
+impl Head for ResponseHeader {
+    fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        // Only fails for invalid names or values; `HeaderName` and `HeaderValue` are valid.
+        let _ = self.insert_header(name, value);
+    }
+
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl Head for RequestHeader {
+    fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = self.insert_header(name, value);
+    }
+
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+/// What [`read_retry_buffered`] read.
+pub(super) enum Read {
+    /// The whole body.
+    Whole(Bytes),
+    /// More than the bound: what was read so far (the rest is still to come).
+    Over(Bytes),
+    /// The client's body could not be read.
+    Failed,
+}
+
+/// Reads the request body into Pingora's retry buffer (turned on first: only then do the
+/// bytes read here reach the upstream, replayed into `request_body_filter`), stopping once
+/// more than `stop_over` bytes are in. A body that arrives in one chunk is not copied.
+pub(super) async fn read_retry_buffered(session: &mut Session, stop_over: usize) -> Read {
+    session.enable_retry_buffering();
+    let mut first: Option<Bytes> = None;
+    let mut acc = BytesMut::new();
+    loop {
+        let chunk = match session.read_request_body().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => return Read::Failed,
+        };
+        let read = match first.take() {
+            None if acc.is_empty() => {
+                let n = chunk.len();
+                first = Some(chunk);
+                n
+            }
+            held => {
+                if let Some(held) = held {
+                    acc.extend_from_slice(&held);
+                }
+                acc.extend_from_slice(&chunk);
+                acc.len()
+            }
+        };
+        if read > stop_over {
+            return Read::Over(first.unwrap_or_else(|| acc.freeze()));
+        }
+    }
+    Read::Whole(first.unwrap_or_else(|| acc.freeze()))
+}
+
+/// The 502/504 answer for a proxy error that the upstream caused: a timeout gives
+/// [`Refusal::upstream_timeout`], any other upstream failure
+/// [`Refusal::upstream_unreachable`]. `None` for errors of the client or of the proxy itself.
+pub fn upstream_refusal(e: &Error) -> Option<Refusal> {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            Some(Refusal::upstream_timeout())
+        }
+        _ if *e.esource() == ErrorSource::Upstream => Some(Refusal::upstream_unreachable()),
+        _ => None,
+    }
+}
+
+/// Writes `refusal` as the complete response, with the same head and bytes as the tower
+/// adapter ([`Refusal::to_response`]).
+pub async fn respond(session: &mut Session, refusal: &Refusal) -> Result<()> {
+    write_response(session, refusal.to_response()).await
+}
+
+/// Writes `res` as the complete response.
+pub(super) async fn write_response(
+    session: &mut Session,
+    res: http::Response<Vec<u8>>,
+) -> Result<()> {
+    let mut head = ResponseHeader::build(res.status(), Some(res.headers().len()))?;
+    for (name, value) in res.headers() {
+        head.append_header(name.clone(), value.clone())?;
+    }
+    let body = res.into_body();
+    if body.is_empty() {
+        session.write_response_header(Box::new(head), true).await?;
+    } else {
+        session.write_response_header(Box::new(head), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+    }
+    Ok(())
+}
