@@ -240,3 +240,51 @@ async fn an_answer_without_a_body_keeps_its_status_and_gets_no_length() {
         assert_eq!(res.header("content-length"), length, "{status}");
     }
 }
+
+/// An inner proxy whose `fail_to_connect` always asks for a retry.
+#[derive(Clone)]
+struct Retrying(Inner);
+
+#[async_trait]
+impl ProxyHttp for Retrying {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, s: &mut Session, ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        self.0.upstream_peer(s, ctx).await
+    }
+
+    fn fail_to_connect(
+        &self,
+        _: &mut Session,
+        _: &HttpPeer,
+        _: &mut (),
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        e.set_retry(true);
+        e
+    }
+}
+
+#[tokio::test]
+async fn the_direct_exchange_takes_its_attempts_from_the_server_conf() {
+    // Nothing listens there: every connection attempt fails, and the inner proxy says retry.
+    let dead = common::pingora_proxy::free_addr();
+    let f = fixtures::by_name("step_up_required");
+    let inner = Retrying(inner(dead, ALPN::H1));
+    let conf = pingora::server::configuration::ServerConf {
+        max_retries: 3,
+        ..Default::default()
+    };
+    let proxy =
+        StepUpProxy::new(inner.clone(), StepUp::from_toml(&f.config).unwrap()).server_conf(&conf);
+    let addr = start_pingora(proxy);
+    let res = send(addr, &f).await;
+    assert_eq!(res.status, 502, "{:?}", String::from_utf8_lossy(&res.body));
+    assert_eq!(res.header("x-klarna-stepup"), Some("upstream_unreachable"));
+    assert_eq!(
+        inner.0.peers.load(Ordering::SeqCst),
+        3,
+        "one upstream_peer per attempt"
+    );
+}
