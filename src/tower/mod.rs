@@ -1,19 +1,32 @@
 //! The tower adapter: [`KlarnaStepUpLayer`] for services built on tower, hyper or axum.
 //!
+//! [`KlarnaStepUpLayer`] wraps any service that takes `http::Request`s and answers with
+//! Klarna's authorize answer as JSON; the crate's README has a complete axum example, and
+//! `examples/hyper_proxy.rs` puts the layer in front of a remote payment API:
+//!
 //! ```no_run
 //! use axum::{routing::post, Json, Router};
 //! use klarna_stepup::{tower::KlarnaStepUpLayer, StepUp};
+//! use serde_json::Value;
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let step_up = StepUp::from_toml(r#"
-//!     [defaults]
-//!     return_url = "https://pay.acquirer.example/klarna/return"
-//! "#)?;
-//! let payment_api = Router::new().route("/payments", post(|body: String| async move { body }));
-//! let app = payment_api.layer(KlarnaStepUpLayer::new(step_up));
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(listener, app).await?;
-//! # Ok(()) }
+//! async fn create_payment(Json(payment): Json<Value>) -> Json<Value> {
+//!     // Send `payment` (now with step_up_config) to Klarna; answer with Klarna's JSON.
+//!     Json(payment)
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let step_up = StepUp::from_toml(r#"
+//!         [return_url_policy]
+//!         allowed_hosts = ["*.partner.example"]
+//!     "#)?;
+//!     let app = Router::new()
+//!         .route("/payments", post(create_payment))
+//!         .layer(KlarnaStepUpLayer::new(step_up));
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//!     axum::serve(listener, app).await?;
+//!     Ok(())
+//! }
 //! ```
 //!
 //! What it does per request:
