@@ -1,7 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;
 pub mod engine;
@@ -11,8 +11,8 @@ pub mod fuzz_logic;
 pub mod observe;
 #[cfg(feature = "pingora")]
 pub mod pingora;
-#[cfg(feature = "sandbox")]
-pub mod sandbox;
+#[cfg(feature = "cli")]
+pub mod server;
 #[cfg(feature = "tower")]
 pub mod tower;
 

@@ -9,9 +9,9 @@
 //! `$CARGO_TARGET_DIR/browser-screenshots/` (default `target/browser-screenshots/`).
 //!
 //! ```sh
-//! cargo test --features sandbox --test browser
+//! cargo test --features cli --test browser
 //! ```
-#![cfg(all(feature = "sandbox", feature = "cli"))]
+#![cfg(feature = "cli")]
 
 mod common;
 

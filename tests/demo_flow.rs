@@ -1,7 +1,6 @@
 //! The whole demo flow over HTTP, without a browser: partner → proxy → payment API → Klarna
 //! sandbox → purchase journey → the acquirer return endpoint → the partner's page, and the
 //! signed webhook verified by the proxy and relayed to the payment API.
-#![cfg(feature = "sandbox")]
 
 mod common;
 

@@ -9,9 +9,10 @@
 //! ```
 //!
 //! Two ways to run it, with the same URLs and the same demo configuration
-//! (`klarna_stepup::sandbox::demo_step_up`):
+//! (`klarna_stepup_sandbox::demo_step_up_toml`, keys from `demo_secret`):
 //! - [`start`]: the tower layer in an in-process hyper reverse proxy;
-//! - [`start_binary`]: the shipped `klarna-stepup demo` (Pingora), as a child process.
+//! - [`start_binary`]: the shipped `klarna-stepup serve` (Pingora) as a child process, with
+//!   the demo's configuration file and keys, as `./x demo` runs it.
 #![allow(dead_code)] // each test binary uses a part
 
 use std::time::{Duration, Instant};
@@ -20,7 +21,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use klarna_stepup::sandbox::{start_demo_backends, DemoBackends, DemoPorts};
+use klarna_stepup::{StepUp, StepUpConfig};
+use klarna_stepup_sandbox::{
+    demo_secret, demo_step_up_toml, start_demo_backends, DemoBackends, DemoPorts,
+    DEMO_RETURN_KEY_ENV, DEMO_WEBHOOK_KEY_ENV,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -40,16 +45,31 @@ enum Running {
         _backends: DemoBackends,
         proxy: JoinHandle<()>,
     },
-    Binary(std::process::Child),
+    Binary {
+        child: std::process::Child,
+        config_file: std::path::PathBuf,
+        _backends: DemoBackends,
+        /// The backends' own runtime, as in the demo binary.
+        runtime: Option<tokio::runtime::Runtime>,
+    },
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         match self {
             Running::InProcess { proxy, .. } => proxy.abort(),
-            Running::Binary(child) => {
+            Running::Binary {
+                child,
+                config_file,
+                runtime,
+                ..
+            } => {
                 let _ = child.kill();
                 let _ = child.wait();
+                let _ = std::fs::remove_file(config_file);
+                if let Some(runtime) = runtime.take() {
+                    runtime.shutdown_background();
+                }
             }
         }
     }
@@ -78,7 +98,9 @@ pub async fn start() -> DemoStack {
         .await
         .expect("bind the proxy");
     let proxy_url = format!("http://{}", listener.local_addr().expect("proxy address"));
-    let step_up = klarna_stepup::sandbox::demo_step_up(&proxy_url).expect("demo configuration");
+    let config =
+        StepUpConfig::from_toml(&demo_step_up_toml(&proxy_url)).expect("demo configuration");
+    let step_up = StepUp::with_secrets(config, demo_secret).expect("demo configuration");
     let proxy = super::tower_proxy::serve(step_up, listener, backends.payment_api_addr);
     backends
         .klarna
@@ -94,8 +116,10 @@ pub async fn start() -> DemoStack {
     }
 }
 
-/// The demo as shipped: `klarna-stepup demo` on free ports, as a child process; returns once
-/// the shop answers through the proxy.
+/// The demo as shipped: the sandbox backends on their own runtime in this process, and the
+/// production binary `klarna-stepup serve` in front of them as a child process, with the
+/// demo's configuration file and keys (what `./x demo` runs, in two processes); free ports;
+/// returns once the shop answers through the proxy.
 #[cfg(feature = "cli")]
 pub async fn start_binary() -> DemoStack {
     let port = || {
@@ -104,26 +128,56 @@ pub async fn start_binary() -> DemoStack {
             .expect("a free port")
             .port()
     };
-    let (proxy, klarna, api) = (port(), port(), port());
+    let proxy = port();
+    let proxy_url = format!("http://127.0.0.1:{proxy}");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("the backends' runtime");
+    let backends = runtime
+        .spawn(start_demo_backends(DemoPorts::default()))
+        .await
+        .expect("the backends' start task")
+        .expect("start the demo backends on 127.0.0.1");
+    // Klarna's webhooks go through the proxy, which verifies them and relays them on.
+    backends
+        .klarna
+        .set_webhook_url(Some(format!("{proxy_url}/klarna/webhooks")));
+    let config_file = std::env::temp_dir().join(format!(
+        "klarna-stepup-demo-{}-{proxy}.toml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &config_file,
+        format!(
+            "{}\n[server]\nlisten = \"127.0.0.1:{proxy}\"\nupstream = \"{}\"\ngrace_period_secs = 1\n",
+            demo_step_up_toml(&proxy_url),
+            backends.payment_api_addr
+        ),
+    )
+    .expect("write the demo configuration");
+    let secret = |name| demo_secret(name).expect("a demo key");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_klarna-stepup"))
-        .args([
-            "demo",
-            "--port",
-            &proxy.to_string(),
-            "--klarna-port",
-            &klarna.to_string(),
-        ])
-        .args(["--api-port", &api.to_string()])
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_file)
+        .env(DEMO_RETURN_KEY_ENV, secret(DEMO_RETURN_KEY_ENV))
+        .env(DEMO_WEBHOOK_KEY_ENV, secret(DEMO_WEBHOOK_KEY_ENV))
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()
-        .expect("spawn klarna-stepup demo");
-    let proxy_url = format!("http://127.0.0.1:{proxy}");
+        .expect("spawn klarna-stepup serve");
     let stack = DemoStack {
         shop_url: format!("{proxy_url}/shop"),
-        klarna_url: format!("http://127.0.0.1:{klarna}"),
+        klarna_url: format!("http://{}", backends.klarna_addr),
         proxy_url,
-        _running: Running::Binary(child),
+        _running: Running::Binary {
+            child,
+            config_file,
+            _backends: backends,
+            runtime: Some(runtime),
+        },
     };
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -137,7 +191,7 @@ pub async fn start_binary() -> DemoStack {
         }
         assert!(
             Instant::now() < deadline,
-            "klarna-stepup demo did not come up in 30 s"
+            "klarna-stepup serve (demo configuration) did not come up in 30 s"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

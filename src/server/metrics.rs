@@ -1,11 +1,11 @@
 //! Prometheus metrics, served by `pingora-prometheus` from the default registry.
 
-use klarna_stepup::Record;
+use crate::Record;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts};
 
 /// The proxy's metrics.
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     requests: IntCounterVec,
     request_bytes: Histogram,
     response_bytes: Histogram,

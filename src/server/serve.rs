@@ -6,21 +6,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use klarna_stepup::pingora::{respond, upstream_refusal, LargeBodies, StepUpProxy};
-use klarna_stepup::Record;
 use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use pingora::utils::tls::CertKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::config::{LargeBodiesConfig, ProxyConfig, UpstreamTls};
+use super::config::{ProxyConfig, UpstreamTls};
 use super::metrics::Metrics;
+use crate::pingora::{respond, upstream_refusal, StepUpProxy};
+use crate::Record;
 
 /// The payment API behind the proxy: round robin over the configured addresses, the next
 /// one on connect failure, JSON 502/504 for upstream failures on every route.
-pub struct PaymentApi {
+struct PaymentApi {
     peers: Vec<SocketAddr>,
     next: AtomicUsize,
     tls: Option<(String, bool)>,
@@ -32,7 +34,7 @@ pub struct PaymentApi {
 
 /// Per request: how many upstreams were tried; counts as in flight while it lives.
 #[derive(Debug)]
-pub struct Attempts {
+struct Attempts {
     tried: usize,
     _in_flight: InFlight,
 }
@@ -102,73 +104,19 @@ fn client_cert(t: &UpstreamTls) -> Result<Option<Arc<CertKey>>, String> {
 
 /// DER blocks of the `CERTIFICATE` entries of a PEM file.
 fn pem_certs(pem: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let certs = pem_blocks(pem, &["CERTIFICATE"]);
+    // A malformed section ends the list (the iterator may not move past it).
+    let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(pem)
+        .map_while(Result::ok)
+        .map(|c| c.to_vec())
+        .collect();
     (!certs.is_empty()).then_some(certs)
 }
 
 /// The DER of the first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 fn pem_key(pem: &[u8]) -> Option<Vec<u8>> {
-    pem_blocks(pem, &["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"])
-        .into_iter()
-        .next()
-}
-
-fn pem_blocks(pem: &[u8], labels: &[&str]) -> Vec<Vec<u8>> {
-    use base64_lite::decode;
-    let text = String::from_utf8_lossy(pem);
-    let mut out = Vec::new();
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        let Some(label) = line
-            .trim()
-            .strip_prefix("-----BEGIN ")
-            .and_then(|l| l.strip_suffix("-----"))
-        else {
-            continue;
-        };
-        let mut b64 = String::new();
-        for l in lines.by_ref() {
-            if l.trim().starts_with("-----END ") {
-                break;
-            }
-            b64.push_str(l.trim());
-        }
-        if labels.contains(&label) {
-            if let Some(der) = decode(&b64) {
-                out.push(der);
-            }
-        }
-    }
-    out
-}
-
-/// A minimal standard base64 decoder for PEM bodies (no new dependency for a few lines).
-mod base64_lite {
-    pub fn decode(s: &str) -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity(s.len() * 3 / 4);
-        let mut acc = 0u32;
-        let mut bits = 0;
-        for c in s.bytes() {
-            let v = match c {
-                b'A'..=b'Z' => c - b'A',
-                b'a'..=b'z' => c - b'a' + 26,
-                b'0'..=b'9' => c - b'0' + 52,
-                b'+' => 62,
-                b'/' => 63,
-                b'=' => break,
-                b'\r' | b'\n' | b' ' | b'\t' => continue,
-                _ => return None,
-            };
-            acc = (acc << 6) | u32::from(v);
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-                acc &= (1 << bits) - 1;
-            }
-        }
-        Some(out)
-    }
+    PrivateKeyDer::from_pem_slice(pem)
+        .ok()
+        .map(|k| k.secret_der().to_vec())
 }
 
 #[async_trait]
@@ -294,7 +242,12 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// Builds the server and runs it until SIGTERM or SIGINT.
+/// Builds the server the configuration describes and runs it until SIGTERM or SIGINT (then
+/// stops once no request is in flight, at the latest after `server.grace_period_secs`).
+///
+/// It blocks the calling thread and runs Pingora's own runtimes: call it from `main`, not from
+/// inside a tokio runtime. An error is a configuration the server cannot start with, named by
+/// its key (`server.upstream: cannot resolve: …`).
 pub fn serve(config: ProxyConfig) -> Result<(), String> {
     let s = &config.server;
     let conf = ServerConf {
@@ -314,16 +267,12 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
     server.bootstrap();
 
     let metrics = s.metrics.as_ref().map(|_| Metrics::register());
-    let large = match s.large_candidate_bodies {
-        LargeBodiesConfig::Stream => LargeBodies::Stream,
-        LargeBodiesConfig::Reject => LargeBodies::Reject,
-    };
     let in_flight = Arc::new(AtomicUsize::new(0));
     let mut proxy = StepUpProxy::new(
         PaymentApi::new(&config, in_flight.clone())?,
         config.step_up.clone(),
     )
-    .large_bodies(large)
+    .large_bodies(s.large_candidate_bodies)
     .server_conf(&server.configuration);
     if let Some(m) = metrics {
         proxy = proxy.observe(move |r: &Record| m.record(r));

@@ -1,5 +1,4 @@
 //! Black-box tests of the Klarna sandbox and the demo payment API over loopback sockets.
-#![cfg(feature = "sandbox")]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +11,7 @@ use axum::Router;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use klarna_stepup::sandbox::{
+use klarna_stepup_sandbox::{
     sign_webhook, start_demo_backends, DemoPorts, KlarnaSandbox, KlarnaSandboxConfig, PaymentApi,
     PaymentApiConfig,
 };

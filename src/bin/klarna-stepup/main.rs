@@ -1,19 +1,18 @@
-//! `klarna-stepup`: the ready Klarna step-up proxy, built on Pingora.
+//! `klarna-stepup`: the ready Klarna step-up proxy, built on Pingora. A command line over
+//! [`klarna_stepup::server`]; the demo is `./x demo` (the `klarna-stepup-demo` binary of the
+//! `demo/` workspace member), so this binary carries no sandbox.
 //!
 //! ```text
-//! klarna-stepup demo
 //! klarna-stepup serve --config klarna-stepup.toml
 //! klarna-stepup check-config klarna-stepup.toml
 //! ```
 #![forbid(unsafe_code)]
 
-#[path = "../cli/mod.rs"]
-mod cli;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use klarna_stepup::server::{init_logging, serve, ProxyConfig};
 
 /// Klarna step-up in front of a payment API.
 #[derive(Parser)]
@@ -37,44 +36,12 @@ enum Command {
         /// The configuration file (TOML).
         file: PathBuf,
     },
-    /// The whole flow on 127.0.0.1: a local Klarna, a demo payment API with a shop, and this
-    /// proxy in front of it. Open the printed shop URL in a browser.
-    Demo {
-        /// The proxy's port (the shop is served through it).
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
-        /// The local Klarna's port.
-        #[arg(long, default_value_t = 8091)]
-        klarna_port: u16,
-        /// The demo payment API's port.
-        #[arg(long, default_value_t = 8092)]
-        api_port: u16,
-    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
-        Command::Demo {
-            port,
-            klarna_port,
-            api_port,
-        } => {
-            cli::init_logging();
-            let ports = cli::demo::Ports {
-                proxy: port,
-                klarna: klarna_port,
-                payment_api: api_port,
-            };
-            match cli::demo::run(ports) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::CheckConfig { file } => match cli::config::ProxyConfig::load(&file) {
+        Command::CheckConfig { file } => match ProxyConfig::load(&file) {
             Ok(config) => {
                 print!("{}", config.to_toml());
                 ExitCode::SUCCESS
@@ -85,15 +52,15 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => {
-            cli::init_logging();
-            let config = match cli::config::ProxyConfig::load(&config) {
+            init_logging();
+            let config = match ProxyConfig::load(&config) {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
                     return ExitCode::FAILURE;
                 }
             };
-            match cli::server::serve(config) {
+            match serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");

@@ -4,12 +4,15 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
-use klarna_stepup::{ConfigError, ConfigErrors, StepUp, StepUpConfig};
 use serde::{Deserialize, Serialize};
+
+use crate::pingora::LargeBodies;
+use crate::{ConfigError, ConfigErrors, StepUp, StepUpConfig};
 
 /// `[server]`: where to listen, where to proxy to, and how.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Listening address, e.g. `127.0.0.1:8080`.
     pub listen: String,
@@ -33,7 +36,7 @@ pub struct ServerConfig {
     /// Candidate bodies over 64 KiB: `"stream"` (chunked to the upstream, default) or
     /// `"reject"` (413 before contacting the upstream).
     #[serde(default)]
-    pub large_candidate_bodies: LargeBodiesConfig,
+    pub large_candidate_bodies: LargeBodies,
     /// Prometheus metrics address, e.g. `127.0.0.1:9100` (default: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
@@ -69,6 +72,7 @@ pub enum Upstreams {
 }
 
 impl Upstreams {
+    /// The addresses, as written.
     pub fn list(&self) -> Vec<String> {
         match self {
             Upstreams::One(a) => vec![a.clone()],
@@ -77,20 +81,14 @@ impl Upstreams {
     }
 }
 
-/// `large_candidate_bodies`.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LargeBodiesConfig {
-    #[default]
-    Stream,
-    Reject,
-}
-
 /// `[server.tls]`: PEM files of the listener's certificate chain and key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ListenerTls {
+    /// PEM file of the certificate chain.
     pub cert: PathBuf,
+    /// PEM file of the private key.
     pub key: PathBuf,
     /// Offer HTTP/2 (ALPN `h2`) besides HTTP/1.1 (default true).
     #[serde(default = "yes")]
@@ -100,6 +98,7 @@ pub struct ListenerTls {
 /// `[server.upstream_tls]`: HTTPS to the upstream, optionally with a client certificate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct UpstreamTls {
     /// Server name sent in SNI and checked against the certificate.
     pub sni: String,
@@ -128,8 +127,11 @@ fn yes() -> bool {
 
 /// The whole file, validated.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ProxyConfig {
+    /// The step-up engine the top-level keys describe.
     pub step_up: StepUp,
+    /// The `[server]` table.
     pub server: ServerConfig,
 }
 
@@ -203,7 +205,7 @@ impl ProxyConfig {
         #[derive(Serialize)]
         struct Effective<'a> {
             #[serde(flatten)]
-            step_up: &'a klarna_stepup::StepUpConfig,
+            step_up: &'a StepUpConfig,
             server: &'a ServerConfig,
         }
         toml::to_string(&Effective {

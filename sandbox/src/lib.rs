@@ -1,5 +1,5 @@
-//! A local Klarna sandbox and a demo payment API with a shop page, for demos and tests
-//! (feature `sandbox`). Nothing here is meant for production.
+//! A local Klarna sandbox and a demo payment API with a shop page, for klarna-stepup's demo
+//! and tests. Nothing here is meant for production; the crate is not published.
 //!
 //! - [`klarna`]: a stand-in for Klarna that speaks the wire format of the Payment Authorize
 //!   API (`POST /v2/accounts/{id}/payment/authorize`, `GET`/`DELETE
@@ -115,10 +115,14 @@ pub const DEMO_API_KEY: &str = "sandbox-api-key";
 /// Partner account id used by the demo backends.
 pub const DEMO_PARTNER_ACCOUNT_ID: &str = "krn:partner:global:account:sandbox";
 
-/// The step-up configuration of the demo, for a proxy reachable at `public_base_url`:
-/// http return URLs allowed on loopback, the acquirer return endpoint on, and webhooks
-/// verified with the sandbox's signing key and relayed to the payment API's
-/// `/webhooks/klarna`. Its keys come from [`demo_secret`].
+/// The step-up configuration of the demo (klarna-stepup's TOML), for a proxy reachable at
+/// `public_base_url`: http return URLs allowed on loopback, the acquirer return endpoint on,
+/// and webhooks verified with the sandbox's signing key and relayed to the payment API's
+/// `/webhooks/klarna`. Its keys are named by environment variable ([`DEMO_RETURN_KEY_ENV`],
+/// [`DEMO_WEBHOOK_KEY_ENV`]); [`demo_secret`] gives their values.
+///
+/// This crate does not depend on klarna-stepup; its users build the engine:
+/// `StepUp::with_secrets(StepUpConfig::from_toml(&demo_step_up_toml(url))?, demo_secret)`.
 pub fn demo_step_up_toml(public_base_url: &str) -> String {
     format!(
         r#"[return_url_policy]
@@ -127,33 +131,31 @@ http_hosts = ["127.0.0.1", "localhost"]
 [acquirer_return]
 enabled = true
 public_base_url = "{public_base_url}"
-keys = [{{ id = "demo-1", env = "KLARNA_STEPUP_DEMO_RETURN_KEY" }}]
+keys = [{{ id = "demo-1", env = "{DEMO_RETURN_KEY_ENV}" }}]
 
 [webhooks]
 enabled = true
 path = "/klarna/webhooks"
 relay_path = "/webhooks/klarna"
-keys = [{{ id = "sandbox-key-1", env = "KLARNA_STEPUP_DEMO_WEBHOOK_KEY" }}]
+keys = [{{ id = "sandbox-key-1", env = "{DEMO_WEBHOOK_KEY_ENV}" }}]
 "#
     )
 }
+
+/// The environment variable naming the demo's return-token key.
+pub const DEMO_RETURN_KEY_ENV: &str = "KLARNA_STEPUP_DEMO_RETURN_KEY";
+/// The environment variable naming the demo's webhook verification key (the sandbox's signing
+/// key).
+pub const DEMO_WEBHOOK_KEY_ENV: &str = "KLARNA_STEPUP_DEMO_WEBHOOK_KEY";
 
 /// The demo's keys, by environment variable name: the environment's value when set, else a
 /// fixed demo value (not a secret: the demo runs on loopback only).
 pub fn demo_secret(name: &str) -> Option<String> {
     std::env::var(name).ok().or(match name {
-        "KLARNA_STEPUP_DEMO_RETURN_KEY" => Some("demo-return-key-not-a-secret-0123456789".into()),
-        "KLARNA_STEPUP_DEMO_WEBHOOK_KEY" => {
-            Some(String::from_utf8_lossy(DEMO_SIGNING_KEY).into_owned())
-        }
+        DEMO_RETURN_KEY_ENV => Some("demo-return-key-not-a-secret-0123456789".into()),
+        DEMO_WEBHOOK_KEY_ENV => Some(String::from_utf8_lossy(DEMO_SIGNING_KEY).into_owned()),
         _ => None,
     })
-}
-
-/// The demo's [`StepUp`](crate::StepUp) engine for a proxy reachable at `public_base_url`.
-pub fn demo_step_up(public_base_url: &str) -> Result<crate::StepUp, crate::ConfigErrors> {
-    let config = crate::StepUpConfig::from_toml(&demo_step_up_toml(public_base_url))?;
-    crate::StepUp::with_secrets(config, demo_secret)
 }
 
 /// The sandbox's webhook signing key (not a secret).
