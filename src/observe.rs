@@ -4,6 +4,9 @@
 //! Logs name the route pattern, the `payment_request_reference`, outcomes, reasons and
 //! status codes; never URLs, tokens, keys or bodies.
 
+// Without an adapter (an engine-only build) the adapters' helpers here go unused.
+#![cfg_attr(not(any(feature = "tower", feature = "pingora")), allow(dead_code))]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,6 +83,9 @@ pub struct Record {
     request_body_len: Option<usize>,
     response_body_len: Option<usize>,
     engine_time: Duration,
+    started: Instant,
+    duration: Option<Duration>,
+    status: Option<u16>,
     span: tracing::Span,
 }
 
@@ -91,6 +97,9 @@ impl Default for Record {
             request_body_len: None,
             response_body_len: None,
             engine_time: Duration::ZERO,
+            started: Instant::now(),
+            duration: None,
+            status: None,
             span: tracing::Span::none(),
         }
     }
@@ -115,6 +124,18 @@ impl Record {
     /// Time spent in the engine (request injection and response rewrite).
     pub fn engine_time(&self) -> Duration {
         self.engine_time
+    }
+
+    /// How long the request took, from the adapter's first look at it to its answer's head
+    /// (Pingora: to the end of the answer); until the request is done, the time so far.
+    pub fn duration(&self) -> Duration {
+        self.duration.unwrap_or_else(|| self.started.elapsed())
+    }
+
+    /// The status of the answer the client got, once the request is done (`None` when
+    /// nothing was answered, e.g. the client went away).
+    pub fn status(&self) -> Option<u16> {
+        self.status
     }
 
     /// The request's `klarna_stepup` tracing span (disabled for requests step-up leaves
@@ -184,6 +205,7 @@ impl Record {
     }
 
     /// A request failed upstream after step-up had nothing more to say: only the outcome.
+    #[cfg_attr(not(feature = "pingora"), allow(dead_code))]
     pub(crate) fn failed_upstream(&mut self, refusal: &Refusal) {
         self.outcome = Outcome::of(refusal);
     }
@@ -253,6 +275,8 @@ impl Record {
 
     /// The request is done: the outcome goes into the span, and one line is logged.
     pub(crate) fn done(&mut self, status: Option<u16>) {
+        self.duration = Some(self.started.elapsed());
+        self.status = status;
         if !self.acts() {
             return;
         }
@@ -272,6 +296,7 @@ impl Record {
 
 /// How a return notification went: [`Record::notified`].
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "pingora"), allow(dead_code))]
 pub(crate) enum Notified {
     Accepted,
     Refused(u16),

@@ -277,6 +277,18 @@ async fn serve_fails_over_to_the_next_upstream_counts_metrics_and_stops_on_sigin
         page.contains("klarna_stepup_engine_seconds_count 2"),
         "{page}"
     );
+    // What an operator alerts on: codes of step-up's own answers, latency, the payment
+    // API's status classes, and the process itself.
+    for line in [
+        "klarna_stepup_refusals_total{code=\"body_too_large\"} 1",
+        "klarna_stepup_request_duration_seconds_count{outcome=\"rewritten\"} 2",
+        "klarna_stepup_request_duration_seconds_count{outcome=\"refused\"} 1",
+        "klarna_stepup_upstream_responses_total{class=\"2xx\"} 2",
+        "klarna_stepup_upstream_duration_seconds_count 2",
+        "process_resident_memory_bytes ",
+    ] {
+        assert!(page.contains(line), "{line} in {page}");
+    }
     assert_eq!(up.take_received().len(), 2);
     let (code, log) = stop(&mut child, "-INT");
     assert_eq!(code, Some(0), "{log}");
@@ -309,6 +321,14 @@ async fn serve_answers_502_json_when_no_upstream_answers() {
     assert!(r.contains(r#""code":"upstream_unreachable""#), "{r}");
     assert!(
         page.contains("klarna_stepup_requests_total{outcome=\"upstream_error\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("klarna_stepup_upstream_errors_total{code=\"upstream_unreachable\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("klarna_stepup_refusals_total{code=\"upstream_unreachable\"} 1"),
         "{page}"
     );
     let (code, log) = stop(&mut child, "-TERM");

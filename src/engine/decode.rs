@@ -3,6 +3,12 @@
 //! an answer in an encoding this build does not decode passes through untouched.
 
 use std::borrow::Cow;
+#[cfg(any(
+    feature = "decompression-gzip",
+    feature = "decompression-deflate",
+    feature = "decompression-br",
+    feature = "decompression-zstd"
+))]
 use std::io::Read;
 
 use http::HeaderValue;
@@ -10,12 +16,41 @@ use http::HeaderValue;
 /// Decodes `raw` per its `Content-Encoding` (gzip, deflate, br, zstd; identity as is), with
 /// the decoded size bounded by `limit`. `None` when the encoding is unknown, the data is
 /// corrupt, or it decodes to more than `limit`: the caller then passes the answer through.
+#[cfg_attr(
+    not(any(
+        feature = "decompression-gzip",
+        feature = "decompression-deflate",
+        feature = "decompression-br",
+        feature = "decompression-zstd"
+    )),
+    allow(unused_variables)
+)]
 pub(crate) fn decode<'a>(
     encoding: Option<&HeaderValue>,
     raw: &'a [u8],
     limit: usize,
 ) -> Option<Cow<'a, [u8]>> {
-    let reader: Box<dyn Read + '_> = match codec(encoding)? {
+    match codec(encoding)? {
+        Codec::Identity => Some(Cow::Borrowed(raw)),
+        #[cfg(any(
+            feature = "decompression-gzip",
+            feature = "decompression-deflate",
+            feature = "decompression-br",
+            feature = "decompression-zstd"
+        ))]
+        codec => inflate(codec, raw, limit),
+    }
+}
+
+/// `raw` decoded by `codec`, at most `limit` bytes of it.
+#[cfg(any(
+    feature = "decompression-gzip",
+    feature = "decompression-deflate",
+    feature = "decompression-br",
+    feature = "decompression-zstd"
+))]
+fn inflate(codec: Codec, raw: &[u8], limit: usize) -> Option<Cow<'_, [u8]>> {
+    let reader: Box<dyn Read + '_> = match codec {
         Codec::Identity => return Some(Cow::Borrowed(raw)),
         #[cfg(feature = "decompression-gzip")]
         Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),

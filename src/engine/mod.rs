@@ -42,9 +42,15 @@ use routes::RoutePattern;
 use webhook::Webhooks;
 
 pub use crate::config::DEFAULT_BODY_LIMIT;
+// `Head` is named only by the Pingora adapter (tower edits `http::HeaderMap`s through it).
+#[cfg_attr(not(feature = "pingora"), allow(unused_imports))]
+pub(crate) use head::Head;
+#[cfg_attr(
+    not(any(feature = "tower", feature = "pingora")),
+    allow(unused_imports)
+)]
 pub(crate) use head::{
-    content_length, injected_request, mark_passthrough, mark_relayed, mark_rewritten,
-    relay_request, Head,
+    content_length, injected_request, mark_passthrough, mark_relayed, mark_rewritten, relay_request,
 };
 pub use head::{MARKER_HEADER, STALE_RESPONSE_HEADERS};
 pub use refusal::Refusal;
@@ -381,6 +387,7 @@ impl StepUp {
 }
 
 /// The current time in unix seconds, for adapters to pass to the engine.
+#[cfg_attr(not(any(feature = "tower", feature = "pingora")), allow(dead_code))]
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -30,12 +30,15 @@ struct PaymentApi {
     connect_timeout: Duration,
     read_timeout: Duration,
     in_flight: Arc<AtomicUsize>,
+    metrics: Option<Metrics>,
 }
 
-/// Per request: how many upstreams were tried; counts as in flight while it lives.
+/// Per request: how many upstreams were tried, and since when; counts as in flight while it
+/// lives.
 #[derive(Debug)]
 struct Attempts {
     tried: usize,
+    upstream_since: Option<std::time::Instant>,
     _in_flight: InFlight,
 }
 
@@ -57,7 +60,11 @@ impl Drop for InFlight {
 }
 
 impl PaymentApi {
-    fn new(config: &ProxyConfig, in_flight: Arc<AtomicUsize>) -> Result<Self, String> {
+    fn new(
+        config: &ProxyConfig,
+        in_flight: Arc<AtomicUsize>,
+        metrics: Option<Metrics>,
+    ) -> Result<Self, String> {
         let s = &config.server;
         let peers = s
             .resolve_upstreams()
@@ -77,6 +84,7 @@ impl PaymentApi {
             connect_timeout: Duration::from_millis(s.connect_timeout_ms),
             read_timeout: Duration::from_millis(s.read_timeout_ms),
             in_flight,
+            metrics,
         })
     }
 }
@@ -126,12 +134,17 @@ impl ProxyHttp for PaymentApi {
     fn new_ctx(&self) -> Attempts {
         Attempts {
             tried: 0,
+            upstream_since: None,
             _in_flight: InFlight::new(&self.in_flight),
         }
     }
 
     async fn upstream_peer(&self, _: &mut Session, ctx: &mut Attempts) -> Result<Box<HttpPeer>> {
         ctx.tried += 1;
+        if self.metrics.is_some() {
+            ctx.upstream_since
+                .get_or_insert_with(std::time::Instant::now);
+        }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.peers.len();
         let addr = self.peers[i];
         let mut peer = match &self.tls {
@@ -163,6 +176,20 @@ impl ProxyHttp for PaymentApi {
         e
     }
 
+    async fn upstream_response_filter(
+        &self,
+        _: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Attempts,
+    ) -> Result<()> {
+        if let (Some(m), Some(since)) = (&self.metrics, ctx.upstream_since) {
+            if !upstream_response.status.is_informational() {
+                m.upstream_answered(upstream_response.status.as_u16(), since.elapsed());
+            }
+        }
+        Ok(())
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -171,6 +198,9 @@ impl ProxyHttp for PaymentApi {
     ) -> FailToProxy {
         let code = match upstream_refusal(e) {
             Some(r) => {
+                if let Some(m) = &self.metrics {
+                    m.upstream_failed(r.code);
+                }
                 if session.response_written().is_none() {
                     let _ = respond(session, &r).await;
                 }
@@ -269,7 +299,7 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
     let metrics = s.metrics.as_ref().map(|_| Metrics::register());
     let in_flight = Arc::new(AtomicUsize::new(0));
     let mut proxy = StepUpProxy::new(
-        PaymentApi::new(&config, in_flight.clone())?,
+        PaymentApi::new(&config, in_flight.clone(), metrics.clone())?,
         config.step_up.clone(),
     )
     .large_bodies(s.large_candidate_bodies)

@@ -25,7 +25,7 @@ pin_project! {
     enum Kind<F, B, E> {
         // Not a candidate: the inner future, its body wrapped on the way out; the observer
         // (if any) hears of it once the head is ready.
-        Passthrough { #[pin] future: F, observer: Option<Observer> },
+        Passthrough { #[pin] future: F, observer: Option<(Observer, Record)> },
         // A candidate: body reading, the inner call and the rewrite, in one boxed future. The
         // box is one allocation on a path that buffers bodies anyway.
         StepUp { future: BoxFuture<Result<Response<StepUpBody<B>>, E>> },
@@ -34,6 +34,8 @@ pin_project! {
 
 impl<F, B, E> ResponseFuture<F, B, E> {
     pub(super) fn passthrough(future: F, observer: Option<Observer>) -> Self {
+        // The record (its clock) is made only when someone observes.
+        let observer = observer.map(|o| (o, Record::default()));
         ResponseFuture {
             kind: Kind::Passthrough { future, observer },
         }
@@ -56,8 +58,9 @@ where
         match self.project().kind.project() {
             KindProj::Passthrough { future, observer } => {
                 let res = ready!(future.poll(cx))?;
-                if let Some(observe) = observer.take() {
-                    observe(&Record::default());
+                if let Some((observe, mut record)) = observer.take() {
+                    record.done(Some(res.status().as_u16()));
+                    observe(&record);
                 }
                 Poll::Ready(Ok(res.map(StepUpBody::new)))
             }
