@@ -12,10 +12,10 @@ use klarna_stepup::{Candidate, RequestVerdict, ResponseVerdict, Route, StepUp};
 #[path = "../tests/common/fixtures.rs"]
 mod fixtures;
 
-/// The fixture request with line items repeated until it is at least `size` bytes.
 /// The clock the engine is asked at (unix seconds).
 const NOW: u64 = 1_800_000_000;
 
+/// The fixture request with line items repeated until it is at least `size` bytes.
 fn grown(base: &[u8], size: usize) -> Vec<u8> {
     let text = std::str::from_utf8(base).unwrap();
     let start = text.find("\"line_items\": [").unwrap() + "\"line_items\": [".len();

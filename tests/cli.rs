@@ -690,3 +690,111 @@ async fn serve_over_tls_with_mtls_to_a_payment_api_behind_a_private_ca() {
     assert!(res.starts_with("HTTP/1.1 502"), "{res}");
     assert!(res.contains("upstream_unreachable"), "{res}");
 }
+
+#[test]
+fn check_config_takes_config_as_a_flag_and_warns_of_an_open_allow_list() {
+    let path = write_config(
+        "flag.toml",
+        "[server]\nlisten = \"127.0.0.1:8080\"\nupstream = \"127.0.0.1:9000\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("warning: return_url_policy.allowed_hosts: empty: any https host"),
+        "{err}"
+    );
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for want in ["RUST_LOG", "Examples:", "check-config --config"] {
+        assert!(help.contains(want), "{want:?} in\n{help}");
+    }
+    let serve_help = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let serve_help = String::from_utf8(serve_help.stdout).unwrap();
+    assert!(serve_help.contains("--log-format"), "{serve_help}");
+}
+
+#[test]
+fn serve_on_a_busy_port_names_the_address_and_exits_at_once() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let path = write_config(
+        "busy.toml",
+        &format!("[server]\nlisten = \"{addr}\"\nupstream = \"127.0.0.1:9\"\n"),
+    );
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(5), "it lingered");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("server.listen: cannot listen on {addr}")),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_ignores_sighup_and_logs_json_when_asked() {
+    let up = upstream::start().await;
+    up.set_answer(Answer {
+        status: 200,
+        ..Answer::default()
+    });
+    let listen = free_addr();
+    let path = write_config(
+        "hup.toml",
+        &format!(
+            "[server]\nlisten = \"{listen}\"\nupstream = \"{}\"\n",
+            up.addr
+        ),
+    );
+    let mut child = Served(
+        Command::new(BIN)
+            .args(["serve", "--log-format", "json", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(listen);
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP ended it");
+    let r = tokio::task::spawn_blocking(move || {
+        exchange(
+            listen,
+            "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("SIGHUP ignored"), "{log}");
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not a JSON line: {line}"
+        );
+    }
+}

@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use klarna_stepup::server::{init_logging, serve, ProxyConfig};
+use klarna_stepup::server::{init_logging, serve, LogFormat, ProxyConfig};
 use klarna_stepup::{StepUp, StepUpConfig};
 use klarna_stepup_sandbox::{self as sandbox, DemoPorts};
 
@@ -31,7 +31,7 @@ struct Ports {
 
 fn main() -> ExitCode {
     let ports = Ports::parse();
-    init_logging();
+    init_logging(LogFormat::Text);
     match run(ports) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -51,6 +51,18 @@ fn demo_step_up(public_base_url: &str) -> Result<StepUp, String> {
 
 /// Starts the backends, prints where to go, and runs the proxy until SIGINT or SIGTERM.
 fn run(ports: Ports) -> Result<(), String> {
+    for (port, flag) in [
+        (ports.proxy, "--port"),
+        (ports.klarna, "--klarna-port"),
+        (ports.payment_api, "--api-port"),
+    ] {
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Err(format!(
+                "klarna-stepup-demo: 127.0.0.1:{port} is not free ({e}); choose another port \
+                 with {flag} PORT"
+            ));
+        }
+    }
     let proxy_url = format!("http://127.0.0.1:{}", ports.proxy);
     // The backends run on their own runtime; the proxy on Pingora's.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -200,6 +200,21 @@ impl ProxyConfig {
         Self::parse(&text)
     }
 
+    /// What is valid but probably not meant: each as `key: reason`. `check-config` prints
+    /// them and `serve` logs them.
+    pub fn warnings(&self) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        let c = self.step_up.config();
+        if c.return_url_policy.allowed_hosts.is_empty() {
+            out.push(err(
+                "return_url_policy.allowed_hosts",
+                "empty: any https host will be accepted as a return URL (list the partners' \
+                 hosts, e.g. [\"*.partner.example\"])",
+            ));
+        }
+        out
+    }
+
     /// The effective configuration, every default spelled out, as TOML.
     pub fn to_toml(&self) -> String {
         #[derive(Serialize)]

@@ -7,9 +7,9 @@
 //! [`StepUpProxy`](crate::pingora::StepUpProxy) instead.
 //!
 //! ```no_run
-//! use klarna_stepup::server::{init_logging, serve, ProxyConfig};
+//! use klarna_stepup::server::{init_logging, serve, LogFormat, ProxyConfig};
 //!
-//! init_logging();
+//! init_logging(LogFormat::Text);
 //! let config = ProxyConfig::load("klarna-stepup.toml".as_ref()).unwrap_or_else(|errors| {
 //!     eprintln!("{errors}");
 //!     std::process::exit(1);
@@ -29,17 +29,34 @@ mod config;
 mod metrics;
 mod serve;
 
+pub use crate::ConfigError;
 pub use config::{ListenerTls, ProxyConfig, ServerConfig, UpstreamTls, Upstreams};
 pub use serve::serve;
 
-/// `tracing` to stderr, filtered by `RUST_LOG` (default `info`). Pingora's own `log`
-/// records are captured too. Does nothing if a global subscriber is already set.
-pub fn init_logging() {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// One human-readable line per event (colours on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// `tracing` to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines.
+/// Pingora's own `log` records are captured too. Does nothing if a global subscriber is
+/// already set.
+pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }

@@ -247,16 +247,24 @@ struct Signals {
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: graceful shutdown"),
-            _ = int.recv() => tracing::info!("SIGINT: graceful shutdown"),
+        loop {
+            tokio::select! {
+                _ = term.recv() => break tracing::info!("SIGTERM: graceful shutdown"),
+                _ = int.recv() => break tracing::info!("SIGINT: graceful shutdown"),
+                // SIGHUP's default action would end the process silently.
+                _ = hup.recv() => tracing::warn!(
+                    "SIGHUP ignored: the configuration is read at start only; \
+                     restart to change it"
+                ),
+            }
         }
         // Pingora's own grace period is a fixed sleep; drain instead, so that an idle proxy
         // stops at once and a busy one as soon as its last request is answered.
@@ -280,6 +288,15 @@ impl ShutdownSignalWatch for Signals {
 /// its key (`server.upstream: cannot resolve: …`).
 pub fn serve(config: ProxyConfig) -> Result<(), String> {
     let s = &config.server;
+    // Pingora binds its listeners only once it runs, and then panics and lingers on an
+    // address in use: find out here, and say which address.
+    for (key, addr) in std::iter::once(("server.listen", &s.listen))
+        .chain(s.metrics.iter().map(|m| ("server.metrics", m)))
+    {
+        if let Err(e) = std::net::TcpListener::bind(addr.as_str()) {
+            return Err(format!("{key}: cannot listen on {addr}: {e}"));
+        }
+    }
     let conf = ServerConf {
         threads: s.threads,
         // Draining happens in `Signals` (see there).

@@ -4,19 +4,32 @@
 //!
 //! ```text
 //! klarna-stepup serve --config klarna-stepup.toml
-//! klarna-stepup check-config klarna-stepup.toml
+//! klarna-stepup check-config --config klarna-stepup.toml
 //! ```
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use klarna_stepup::server::{init_logging, serve, ProxyConfig};
+use clap::{Parser, Subcommand, ValueEnum};
+use klarna_stepup::server::{init_logging, serve, LogFormat, ProxyConfig};
 
-/// Klarna step-up in front of a payment API.
+/// Klarna step-up in front of a payment API: a proxy that adds Klarna's step_up_config to the
+/// partners' Klarna payments and turns Klarna's STEP_UP_REQUIRED answers into the partner
+/// block (status, redirect_url, klarna{…}); everything else passes through untouched.
 #[derive(Parser)]
-#[command(name = "klarna-stepup", version, about)]
+#[command(
+    name = "klarna-stepup",
+    version,
+    after_help = "\
+Examples:
+  klarna-stepup check-config --config /etc/klarna-stepup.toml
+  klarna-stepup serve --config /etc/klarna-stepup.toml
+  RUST_LOG=klarna_stepup=debug klarna-stepup serve -c klarna-stepup.toml --log-format json
+
+Logs go to stderr, filtered by RUST_LOG (default: info; e.g. RUST_LOG=warn,klarna_stepup=info).
+Return URLs, tokens, keys and bodies are never logged."
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -24,35 +37,64 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy the configuration file describes (SIGTERM or SIGINT: graceful stop).
+    /// Run the proxy the configuration file describes. SIGTERM or SIGINT: stop once no
+    /// request is in flight (at most server.grace_period_secs); SIGHUP is ignored (logged).
     Serve {
         /// The configuration file (TOML).
-        #[arg(long, short)]
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// How log lines are written to stderr.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        log_format: Format,
     },
-    /// Validate a configuration file: print the effective configuration, or every error
-    /// as `key: reason`. Exit status 0 when valid, 1 otherwise.
+    /// Check a configuration file: print the effective configuration (every default
+    /// spelled out, itself a valid file) and any warnings, or every error as `key: reason`.
+    /// Exit status 0 when valid, 1 otherwise.
     CheckConfig {
         /// The configuration file (TOML).
-        file: PathBuf,
+        #[arg(long, short, value_name = "FILE", required_unless_present = "file")]
+        config: Option<PathBuf>,
+        /// The configuration file, as a positional argument (same as --config).
+        #[arg(value_name = "FILE", conflicts_with = "config", hide = true)]
+        file: Option<PathBuf>,
     },
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
-        Command::CheckConfig { file } => match ProxyConfig::load(&file) {
-            Ok(config) => {
-                print!("{}", config.to_toml());
-                ExitCode::SUCCESS
+        Command::CheckConfig { config, file } => {
+            let Some(path) = config.or(file) else {
+                return ExitCode::FAILURE;
+            };
+            match ProxyConfig::load(&path) {
+                Ok(config) => {
+                    for warning in config.warnings() {
+                        eprintln!("warning: {warning}");
+                    }
+                    print!("{}", config.to_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(errors) => {
-                eprintln!("{errors}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Serve { config } => {
-            init_logging();
+        }
+        Command::Serve { config, log_format } => {
+            init_logging(match log_format {
+                Format::Text => LogFormat::Text,
+                Format::Json => LogFormat::Json,
+            });
             let config = match ProxyConfig::load(&config) {
                 Ok(c) => c,
                 Err(errors) => {
@@ -60,10 +102,13 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            for warning in config.warnings() {
+                tracing::warn!(%warning, "configuration");
+            }
             match serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("{e}");
+                    eprintln!("klarna-stepup: {e}");
                     ExitCode::FAILURE
                 }
             }
