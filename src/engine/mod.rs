@@ -233,9 +233,10 @@ impl StepUp {
         })
     }
 
-    /// Parses and validates a TOML configuration.
+    /// Parses and validates a TOML configuration; every error names its key, and its line
+    /// and column in `text`.
     pub fn from_toml(text: &str) -> Result<Self, ConfigErrors> {
-        Self::new(StepUpConfig::from_toml(text)?)
+        Self::new(StepUpConfig::from_toml(text)?).map_err(|e| e.located(text))
     }
 
     /// The effective configuration, defaults spelled out.
@@ -510,7 +511,8 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused_by_name() {
         let err = StepUp::from_toml("[return_url_policy]\nmax_lenght = 3\n").unwrap_err();
-        assert_eq!(err.0[0].key, "max_lenght");
+        assert_eq!(err.0[0].key, "return_url_policy.max_lenght");
+        assert_eq!(err.0[0].location, Some((2, 1)));
         assert!(err.to_string().contains("unknown field"), "{err}");
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::read;
 use crate::pingora::LargeBodies;
 use crate::{ConfigError, ConfigErrors, StepUp, StepUpConfig};
 
@@ -139,45 +140,25 @@ impl ProxyConfig {
     /// Parses and validates a file's text; every error found, each with its key.
     pub fn parse(text: &str) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                key: String::new(),
-                reason: e.to_string().trim().to_owned(),
-            }])
-        })?;
+        let toml::Value::Table(mut table) = crate::config::parse_toml(text)? else {
+            unreachable!("a TOML document is a table")
+        };
         let server = match table.remove("server") {
             None => {
                 errors.push(err("server", "missing table (needs listen and upstream)"));
                 None
             }
-            Some(v) => match ServerConfig::deserialize(v) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    let key = e.message().split('`').nth(1).unwrap_or("").to_owned();
-                    let key = if key.is_empty() {
-                        "server".into()
-                    } else {
-                        format!("server.{key}")
-                    };
-                    errors.push(err(&key, e.message().trim()));
-                    None
-                }
-            },
+            Some(v) => read::deserialize_all::<ServerConfig>(v, "server", &mut errors),
         };
-        let step_up = match StepUpConfig::deserialize(toml::Value::Table(table)) {
-            Err(e) => {
-                let key = e.message().split('`').nth(1).unwrap_or("").to_owned();
-                errors.push(err(&key, e.message().trim()));
-                None
-            }
-            Ok(c) => match StepUp::new(c) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    errors.extend(e.0);
-                    None
-                }
-            },
-        };
+        let step_up =
+            read::deserialize_all::<StepUpConfig>(toml::Value::Table(table), "", &mut errors)
+                .and_then(|c| match StepUp::new(c) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        errors.extend(e.0);
+                        None
+                    }
+                });
         if let Some(s) = &server {
             errors.extend(s.problems());
         }
@@ -185,7 +166,7 @@ impl ProxyConfig {
             (Some(step_up), Some(server)) if errors.is_empty() => {
                 Ok(ProxyConfig { step_up, server })
             }
-            _ => Err(ConfigErrors(errors)),
+            _ => Err(ConfigErrors(errors).located(text)),
         }
     }
 
@@ -348,10 +329,7 @@ fn file_problem(p: &mut Vec<ConfigError>, key: &str, path: &std::path::Path) {
 }
 
 fn err(key: &str, reason: &str) -> ConfigError {
-    ConfigError {
-        key: key.to_owned(),
-        reason: reason.to_owned(),
-    }
+    ConfigError::new(key, reason)
 }
 
 #[cfg(test)]
@@ -384,5 +362,37 @@ mod tests {
                 "server.threads"
             ]
         );
+    }
+
+    #[test]
+    fn type_errors_name_their_key_and_place_every_one() {
+        let text = "body_limit = \"1MB\"\n\
+                    [server]\n\
+                    listen = 8080\n\
+                    upstream = \"127.0.0.1:9000\"\n\
+                    large_candidate_bodies = \"drop\"\n\
+                    threads = \"two\"\n";
+        let e = ProxyConfig::parse(text).unwrap_err();
+        let found: Vec<_> = e.0.iter().map(|e| (e.key.as_str(), e.location)).collect();
+        assert_eq!(
+            found,
+            [
+                ("server.large_candidate_bodies", Some((5, 1))),
+                ("server.listen", Some((3, 1))),
+                ("server.threads", Some((6, 1))),
+                ("body_limit", Some((1, 1))),
+            ],
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains(
+                "server.listen: invalid type: integer `8080`, expected a string (line 3, column 1)"
+            ),
+            "{e}"
+        );
+        let e = ProxyConfig::parse("[server]\nlisten = \"127.0.0.1:1\"\n").unwrap_err();
+        assert_eq!(e.0[0].key, "server.upstream", "{e}");
+        let e = ProxyConfig::parse("[server\n").unwrap_err();
+        assert_eq!(e.0[0].location, Some((1, 8)), "{e}");
     }
 }

@@ -42,6 +42,8 @@
 
 use std::fmt;
 
+pub(crate) mod read;
+
 use serde::{Deserialize, Serialize};
 
 /// Default limit of a buffered candidate body: 1 MiB.
@@ -476,15 +478,13 @@ impl Default for PartnerResponseConfig {
 }
 
 impl StepUpConfig {
-    /// Parses a TOML document. Unknown keys are errors.
+    /// Parses a TOML document. Unknown keys are errors; every wrong key is reported, each
+    /// with its line and column.
     pub fn from_toml(text: &str) -> Result<Self, ConfigErrors> {
-        toml::from_str(text).map_err(|e| {
-            let key = e.message().split('`').nth(1).unwrap_or("").to_owned();
-            ConfigErrors(vec![ConfigError {
-                key,
-                reason: e.to_string().trim().to_owned(),
-            }])
-        })
+        let value = parse_toml(text)?;
+        let mut errors = Vec::new();
+        read::deserialize_all(value, "", &mut errors)
+            .ok_or_else(|| ConfigErrors(errors).located(text))
     }
 
     /// The default candidate routes.
@@ -500,13 +500,40 @@ impl StepUpConfig {
     }
 }
 
-/// One configuration error: the key (dotted path) and what is wrong with it.
+/// One configuration error: the key (dotted path), what is wrong with it, and where it is in
+/// the file when it was read from one.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConfigError {
     /// The key, e.g. `return_url_policy.allowed_hosts[1]`.
     pub key: String,
     /// What is wrong.
     pub reason: String,
+    /// Line and column (1-based) in the TOML text, when known.
+    pub location: Option<(usize, usize)>,
+}
+
+impl ConfigError {
+    /// An error about `key`.
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+            location: None,
+        }
+    }
+}
+
+impl ConfigErrors {
+    /// The same errors, each with its place in `text` (the TOML they were read from).
+    pub fn located(mut self, text: &str) -> Self {
+        for e in &mut self.0 {
+            if e.location.is_none() && !e.key.is_empty() {
+                e.location = read::locate(text, &e.key);
+            }
+        }
+        self
+    }
 }
 
 /// Every error found in a configuration.
@@ -516,9 +543,13 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.key.is_empty() {
-            f.write_str(&self.reason)
+            f.write_str(&self.reason)?;
         } else {
-            write!(f, "{}: {}", self.key, self.reason)
+            write!(f, "{}: {}", self.key, self.reason)?;
+        }
+        match self.location {
+            Some((line, column)) => write!(f, " (line {line}, column {column})"),
+            None => Ok(()),
         }
     }
 }
@@ -543,9 +574,22 @@ pub(crate) struct Problems(pub Vec<ConfigError>);
 
 impl Problems {
     pub fn add(&mut self, key: impl Into<String>, reason: impl Into<String>) {
-        self.0.push(ConfigError {
-            key: key.into(),
-            reason: reason.into(),
-        });
+        self.0.push(ConfigError::new(key, reason));
     }
+}
+
+/// `text` as a TOML value; a syntax error names its line and column.
+pub(crate) fn parse_toml(text: &str) -> Result<toml::Value, ConfigErrors> {
+    toml::from_str::<toml::Table>(text)
+        .map(toml::Value::Table)
+        .map_err(|e| {
+            let mut error = ConfigError::new("", e.message().trim());
+            error.location = e.span().and_then(|s| {
+                let before = text.get(..s.start)?;
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                Some((line, column))
+            });
+            ConfigErrors(vec![error])
+        })
 }
