@@ -16,16 +16,16 @@ use klarna_stepup_sandbox::{self as sandbox, DemoPorts};
 /// The whole Klarna step-up flow on 127.0.0.1: a local Klarna, a demo payment API with a
 /// shop, and the klarna-stepup proxy in front of it. Open the printed shop URL in a browser.
 #[derive(Parser)]
-#[command(name = "klarna-stepup-demo", version, about)]
+#[command(name = "klarna-stepup-demo", version)]
 struct Ports {
     /// The proxy's port (the shop is served through it).
-    #[arg(long = "port", default_value_t = 8080)]
+    #[arg(long = "port", value_name = "PORT", default_value_t = 8080)]
     proxy: u16,
     /// The local Klarna's port.
-    #[arg(long = "klarna-port", default_value_t = 8091)]
+    #[arg(long = "klarna-port", value_name = "PORT", default_value_t = 8091)]
     klarna: u16,
     /// The demo payment API's port.
-    #[arg(long = "api-port", default_value_t = 8092)]
+    #[arg(long = "api-port", value_name = "PORT", default_value_t = 8092)]
     payment_api: u16,
 }
 
