@@ -15,7 +15,7 @@ impl ProxyHttp for PaymentApiProxy {
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        let peer = HttpPeer::new("10.0.0.1:443", true, "payments.acquirer.example".into());
+        let peer = HttpPeer::new("127.0.0.1:9443", true, "payments.acquirer.example".into());
         Ok(Box::new(peer))
     }
 }
@@ -31,7 +31,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     server.bootstrap();
     let proxy = StepUpProxy::new(PaymentApiProxy, step_up);
     let mut service = http_proxy_service(&server.configuration, proxy);
-    service.add_tls("0.0.0.0:8443", "cert.pem", "key.pem")?;
+    service.add_tls("127.0.0.1:8443", "cert.pem", "key.pem")?;
     server.add_service(service);
     server.run_forever()
 }
