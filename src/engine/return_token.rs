@@ -76,13 +76,18 @@ impl std::fmt::Debug for ReturnRedirect {
 
 impl ReturnRedirect {
     /// The 303 to the partner's URL: no caching, no referrer (the URL may carry a token).
+    /// The location is ASCII ([`StepUp::resolve_return`](crate::StepUp::resolve_return)
+    /// percent-encodes the rest); one that is still not a header value (only possible for a
+    /// hand-made `ReturnRedirect`) gets the 400 of an invalid return link, never a 303
+    /// without a `Location`.
     pub fn to_response(&self) -> http::Response<Vec<u8>> {
+        let Ok(location) = HeaderValue::from_str(&self.location) else {
+            return invalid().to_response();
+        };
         let mut res = http::Response::new(Vec::new());
         *res.status_mut() = StatusCode::SEE_OTHER;
         let h = res.headers_mut();
-        if let Ok(location) = HeaderValue::from_str(&self.location) {
-            h.insert(LOCATION, location);
-        }
+        h.insert(LOCATION, location);
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
@@ -214,6 +219,19 @@ impl ReturnEndpoint {
             _ => false,
         };
         if !same_origin {
+            return Err(invalid());
+        }
+        // A Location header is ASCII: a partner URL with non-ASCII text (allowed by the
+        // policy) goes out as the URL parser serializes it, IDNA host and percent-escapes.
+        let location = if location.is_ascii() {
+            location
+        } else {
+            url::Url::parse(&location)
+                .map_err(|_| invalid())?
+                .as_str()
+                .to_owned()
+        };
+        if HeaderValue::from_str(&location).is_err() {
             return Err(invalid());
         }
         Ok(ReturnRedirect {
