@@ -25,6 +25,16 @@ const LIMIT: Duration = Duration::from_secs(10);
 const HOSTILE: &str =
     r#""step_up_config":{"customer_interaction_config":{"return_url":"javascript:alert(1)"}}"#;
 
+/// (what, path, headers, body, expected status, expected code)
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
+
 struct Proxies {
     up: Upstream,
     /// (adapter name, address)
@@ -72,10 +82,7 @@ fn code(res: &RawResponse) -> String {
 }
 
 /// Sends each case through both adapters: `(status, code)` expected, and nothing upstream.
-async fn refused_everywhere(
-    p: &Proxies,
-    cases: &[(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)],
-) {
+async fn refused_everywhere(p: &Proxies, cases: &[Case<'_>]) {
     for (adapter, addr) in &p.all {
         for (what, path, headers, body, status, want) in cases {
             p.up.take_received();
@@ -118,7 +125,7 @@ async fn point_1_no_unvalidated_step_up_config_reaches_the_payment_api() {
         .flat_map(|c| (c as u32).to_be_bytes())
         .collect();
     let unreadable = "unreadable_json";
-    let mut cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let mut cases: Vec<Case<'_>> = vec![
         (
             "UTF-8 BOM",
             "/payments",
@@ -277,9 +284,8 @@ async fn point_1_no_unvalidated_step_up_config_reaches_the_payment_api() {
         ),
         (
             "duplicate customer_interaction_config",
-            format!(
-                r#"{{"payment_method":"klarna","step_up_config":{{"customer_interaction_config":{{"return_url":"javascript:x"}},"customer_interaction_config":{{"return_url":"https://shop.example/r"}}}}}}"#
-            ),
+            r#"{"payment_method":"klarna","step_up_config":{"customer_interaction_config":{"return_url":"javascript:x"},"customer_interaction_config":{"return_url":"https://shop.example/r"}}}"#
+                .to_string(),
         ),
         (
             "duplicate return_url",

@@ -2,10 +2,13 @@
 //!
 //! An adapter asks, in order:
 //! 1. [`StepUp::classify`] on the request head: pass through, a candidate route whose body
-//!    must be read (up to [`StepUp::body_limit`]), or one of the layer's own routes.
+//!    must be read (up to [`StepUp::body_limit`]), a candidate refused from its head alone
+//!    ([`Route::Refused`]: an ambiguous path, a body it will not read), or one of the
+//!    layer's own routes.
 //! 2. [`StepUp::rewrite_request`] on the candidate body: not Klarna (forward it untouched),
 //!    injected (forward the new body, keep the [`Exchange`]), or refused (answer the
-//!    [`Refusal`], send nothing upstream).
+//!    [`Refusal`], send nothing upstream). Fail closed: only one strict JSON object with no
+//!    duplicate of a key the engine reads is ever forwarded.
 //! 3. [`StepUp::response_plan`] on the response head: read the answer (bounded by the body
 //!    limit) or stream it through untouched, and if read, [`StepUp::rewrite_response`] on the
 //!    answer's bytes as received (a compressed answer is decoded here).
@@ -195,7 +198,8 @@ impl Exchange {
 /// `#[non_exhaustive]`).
 #[derive(Debug)]
 pub enum RequestVerdict {
-    /// Not a Klarna payment (or not a JSON object): forward the original bytes untouched.
+    /// One strict JSON object that is not a Klarna payment (any `step_up_config` in it
+    /// validated): forward the original bytes untouched.
     NotKlarna,
     /// A Klarna payment: forward `body` instead, and keep `exchange` for the response.
     Injected {
