@@ -271,3 +271,44 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hand_made_redirect_that_is_no_header_value_is_never_a_303_without_location() {
+        let r = ReturnRedirect {
+            location: "https://shop.example/\u{7f}".into(),
+            reference: "r".into(),
+            payment_request_id: None,
+            state: None,
+            token: None,
+        };
+        let res = r.to_response();
+        assert_eq!(res.status(), 400);
+        assert!(res.headers().get(LOCATION).is_none());
+    }
+
+    #[test]
+    fn the_location_is_ascii_for_a_non_ascii_partner_url() {
+        let e = ReturnEndpoint {
+            base: "https://pay.acquirer.example".into(),
+            path: "/klarna/return".into(),
+            keys: vec![("k".into(), b"0123456789abcdef0123456789abcdef".to_vec())],
+            lifetime_secs: 60,
+            notify_path: None,
+            notify_timeout_ms: 0,
+        };
+        let url = e.return_url("https://bücher.example/größe?x=ü", "ref", 0);
+        let path = url.trim_start_matches("https://pay.acquirer.example");
+        let r = e.resolve(&path.parse().unwrap(), 0).unwrap();
+        assert_eq!(
+            r.location,
+            "https://xn--bcher-kva.example/gr%C3%B6%C3%9Fe?x=%C3%BC"
+        );
+        let res = r.to_response();
+        assert_eq!(res.status(), 303);
+        assert_eq!(res.headers()[LOCATION], r.location.as_str());
+    }
+}

@@ -246,3 +246,47 @@ pub(crate) fn parse(body: &[u8]) -> Result<WebhookEvent, Refusal> {
             .or(ctx.payment_token)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_keys_where_fields_are_read_are_refused() {
+        for (body, param) in [
+            (r#"{"payload":{},"payload":{}}"#, "payload"),
+            (
+                r#"{"metadata":{"event_type":"a","event_type":"b"}}"#,
+                "metadata.event_type",
+            ),
+            (
+                r#"{"payload":{"state":"COMPLETED","st\u0061te":"DECLINED"}}"#,
+                "payload.state",
+            ),
+            (
+                r#"{"payload":{"state_context":{"payment_token":"a","payment_token":"b"}}}"#,
+                "payload.state_context.payment_token",
+            ),
+        ] {
+            let r = parse(body.as_bytes()).expect_err(body);
+            assert_eq!((r.status.as_u16(), r.code), (400, "duplicate_key"));
+            assert_eq!(r.param.as_deref(), Some(param), "{body}");
+        }
+        // Deeper duplicates are not read, and not the layer's business; nor is a body that
+        // is not the envelope (relayed with fewer fields).
+        for body in [
+            r#"{"payload":{"x":{"a":1,"a":2},"state":"COMPLETED"}}"#,
+            "not json",
+            "[1,1]",
+        ] {
+            parse(body.as_bytes()).expect(body);
+        }
+        assert_eq!(
+            parse(br#"{"payload":{"x":{"a":1,"a":2},"state":"COMPLETED"}}"#)
+                .unwrap()
+                .state
+                .as_deref(),
+            Some("COMPLETED")
+        );
+    }
+}
