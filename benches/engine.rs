@@ -87,6 +87,18 @@ fn benches(c: &mut Criterion) {
     group.bench_function("pass_through", |b| {
         b.iter(|| engine.classify(&Method::GET, black_box(&uri), &headers))
     });
+    let post_other = "/v1/orders".parse().unwrap();
+    group.bench_function("post_pass_through", |b| {
+        b.iter(|| engine.classify(&Method::POST, black_box(&post_other), &headers))
+    });
+    let payments = "/v2/accounts/acc-1/payment/authorize".parse().unwrap();
+    group.bench_function("candidate", |b| {
+        b.iter(|| engine.classify(&Method::POST, black_box(&payments), &headers))
+    });
+    let ambiguous = "/v2/accounts/acc-1/Payment/./authorize/".parse().unwrap();
+    group.bench_function("non_canonical", |b| {
+        b.iter(|| engine.classify(&Method::POST, black_box(&ambiguous), &headers))
+    });
     group.finish();
 }
 

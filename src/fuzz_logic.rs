@@ -48,17 +48,147 @@ const NOW: u64 = 1_800_000_000;
 
 /// Request injection: an injected body is JSON; everything else is left alone. The JSON
 /// scanner under it accepts exactly what serde_json accepts, with the same member spans.
+///
+/// Fail closed: whatever is forwarded (injected, or untouched as not Klarna) is one strict
+/// JSON object with no duplicate of a key the layer reads (checked with serde_json's reading,
+/// not the engine's), and any `step_up_config` in it has an http(s) return URL. The same
+/// bytes, taken as a request path, are classified as a router would read them.
 pub fn request(data: &[u8]) {
     crate::engine::json::assert_parses_as_serde(data);
     let e = engine();
-    if let RequestVerdict::Injected { body, .. } = e.rewrite_request(candidate(e), data, NOW) {
-        // serde_json's own reading (not `Value`, which refuses numbers beyond f64, such as
-        // 7e6576666666: JSON's grammar has no range, and the bytes are forwarded as sent).
-        let members =
-            crate::engine::json::serde_members(&body).expect("injected body is a JSON object");
-        assert!(members
-            .iter()
-            .any(|(k, v)| k == "step_up_config" && v.starts_with('{')));
+    match e.rewrite_request(candidate(e), data, NOW) {
+        RequestVerdict::Injected { body, .. } => {
+            // serde_json's own reading (not `Value`, which refuses numbers beyond f64, such
+            // as 7e6576666666: JSON's grammar has no range, and the bytes are forwarded as
+            // sent).
+            let members =
+                crate::engine::json::serde_members(&body).expect("injected body is a JSON object");
+            assert!(members
+                .iter()
+                .any(|(k, v)| k == "step_up_config" && v.starts_with('{')));
+            assert_forwardable(&body);
+        }
+        RequestVerdict::NotKlarna => assert_forwardable(data),
+        RequestVerdict::Refused(r) => assert!(r.status.is_client_error(), "{r:?}"),
+    }
+    route(data);
+}
+
+/// Keys the engine reads, by object: a forwarded body has at most one of each.
+const READ_KEYS: [&str; 8] = [
+    "payment_method",
+    "request_payment_transaction",
+    "step_up_config",
+    "klarna_return_url",
+    "return_url",
+    "klarna_app_return_url",
+    "app_return_url",
+    "reference",
+];
+
+fn assert_forwardable(body: &[u8]) {
+    use crate::engine::json::serde_members;
+    let root = serde_members(body).expect("a forwarded body is one JSON object");
+    let once = |members: &[(String, String)], keys: &[&str]| {
+        for k in keys {
+            let n = members.iter().filter(|(m, _)| m == k).count();
+            assert!(n <= 1, "{k} forwarded {n} times");
+        }
+    };
+    once(&root, &READ_KEYS);
+    let get = |members: &[(String, String)], k: &str| {
+        members.iter().find(|(m, _)| m == k).map(|(_, v)| v.clone())
+    };
+    if let Some(pm) = get(&root, "payment_method").and_then(|v| serde_members(v.as_bytes())) {
+        once(&pm, &["type"]);
+    }
+    let Some(suc) = get(&root, "step_up_config").and_then(|v| serde_members(v.as_bytes())) else {
+        return;
+    };
+    once(
+        &suc,
+        &["payment_request_reference", "customer_interaction_config"],
+    );
+    let Some(cic) =
+        get(&suc, "customer_interaction_config").and_then(|v| serde_members(v.as_bytes()))
+    else {
+        return;
+    };
+    once(
+        &cic,
+        &[
+            "method",
+            "return_url",
+            "app_return_url",
+            "interaction_expiry",
+        ],
+    );
+    if let Some(url) = get(&cic, "return_url") {
+        let url: String = serde_json::from_str(&url).expect("a validated return_url is a string");
+        let lower = url.to_ascii_lowercase();
+        assert!(
+            lower.starts_with("https://") || lower.starts_with("http://"),
+            "forwarded return_url {url:?}"
+        );
+    }
+}
+
+/// `data` as a request path: an exact candidate route is a candidate, any other spelling a
+/// lenient router could take for one is refused, and any spelling of the relay path is 404.
+/// The reference reading is the `url` crate's (dot segments, `\`), then percent-decoding,
+/// `;parameters`, empty segments and case, written apart from the engine's.
+fn route(data: &[u8]) {
+    let e = engine();
+    let text = String::from_utf8_lossy(data);
+    let Ok(uri) = format!("/{}", text.trim_start_matches('/')).parse::<http::Uri>() else {
+        return;
+    };
+    let path = uri.path();
+    let Ok(parsed) = url::Url::parse(&format!("http://h{path}")) else {
+        return;
+    };
+    let mut reading = parsed.path().as_bytes().to_vec();
+    for _ in 0..8 {
+        reading = percent_encoding::percent_decode(&reading).collect();
+    }
+    let mut segs: Vec<String> = Vec::new();
+    for seg in String::from_utf8_lossy(&reading).split(['/', '\\']) {
+        let seg = seg.split(';').next().unwrap_or("").to_ascii_lowercase();
+        match seg.as_str() {
+            "" | "." => {}
+            ".." => {
+                segs.pop();
+            }
+            _ => segs.push(seg),
+        }
+    }
+    let reading = format!("/{}", segs.join("/"));
+    let h = HeaderMap::new();
+    let payment = matches!(reading.as_str(), "/payments" | "/v1/payments")
+        || (segs.len() == 5
+            && segs[0] == "v2"
+            && segs[1] == "accounts"
+            && segs[3] == "payment"
+            && segs[4] == "authorize");
+    let exact = matches!(path, "/payments" | "/v1/payments")
+        || path.strip_prefix("/v2/accounts/").is_some_and(|rest| {
+            rest.strip_suffix("/payment/authorize")
+                .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+        });
+    match e.classify(&Method::POST, &uri, &h) {
+        Route::Candidate(_) => assert!(exact, "candidate {path:?}"),
+        Route::PassThrough => assert!(!payment && !exact, "{path:?} read as {reading:?}"),
+        Route::RelayPathFromOutside => assert_eq!(reading, "/webhooks/klarna", "{path:?}"),
+        _ => {}
+    }
+    if reading == "/webhooks/klarna" {
+        for m in [Method::GET, Method::POST, Method::DELETE] {
+            assert_eq!(
+                e.classify(&m, &uri, &h),
+                Route::RelayPathFromOutside,
+                "{m} {path:?}"
+            );
+        }
     }
 }
 
@@ -149,19 +279,39 @@ pub fn webhook(data: &[u8]) {
 mod tests {
     #[test]
     fn seeds() {
-        let seeds: [&[u8]; 6] = [
+        let seeds: [&[u8]; 13] = [
             b"",
             b"{}",
             br#"{"payment_method":"klarna","return_url":"https://a.example/{klarna.payment_request.id}"}"#,
             br#"{"payment_transaction_response":{"result":"STEP_UP_REQUIRED"},"payment_request":{"payment_request_id":"x","payment_request_url":"https://p.example/"}}"#,
             b"AQFr\x00\xff/../?id=%0d%0a",
             b"\x40aaaa",
+            b"Payments/",
+            b"/x/..%2f%2E%2e/%70ayments;x",
+            b"webhooks/%6blarna/.",
+            b"v2/accounts/a;b/payment/authorize",
+            br#"{"payment_method":"klarna","payment_method":"card"}"#,
+            br#"{"payment_method":"card","step_up_config":{"customer_interaction_config":{"return_url":"javascript:x"}}}"#,
+            b"\xEF\xBB\xBF{}",
         ];
         for s in seeds {
             super::request(s);
             super::response(s);
             super::return_token(s);
             super::webhook(s);
+        }
+    }
+
+    proptest::proptest! {
+        /// cargo-fuzz is not on every machine: the request target's invariants on paths a
+        /// router could read as a payment route or the relay path, and on JSON-ish bytes.
+        #[test]
+        fn request_invariants_hold(
+            path in "/?((v2|V2|v1|accounts|a|payment|authorize|Payments|payments|webhooks|klarna|%70|%2e|%2F|%6b|\\.|\\.\\.|;x|\\\\)/?){0,6}",
+            json in r#"\{("(payment_method|step_up_config|return_url|step\\u005fup_config)":("klarna"|"card"|\{\}|\{"customer_interaction_config":\{"return_url":"javascript:x"\}\}|"https://a.example/"),?){0,4}\}"#,
+        ) {
+            super::request(path.as_bytes());
+            super::request(json.as_bytes());
         }
     }
 }

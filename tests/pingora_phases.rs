@@ -107,7 +107,11 @@ impl ProxyHttp for MyProxy {
 }
 
 /// Fixtures whose Klarna answer the engine keeps: marked before the verdict on the pipeline.
-const KEPT: [&str; 2] = ["html_answer", "unknown_result"];
+const KEPT: [&str; 3] = [
+    "html_answer",
+    "unknown_result",
+    "untrusted_payment_request_url",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_recipe_runs_the_whole_fixture_table() {

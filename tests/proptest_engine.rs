@@ -145,20 +145,34 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 
-    /// Bodies that are not a Klarna object are never changed, whatever they hold.
+    /// Bodies that are not a Klarna object are never changed, whatever they hold: forwarded
+    /// untouched when they are one strict JSON object (without a step_up_config of their
+    /// own), refused otherwise (fail closed: never forwarded unread).
     #[test]
     fn non_klarna_bodies_are_untouched(value in json_value(), bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let engine = StepUp::from_toml("[detect]\nauthorize_shape = false\n").unwrap();
         for body in [value.as_bytes(), &bytes[..]] {
-            let is_klarna = serde_json::from_slice::<serde_json::Value>(body)
-                .ok()
-                .is_some_and(|v| v.get("payment_method").is_some_and(|p| {
+            let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
+            let object = parsed.as_ref().and_then(|v| v.as_object());
+            let is_klarna = object.is_some_and(|v| v.get("payment_method").is_some_and(|p| {
                     p.as_str().or_else(|| p.get("type").and_then(|t| t.as_str()))
                         .is_some_and(|s| s.eq_ignore_ascii_case("klarna"))
                 }));
             let verdict = engine.rewrite_request(candidate(&engine), body, NOW);
-            if !is_klarna {
-                prop_assert!(matches!(verdict, RequestVerdict::NotKlarna), "{:?}", verdict);
+            if is_klarna {
+                continue;
+            }
+            match (&verdict, object) {
+                (RequestVerdict::Injected { .. }, _) => prop_assert!(false, "injected: {:?}", verdict),
+                (RequestVerdict::Refused(r), None) => prop_assert_eq!(r.code, "unreadable_json"),
+                (RequestVerdict::NotKlarna, None) => prop_assert!(false, "forwarded unread"),
+                // Refused only for a duplicate of a key the layer reads, or a step_up_config
+                // of its own that does not hold.
+                (RequestVerdict::Refused(r), Some(o)) => prop_assert!(
+                    r.code == "duplicate_key" || o.contains_key("step_up_config"),
+                    "{:?}", r
+                ),
+                (RequestVerdict::NotKlarna, Some(_)) => {}
             }
         }
     }
@@ -174,7 +188,7 @@ proptest! {
         let shaped = format!(
             r#"{{"payment_transaction_response":{{"result":"{result}","payment_transaction":{value},"result_reason":{value}}},
                "payment_request":{{"payment_request_id":{value},"state_context":{value},"payment_request_data":{value},
-               "payment_request_url":"https://pay.example/x"}},"klarna_network_response_data":{value}}}"#
+               "payment_request_url":"https://pay.klarna.com/x"}},"klarna_network_response_data":{value}}}"#
         );
         for body in [value.as_bytes(), &bytes[..], shaped.as_bytes()] {
             if let ResponseVerdict::Rewritten { body, .. } = engine.rewrite_response(&exchange, StatusCode::OK, &HeaderMap::new(), body) {

@@ -128,6 +128,10 @@ pub fn demo_step_up_toml(public_base_url: &str) -> String {
         r#"[return_url_policy]
 http_hosts = ["127.0.0.1", "localhost"]
 
+[klarna]
+purchase_journey_hosts = ["127.0.0.1", "localhost"]
+purchase_journey_http_loopback = true
+
 [acquirer_return]
 enabled = true
 public_base_url = "{public_base_url}"

@@ -33,6 +33,10 @@
 //! allowed_hosts = ["*.partner.example"] # empty = any host
 //! max_length = 2000
 //!
+//! [klarna]
+//! purchase_journey_hosts = ["pay.klarna.com", "*.klarna.com"]  # hosts a payment_request_url may have (https)
+//! purchase_journey_http_loopback = false   # also http:// on a listed loopback host (local sandboxes)
+//!
 //! [partner_response]
 //! pending = "pending"
 //! authorized = "authorized"
@@ -88,6 +92,8 @@ pub struct StepUpConfig {
     pub defaults: DefaultsConfig,
     /// Which return URLs are accepted.
     pub return_url_policy: ReturnUrlPolicyConfig,
+    /// What the layer trusts in Klarna's answers.
+    pub klarna: KlarnaConfig,
     /// The partner-facing vocabulary.
     pub partner_response: PartnerResponseConfig,
     /// The acquirer-controlled return endpoint (off by default).
@@ -107,6 +113,7 @@ impl Default for StepUpConfig {
             partner_fields: PartnerFieldsConfig::default(),
             defaults: DefaultsConfig::default(),
             return_url_policy: ReturnUrlPolicyConfig::default(),
+            klarna: KlarnaConfig::default(),
             partner_response: PartnerResponseConfig::default(),
             acquirer_return: AcquirerReturnConfig::default(),
             webhooks: WebhooksConfig::default(),
@@ -446,6 +453,30 @@ impl Default for ReturnUrlPolicyConfig {
             http_hosts: Vec::new(),
             allowed_hosts: Vec::new(),
             max_length: 2000,
+        }
+    }
+}
+
+/// What the layer trusts in Klarna's answers (as relayed by the payment API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct KlarnaConfig {
+    /// Hosts a `payment_request_url` may have, exact or `*.example.com` (default
+    /// `["pay.klarna.com", "*.klarna.com"]`, Klarna's Purchase Journey). It must be `https`
+    /// on one of them to become the partner's `redirect_url`; any other answer passes
+    /// through untouched (marked `passthrough`, logged).
+    pub purchase_journey_hosts: Vec<String>,
+    /// Also accept `http://` on a loopback host listed in `purchase_journey_hosts`
+    /// (`localhost`, `127.0.0.0/8`): for a local sandbox, never production (default false).
+    pub purchase_journey_http_loopback: bool,
+}
+
+impl Default for KlarnaConfig {
+    fn default() -> Self {
+        KlarnaConfig {
+            purchase_journey_hosts: vec!["pay.klarna.com".into(), "*.klarna.com".into()],
+            purchase_journey_http_loopback: false,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! done once at start.
 
 use super::return_token::ReturnEndpoint;
-use super::return_url::ReturnUrlPolicy;
+use super::return_url::{PurchaseJourney, ReturnUrlPolicy};
 use super::routes::RoutePattern;
 use super::webhook::Webhooks;
 use super::Engine;
@@ -51,6 +51,7 @@ pub(super) fn compile(
         }
     }
     let policy = ReturnUrlPolicy::new(&c.return_url_policy, &mut p);
+    let journey = PurchaseJourney::new(&c.klarna, &mut p);
     if let Some(url) = &c.defaults.return_url {
         if let Err(why) = policy.check_return_url(url) {
             p.add("defaults.return_url", why);
@@ -100,6 +101,7 @@ pub(super) fn compile(
         inject_at,
         answer_at,
         policy,
+        journey,
         redirect_template,
         acquirer_return,
         webhooks,
@@ -220,6 +222,7 @@ fn webhooks(
     Some(Webhooks {
         path: w.path.clone(),
         relay_path: w.relay_path.clone(),
+        relay_canonical: super::routes::canonical(w.relay_path.as_bytes()).into_owned(),
         keys,
         body_limit: w.body_limit,
     })

@@ -11,6 +11,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
 use super::webhook::{relay_headers, WebhookEvent};
+use super::HeadReason;
 
 /// The response header that tells an operator what the layer did: `rewritten`,
 /// `passthrough`, `relayed`, `return`, or the error code of an answer the layer gave itself.
@@ -107,6 +108,68 @@ pub(crate) fn relay_request(head: &mut impl Head, event: &WebhookEvent) {
     }
 }
 
+/// Whether a header name is step-up's: `x-klarna-stepup` or `x-klarna-stepup-*`.
+fn is_step_up_header(name: &HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    n.len() >= 15
+        && n[..15].eq_ignore_ascii_case(b"x-klarna-stepup")
+        && (n.len() == 15 || n[15] == b'-')
+}
+
+/// Removes every `x-klarna-stepup` and `x-klarna-stepup-*` header from a request head: those
+/// names are step-up's alone (the payment API trusts them on a relayed webhook), so no
+/// client may send one through. Both adapters call this on every request before anything
+/// else; a relay the layer makes sets its own afterwards ([`relay_request`]). One look at
+/// each header name; nothing is allocated unless one is there.
+pub(crate) fn strip_forged_headers(head: &mut impl Head) {
+    if !head.headers().keys().any(is_step_up_header) {
+        return;
+    }
+    let forged: Vec<HeaderName> = head
+        .headers()
+        .keys()
+        .filter(|n| is_step_up_header(n))
+        .cloned()
+        .collect();
+    for name in &forged {
+        head.remove(name);
+    }
+}
+
+/// Why a candidate request's body will not be read, judged from its head: any
+/// `Content-Encoding` (even `identity`: nothing on a payment route needs one), or a
+/// content type other than absent, `application/json` or `*/*+json` (with no `charset`
+/// but UTF-8), or more than one `Content-Type`.
+pub(crate) fn unreadable_request_body(headers: &HeaderMap) -> Option<HeadReason> {
+    if headers.contains_key(header::CONTENT_ENCODING) {
+        return Some(HeadReason::ContentEncoding);
+    }
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(v), None) = (types.next(), types.next()) else {
+        return match headers.contains_key(header::CONTENT_TYPE) {
+            false => None,
+            true => Some(HeadReason::MediaType),
+        };
+    };
+    let Ok(v) = v.to_str() else {
+        return Some(HeadReason::MediaType);
+    };
+    let mut parts = v.split(';');
+    let essence = parts.next().unwrap_or("").trim();
+    let json = essence.eq_ignore_ascii_case("application/json")
+        || essence.len() > 5
+            && essence.is_char_boundary(essence.len() - 5)
+            && essence[essence.len() - 5..].eq_ignore_ascii_case("+json");
+    let utf8 = parts.all(|param| match param.split_once('=') {
+        Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+            let value = value.trim().trim_matches('"');
+            value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8")
+        }
+        _ => true,
+    });
+    (!(json && utf8)).then_some(HeadReason::MediaType)
+}
+
 /// The declared `Content-Length`, if it is one number.
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -126,7 +189,9 @@ pub(crate) fn is_json_or_absent(headers: &HeaderMap) -> bool {
             let Ok(v) = v.to_str() else { return false };
             let essence = v.split(';').next().unwrap_or("").trim();
             essence.eq_ignore_ascii_case("application/json")
-                || essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json")
+                || essence.len() > 5
+                    && essence.is_char_boundary(essence.len() - 5)
+                    && essence[essence.len() - 5..].eq_ignore_ascii_case("+json")
         }
     }
 }
@@ -153,6 +218,69 @@ mod tests {
         assert_eq!(h["content-type"], "application/json");
         assert_eq!(h[MARKER_HEADER], "rewritten");
         assert_eq!(h["x-request-id"], "1");
+    }
+
+    #[test]
+    fn forged_step_up_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-klarna-stepup-verified", "true"),
+            ("x-klarna-stepup-token", "t"),
+            ("x-klarna-stepup-anything-new", "1"),
+            ("x-klarna-stepup", "rewritten"),
+            ("x-klarna-stepupx", "kept: not ours"),
+            ("x-request-id", "1"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h.append(
+            "x-klarna-stepup-verified",
+            HeaderValue::from_static("again"),
+        );
+        strip_forged_headers(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["x-klarna-stepupx", "x-request-id"]);
+    }
+
+    #[test]
+    fn request_bodies_read_only_as_json() {
+        let reason = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+            }
+            unreadable_request_body(&h)
+        };
+        for ok in [
+            &[][..],
+            &[("content-type", "application/json")],
+            &[("content-type", "Application/JSON; charset=UTF-8")],
+            &[("content-type", "application/json;charset=\"utf-8\"")],
+            &[("content-type", "application/vnd.acquirer.payment+json")],
+        ] {
+            assert_eq!(reason(ok), None, "{ok:?}");
+        }
+        for bad in [
+            &[("content-type", "text/plain")][..],
+            &[("content-type", "application/x-www-form-urlencoded")],
+            &[("content-type", "multipart/form-data; boundary=x")],
+            &[("content-type", "application/json; charset=utf-16")],
+            &[("content-type", "application/jsonx")],
+            &[("content-type", "")],
+            &[
+                ("content-type", "application/json"),
+                ("content-type", "text/plain"),
+            ],
+        ] {
+            assert_eq!(reason(bad), Some(HeadReason::MediaType), "{bad:?}");
+        }
+        for enc in ["gzip", "identity", "br"] {
+            assert_eq!(
+                reason(&[("content-encoding", enc)]),
+                Some(HeadReason::ContentEncoding)
+            );
+        }
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //!
 //! An adapter asks, in order:
 //! 1. [`StepUp::classify`] on the request head: pass through, a candidate route whose body
-//!    must be read (up to [`StepUp::body_limit`]), or one of the layer's own routes.
+//!    must be read (up to [`StepUp::body_limit`]), a candidate refused from its head alone
+//!    ([`Route::Refused`]: an ambiguous path, a body it will not read), or one of the
+//!    layer's own routes.
 //! 2. [`StepUp::rewrite_request`] on the candidate body: not Klarna (forward it untouched),
 //!    injected (forward the new body, keep the [`Exchange`]), or refused (answer the
-//!    [`Refusal`], send nothing upstream).
+//!    [`Refusal`], send nothing upstream). Fail closed: only one strict JSON object with no
+//!    duplicate of a key the engine reads is ever forwarded.
 //! 3. [`StepUp::response_plan`] on the response head: read the answer (bounded by the body
 //!    limit) or stream it through untouched, and if read, [`StepUp::rewrite_response`] on the
 //!    answer's bytes as received (a compressed answer is decoded here).
@@ -37,7 +40,7 @@ use http::{HeaderMap, Method, StatusCode, Uri};
 use crate::config::{ConfigErrors, StepUpConfig};
 use compile::TemplatePart;
 use return_token::ReturnEndpoint;
-use return_url::ReturnUrlPolicy;
+use return_url::{PurchaseJourney, ReturnUrlPolicy};
 use routes::RoutePattern;
 use webhook::Webhooks;
 
@@ -50,7 +53,8 @@ pub(crate) use head::Head;
     allow(unused_imports)
 )]
 pub(crate) use head::{
-    content_length, injected_request, mark_passthrough, mark_relayed, mark_rewritten, relay_request,
+    content_length, injected_request, mark_passthrough, mark_relayed, mark_rewritten,
+    relay_request, strip_forged_headers,
 };
 pub use head::{MARKER_HEADER, STALE_RESPONSE_HEADERS};
 pub use refusal::Refusal;
@@ -98,6 +102,7 @@ struct Engine {
     inject_at: Vec<String>,
     answer_at: Vec<String>,
     policy: ReturnUrlPolicy,
+    journey: PurchaseJourney,
     redirect_template: Vec<TemplatePart>,
     acquirer_return: Option<ReturnEndpoint>,
     webhooks: Option<Webhooks>,
@@ -125,9 +130,45 @@ pub enum Route {
     /// Klarna's webhook: read the body (within [`StepUp::webhook_body_limit`]), ask
     /// [`StepUp::verify_webhook`], relay to [`StepUp::webhook_relay_path`].
     Webhook,
-    /// The payment API's webhook relay path, reached from outside: answer
-    /// [`Refusal::not_found`], so only verified webhooks get there.
+    /// The payment API's webhook relay path (in any spelling a router may take for it),
+    /// reached from outside: answer [`Refusal::not_found`], so only verified webhooks get
+    /// there.
     RelayPathFromOutside,
+    /// A candidate route refused from its head alone: answer [`HeadRefusal::refusal`] at
+    /// once, read no body, send nothing upstream.
+    Refused(HeadRefusal),
+}
+
+/// Why a request on a candidate route is refused from its head: see [`StepUp::classify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadRefusal {
+    candidate: Candidate,
+    reason: HeadReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadReason {
+    NonCanonicalPath,
+    MediaType,
+    ContentEncoding,
+}
+
+impl HeadRefusal {
+    /// The candidate route the request (canonically) names, for logs and metrics
+    /// ([`StepUp::candidate_pattern`]).
+    pub fn candidate(self) -> Candidate {
+        self.candidate
+    }
+
+    /// The answer: 400 `non_canonical_path`, 415 `unsupported_media_type` or 415
+    /// `unsupported_content_encoding`.
+    pub fn refusal(self) -> Refusal {
+        match self.reason {
+            HeadReason::NonCanonicalPath => Refusal::non_canonical_path(),
+            HeadReason::MediaType => Refusal::unsupported_media_type(),
+            HeadReason::ContentEncoding => Refusal::unsupported_content_encoding(),
+        }
+    }
 }
 
 /// A candidate route, as matched by [`StepUp::classify`].
@@ -164,7 +205,8 @@ impl Exchange {
 /// `#[non_exhaustive]`).
 #[derive(Debug)]
 pub enum RequestVerdict {
-    /// Not a Klarna payment (or not a JSON object): forward the original bytes untouched.
+    /// One strict JSON object that is not a Klarna payment (any `step_up_config` in it
+    /// validated): forward the original bytes untouched.
     NotKlarna,
     /// A Klarna payment: forward `body` instead, and keep `exchange` for the response.
     Injected {
@@ -252,14 +294,28 @@ impl StepUp {
 
     /// Classifies a request from its head. Costs a route lookup on method and path; the
     /// body is never looked at here.
+    ///
+    /// Fail closed on candidate routes: an ambiguous spelling of a candidate route's path
+    /// (ASCII case, trailing `/`, `//`, dot segments, `;parameters`, percent-escapes, `\`)
+    /// or method (case) is [`Route::Refused`] (400 `non_canonical_path`), as is a body the
+    /// layer will not read: a content type other than JSON (415 `unsupported_media_type`) or
+    /// any `Content-Encoding` (415 `unsupported_content_encoding`). Any spelling of the
+    /// webhook relay path is [`Route::RelayPathFromOutside`]. A path already in canonical
+    /// form (the usual case) is only scanned once.
     pub fn classify(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Route {
         let path = uri.path();
+        let raw = path.as_bytes();
         let e = &*self.inner;
         if let Some(w) = &e.webhooks {
             if path == w.path && *method == Method::POST {
                 return Route::Webhook;
             }
             if path == w.relay_path {
+                return Route::RelayPathFromOutside;
+            }
+            // Same length and case aside, a canonical path is its own canonical form.
+            let maybe_relay = raw.len() == w.relay_canonical.len() || !routes::is_canonical(raw);
+            if maybe_relay && routes::canonical(raw).eq_ignore_ascii_case(&w.relay_canonical) {
                 return Route::RelayPathFromOutside;
             }
         }
@@ -272,20 +328,33 @@ impl StepUp {
                 return Route::Return;
             }
         }
-        let Some(i) = self
-            .inner
-            .routes
-            .iter()
-            .position(|r| r.matches(method, path))
-        else {
-            return Route::PassThrough;
+        let candidate = match e.routes.iter().position(|r| r.matches(method, raw)) {
+            Some(i) => Candidate { route: i as u16 },
+            None => {
+                // Not an exact route: is it an ambiguous spelling of one? Only methods that
+                // could be a candidate's get this far.
+                if !e.routes.iter().any(|r| r.loose_method(method)) {
+                    return Route::PassThrough;
+                }
+                let canonical = routes::canonical(raw);
+                return match e
+                    .routes
+                    .iter()
+                    .position(|r| r.matches_loosely(method, &canonical))
+                {
+                    Some(i) => Route::Refused(HeadRefusal {
+                        candidate: Candidate { route: i as u16 },
+                        reason: HeadReason::NonCanonicalPath,
+                    }),
+                    None => Route::PassThrough,
+                };
+            }
         };
-        // A body we cannot read as JSON is not ours to touch.
-        if headers.contains_key(http::header::CONTENT_ENCODING) || !head::is_json_or_absent(headers)
-        {
-            return Route::PassThrough;
+        // A body the layer cannot read is not forwarded unread.
+        if let Some(reason) = head::unreadable_request_body(headers) {
+            return Route::Refused(HeadRefusal { candidate, reason });
         }
-        Route::Candidate(Candidate { route: i as u16 })
+        Route::Candidate(candidate)
     }
 
     /// Verifies an acquirer return (`Route::Return`) and says where the customer goes. `now`
@@ -343,7 +412,10 @@ impl StepUp {
     }
 
     /// Verifies a webhook (`Route::Webhook`): the signature over the raw body, with the key
-    /// named by `Klarna-Signing-Key-Id`; then reads its fields.
+    /// named by `Klarna-Signing-Key-Id`; then reads its fields. A signed body with a
+    /// duplicate key where the fields are read (the envelope, `metadata`, `payload`,
+    /// `payload.state_context`) is refused, 400 `duplicate_key`: never relayed with headers
+    /// that may not say what the payment API reads in the body.
     pub fn verify_webhook(
         &self,
         headers: &HeaderMap,
@@ -355,7 +427,7 @@ impl StepUp {
             .as_ref()
             .ok_or_else(Refusal::not_found)?;
         webhook::verify(&w.keys, headers, body)?;
-        Ok(webhook::parse(body))
+        webhook::parse(body)
     }
 
     /// The payment API's path for verified webhooks.
@@ -422,7 +494,6 @@ mod tests {
         }
         for (m, path) in [
             (Method::GET, "/payments"),
-            (Method::POST, "/payments/"),
             (Method::POST, "/payments/1"),
             (Method::POST, "/v2/accounts//payment/authorize"),
             (Method::POST, "/v2/accounts/a/b/payment/authorize"),
@@ -458,14 +529,125 @@ mod tests {
             e.classify(&Method::POST, &uri, &h),
             Route::Candidate(_)
         ));
+        let refused = |h: &HeaderMap| match e.classify(&Method::POST, &uri, h) {
+            Route::Refused(r) => r.refusal(),
+            other => panic!("{other:?}"),
+        };
         h.insert(
             "content-type",
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
-        assert_eq!(e.classify(&Method::POST, &uri, &h), Route::PassThrough);
+        let r = refused(&h);
+        assert_eq!((r.status.as_u16(), r.code), (415, "unsupported_media_type"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        assert_eq!(refused(&h).code, "unsupported_media_type");
         h.remove("content-type");
         h.insert("content-encoding", HeaderValue::from_static("gzip"));
-        assert_eq!(e.classify(&Method::POST, &uri, &h), Route::PassThrough);
+        let r = refused(&h);
+        assert_eq!(
+            (r.status.as_u16(), r.code),
+            (415, "unsupported_content_encoding")
+        );
+        // Not a candidate: nothing is refused, whatever the head.
+        assert_eq!(
+            e.classify(&Method::POST, &"/orders".parse().unwrap(), &h),
+            Route::PassThrough
+        );
+    }
+
+    #[test]
+    fn ambiguous_forms_of_candidate_routes_are_refused() {
+        let e = engine("");
+        let h = HeaderMap::new();
+        for path in [
+            "/payments/",
+            "/Payments",
+            "/PAYMENTS",
+            "//payments",
+            "/payments;x=1",
+            "/%70ayments",
+            "/%2570ayments",
+            "/x/../payments",
+            "/./payments",
+            "/payments/.",
+            "/payments%2F",
+            "/v1//payments",
+            "/V2/accounts/acc-1/payment/authorize",
+            "/v2/accounts/acc-1/payment/authorize/",
+            "/v2/accounts/acc-1/payment/./authorize",
+            "/v2/accounts/acc-1;x/payment/authorize;y",
+        ] {
+            match e.classify(&Method::POST, &path.parse().unwrap(), &h) {
+                Route::Refused(r) => {
+                    let r = r.refusal();
+                    assert_eq!((r.status.as_u16(), r.code), (400, "non_canonical_path"));
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        // The method too, in another case.
+        let post = Method::from_bytes(b"post").unwrap();
+        assert!(matches!(
+            e.classify(&post, &"/payments".parse().unwrap(), &h),
+            Route::Refused(_)
+        ));
+        // Other methods and other paths are not ours.
+        for (m, path) in [
+            (Method::GET, "/Payments/"),
+            (Method::POST, "/payments/1"),
+            (Method::POST, "/paymentsx"),
+            (Method::POST, "/v2/accounts//payment/authorize"),
+        ] {
+            assert_eq!(
+                e.classify(&m, &path.parse().unwrap(), &h),
+                Route::PassThrough,
+                "{m} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_the_relay_path_is_refused() {
+        let e = StepUp::with_secrets(
+            StepUpConfig::from_toml(
+                "[webhooks]\nenabled = true\nkeys = [{ id = \"k\", env = \"W\" }]\n",
+            )
+            .unwrap(),
+            |_| Some("key".into()),
+        )
+        .unwrap();
+        let h = HeaderMap::new();
+        for path in [
+            "/webhooks/klarna",
+            "/webhooks/klarna/",
+            "/webhooks/Klarna",
+            "/WEBHOOKS/KLARNA",
+            "/webhooks/%6blarna",
+            "/webhooks/%6Blarna",
+            "//webhooks/klarna",
+            "/webhooks//klarna",
+            "/webhooks/klarna;x",
+            "/webhooks/./klarna",
+            "/x/../webhooks/klarna",
+            "/webhooks%2Fklarna",
+            "/webhooks\\klarna",
+            "/webhooks/klarna?x=1",
+        ] {
+            for m in [Method::POST, Method::GET, Method::PUT] {
+                assert_eq!(
+                    e.classify(&m, &path.parse().unwrap(), &h),
+                    Route::RelayPathFromOutside,
+                    "{m} {path}"
+                );
+            }
+        }
+        for path in ["/webhooks/klarnax", "/webhooks/klarna/1", "/webhooks"] {
+            assert_eq!(
+                e.classify(&Method::POST, &path.parse().unwrap(), &h),
+                Route::PassThrough,
+                "{path}"
+            );
+        }
     }
 
     #[test]

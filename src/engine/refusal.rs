@@ -8,7 +8,7 @@ use super::MARKER_HEADER;
 /// An answer the layer gives by itself: a JSON error naming the field and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// HTTP status: 400, 413, 502 or 504.
+    /// HTTP status: 400, 404, 413, 415, 502, 503 or 504.
     pub status: StatusCode,
     /// Machine-readable code, e.g. `invalid_return_url`.
     pub code: &'static str,
@@ -70,6 +70,61 @@ impl Refusal {
             code: "unreadable_body",
             param: None,
             message: "the request body could not be read".into(),
+        }
+    }
+
+    /// A 400 for a candidate body that is not one strict JSON object (RFC 8259, UTF-8, no
+    /// BOM): a lenient parser behind the layer could read in it what the layer never checked.
+    /// `why` says what is wrong, never what the body holds.
+    pub fn unreadable_json(why: impl Into<String>) -> Self {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: "unreadable_json",
+            param: None,
+            message: why.into(),
+        }
+    }
+
+    /// A 400 for a key the layer reads that appears more than once in its object: parsers
+    /// disagree on which copy counts.
+    pub fn duplicate_key(param: impl Into<String>) -> Self {
+        Refusal::invalid(
+            "duplicate_key",
+            param,
+            "appears more than once in its object",
+        )
+    }
+
+    /// A 400 for an ambiguous spelling of a candidate route's path (case, trailing `/`,
+    /// `//`, dot segments, `;parameters`, percent-escapes) or method (case).
+    pub fn non_canonical_path() -> Self {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: "non_canonical_path",
+            param: None,
+            message: "the request target is an ambiguous form of a payment route: send the \
+                      route's exact path"
+                .into(),
+        }
+    }
+
+    /// A 415 for a candidate body in a content type the layer does not read.
+    pub fn unsupported_media_type() -> Self {
+        Refusal {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "unsupported_media_type",
+            param: Some("Content-Type".into()),
+            message: "must be application/json (UTF-8) or absent".into(),
+        }
+    }
+
+    /// A 415 for a candidate body with a `Content-Encoding`.
+    pub fn unsupported_content_encoding() -> Self {
+        Refusal {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "unsupported_content_encoding",
+            param: Some("Content-Encoding".into()),
+            message: "payment requests must be sent without a content encoding".into(),
         }
     }
 

@@ -8,6 +8,23 @@ use super::{Candidate, Engine, Exchange, Refusal, RequestVerdict, StepUp};
 /// Longest `payment_request_reference` Klarna takes.
 const MAX_REFERENCE: usize = 255;
 
+/// Longest `return_url` sent to Klarna when the layer signs it (acquirer return on): the
+/// partner's URL travels inside the token, so the URL grows by about a third plus the
+/// endpoint. Klarna's published material gives no limit we could confirm (**unsure**), so
+/// the layer keeps to 2000 bytes, the length URLs are safe at everywhere, and refuses at the
+/// request (400 `invalid_return_url`) rather than let Klarna refuse or cut it.
+pub(crate) const MAX_SIGNED_RETURN_URL: usize = 2000;
+
+/// The keys of a `step_up_config` the layer reads.
+const STEP_UP_CONFIG_KEYS: [&str; 2] = ["payment_request_reference", "customer_interaction_config"];
+/// The keys of a `customer_interaction_config` the layer reads.
+const INTERACTION_KEYS: [&str; 4] = [
+    "method",
+    "return_url",
+    "app_return_url",
+    "interaction_expiry",
+];
+
 impl StepUp {
     /// Reads a candidate body; for a Klarna payment, splices in `step_up_config`. `now` is
     /// the current time in unix seconds (it dates the signed return token, when the acquirer
@@ -16,12 +33,27 @@ impl StepUp {
     /// Everything the engine does not set survives byte for byte: unknown fields, key order,
     /// number formats, escapes and whitespace. What the caller already put in
     /// `step_up_config` wins; only what is missing is filled.
+    ///
+    /// Fail closed, whatever the payment API's parser would make of the body: a body that is
+    /// not one strict JSON object (empty, a BOM, UTF-16/32, invalid UTF-8, comments, trailing
+    /// commas, `NaN`, trailing bytes, raw control characters, a top-level array…) is refused
+    /// (400 `unreadable_json`), as is a duplicate of any key the layer reads (400
+    /// `duplicate_key`, keys compared unescaped). A `step_up_config` the caller sent is
+    /// validated like the layer's own even when the body is not Klarna (and then forwarded
+    /// untouched if it holds).
     pub fn rewrite_request(&self, candidate: Candidate, body: &[u8], now: u64) -> RequestVerdict {
         let Some(root) = Object::parse(body) else {
-            return RequestVerdict::NotKlarna;
+            return RequestVerdict::Refused(unreadable(body));
         };
         let e = &*self.inner;
-        if !e.is_klarna(&root) {
+        if let Err(r) = e.check_read_keys(&root) {
+            return RequestVerdict::Refused(r);
+        }
+        let klarna = e.is_klarna(&root);
+        if let Err(r) = e.check_other_configs(&root, klarna) {
+            return RequestVerdict::Refused(r);
+        }
+        if !klarna {
             return RequestVerdict::NotKlarna;
         }
         match e.inject(body, &root, now) {
@@ -39,6 +71,150 @@ impl StepUp {
 }
 
 impl Engine {
+    /// Refuses a duplicate of any key the engine reads, wherever it reads one: a parser that
+    /// takes the first copy would read what the layer did not check.
+    fn check_read_keys(&self, root: &Object<'_>) -> Result<(), Refusal> {
+        let fields = &self.config.partner_fields;
+        no_duplicates(
+            root,
+            |k| {
+                matches!(
+                    k,
+                    "payment_method" | "request_payment_transaction" | "step_up_config"
+                ) || self.inject_at.first().is_some_and(|f| f == k)
+                    || fields
+                        .return_url
+                        .iter()
+                        .chain(&fields.app_return_url)
+                        .chain(&fields.reference)
+                        .any(|f| f == k)
+            },
+            "",
+        )?;
+        if let Some(pm) = root.get("payment_method").and_then(Object::from_raw) {
+            no_duplicates(&pm, |k| k == "type", "payment_method.")?;
+        }
+        if let Some(suc) = root.get("step_up_config") {
+            step_up_config_keys(suc, "")?;
+        }
+        let mut parent: Option<Object<'_>> = None;
+        for (i, seg) in self.inject_at.iter().enumerate() {
+            let Some(obj) = parent
+                .as_ref()
+                .unwrap_or(root)
+                .get(seg)
+                .and_then(Object::from_raw)
+            else {
+                break;
+            };
+            let mut prefix = self.inject_at[..=i].join(".");
+            prefix.push('.');
+            let next = self
+                .inject_at
+                .get(i + 1)
+                .map_or("step_up_config", String::as_str);
+            no_duplicates(&obj, |k| k == next, &prefix)?;
+            if i + 1 == self.inject_at.len() {
+                if let Some(suc) = obj.get("step_up_config") {
+                    step_up_config_keys(suc, &prefix)?;
+                }
+            }
+            parent = Some(obj);
+        }
+        Ok(())
+    }
+
+    /// Validates every `step_up_config` the layer will not complete itself (all of them in a
+    /// body that is not Klarna; the top-level one beside `inject_at` in one that is) with the
+    /// checks the layer's own gets: the payment API may well read it.
+    fn check_other_configs(&self, root: &Object<'_>, klarna: bool) -> Result<(), Refusal> {
+        if !klarna || !self.inject_at.is_empty() {
+            if let Some(suc) = root.get("step_up_config") {
+                self.check_step_up_config(suc, "")?;
+            }
+        }
+        if klarna || self.inject_at.is_empty() {
+            return Ok(());
+        }
+        let mut target = None;
+        for seg in &self.inject_at {
+            match target
+                .as_ref()
+                .unwrap_or(root)
+                .get(seg)
+                .and_then(Object::from_raw)
+            {
+                Some(o) => target = Some(o),
+                None => return Ok(()),
+            }
+        }
+        match target.and_then(|t| t.get("step_up_config")) {
+            Some(suc) => {
+                let mut prefix = self.inject_at.join(".");
+                prefix.push('.');
+                self.check_step_up_config(suc, &prefix)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The checks of a caller's `step_up_config` at `prefix`: an object, its reference and
+    /// its return URLs valid.
+    fn check_step_up_config(&self, raw: &str, prefix: &str) -> Result<(), Refusal> {
+        if raw == "null" {
+            return Ok(());
+        }
+        let param = |name: &str| format!("{prefix}step_up_config{name}");
+        let suc = Object::from_raw(raw).ok_or_else(|| {
+            Refusal::invalid("invalid_step_up_config", param(""), "must be an object")
+        })?;
+        if let Some(r) = suc.get("payment_request_reference") {
+            check_reference(r, param(".payment_request_reference"))?;
+        }
+        let cic = match suc.get("customer_interaction_config") {
+            None | Some("null") => return Ok(()),
+            Some(c) => Object::from_raw(c).ok_or_else(|| {
+                Refusal::invalid(
+                    "invalid_step_up_config",
+                    param(".customer_interaction_config"),
+                    "must be an object",
+                )
+            })?,
+        };
+        for (key, app) in [("return_url", false), ("app_return_url", true)] {
+            if let Some(v) = cic.get(key) {
+                let p = param(&format!(".customer_interaction_config.{key}"));
+                self.check_url(v, p, app)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A return URL (web, or app when `app`) as the caller sent it, checked by the policy.
+    fn check_url<'a>(
+        &self,
+        raw: &'a str,
+        param: String,
+        app: bool,
+    ) -> Result<Cow<'a, str>, Refusal> {
+        let code = if app {
+            "invalid_app_return_url"
+        } else {
+            "invalid_return_url"
+        };
+        let value =
+            json::as_str(raw).ok_or_else(|| Refusal::invalid(code, &param, "must be a string"))?;
+        let checked = if app {
+            self.policy.check_app_return_url(&value)
+        } else {
+            self.policy.check_return_url(&value)
+        };
+        match checked {
+            Ok(()) => Ok(value),
+            Err(why) => Err(Refusal::invalid(code, param, why)),
+        }
+    }
+
     fn is_klarna(&self, root: &Object<'_>) -> bool {
         if let Some(pm) = root.get("payment_method") {
             let kind = json::as_str(pm).or_else(|| Object::from_raw(pm)?.get_str("type"));
@@ -127,7 +303,7 @@ impl Engine {
             _ => None,
         };
         let reference = self.choose_reference(root, suc.as_ref(), &prefix)?;
-        let return_url = self
+        let (return_url, return_param) = self
             .choose_url(root, cic.as_ref(), &prefix, false)?
             .ok_or_else(|| {
                 Refusal::invalid(
@@ -144,7 +320,9 @@ impl Engine {
                     ),
                 )
             })?;
-        let app_return_url = self.choose_url(root, cic.as_ref(), &prefix, true)?;
+        let app_return_url = self
+            .choose_url(root, cic.as_ref(), &prefix, true)?
+            .map(|(url, _)| url);
 
         // The members to add, serialized once.
         let mut cic_members = Vec::with_capacity(256);
@@ -158,6 +336,18 @@ impl Engine {
             match &self.acquirer_return {
                 Some(r) => {
                     let url = r.return_url(&return_url, &reference, now);
+                    if url.len() > MAX_SIGNED_RETURN_URL {
+                        return Err(Refusal::invalid(
+                            "invalid_return_url",
+                            return_param,
+                            format!(
+                                "is too long: signed for the acquirer return, the URL sent to \
+                                 Klarna would be {} bytes, over the {MAX_SIGNED_RETURN_URL} \
+                                 bytes Klarna takes",
+                                url.len()
+                            ),
+                        ));
+                    }
                     json::write_member(&mut cic_members, "return_url", &url);
                 }
                 None => json::write_member(&mut cic_members, "return_url", &return_url),
@@ -271,27 +461,19 @@ impl Engine {
         let Some((raw, param)) = found else {
             return Ok(Cow::Owned(uuid::Uuid::new_v4().to_string()));
         };
-        let value = json::as_str(raw)
-            .ok_or_else(|| Refusal::invalid("invalid_reference", &param, "must be a string"))?;
-        if value.is_empty() || value.chars().count() > MAX_REFERENCE {
-            return Err(Refusal::invalid(
-                "invalid_reference",
-                param,
-                format!("must be 1 to {MAX_REFERENCE} characters long"),
-            ));
-        }
-        Ok(value)
+        check_reference(raw, param)
     }
 
     /// A return URL (web, or app when `app`): the caller's step_up_config, else the partner
-    /// field, else the acquirer default. Whatever is chosen is validated.
+    /// field, else the acquirer default; with the name of where it came from. Whatever is
+    /// chosen is validated.
     fn choose_url<'a>(
         &'a self,
         root: &Object<'a>,
         cic: Option<&Object<'a>>,
         prefix: &dyn Fn(&str) -> String,
         app: bool,
-    ) -> Result<Option<Cow<'a, str>>, Refusal> {
+    ) -> Result<Option<(Cow<'a, str>, String)>, Refusal> {
         let (key, fields, default) = if app {
             (
                 "app_return_url",
@@ -312,26 +494,14 @@ impl Engine {
             )),
             None => first_field(root, fields).map(|(name, v)| (v, name.to_owned())),
         };
-        let code = if app {
-            "invalid_app_return_url"
-        } else {
-            "invalid_return_url"
-        };
         let Some((raw, param)) = found else {
             // Defaults were validated with the configuration.
-            return Ok(default.as_deref().map(Cow::Borrowed));
+            return Ok(default
+                .as_deref()
+                .map(|d| (Cow::Borrowed(d), format!("defaults.{key}"))));
         };
-        let value =
-            json::as_str(raw).ok_or_else(|| Refusal::invalid(code, &param, "must be a string"))?;
-        let checked = if app {
-            self.policy.check_app_return_url(&value)
-        } else {
-            self.policy.check_return_url(&value)
-        };
-        match checked {
-            Ok(()) => Ok(Some(value)),
-            Err(why) => Err(Refusal::invalid(code, param, why)),
-        }
+        let value = self.check_url(raw, param.clone(), app)?;
+        Ok(Some((value, param)))
     }
 
     /// Indices (sorted) of the top-level members that are stripped before forwarding.
@@ -346,6 +516,75 @@ impl Engine {
             .map(|(i, _)| i)
             .collect()
     }
+}
+
+/// Why a candidate body that is not one strict JSON object is refused: what is wrong with
+/// it, never what it holds.
+fn unreadable(body: &[u8]) -> Refusal {
+    let why = if body.iter().all(u8::is_ascii_whitespace) {
+        "the body is empty: a JSON object is required".to_owned()
+    } else if body.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        "the body starts with a byte order mark: send UTF-8 JSON without one".to_owned()
+    } else if body.starts_with(&[0xFE, 0xFF])
+        || body.starts_with(&[0xFF, 0xFE])
+        || body.get(..2).is_some_and(|b| b.contains(&0))
+    {
+        "the body is UTF-16 or UTF-32: send UTF-8 JSON".to_owned()
+    } else if std::str::from_utf8(body).is_err() {
+        "the body is not valid UTF-8".to_owned()
+    } else {
+        match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => "the body must be a JSON object".to_owned(),
+            Err(e) => format!("the body is not strict JSON (RFC 8259): {e}"),
+        }
+    };
+    Refusal::unreadable_json(why)
+}
+
+/// Refuses a second copy of any key of `obj` that `reads` says the engine reads; `prefix`
+/// is the dotted path of `obj`, for the error.
+fn no_duplicates(
+    obj: &Object<'_>,
+    reads: impl Fn(&str) -> bool,
+    prefix: &str,
+) -> Result<(), Refusal> {
+    for (i, m) in obj.members.iter().enumerate() {
+        if reads(&m.key) && obj.members[..i].iter().any(|p| p.key == m.key) {
+            return Err(Refusal::duplicate_key(format!("{prefix}{}", m.key)));
+        }
+    }
+    Ok(())
+}
+
+/// [`no_duplicates`] in a `step_up_config` at `prefix` and its `customer_interaction_config`.
+fn step_up_config_keys(raw: &str, prefix: &str) -> Result<(), Refusal> {
+    let Some(suc) = Object::from_raw(raw) else {
+        return Ok(());
+    };
+    let prefix = format!("{prefix}step_up_config.");
+    no_duplicates(&suc, |k| STEP_UP_CONFIG_KEYS.contains(&k), &prefix)?;
+    if let Some(cic) = suc
+        .get("customer_interaction_config")
+        .and_then(Object::from_raw)
+    {
+        let prefix = format!("{prefix}customer_interaction_config.");
+        no_duplicates(&cic, |k| INTERACTION_KEYS.contains(&k), &prefix)?;
+    }
+    Ok(())
+}
+
+/// A `payment_request_reference` as the caller sent it: a string of 1 to 255 characters.
+fn check_reference(raw: &str, param: String) -> Result<Cow<'_, str>, Refusal> {
+    let value = json::as_str(raw)
+        .ok_or_else(|| Refusal::invalid("invalid_reference", &param, "must be a string"))?;
+    if value.is_empty() || value.chars().count() > MAX_REFERENCE {
+        return Err(Refusal::invalid(
+            "invalid_reference",
+            param,
+            format!("must be 1 to {MAX_REFERENCE} characters long"),
+        ));
+    }
+    Ok(value)
 }
 
 /// The first of `names` present at the top level (a JSON null counts as absent).
@@ -379,5 +618,299 @@ fn place(
     match parent.get(key) {
         Some(null) => edits.replace(json::span(body, null), value),
         None => json::write_raw_member(add, key, &value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, Method};
+
+    use crate::{RequestVerdict, Route, StepUp};
+
+    fn engine(toml: &str) -> StepUp {
+        StepUp::from_toml(toml).unwrap()
+    }
+
+    fn verdict(e: &StepUp, body: &[u8]) -> RequestVerdict {
+        let Route::Candidate(c) = e.classify(
+            &Method::POST,
+            &"/payments".parse().unwrap(),
+            &HeaderMap::new(),
+        ) else {
+            unreachable!()
+        };
+        e.rewrite_request(c, body, 1_800_000_000)
+    }
+
+    fn refused(e: &StepUp, body: &[u8]) -> crate::Refusal {
+        match verdict(e, body) {
+            RequestVerdict::Refused(r) => r,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(body)),
+        }
+    }
+
+    const HOSTILE: &str =
+        r#""step_up_config":{"customer_interaction_config":{"return_url":"javascript:alert(1)"}}"#;
+
+    #[test]
+    fn bodies_not_read_strictly_are_refused() {
+        let e = engine("");
+        let klarna = format!(r#"{{"payment_method":"klarna",{HOSTILE}}}"#);
+        let mut bom = vec![0xEF, 0xBB, 0xBF];
+        bom.extend_from_slice(klarna.as_bytes());
+        let utf16: Vec<u8> = klarna.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let utf16be: Vec<u8> = klarna.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        let utf32: Vec<u8> = klarna
+            .chars()
+            .flat_map(|c| (c as u32).to_le_bytes())
+            .collect();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"".to_vec(), "empty"),
+            (b"  \r\n".to_vec(), "empty"),
+            (bom, "byte order mark"),
+            (utf16, "UTF-16"),
+            (utf16be, "UTF-16"),
+            (utf32, "UTF-16 or UTF-32"),
+            (
+                b"{\"payment_method\":\"klarna\xff\"}".to_vec(),
+                "not valid UTF-8",
+            ),
+            (
+                format!(r#"{{"payment_method":"klarna","amount":NaN,{HOSTILE}}}"#).into_bytes(),
+                "strict JSON",
+            ),
+            (
+                format!(r#"{{"payment_method":"klarna",{HOSTILE},}}"#).into_bytes(),
+                "strict JSON",
+            ),
+            (
+                format!("{{/* c */\"payment_method\":\"klarna\",{HOSTILE}}}").into_bytes(),
+                "strict JSON",
+            ),
+            (
+                format!("{{\"payment_method\":\"klarna\",{HOSTILE}}} // c").into_bytes(),
+                "trailing characters",
+            ),
+            (
+                format!("{{\"payment_method\":\"klarna\",{HOSTILE}}}{{}}").into_bytes(),
+                "trailing characters",
+            ),
+            (
+                format!("{{\"payment_method\":\"klar\tna\",{HOSTILE}}}").into_bytes(),
+                "control character",
+            ),
+            (
+                format!(r#"[{{"payment_method":"klarna",{HOSTILE}}}]"#).into_bytes(),
+                "must be a JSON object",
+            ),
+            (b"\"klarna\"".to_vec(), "must be a JSON object"),
+            (b"null".to_vec(), "must be a JSON object"),
+        ];
+        for (body, why) in cases {
+            let r = refused(&e, &body);
+            assert_eq!((r.status.as_u16(), r.code), (400, "unreadable_json"));
+            assert!(
+                r.message.contains(why),
+                "{:?}: {}",
+                String::from_utf8_lossy(&body),
+                r.message
+            );
+            assert!(!r.message.contains("javascript"), "{}", r.message);
+        }
+    }
+
+    #[test]
+    fn duplicates_of_read_keys_are_refused_by_name() {
+        let e = engine("inject_at = \"payment.klarna\"");
+        let url = r#""return_url":"https://a.example/r""#;
+        let cases = [
+            (
+                format!(r#"{{"payment_method":"card","payment_method":"klarna",{url}}}"#),
+                "payment_method",
+            ),
+            (
+                format!(r#"{{"payment_method":"klarna",{url},"return_url":"javascript:x"}}"#),
+                "return_url",
+            ),
+            (
+                format!(
+                    r#"{{"payment_method":"klarna",{url},"klarna_return_url":"a","klarna_return_url":"b"}}"#
+                ),
+                "klarna_return_url",
+            ),
+            (
+                format!(
+                    r#"{{"payment_method":"klarna",{url},"app_return_url":"a","app_return_url":"b"}}"#
+                ),
+                "app_return_url",
+            ),
+            (
+                format!(r#"{{"payment_method":"klarna",{url},"reference":"a","reference":"b"}}"#),
+                "reference",
+            ),
+            (
+                format!(r#"{{"payment_method":{{"type":"klarna","type":"card"}},{url}}}"#),
+                "payment_method.type",
+            ),
+            (
+                format!(
+                    r#"{{"request_payment_transaction":{{}},"request_payment_transaction":1,{url}}}"#
+                ),
+                "request_payment_transaction",
+            ),
+            (
+                format!(
+                    r#"{{"payment_method":"klarna",{url},"step_up_config":{{}},"step\u005fup_config":{{}}}}"#
+                ),
+                "step_up_config",
+            ),
+            (
+                format!(r#"{{"payment_method":"klarna",{url},"payment":{{}},"payment":{{}}}}"#),
+                "payment",
+            ),
+            (
+                format!(
+                    r#"{{"payment_method":"klarna",{url},"payment":{{"klarna":{{}},"klarna":{{}}}}}}"#
+                ),
+                "payment.klarna",
+            ),
+            (
+                format!(
+                    r#"{{"payment_method":"klarna",{url},"payment":{{"klarna":{{"step_up_config":{{}},"step_up_config":null}}}}}}"#
+                ),
+                "payment.klarna.step_up_config",
+            ),
+            (
+                format!(
+                    r#"{{"payment_method":"klarna",{url},"payment":{{"klarna":{{"step_up_config":{{"payment_request_reference":"a","payment_request_reference":"b"}}}}}}}}"#
+                ),
+                "payment.klarna.step_up_config.payment_request_reference",
+            ),
+            (
+                format!(
+                    r#"{{"payment_method":"klarna",{url},"payment":{{"klarna":{{"step_up_config":{{"customer_interaction_config":{{}},"customer_interaction_config":{{}}}}}}}}}}"#
+                ),
+                "payment.klarna.step_up_config.customer_interaction_config",
+            ),
+            (
+                format!(
+                    r#"{{"payment_method":"card",{url},"payment":{{"klarna":{{"step_up_config":{{"customer_interaction_config":{{"return_url":"javascript:x","return_url":"https://a.example/"}}}}}}}}}}"#
+                ),
+                "payment.klarna.step_up_config.customer_interaction_config.return_url",
+            ),
+            (
+                format!(
+                    r#"{{"payment_method":"card",{url},"step_up_config":{{"customer_interaction_config":{{"app_return_url":"a://b","app_return_url":"a://c"}}}}}}"#
+                ),
+                "step_up_config.customer_interaction_config.app_return_url",
+            ),
+            (
+                format!(
+                    r#"{{"payment_method":"klarna",{url},"step_up_config":{{"customer_interaction_config":{{"method":"HANDOVER","method":"X"}}}}}}"#
+                ),
+                "step_up_config.customer_interaction_config.method",
+            ),
+        ];
+        for (body, param) in cases {
+            let r = refused(&e, body.as_bytes());
+            assert_eq!(
+                (r.status.as_u16(), r.code),
+                (400, "duplicate_key"),
+                "{body}"
+            );
+            assert_eq!(r.param.as_deref(), Some(param), "{body}");
+        }
+        // Keys the engine does not read may repeat (not its business).
+        let ok = format!(r#"{{"payment_method":"klarna",{url},"amount":1,"amount":2}}"#);
+        assert!(matches!(
+            verdict(&e, ok.as_bytes()),
+            RequestVerdict::Injected { .. }
+        ));
+    }
+
+    #[test]
+    fn a_step_up_config_is_validated_whatever_the_payment_method_says() {
+        let e = engine("");
+        for pm in [r#"" klarna""#, r#""card""#, r#"{"type":"klarna "}"#, "null"] {
+            let body = format!(r#"{{"payment_method":{pm},{HOSTILE}}}"#);
+            let r = refused(&e, body.as_bytes());
+            assert_eq!(r.code, "invalid_return_url", "{body}");
+            assert_eq!(
+                r.param.as_deref(),
+                Some("step_up_config.customer_interaction_config.return_url")
+            );
+        }
+        for (body, code) in [
+            (
+                r#"{"payment_method":"card","step_up_config":"x"}"#,
+                "invalid_step_up_config",
+            ),
+            (
+                r#"{"payment_method":"card","step_up_config":{"customer_interaction_config":[]}}"#,
+                "invalid_step_up_config",
+            ),
+            (
+                r#"{"payment_method":"card","step_up_config":{"payment_request_reference":""}}"#,
+                "invalid_reference",
+            ),
+            (
+                r#"{"payment_method":"card","step_up_config":{"customer_interaction_config":{"app_return_url":"javascript:x"}}}"#,
+                "invalid_app_return_url",
+            ),
+            (
+                r#"{"payment_method":"card","step_up_config":{"customer_interaction_config":{"return_url":1}}}"#,
+                "invalid_return_url",
+            ),
+        ] {
+            assert_eq!(refused(&e, body.as_bytes()).code, code, "{body}");
+        }
+        // A good one on a card payment goes through untouched.
+        let body = br#"{"payment_method":"card","step_up_config":{"customer_interaction_config":{"return_url":"https://a.example/r"}}}"#;
+        assert!(matches!(verdict(&e, body), RequestVerdict::NotKlarna));
+        // With inject_at, the top-level one is checked beside the one the layer completes.
+        let e = engine("inject_at = \"payment\"");
+        let body = format!(
+            r#"{{"payment_method":"klarna","return_url":"https://a.example/r",{HOSTILE}}}"#
+        );
+        assert_eq!(refused(&e, body.as_bytes()).code, "invalid_return_url");
+        let body = format!(r#"{{"payment_method":"card","payment":{{{HOSTILE}}}}}"#);
+        let r = refused(&e, body.as_bytes());
+        assert_eq!(
+            r.param.as_deref(),
+            Some("payment.step_up_config.customer_interaction_config.return_url")
+        );
+    }
+
+    #[test]
+    fn a_signed_return_url_klarna_would_not_take_is_refused() {
+        let e = StepUp::with_secrets(
+            crate::StepUpConfig::from_toml(
+                r#"
+                [return_url_policy]
+                max_length = 8192
+                [acquirer_return]
+                enabled = true
+                public_base_url = "https://pay.acquirer.example"
+                keys = [{ id = "r", env = "R" }]
+                "#,
+            )
+            .unwrap(),
+            |_| Some("return-key-0123456789abcdef0123456789".into()),
+        )
+        .unwrap();
+        let body = |len: usize| {
+            format!(
+                r#"{{"payment_method":"klarna","klarna_return_url":"https://a.example/{}"}}"#,
+                "a".repeat(len)
+            )
+        };
+        assert!(matches!(
+            verdict(&e, body(1000).as_bytes()),
+            RequestVerdict::Injected { .. }
+        ));
+        let r = refused(&e, body(1500).as_bytes());
+        assert_eq!(r.code, "invalid_return_url");
+        assert_eq!(r.param.as_deref(), Some("klarna_return_url"));
+        assert!(r.message.contains("2000"), "{}", r.message);
     }
 }

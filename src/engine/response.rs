@@ -39,6 +39,10 @@ pub enum KeepReason {
     UnknownResult,
     /// A field the partner block needs is missing.
     MissingField(&'static str),
+    /// `payment_request_url` is not `https` on a purchase-journey host
+    /// (`klarna.purchase_journey_hosts`): never handed to a partner as where the customer
+    /// goes.
+    UntrustedPaymentRequestUrl,
 }
 
 impl fmt::Display for KeepReason {
@@ -53,6 +57,10 @@ impl fmt::Display for KeepReason {
             KeepReason::NoAnswer => f.write_str("no Klarna authorize answer found"),
             KeepReason::UnknownResult => f.write_str("unknown payment_transaction_response.result"),
             KeepReason::MissingField(field) => write!(f, "missing {field}"),
+            KeepReason::UntrustedPaymentRequestUrl => f.write_str(
+                "payment_request_url is not https on a purchase-journey host \
+                 (klarna.purchase_journey_hosts)",
+            ),
         }
     }
 }
@@ -186,6 +194,9 @@ impl Engine {
         let url = pr.url().ok_or(KeepReason::MissingField(
             "payment_request.payment_request_url",
         ))?;
+        if !self.journey.allows(url) {
+            return Err(KeepReason::UntrustedPaymentRequestUrl);
+        }
         let data = match pr.payment_request_data.filter(|d| d.get() != "null") {
             Some(d) if d.get().starts_with('"') => JsonText::Literal(d),
             Some(d) => JsonText::Text(d.get().to_owned()),

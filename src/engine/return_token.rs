@@ -76,13 +76,18 @@ impl std::fmt::Debug for ReturnRedirect {
 
 impl ReturnRedirect {
     /// The 303 to the partner's URL: no caching, no referrer (the URL may carry a token).
+    /// The location is ASCII ([`StepUp::resolve_return`](crate::StepUp::resolve_return)
+    /// percent-encodes the rest); one that is still not a header value (only possible for a
+    /// hand-made `ReturnRedirect`) gets the 400 of an invalid return link, never a 303
+    /// without a `Location`.
     pub fn to_response(&self) -> http::Response<Vec<u8>> {
+        let Ok(location) = HeaderValue::from_str(&self.location) else {
+            return invalid().to_response();
+        };
         let mut res = http::Response::new(Vec::new());
         *res.status_mut() = StatusCode::SEE_OTHER;
         let h = res.headers_mut();
-        if let Ok(location) = HeaderValue::from_str(&self.location) {
-            h.insert(LOCATION, location);
-        }
+        h.insert(LOCATION, location);
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
@@ -216,6 +221,19 @@ impl ReturnEndpoint {
         if !same_origin {
             return Err(invalid());
         }
+        // A Location header is ASCII: a partner URL with non-ASCII text (allowed by the
+        // policy) goes out as the URL parser serializes it, IDNA host and percent-escapes.
+        let location = if location.is_ascii() {
+            location
+        } else {
+            url::Url::parse(&location)
+                .map_err(|_| invalid())?
+                .as_str()
+                .to_owned()
+        };
+        if HeaderValue::from_str(&location).is_err() {
+            return Err(invalid());
+        }
         Ok(ReturnRedirect {
             location,
             reference: reference.to_owned(),
@@ -251,5 +269,46 @@ impl<'a> Reader<'a> {
         let (head, rest) = self.0.split_at_checked(n).ok_or_else(invalid)?;
         self.0 = rest;
         Ok(head)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hand_made_redirect_that_is_no_header_value_is_never_a_303_without_location() {
+        let r = ReturnRedirect {
+            location: "https://shop.example/\u{7f}".into(),
+            reference: "r".into(),
+            payment_request_id: None,
+            state: None,
+            token: None,
+        };
+        let res = r.to_response();
+        assert_eq!(res.status(), 400);
+        assert!(res.headers().get(LOCATION).is_none());
+    }
+
+    #[test]
+    fn the_location_is_ascii_for_a_non_ascii_partner_url() {
+        let e = ReturnEndpoint {
+            base: "https://pay.acquirer.example".into(),
+            path: "/klarna/return".into(),
+            keys: vec![("k".into(), b"0123456789abcdef0123456789abcdef".to_vec())],
+            lifetime_secs: 60,
+            notify_path: None,
+            notify_timeout_ms: 0,
+        };
+        let url = e.return_url("https://bücher.example/größe?x=ü", "ref", 0);
+        let path = url.trim_start_matches("https://pay.acquirer.example");
+        let r = e.resolve(&path.parse().unwrap(), 0).unwrap();
+        assert_eq!(
+            r.location,
+            "https://xn--bcher-kva.example/gr%C3%B6%C3%9Fe?x=%C3%BC"
+        );
+        let res = r.to_response();
+        assert_eq!(res.status(), 303);
+        assert_eq!(res.headers()[LOCATION], r.location.as_str());
     }
 }

@@ -52,6 +52,76 @@ impl HostPattern {
     }
 }
 
+/// Which `payment_request_url`s in Klarna's answers the layer hands to partners as their
+/// `redirect_url`: `https` on a listed host (Klarna's Purchase Journey by default), or
+/// `http` on a listed loopback host when allowed (local sandboxes).
+#[derive(Debug, Clone)]
+pub(crate) struct PurchaseJourney {
+    hosts: Vec<HostPattern>,
+    http_loopback: bool,
+}
+
+impl PurchaseJourney {
+    pub fn new(c: &crate::config::KlarnaConfig, p: &mut Problems) -> Self {
+        if c.purchase_journey_hosts.is_empty() {
+            p.add(
+                "klarna.purchase_journey_hosts",
+                "must name at least one host",
+            );
+        }
+        let hosts = c
+            .purchase_journey_hosts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| {
+                HostPattern::parse(h)
+                    .map_err(|r| p.add(format!("klarna.purchase_journey_hosts[{i}]"), r))
+                    .ok()
+            })
+            .collect();
+        PurchaseJourney {
+            hosts,
+            http_loopback: c.purchase_journey_http_loopback,
+        }
+    }
+
+    /// Whether `raw` may be sent to a partner as where the customer goes: an absolute URL of
+    /// visible ASCII (no space, control character or backslash), `https://` (or `http://` on
+    /// loopback when allowed), no user information, on a listed host.
+    pub fn allows(&self, raw: &str) -> bool {
+        let plain = raw.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
+        if !plain {
+            return false;
+        }
+        let Ok(url) = url::Url::parse(raw) else {
+            return false;
+        };
+        let explicit = raw
+            .get(..url.scheme().len() + 3)
+            .is_some_and(|s| s[url.scheme().len()..] == *"://");
+        if !explicit || !url.username().is_empty() || url.password().is_some() {
+            return false;
+        }
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let scheme_ok = match url.scheme() {
+            "https" => true,
+            "http" => {
+                self.http_loopback
+                    && match url.host() {
+                        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                        None => false,
+                    }
+            }
+            _ => false,
+        };
+        scheme_ok && self.hosts.iter().any(|p| p.matches(host))
+    }
+}
+
 /// The validated return-URL policy.
 #[derive(Debug, Clone)]
 pub(crate) struct ReturnUrlPolicy {
@@ -463,6 +533,58 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn purchase_journey_urls() {
+        let journey = |hosts: &[&str], http_loopback| {
+            let c = crate::config::KlarnaConfig {
+                purchase_journey_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                purchase_journey_http_loopback: http_loopback,
+            };
+            let mut p = Problems::default();
+            let j = PurchaseJourney::new(&c, &mut p);
+            assert!(p.0.is_empty(), "{:?}", p.0);
+            j
+        };
+        let j = journey(&["pay.klarna.com", "*.klarna.com"], false);
+        for ok in [
+            "https://pay.klarna.com/eu/requests/552603c0/start",
+            "https://pay.playground.klarna.com/x",
+            "HTTPS://PAY.KLARNA.COM/x?y=1#z",
+            "https://pay.klarna.com:443/x",
+        ] {
+            assert!(j.allows(ok), "{ok}");
+        }
+        for bad in [
+            "http://pay.klarna.com/x",
+            "https://pay.klarna.com.evil.example/x",
+            "https://evilklarna.com/x",
+            "https://klarna.com@evil.example/x",
+            "https://user@pay.klarna.com/x",
+            "javascript:alert(1)//pay.klarna.com",
+            "https:pay.klarna.com/x",
+            "https://pay.klarna.com/x y",
+            "https://pay.klarna.com/\\x",
+            "https://pay.klarna.com/\tx",
+            "https://pay.klarna.com/é",
+            "//pay.klarna.com/x",
+            "",
+            "http://127.0.0.1:8091/pay/1",
+        ] {
+            assert!(!j.allows(bad), "{bad}");
+        }
+        let sandbox = journey(&["127.0.0.1", "localhost"], true);
+        assert!(sandbox.allows("http://127.0.0.1:8091/pay/1"));
+        assert!(sandbox.allows("http://localhost:8091/pay/1"));
+        assert!(!sandbox.allows("http://10.0.0.1/pay/1"));
+        assert!(!sandbox.allows("https://pay.klarna.com/x"));
+        let lan = journey(&["sandbox.lan"], true);
+        assert!(
+            !lan.allows("http://sandbox.lan/pay/1"),
+            "http only on loopback"
+        );
+        assert!(lan.allows("https://sandbox.lan/pay/1"));
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub mod relay_headers {
 pub(crate) struct Webhooks {
     pub path: String,
     pub relay_path: String,
+    /// The relay path's canonical form: any spelling of it from outside is refused.
+    pub relay_canonical: Vec<u8>,
     pub keys: Vec<(String, Vec<u8>)>,
     pub body_limit: usize,
 }
@@ -147,9 +149,46 @@ pub(crate) fn verify(
     })
 }
 
+/// Refuses a duplicate key in the objects the envelope's fields are read from (the
+/// envelope, `metadata`, `payload`, `payload.state_context`): serde would drop every field
+/// then, and the payment API, reading the body, could take another copy than the headers
+/// say. Never relayed half-normalized.
+fn no_duplicate_keys(body: &[u8]) -> Result<(), Refusal> {
+    use super::json::Object;
+    let Some(root) = Object::parse(body) else {
+        return Ok(());
+    };
+    let dup = |o: &Object<'_>| {
+        o.members
+            .iter()
+            .enumerate()
+            .find(|(i, m)| o.members[..*i].iter().any(|p| p.key == m.key))
+            .map(|(_, m)| m.key.clone().into_owned())
+    };
+    let metadata = root.get("metadata").and_then(Object::from_raw);
+    let payload = root.get("payload").and_then(Object::from_raw);
+    let context = payload
+        .as_ref()
+        .and_then(|p| p.get("state_context"))
+        .and_then(Object::from_raw);
+    for (prefix, obj) in [
+        ("", Some(&root)),
+        ("metadata.", metadata.as_ref()),
+        ("payload.", payload.as_ref()),
+        ("payload.state_context.", context.as_ref()),
+    ] {
+        if let Some(key) = obj.and_then(dup) {
+            return Err(Refusal::duplicate_key(format!("{prefix}{key}")));
+        }
+    }
+    Ok(())
+}
+
 /// Reads the envelope's fields. A body that is not the expected envelope still verifies and
-/// is relayed (nothing is lost); it just carries fewer normalized fields.
-pub(crate) fn parse(body: &[u8]) -> WebhookEvent {
+/// is relayed (nothing is lost); it just carries fewer normalized fields. One with a
+/// duplicate key where the fields are read is refused (400 `duplicate_key`).
+pub(crate) fn parse(body: &[u8]) -> Result<WebhookEvent, Refusal> {
+    no_duplicate_keys(body)?;
     #[derive(Deserialize, Default)]
     #[serde(default)]
     struct Envelope<'a> {
@@ -193,7 +232,7 @@ pub(crate) fn parse(body: &[u8]) -> WebhookEvent {
     let e: Envelope<'_> = serde_json::from_slice(body).unwrap_or_default();
     let ctx = e.payload.state_context.unwrap_or_default();
     let own = |v: Option<Cow<'_, str>>| v.map(Cow::into_owned);
-    WebhookEvent {
+    Ok(WebhookEvent {
         event_id: own(e.metadata.event_id),
         event_type: own(e.metadata.event_type),
         payment_request_id: own(e.payload.payment_request_id),
@@ -205,5 +244,49 @@ pub(crate) fn parse(body: &[u8]) -> WebhookEvent {
             .or(ctx.klarna_network_session_token)
             .or(e.payload.payment_token)
             .or(ctx.payment_token)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_keys_where_fields_are_read_are_refused() {
+        for (body, param) in [
+            (r#"{"payload":{},"payload":{}}"#, "payload"),
+            (
+                r#"{"metadata":{"event_type":"a","event_type":"b"}}"#,
+                "metadata.event_type",
+            ),
+            (
+                r#"{"payload":{"state":"COMPLETED","st\u0061te":"DECLINED"}}"#,
+                "payload.state",
+            ),
+            (
+                r#"{"payload":{"state_context":{"payment_token":"a","payment_token":"b"}}}"#,
+                "payload.state_context.payment_token",
+            ),
+        ] {
+            let r = parse(body.as_bytes()).expect_err(body);
+            assert_eq!((r.status.as_u16(), r.code), (400, "duplicate_key"));
+            assert_eq!(r.param.as_deref(), Some(param), "{body}");
+        }
+        // Deeper duplicates are not read, and not the layer's business; nor is a body that
+        // is not the envelope (relayed with fewer fields).
+        for body in [
+            r#"{"payload":{"x":{"a":1,"a":2},"state":"COMPLETED"}}"#,
+            "not json",
+            "[1,1]",
+        ] {
+            parse(body.as_bytes()).expect(body);
+        }
+        assert_eq!(
+            parse(br#"{"payload":{"x":{"a":1,"a":2},"state":"COMPLETED"}}"#)
+                .unwrap()
+                .state
+                .as_deref(),
+            Some("COMPLETED")
+        );
     }
 }

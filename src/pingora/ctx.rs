@@ -42,6 +42,8 @@ pub(super) enum Own {
     Webhook(Option<WebhookEvent>),
     /// The payment API's webhook relay path, reached from outside.
     RelayPathFromOutside,
+    /// A candidate route refused from its head (ambiguous path, content type or encoding).
+    Refused(Refusal),
 }
 
 /// The answer to a Klarna exchange on Pingora's pipeline.

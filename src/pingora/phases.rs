@@ -103,7 +103,11 @@ impl StepUpPhases {
     /// `early_request_filter`: classifies the request; for candidates, arms client-facing
     /// compression (it must be on before Pingora's compression module reads
     /// `Accept-Encoding`, which happens between this phase and `request_filter`).
+    ///
+    /// Removes every `x-klarna-stepup-*` header the client sent, whatever the route: those
+    /// are step-up's alone.
     pub fn early_request_filter(&self, session: &mut Session, ctx: &mut StepUpCtx) {
+        engine::strip_forged_headers(session.req_header_mut());
         let req = session.req_header();
         let candidate = match self.step_up.classify(&req.method, &req.uri, &req.headers) {
             Route::Candidate(candidate) => candidate,
@@ -114,6 +118,12 @@ impl StepUpPhases {
             Route::Webhook => return own(ctx, Own::Webhook(None), "webhook"),
             Route::RelayPathFromOutside => {
                 return own(ctx, Own::RelayPathFromOutside, "webhook_relay_path")
+            }
+            Route::Refused(refused) => {
+                let pattern = self.step_up.candidate_pattern(refused.candidate());
+                ctx.own = Own::Refused(refused.refusal());
+                ctx.record = Record::acting(pattern, Outcome::NotKlarna);
+                return;
             }
             _ => return,
         };
@@ -151,6 +161,10 @@ impl StepUpPhases {
             Own::None => {}
             Own::RelayPathFromOutside => {
                 return self.refuse(session, ctx, Refusal::not_found()).await
+            }
+            Own::Refused(r) => {
+                let r = r.clone();
+                return self.refuse(session, ctx, r).await;
             }
             Own::Return(_) => return self.acquirer_return(session, ctx).await,
             Own::Webhook(_) => return self.webhook(session, ctx).await,

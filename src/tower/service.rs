@@ -105,9 +105,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let step_up = self.step_up.clone();
         let observer = self.observer.clone();
+        // x-klarna-stepup-* headers are step-up's alone: none comes in from outside.
+        engine::strip_forged_headers(req.headers_mut());
         match step_up.classify(req.method(), req.uri(), req.headers()) {
             Route::Candidate(candidate) => {
                 let pattern = step_up.candidate_pattern(candidate);
@@ -128,6 +130,14 @@ where
                 let span = record.span().clone();
                 let fut = webhook(step_up, self.take_ready(), req, record);
                 ResponseFuture::step_up(Box::pin(observed(fut, observer).instrument(span)))
+            }
+            Route::Refused(refused) => {
+                // Answered at once: nothing is read, nothing goes upstream.
+                let pattern = step_up.candidate_pattern(refused.candidate());
+                let mut record = Record::acting(pattern, Outcome::NotKlarna);
+                let res = refuse(&mut record, &refused.refusal());
+                let fut = std::future::ready(Ok((record, res)));
+                ResponseFuture::step_up(Box::pin(observed(fut, observer)))
             }
             Route::RelayPathFromOutside => {
                 // Answered at once: only verified webhooks reach the payment API's relay path.
