@@ -19,7 +19,8 @@
 //! [partner_fields]
 //! return_url = ["klarna_return_url", "return_url"]
 //! app_return_url = ["klarna_app_return_url", "app_return_url"]
-//! reference = ["reference"]
+//! reference = ["reference"]              # else derived from the request (stable across retries)
+//! idempotency_header = "Idempotency-Key"  # "" = derive from the body only
 //! strip = ["klarna_return_url", "klarna_app_return_url"]   # removed before forwarding
 //!
 //! [defaults]
@@ -239,6 +240,11 @@ pub struct AcquirerReturnConfig {
     pub keys: Vec<KeyConfig>,
     /// Added to the payment request's lifetime to give the token's (default 3600 s).
     pub token_margin_secs: u64,
+    /// A token's expiry is rounded up to a multiple of this many seconds (default 3600), so
+    /// that a retry of the same request mints the same return URL, and forwards the same
+    /// bytes. A retry across a bucket boundary gets a new expiry (a retry 5 s later, with
+    /// hour buckets: 5 times in 3600).
+    pub token_expiry_bucket_secs: u64,
     /// When set, the payment API is told of each return with a `POST` here.
     pub notify_path: Option<String>,
     /// How long a notification may delay the redirect, in ms (default 500).
@@ -283,6 +289,7 @@ impl Default for AcquirerReturnConfig {
             path: "/klarna/return".into(),
             keys: Vec::new(),
             token_margin_secs: 3600,
+            token_expiry_bucket_secs: 3600,
             notify_path: None,
             notify_timeout_ms: 500,
         }
@@ -389,9 +396,15 @@ pub struct PartnerFieldsConfig {
     pub return_url: Vec<String>,
     /// Default `["klarna_app_return_url", "app_return_url"]`.
     pub app_return_url: Vec<String>,
-    /// Field used as `payment_request_reference` (default `["reference"]`); a UUID is
-    /// generated when none is present.
+    /// Field used as `payment_request_reference` (default `["reference"]`). When none is
+    /// present the reference is derived from the request, the same for every retry of it:
+    /// `idem-` and 32 hex digits of SHA-256 over the path and the partner's idempotency key
+    /// (see [`idempotency_header`](Self::idempotency_header)), else `req-` and 32 hex digits of
+    /// SHA-256 over the path and the body as received.
     pub reference: Vec<String>,
+    /// The request header carrying the partner's idempotency key (default
+    /// `Idempotency-Key`; `""` = never read, the reference is then derived from the body).
+    pub idempotency_header: String,
     /// Partner-only fields removed from the forwarded body once consumed (default
     /// `["klarna_return_url", "klarna_app_return_url"]`; `[]` keeps everything).
     pub strip: Vec<String>,
@@ -403,6 +416,7 @@ impl Default for PartnerFieldsConfig {
             return_url: vec!["klarna_return_url".into(), "return_url".into()],
             app_return_url: vec!["klarna_app_return_url".into(), "app_return_url".into()],
             reference: vec!["reference".into()],
+            idempotency_header: "Idempotency-Key".into(),
             strip: vec!["klarna_return_url".into(), "klarna_app_return_url".into()],
         }
     }

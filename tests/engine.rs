@@ -71,3 +71,103 @@ fn every_fixture_through_the_engine() {
         );
     }
 }
+
+const SECRET: &str = "return-key-0123456789-0123456789-0123456789";
+
+fn engine_with_secrets(toml: &str) -> StepUp {
+    let config = klarna_stepup::StepUpConfig::from_toml(toml).unwrap();
+    StepUp::with_secrets(config, |_| Some(SECRET.into())).unwrap()
+}
+
+fn forwarded(engine: &StepUp, headers: &[(&str, &str)], body: &[u8], now: u64) -> (String, String) {
+    let headers: HeaderMap = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                HeaderName::try_from(*k).unwrap(),
+                HeaderValue::try_from(*v).unwrap(),
+            )
+        })
+        .collect();
+    let Route::Candidate(c) =
+        engine.classify(&Method::POST, &"/payments".parse().unwrap(), &headers)
+    else {
+        panic!("not a candidate")
+    };
+    match engine.rewrite_request(c, body, now) {
+        RequestVerdict::Injected { body, exchange } => {
+            (show(&body), exchange.reference().to_owned())
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_retry_forwards_the_same_bytes() {
+    let engine = engine_with_secrets(
+        r#"
+        [acquirer_return]
+        enabled = true
+        public_base_url = "https://pay.acquirer.example"
+        keys = [{ id = "r1", env = "R" }]
+        "#,
+    );
+    let body = br#"{"payment_method":"klarna","amount":100,"return_url":"https://shop.example/r?s={klarna.payment_request.state}"}"#;
+    let now = 1_800_000_100;
+    let key = [("idempotency-key", "9f1c-attempt")];
+    let (first, reference) = forwarded(&engine, &key, body, now);
+    let (retry, _) = forwarded(
+        &engine,
+        &[("Idempotency-Key", "9f1c-attempt")],
+        body,
+        now + 5,
+    );
+    assert_eq!(
+        first, retry,
+        "a retry 5 s later must forward the same bytes"
+    );
+    assert!(
+        reference.starts_with("idem-") && reference.len() == 37,
+        "{reference}"
+    );
+    assert!(first.contains(&format!(r#""payment_request_reference":"{reference}""#)));
+    assert!(
+        first.contains("https://pay.acquirer.example/klarna/return/"),
+        "{first}"
+    );
+
+    // Another idempotency key is another payment.
+    let (_, other) = forwarded(&engine, &[("idempotency-key", "another")], body, now);
+    assert_ne!(other, reference);
+    // Without a key, the request itself: the same body, the same reference.
+    let (a, unkeyed) = forwarded(&engine, &[], body, now);
+    let (b, _) = forwarded(&engine, &[], body, now + 5);
+    assert_eq!(a, b);
+    assert!(
+        unkeyed.starts_with("req-") && unkeyed.len() == 36,
+        "{unkeyed}"
+    );
+    let changed =
+        br#"{"payment_method":"klarna","amount":101,"return_url":"https://shop.example/r"}"#;
+    assert_ne!(forwarded(&engine, &[], changed, now).1, unkeyed);
+    // The partner's own reference still wins.
+    let own = br#"{"payment_method":"klarna","reference":"order-7","return_url":"https://shop.example/r"}"#;
+    assert_eq!(forwarded(&engine, &key, own, now).1, "order-7");
+}
+
+#[test]
+fn the_idempotency_header_is_configurable() {
+    let body = br#"{"payment_method":"klarna","return_url":"https://shop.example/r"}"#;
+    let custom =
+        StepUp::from_toml("[partner_fields]\nidempotency_header = \"X-Request-Key\"\n").unwrap();
+    let (_, r1) = forwarded(&custom, &[("x-request-key", "k1")], body, 0);
+    let (_, r2) = forwarded(&custom, &[("idempotency-key", "k1")], body, 0);
+    assert!(r1.starts_with("idem-"), "{r1}");
+    assert!(r2.starts_with("req-"), "{r2}");
+    let off = StepUp::from_toml("[partner_fields]\nidempotency_header = \"\"\n").unwrap();
+    assert!(forwarded(&off, &[("idempotency-key", "k1")], body, 0)
+        .1
+        .starts_with("req-"));
+    let bad = StepUp::from_toml("[partner_fields]\nidempotency_header = \"a b\"\n").unwrap_err();
+    assert_eq!(bad.0[0].key, "partner_fields.idempotency_header");
+}

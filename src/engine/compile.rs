@@ -50,6 +50,19 @@ pub(super) fn compile(
             p.add(key, "field names must not be empty");
         }
     }
+    let idempotency_header = match c.partner_fields.idempotency_header.as_str() {
+        "" => None,
+        name => match http::HeaderName::try_from(name) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                p.add(
+                    "partner_fields.idempotency_header",
+                    "must be a header name, or empty",
+                );
+                None
+            }
+        },
+    };
     let policy = ReturnUrlPolicy::new(&c.return_url_policy, &mut p);
     if let Some(url) = &c.defaults.return_url {
         if let Err(why) = policy.check_return_url(url) {
@@ -103,6 +116,7 @@ pub(super) fn compile(
         redirect_template,
         acquirer_return,
         webhooks,
+        idempotency_header,
         config: c,
     })
 }
@@ -177,6 +191,12 @@ fn acquirer_return(
             "must be a path starting with /",
         );
     }
+    if !(1..=7 * 86_400).contains(&r.token_expiry_bucket_secs) {
+        p.add(
+            "acquirer_return.token_expiry_bucket_secs",
+            "must be between 1 and 604800 (7 days)",
+        );
+    }
     let keys = keys("acquirer_return", &r.keys, 32, secret, p);
     if keys.is_empty() {
         return None;
@@ -188,6 +208,7 @@ fn acquirer_return(
         path: r.path.clone(),
         keys,
         lifetime_secs,
+        bucket_secs: r.token_expiry_bucket_secs.max(1),
         notify_path: r.notify_path.clone(),
         notify_timeout_ms: r.notify_timeout_ms,
     })

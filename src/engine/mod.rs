@@ -20,6 +20,7 @@ mod head;
 pub(crate) mod json;
 mod klarna;
 mod partner;
+mod reference;
 mod refusal;
 mod request;
 mod response;
@@ -95,6 +96,8 @@ struct Engine {
     redirect_template: Vec<TemplatePart>,
     acquirer_return: Option<ReturnEndpoint>,
     webhooks: Option<Webhooks>,
+    /// The partner's idempotency key header (`partner_fields.idempotency_header`).
+    idempotency_header: Option<http::HeaderName>,
 }
 
 impl std::fmt::Debug for StepUp {
@@ -129,6 +132,8 @@ pub enum Route {
 #[non_exhaustive]
 pub struct Candidate {
     route: u16,
+    /// What identifies the request (path, idempotency key), for a derived reference.
+    key: reference::RequestKey,
 }
 
 /// What the request side hands to the response side of one Klarna exchange.
@@ -278,7 +283,11 @@ impl StepUp {
         {
             return Route::PassThrough;
         }
-        Route::Candidate(Candidate { route: i as u16 })
+        let idempotency = e.idempotency_header.as_ref().and_then(|h| headers.get(h));
+        Route::Candidate(Candidate {
+            route: i as u16,
+            key: reference::RequestKey::new(path, idempotency.map(HeaderValue::as_bytes)),
+        })
     }
 
     /// Verifies an acquirer return (`Route::Return`) and says where the customer goes. `now`

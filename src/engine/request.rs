@@ -24,7 +24,7 @@ impl StepUp {
         if !e.is_klarna(&root) {
             return RequestVerdict::NotKlarna;
         }
-        match e.inject(body, &root, now) {
+        match e.inject(body, &root, candidate, now) {
             Ok((body, reference, return_url)) => RequestVerdict::Injected {
                 body,
                 exchange: Exchange {
@@ -61,6 +61,7 @@ impl Engine {
         &self,
         body: &[u8],
         root: &Object<'_>,
+        candidate: Candidate,
         now: u64,
     ) -> Result<(Vec<u8>, String, String), Refusal> {
         // Where step_up_config goes: walk inject_at; objects missing on the way are created.
@@ -126,7 +127,9 @@ impl Engine {
             })?),
             _ => None,
         };
-        let reference = self.choose_reference(root, suc.as_ref(), &prefix)?;
+        let reference = self.choose_reference(root, suc.as_ref(), &prefix, || {
+            candidate.key.reference(body)
+        })?;
         let return_url = self
             .choose_url(root, cic.as_ref(), &prefix, false)?
             .ok_or_else(|| {
@@ -256,12 +259,14 @@ impl Engine {
         Ok((out, reference.into_owned(), return_url.into_owned()))
     }
 
-    /// `payment_request_reference`: the caller's, else the partner field, else a new UUID.
+    /// `payment_request_reference`: the caller's, else the partner field, else `derived()`:
+    /// one derived from the request, the same for each retry of it (see `reference.rs`).
     fn choose_reference<'a>(
         &self,
         root: &Object<'a>,
         suc: Option<&Object<'a>>,
         prefix: &dyn Fn(&str) -> String,
+        derived: impl FnOnce() -> String,
     ) -> Result<Cow<'a, str>, Refusal> {
         let found = match suc.and_then(|s| s.get("payment_request_reference")) {
             Some(v) => Some((v, prefix("step_up_config.payment_request_reference"))),
@@ -269,7 +274,7 @@ impl Engine {
                 .map(|(name, v)| (v, name.to_owned())),
         };
         let Some((raw, param)) = found else {
-            return Ok(Cow::Owned(uuid::Uuid::new_v4().to_string()));
+            return Ok(Cow::Owned(derived()));
         };
         let value = json::as_str(raw)
             .ok_or_else(|| Refusal::invalid("invalid_reference", &param, "must be a string"))?;

@@ -35,6 +35,8 @@ pub(crate) struct ReturnEndpoint {
     /// (id, key); the first signs.
     pub keys: Vec<(String, Vec<u8>)>,
     pub lifetime_secs: u64,
+    /// Expiries are rounded up to a multiple of this (at least 1).
+    pub bucket_secs: u64,
     pub notify_path: Option<String>,
     pub notify_timeout_ms: u64,
 }
@@ -121,7 +123,7 @@ impl ReturnEndpoint {
         msg.push(VERSION);
         msg.push(key_id.len() as u8);
         msg.extend_from_slice(key_id.as_bytes());
-        msg.extend_from_slice(&now.saturating_add(self.lifetime_secs).to_be_bytes());
+        msg.extend_from_slice(&self.expiry(now).to_be_bytes());
         msg.extend_from_slice(&(reference.len() as u16).to_be_bytes());
         msg.extend_from_slice(reference.as_bytes());
         msg.extend_from_slice(partner_url.as_bytes());
@@ -148,6 +150,15 @@ impl ReturnEndpoint {
             }
         }
         url
+    }
+
+    /// The expiry of a token minted at `now`: at least the lifetime away, rounded up to the
+    /// bucket, so that every send within one bucket mints the same token.
+    pub fn expiry(&self, now: u64) -> u64 {
+        let at_least = now.saturating_add(self.lifetime_secs);
+        at_least
+            .div_ceil(self.bucket_secs)
+            .saturating_mul(self.bucket_secs)
     }
 
     /// Verifies the token in `uri` and fills the partner's URL. Forged, truncated, expired
@@ -251,5 +262,51 @@ impl<'a> Reader<'a> {
         let (head, rest) = self.0.split_at_checked(n).ok_or_else(invalid)?;
         self.0 = rest;
         Ok(head)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(lifetime_secs: u64, bucket_secs: u64) -> ReturnEndpoint {
+        ReturnEndpoint {
+            base: "https://acq.example".into(),
+            path: "/klarna/return".into(),
+            keys: vec![("k1".into(), vec![7; 32])],
+            lifetime_secs,
+            bucket_secs,
+            notify_path: None,
+            notify_timeout_ms: 500,
+        }
+    }
+
+    #[test]
+    fn expiries_round_up_to_the_bucket_so_retries_mint_the_same_url() {
+        let e = endpoint(4 * 3600, 3600);
+        let t = 1_800_000_100;
+        assert_eq!(e.expiry(t), 1_800_000_000 + 5 * 3600);
+        assert_eq!(e.expiry(t + 5), e.expiry(t));
+        assert!(e.expiry(t) >= t + 4 * 3600);
+        assert_eq!(e.expiry(1_800_000_000), 1_800_000_000 + 4 * 3600);
+        assert_eq!(endpoint(10, 1).expiry(t), t + 10);
+        let url = |now| {
+            e.return_url(
+                "https://p.example/r?s={klarna.payment_request.state}",
+                "ref-1",
+                now,
+            )
+        };
+        assert_eq!(url(t), url(t + 5));
+        assert_ne!(url(t), url(t + 3600));
+        // A token minted early in its bucket still resolves until its (rounded) expiry.
+        let uri: Uri = url(t)
+            .strip_prefix("https://acq.example")
+            .unwrap()
+            .replace("{klarna.payment_request.state}", "COMPLETED")
+            .parse()
+            .unwrap();
+        assert!(e.resolve(&uri, e.expiry(t)).is_ok());
+        assert!(e.resolve(&uri, e.expiry(t) + 1).is_err());
     }
 }
