@@ -39,6 +39,7 @@
 //! authorized = "authorized"
 //! declined = "declined"
 //! redirect_url = "{payment_request_url}"  # or "https://pay.acquirer.example/r/{payment_request_id}"
+//! placement = "in_place"               # or "top_level": beside the payment API's own members
 //! ```
 
 use std::fmt;
@@ -476,6 +477,25 @@ pub struct PartnerResponseConfig {
     /// `redirect_url` template with `{payment_request_url}`, `{payment_request_id}` and
     /// `{payment_request_reference}` (default `{payment_request_url}`).
     pub redirect_url: String,
+    /// Where the partner block goes in the payment API's answer (default
+    /// [`Placement::InPlace`]).
+    pub placement: Placement,
+}
+
+/// Where the partner block goes in the payment API's answer: `partner_response.placement`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Placement {
+    /// `"in_place"`: where Klarna's answer was: the whole body, or the value at
+    /// `klarna_answer_at`.
+    #[default]
+    InPlace,
+    /// `"top_level"`: Klarna's answer at `klarna_answer_at` is removed, and `status`,
+    /// `redirect_url` (pending only) and `klarna` are set at the top level of the payment
+    /// API's JSON (in place when it has them already); every other member is kept byte for
+    /// byte. Needs `klarna_answer_at`.
+    TopLevel,
 }
 
 impl Default for PartnerResponseConfig {
@@ -485,6 +505,7 @@ impl Default for PartnerResponseConfig {
             authorized: "authorized".into(),
             declined: "declined".into(),
             redirect_url: "{payment_request_url}".into(),
+            placement: Placement::InPlace,
         }
     }
 }

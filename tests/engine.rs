@@ -171,3 +171,76 @@ fn the_idempotency_header_is_configurable() {
     let bad = StepUp::from_toml("[partner_fields]\nidempotency_header = \"a b\"\n").unwrap_err();
     assert_eq!(bad.0[0].key, "partner_fields.idempotency_header");
 }
+
+#[test]
+fn top_level_placement_needs_an_answer_place() {
+    let err = StepUp::from_toml("[partner_response]\nplacement = \"top_level\"\n").unwrap_err();
+    assert_eq!(err.0[0].key, "partner_response.placement", "{err}");
+    let err = StepUp::from_toml("[partner_response]\nplacement = \"nested\"\n").unwrap_err();
+    assert!(err.to_string().contains("unknown variant"), "{err}");
+    assert!(StepUp::from_toml(
+        "klarna_answer_at = \"k\"\n[partner_response]\nplacement = \"in_place\"\n"
+    )
+    .is_ok());
+}
+
+fn rewritten(engine: &StepUp, answer: &str) -> String {
+    let body =
+        br#"{"payment_method":"klarna","reference":"r-1","return_url":"https://shop.example/r"}"#;
+    let Route::Candidate(c) = engine.classify(
+        &Method::POST,
+        &"/payments".parse().unwrap(),
+        &HeaderMap::new(),
+    ) else {
+        panic!("not a candidate")
+    };
+    let RequestVerdict::Injected { exchange, .. } = engine.rewrite_request(c, body, 0) else {
+        panic!("not injected")
+    };
+    match engine.rewrite_response(
+        &exchange,
+        StatusCode::OK,
+        &HeaderMap::new(),
+        answer.as_bytes(),
+    ) {
+        ResponseVerdict::Rewritten { body, .. } => show(&body),
+        ResponseVerdict::Keep(reason) => panic!("kept: {reason}"),
+    }
+}
+
+#[test]
+fn top_level_placement_edges() {
+    let at = |path: &str| {
+        StepUp::from_toml(&format!(
+            "klarna_answer_at = \"{path}\"\n[partner_response]\nplacement = \"top_level\"\n"
+        ))
+        .unwrap()
+    };
+    let declined = r#"{"payment_transaction_response":{"result":"DECLINED"}}"#;
+    // Klarna's answer was all there was.
+    assert_eq!(
+        rewritten(&at("k"), &format!(r#"{{ "k" : {declined} }}"#)),
+        r#"{ "status":"declined","klarna":{}}"#
+    );
+    // Earlier duplicates of a member the block sets go; the last is replaced in place.
+    assert_eq!(
+        rewritten(
+            &at("k"),
+            &format!(r#"{{"status":1,"a":2,"status":3,"k":{declined},"z":[]}}"#)
+        ),
+        r#"{"a":2,"status":"declined","z":[],"klarna":{}}"#
+    );
+    // The answer inside the payment API's own klarna member: replaced whole, once.
+    assert_eq!(
+        rewritten(
+            &at("klarna.answer"),
+            &format!(r#"{{"id":1,"klarna":{{"answer":{declined},"psp":"x"}}}}"#)
+        ),
+        r#"{"id":1,"klarna":{},"status":"declined"}"#
+    );
+    // The answer was the only member of its parent.
+    assert_eq!(
+        rewritten(&at("p.k"), &format!(r#"{{"p":{{"k":{declined}}},"id":1}}"#)),
+        r#"{"p":{},"id":1,"status":"declined","klarna":{}}"#
+    );
+}

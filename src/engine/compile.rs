@@ -6,7 +6,7 @@ use super::return_url::ReturnUrlPolicy;
 use super::routes::RoutePattern;
 use super::webhook::Webhooks;
 use super::Engine;
-use crate::config::{ConfigErrors, Problems, StepUpConfig};
+use crate::config::{ConfigErrors, Placement, Problems, StepUpConfig};
 
 /// Validates `c` into an engine; secret keys are read through `secret(env_var_name)`.
 pub(super) fn compile(
@@ -98,6 +98,12 @@ pub(super) fn compile(
         }
     }
     let redirect_template = TemplatePart::parse(&words.redirect_url, &mut p);
+    if words.placement == Placement::TopLevel && answer_at.is_empty() {
+        p.add(
+            "partner_response.placement",
+            "\"top_level\" needs klarna_answer_at (the place of Klarna's answer to remove)",
+        );
+    }
     let expiry = c
         .defaults
         .interaction_expiry
