@@ -33,6 +33,7 @@
 //! http_hosts = ["localhost"]           # hosts for which plain http is allowed
 //! allowed_hosts = ["*.partner.example"] # empty = any host
 //! max_length = 2000
+//! extra_placeholders = []              # e.g. ["{klarna.payment_request.locale}"]
 //!
 //! [partner_response]
 //! pending = "pending"
@@ -450,6 +451,10 @@ pub struct ReturnUrlPolicyConfig {
     pub allowed_hosts: Vec<String>,
     /// Longest URL accepted, in bytes (default 2000).
     pub max_length: usize,
+    /// Placeholders accepted besides Klarna's documented ones, e.g.
+    /// `["{klarna.payment_request.locale}"]` (default none). Anything else in braces is
+    /// refused, so that a typo never reaches Klarna.
+    pub extra_placeholders: Vec<String>,
 }
 
 impl Default for ReturnUrlPolicyConfig {
@@ -459,6 +464,7 @@ impl Default for ReturnUrlPolicyConfig {
             http_hosts: Vec::new(),
             allowed_hosts: Vec::new(),
             max_length: 2000,
+            extra_placeholders: Vec::new(),
         }
     }
 }

@@ -244,3 +244,22 @@ fn top_level_placement_edges() {
         r#"{"p":{},"id":1,"status":"declined","klarna":{}}"#
     );
 }
+
+#[test]
+fn acquirer_return_without_webhooks_is_warned_about() {
+    let on = r#"
+        [acquirer_return]
+        enabled = true
+        public_base_url = "https://pay.acquirer.example"
+        keys = [{ id = "r1", env = "R" }]
+    "#;
+    let warned = engine_with_secrets(on);
+    let keys: Vec<_> = warned.warnings().iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(keys, ["webhooks.enabled"]);
+    assert!(warned.warnings()[0].reason.contains("mandatory"));
+    let with_webhooks = engine_with_secrets(&format!(
+        "{on}\n[webhooks]\nenabled = true\nkeys = [{{ id = \"w1\", env = \"W\" }}]\n"
+    ));
+    assert!(with_webhooks.warnings().is_empty());
+    assert!(StepUp::from_toml("").unwrap().warnings().is_empty());
+}

@@ -114,6 +114,15 @@ pub(super) fn compile(
     if !p.0.is_empty() {
         return Err(ConfigErrors(p.0));
     }
+    let mut warnings = Problems::default();
+    if c.acquirer_return.enabled && !c.webhooks.enabled {
+        warnings.add(
+            "webhooks.enabled",
+            "the acquirer return is on and webhooks are off: a return can be lost (app \
+             switches, closed tabs) and anyone who knows the URL can make one, so Klarna's \
+             step-up guide calls webhooks mandatory",
+        );
+    }
     Ok(Engine {
         routes,
         inject_at,
@@ -123,6 +132,7 @@ pub(super) fn compile(
         acquirer_return,
         webhooks,
         idempotency_header,
+        warnings: warnings.0,
         config: c,
     })
 }
@@ -208,12 +218,13 @@ fn acquirer_return(
         return None;
     }
     // Klarna's default Payment Request lifetime is 3 hours.
-    let lifetime_secs = expiry.unwrap_or(3 * 3600) + r.token_margin_secs;
     Some(ReturnEndpoint {
         base: base.to_owned(),
         path: r.path.clone(),
         keys,
-        lifetime_secs,
+        default_request_secs: expiry.unwrap_or(3 * 3600),
+        margin_secs: r.token_margin_secs,
+        extra_placeholders: policy.extra_placeholders.clone(),
         bucket_secs: r.token_expiry_bucket_secs.max(1),
         notify_path: r.notify_path.clone(),
         notify_timeout_ms: r.notify_timeout_ms,
@@ -267,7 +278,7 @@ fn dot_path(key: &str, path: &str, p: &mut Problems) -> Vec<String> {
 }
 
 /// Seconds in an ISO 8601 duration of days, hours, minutes and seconds (`P1D`, `PT15M`).
-fn iso_duration_secs(s: &str) -> Option<u64> {
+pub(super) fn iso_duration_secs(s: &str) -> Option<u64> {
     let rest = s.strip_prefix('P')?;
     let (date, time) = rest.split_once('T').unwrap_or((rest, ""));
     if rest.is_empty() || rest.ends_with('T') {

@@ -35,7 +35,7 @@ use std::time::Duration;
 use http::header::HeaderValue;
 use http::{HeaderMap, Method, StatusCode, Uri};
 
-use crate::config::{ConfigErrors, StepUpConfig};
+use crate::config::{ConfigError, ConfigErrors, StepUpConfig};
 use compile::TemplatePart;
 use return_token::ReturnEndpoint;
 use return_url::ReturnUrlPolicy;
@@ -98,6 +98,8 @@ struct Engine {
     webhooks: Option<Webhooks>,
     /// The partner's idempotency key header (`partner_fields.idempotency_header`).
     idempotency_header: Option<http::HeaderName>,
+    /// What is valid but unwise in the configuration.
+    warnings: Vec<ConfigError>,
 }
 
 impl std::fmt::Debug for StepUp {
@@ -186,6 +188,8 @@ pub enum ResponseVerdict {
         body: Vec<u8>,
         /// Which Klarna answer it was.
         result: AuthorizeResult,
+        /// The Payment Request's id, on `STEP_UP_REQUIRED` (for logs and metrics).
+        payment_request_id: Option<String>,
     },
     /// Send the upstream's bytes untouched, marked `passthrough`.
     Keep(KeepReason),
@@ -240,6 +244,13 @@ impl StepUp {
     /// The effective configuration, defaults spelled out.
     pub fn config(&self) -> &StepUpConfig {
         &self.inner.config
+    }
+
+    /// What is valid but unwise in the configuration, each naming its key, for
+    /// `check-config` and start-up logs. Today: the acquirer return on with webhooks off
+    /// (Klarna's step-up guide calls webhooks mandatory: a return can be lost or forged).
+    pub fn warnings(&self) -> &[ConfigError] {
+        &self.inner.warnings
     }
 
     /// Largest candidate body that is buffered; larger ones get a 413. Also the largest

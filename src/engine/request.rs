@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 
+use super::compile::iso_duration_secs;
 use super::json::{self, Edits, Object};
 use super::{Candidate, Engine, Exchange, Refusal, RequestVerdict, StepUp};
 
@@ -160,7 +161,12 @@ impl Engine {
             // URL travels signed inside it. A return_url the caller set itself is left alone.
             match &self.acquirer_return {
                 Some(r) => {
-                    let url = r.return_url(&return_url, &reference, now);
+                    let url = r.return_url(
+                        &return_url,
+                        &reference,
+                        self.request_secs(cic.as_ref()),
+                        now,
+                    );
                     json::write_member(&mut cic_members, "return_url", &url);
                 }
                 None => json::write_member(&mut cic_members, "return_url", &return_url),
@@ -336,6 +342,30 @@ impl Engine {
         match checked {
             Ok(()) => Ok(Some(value)),
             Err(why) => Err(Refusal::invalid(code, param, why)),
+        }
+    }
+
+    /// How long the Payment Request can live, when the partner (its own
+    /// `interaction_expiry.duration`) or the configuration set it: at most 48 hours, Klarna's
+    /// limit (a duration the layer cannot read counts as the limit). `None`: Klarna's default.
+    fn request_secs(&self, cic: Option<&Object<'_>>) -> Option<u64> {
+        const MAX: u64 = 48 * 3600;
+        match cic
+            .and_then(|c| c.get("interaction_expiry"))
+            .filter(|v| *v != "null")
+        {
+            Some(raw) => Some(
+                Object::from_raw(raw)
+                    .and_then(|o| o.get_str("duration"))
+                    .and_then(|d| iso_duration_secs(&d))
+                    .map_or(MAX, |s| s.min(MAX)),
+            ),
+            None => self
+                .config
+                .defaults
+                .interaction_expiry
+                .as_deref()
+                .and_then(iso_duration_secs),
         }
     }
 

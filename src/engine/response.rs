@@ -115,7 +115,11 @@ impl StepUp {
             return ResponseVerdict::Keep(KeepReason::Undecodable);
         };
         match self.inner.rewrite(exchange, &body) {
-            Ok((body, result)) => ResponseVerdict::Rewritten { body, result },
+            Ok((body, result, payment_request_id)) => ResponseVerdict::Rewritten {
+                body,
+                result,
+                payment_request_id,
+            },
             Err(reason) => ResponseVerdict::Keep(reason),
         }
     }
@@ -137,7 +141,7 @@ impl Engine {
         &self,
         exchange: &Exchange,
         body: &[u8],
-    ) -> Result<(Vec<u8>, AuthorizeResult), KeepReason> {
+    ) -> Result<(Vec<u8>, AuthorizeResult, Option<String>), KeepReason> {
         // Locate the answer: the whole body, or the value at klarna_answer_at.
         let (parsed, nested): (AuthorizeAnswer<'_>, _) = if self.answer_at.is_empty() {
             (
@@ -194,17 +198,23 @@ impl Engine {
             klarna::DECLINED => (self.declined_block(&parsed), AuthorizeResult::Declined),
             _ => return Err(KeepReason::UnknownResult),
         };
+        let id = parsed
+            .payment_request
+            .as_ref()
+            .and_then(|pr| pr.id())
+            .filter(|_| result == AuthorizeResult::StepUpRequired)
+            .map(str::to_owned);
         let Some(nested) = nested else {
-            return Ok((block, result));
+            return Ok((block, result, id));
         };
         if self.config.partner_response.placement == Placement::TopLevel {
             if let Some(out) = top_level(body, &nested, &block, &self.answer_at) {
-                return Ok((out, result));
+                return Ok((out, result, id));
             }
         }
         let mut edits = Edits::default();
         edits.replace(json::span(body, nested.answer), block);
-        Ok((edits.apply(body), result))
+        Ok((edits.apply(body), result, id))
     }
 
     fn pending_block(

@@ -320,6 +320,7 @@ where
     B: Body<Data = Bytes>,
 {
     let (mut parts, body) = res.into_parts();
+    record.answer_head(&parts.headers);
     if let ResponsePlan::Keep(reason) =
         step_up.response_plan(exchange, parts.status, &parts.headers)
     {
@@ -352,8 +353,12 @@ where
     let verdict =
         record.timed(|| step_up.rewrite_response(exchange, parts.status, &parts.headers, &raw));
     match verdict {
-        ResponseVerdict::Rewritten { body, result } => {
-            record.rewritten(result);
+        ResponseVerdict::Rewritten {
+            body,
+            result,
+            payment_request_id,
+        } => {
+            record.rewritten(result, payment_request_id);
             engine::mark_rewritten(&mut parts.headers);
             parts
                 .headers
