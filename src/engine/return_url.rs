@@ -380,8 +380,10 @@ mod tests {
         assert!(policy(|_| {})
             .check_return_url("https://p.example/r?l={klarna.payment_request.locale}")
             .is_err());
-        let mut c = ReturnUrlPolicyConfig::default();
-        c.extra_placeholders = vec!["{ok.name}".into(), "no-braces".into(), "{a}b}".into()];
+        let c = ReturnUrlPolicyConfig {
+            extra_placeholders: vec!["{ok.name}".into(), "no-braces".into(), "{a}b}".into()],
+            ..ReturnUrlPolicyConfig::default()
+        };
         let mut problems = Problems::default();
         ReturnUrlPolicy::new(&c, &mut problems);
         let keys: Vec<_> = problems.0.iter().map(|e| e.key.as_str()).collect();
