@@ -314,6 +314,10 @@ pub struct WebhooksConfig {
     pub keys: Vec<KeyConfig>,
     /// Largest webhook body, in bytes (default 64 KiB).
     pub body_limit: usize,
+    /// How long the tower adapter waits for the payment API to take a relayed webhook, in ms
+    /// (default 10000); past it Klarna gets the 503 and retries. Pingora's relay is bounded by
+    /// the proxy's own upstream timeouts.
+    pub relay_timeout_ms: u64,
 }
 
 impl WebhooksConfig {
@@ -342,6 +346,7 @@ impl Default for WebhooksConfig {
             relay_path: "/webhooks/klarna".into(),
             keys: Vec::new(),
             body_limit: 64 * 1024,
+            relay_timeout_ms: 10_000,
         }
     }
 }

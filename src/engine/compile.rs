@@ -254,6 +254,9 @@ fn webhooks(
     if w.body_limit == 0 {
         p.add("webhooks.body_limit", "must be at least 1 byte");
     }
+    if w.relay_timeout_ms == 0 {
+        p.add("webhooks.relay_timeout_ms", "must be at least 1 ms");
+    }
     let keys = keys("webhooks", &w.keys, 1, secret, p);
     Some(Webhooks {
         path: w.path.clone(),

@@ -376,6 +376,12 @@ impl StepUp {
         self.inner.webhooks.as_ref().map_or("", |w| &w.relay_path)
     }
 
+    /// How long a relayed webhook may wait for the payment API (`webhooks.relay_timeout_ms`;
+    /// the tower adapter's bound, Pingora's relay has the proxy's upstream timeouts).
+    pub fn webhook_relay_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.config.webhooks.relay_timeout_ms)
+    }
+
     /// The largest webhook body accepted.
     pub fn webhook_body_limit(&self) -> usize {
         self.inner.webhooks.as_ref().map_or(0, |w| w.body_limit)

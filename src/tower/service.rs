@@ -227,11 +227,14 @@ where
     record.webhook_verified(&event);
     engine::relay_request(&mut parts.headers, &event);
     parts.uri = with_path(&parts.uri, step_up.webhook_relay_path());
-    let relayed = inner
-        .call(Request::from_parts(parts, StepUpBody::full(body)))
-        .await;
+    // Bounded: Klarna must hear back (and retry on a 503) even if the payment API hangs.
+    let relayed = tokio::time::timeout(
+        step_up.webhook_relay_timeout(),
+        inner.call(Request::from_parts(parts, StepUpBody::full(body))),
+    )
+    .await;
     let res = match relayed {
-        Ok(res) => match step_up.webhook_accepted(res.status()) {
+        Ok(Ok(res)) => match step_up.webhook_accepted(res.status()) {
             Ok(()) => {
                 record.relayed(res.status().as_u16());
                 let mut res = res.map(StepUpBody::new);
@@ -243,7 +246,7 @@ where
                 r.to_response().map(StepUpBody::full)
             }
         },
-        Err(_) => {
+        Ok(Err(_)) | Err(_) => {
             record.not_relayed(None);
             Refusal::webhook_not_accepted()
                 .to_response()
