@@ -1,8 +1,9 @@
 //! What step-up did with one request: the [`Outcome`], sizes and engine time, handed to an
 //! adapter's observation hook, and the log lines both adapters write for the same events.
 //!
-//! Logs name the route pattern, the `payment_request_reference`, outcomes, reasons and
-//! status codes; never URLs, tokens, keys or bodies.
+//! Logs name the route pattern, the `payment_request_reference`, the `payment_request_id`,
+//! Klarna's `klarna-correlation-id`, outcomes, reasons and status codes; never URLs, tokens,
+//! keys or bodies.
 
 // Without an adapter (an engine-only build) the adapters' helpers here go unused.
 #![cfg_attr(not(any(feature = "tower", feature = "pingora")), allow(dead_code))]
@@ -86,7 +87,20 @@ pub struct Record {
     started: Instant,
     duration: Option<Duration>,
     status: Option<u16>,
+    payment_request_id: Option<String>,
+    klarna_correlation_id: Option<String>,
     span: tracing::Span,
+}
+
+/// Klarna's response header worth logging.
+const KLARNA_CORRELATION_ID: http::HeaderName =
+    http::HeaderName::from_static("klarna-correlation-id");
+
+/// `value` if it is fit for a log field: 1 to 128 visible ASCII characters (ids are; anything
+/// else is not Klarna's id and is left out).
+fn loggable(value: &str) -> Option<String> {
+    ((1..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| value.to_owned())
 }
 
 impl Default for Record {
@@ -100,6 +114,8 @@ impl Default for Record {
             started: Instant::now(),
             duration: None,
             status: None,
+            payment_request_id: None,
+            klarna_correlation_id: None,
             span: tracing::Span::none(),
         }
     }
@@ -138,6 +154,18 @@ impl Record {
         self.status
     }
 
+    /// The Klarna Payment Request this request was about, when step-up saw its id: in a
+    /// `STEP_UP_REQUIRED` answer it rewrote, on an acquirer return, or in a webhook.
+    pub fn payment_request_id(&self) -> Option<&str> {
+        self.payment_request_id.as_deref()
+    }
+
+    /// The `klarna-correlation-id` header of the answer to a Klarna request, when the payment
+    /// API passed Klarna's on (quote it to Klarna's support).
+    pub fn klarna_correlation_id(&self) -> Option<&str> {
+        self.klarna_correlation_id.as_deref()
+    }
+
     /// The request's `klarna_stepup` tracing span (disabled for requests step-up leaves
     /// alone).
     pub fn span(&self) -> &tracing::Span {
@@ -154,6 +182,8 @@ impl Record {
                 "klarna_stepup",
                 route,
                 payment_request_reference = tracing::field::Empty,
+                payment_request_id = tracing::field::Empty,
+                klarna_correlation_id = tracing::field::Empty,
                 outcome = tracing::field::Empty,
             ),
             ..Record::default()
@@ -185,6 +215,25 @@ impl Record {
         self.span.record("payment_request_reference", reference);
     }
 
+    fn payment_request(&mut self, id: Option<&str>) {
+        if let Some(id) = id.and_then(loggable) {
+            self.span.record("payment_request_id", id.as_str());
+            self.payment_request_id = Some(id);
+        }
+    }
+
+    /// The head of the answer to a Klarna request: Klarna's correlation id, if passed on.
+    pub(crate) fn answer_head(&mut self, headers: &http::HeaderMap) {
+        let id = headers
+            .get(KLARNA_CORRELATION_ID)
+            .and_then(|v| v.to_str().ok())
+            .and_then(loggable);
+        if let Some(id) = id {
+            self.span.record("klarna_correlation_id", id.as_str());
+            self.klarna_correlation_id = Some(id);
+        }
+    }
+
     /// A Klarna request was injected; its answer is still to come.
     pub(crate) fn injected(&mut self, exchange: &Exchange) {
         self.reference(exchange.reference());
@@ -211,7 +260,12 @@ impl Record {
     }
 
     /// The answer to a Klarna request was rewritten.
-    pub(crate) fn rewritten(&mut self, result: AuthorizeResult) {
+    pub(crate) fn rewritten(
+        &mut self,
+        result: AuthorizeResult,
+        payment_request_id: Option<String>,
+    ) {
+        self.payment_request(payment_request_id.as_deref());
         self.outcome = Outcome::Rewritten;
         self.span.in_scope(|| {
             tracing::debug!(result = result.label(), "klarna answer rewritten");
@@ -229,6 +283,7 @@ impl Record {
     /// An acquirer return, redirected.
     pub(crate) fn redirected(&mut self, redirect: &ReturnRedirect) {
         self.reference(&redirect.reference);
+        self.payment_request(redirect.payment_request_id.as_deref());
         self.outcome = Outcome::Redirected;
         self.span.in_scope(|| {
             tracing::info!(state = redirect.state.as_deref(), "acquirer return");
@@ -251,6 +306,7 @@ impl Record {
         if let Some(reference) = event.reference.as_deref() {
             self.reference(reference);
         }
+        self.payment_request(event.payment_request_id.as_deref());
         self.span.in_scope(|| {
             tracing::debug!(event_type = event.event_type.as_deref(), "webhook verified");
         });

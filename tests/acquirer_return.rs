@@ -118,14 +118,61 @@ fn round_trip_fills_the_partner_url_and_redirects() {
 }
 
 #[test]
-fn only_the_placeholders_the_partner_uses_travel() {
+fn the_id_and_state_always_travel_the_token_only_when_used() {
     let e = engine(&[("k1", KEY_OLD)]);
     let sent = klarna_return_url(&e, "https://shop.example/done");
-    assert!(!sent.contains('?'), "{sent}");
+    assert!(
+        sent.ends_with("?id={klarna.payment_request.id}&state={klarna.payment_request.state}"),
+        "{sent}"
+    );
     let r = e
-        .resolve_return(&path_of(&sent.parse().unwrap()), now())
+        .resolve_return(&path_of(&klarna_fills(&sent)), now())
         .unwrap();
     assert_eq!(r.location, "https://shop.example/done");
+    // The acquirer learns them even though the partner's URL does not use them.
+    assert_eq!(
+        r.payment_request_id.as_deref(),
+        Some("krn:payment:eu1:request:abc")
+    );
+    assert_eq!(r.state.as_deref(), Some("COMPLETED"));
+}
+
+#[test]
+fn the_token_lives_as_long_as_the_payment_request_can() {
+    // The partner's own interaction_expiry (48 h): the token outlives Klarna's default 3 h.
+    let e = engine(&[("k1", KEY_OLD)]);
+    let Route::Candidate(c) = e.classify(
+        &Method::POST,
+        &"/payments".parse().unwrap(),
+        &HeaderMap::new(),
+    ) else {
+        panic!()
+    };
+    let body = serde_json::json!({"payment_method": "klarna", "reference": "order-78",
+        "step_up_config": {"customer_interaction_config": {
+            "interaction_expiry": {"duration": "PT48H"}}},
+        "klarna_return_url": "https://shop.example/done"});
+    let t = now();
+    let RequestVerdict::Injected { body, .. } =
+        e.rewrite_request(c, body.to_string().as_bytes(), t)
+    else {
+        panic!("not injected")
+    };
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let sent = v["step_up_config"]["customer_interaction_config"]["return_url"]
+        .as_str()
+        .unwrap();
+    let uri = path_of(&klarna_fills(sent));
+    assert!(e.resolve_return(&uri, t + 47 * 3600).is_ok());
+    // 48 h + the margin (1 h), rounded up to the hour: refused a bucket later at the latest.
+    assert!(e.resolve_return(&uri, t + 51 * 3600).is_err());
+    // Without it, Klarna's 3 hours + the margin.
+    let short = path_of(&klarna_fills(&klarna_return_url(
+        &e,
+        "https://shop.example/done",
+    )));
+    assert!(e.resolve_return(&short, t + 3 * 3600).is_ok());
+    assert!(e.resolve_return(&short, t + 6 * 3600).is_err());
 }
 
 #[test]

@@ -142,3 +142,48 @@ async fn binary_decline_flow_ends_declined() {
     let (state, _) = pay(common::demo_stack::start_binary().await, false).await;
     assert_eq!(state, "DECLINED");
 }
+
+/// A partner that retries (a timeout on its side) gets the same Payment Request back: the
+/// proxy forwards the same bytes, so the payment API's fixed `Klarna-Idempotency-Key` replays
+/// Klarna's answer instead of meeting "already used with a different request body".
+async fn retry(stack: common::demo_stack::DemoStack) {
+    let proxy = stack.proxy_url.clone();
+    let reference = "order-retried";
+    let partner = serde_json::json!({
+        "payment_method": "klarna", "amount": 2500, "currency": "USD", "reference": reference,
+        "return_url": format!("{proxy}/shop/confirmation?reference={reference}&state={{klarna.payment_request.state}}"),
+    })
+    .to_string();
+    let mut ids = Vec::new();
+    for attempt in 0..2 {
+        if attempt == 1 {
+            // Long enough for the clock to tick: the return token must not change with it.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        let (status, headers, body) = call(
+            "POST",
+            &format!("{proxy}/payments"),
+            "application/json",
+            partner.clone(),
+        )
+        .await;
+        assert_eq!(status, 200, "attempt {attempt}: {body}");
+        assert_eq!(headers["x-klarna-stepup"], "rewritten");
+        let block: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(block["status"], "pending");
+        ids.push(block["klarna"]["payment_request_id"].clone());
+    }
+    assert!(ids[0].is_string(), "{ids:?}");
+    assert_eq!(ids[0], ids[1], "a retry created another Payment Request");
+}
+
+#[tokio::test]
+async fn tower_a_retried_payment_gets_the_same_payment_request() {
+    retry(common::demo_stack::start().await).await;
+}
+
+#[cfg(feature = "cli")]
+#[tokio::test]
+async fn binary_a_retried_payment_gets_the_same_payment_request() {
+    retry(common::demo_stack::start_binary().await).await;
+}

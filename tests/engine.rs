@@ -79,3 +79,195 @@ fn every_fixture_through_the_engine() {
         );
     }
 }
+
+const SECRET: &str = "return-key-0123456789-0123456789-0123456789";
+
+fn engine_with_secrets(toml: &str) -> StepUp {
+    let config = klarna_stepup::StepUpConfig::from_toml(toml).unwrap();
+    StepUp::with_secrets(config, |_| Some(SECRET.into())).unwrap()
+}
+
+fn forwarded(engine: &StepUp, headers: &[(&str, &str)], body: &[u8], now: u64) -> (String, String) {
+    let headers: HeaderMap = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                HeaderName::try_from(*k).unwrap(),
+                HeaderValue::try_from(*v).unwrap(),
+            )
+        })
+        .collect();
+    let Route::Candidate(c) =
+        engine.classify(&Method::POST, &"/payments".parse().unwrap(), &headers)
+    else {
+        panic!("not a candidate")
+    };
+    match engine.rewrite_request(c, body, now) {
+        RequestVerdict::Injected { body, exchange } => {
+            (show(&body), exchange.reference().to_owned())
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_retry_forwards_the_same_bytes() {
+    let engine = engine_with_secrets(
+        r#"
+        [acquirer_return]
+        enabled = true
+        public_base_url = "https://pay.acquirer.example"
+        keys = [{ id = "r1", env = "R" }]
+        "#,
+    );
+    let body = br#"{"payment_method":"klarna","amount":100,"return_url":"https://shop.example/r?s={klarna.payment_request.state}"}"#;
+    let now = 1_800_000_100;
+    let key = [("idempotency-key", "9f1c-attempt")];
+    let (first, reference) = forwarded(&engine, &key, body, now);
+    let (retry, _) = forwarded(
+        &engine,
+        &[("Idempotency-Key", "9f1c-attempt")],
+        body,
+        now + 5,
+    );
+    assert_eq!(
+        first, retry,
+        "a retry 5 s later must forward the same bytes"
+    );
+    assert!(
+        reference.starts_with("idem-") && reference.len() == 37,
+        "{reference}"
+    );
+    assert!(first.contains(&format!(r#""payment_request_reference":"{reference}""#)));
+    assert!(
+        first.contains("https://pay.acquirer.example/klarna/return/"),
+        "{first}"
+    );
+
+    // Another idempotency key is another payment.
+    let (_, other) = forwarded(&engine, &[("idempotency-key", "another")], body, now);
+    assert_ne!(other, reference);
+    // Without a key, the request itself: the same body, the same reference.
+    let (a, unkeyed) = forwarded(&engine, &[], body, now);
+    let (b, _) = forwarded(&engine, &[], body, now + 5);
+    assert_eq!(a, b);
+    assert!(
+        unkeyed.starts_with("req-") && unkeyed.len() == 36,
+        "{unkeyed}"
+    );
+    let changed =
+        br#"{"payment_method":"klarna","amount":101,"return_url":"https://shop.example/r"}"#;
+    assert_ne!(forwarded(&engine, &[], changed, now).1, unkeyed);
+    // The partner's own reference still wins.
+    let own = br#"{"payment_method":"klarna","reference":"order-7","return_url":"https://shop.example/r"}"#;
+    assert_eq!(forwarded(&engine, &key, own, now).1, "order-7");
+}
+
+#[test]
+fn the_idempotency_header_is_configurable() {
+    let body = br#"{"payment_method":"klarna","return_url":"https://shop.example/r"}"#;
+    let custom =
+        StepUp::from_toml("[partner_fields]\nidempotency_header = \"X-Request-Key\"\n").unwrap();
+    let (_, r1) = forwarded(&custom, &[("x-request-key", "k1")], body, 0);
+    let (_, r2) = forwarded(&custom, &[("idempotency-key", "k1")], body, 0);
+    assert!(r1.starts_with("idem-"), "{r1}");
+    assert!(r2.starts_with("req-"), "{r2}");
+    let off = StepUp::from_toml("[partner_fields]\nidempotency_header = \"\"\n").unwrap();
+    assert!(forwarded(&off, &[("idempotency-key", "k1")], body, 0)
+        .1
+        .starts_with("req-"));
+    let bad = StepUp::from_toml("[partner_fields]\nidempotency_header = \"a b\"\n").unwrap_err();
+    assert_eq!(bad.0[0].key, "partner_fields.idempotency_header");
+}
+
+#[test]
+fn top_level_placement_needs_an_answer_place() {
+    let err = StepUp::from_toml("[partner_response]\nplacement = \"top_level\"\n").unwrap_err();
+    assert_eq!(err.0[0].key, "partner_response.placement", "{err}");
+    let err = StepUp::from_toml("[partner_response]\nplacement = \"nested\"\n").unwrap_err();
+    assert!(err.to_string().contains("unknown variant"), "{err}");
+    assert!(StepUp::from_toml(
+        "klarna_answer_at = \"k\"\n[partner_response]\nplacement = \"in_place\"\n"
+    )
+    .is_ok());
+}
+
+fn rewritten(engine: &StepUp, answer: &str) -> String {
+    let body =
+        br#"{"payment_method":"klarna","reference":"r-1","return_url":"https://shop.example/r"}"#;
+    let Route::Candidate(c) = engine.classify(
+        &Method::POST,
+        &"/payments".parse().unwrap(),
+        &HeaderMap::new(),
+    ) else {
+        panic!("not a candidate")
+    };
+    let RequestVerdict::Injected { exchange, .. } = engine.rewrite_request(c, body, 0) else {
+        panic!("not injected")
+    };
+    match engine.rewrite_response(
+        &exchange,
+        StatusCode::OK,
+        &HeaderMap::new(),
+        answer.as_bytes(),
+    ) {
+        ResponseVerdict::Rewritten { body, .. } => show(&body),
+        ResponseVerdict::Keep(reason) => panic!("kept: {reason}"),
+    }
+}
+
+#[test]
+fn top_level_placement_edges() {
+    let at = |path: &str| {
+        StepUp::from_toml(&format!(
+            "klarna_answer_at = \"{path}\"\n[partner_response]\nplacement = \"top_level\"\n"
+        ))
+        .unwrap()
+    };
+    let declined = r#"{"payment_transaction_response":{"result":"DECLINED"}}"#;
+    // Klarna's answer was all there was.
+    assert_eq!(
+        rewritten(&at("k"), &format!(r#"{{ "k" : {declined} }}"#)),
+        r#"{ "status":"declined","klarna":{}}"#
+    );
+    // Earlier duplicates of a member the block sets go; the last is replaced in place.
+    assert_eq!(
+        rewritten(
+            &at("k"),
+            &format!(r#"{{"status":1,"a":2,"status":3,"k":{declined},"z":[]}}"#)
+        ),
+        r#"{"a":2,"status":"declined","z":[],"klarna":{}}"#
+    );
+    // The answer inside the payment API's own klarna member: replaced whole, once.
+    assert_eq!(
+        rewritten(
+            &at("klarna.answer"),
+            &format!(r#"{{"id":1,"klarna":{{"answer":{declined},"psp":"x"}}}}"#)
+        ),
+        r#"{"id":1,"klarna":{},"status":"declined"}"#
+    );
+    // The answer was the only member of its parent.
+    assert_eq!(
+        rewritten(&at("p.k"), &format!(r#"{{"p":{{"k":{declined}}},"id":1}}"#)),
+        r#"{"p":{},"id":1,"status":"declined","klarna":{}}"#
+    );
+}
+
+#[test]
+fn acquirer_return_without_webhooks_is_warned_about() {
+    let on = r#"
+        [acquirer_return]
+        enabled = true
+        public_base_url = "https://pay.acquirer.example"
+        keys = [{ id = "r1", env = "R" }]
+    "#;
+    let warned = engine_with_secrets(on);
+    let keys: Vec<_> = warned.warnings().iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(keys, ["webhooks.enabled"]);
+    assert!(warned.warnings()[0].reason.contains("mandatory"));
+    let with_webhooks = engine_with_secrets(&format!(
+        "{on}\n[webhooks]\nenabled = true\nkeys = [{{ id = \"w1\", env = \"W\" }}]\n"
+    ));
+    assert!(with_webhooks.warnings().is_empty());
+    assert!(StepUp::from_toml("").unwrap().warnings().is_empty());
+}

@@ -30,7 +30,13 @@ fn recorder(seen: &Seen) -> impl Fn(&Record) + Send + Sync + 'static {
             Some(code) => format!("{}:{code}", r.outcome().label()),
             None => r.outcome().label().to_owned(),
         };
-        seen.lock().unwrap().push(label);
+        // What the record says of Klarna's ids rides along: both adapters must agree on it.
+        let ids = format!(
+            "|{}|{}",
+            r.payment_request_id().unwrap_or("-"),
+            r.klarna_correlation_id().unwrap_or("-")
+        );
+        seen.lock().unwrap().push(label + &ids);
     }
 }
 
@@ -114,6 +120,15 @@ async fn both_adapters_report_the_same_outcome_for_every_fixture() {
             f.name
         );
         assert_eq!(tower, pingora, "{}: tower and Pingora disagree", f.name);
+        let (outcome, ids) = tower[0].split_once('|').unwrap();
+        if f.name == "step_up_required" {
+            assert_eq!(
+                ids, "krn:payment:eu1:request:552603c0-fe8b-4ab1-aacb-41d55fafbdb4|c0ffee",
+                "{}",
+                f.name
+            );
+        }
+        let tower = [outcome.to_owned()];
         let untouched = if tower[0] == "not_candidate" {
             "not_candidate"
         } else {

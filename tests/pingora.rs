@@ -581,3 +581,108 @@ async fn klarna_requests_keep_the_client_connection_alive() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Retries
+// ---------------------------------------------------------------------------------------
+
+/// Waits until the clock is at least `margin` seconds past, and `margin` before, a multiple of
+/// `bucket` (return tokens' expiries are rounded to it: a test that straddles a boundary would
+/// see two tokens, as documented).
+async fn clear_of_bucket_boundary(bucket: u64, margin: u64) {
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let into = now % bucket;
+        if into >= margin && bucket - into > margin {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_reaches_the_upstream_byte_identical_through_both_adapters() {
+    // Without a partner reference, with the acquirer return on: the two things that used to
+    // change between sends (a fresh UUID, an expiry to the second).
+    let config = klarna_stepup::StepUpConfig::from_toml(
+        r#"
+        [acquirer_return]
+        enabled = true
+        public_base_url = "https://pay.acquirer.example"
+        keys = [{ id = "r1", env = "RETURN_KEY" }]
+        "#,
+    )
+    .unwrap();
+    let step_up = StepUp::with_secrets(config, |_| Some("k".repeat(32))).unwrap();
+    let up = upstream::start().await;
+    let (_, answer) = step_up_answer();
+    up.set_answer(answer);
+    let tower = common::tower_proxy::start(step_up.clone(), up.addr).await;
+    let pingora = pingora_step_up(step_up, up.addr, LIMIT);
+    let small = br#"{"payment_method":"klarna","amount":11800,"currency":"USD","return_url":"https://shop.example/done?id={klarna.payment_request.id}"}"#.to_vec();
+    // Over 64 KiB: Pingora's streaming path.
+    let mut large = small.clone();
+    large.pop();
+    large.extend_from_slice(br#","padding":""#);
+    large.extend(std::iter::repeat_n(b'p', 70 * 1024));
+    large.extend_from_slice(br#""}"#);
+
+    clear_of_bucket_boundary(3600, 30).await;
+    let mut first_seen = std::collections::HashMap::new();
+    for (name, key) in [("keyed", Some("retry-me-1")), ("unkeyed", None)] {
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(key) = key {
+            headers.push(("Idempotency-Key", key));
+        }
+        for (proxy, adapter) in [(tower, "tower"), (pingora, "pingora")] {
+            for body in [&small, &large] {
+                let mut seen = Vec::new();
+                for attempt in 0..2 {
+                    if attempt == 1 {
+                        // The clock moves on: a second later, the same request again.
+                        tokio::time::sleep(Duration::from_millis(1100)).await;
+                    }
+                    let res = raw_request(
+                        proxy,
+                        "POST",
+                        "/payments",
+                        &headers,
+                        ReqBody::Length(body),
+                        LIMIT,
+                    )
+                    .await
+                    .unwrap();
+                    assert_eq!(res.status, 200, "{adapter} {name}: {}", show(&res.body));
+                    let got = up.take_received();
+                    assert_eq!(got.len(), 1);
+                    seen.push(got[0].body.clone());
+                }
+                let n = body.len();
+                assert!(
+                    seen[0] == seen[1],
+                    "{adapter} {name} ({n} bytes): a retry forwarded other bytes:\n{}\n{}",
+                    show(&seen[0][..seen[0].len().min(600)]),
+                    show(&seen[1][..seen[1].len().min(600)])
+                );
+                // And the same bytes whichever adapter forwarded them.
+                let tower_bytes = first_seen
+                    .entry((name, n))
+                    .or_insert_with(|| seen[0].clone());
+                assert!(
+                    *tower_bytes == seen[0],
+                    "{adapter} {name} ({n} bytes): adapters differ"
+                );
+                let text = show(&seen[0]);
+                let prefix = if key.is_some() { "\"idem-" } else { "\"req-" };
+                assert!(
+                    text.contains(&format!("\"payment_request_reference\":{prefix}")),
+                    "{adapter} {name}: {}",
+                    &text[text.len().saturating_sub(600)..]
+                );
+            }
+        }
+    }
+}

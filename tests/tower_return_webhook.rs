@@ -212,3 +212,38 @@ async fn a_forged_return_is_400_and_never_redirects() {
     assert_eq!(res.status(), 400);
     assert!(res.headers().get("location").is_none());
 }
+
+#[tokio::test]
+async fn a_payment_api_that_hangs_gets_klarna_a_503_within_the_relay_timeout() {
+    let toml = r#"
+        [webhooks]
+        enabled = true
+        keys = [{ id = "a", env = "WH" }]
+        relay_timeout_ms = 200
+    "#;
+    let step_up = klarna_stepup::StepUp::with_secrets(
+        klarna_stepup::StepUpConfig::from_toml(toml).unwrap(),
+        |_| Some(common::return_webhook::WEBHOOK_KEY.into()),
+    )
+    .unwrap();
+    let seen = Seen::default();
+    let svc = KlarnaStepUp::new(
+        payment_api(seen.clone(), 200, Duration::from_secs(30)),
+        step_up,
+    );
+    let started = Instant::now();
+    let res = svc.oneshot(signed_webhook(COMPLETED)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("webhook_not_accepted"));
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "it was relayed, then abandoned"
+    );
+}

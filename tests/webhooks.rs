@@ -157,7 +157,12 @@ fn the_token_is_found_where_klarna_puts_it() {
             r#"{"payment_token":"t3","state_context":{"payment_token":"t4"}}"#,
             Some("t3"),
         ),
-        (r#"{"state_context":{"payment_token":"t4"}}"#, Some("t4")),
+        (
+            r#"{"state_context":{"payment_token":"t4"},"interoperability_token":"t5"}"#,
+            Some("t4"),
+        ),
+        // Where an older revision puts it.
+        (r#"{"interoperability_token":"t5"}"#, Some("t5")),
         (r#"{"state":"DECLINED"}"#, None),
     ] {
         let body = format!(r#"{{"metadata":{{"event_type":"x"}},"payload":{payload}}}"#);

@@ -19,7 +19,8 @@
 //! [partner_fields]
 //! return_url = ["klarna_return_url", "return_url"]
 //! app_return_url = ["klarna_app_return_url", "app_return_url"]
-//! reference = ["reference"]
+//! reference = ["reference"]              # else derived from the request (stable across retries)
+//! idempotency_header = "Idempotency-Key"  # "" = derive from the body only
 //! strip = ["klarna_return_url", "klarna_app_return_url"]   # removed before forwarding
 //!
 //! [defaults]
@@ -32,6 +33,7 @@
 //! http_hosts = ["localhost"]           # hosts for which plain http is allowed
 //! allowed_hosts = ["*.partner.example"] # empty = any host
 //! max_length = 2000
+//! extra_placeholders = []              # e.g. ["{klarna.payment_request.locale}"]
 //!
 //! [klarna]
 //! purchase_journey_hosts = ["pay.klarna.com", "*.klarna.com"]  # hosts a payment_request_url may have (https)
@@ -42,6 +44,7 @@
 //! authorized = "authorized"
 //! declined = "declined"
 //! redirect_url = "{payment_request_url}"  # or "https://pay.acquirer.example/r/{payment_request_id}"
+//! placement = "in_place"               # or "top_level": beside the payment API's own members
 //! ```
 
 use std::fmt;
@@ -248,6 +251,11 @@ pub struct AcquirerReturnConfig {
     pub keys: Vec<KeyConfig>,
     /// Added to the payment request's lifetime to give the token's (default 3600 s).
     pub token_margin_secs: u64,
+    /// A token's expiry is rounded up to a multiple of this many seconds (default 3600), so
+    /// that a retry of the same request mints the same return URL, and forwards the same
+    /// bytes. A retry across a bucket boundary gets a new expiry (a retry 5 s later, with
+    /// hour buckets: 5 times in 3600).
+    pub token_expiry_bucket_secs: u64,
     /// When set, the payment API is told of each return with a `POST` here.
     pub notify_path: Option<String>,
     /// How long a notification may delay the redirect, in ms (default 500).
@@ -292,6 +300,7 @@ impl Default for AcquirerReturnConfig {
             path: "/klarna/return".into(),
             keys: Vec::new(),
             token_margin_secs: 3600,
+            token_expiry_bucket_secs: 3600,
             notify_path: None,
             notify_timeout_ms: 500,
         }
@@ -314,6 +323,10 @@ pub struct WebhooksConfig {
     pub keys: Vec<KeyConfig>,
     /// Largest webhook body, in bytes (default 64 KiB).
     pub body_limit: usize,
+    /// How long the tower adapter waits for the payment API to take a relayed webhook, in ms
+    /// (default 10000); past it Klarna gets the 503 and retries. Pingora's relay is bounded by
+    /// the proxy's own upstream timeouts.
+    pub relay_timeout_ms: u64,
 }
 
 impl WebhooksConfig {
@@ -342,6 +355,7 @@ impl Default for WebhooksConfig {
             relay_path: "/webhooks/klarna".into(),
             keys: Vec::new(),
             body_limit: 64 * 1024,
+            relay_timeout_ms: 10_000,
         }
     }
 }
@@ -398,9 +412,15 @@ pub struct PartnerFieldsConfig {
     pub return_url: Vec<String>,
     /// Default `["klarna_app_return_url", "app_return_url"]`.
     pub app_return_url: Vec<String>,
-    /// Field used as `payment_request_reference` (default `["reference"]`); a UUID is
-    /// generated when none is present.
+    /// Field used as `payment_request_reference` (default `["reference"]`). When none is
+    /// present the reference is derived from the request, the same for every retry of it:
+    /// `idem-` and 32 hex digits of SHA-256 over the path and the partner's idempotency key
+    /// (see [`idempotency_header`](Self::idempotency_header)), else `req-` and 32 hex digits of
+    /// SHA-256 over the path and the body as received.
     pub reference: Vec<String>,
+    /// The request header carrying the partner's idempotency key (default
+    /// `Idempotency-Key`; `""` = never read, the reference is then derived from the body).
+    pub idempotency_header: String,
     /// Partner-only fields removed from the forwarded body once consumed (default
     /// `["klarna_return_url", "klarna_app_return_url"]`; `[]` keeps everything).
     pub strip: Vec<String>,
@@ -412,6 +432,7 @@ impl Default for PartnerFieldsConfig {
             return_url: vec!["klarna_return_url".into(), "return_url".into()],
             app_return_url: vec!["klarna_app_return_url".into(), "app_return_url".into()],
             reference: vec!["reference".into()],
+            idempotency_header: "Idempotency-Key".into(),
             strip: vec!["klarna_return_url".into(), "klarna_app_return_url".into()],
         }
     }
@@ -444,6 +465,10 @@ pub struct ReturnUrlPolicyConfig {
     pub allowed_hosts: Vec<String>,
     /// Longest URL accepted, in bytes (default 2000).
     pub max_length: usize,
+    /// Placeholders accepted besides Klarna's documented ones, e.g.
+    /// `["{klarna.payment_request.locale}"]` (default none). Anything else in braces is
+    /// refused, so that a typo never reaches Klarna.
+    pub extra_placeholders: Vec<String>,
 }
 
 impl Default for ReturnUrlPolicyConfig {
@@ -453,6 +478,7 @@ impl Default for ReturnUrlPolicyConfig {
             http_hosts: Vec::new(),
             allowed_hosts: Vec::new(),
             max_length: 2000,
+            extra_placeholders: Vec::new(),
         }
     }
 }
@@ -495,6 +521,25 @@ pub struct PartnerResponseConfig {
     /// `redirect_url` template with `{payment_request_url}`, `{payment_request_id}` and
     /// `{payment_request_reference}` (default `{payment_request_url}`).
     pub redirect_url: String,
+    /// Where the partner block goes in the payment API's answer (default
+    /// [`Placement::InPlace`]).
+    pub placement: Placement,
+}
+
+/// Where the partner block goes in the payment API's answer: `partner_response.placement`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Placement {
+    /// `"in_place"`: where Klarna's answer was: the whole body, or the value at
+    /// `klarna_answer_at`.
+    #[default]
+    InPlace,
+    /// `"top_level"`: Klarna's answer at `klarna_answer_at` is removed, and `status`,
+    /// `redirect_url` (pending only) and `klarna` are set at the top level of the payment
+    /// API's JSON (in place when it has them already); every other member is kept byte for
+    /// byte. Needs `klarna_answer_at`.
+    TopLevel,
 }
 
 impl Default for PartnerResponseConfig {
@@ -504,6 +549,7 @@ impl Default for PartnerResponseConfig {
             authorized: "authorized".into(),
             declined: "declined".into(),
             redirect_url: "{payment_request_url}".into(),
+            placement: Placement::InPlace,
         }
     }
 }

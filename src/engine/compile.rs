@@ -6,7 +6,7 @@ use super::return_url::{PurchaseJourney, ReturnUrlPolicy};
 use super::routes::RoutePattern;
 use super::webhook::Webhooks;
 use super::Engine;
-use crate::config::{ConfigErrors, Problems, StepUpConfig};
+use crate::config::{ConfigErrors, Placement, Problems, StepUpConfig};
 
 /// Validates `c` into an engine; secret keys are read through `secret(env_var_name)`.
 pub(super) fn compile(
@@ -50,6 +50,19 @@ pub(super) fn compile(
             p.add(key, "field names must not be empty");
         }
     }
+    let idempotency_header = match c.partner_fields.idempotency_header.as_str() {
+        "" => None,
+        name => match http::HeaderName::try_from(name) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                p.add(
+                    "partner_fields.idempotency_header",
+                    "must be a header name, or empty",
+                );
+                None
+            }
+        },
+    };
     let policy = ReturnUrlPolicy::new(&c.return_url_policy, &mut p);
     let journey = PurchaseJourney::new(&c.klarna, &mut p);
     if let Some(url) = &c.defaults.return_url {
@@ -86,6 +99,12 @@ pub(super) fn compile(
         }
     }
     let redirect_template = TemplatePart::parse(&words.redirect_url, &mut p);
+    if words.placement == Placement::TopLevel && answer_at.is_empty() {
+        p.add(
+            "partner_response.placement",
+            "\"top_level\" needs klarna_answer_at (the place of Klarna's answer to remove)",
+        );
+    }
     let expiry = c
         .defaults
         .interaction_expiry
@@ -96,6 +115,15 @@ pub(super) fn compile(
     if !p.0.is_empty() {
         return Err(ConfigErrors(p.0));
     }
+    let mut warnings = Problems::default();
+    if c.acquirer_return.enabled && !c.webhooks.enabled {
+        warnings.add(
+            "webhooks.enabled",
+            "the acquirer return is on and webhooks are off: a return can be lost (app \
+             switches, closed tabs) and anyone who knows the URL can make one, so Klarna's \
+             step-up guide calls webhooks mandatory",
+        );
+    }
     Ok(Engine {
         routes,
         inject_at,
@@ -105,6 +133,8 @@ pub(super) fn compile(
         redirect_template,
         acquirer_return,
         webhooks,
+        idempotency_header,
+        warnings: warnings.0,
         config: c,
     })
 }
@@ -179,17 +209,25 @@ fn acquirer_return(
             "must be a path starting with /",
         );
     }
+    if !(1..=7 * 86_400).contains(&r.token_expiry_bucket_secs) {
+        p.add(
+            "acquirer_return.token_expiry_bucket_secs",
+            "must be between 1 and 604800 (7 days)",
+        );
+    }
     let keys = keys("acquirer_return", &r.keys, 32, secret, p);
     if keys.is_empty() {
         return None;
     }
     // Klarna's default Payment Request lifetime is 3 hours.
-    let lifetime_secs = expiry.unwrap_or(3 * 3600) + r.token_margin_secs;
     Some(ReturnEndpoint {
         base: base.to_owned(),
         path: r.path.clone(),
         keys,
-        lifetime_secs,
+        default_request_secs: expiry.unwrap_or(3 * 3600),
+        margin_secs: r.token_margin_secs,
+        extra_placeholders: policy.extra_placeholders.clone(),
+        bucket_secs: r.token_expiry_bucket_secs.max(1),
         notify_path: r.notify_path.clone(),
         notify_timeout_ms: r.notify_timeout_ms,
     })
@@ -218,6 +256,9 @@ fn webhooks(
     if w.body_limit == 0 {
         p.add("webhooks.body_limit", "must be at least 1 byte");
     }
+    if w.relay_timeout_ms == 0 {
+        p.add("webhooks.relay_timeout_ms", "must be at least 1 ms");
+    }
     let keys = keys("webhooks", &w.keys, 1, secret, p);
     Some(Webhooks {
         path: w.path.clone(),
@@ -243,7 +284,7 @@ fn dot_path(key: &str, path: &str, p: &mut Problems) -> Vec<String> {
 }
 
 /// Seconds in an ISO 8601 duration of days, hours, minutes and seconds (`P1D`, `PT15M`).
-fn iso_duration_secs(s: &str) -> Option<u64> {
+pub(super) fn iso_duration_secs(s: &str) -> Option<u64> {
     let rest = s.strip_prefix('P')?;
     let (date, time) = rest.split_once('T').unwrap_or((rest, ""));
     if rest.is_empty() || rest.ends_with('T') {

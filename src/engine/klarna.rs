@@ -63,6 +63,9 @@ pub struct PaymentRequest<'a> {
     /// A serialized JSON string (or, from some revisions, an object).
     #[serde(borrow)]
     pub payment_request_data: Option<&'a RawValue>,
+    /// When the Payment Request expires (up to nanosecond precision), as received.
+    #[serde(borrow)]
+    pub expires_at: Option<&'a RawValue>,
 }
 
 /// `payment_request.state_context`.

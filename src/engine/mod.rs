@@ -23,6 +23,7 @@ mod head;
 pub(crate) mod json;
 mod klarna;
 mod partner;
+mod reference;
 mod refusal;
 mod request;
 mod response;
@@ -37,7 +38,7 @@ use std::time::Duration;
 use http::header::HeaderValue;
 use http::{HeaderMap, Method, StatusCode, Uri};
 
-use crate::config::{ConfigErrors, StepUpConfig};
+use crate::config::{ConfigError, ConfigErrors, StepUpConfig};
 use compile::TemplatePart;
 use return_token::ReturnEndpoint;
 use return_url::{PurchaseJourney, ReturnUrlPolicy};
@@ -106,6 +107,10 @@ struct Engine {
     redirect_template: Vec<TemplatePart>,
     acquirer_return: Option<ReturnEndpoint>,
     webhooks: Option<Webhooks>,
+    /// The partner's idempotency key header (`partner_fields.idempotency_header`).
+    idempotency_header: Option<http::HeaderName>,
+    /// What is valid but unwise in the configuration.
+    warnings: Vec<ConfigError>,
 }
 
 impl std::fmt::Debug for StepUp {
@@ -176,6 +181,8 @@ impl HeadRefusal {
 #[non_exhaustive]
 pub struct Candidate {
     route: u16,
+    /// What identifies the request (path, idempotency key), for a derived reference.
+    key: reference::RequestKey,
 }
 
 /// What the request side hands to the response side of one Klarna exchange.
@@ -229,6 +236,8 @@ pub enum ResponseVerdict {
         body: Vec<u8>,
         /// Which Klarna answer it was.
         result: AuthorizeResult,
+        /// The Payment Request's id, on `STEP_UP_REQUIRED` (for logs and metrics).
+        payment_request_id: Option<String>,
     },
     /// Send the upstream's bytes untouched, marked `passthrough`.
     Keep(KeepReason),
@@ -286,6 +295,13 @@ impl StepUp {
         &self.inner.config
     }
 
+    /// What is valid but unwise in the configuration, each naming its key, for
+    /// `check-config` and start-up logs. Today: the acquirer return on with webhooks off
+    /// (Klarna's step-up guide calls webhooks mandatory: a return can be lost or forged).
+    pub fn warnings(&self) -> &[ConfigError] {
+        &self.inner.warnings
+    }
+
     /// Largest candidate body that is buffered; larger ones get a 413. Also the largest
     /// answer to a Klarna request that is read for a rewrite (larger ones pass through).
     pub fn body_limit(&self) -> usize {
@@ -328,8 +344,8 @@ impl StepUp {
                 return Route::Return;
             }
         }
-        let candidate = match e.routes.iter().position(|r| r.matches(method, raw)) {
-            Some(i) => Candidate { route: i as u16 },
+        let route = match e.routes.iter().position(|r| r.matches(method, raw)) {
+            Some(i) => i as u16,
             None => {
                 // Not an exact route: is it an ambiguous spelling of one? Only methods that
                 // could be a candidate's get this far.
@@ -343,12 +359,20 @@ impl StepUp {
                     .position(|r| r.matches_loosely(method, &canonical))
                 {
                     Some(i) => Route::Refused(HeadRefusal {
-                        candidate: Candidate { route: i as u16 },
+                        candidate: Candidate {
+                            route: i as u16,
+                            key: reference::RequestKey::new(path, None),
+                        },
                         reason: HeadReason::NonCanonicalPath,
                     }),
                     None => Route::PassThrough,
                 };
             }
+        };
+        let idempotency = e.idempotency_header.as_ref().and_then(|h| headers.get(h));
+        let candidate = Candidate {
+            route,
+            key: reference::RequestKey::new(path, idempotency.map(HeaderValue::as_bytes)),
         };
         // A body the layer cannot read is not forwarded unread.
         if let Some(reason) = head::unreadable_request_body(headers) {
@@ -433,6 +457,12 @@ impl StepUp {
     /// The payment API's path for verified webhooks.
     pub fn webhook_relay_path(&self) -> &str {
         self.inner.webhooks.as_ref().map_or("", |w| &w.relay_path)
+    }
+
+    /// How long a relayed webhook may wait for the payment API (`webhooks.relay_timeout_ms`;
+    /// the tower adapter's bound, Pingora's relay has the proxy's upstream timeouts).
+    pub fn webhook_relay_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.config.webhooks.relay_timeout_ms)
     }
 
     /// The largest webhook body accepted.

@@ -2,7 +2,8 @@
 //!
 //! ```json
 //! {"status":"pending","redirect_url":"…",
-//!  "klarna":{"payment_request_id":"…","payment_request_url":"…","payment_request_data":"{…}"}}
+//!  "klarna":{"payment_request_id":"…","payment_request_url":"…","payment_request_data":"{…}",
+//!            "expires_at":"…"}}
 //! ```
 
 use serde::Serialize;
@@ -28,6 +29,9 @@ pub struct PendingKlarna<'a> {
     pub payment_request_url: &'a str,
     /// For enterprise use: always a serialized JSON string.
     pub payment_request_data: JsonText<'a>,
+    /// When the Payment Request expires, as Klarna wrote it, when it said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<&'a RawValue>,
     /// Klarna's reverse pass-through data, when it sent some.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub klarna_network_response_data: Option<&'a RawValue>,
@@ -44,7 +48,8 @@ pub enum JsonText<'a> {
     Text(String),
 }
 
-/// The answer to an `APPROVED` or a `DECLINED`.
+/// The answer to a `DECLINED`. An `APPROVED` has the same shape, written by hand so that
+/// `klarna_network_response_data` can be spliced into Klarna's transaction as received.
 #[derive(Debug, Serialize)]
 pub struct FinalResponse<'a, K> {
     /// The configured word (default `authorized` or `declined`).
@@ -59,4 +64,7 @@ pub struct Declined<'a> {
     /// Klarna's reason, as received.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result_reason: Option<&'a RawValue>,
+    /// Klarna's reverse pass-through data, when it sent some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub klarna_network_response_data: Option<&'a RawValue>,
 }

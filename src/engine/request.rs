@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 
+use super::compile::iso_duration_secs;
 use super::json::{self, Edits, Object};
 use super::{Candidate, Engine, Exchange, Refusal, RequestVerdict, StepUp};
 
@@ -56,7 +57,7 @@ impl StepUp {
         if !klarna {
             return RequestVerdict::NotKlarna;
         }
-        match e.inject(body, &root, now) {
+        match e.inject(body, &root, candidate, now) {
             Ok((body, reference, return_url)) => RequestVerdict::Injected {
                 body,
                 exchange: Exchange {
@@ -237,6 +238,7 @@ impl Engine {
         &self,
         body: &[u8],
         root: &Object<'_>,
+        candidate: Candidate,
         now: u64,
     ) -> Result<(Vec<u8>, String, String), Refusal> {
         // Where step_up_config goes: walk inject_at; objects missing on the way are created.
@@ -302,7 +304,9 @@ impl Engine {
             })?),
             _ => None,
         };
-        let reference = self.choose_reference(root, suc.as_ref(), &prefix)?;
+        let reference = self.choose_reference(root, suc.as_ref(), &prefix, || {
+            candidate.key.reference(body)
+        })?;
         let (return_url, return_param) = self
             .choose_url(root, cic.as_ref(), &prefix, false)?
             .ok_or_else(|| {
@@ -335,7 +339,12 @@ impl Engine {
             // URL travels signed inside it. A return_url the caller set itself is left alone.
             match &self.acquirer_return {
                 Some(r) => {
-                    let url = r.return_url(&return_url, &reference, now);
+                    let url = r.return_url(
+                        &return_url,
+                        &reference,
+                        self.request_secs(cic.as_ref()),
+                        now,
+                    );
                     if url.len() > MAX_SIGNED_RETURN_URL {
                         return Err(Refusal::invalid(
                             "invalid_return_url",
@@ -446,12 +455,14 @@ impl Engine {
         Ok((out, reference.into_owned(), return_url.into_owned()))
     }
 
-    /// `payment_request_reference`: the caller's, else the partner field, else a new UUID.
+    /// `payment_request_reference`: the caller's, else the partner field, else `derived()`:
+    /// one derived from the request, the same for each retry of it (see `reference.rs`).
     fn choose_reference<'a>(
         &self,
         root: &Object<'a>,
         suc: Option<&Object<'a>>,
         prefix: &dyn Fn(&str) -> String,
+        derived: impl FnOnce() -> String,
     ) -> Result<Cow<'a, str>, Refusal> {
         let found = match suc.and_then(|s| s.get("payment_request_reference")) {
             Some(v) => Some((v, prefix("step_up_config.payment_request_reference"))),
@@ -459,7 +470,7 @@ impl Engine {
                 .map(|(name, v)| (v, name.to_owned())),
         };
         let Some((raw, param)) = found else {
-            return Ok(Cow::Owned(uuid::Uuid::new_v4().to_string()));
+            return Ok(Cow::Owned(derived()));
         };
         check_reference(raw, param)
     }
@@ -502,6 +513,30 @@ impl Engine {
         };
         let value = self.check_url(raw, param.clone(), app)?;
         Ok(Some((value, param)))
+    }
+
+    /// How long the Payment Request can live, when the partner (its own
+    /// `interaction_expiry.duration`) or the configuration set it: at most 48 hours, Klarna's
+    /// limit (a duration the layer cannot read counts as the limit). `None`: Klarna's default.
+    fn request_secs(&self, cic: Option<&Object<'_>>) -> Option<u64> {
+        const MAX: u64 = 48 * 3600;
+        match cic
+            .and_then(|c| c.get("interaction_expiry"))
+            .filter(|v| *v != "null")
+        {
+            Some(raw) => Some(
+                Object::from_raw(raw)
+                    .and_then(|o| o.get_str("duration"))
+                    .and_then(|d| iso_duration_secs(&d))
+                    .map_or(MAX, |s| s.min(MAX)),
+            ),
+            None => self
+                .config
+                .defaults
+                .interaction_expiry
+                .as_deref()
+                .and_then(iso_duration_secs),
+        }
     }
 
     /// Indices (sorted) of the top-level members that are stripped before forwarding.

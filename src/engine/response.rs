@@ -10,6 +10,7 @@ use super::json::{self, Edits, Object};
 use super::klarna::{self, AuthorizeAnswer, PaymentRequest};
 use super::partner::{Declined, FinalResponse, JsonText, PendingKlarna, PendingResponse};
 use super::{decode, AuthorizeResult, Engine, Exchange, ResponseVerdict, StepUp, TemplatePart};
+use crate::config::Placement;
 
 /// Characters escaped when an id is put into a `redirect_url` template.
 const TEMPLATE_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
@@ -122,10 +123,25 @@ impl StepUp {
             return ResponseVerdict::Keep(KeepReason::Undecodable);
         };
         match self.inner.rewrite(exchange, &body) {
-            Ok((body, result)) => ResponseVerdict::Rewritten { body, result },
+            Ok((body, result, payment_request_id)) => ResponseVerdict::Rewritten {
+                body,
+                result,
+                payment_request_id,
+            },
             Err(reason) => ResponseVerdict::Keep(reason),
         }
     }
+}
+
+/// Klarna's answer inside the payment API's own answer (`klarna_answer_at`).
+struct Nested<'a> {
+    /// The payment API's answer.
+    root: Object<'a>,
+    /// The object holding Klarna's answer, when it is not `root`.
+    parent: Option<Object<'a>>,
+    /// Klarna's answer: its member index in its parent, and its raw value.
+    index: usize,
+    answer: &'a str,
 }
 
 impl Engine {
@@ -133,7 +149,7 @@ impl Engine {
         &self,
         exchange: &Exchange,
         body: &[u8],
-    ) -> Result<(Vec<u8>, AuthorizeResult), KeepReason> {
+    ) -> Result<(Vec<u8>, AuthorizeResult, Option<String>), KeepReason> {
         // Locate the answer: the whole body, or the value at klarna_answer_at.
         let (parsed, nested): (AuthorizeAnswer<'_>, _) = if self.answer_at.is_empty() {
             (
@@ -145,17 +161,36 @@ impl Engine {
                 None,
             )
         } else {
-            let mut obj = Object::parse(body).ok_or(KeepReason::NotJson)?;
+            let root = Object::parse(body).ok_or(KeepReason::NotJson)?;
             let (last, path) = self.answer_at.split_last().ok_or(KeepReason::NoAnswer)?;
+            let mut parent: Option<Object<'_>> = None;
             for seg in path {
-                obj = obj
+                let next = parent
+                    .as_ref()
+                    .unwrap_or(&root)
                     .get(seg)
                     .and_then(Object::from_raw)
                     .ok_or(KeepReason::NoAnswer)?;
+                parent = Some(next);
             }
-            let answer = obj.get(last).ok_or(KeepReason::NoAnswer)?;
+            let holder = parent.as_ref().unwrap_or(&root);
+            // The last member of that name, as `Object::get` reads it.
+            let index = holder
+                .members
+                .iter()
+                .rposition(|m| m.key == *last)
+                .ok_or(KeepReason::NoAnswer)?;
+            let answer = holder.members[index].value;
             let parsed = serde_json::from_str(answer).map_err(|_| KeepReason::NoAnswer)?;
-            (parsed, Some(answer))
+            (
+                parsed,
+                Some(Nested {
+                    root,
+                    parent,
+                    index,
+                    answer,
+                }),
+            )
         };
         let result = parsed
             .payment_transaction_response
@@ -171,12 +206,23 @@ impl Engine {
             klarna::DECLINED => (self.declined_block(&parsed), AuthorizeResult::Declined),
             _ => return Err(KeepReason::UnknownResult),
         };
-        let Some(answer) = nested else {
-            return Ok((block, result));
+        let id = parsed
+            .payment_request
+            .as_ref()
+            .and_then(|pr| pr.id())
+            .filter(|_| result == AuthorizeResult::StepUpRequired)
+            .map(str::to_owned);
+        let Some(nested) = nested else {
+            return Ok((block, result, id));
         };
+        if self.config.partner_response.placement == Placement::TopLevel {
+            if let Some(out) = top_level(body, &nested, &block, &self.answer_at) {
+                return Ok((out, result, id));
+            }
+        }
         let mut edits = Edits::default();
-        edits.replace(json::span(body, answer), block);
-        Ok((edits.apply(body), result))
+        edits.replace(json::span(body, nested.answer), block);
+        Ok((edits.apply(body), result, id))
     }
 
     fn pending_block(
@@ -224,6 +270,7 @@ impl Engine {
                 payment_request_id: id,
                 payment_request_url: url,
                 payment_request_data: data,
+                expires_at: pr.expires_at.filter(|e| e.get() != "null"),
                 klarna_network_response_data: answer.klarna_network_response_data,
             },
         };
@@ -239,11 +286,28 @@ impl Engine {
             .ok_or(KeepReason::MissingField(
                 "payment_transaction_response.payment_transaction",
             ))?;
-        let block = FinalResponse {
-            status: &self.config.partner_response.authorized,
-            klarna: tx,
-        };
-        Ok(to_json(&block, 64 + tx.get().len()))
+        let tx = tx.get().as_bytes();
+        // `{"status":…,"klarna":` and Klarna's transaction (the writers put a comma before a
+        // member once the buffer holds one, so the brace comes first after them).
+        let mut out = Vec::with_capacity(64 + tx.len());
+        json::write_member(&mut out, "status", &self.config.partner_response.authorized);
+        json::write_raw_member(&mut out, "klarna", b"");
+        out.insert(0, b'{');
+        // Klarna's reverse pass-through data goes beside the transaction, as in the pending
+        // block; the transaction's own bytes stay as received.
+        let tx_obj = std::str::from_utf8(tx).ok().and_then(Object::from_raw);
+        match (answer.klarna_network_response_data, tx_obj) {
+            (Some(data), Some(obj)) if obj.get(KNRD).is_none() => {
+                let mut member = Vec::with_capacity(data.get().len() + 32);
+                json::write_raw_member(&mut member, KNRD, data.get().as_bytes());
+                let mut edits = Edits::default();
+                json::append_members(tx, obj.raw, !obj.members.is_empty(), &member, &mut edits);
+                out.extend_from_slice(&edits.apply(tx));
+            }
+            _ => out.extend_from_slice(tx),
+        }
+        out.push(b'}');
+        Ok(out)
     }
 
     fn declined_block(&self, answer: &AuthorizeAnswer<'_>) -> Vec<u8> {
@@ -253,10 +317,60 @@ impl Engine {
             .and_then(|r| r.result_reason);
         let block = FinalResponse {
             status: &self.config.partner_response.declined,
-            klarna: Declined { result_reason },
+            klarna: Declined {
+                result_reason,
+                klarna_network_response_data: answer.klarna_network_response_data,
+            },
         };
         to_json(&block, 128)
     }
+}
+
+/// `klarna_network_response_data`.
+const KNRD: &str = "klarna_network_response_data";
+
+/// The payment API's answer with Klarna's answer removed and the partner block's members
+/// (`status`, `redirect_url`, `klarna`) set at its top level: in place where the answer
+/// already has a member of that name (earlier duplicates removed), appended otherwise. Every
+/// other byte stays as it was. `None` only if the block were not a JSON object (it always is).
+fn top_level(body: &[u8], n: &Nested<'_>, block: &[u8], answer_at: &[String]) -> Option<Vec<u8>> {
+    let block = Object::parse(block)?;
+    let root = &n.root;
+    let sets = |key: &str| block.members.iter().any(|m| m.key == key);
+    let mut edits = Edits::default();
+    let mut removed = Vec::new();
+    match &n.parent {
+        // Inside a top-level member that is replaced whole anyway: nothing to remove.
+        Some(_) if sets(&answer_at[0]) => {}
+        Some(parent) => json::remove_members(body, parent, &[n.index], &mut edits),
+        // At the top level under a name the block sets: replaced in place below.
+        None if sets(&root.members[n.index].key) => {}
+        None => removed.push(n.index),
+    }
+    let mut add = Vec::new();
+    for m in &block.members {
+        let same: Vec<usize> = (0..root.members.len())
+            .filter(|&i| root.members[i].key == m.key)
+            .collect();
+        match same.split_last() {
+            Some((&last, earlier)) => {
+                edits.replace(
+                    json::span(body, root.members[last].value),
+                    m.value.as_bytes().to_vec(),
+                );
+                removed.extend_from_slice(earlier);
+            }
+            None => json::write_raw_member(&mut add, &m.key, m.value.as_bytes()),
+        }
+    }
+    removed.sort_unstable();
+    removed.dedup();
+    json::remove_members(body, root, &removed, &mut edits);
+    if !add.is_empty() {
+        let has_members = root.members.len() > removed.len();
+        json::append_members(body, root.raw, has_members, &add, &mut edits);
+    }
+    Some(edits.apply(body))
 }
 
 /// `value` as JSON, into a buffer of `capacity` to start with (a good guess saves the

@@ -34,20 +34,64 @@ pub(crate) struct ReturnEndpoint {
     pub path: String,
     /// (id, key); the first signs.
     pub keys: Vec<(String, Vec<u8>)>,
-    pub lifetime_secs: u64,
+    /// How long a Payment Request lives when neither the partner nor the configuration set
+    /// its `interaction_expiry` (Klarna's default, 3 hours).
+    pub default_request_secs: u64,
+    /// Added to the Payment Request's lifetime to give the token's.
+    pub margin_secs: u64,
+    /// Expiries are rounded up to a multiple of this (at least 1).
+    pub bucket_secs: u64,
+    /// The acquirer's own placeholders (`return_url_policy.extra_placeholders`).
+    pub extra_placeholders: Vec<String>,
     pub notify_path: Option<String>,
     pub notify_timeout_ms: u64,
 }
 
-/// Query parameter names on the layer's return URL, and the placeholders Klarna fills there.
-const QUERY: [(&str, &str); 3] = [
+/// Query parameters of the layer's return URL that Klarna always fills: the acquirer needs
+/// the Payment Request's id and state whatever the partner's URL uses.
+const ALWAYS: [(&str, &str); 2] = [
     ("id", "{klarna.payment_request.id}"),
     ("state", "{klarna.payment_request.state}"),
-    (
-        "token",
-        "{klarna.payment_request.klarna_network_session_token}",
-    ),
 ];
+/// The session token, asked for only when the partner's URL uses one of its names.
+const TOKEN: (&str, &str) = (
+    "token",
+    "{klarna.payment_request.klarna_network_session_token}",
+);
+/// Names of the session token that Klarna documents as the same value.
+const TOKEN_NAMES: [&str; 3] = [
+    "{klarna.payment_request.klarna_network_session_token}",
+    "{klarna.payment_request.payment_token}",
+    "{klarna.payment_request.interoperability_token}",
+];
+/// The signed reference fills this one; the layer knows it.
+const REFERENCE: &str = "{klarna.payment_request.payment_request_reference}";
+
+/// How the layer fills a placeholder of the partner's URL on the return.
+enum Source {
+    /// From the query parameter of this name, as Klarna filled it.
+    Query(&'static str),
+    /// The signed reference.
+    Reference,
+    /// Passed through: Klarna fills the same placeholder on the layer's URL, under the
+    /// placeholder's name (without braces) as the query parameter.
+    Same,
+}
+
+fn source(placeholder: &str) -> Source {
+    match placeholder {
+        "{klarna.payment_request.id}" => Source::Query("id"),
+        "{klarna.payment_request.state}" => Source::Query("state"),
+        REFERENCE => Source::Reference,
+        p if TOKEN_NAMES.contains(&p) => Source::Query("token"),
+        _ => Source::Same,
+    }
+}
+
+/// `{name}` → `name`.
+fn inner(placeholder: &str) -> &str {
+    &placeholder[1..placeholder.len() - 1]
+}
 
 /// Where the customer goes after the acquirer endpoint: the partner's URL, filled in.
 #[derive(Clone, PartialEq, Eq)]
@@ -117,16 +161,34 @@ fn invalid() -> Refusal {
 }
 
 impl ReturnEndpoint {
+    /// Every placeholder a partner URL may hold: Klarna's documented ones and the acquirer's.
+    fn placeholders(&self) -> impl Iterator<Item = &str> {
+        PLACEHOLDERS
+            .iter()
+            .copied()
+            .chain(self.extra_placeholders.iter().map(String::as_str))
+    }
+
     /// The URL sent to Klarna instead of `partner_url`: the endpoint, a token, and Klarna's
-    /// placeholders for just the values the partner's URL uses.
-    pub fn return_url(&self, partner_url: &str, reference: &str, now: u64) -> String {
+    /// placeholders: always the id and state, the session token when the partner's URL uses
+    /// it, and any other placeholder the partner's URL uses, passed through under its own
+    /// name. `request_secs` is the Payment Request's `interaction_expiry` when the partner or
+    /// the configuration set one: the token lives that long (else Klarna's 3 hours) plus the
+    /// margin, rounded up to the bucket.
+    pub fn return_url(
+        &self,
+        partner_url: &str,
+        reference: &str,
+        request_secs: Option<u64>,
+        now: u64,
+    ) -> String {
         let (key_id, key) = &self.keys[0];
         let mut msg =
             Vec::with_capacity(partner_url.len() + reference.len() + key_id.len() + 11 + TAG);
         msg.push(VERSION);
         msg.push(key_id.len() as u8);
         msg.extend_from_slice(key_id.as_bytes());
-        msg.extend_from_slice(&now.saturating_add(self.lifetime_secs).to_be_bytes());
+        msg.extend_from_slice(&self.expiry(request_secs, now).to_be_bytes());
         msg.extend_from_slice(&(reference.len() as u16).to_be_bytes());
         msg.extend_from_slice(reference.as_bytes());
         msg.extend_from_slice(partner_url.as_bytes());
@@ -139,20 +201,37 @@ impl ReturnEndpoint {
             URL_SAFE_NO_PAD.encode(&msg)
         );
         let mut sep = '?';
-        for (name, placeholder) in QUERY {
-            let used = PLACEHOLDERS
-                .iter()
-                .filter(|p| partner_url.contains(*p))
-                .any(|p| *p == placeholder || (name == "token" && p.ends_with("_token}")));
-            if used {
-                url.push(sep);
-                url.push_str(name);
-                url.push('=');
-                url.push_str(placeholder);
-                sep = '&';
+        let mut param = |url: &mut String, name: &str, placeholder: &str| {
+            url.push(sep);
+            url.push_str(name);
+            url.push('=');
+            url.push_str(placeholder);
+            sep = '&';
+        };
+        for (name, placeholder) in ALWAYS {
+            param(&mut url, name, placeholder);
+        }
+        if TOKEN_NAMES.iter().any(|p| partner_url.contains(p)) {
+            param(&mut url, TOKEN.0, TOKEN.1);
+        }
+        for p in self.placeholders() {
+            if matches!(source(p), Source::Same) && partner_url.contains(p) {
+                param(&mut url, inner(p), p);
             }
         }
         url
+    }
+
+    /// The expiry of a token minted at `now`: at least the lifetime away, rounded up to the
+    /// bucket, so that every send within one bucket mints the same token.
+    pub fn expiry(&self, request_secs: Option<u64>, now: u64) -> u64 {
+        let lifetime = request_secs
+            .unwrap_or(self.default_request_secs)
+            .saturating_add(self.margin_secs);
+        let at_least = now.saturating_add(lifetime);
+        at_least
+            .div_ceil(self.bucket_secs)
+            .saturating_mul(self.bucket_secs)
     }
 
     /// Verifies the token in `uri` and fills the partner's URL. Forged, truncated, expired
@@ -193,27 +272,32 @@ impl ReturnEndpoint {
             ));
         }
 
-        let mut id = None;
-        let mut state = None;
-        let mut session = None;
-        for (k, v) in url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
-            match &*k {
-                "id" => id = Some(v.into_owned()),
-                "state" => state = Some(v.into_owned()),
-                "token" => session = Some(v.into_owned()),
-                _ => {}
-            }
-        }
-        let location = fill(partner_url, |p| match p {
-            "{klarna.payment_request.id}" => id.as_deref(),
-            "{klarna.payment_request.state}" => state.as_deref(),
-            "{klarna.payment_request.payment_request_reference}" => Some(reference),
-            _ => session.as_deref(),
+        let query: Vec<(String, String)> =
+            url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+        // The first value of a parameter, unless Klarna left the placeholder unfilled.
+        let param = |name: &str, placeholder: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .filter(|v| *v != placeholder)
+        };
+        let id = param("id", ALWAYS[0].1).map(str::to_owned);
+        let state = param("state", ALWAYS[1].1).map(str::to_owned);
+        let session = param(TOKEN.0, TOKEN.1).map(str::to_owned);
+        let location = fill(partner_url, self.placeholders(), |p| match source(p) {
+            Source::Query("id") => id.as_deref(),
+            Source::Query("state") => state.as_deref(),
+            Source::Query(_) => session.as_deref(),
+            Source::Reference => Some(reference),
+            Source::Same => param(inner(p), p),
         });
         // The filled URL must still point where the signed one did.
         let same_origin = match (
             url::Url::parse(&location),
-            url::Url::parse(&fill(partner_url, |_| Some("x"))),
+            url::Url::parse(&fill(partner_url, self.placeholders(), |_| Some("x"))),
         ) {
             (Ok(a), Ok(b)) => a.origin() == b.origin() && a.scheme() == b.scheme(),
             _ => false,
@@ -244,10 +328,14 @@ impl ReturnEndpoint {
     }
 }
 
-/// `url` with each Klarna placeholder replaced by its value, URL-encoded (empty if unknown).
-fn fill<'a>(url: &str, value: impl Fn(&str) -> Option<&'a str>) -> String {
+/// `url` with each of `placeholders` replaced by its value, URL-encoded (empty if unknown).
+fn fill<'a, 'p>(
+    url: &str,
+    placeholders: impl Iterator<Item = &'p str>,
+    value: impl Fn(&str) -> Option<&'a str>,
+) -> String {
     let mut out = Cow::Borrowed(url);
-    for p in PLACEHOLDERS {
+    for p in placeholders {
         if out.contains(p) {
             let v: String = utf8_percent_encode(value(p).unwrap_or(""), COMPONENT).collect();
             out = Cow::Owned(out.replace(p, &v));
@@ -276,6 +364,103 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    fn endpoint(lifetime_secs: u64, bucket_secs: u64) -> ReturnEndpoint {
+        ReturnEndpoint {
+            base: "https://acq.example".into(),
+            path: "/klarna/return".into(),
+            keys: vec![("k1".into(), vec![7; 32])],
+            default_request_secs: lifetime_secs,
+            margin_secs: 0,
+            bucket_secs,
+            extra_placeholders: vec!["{klarna.payment_request.locale}".into()],
+            notify_path: None,
+            notify_timeout_ms: 500,
+        }
+    }
+
+    #[test]
+    fn expiries_round_up_to_the_bucket_so_retries_mint_the_same_url() {
+        let e = endpoint(4 * 3600, 3600);
+        let t = 1_800_000_100;
+        assert_eq!(e.expiry(None, t), 1_800_000_000 + 5 * 3600);
+        assert_eq!(e.expiry(None, t + 5), e.expiry(None, t));
+        assert!(e.expiry(None, t) >= t + 4 * 3600);
+        assert_eq!(e.expiry(None, 1_800_000_000), 1_800_000_000 + 4 * 3600);
+        assert_eq!(endpoint(10, 1).expiry(None, t), t + 10);
+        // The Payment Request's own lifetime, when set, replaces the default.
+        assert_eq!(e.expiry(Some(48 * 3600), t), 1_800_000_000 + 49 * 3600);
+        let url = |now| {
+            e.return_url(
+                "https://p.example/r?s={klarna.payment_request.state}",
+                "ref-1",
+                None,
+                now,
+            )
+        };
+        assert_eq!(url(t), url(t + 5));
+        assert_ne!(url(t), url(t + 3600));
+        // A token minted early in its bucket still resolves until its (rounded) expiry.
+        let uri: Uri = url(t)
+            .strip_prefix("https://acq.example")
+            .unwrap()
+            .replace("{klarna.payment_request.id}", "krn")
+            .replace("{klarna.payment_request.state}", "COMPLETED")
+            .parse()
+            .unwrap();
+        assert!(e.resolve(&uri, e.expiry(None, t)).is_ok());
+        assert!(e.resolve(&uri, e.expiry(None, t) + 1).is_err());
+    }
+
+    #[test]
+    fn every_placeholder_the_partner_uses_comes_back_filled() {
+        let e = endpoint(3600, 1);
+        let partner = "https://p.example/r?a={klarna.payment_request.payment_reference}\
+            &b={klarna.payment_request.payment_confirmation_token}\
+            &c={klarna.payment_request.locale}&d={klarna.payment_request.payment_token}";
+        let sent = e.return_url(partner, "ref-1", None, 0);
+        let query = sent.split_once('?').unwrap().1;
+        assert_eq!(
+            query,
+            "id={klarna.payment_request.id}&state={klarna.payment_request.state}\
+            &token={klarna.payment_request.klarna_network_session_token}\
+            &klarna.payment_request.payment_reference={klarna.payment_request.payment_reference}\
+            &klarna.payment_request.payment_confirmation_token={klarna.payment_request.payment_confirmation_token}\
+            &klarna.payment_request.locale={klarna.payment_request.locale}"
+        );
+        // Klarna fills what it knows; one it left as it was comes back empty.
+        let filled = sent
+            .strip_prefix("https://acq.example")
+            .unwrap()
+            .replace("{klarna.payment_request.id}", "krn%3Ax")
+            .replace("{klarna.payment_request.state}", "COMPLETED")
+            .replace(
+                "{klarna.payment_request.klarna_network_session_token}",
+                "tok",
+            )
+            .replace("={klarna.payment_request.payment_reference}", "=pay%20ref")
+            .replace(
+                "={klarna.payment_request.payment_confirmation_token}",
+                "=ctok",
+            )
+            .replace(
+                "{klarna.payment_request.locale}",
+                "%7Bklarna.payment_request.locale%7D",
+            );
+        let r = e.resolve(&filled.parse().unwrap(), 0).unwrap();
+        assert_eq!(
+            r.location,
+            "https://p.example/r?a=pay%20ref&b=ctok&c=&d=tok"
+        );
+        assert_eq!(r.payment_request_id.as_deref(), Some("krn:x"));
+        assert_eq!(r.state.as_deref(), Some("COMPLETED"));
+        // With a plain partner URL, the id and state are still asked for.
+        let plain = e.return_url("https://p.example/done", "ref-1", None, 0);
+        assert!(
+            plain.ends_with("?id={klarna.payment_request.id}&state={klarna.payment_request.state}"),
+            "{plain}"
+        );
+    }
+
     #[test]
     fn a_hand_made_redirect_that_is_no_header_value_is_never_a_303_without_location() {
         let r = ReturnRedirect {
@@ -292,16 +477,9 @@ mod tests {
 
     #[test]
     fn the_location_is_ascii_for_a_non_ascii_partner_url() {
-        let e = ReturnEndpoint {
-            base: "https://pay.acquirer.example".into(),
-            path: "/klarna/return".into(),
-            keys: vec![("k".into(), b"0123456789abcdef0123456789abcdef".to_vec())],
-            lifetime_secs: 60,
-            notify_path: None,
-            notify_timeout_ms: 0,
-        };
-        let url = e.return_url("https://bücher.example/größe?x=ü", "ref", 0);
-        let path = url.trim_start_matches("https://pay.acquirer.example");
+        let e = endpoint(60, 1);
+        let url = e.return_url("https://bücher.example/größe?x=ü", "ref", None, 0);
+        let path = url.trim_start_matches("https://acq.example");
         let r = e.resolve(&path.parse().unwrap(), 0).unwrap();
         assert_eq!(
             r.location,

@@ -6,15 +6,32 @@ use std::ops::Range;
 
 use crate::config::{Problems, ReturnUrlPolicyConfig};
 
-/// Klarna's placeholders in return URLs.
-pub const PLACEHOLDERS: [&str; 6] = [
+/// Klarna's documented placeholders in return URLs: those of the Payment Request API, and two
+/// more named in Klarna's Web SDK typedoc (`payment_reference`, `payment_confirmation_token`).
+/// More can be added with `return_url_policy.extra_placeholders`.
+pub const PLACEHOLDERS: [&str; 8] = [
     "{klarna.payment_request.id}",
     "{klarna.payment_request.state}",
     "{klarna.payment_request.payment_request_reference}",
     "{klarna.payment_request.klarna_network_session_token}",
     "{klarna.payment_request.payment_token}",
     "{klarna.payment_request.interoperability_token}",
+    "{klarna.payment_request.payment_reference}",
+    "{klarna.payment_request.payment_confirmation_token}",
 ];
+
+/// Whether `name` is fit to be a configured placeholder: `{`, 1 to 128 letters, digits, `.`,
+/// `_` or `-`, `}`.
+pub(crate) fn is_placeholder_name(name: &str) -> bool {
+    name.strip_prefix('{')
+        .and_then(|n| n.strip_suffix('}'))
+        .is_some_and(|inner| {
+            (1..=128).contains(&inner.len())
+                && inner
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+}
 
 /// Schemes an app return URL may never have.
 const FORBIDDEN_APP_SCHEMES: [&str; 6] =
@@ -129,6 +146,8 @@ pub(crate) struct ReturnUrlPolicy {
     http_hosts: Vec<HostPattern>,
     allowed_hosts: Vec<HostPattern>,
     max_length: usize,
+    /// Placeholders the acquirer added (`extra_placeholders`).
+    pub(crate) extra_placeholders: Vec<String>,
 }
 
 impl ReturnUrlPolicy {
@@ -160,7 +179,16 @@ impl ReturnUrlPolicy {
                 "must be between 16 and 8192",
             );
         }
+        for (i, name) in c.extra_placeholders.iter().enumerate() {
+            if !is_placeholder_name(name) {
+                p.add(
+                    format!("return_url_policy.extra_placeholders[{i}]"),
+                    "must be {name}: 1 to 128 letters, digits, '.', '_' or '-' in braces",
+                );
+            }
+        }
         ReturnUrlPolicy {
+            extra_placeholders: c.extra_placeholders.clone(),
             schemes: c.schemes.clone(),
             http_hosts: hosts("http_hosts", &c.http_hosts, p),
             allowed_hosts: hosts("allowed_hosts", &c.allowed_hosts, p),
@@ -218,7 +246,7 @@ impl ReturnUrlPolicy {
         {
             return Err("has a placeholder in the host".into());
         }
-        check_placeholders(raw)?;
+        self.check_placeholders(raw)?;
         if let Some(origin) = Origin::plain(raw, authority.clone()) {
             return Ok(origin);
         }
@@ -350,27 +378,35 @@ fn authority(raw: &str) -> Range<usize> {
     start..end
 }
 
-/// Refuses any `{…}` that is not one of Klarna's placeholders.
-fn check_placeholders(raw: &str) -> Result<(), String> {
-    let brace = |s: &str| s.bytes().position(|b| b == b'{' || b == b'}');
-    let mut rest = raw;
-    while let Some(open) = brace(rest) {
-        rest = &rest[open..];
-        let close = match (rest.starts_with('{'), rest.bytes().position(|b| b == b'}')) {
-            (true, Some(close)) => close,
-            _ => return Err("has an unbalanced { or }".into()),
-        };
-        let name = &rest[..=close];
-        if !PLACEHOLDERS.contains(&name) {
-            return Err(if name.starts_with("{klarna.") {
-                format!("has an unknown Klarna placeholder {name}")
-            } else {
-                format!("has {name}, which is not a Klarna placeholder")
-            });
-        }
-        rest = &rest[close + 1..];
+impl ReturnUrlPolicy {
+    /// Whether `name` is a placeholder Klarna documents or the acquirer added.
+    pub(crate) fn knows(&self, name: &str) -> bool {
+        PLACEHOLDERS.contains(&name) || self.extra_placeholders.iter().any(|p| p == name)
     }
-    Ok(())
+
+    /// Refuses any `{…}` that is neither one of Klarna's documented placeholders nor one the
+    /// acquirer added: the typo guard.
+    fn check_placeholders(&self, raw: &str) -> Result<(), String> {
+        let brace = |s: &str| s.bytes().position(|b| b == b'{' || b == b'}');
+        let mut rest = raw;
+        while let Some(open) = brace(rest) {
+            rest = &rest[open..];
+            let close = match (rest.starts_with('{'), rest.bytes().position(|b| b == b'}')) {
+                (true, Some(close)) => close,
+                _ => return Err("has an unbalanced { or }".into()),
+            };
+            let name = &rest[..=close];
+            if !self.knows(name) {
+                return Err(if name.starts_with("{klarna.") {
+                    format!("has an unknown Klarna placeholder {name}")
+                } else {
+                    format!("has {name}, which is not a Klarna placeholder")
+                });
+            }
+            rest = &rest[close + 1..];
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -394,9 +430,40 @@ mod tests {
             "https://partner.example/r?id={klarna.payment_request.id}&s={klarna.payment_request.state}",
             "https://partner.example:8443/{klarna.payment_request.payment_request_reference}",
             "HTTPS://Partner.Example/x",
+            "https://partner.example/r?p={klarna.payment_request.payment_reference}",
+            "https://partner.example/r?t={klarna.payment_request.payment_confirmation_token}",
         ] {
             assert_eq!(p.check_return_url(ok), Ok(()), "{ok}");
         }
+    }
+
+    #[test]
+    fn the_acquirer_adds_placeholders_and_typos_stay_refused() {
+        let p = policy(|c| c.extra_placeholders = vec!["{klarna.payment_request.locale}".into()]);
+        assert!(p
+            .check_return_url("https://p.example/r?l={klarna.payment_request.locale}")
+            .is_ok());
+        let err = p
+            .check_return_url("https://p.example/r?l={klarna.payment_request.lcale}")
+            .unwrap_err();
+        assert!(err.contains("unknown Klarna placeholder"), "{err}");
+        assert!(policy(|_| {})
+            .check_return_url("https://p.example/r?l={klarna.payment_request.locale}")
+            .is_err());
+        let c = ReturnUrlPolicyConfig {
+            extra_placeholders: vec!["{ok.name}".into(), "no-braces".into(), "{a}b}".into()],
+            ..ReturnUrlPolicyConfig::default()
+        };
+        let mut problems = Problems::default();
+        ReturnUrlPolicy::new(&c, &mut problems);
+        let keys: Vec<_> = problems.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "return_url_policy.extra_placeholders[1]",
+                "return_url_policy.extra_placeholders[2]"
+            ]
+        );
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub struct WebhookEvent {
     pub state: Option<String>,
     /// The session token: `payload.klarna_network_session_token`, then
     /// `payload.state_context.klarna_network_session_token`, then the legacy `payment_token`
-    /// in both places. Never printed.
+    /// in both places, then `payload.interoperability_token` (an older revision). Never
+    /// printed.
     pub token: Option<String>,
 }
 
@@ -220,6 +221,8 @@ pub(crate) fn parse(body: &[u8]) -> Result<WebhookEvent, Refusal> {
         payment_token: Option<Cow<'a, str>>,
         #[serde(borrow)]
         state_context: Option<Tokens<'a>>,
+        #[serde(borrow)]
+        interoperability_token: Option<Cow<'a, str>>,
     }
     #[derive(Deserialize, Default)]
     #[serde(default)]
@@ -243,7 +246,8 @@ pub(crate) fn parse(body: &[u8]) -> Result<WebhookEvent, Refusal> {
             .klarna_network_session_token
             .or(ctx.klarna_network_session_token)
             .or(e.payload.payment_token)
-            .or(ctx.payment_token)),
+            .or(ctx.payment_token)
+            .or(e.payload.interoperability_token)),
     })
 }
 

@@ -333,6 +333,7 @@ impl StepUpPhases {
         let Some(exchange) = &ctx.exchange else {
             return raw;
         };
+        ctx.record.answer_head(&head.headers);
         let reason = match self
             .step_up
             .response_plan(exchange, head.status, &head.headers)
@@ -344,8 +345,12 @@ impl StepUpPhases {
                         .rewrite_response(exchange, head.status, &head.headers, &raw)
                 });
                 match verdict {
-                    ResponseVerdict::Rewritten { body, result } => {
-                        ctx.record.rewritten(result);
+                    ResponseVerdict::Rewritten {
+                        body,
+                        result,
+                        payment_request_id,
+                    } => {
+                        ctx.record.rewritten(result, payment_request_id);
                         engine::mark_rewritten(&mut *head);
                         return Bytes::from(body);
                     }

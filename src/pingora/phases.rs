@@ -329,6 +329,7 @@ impl StepUpPhases {
             return;
         }
         let headers = &upstream_response.headers;
+        ctx.record.answer_head(headers);
         match self.step_up.response_plan(exchange, status, headers) {
             ResponsePlan::Read => {
                 // The engine reads the answer's Content-Type and Content-Encoding only: keep
@@ -427,8 +428,12 @@ impl StepUpPhases {
                 .rewrite_response(exchange, status, &headers, &raw)
         });
         match verdict {
-            ResponseVerdict::Rewritten { body: new, result } => {
-                ctx.record.rewritten(result);
+            ResponseVerdict::Rewritten {
+                body: new,
+                result,
+                payment_request_id,
+            } => {
+                ctx.record.rewritten(result, payment_request_id);
                 *body = Some(Bytes::from(new));
             }
             ResponseVerdict::Keep(reason) => {

@@ -184,7 +184,7 @@ impl ProxyConfig {
     /// What is valid but probably not meant: each as `key: reason`. `check-config` prints
     /// them and `serve` logs them.
     pub fn warnings(&self) -> Vec<ConfigError> {
-        let mut out = Vec::new();
+        let mut out = self.step_up.warnings().to_vec();
         let c = self.step_up.config();
         if c.return_url_policy.allowed_hosts.is_empty() {
             out.push(err(

@@ -237,11 +237,14 @@ where
     record.webhook_verified(&event);
     engine::relay_request(&mut parts.headers, &event);
     parts.uri = with_path(&parts.uri, step_up.webhook_relay_path());
-    let relayed = inner
-        .call(Request::from_parts(parts, StepUpBody::full(body)))
-        .await;
+    // Bounded: Klarna must hear back (and retry on a 503) even if the payment API hangs.
+    let relayed = tokio::time::timeout(
+        step_up.webhook_relay_timeout(),
+        inner.call(Request::from_parts(parts, StepUpBody::full(body))),
+    )
+    .await;
     let res = match relayed {
-        Ok(res) => match step_up.webhook_accepted(res.status()) {
+        Ok(Ok(res)) => match step_up.webhook_accepted(res.status()) {
             Ok(()) => {
                 record.relayed(res.status().as_u16());
                 let mut res = res.map(StepUpBody::new);
@@ -253,7 +256,7 @@ where
                 r.to_response().map(StepUpBody::full)
             }
         },
-        Err(_) => {
+        Ok(Err(_)) | Err(_) => {
             record.not_relayed(None);
             Refusal::webhook_not_accepted()
                 .to_response()
@@ -330,6 +333,7 @@ where
     B: Body<Data = Bytes>,
 {
     let (mut parts, body) = res.into_parts();
+    record.answer_head(&parts.headers);
     if let ResponsePlan::Keep(reason) =
         step_up.response_plan(exchange, parts.status, &parts.headers)
     {
@@ -362,8 +366,12 @@ where
     let verdict =
         record.timed(|| step_up.rewrite_response(exchange, parts.status, &parts.headers, &raw));
     match verdict {
-        ResponseVerdict::Rewritten { body, result } => {
-            record.rewritten(result);
+        ResponseVerdict::Rewritten {
+            body,
+            result,
+            payment_request_id,
+        } => {
+            record.rewritten(result, payment_request_id);
             engine::mark_rewritten(&mut parts.headers);
             parts
                 .headers
