@@ -11,34 +11,28 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::engine::Head;
 use crate::Refusal;
 
-impl Head for ResponseHeader {
-    fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
+/// The engine's head edits on Pingora's two header types (they share their header API but
+/// no trait).
+macro_rules! impl_head {
+    ($($ty:ty),*) => {$(
+        impl Head for $ty {
+            fn headers(&self) -> &HeaderMap {
+                &self.headers
+            }
 
-    fn set(&mut self, name: HeaderName, value: HeaderValue) {
-        // Only fails for invalid names or values; `HeaderName` and `HeaderValue` are valid.
-        let _ = self.insert_header(name, value);
-    }
+            fn set(&mut self, name: HeaderName, value: HeaderValue) {
+                // Only fails for invalid names or values; these are typed, so valid.
+                let _ = self.insert_header(name, value);
+            }
 
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    )*};
 }
 
-impl Head for RequestHeader {
-    fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-
-    fn set(&mut self, name: HeaderName, value: HeaderValue) {
-        let _ = self.insert_header(name, value);
-    }
-
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-}
+impl_head!(RequestHeader, ResponseHeader);
 
 /// What [`read_retry_buffered`] read.
 pub(super) enum Read {
