@@ -269,6 +269,27 @@ impl AuthorizeResult {
 impl StepUp {
     /// Validates `config` into an engine; every error names its key. Secret keys are read
     /// from the environment variables the configuration names.
+    ///
+    /// ```
+    /// use klarna_stepup::{StepUp, StepUpConfig};
+    ///
+    /// let step_up = StepUp::new(
+    ///     StepUpConfig::default()
+    ///         .allowed_hosts(["*.partner.example"])
+    ///         .default_return_url("https://shop.partner.example/klarna/done"),
+    /// )?;
+    /// assert_eq!(step_up.config().return_url_policy.allowed_hosts, ["*.partner.example"]);
+    ///
+    /// // A default outside the allow-list is an error naming its key.
+    /// let err = StepUp::new(
+    ///     StepUpConfig::default()
+    ///         .allowed_hosts(["*.partner.example"])
+    ///         .default_return_url("https://elsewhere.example/done"),
+    /// )
+    /// .unwrap_err();
+    /// assert_eq!(err.0[0].key, "defaults.return_url");
+    /// # Ok::<(), klarna_stepup::ConfigErrors>(())
+    /// ```
     pub fn new(config: StepUpConfig) -> Result<Self, ConfigErrors> {
         Self::with_secrets(config, |name| std::env::var(name).ok())
     }
@@ -286,6 +307,22 @@ impl StepUp {
 
     /// Parses and validates a TOML configuration; every error names its key, and its line
     /// and column in `text`.
+    ///
+    /// ```
+    /// use klarna_stepup::StepUp;
+    ///
+    /// let step_up = StepUp::from_toml(r#"
+    ///     body_limit = 262144
+    ///     [return_url_policy]
+    ///     allowed_hosts = ["*.partner.example"]
+    /// "#)?;
+    /// assert_eq!(step_up.body_limit(), 262_144);
+    ///
+    /// let err = StepUp::from_toml("[return_url_policy]\nmax_length = \"long\"\n").unwrap_err();
+    /// assert_eq!(err.0[0].key, "return_url_policy.max_length");
+    /// assert_eq!(err.0[0].location, Some((2, 1)));
+    /// # Ok::<(), klarna_stepup::ConfigErrors>(())
+    /// ```
     pub fn from_toml(text: &str) -> Result<Self, ConfigErrors> {
         Self::new(StepUpConfig::from_toml(text)?).map_err(|e| e.located(text))
     }

@@ -21,7 +21,37 @@ pub struct StepUpProxy<P> {
 }
 
 impl<P> StepUpProxy<P> {
-    /// Wraps `inner`.
+    /// Wraps `inner`, the proxy you already have:
+    ///
+    /// ```no_run
+    /// use async_trait::async_trait;
+    /// use klarna_stepup::pingora::StepUpProxy;
+    /// use klarna_stepup::StepUp;
+    /// use pingora::prelude::*;
+    ///
+    /// struct PaymentApi;
+    ///
+    /// #[async_trait]
+    /// impl ProxyHttp for PaymentApi {
+    ///     type CTX = ();
+    ///     fn new_ctx(&self) {}
+    ///     async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
+    ///         Ok(Box::new(HttpPeer::new("127.0.0.1:9000", false, String::new())))
+    ///     }
+    /// }
+    ///
+    /// let mut server = Server::new(None).unwrap();
+    /// server.bootstrap();
+    /// let step_up = StepUp::from_toml("[return_url_policy]\nallowed_hosts = [\"*.partner.example\"]")
+    ///     .unwrap();
+    /// let proxy = StepUpProxy::new(PaymentApi, step_up)
+    ///     .server_conf(&server.configuration)
+    ///     .observe(|record| tracing::info!(outcome = record.outcome().label(), "done"));
+    /// let mut service = http_proxy_service(&server.configuration, proxy);
+    /// service.add_tcp("127.0.0.1:8080");
+    /// server.add_service(service);
+    /// server.run_forever();
+    /// ```
     pub fn new(inner: P, step_up: StepUp) -> Self {
         StepUpProxy {
             inner,
