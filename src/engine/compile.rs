@@ -131,6 +131,18 @@ pub(super) fn compile(
              step-up guide calls webhooks mandatory",
         );
     }
+    for (i, e) in c.partners.entries.iter().enumerate() {
+        if e.allowed_hosts.as_ref().is_some_and(Vec::is_empty) {
+            warnings.add(
+                format!("partners.entries[{i}].allowed_hosts"),
+                format!(
+                    "empty: any https host will be accepted as a return URL of partner {} \
+                     (list its hosts)",
+                    e.id
+                ),
+            );
+        }
+    }
     Ok(Engine {
         routes,
         inject_at,
