@@ -45,6 +45,13 @@
 //! declined = "declined"
 //! redirect_url = "{payment_request_url}"  # or "https://pay.acquirer.example/r/{payment_request_id}"
 //! placement = "in_place"               # or "top_level": beside the payment API's own members
+//!
+//! [partners]                           # many partners behind one acquirer (off by default)
+//! header = "X-Partner-Id"              # or path_param = "partner" (routes with {partner})
+//! unknown = "refuse"                   # or "global"
+//! [[partners.entries]]                 # each key left out is the global one
+//! id = "shop-a"
+//! allowed_hosts = ["shop-a.example"]
 //! ```
 
 use std::fmt;

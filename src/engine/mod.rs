@@ -196,6 +196,7 @@ pub struct Exchange {
     route: u16,
     reference: String,
     return_url: String,
+    partner: Option<String>,
 }
 
 impl Exchange {
@@ -207,6 +208,11 @@ impl Exchange {
     /// The return URL sent to Klarna.
     pub fn return_url(&self) -> &str {
         &self.return_url
+    }
+
+    /// The partner the request came from, when `[partners]` is on.
+    pub fn partner(&self) -> Option<&str> {
+        self.partner.as_deref()
     }
 }
 

@@ -69,6 +69,7 @@ impl StepUp {
                     route: candidate.route,
                     reference,
                     return_url,
+                    partner: partner.map(|p| p.as_str().to_owned()),
                 },
             },
             Err(refusal) => RequestVerdict::Refused(refusal),
