@@ -248,9 +248,11 @@ pub(crate) fn compile(
         let mut own = Problems::default();
         let urls = ReturnUrlPolicy::new_at(&key, &urls_config, &mut own);
         for problem in own.0 {
-            let field = problem.key[key.len() + 1..]
-                .split(['.', '['])
-                .next()
+            let field = problem
+                .key
+                .strip_prefix(key.as_str())
+                .and_then(|k| k.strip_prefix('.'))
+                .and_then(|k| k.split(['.', '[']).next())
                 .unwrap_or("");
             let set = match field {
                 "schemes" => e.schemes.is_some(),
