@@ -562,6 +562,39 @@ mod tests {
     }
 
     #[test]
+    fn a_token_minted_before_partners_were_on_still_resolves() {
+        let ret =
+            "[acquirer_return]\nenabled = true\npublic_base_url = \"https://global.example\"\n\
+                   keys = [{ id = \"k1\", env = \"R\" }]\n";
+        let build = |toml: &str| {
+            let config = StepUpConfig::from_toml(toml).unwrap();
+            StepUp::with_secrets(config, |_| Some("k".repeat(32))).unwrap()
+        };
+        let before = build(&format!(
+            "{ret}[defaults]\nreturn_url = \"https://a.example/back\"\n"
+        ));
+        let after = build(&format!("{TWO}\n{ret}"));
+        let (sent, _) = injected(send(
+            &before,
+            "/payments",
+            None,
+            r#"{"payment_method":"klarna","reference":"o-1"}"#,
+        ));
+        let start = sent.find("https://global.example/").unwrap();
+        let url = &sent[start..start + sent[start..].find('"').unwrap()];
+        let path = url["https://global.example".len()..]
+            .replace("{klarna.payment_request.id}", "pr-1")
+            .replace("{klarna.payment_request.state}", "COMPLETED");
+        let redirect = after.resolve_return(&path.parse().unwrap(), 0).unwrap();
+        assert_eq!(redirect.partner, None);
+        assert_eq!(redirect.reference, "o-1");
+        assert_eq!(redirect.location, "https://a.example/back");
+        assert!(!String::from_utf8(redirect.notification())
+            .unwrap()
+            .contains("partner"));
+    }
+
+    #[test]
     fn the_partner_table_is_validated_by_key_and_printed_in_full() {
         let err = StepUp::from_toml(
             r#"
