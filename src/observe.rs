@@ -89,6 +89,7 @@ pub struct Record {
     status: Option<u16>,
     payment_request_id: Option<String>,
     klarna_correlation_id: Option<String>,
+    partner: Option<String>,
     span: tracing::Span,
 }
 
@@ -116,6 +117,7 @@ impl Default for Record {
             status: None,
             payment_request_id: None,
             klarna_correlation_id: None,
+            partner: None,
             span: tracing::Span::none(),
         }
     }
@@ -166,6 +168,12 @@ impl Record {
         self.klarna_correlation_id.as_deref()
     }
 
+    /// The partner (`[partners]`) the request was for, when step-up knew it: of an injected
+    /// Klarna request, an acquirer return, or a webhook.
+    pub fn partner(&self) -> Option<&str> {
+        self.partner.as_deref()
+    }
+
     /// The request's `klarna_stepup` tracing span (disabled for requests step-up leaves
     /// alone).
     pub fn span(&self) -> &tracing::Span {
@@ -184,6 +192,7 @@ impl Record {
                 payment_request_reference = tracing::field::Empty,
                 payment_request_id = tracing::field::Empty,
                 klarna_correlation_id = tracing::field::Empty,
+                partner = tracing::field::Empty,
                 outcome = tracing::field::Empty,
             ),
             ..Record::default()
@@ -215,6 +224,14 @@ impl Record {
         self.span.record("payment_request_reference", reference);
     }
 
+    fn set_partner(&mut self, partner: Option<&str>) {
+        // A partner id is loggable by construction (validated by the engine).
+        if let Some(p) = partner.and_then(loggable) {
+            self.span.record("partner", p.as_str());
+            self.partner = Some(p);
+        }
+    }
+
     fn payment_request(&mut self, id: Option<&str>) {
         if let Some(id) = id.and_then(loggable) {
             self.span.record("payment_request_id", id.as_str());
@@ -237,6 +254,7 @@ impl Record {
     /// A Klarna request was injected; its answer is still to come.
     pub(crate) fn injected(&mut self, exchange: &Exchange) {
         self.reference(exchange.reference());
+        self.set_partner(exchange.partner());
         self.outcome = Outcome::Passthrough;
     }
 
@@ -283,6 +301,7 @@ impl Record {
     /// An acquirer return, redirected.
     pub(crate) fn redirected(&mut self, redirect: &ReturnRedirect) {
         self.reference(&redirect.reference);
+        self.set_partner(redirect.partner.as_deref());
         self.payment_request(redirect.payment_request_id.as_deref());
         self.outcome = Outcome::Redirected;
         self.span.in_scope(|| {
@@ -306,6 +325,7 @@ impl Record {
         if let Some(reference) = event.reference.as_deref() {
             self.reference(reference);
         }
+        self.set_partner(event.partner.as_deref());
         self.payment_request(event.payment_request_id.as_deref());
         self.span.in_scope(|| {
             tracing::debug!(event_type = event.event_type.as_deref(), "webhook verified");

@@ -692,6 +692,109 @@ async fn serve_over_tls_with_mtls_to_a_payment_api_behind_a_private_ca() {
 }
 
 #[test]
+fn check_config_validates_and_prints_the_partner_table() {
+    let ok = write_config(
+        "partners.toml",
+        r#"
+[server]
+listen = "127.0.0.1:8080"
+upstream = "127.0.0.1:9000"
+[return_url_policy]
+allowed_hosts = ["acquirer.example"]
+[defaults]
+interaction_expiry = "PT45M"
+[partners]
+header = "X-Partner-Id"
+[[partners.entries]]
+id = "shop-a"
+allowed_hosts = ["a.example"]
+return_url = "https://a.example/back"
+[[partners.entries]]
+id = "shop-b"
+allowed_hosts = []
+"#,
+    );
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&ok)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    // Each entry with what it inherits spelled out.
+    for want in [
+        "[partners]",
+        "header = \"X-Partner-Id\"",
+        "unknown = \"refuse\"",
+        "[[partners.entries]]",
+        "id = \"shop-a\"",
+        "allowed_hosts = [\"a.example\"]",
+        "return_url = \"https://a.example/back\"",
+        "interaction_expiry = \"PT45M\"",
+        "schemes = [\"https\"]",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    assert_eq!(
+        text.matches("interaction_expiry = \"PT45M\"").count(),
+        3,
+        "{text}"
+    );
+    assert!(
+        err.contains("warning: partners.entries[1].allowed_hosts: empty"),
+        "{err}"
+    );
+    assert!(!err.contains("return_url_policy.allowed_hosts"), "{err}");
+    // What it prints is itself a valid configuration.
+    let again = write_config("partners-again.toml", &text);
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = write_config(
+        "partners-bad.toml",
+        r#"
+[server]
+listen = "127.0.0.1:8080"
+upstream = "127.0.0.1:9000"
+[partners]
+header = "X-Partner-Id"
+[[partners.entries]]
+id = "shop-a"
+[[partners.entries]]
+id = "shop a"
+[[partners.entries]]
+id = "shop-c"
+allowed_hosts = ["ok.example", "bad host"]
+interaction_expiry = "PT5M"
+"#,
+    );
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    for want in [
+        "partners.entries[1].id: must be 1 to 64 ASCII letters",
+        "partners.entries[2].allowed_hosts[1]: ",
+        "partners.entries[2].interaction_expiry: must be an ISO 8601 duration between PT15M and PT48H",
+        "(line 13,",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in\n{err}");
+    }
+}
+
+#[test]
 fn check_config_takes_config_as_a_flag_and_warns_of_an_open_allow_list() {
     let path = write_config(
         "flag.toml",

@@ -167,11 +167,15 @@ struct PaymentRequest {
     amount: u64,
     currency: String,
     return_url: String,
+    /// The app's return URL, when the partner gave one: the Purchase Journey offers it.
+    app_return_url: Option<String>,
     state: PaymentRequestState,
     expires_at: SystemTime,
     token: Option<String>,
     completed_at: Option<SystemTime>,
-    token_used: bool,
+    /// The answer of the final authorize with the token, once made: the request is then
+    /// finalized, and the same call again gets the same answer.
+    finalized: Option<(StatusCode, Value)>,
 }
 
 impl PaymentRequest {
@@ -400,7 +404,9 @@ impl KlarnaSandbox {
             "currency": request.currency,
         });
         if let (PaymentRequestState::Completed, Some(token)) = (event.state, &request.token) {
+            // Klarna sends the token under both names (payment_token is the older one).
             payload["klarna_network_session_token"] = json!(token);
+            payload["payment_token"] = json!(token);
         }
         let body = json!({
             "metadata": {
@@ -504,11 +510,20 @@ impl KlarnaSandbox {
             if payment_request.account_id != account_id {
                 return refuse("unknown token");
             }
-            if payment_request.token_used {
-                return refuse("token already used");
+            if payment_request.state == PaymentRequestState::Canceled {
+                return refuse("the payment request was canceled");
+            }
+            // Finalized: the same call again (a retry) gets the same answer; another amount
+            // or currency is refused below as for the first call.
+            if let Some((status, answer)) = &payment_request.finalized {
+                if payment_request.amount == request.amount
+                    && payment_request.currency == request.currency
+                {
+                    return (*status, answer.clone());
+                }
             }
             let issued = payment_request.completed_at.unwrap_or(now);
-            if now >= issued + TOKEN_LIFETIME {
+            if payment_request.finalized.is_none() && now >= issued + TOKEN_LIFETIME {
                 return refuse("token expired");
             }
             if payment_request.amount != request.amount {
@@ -523,8 +538,9 @@ impl KlarnaSandbox {
                     "does not match the currency of the payment request".to_owned(),
                 )]);
             }
-            payment_request.token_used = true;
-            return approved(&request, now);
+            let answer = approved(&request, now);
+            payment_request.finalized = Some(answer.clone());
+            return answer;
         }
 
         let transaction_reference = request.payment_transaction_reference.as_str();
@@ -546,11 +562,12 @@ impl KlarnaSandbox {
             amount: request.amount,
             currency: request.currency,
             return_url: step_up.return_url,
+            app_return_url: step_up.app_return_url,
             state: PaymentRequestState::Submitted,
             expires_at: now + step_up.interaction_expiry,
             token: None,
             completed_at: None,
-            token_used: false,
+            finalized: None,
         };
         let answer = json!({
             "payment_transaction_response": { "result": "STEP_UP_REQUIRED" },
@@ -626,6 +643,7 @@ struct AuthorizeRequest {
 struct StepUp {
     payment_request_reference: String,
     return_url: String,
+    app_return_url: Option<String>,
     interaction_expiry: Duration,
 }
 
@@ -736,6 +754,19 @@ fn validate_step_up(config: &Value, fail: &mut impl FnMut(&str, &str)) -> Option
             "must be an absolute http or https URL of printable ASCII characters",
         );
     }
+    let app_return_url = match interaction.get("app_return_url") {
+        None | Some(Value::Null) => Some(None),
+        Some(url) => url
+            .as_str()
+            .filter(|url| is_usable_app_return_url(url))
+            .map(|url| Some(url.to_owned())),
+    };
+    if app_return_url.is_none() {
+        fail(
+            "step_up_config.customer_interaction_config.app_return_url",
+            "must be an absolute URL of printable ASCII characters (an app scheme, or http or https)",
+        );
+    }
     let expiry = match interaction.get("interaction_expiry") {
         None | Some(Value::Null) => Some(DEFAULT_INTERACTION_EXPIRY),
         Some(expiry) => expiry
@@ -753,8 +784,21 @@ fn validate_step_up(config: &Value, fail: &mut impl FnMut(&str, &str)) -> Option
     Some(StepUp {
         payment_request_reference: reference?.to_owned(),
         return_url: return_url?.to_owned(),
+        app_return_url: app_return_url?,
         interaction_expiry: expiry?,
     })
+}
+
+/// An app return URL: any scheme an app can register (`shopapp://…`), never a script.
+fn is_usable_app_return_url(text: &str) -> bool {
+    text.len() <= 4096
+        && text.bytes().all(|b| b.is_ascii_graphic())
+        && url::Url::parse(text).is_ok_and(|u| {
+            !matches!(
+                u.scheme(),
+                "javascript" | "data" | "vbscript" | "file" | "blob" | "about"
+            )
+        })
 }
 
 fn is_usable_return_url(text: &str) -> bool {
@@ -985,7 +1029,11 @@ async fn cancel_request(
             Some(&account_id),
             &id,
             |request, _, events| {
-                if !request.state.is_open() {
+                // Open, or COMPLETED and not yet finalized with its token.
+                let cancelable = request.state.is_open()
+                    || (request.state == PaymentRequestState::Completed
+                        && request.finalized.is_none());
+                if !cancelable {
                     return Err(request.state);
                 }
                 request.state = PaymentRequestState::Canceled;
@@ -1006,7 +1054,11 @@ async fn cancel_request(
             "INVALID_STATE",
             &format!(
                 "The payment request is {} and can no longer be canceled",
-                state.as_str()
+                if state == PaymentRequestState::Completed {
+                    "finalized"
+                } else {
+                    state.as_str()
+                }
             ),
             Vec::new(),
         ),
@@ -1067,7 +1119,13 @@ async fn finish_journey(
     Path(uuid): Path<String>,
     Form(form): Form<JourneyForm>,
 ) -> Response {
-    let target = match form.action.as_str() {
+    // `*_app`: the customer goes back to the partner's app (offered only when it gave an
+    // app_return_url).
+    let (action, to_app) = match form.action.strip_suffix("_app") {
+        Some(action) => (action, true),
+        None => (form.action.as_str(), false),
+    };
+    let target = match action {
         "approve" => PaymentRequestState::Completed,
         "decline" => PaymentRequestState::Declined,
         _ => {
@@ -1084,7 +1142,11 @@ async fn finish_journey(
             &uuid,
             |request, now, events| {
                 if !request.state.is_open() {
-                    return Err(request.state);
+                    return Err(Some(request.state));
+                }
+                if to_app && request.app_return_url.is_none() {
+                    // Nothing changes: there was no app button to press.
+                    return Err(None);
                 }
                 request.state = target;
                 if target == PaymentRequestState::Completed {
@@ -1108,9 +1170,18 @@ async fn finish_journey(
             "Not found",
             "<p>This payment request does not exist.</p>",
         ),
-        Some(Err(state)) => closed_page(state),
+        Some(Err(Some(state))) => closed_page(state),
+        Some(Err(None)) => page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "<p>This payment request has no app to return to.</p>",
+        ),
         Some(Ok(request)) => {
-            let location = fill_return_url(&request);
+            let url = match (&request.app_return_url, to_app) {
+                (Some(app), true) => app,
+                _ => &request.return_url,
+            };
+            let location = fill_return_url(&request, url);
             match HeaderValue::from_str(&location) {
                 Ok(location) => {
                     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
@@ -1130,8 +1201,9 @@ fn new_token() -> String {
     format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
 }
 
-/// The return URL with Klarna's placeholders replaced by URL-encoded values.
-fn fill_return_url(request: &PaymentRequest) -> String {
+/// `url` (the request's return URL or app return URL) with Klarna's placeholders replaced by
+/// URL-encoded values.
+fn fill_return_url(request: &PaymentRequest, url: &str) -> String {
     let token = request.token.clone().unwrap_or_default();
     let values = [
         ("{klarna.payment_request.id}", request.id()),
@@ -1150,7 +1222,7 @@ fn fill_return_url(request: &PaymentRequest) -> String {
         ("{klarna.payment_request.payment_token}", token.clone()),
         ("{klarna.payment_request.interoperability_token}", token),
     ];
-    let mut url = request.return_url.clone();
+    let mut url = url.to_owned();
     for (placeholder, value) in values {
         if url.contains(placeholder) {
             url = url.replace(placeholder, &percent_encode(&value));
@@ -1210,8 +1282,15 @@ fn journey_page(request: &PaymentRequest) -> Response {
 <input id="phone" name="phone" type="tel" autocomplete="tel" placeholder="+1 555 010 0000">
 <button id="approve" type="submit" name="action" value="approve">Approve</button>
 <button id="decline" type="submit" name="action" value="decline">Decline</button>
-</form>
+{app}</form>
 <p><small>This is a test page: no money moves.</small></p>"#,
+        app = if request.app_return_url.is_some() {
+            r#"<button id="approve-app" type="submit" name="action" value="approve_app">Approve and return to the app</button>
+<button id="decline-app" type="submit" name="action" value="decline_app">Decline and return to the app</button>
+"#
+        } else {
+            ""
+        },
         amount = html_escape(&format_minor_units(request.amount, &request.currency)),
         reference = html_escape(&request.reference),
         uuid = html_escape(&request.uuid),

@@ -23,15 +23,18 @@
 //!    `currency` (three upper-case letters), `request_payment_transaction.amount` (positive
 //!    integer) and `.payment_transaction_reference` (1..255 characters); a `step_up_config`,
 //!    when present, needs `payment_request_reference` (1..255), `customer_interaction_config.
-//!    method` `HANDOVER`, an absolute http(s) `return_url` and an optional
-//!    `interaction_expiry.duration` between `PT15M` and `PT48H` (default 3 hours). Failures
+//!    method` `HANDOVER`, an absolute http(s) `return_url`, an optional `app_return_url`
+//!    (any absolute URL but `javascript:`, `data:`, `vbscript:`, `file:`, `blob:`, `about:`)
+//!    and an optional `interaction_expiry.duration` between `PT15M` and `PT48H` (default 3 hours). Failures
 //!    are 400 `INPUT_ERROR` / `VALIDATION_ERROR` with one `validation_errors` entry per field.
 //! 4. A token header (`Klarna-Network-Session-Token`, or the legacy `Klarna-Payment-Token`,
 //!    `Klarna-Interoperability-Token`) must name a `COMPLETED` Payment Request of the same
-//!    account, completed less than 60 minutes ago, not used before, with the same amount and
-//!    currency: then `APPROVED` (the token is spent). Otherwise 400 `INPUT_ERROR` whose
-//!    validation error names the header (unknown, used or expired token) or the mismatching
-//!    `request_payment_transaction.amount` / `currency`. The sandbox refuses rather than
+//!    account, completed less than 60 minutes ago, not canceled, with the same amount and
+//!    currency: then `APPROVED`, and the Payment Request is finalized. The same final call
+//!    again (a retry: same token, amount and currency) gets the same answer, the same
+//!    `payment_transaction_id`, at any later time. Otherwise 400 `INPUT_ERROR` whose
+//!    validation error names the header (unknown, expired or canceled token) or the
+//!    mismatching `request_payment_transaction.amount` / `currency`. The sandbox refuses rather than
 //!    declines so that a partner's bug shows as a bug.
 //! 5. **Test triggers** on `request_payment_transaction.payment_transaction_reference`:
 //!    starting with `decline` → `DECLINED` (`result_reason` `SANDBOX_DECLINE_TRIGGER`);
@@ -45,10 +48,12 @@
 //!
 //! Opening `payment_request_url` moves `SUBMITTED` → `IN_PROGRESS` (webhook
 //! `…in-progress`) and shows the amount, the reference, a phone input (`#phone`) and the
-//! buttons `#approve` and `#decline` of a plain form. Approve → `COMPLETED` with a fresh
-//! random token; decline → `DECLINED`. The webhook of the outcome is attempted (once, bounded
+//! buttons `#approve` and `#decline` of a plain form; when the request has an
+//! `app_return_url`, also `#approve-app` and `#decline-app`, which return the customer there
+//! instead. Approve → `COMPLETED` with a fresh random token; decline → `DECLINED`. The webhook of the outcome is attempted (once, bounded
 //! by the webhook timeout) before the answer `303 See Other` to `return_url` with the
-//! placeholders `{klarna.payment_request.id}`, `.state`, `.payment_request_reference`,
+//! placeholders (in `return_url`, or `app_return_url` for the app buttons)
+//! `{klarna.payment_request.id}`, `.state`, `.payment_request_reference`,
 //! `.klarna_network_session_token`, `.payment_token` and `.interoperability_token` replaced by
 //! percent-encoded values. A request past its expiry becomes `EXPIRED` when next touched (page,
 //! read, cancel; webhook `…expired`) and its page says so (410).
@@ -56,13 +61,18 @@
 //! read call also shows the token under `state_context.klarna_network_session_token` (the
 //! sandbox's choice; Klarna's read call is not documented).
 //!
+//! `DELETE` cancels a Payment Request that is open (`SUBMITTED`, `IN_PROGRESS`) or
+//! `COMPLETED` and not yet finalized by the final authorize (webhook `…canceled`; its token
+//! is refused from then on); a finalized or otherwise closed one is 409 `INVALID_STATE`.
+//!
 //! # Webhooks
 //!
 //! `POST` to the webhook URL with `Content-Type: application/json`, body
 //! `{"metadata": {event_id, event_type, event_version: "v2", occurred_at, correlation_id,
 //! subject_account_id, recipient_account_id, product_instance_id, webhook_id, live: false},
 //! "payload": {payment_request_id, payment_request_reference, state, amount, currency,
-//! klarna_network_session_token (only on completed)}}`, `Klarna-Signing-Key-Id` and
+//! klarna_network_session_token and payment_token, the same value under its older name (only
+//! on completed)}}`, `Klarna-Signing-Key-Id` and
 //! `Klarna-Signature` = lower-case hex HMAC-SHA256 of the exact body bytes
 //! ([`sign_webhook`]). A refused or failed delivery is retried a few times with doubling
 //! backoff ([`KlarnaSandboxConfig::webhook_attempts`]) in a background task.

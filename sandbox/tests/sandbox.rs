@@ -558,13 +558,23 @@ async fn approve_flow_fills_the_return_url_signs_webhooks_and_approves_the_final
             ["payment_transaction_reference"],
         "order-1"
     );
+    // The same final call again (a retry) gets the same answer, not a second transaction;
+    // another amount is still refused.
     let again = sandbox
         .authorize(
             &authorize_body(11800, "order-1"),
             &[("klarna-network-session-token", &token)],
         )
         .await;
-    assert_validation_error(&again, "Klarna-Network-Session-Token");
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+    assert_eq!(again.json(), approved);
+    let other = sandbox
+        .authorize(
+            &authorize_body(11801, "order-1"),
+            &[("klarna-network-session-token", &token)],
+        )
+        .await;
+    assert_validation_error(&other, "request_payment_transaction.amount");
 
     // A finished request cannot be approved twice.
     assert_eq!(press(&url, "approve").await.status, StatusCode::CONFLICT);
@@ -590,6 +600,109 @@ async fn completed_webhook_carries_the_token() {
         .as_str()
         .expect("token");
     assert!(answer.location().ends_with(token));
+    // Beside it, under its older name, as Klarna sends it.
+    assert_eq!(completed["payload"]["payment_token"], token);
+}
+
+#[tokio::test]
+async fn the_purchase_journey_offers_the_app_return_when_one_was_given() {
+    let sandbox = Sandbox::start(None).await;
+    let mut body = authorize_body(100, "order-1");
+    body["step_up_config"] = json!({
+        "payment_request_reference": "r",
+        "customer_interaction_config": {
+            "method": "HANDOVER",
+            "return_url": "https://shop.test/r?s={klarna.payment_request.state}",
+            "app_return_url": "shopapp://klarna/back?s={klarna.payment_request.state}&id={klarna.payment_request.id}",
+        },
+    });
+    let request = sandbox.authorize(&body, &[]).await.json()["payment_request"].clone();
+    let url = page_url(&request);
+    let html = get(&url).await.text();
+    assert!(html.contains(r#"id="approve-app""#), "{html}");
+    assert!(html.contains(r#"id="decline-app""#), "{html}");
+    let answer = press(&url, "approve_app").await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.text());
+    let id = request["payment_request_id"].as_str().expect("id");
+    assert_eq!(
+        answer.location(),
+        format!(
+            "shopapp://klarna/back?s=COMPLETED&id={}",
+            id.replace(':', "%3A")
+        )
+    );
+
+    // Without an app_return_url there is no app to offer, nor to return to.
+    let request = sandbox.step_up(100, "https://shop.test/r", None).await;
+    let url = page_url(&request);
+    let html = get(&url).await.text();
+    assert!(!html.contains("approve-app"), "{html}");
+    assert_eq!(
+        press(&url, "approve_app").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    // The web return still works.
+    assert_eq!(press(&url, "approve").await.status, StatusCode::SEE_OTHER);
+
+    // A script is no app.
+    body["step_up_config"]["customer_interaction_config"]["app_return_url"] =
+        json!("javascript:alert(1)");
+    let refused = sandbox.authorize(&body, &[]).await;
+    assert_validation_error(
+        &refused,
+        "step_up_config.customer_interaction_config.app_return_url",
+    );
+}
+
+#[tokio::test]
+async fn a_completed_request_can_be_canceled_until_it_is_finalized() {
+    let mut receiver = Receiver::start(0).await;
+    let sandbox = Sandbox::start(Some(receiver.url.clone())).await;
+
+    // Completed, not finalized: cancelable; its token is then refused.
+    let request = sandbox.step_up(100, "https://shop.test/r", None).await;
+    let id = request["payment_request_id"].as_str().expect("id");
+    press(&page_url(&request), "approve").await;
+    let token = sandbox.read(id).await.json()["state_context"]["klarna_network_session_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let canceled = sandbox.cancel(id).await;
+    assert_eq!(canceled.status, StatusCode::OK, "{}", canceled.text());
+    assert_eq!(canceled.json()["state"], "CANCELED");
+    receiver
+        .until("payment.request.state-change.canceled")
+        .await;
+    let refused = sandbox
+        .authorize(
+            &authorize_body(100, "order-1"),
+            &[("klarna-network-session-token", &token)],
+        )
+        .await;
+    assert_validation_error(&refused, "Klarna-Network-Session-Token");
+
+    // Finalized with its token: no longer cancelable.
+    let request = sandbox.step_up(100, "https://shop.test/r", None).await;
+    let id = request["payment_request_id"].as_str().expect("id");
+    press(&page_url(&request), "approve").await;
+    let token = sandbox.read(id).await.json()["state_context"]["klarna_network_session_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let approved = sandbox
+        .authorize(
+            &authorize_body(100, "order-1"),
+            &[("klarna-network-session-token", &token)],
+        )
+        .await;
+    assert_eq!(
+        approved.json()["payment_transaction_response"]["result"],
+        "APPROVED"
+    );
+    let late = sandbox.cancel(id).await;
+    assert_eq!(late.status, StatusCode::CONFLICT);
+    assert_eq!(late.json()["error_code"], "INVALID_STATE");
+    assert!(late.text().contains("finalized"), "{}", late.text());
 }
 
 #[tokio::test]

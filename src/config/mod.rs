@@ -45,6 +45,13 @@
 //! declined = "declined"
 //! redirect_url = "{payment_request_url}"  # or "https://pay.acquirer.example/r/{payment_request_id}"
 //! placement = "in_place"               # or "top_level": beside the payment API's own members
+//!
+//! [partners]                           # many partners behind one acquirer (off by default)
+//! header = "X-Partner-Id"              # or path_param = "partner" (routes with {partner})
+//! unknown = "refuse"                   # or "global"
+//! [[partners.entries]]                 # each key left out is the global one
+//! id = "shop-a"
+//! allowed_hosts = ["shop-a.example"]
 //! ```
 
 use std::fmt;
@@ -103,6 +110,8 @@ pub struct StepUpConfig {
     pub acquirer_return: AcquirerReturnConfig,
     /// Verified webhook relay (off by default).
     pub webhooks: WebhooksConfig,
+    /// Many partners behind one acquirer (off by default).
+    pub partners: PartnersConfig,
 }
 
 impl Default for StepUpConfig {
@@ -120,6 +129,7 @@ impl Default for StepUpConfig {
             partner_response: PartnerResponseConfig::default(),
             acquirer_return: AcquirerReturnConfig::default(),
             webhooks: WebhooksConfig::default(),
+            partners: PartnersConfig::default(),
         }
     }
 }
@@ -356,6 +366,97 @@ impl Default for WebhooksConfig {
             keys: Vec::new(),
             body_limit: 64 * 1024,
             relay_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Many partners (merchants) behind one acquirer: `[partners]`. Off while neither `header`
+/// nor `path_param` is set.
+///
+/// With it on, every request on a candidate route must name its partner (a missing or
+/// malformed identity is refused, 400 `invalid_partner` naming the header or the path
+/// parameter); the partner's entry, if it has one, gives its return-URL policy, defaults and
+/// interaction expiry; the `payment_request_reference` sent to Klarna becomes
+/// `<partner>:<reference>`; returns and webhooks name the partner.
+///
+/// ```toml
+/// [partners]
+/// header = "X-Partner-Id"      # set by the acquirer's gateway; or path_param = "partner"
+/// unknown = "refuse"           # or "global": partners without an entry use the global policy
+///
+/// [[partners.entries]]
+/// id = "shop-a"
+/// allowed_hosts = ["shop-a.example", "*.shop-a.example"]
+/// return_url = "https://shop-a.example/klarna/return"
+/// interaction_expiry = "PT1H"
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PartnersConfig {
+    /// The request header carrying the partner id, set by the acquirer's gateway (default
+    /// `""`: not read). The gateway must overwrite any value a client sent.
+    pub header: String,
+    /// The route parameter carrying the partner id, e.g. `partner` for routes such as
+    /// `/partners/{partner}/payments` (default `""`: not read). Every candidate route must
+    /// then have it. At most one of `header` and `path_param` may be set.
+    pub path_param: String,
+    /// What a partner without an entry gets (default [`UnknownPartner::Refuse`]).
+    pub unknown: UnknownPartner,
+    /// Each partner's own policy; what an entry leaves out is the global one.
+    pub entries: Vec<PartnerEntry>,
+}
+
+impl PartnersConfig {
+    /// Whether partners are identified at all.
+    pub fn enabled(&self) -> bool {
+        !self.header.is_empty() || !self.path_param.is_empty()
+    }
+}
+
+/// What a partner without its own entry gets: `partners.unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum UnknownPartner {
+    /// `"refuse"` (the default): 403 `unknown_partner`; only listed partners are served.
+    #[default]
+    Refuse,
+    /// `"global"`: the global policy (`[defaults]`, `[return_url_policy]`), with the
+    /// reference still namespaced by the partner id.
+    Global,
+}
+
+/// One partner's policy: `[[partners.entries]]`. Each key left out is the global one
+/// (`return_url_policy.*`, `defaults.*`); `check-config` prints every entry with the values
+/// it inherits spelled out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PartnerEntry {
+    /// The partner id, as the header or path parameter carries it: 1 to 64 ASCII letters,
+    /// digits, `-`, `_` or `.`.
+    pub id: String,
+    /// Allowed return-URL hosts (`return_url_policy.allowed_hosts` when left out).
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Allowed schemes (`return_url_policy.schemes` when left out).
+    pub schemes: Option<Vec<String>>,
+    /// Hosts for which plain `http` is allowed (`return_url_policy.http_hosts` when left out).
+    pub http_hosts: Option<Vec<String>>,
+    /// Default return URL (`defaults.return_url` when left out).
+    pub return_url: Option<String>,
+    /// Default app return URL (`defaults.app_return_url` when left out).
+    pub app_return_url: Option<String>,
+    /// Interaction expiry, PT15M ..= PT48H (`defaults.interaction_expiry` when left out).
+    pub interaction_expiry: Option<String>,
+}
+
+impl PartnerEntry {
+    /// An entry for partner `id`, inheriting everything.
+    pub fn new(id: impl Into<String>) -> Self {
+        PartnerEntry {
+            id: id.into(),
+            ..Self::default()
         }
     }
 }

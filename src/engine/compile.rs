@@ -10,7 +10,7 @@ use crate::config::{ConfigErrors, Placement, Problems, StepUpConfig};
 
 /// Validates `c` into an engine; secret keys are read through `secret(env_var_name)`.
 pub(super) fn compile(
-    c: StepUpConfig,
+    mut c: StepUpConfig,
     secret: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Engine, ConfigErrors> {
     let mut p = Problems::default();
@@ -21,7 +21,7 @@ pub(super) fn compile(
     if routes.is_empty() || routes.len() > u16::MAX as usize {
         p.add("routes", "must list between 1 and 65535 routes");
     }
-    let routes = routes
+    let routes: Vec<RoutePattern> = routes
         .iter()
         .enumerate()
         .filter_map(|(i, r)| {
@@ -112,6 +112,13 @@ pub(super) fn compile(
         .and_then(iso_duration_secs);
     let acquirer_return = acquirer_return(&c, &policy, expiry, secret, &mut p);
     let webhooks = webhooks(&c, secret, &mut p);
+    let partners = if routes.len() == c.routes.len() {
+        super::partners::compile(&mut c, &routes, &mut p)
+    } else {
+        // A route that did not parse: its error is reported; the partner checks of routes
+        // would be off by one.
+        super::partners::compile(&mut c, &[], &mut p)
+    };
     if !p.0.is_empty() {
         return Err(ConfigErrors(p.0));
     }
@@ -124,6 +131,18 @@ pub(super) fn compile(
              step-up guide calls webhooks mandatory",
         );
     }
+    for (i, e) in c.partners.entries.iter().enumerate() {
+        if e.allowed_hosts.as_ref().is_some_and(Vec::is_empty) {
+            warnings.add(
+                format!("partners.entries[{i}].allowed_hosts"),
+                format!(
+                    "empty: any https host will be accepted as a return URL of partner {} \
+                     (list its hosts)",
+                    e.id
+                ),
+            );
+        }
+    }
     Ok(Engine {
         routes,
         inject_at,
@@ -134,6 +153,7 @@ pub(super) fn compile(
         acquirer_return,
         webhooks,
         idempotency_header,
+        partners,
         warnings: warnings.0,
         config: c,
     })

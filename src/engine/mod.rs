@@ -23,6 +23,7 @@ mod head;
 pub(crate) mod json;
 mod klarna;
 mod partner;
+mod partners;
 mod reference;
 mod refusal;
 mod request;
@@ -109,6 +110,8 @@ struct Engine {
     webhooks: Option<Webhooks>,
     /// The partner's idempotency key header (`partner_fields.idempotency_header`).
     idempotency_header: Option<http::HeaderName>,
+    /// Many partners behind one acquirer (`[partners]`), when on.
+    partners: Option<partners::Partners>,
     /// What is valid but unwise in the configuration.
     warnings: Vec<ConfigError>,
 }
@@ -183,6 +186,8 @@ pub struct Candidate {
     route: u16,
     /// What identifies the request (path, idempotency key), for a derived reference.
     key: reference::RequestKey,
+    /// Who the partner is, when partners are on.
+    partner: partners::PartnerRef,
 }
 
 /// What the request side hands to the response side of one Klarna exchange.
@@ -191,6 +196,7 @@ pub struct Exchange {
     route: u16,
     reference: String,
     return_url: String,
+    partner: Option<String>,
 }
 
 impl Exchange {
@@ -202,6 +208,11 @@ impl Exchange {
     /// The return URL sent to Klarna.
     pub fn return_url(&self) -> &str {
         &self.return_url
+    }
+
+    /// The partner the request came from, when `[partners]` is on.
+    pub fn partner(&self) -> Option<&str> {
+        self.partner.as_deref()
     }
 }
 
@@ -399,6 +410,7 @@ impl StepUp {
                         candidate: Candidate {
                             route: i as u16,
                             key: reference::RequestKey::new(path, None),
+                            partner: partners::PartnerRef::Off,
                         },
                         reason: HeadReason::NonCanonicalPath,
                     }),
@@ -407,9 +419,26 @@ impl StepUp {
             }
         };
         let idempotency = e.idempotency_header.as_ref().and_then(|h| headers.get(h));
+        let partner = match &e.partners {
+            None => partners::PartnerRef::Off,
+            Some(p) => match &p.source {
+                partners::Source::Header(h) => {
+                    let mut values = headers.get_all(h).iter();
+                    match (values.next(), values.next()) {
+                        // Two identities: which one would the payment API read?
+                        (Some(_), Some(_)) => partners::PartnerRef::Invalid,
+                        (first, _) => p.identify(first.map(HeaderValue::as_bytes)),
+                    }
+                }
+                partners::Source::PathParam(name) => {
+                    p.identify(e.routes[route as usize].param(raw, name))
+                }
+            },
+        };
         let candidate = Candidate {
             route,
             key: reference::RequestKey::new(path, idempotency.map(HeaderValue::as_bytes)),
+            partner,
         };
         // A body the layer cannot read is not forwarded unread.
         if let Some(reason) = head::unreadable_request_body(headers) {
@@ -488,7 +517,15 @@ impl StepUp {
             .as_ref()
             .ok_or_else(Refusal::not_found)?;
         webhook::verify(&w.keys, headers, body)?;
-        webhook::parse(body)
+        let mut event = webhook::parse(body)?;
+        if self.inner.partners.is_some() {
+            event.partner = event
+                .reference
+                .as_deref()
+                .and_then(partners::of_reference)
+                .map(str::to_owned);
+        }
+        Ok(event)
     }
 
     /// The payment API's path for verified webhooks.

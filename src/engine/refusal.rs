@@ -8,7 +8,7 @@ use super::MARKER_HEADER;
 /// An answer the layer gives by itself: a JSON error naming the field and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// HTTP status: 400, 404, 413, 415, 502, 503 or 504.
+    /// HTTP status: 400, 403, 404, 413, 415, 502, 503 or 504.
     pub status: StatusCode,
     /// Machine-readable code, e.g. `invalid_return_url`.
     pub code: &'static str,
@@ -30,6 +30,17 @@ impl Refusal {
             code,
             param: Some(param.into()),
             message: message.into(),
+        }
+    }
+
+    /// A 403 `unknown_partner`: the partner named by `field` (the partner header or route
+    /// parameter) has no entry in `[partners]`, and `partners.unknown` is `"refuse"`.
+    pub fn unknown_partner(field: impl Into<String>) -> Self {
+        Refusal {
+            status: StatusCode::FORBIDDEN,
+            code: "unknown_partner",
+            param: Some(field.into()),
+            message: "names a partner this acquirer does not serve".into(),
         }
     }
 

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use super::compile::iso_duration_secs;
 use super::json::{self, Edits, Object};
+use super::partners::{self, PartnerId, PartnerRef, PolicyView};
 use super::{Candidate, Engine, Exchange, Refusal, RequestVerdict, StepUp};
 
 /// Longest `payment_request_reference` Klarna takes.
@@ -43,27 +44,32 @@ impl StepUp {
     /// validated like the layer's own even when the body is not Klarna (and then forwarded
     /// untouched if it holds).
     pub fn rewrite_request(&self, candidate: Candidate, body: &[u8], now: u64) -> RequestVerdict {
+        let e = &*self.inner;
+        let (policy, partner) = match e.policy_for(candidate.partner) {
+            Ok(p) => p,
+            Err(r) => return RequestVerdict::Refused(r),
+        };
         let Some(root) = Object::parse(body) else {
             return RequestVerdict::Refused(unreadable(body));
         };
-        let e = &*self.inner;
         if let Err(r) = e.check_read_keys(&root) {
             return RequestVerdict::Refused(r);
         }
         let klarna = e.is_klarna(&root);
-        if let Err(r) = e.check_other_configs(&root, klarna) {
+        if let Err(r) = e.check_other_configs(&root, klarna, policy) {
             return RequestVerdict::Refused(r);
         }
         if !klarna {
             return RequestVerdict::NotKlarna;
         }
-        match e.inject(body, &root, candidate, now) {
+        match e.inject(body, &root, candidate, now, policy, partner.as_ref()) {
             Ok((body, reference, return_url)) => RequestVerdict::Injected {
                 body,
                 exchange: Exchange {
                     route: candidate.route,
                     reference,
                     return_url,
+                    partner: partner.map(|p| p.as_str().to_owned()),
                 },
             },
             Err(refusal) => RequestVerdict::Refused(refusal),
@@ -72,6 +78,33 @@ impl StepUp {
 }
 
 impl Engine {
+    /// The policy a candidate is served with, and its partner when partners are on; or the
+    /// refusal of a partner that is missing, malformed or not served.
+    fn policy_for(
+        &self,
+        partner: PartnerRef,
+    ) -> Result<(PolicyView<'_>, Option<PartnerId>), Refusal> {
+        let global = PolicyView {
+            urls: &self.policy,
+            return_url: self.config.defaults.return_url.as_deref(),
+            app_return_url: self.config.defaults.app_return_url.as_deref(),
+            interaction_expiry: self.config.defaults.interaction_expiry.as_deref(),
+        };
+        let Some(partners) = &self.partners else {
+            return Ok((global, None));
+        };
+        if let Some(refusal) = partners.refusal(partner) {
+            return Err(refusal);
+        }
+        Ok(match partner {
+            PartnerRef::Listed { entry, id } => {
+                (partners.policies[entry as usize].view(), Some(id))
+            }
+            PartnerRef::Unlisted(id) => (global, Some(id)),
+            _ => (global, None),
+        })
+    }
+
     /// Refuses a duplicate of any key the engine reads, wherever it reads one: a parser that
     /// takes the first copy would read what the layer did not check.
     fn check_read_keys(&self, root: &Object<'_>) -> Result<(), Refusal> {
@@ -128,10 +161,15 @@ impl Engine {
     /// Validates every `step_up_config` the layer will not complete itself (all of them in a
     /// body that is not Klarna; the top-level one beside `inject_at` in one that is) with the
     /// checks the layer's own gets: the payment API may well read it.
-    fn check_other_configs(&self, root: &Object<'_>, klarna: bool) -> Result<(), Refusal> {
+    fn check_other_configs(
+        &self,
+        root: &Object<'_>,
+        klarna: bool,
+        policy: PolicyView<'_>,
+    ) -> Result<(), Refusal> {
         if !klarna || !self.inject_at.is_empty() {
             if let Some(suc) = root.get("step_up_config") {
-                self.check_step_up_config(suc, "")?;
+                self.check_step_up_config(suc, "", policy)?;
             }
         }
         if klarna || self.inject_at.is_empty() {
@@ -153,7 +191,7 @@ impl Engine {
             Some(suc) => {
                 let mut prefix = self.inject_at.join(".");
                 prefix.push('.');
-                self.check_step_up_config(suc, &prefix)
+                self.check_step_up_config(suc, &prefix, policy)
             }
             None => Ok(()),
         }
@@ -161,7 +199,12 @@ impl Engine {
 
     /// The checks of a caller's `step_up_config` at `prefix`: an object, its reference and
     /// its return URLs valid.
-    fn check_step_up_config(&self, raw: &str, prefix: &str) -> Result<(), Refusal> {
+    fn check_step_up_config(
+        &self,
+        raw: &str,
+        prefix: &str,
+        policy: PolicyView<'_>,
+    ) -> Result<(), Refusal> {
         if raw == "null" {
             return Ok(());
         }
@@ -185,35 +228,10 @@ impl Engine {
         for (key, app) in [("return_url", false), ("app_return_url", true)] {
             if let Some(v) = cic.get(key) {
                 let p = param(&format!(".customer_interaction_config.{key}"));
-                self.check_url(v, p, app)?;
+                check_url(v, p, app, policy)?;
             }
         }
         Ok(())
-    }
-
-    /// A return URL (web, or app when `app`) as the caller sent it, checked by the policy.
-    fn check_url<'a>(
-        &self,
-        raw: &'a str,
-        param: String,
-        app: bool,
-    ) -> Result<Cow<'a, str>, Refusal> {
-        let code = if app {
-            "invalid_app_return_url"
-        } else {
-            "invalid_return_url"
-        };
-        let value =
-            json::as_str(raw).ok_or_else(|| Refusal::invalid(code, &param, "must be a string"))?;
-        let checked = if app {
-            self.policy.check_app_return_url(&value)
-        } else {
-            self.policy.check_return_url(&value)
-        };
-        match checked {
-            Ok(()) => Ok(value),
-            Err(why) => Err(Refusal::invalid(code, param, why)),
-        }
     }
 
     fn is_klarna(&self, root: &Object<'_>) -> bool {
@@ -234,12 +252,14 @@ impl Engine {
         self.config.detect.authorize_shape && root.get("request_payment_transaction").is_some()
     }
 
-    fn inject(
-        &self,
+    fn inject<'a>(
+        &'a self,
         body: &[u8],
         root: &Object<'_>,
         candidate: Candidate,
         now: u64,
+        policy: PolicyView<'a>,
+        partner: Option<&PartnerId>,
     ) -> Result<(Vec<u8>, String, String), Refusal> {
         // Where step_up_config goes: walk inject_at; objects missing on the way are created.
         let mut target = None;
@@ -304,11 +324,29 @@ impl Engine {
             })?),
             _ => None,
         };
-        let reference = self.choose_reference(root, suc.as_ref(), &prefix, || {
-            candidate.key.reference(body)
-        })?;
+        let (reference, reference_param) =
+            self.choose_reference(root, suc.as_ref(), &prefix, || {
+                candidate.key.reference(body)
+            })?;
+        // Unique across partners: `<partner>:<reference>`, within Klarna's limit.
+        let reference: Cow<'_, str> = match partner {
+            None => reference,
+            Some(id) => Cow::Owned(
+                partners::namespaced(id, &reference, MAX_REFERENCE).ok_or_else(|| {
+                    Refusal::invalid(
+                        "invalid_reference",
+                        reference_param.unwrap_or_default(),
+                        format!(
+                            "is too long: with the partner prefix \"{}:\" it must be at most \
+                             {MAX_REFERENCE} characters",
+                            id.as_str()
+                        ),
+                    )
+                })?,
+            ),
+        };
         let (return_url, return_param) = self
-            .choose_url(root, cic.as_ref(), &prefix, false)?
+            .choose_url(root, cic.as_ref(), &prefix, false, policy)?
             .ok_or_else(|| {
                 Refusal::invalid(
                     "missing_return_url",
@@ -325,7 +363,7 @@ impl Engine {
                 )
             })?;
         let app_return_url = self
-            .choose_url(root, cic.as_ref(), &prefix, true)?
+            .choose_url(root, cic.as_ref(), &prefix, true, policy)?
             .map(|(url, _)| url);
 
         // The members to add, serialized once.
@@ -339,10 +377,11 @@ impl Engine {
             // URL travels signed inside it. A return_url the caller set itself is left alone.
             match &self.acquirer_return {
                 Some(r) => {
-                    let url = r.return_url(
+                    let url = r.return_url_for(
+                        partner.map(PartnerId::as_str),
                         &return_url,
                         &reference,
-                        self.request_secs(cic.as_ref()),
+                        self.request_secs(cic.as_ref(), policy),
                         now,
                     );
                     if url.len() > MAX_SIGNED_RETURN_URL {
@@ -365,11 +404,8 @@ impl Engine {
         if let Some(app) = app_return_url.as_ref().filter(|_| !has("app_return_url")) {
             json::write_member(&mut cic_members, "app_return_url", app);
         }
-        if let Some(expiry) = self
-            .config
-            .defaults
+        if let Some(expiry) = policy
             .interaction_expiry
-            .as_deref()
             .filter(|_| !has("interaction_expiry"))
         {
             let mut duration = Vec::with_capacity(expiry.len() + 16);
@@ -389,11 +425,18 @@ impl Engine {
         // Fill what is missing, innermost first; an explicit null is replaced in place so
         // that no key is ever sent twice.
         let mut suc_add = Vec::with_capacity(cic_members.len() + 96);
-        if suc
+        match suc
             .as_ref()
-            .is_none_or(|s| s.get("payment_request_reference").is_none())
+            .and_then(|s| s.get("payment_request_reference"))
         {
-            json::write_member(&mut suc_add, "payment_request_reference", &reference);
+            None => json::write_member(&mut suc_add, "payment_request_reference", &reference),
+            // The caller's own reference, namespaced in place.
+            Some(raw) if partner.is_some() => {
+                let mut value = Vec::with_capacity(reference.len() + 2);
+                json::write_str(&mut value, &reference);
+                edits.replace(json::span(body, raw), value);
+            }
+            Some(_) => {}
         }
         match (&cic, &suc) {
             (Some(cic), _) if !cic_members.is_empty() => {
@@ -463,16 +506,16 @@ impl Engine {
         suc: Option<&Object<'a>>,
         prefix: &dyn Fn(&str) -> String,
         derived: impl FnOnce() -> String,
-    ) -> Result<Cow<'a, str>, Refusal> {
+    ) -> Result<(Cow<'a, str>, Option<String>), Refusal> {
         let found = match suc.and_then(|s| s.get("payment_request_reference")) {
             Some(v) => Some((v, prefix("step_up_config.payment_request_reference"))),
             None => first_field(root, &self.config.partner_fields.reference)
                 .map(|(name, v)| (v, name.to_owned())),
         };
         let Some((raw, param)) = found else {
-            return Ok(Cow::Owned(derived()));
+            return Ok((Cow::Owned(derived()), None));
         };
-        check_reference(raw, param)
+        Ok((check_reference(raw, param.clone())?, Some(param)))
     }
 
     /// A return URL (web, or app when `app`): the caller's step_up_config, else the partner
@@ -484,18 +527,19 @@ impl Engine {
         cic: Option<&Object<'a>>,
         prefix: &dyn Fn(&str) -> String,
         app: bool,
+        policy: PolicyView<'a>,
     ) -> Result<Option<(Cow<'a, str>, String)>, Refusal> {
         let (key, fields, default) = if app {
             (
                 "app_return_url",
                 &self.config.partner_fields.app_return_url,
-                &self.config.defaults.app_return_url,
+                policy.app_return_url,
             )
         } else {
             (
                 "return_url",
                 &self.config.partner_fields.return_url,
-                &self.config.defaults.return_url,
+                policy.return_url,
             )
         };
         let found = match cic.and_then(|c| c.get(key)) {
@@ -507,18 +551,16 @@ impl Engine {
         };
         let Some((raw, param)) = found else {
             // Defaults were validated with the configuration.
-            return Ok(default
-                .as_deref()
-                .map(|d| (Cow::Borrowed(d), format!("defaults.{key}"))));
+            return Ok(default.map(|d| (Cow::Borrowed(d), format!("defaults.{key}"))));
         };
-        let value = self.check_url(raw, param.clone(), app)?;
+        let value = check_url(raw, param.clone(), app, policy)?;
         Ok(Some((value, param)))
     }
 
     /// How long the Payment Request can live, when the partner (its own
     /// `interaction_expiry.duration`) or the configuration set it: at most 48 hours, Klarna's
     /// limit (a duration the layer cannot read counts as the limit). `None`: Klarna's default.
-    fn request_secs(&self, cic: Option<&Object<'_>>) -> Option<u64> {
+    fn request_secs(&self, cic: Option<&Object<'_>>, policy: PolicyView<'_>) -> Option<u64> {
         const MAX: u64 = 48 * 3600;
         match cic
             .and_then(|c| c.get("interaction_expiry"))
@@ -530,12 +572,7 @@ impl Engine {
                     .and_then(|d| iso_duration_secs(&d))
                     .map_or(MAX, |s| s.min(MAX)),
             ),
-            None => self
-                .config
-                .defaults
-                .interaction_expiry
-                .as_deref()
-                .and_then(iso_duration_secs),
+            None => policy.interaction_expiry.and_then(iso_duration_secs),
         }
     }
 
@@ -606,6 +643,31 @@ fn step_up_config_keys(raw: &str, prefix: &str) -> Result<(), Refusal> {
         no_duplicates(&cic, |k| INTERACTION_KEYS.contains(&k), &prefix)?;
     }
     Ok(())
+}
+
+/// A return URL (web, or app when `app`) as the caller sent it, checked by the policy.
+fn check_url<'a>(
+    raw: &'a str,
+    param: String,
+    app: bool,
+    policy: PolicyView<'_>,
+) -> Result<Cow<'a, str>, Refusal> {
+    let code = if app {
+        "invalid_app_return_url"
+    } else {
+        "invalid_return_url"
+    };
+    let value =
+        json::as_str(raw).ok_or_else(|| Refusal::invalid(code, &param, "must be a string"))?;
+    let checked = if app {
+        policy.urls.check_app_return_url(&value)
+    } else {
+        policy.urls.check_return_url(&value)
+    };
+    match checked {
+        Ok(()) => Ok(value),
+        Err(why) => Err(Refusal::invalid(code, param, why)),
+    }
 }
 
 /// A `payment_request_reference` as the caller sent it: a string of 1 to 255 characters.

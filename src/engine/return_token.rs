@@ -4,6 +4,11 @@
 //! Token bytes (then base64url, no padding):
 //! `version(1) | key id length(1) | key id | expiry, unix seconds, u64 BE | reference length(2)
 //!  | reference | partner return URL | HMAC-SHA256 over everything before it (32)`.
+//!
+//! Version 2, minted when `[partners]` is on, adds the partner after the expiry:
+//! `version(2) | key id length(1) | key id | expiry(8) | partner length(1) | partner |
+//!  reference length(2) | reference | partner return URL | HMAC(32)`. Version 1 tokens (no
+//! partner) are still minted without partners, and both are verified.
 //! The key id picks the verifying key, so keys rotate without invalidating live tokens.
 
 use std::borrow::Cow;
@@ -20,6 +25,8 @@ use super::return_url::PLACEHOLDERS;
 use super::{Refusal, MARKER_HEADER};
 
 const VERSION: u8 = 1;
+/// The version that carries the partner.
+const VERSION_PARTNER: u8 = 2;
 const TAG: usize = 32;
 /// Characters escaped in a value put into a URL: everything but RFC 3986 unreserved.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -104,6 +111,8 @@ pub struct ReturnRedirect {
     pub payment_request_id: Option<String>,
     /// The payment request state as Klarna reported it on the return, if it did.
     pub state: Option<String>,
+    /// The partner the token was minted for, when `[partners]` is on.
+    pub partner: Option<String>,
     token: Option<String>,
 }
 
@@ -114,6 +123,7 @@ impl std::fmt::Debug for ReturnRedirect {
             .field("reference", &self.reference)
             .field("payment_request_id", &self.payment_request_id)
             .field("state", &self.state)
+            .field("partner", &self.partner)
             .finish_non_exhaustive()
     }
 }
@@ -140,15 +150,19 @@ impl ReturnRedirect {
     }
 
     /// The notification body for the payment API:
-    /// `{"payment_request_reference","payment_request_id","state","klarna_network_session_token"}`.
+    /// `{"payment_request_reference","payment_request_id","state","klarna_network_session_token"}`,
+    /// and `"partner"` when the token carries one.
     pub fn notification(&self) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({
+        let mut body = serde_json::json!({
             "payment_request_reference": self.reference,
             "payment_request_id": self.payment_request_id,
             "state": self.state,
             "klarna_network_session_token": self.token,
-        }))
-        .expect("serializing strings cannot fail")
+        });
+        if let Some(partner) = &self.partner {
+            body["partner"] = serde_json::Value::from(partner.as_str());
+        }
+        serde_json::to_vec(&body).expect("serializing strings cannot fail")
     }
 }
 
@@ -175,6 +189,7 @@ impl ReturnEndpoint {
     /// name. `request_secs` is the Payment Request's `interaction_expiry` when the partner or
     /// the configuration set one: the token lives that long (else Klarna's 3 hours) plus the
     /// margin, rounded up to the bucket.
+    #[cfg(test)]
     pub fn return_url(
         &self,
         partner_url: &str,
@@ -182,13 +197,34 @@ impl ReturnEndpoint {
         request_secs: Option<u64>,
         now: u64,
     ) -> String {
+        self.return_url_for(None, partner_url, reference, request_secs, now)
+    }
+
+    /// [`return_url`](Self::return_url), for `partner` (a valid partner id, at most 64
+    /// bytes) when `[partners]` is on: the token is then of version 2 and carries it.
+    pub fn return_url_for(
+        &self,
+        partner: Option<&str>,
+        partner_url: &str,
+        reference: &str,
+        request_secs: Option<u64>,
+        now: u64,
+    ) -> String {
         let (key_id, key) = &self.keys[0];
         let mut msg =
-            Vec::with_capacity(partner_url.len() + reference.len() + key_id.len() + 11 + TAG);
-        msg.push(VERSION);
+            Vec::with_capacity(partner_url.len() + reference.len() + key_id.len() + 76 + TAG);
+        msg.push(if partner.is_some() {
+            VERSION_PARTNER
+        } else {
+            VERSION
+        });
         msg.push(key_id.len() as u8);
         msg.extend_from_slice(key_id.as_bytes());
         msg.extend_from_slice(&self.expiry(request_secs, now).to_be_bytes());
+        if let Some(p) = partner {
+            msg.push(p.len() as u8);
+            msg.extend_from_slice(p.as_bytes());
+        }
         msg.extend_from_slice(&(reference.len() as u16).to_be_bytes());
         msg.extend_from_slice(reference.as_bytes());
         msg.extend_from_slice(partner_url.as_bytes());
@@ -248,7 +284,8 @@ impl ReturnEndpoint {
             .split_at_checked(bytes.len().checked_sub(TAG).ok_or_else(invalid)?)
             .ok_or_else(invalid)?;
         let mut r = Reader(msg);
-        if r.take(1)? != [VERSION] {
+        let version = r.take(1)?[0];
+        if version != VERSION && version != VERSION_PARTNER {
             return Err(invalid());
         }
         let id_len = r.take(1)?[0] as usize;
@@ -261,6 +298,13 @@ impl ReturnEndpoint {
         // Constant time, length included.
         mac(key, msg).verify_slice(tag).map_err(|_| invalid())?;
         let expiry = u64::from_be_bytes(r.take(8)?.try_into().map_err(|_| invalid())?);
+        let partner = if version == VERSION_PARTNER {
+            let len = r.take(1)?[0] as usize;
+            let id = std::str::from_utf8(r.take(len)?).map_err(|_| invalid())?;
+            Some(id.to_owned())
+        } else {
+            None
+        };
         let ref_len = u16::from_be_bytes([r.take(1)?[0], r.take(1)?[0]]) as usize;
         let reference = std::str::from_utf8(r.take(ref_len)?).map_err(|_| invalid())?;
         let partner_url = std::str::from_utf8(r.0).map_err(|_| invalid())?;
@@ -323,6 +367,7 @@ impl ReturnEndpoint {
             reference: reference.to_owned(),
             payment_request_id: id,
             state,
+            partner,
             token: session,
         })
     }
@@ -468,6 +513,7 @@ mod tests {
             reference: "r".into(),
             payment_request_id: None,
             state: None,
+            partner: None,
             token: None,
         };
         let res = r.to_response();

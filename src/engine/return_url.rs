@@ -152,12 +152,17 @@ pub(crate) struct ReturnUrlPolicy {
 
 impl ReturnUrlPolicy {
     pub fn new(c: &ReturnUrlPolicyConfig, p: &mut Problems) -> Self {
+        Self::new_at("return_url_policy", c, p)
+    }
+
+    /// The policy of `c`, its errors named under `section` (e.g. `partners.entries[2]`).
+    pub fn new_at(section: &str, c: &ReturnUrlPolicyConfig, p: &mut Problems) -> Self {
         let hosts = |key: &str, list: &[String], p: &mut Problems| {
             list.iter()
                 .enumerate()
                 .filter_map(|(i, h)| {
                     HostPattern::parse(h)
-                        .map_err(|r| p.add(format!("return_url_policy.{key}[{i}]"), r))
+                        .map_err(|r| p.add(format!("{section}.{key}[{i}]"), r))
                         .ok()
                 })
                 .collect()
@@ -165,24 +170,27 @@ impl ReturnUrlPolicy {
         for (i, s) in c.schemes.iter().enumerate() {
             if !matches!(s.as_str(), "https" | "http") {
                 p.add(
-                    format!("return_url_policy.schemes[{i}]"),
+                    format!("{section}.schemes[{i}]"),
                     "must be \"https\" or \"http\"",
                 );
             }
         }
         if c.schemes.is_empty() {
-            p.add("return_url_policy.schemes", "must name at least one scheme");
+            p.add(
+                format!("{section}.schemes"),
+                "must name at least one scheme",
+            );
         }
         if !(16..=8192).contains(&c.max_length) {
             p.add(
-                "return_url_policy.max_length",
+                format!("{section}.max_length"),
                 "must be between 16 and 8192",
             );
         }
         for (i, name) in c.extra_placeholders.iter().enumerate() {
             if !is_placeholder_name(name) {
                 p.add(
-                    format!("return_url_policy.extra_placeholders[{i}]"),
+                    format!("{section}.extra_placeholders[{i}]"),
                     "must be {name}: 1 to 128 letters, digits, '.', '_' or '-' in braces",
                 );
             }

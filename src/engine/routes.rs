@@ -13,6 +13,8 @@ pub(super) struct RoutePattern {
     method: Method,
     pub(super) pattern: String,
     segments: Vec<Option<String>>,
+    /// The names of the `{name}` segments, by segment index.
+    params: Vec<(usize, String)>,
 }
 
 impl RoutePattern {
@@ -39,8 +41,10 @@ impl RoutePattern {
             return None;
         }
         let mut segments = Vec::new();
-        for seg in path.split('/').skip(1) {
+        let mut params = Vec::new();
+        for (i, seg) in path.split('/').skip(1).enumerate() {
             if seg.starts_with('{') && seg.ends_with('}') && seg.len() > 2 {
+                params.push((i, seg[1..seg.len() - 1].to_owned()));
                 segments.push(None);
             } else if seg.contains(['{', '}']) {
                 p.add(
@@ -56,7 +60,20 @@ impl RoutePattern {
             method,
             pattern: path.to_owned(),
             segments,
+            params,
         })
+    }
+
+    /// Whether the pattern has the parameter `{name}`.
+    pub(super) fn has_param(&self, name: &str) -> bool {
+        self.params.iter().any(|(_, n)| n == name)
+    }
+
+    /// The segment of `path` (which [`matches`](Self::matches) this route) that the
+    /// parameter `{name}` matched.
+    pub(super) fn param<'p>(&self, path: &'p [u8], name: &str) -> Option<&'p [u8]> {
+        let (index, _) = self.params.iter().find(|(_, n)| n == name)?;
+        path.strip_prefix(b"/")?.split(|&b| b == b'/').nth(*index)
     }
 
     /// The exact match: same method, literal segments byte for byte.

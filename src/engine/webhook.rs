@@ -33,8 +33,11 @@ pub mod relay_headers {
     pub const STATE: HeaderName = HeaderName::from_static("x-klarna-stepup-state");
     /// The Klarna network session token for the final authorize call.
     pub const TOKEN: HeaderName = HeaderName::from_static("x-klarna-stepup-token");
+    /// The partner, from the namespaced `payload.payment_request_reference`
+    /// (`<partner>:<reference>`), when `[partners]` is on.
+    pub const PARTNER: HeaderName = HeaderName::from_static("x-klarna-stepup-partner");
     /// All of them.
-    pub const ALL: [HeaderName; 7] = [
+    pub const ALL: [HeaderName; 8] = [
         VERIFIED,
         EVENT_ID,
         EVENT_TYPE,
@@ -42,6 +45,7 @@ pub mod relay_headers {
         REFERENCE,
         STATE,
         TOKEN,
+        PARTNER,
     ];
 }
 
@@ -73,6 +77,9 @@ pub struct WebhookEvent {
     /// in both places, then `payload.interoperability_token` (an older revision). Never
     /// printed.
     pub token: Option<String>,
+    /// The partner named by the namespaced reference (`<partner>:<reference>`), when
+    /// `[partners]` is on.
+    pub partner: Option<String>,
 }
 
 impl std::fmt::Debug for WebhookEvent {
@@ -84,6 +91,7 @@ impl std::fmt::Debug for WebhookEvent {
             .field("reference", &self.reference)
             .field("state", &self.state)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("partner", &self.partner)
             .finish()
     }
 }
@@ -101,6 +109,7 @@ impl WebhookEvent {
             (REFERENCE, &self.reference),
             (STATE, &self.state),
             (TOKEN, &self.token),
+            (PARTNER, &self.partner),
         ] {
             if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
                 out.push((name, v));
@@ -248,6 +257,8 @@ pub(crate) fn parse(body: &[u8]) -> Result<WebhookEvent, Refusal> {
             .or(e.payload.payment_token)
             .or(ctx.payment_token)
             .or(e.payload.interoperability_token)),
+        // Set by `StepUp::verify_webhook` when partners are on.
+        partner: None,
     })
 }
 

@@ -186,7 +186,11 @@ impl ProxyConfig {
     pub fn warnings(&self) -> Vec<ConfigError> {
         let mut out = self.step_up.warnings().to_vec();
         let c = self.step_up.config();
-        if c.return_url_policy.allowed_hosts.is_empty() {
+        // With partners on and unlisted ones refused, the global list serves no partner (the
+        // engine warns of each open entry itself).
+        let global_serves =
+            !c.partners.enabled() || c.partners.unknown == crate::config::UnknownPartner::Global;
+        if global_serves && c.return_url_policy.allowed_hosts.is_empty() {
             out.push(err(
                 "return_url_policy.allowed_hosts",
                 "empty: any https host will be accepted as a return URL (list the partners' \
