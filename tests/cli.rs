@@ -798,3 +798,91 @@ async fn serve_ignores_sighup_and_logs_json_when_asked() {
         );
     }
 }
+
+/// Issue 13 point 7: at `RUST_LOG=trace`, no header, cookie, query token, signature or body
+/// reaches the log (the framework's own lines are capped at `info`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_at_rust_log_trace_logs_no_secret() {
+    let up = upstream::start().await;
+    let f = fixtures::by_name("step_up_required");
+    up.set_answer(Answer::of(&f));
+    let listen = free_addr();
+    let path = write_config(
+        &format!("trace-{}.toml", listen.port()),
+        &format!(
+            "[server]\nlisten = \"{listen}\"\nupstream = \"{}\"\n",
+            up.addr
+        ),
+    );
+    let mut child = Served(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "trace")
+            .env_remove("KLARNA_STEPUP_UNSAFE_FRAMEWORK_DEBUG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(listen);
+    let body = f.body.clone();
+    let answers = tokio::task::spawn_blocking(move || {
+        let secrets = "Authorization: Basic c2VjcmV0\r\nCookie: session=cookie-s3cret\r\n";
+        let webhook = br#"{"event_id":"webhook-body-s3cret"}"#;
+        [
+            exchange(
+                listen,
+                &format!(
+                    "GET /orders?token=query-s3cret HTTP/1.1\r\nHost: x\r\n{secrets}\
+                     Connection: close\r\n\r\n"
+                ),
+                b"",
+            ),
+            exchange(
+                listen,
+                &format!(
+                    "POST /payments?token=query-s3cret HTTP/1.1\r\nHost: x\r\n{secrets}\
+                     Connection: close\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\n\r\n",
+                    body.len()
+                ),
+                &body,
+            ),
+            exchange(
+                listen,
+                &format!(
+                    "POST /klarna/webhooks HTTP/1.1\r\nHost: x\r\n\
+                     Klarna-Signature: sig-s3cret\r\nConnection: close\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    webhook.len()
+                ),
+                webhook,
+            ),
+        ]
+    })
+    .await
+    .unwrap();
+    for a in &answers {
+        assert!(a.starts_with("HTTP/1.1 "), "{a}");
+    }
+    assert!(answers[1].starts_with("HTTP/1.1 200"), "{}", answers[1]);
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("request done"), "{log}");
+    for secret in [
+        "c2VjcmV0",
+        "cookie-s3cret",
+        "query-s3cret",
+        "sig-s3cret",
+        "webhook-body-s3cret",
+        // the partner's return URL and the customer (request body)
+        "partner.example/klarna/return",
+        "customer@example.com",
+        // the payment API's answer body
+        "payment_request_data",
+        "pay.klarna.com/eu/requests",
+    ] {
+        assert!(!log.contains(secret), "{secret} logged:\n{log}");
+    }
+}
