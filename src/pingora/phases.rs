@@ -15,7 +15,7 @@ use pingora::{Error, ErrorType, OrErr, Result};
 
 use super::client::UpstreamClient;
 use super::ctx::{Own, Req, Resp, StepUpCtx};
-use super::io::{read_retry_buffered, respond, upstream_refusal, Read};
+use super::io::{client_timeout_refusal, read_retry_buffered, respond, upstream_refusal, Read};
 use crate::engine::{self, unix_now, Candidate};
 use crate::observe::{Outcome, Record};
 use crate::{KeepReason, Refusal, RequestVerdict, ResponsePlan, ResponseVerdict, Route, StepUp};
@@ -190,6 +190,7 @@ impl StepUpPhases {
         let body = match read_retry_buffered(session, limit.min(RETRY_BUFFER_LIMIT)).await {
             Read::Whole(body) => body,
             Read::Failed => return self.refuse(session, ctx, Refusal::unreadable_body()).await,
+            Read::TimedOut => return self.refuse(session, ctx, Refusal::request_timeout()).await,
             Read::Over(body) if body.len() > limit => {
                 return self.refuse(session, ctx, Refusal::too_large(limit)).await
             }
@@ -466,7 +467,7 @@ impl StepUpPhases {
                 }
                 Refusal::webhook_not_accepted()
             }
-            None => upstream_refusal(e)?,
+            None => client_timeout_refusal(e).or_else(|| upstream_refusal(e))?,
         };
         let code = refusal.status.as_u16();
         if session.response_written().is_none() {
