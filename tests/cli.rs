@@ -1133,3 +1133,110 @@ fn ok_answer() -> Answer {
         delay: None,
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 13 point 3: every body read or decoded is bounded
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_new_candidates_past_the_buffer_budget_and_keeps_accepted_ones() {
+    let up = upstream::start().await;
+    up.set_answer(ok_answer());
+    let (mut child, listen) = serve_with("buffer_budget_bytes = 100000\n", up.addr);
+    tokio::task::spawn_blocking(move || {
+        let n = 60_000;
+        let head = format!(
+            "POST /payments HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {n}\r\n\r\n"
+        );
+        let prefix = br#"{"payment_method":"card","pad":""#;
+        let mut body = prefix.to_vec();
+        body.resize(n - 2, b'p');
+        body.extend_from_slice(b"\"}");
+        // A: accepted, half of its body sent.
+        let mut a = TcpStream::connect(listen).unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        a.write_all(head.as_bytes()).unwrap();
+        a.write_all(&body[..n / 2]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // B: over the budget: 503 with Retry-After, nothing sent upstream.
+        let b = exchange(listen, &head, &body);
+        assert!(b.starts_with("HTTP/1.1 503"), "{b}");
+        assert!(b.contains(r#""code":"overloaded""#), "{b}");
+        assert!(b.to_ascii_lowercase().contains("retry-after: 1"), "{b}");
+        // A goes on and is answered.
+        a.write_all(&body[n / 2..]).unwrap();
+        let r = read_one(&mut a);
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        // The budget is given back: C is accepted.
+        let c = exchange(listen, &head, &body);
+        assert!(c.starts_with("HTTP/1.1 200"), "{c}");
+    })
+    .await
+    .unwrap();
+    assert_eq!(up.take_received().len(), 2);
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_a_compressed_answer_decoded_past_the_body_limit() {
+    use std::io::Write as _;
+    let up = upstream::start().await;
+    // About 20 KB of gzip that decodes to 32 MiB.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(br#"{"payment_transaction_response":{"result":"APPROVED"},"pad":""#)
+        .unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..32 {
+        gz.write_all(&chunk).unwrap();
+    }
+    gz.write_all(b"\"}").unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 200_000, "{}", bomb.len());
+    up.set_answer(Answer {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("content-encoding".into(), "gzip".into()),
+        ],
+        body: bomb,
+        delay: None,
+    });
+    let (mut child, listen) = serve_with("", up.addr);
+    // A Klarna payment over 64 KiB: Pingora's pipeline, whose decompression is on for it.
+    let f = fixtures::by_name("step_up_required");
+    let mut body = b"{".to_vec();
+    body.extend(std::iter::repeat_n(b' ', 70 * 1024));
+    body.extend_from_slice(&f.body[1..]);
+    let got = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST /payments HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        let started = Instant::now();
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+            assert!(started.elapsed() < Duration::from_secs(10));
+            assert!(total < 8 << 20, "inflated answer streamed to the client");
+        }
+        total
+    })
+    .await
+    .unwrap();
+    // The body limit (1 MiB) and a decoded chunk, not 32 MiB.
+    assert!(got < 8 << 20, "{got}");
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+}

@@ -395,6 +395,7 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
         config.step_up.clone(),
     )
     .large_bodies(s.large_candidate_bodies)
+    .buffer_budget(crate::BufferBudget::new(s.buffer_budget_bytes))
     .server_conf(&server.configuration);
     if let Some(m) = metrics {
         proxy = proxy.observe(move |r: &Record| m.record(r));
