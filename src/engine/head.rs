@@ -196,6 +196,41 @@ pub(crate) fn is_json_or_absent(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Removes the hop-by-hop headers a proxy must not forward (RFC 9110 section 7.6.1), in
+/// either direction: `Connection` and every header it names, `Keep-Alive`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, `Upgrade`, and every `Proxy-*` header. For a proxy built on the
+/// tower adapter (Pingora does this itself); the framing is the server's and client's own.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+}
+
 /// Bounds on a request head that the framework's own parser does not enforce tightly
 /// (Pingora 0.9 takes up to 1 MiB and 256 fields).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +316,29 @@ pub(crate) fn check_request_head(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic eA=="),
+            ("proxy-connection", "keep-alive"),
+            ("content-type", "application/json"),
+            ("content-length", "2"),
+        ] {
+            h.append(k, http::HeaderValue::from_static(v));
+        }
+        super::strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type", "content-length"]);
+    }
+
     #[test]
     fn request_heads_per_rfc_9112() {
         use super::{check_request_head, HeadLimits};

@@ -58,7 +58,7 @@ pub(crate) use head::{
     content_length, injected_request, mark_passthrough, mark_relayed, mark_rewritten,
     relay_request, strip_forged_headers,
 };
-pub use head::{HeadLimits, MARKER_HEADER, STALE_RESPONSE_HEADERS};
+pub use head::{strip_hop_by_hop, HeadLimits, MARKER_HEADER, STALE_RESPONSE_HEADERS};
 pub use refusal::Refusal;
 pub use response::{KeepReason, ResponsePlan};
 pub use return_token::ReturnRedirect;
