@@ -4,17 +4,57 @@
 //! cargo run --example hyper_proxy -- 127.0.0.1:8080 127.0.0.1:9000   # listen, upstream
 //! ```
 //!
-//! Everything that is not a Klarna payment streams through untouched.
+//! Everything that is not a Klarna payment streams through untouched. A real proxy's
+//! duties are here too: upstream connect and read timeouts answered with step-up's JSON
+//! 502/504 (`Connection: close`), hop-by-hop headers stripped both ways
+//! (`klarna_stepup::engine::strip_hop_by_hop`), and on SIGINT/SIGTERM a graceful shutdown
+//! that stops accepting and finishes the requests in flight (at most 10 s). The same shape,
+//! with its tests, is `tests/common/tower_proxy.rs`.
 
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::Request;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use klarna_stepup::engine::strip_hop_by_hop;
 use klarna_stepup::tower::{KlarnaStepUpLayer, StepUpBody};
-use klarna_stepup::StepUp;
+use klarna_stepup::{Refusal, StepUp};
 use tower::ServiceBuilder;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// From the request sent to the answer's head.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+const GRACE: Duration = Duration::from_secs(10);
+
+type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// The engine's JSON answer for an upstream failure.
+fn refused(r: &Refusal) -> Response<ProxyBody> {
+    r.to_response()
+        .map(|b| Full::new(Bytes::from(b)).map_err(|n| match n {}).boxed())
+}
+
+/// 504 when a timeout is among the error's causes (the connect timeout), else 502.
+fn upstream_failure(e: &(dyn std::error::Error + 'static)) -> Refusal {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return Refusal::upstream_timeout();
+        }
+        cause = c.source();
+    }
+    Refusal::upstream_unreachable()
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,35 +66,62 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let upstream = args.next().unwrap_or_else(|| "127.0.0.1:9000".into());
 
     let step_up = StepUp::from_toml("")?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<StepUpBody<Incoming>>();
-    let proxy = ServiceBuilder::new()
-        // Step-up sees the partner's request first and the payment API's answer last.
-        .layer(KlarnaStepUpLayer::new(step_up))
-        // Then the request is pointed at the upstream.
-        .map_request(move |mut req: Request<StepUpBody<Incoming>>| {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let client = Client::builder(TokioExecutor::new()).build::<_, StepUpBody<Incoming>>(connector);
+    // The request pointed at the upstream, hop-by-hop headers off both ways, failures as
+    // step-up's JSON 502/504.
+    let forward = tower::service_fn(move |mut req: Request<StepUpBody<Incoming>>| {
+        let (client, upstream) = (client.clone(), upstream.clone());
+        async move {
+            strip_hop_by_hop(req.headers_mut());
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
             *req.uri_mut() = format!("http://{upstream}{path}")
                 .parse()
                 .expect("valid upstream URI");
-            req
-        })
-        .service(client);
+            let res = match tokio::time::timeout(READ_TIMEOUT, client.request(req)).await {
+                Ok(Ok(res)) => {
+                    let (mut parts, body) = res.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    Response::from_parts(parts, body.boxed())
+                }
+                Ok(Err(e)) => refused(&upstream_failure(&e)),
+                Err(_) => refused(&Refusal::upstream_timeout()),
+            };
+            Ok::<_, Infallible>(res)
+        }
+    });
+    // Step-up sees the partner's request first and the payment API's answer last.
+    let proxy = ServiceBuilder::new()
+        .layer(KlarnaStepUpLayer::new(step_up))
+        .service(forward);
 
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("proxy on http://{}", listener.local_addr()?);
+    let server = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => accepted?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
         };
         let svc = TowerToHyperService::new(proxy.clone());
+        let conn = server.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
+            if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection closed");
             }
         });
     }
+    drop(listener);
+    if tokio::time::timeout(GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; stopping with requests in flight");
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod budget;
 pub mod config;
 pub mod engine;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -16,6 +17,7 @@ pub mod server;
 #[cfg(feature = "tower")]
 pub mod tower;
 
+pub use budget::BufferBudget;
 pub use config::{ConfigError, ConfigErrors, StepUpConfig};
 pub use engine::{
     AuthorizeResult, Candidate, Exchange, HeadRefusal, KeepReason, Refusal, RequestVerdict,

@@ -901,3 +901,445 @@ async fn serve_ignores_sighup_and_logs_json_when_asked() {
         );
     }
 }
+
+/// Issue 13 point 7: at `RUST_LOG=trace`, no header, cookie, query token, signature or body
+/// reaches the log (the framework's own lines are capped at `info`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_at_rust_log_trace_logs_no_secret() {
+    let up = upstream::start().await;
+    let f = fixtures::by_name("step_up_required");
+    up.set_answer(Answer::of(&f));
+    let listen = free_addr();
+    let path = write_config(
+        &format!("trace-{}.toml", listen.port()),
+        &format!(
+            "[server]\nlisten = \"{listen}\"\nupstream = \"{}\"\n",
+            up.addr
+        ),
+    );
+    let mut child = Served(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "trace")
+            .env_remove("KLARNA_STEPUP_UNSAFE_FRAMEWORK_DEBUG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(listen);
+    let body = f.body.clone();
+    let answers = tokio::task::spawn_blocking(move || {
+        let secrets = "Authorization: Basic c2VjcmV0\r\nCookie: session=cookie-s3cret\r\n";
+        let webhook = br#"{"event_id":"webhook-body-s3cret"}"#;
+        [
+            exchange(
+                listen,
+                &format!(
+                    "GET /orders?token=query-s3cret HTTP/1.1\r\nHost: x\r\n{secrets}\
+                     Connection: close\r\n\r\n"
+                ),
+                b"",
+            ),
+            exchange(
+                listen,
+                &format!(
+                    "POST /payments?token=query-s3cret HTTP/1.1\r\nHost: x\r\n{secrets}\
+                     Connection: close\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\n\r\n",
+                    body.len()
+                ),
+                &body,
+            ),
+            exchange(
+                listen,
+                &format!(
+                    "POST /klarna/webhooks HTTP/1.1\r\nHost: x\r\n\
+                     Klarna-Signature: sig-s3cret\r\nConnection: close\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    webhook.len()
+                ),
+                webhook,
+            ),
+        ]
+    })
+    .await
+    .unwrap();
+    for a in &answers {
+        assert!(a.starts_with("HTTP/1.1 "), "{a}");
+    }
+    assert!(answers[1].starts_with("HTTP/1.1 200"), "{}", answers[1]);
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("request done"), "{log}");
+    for secret in [
+        "c2VjcmV0",
+        "cookie-s3cret",
+        "query-s3cret",
+        "sig-s3cret",
+        "webhook-body-s3cret",
+        // the partner's return URL and the customer (request body)
+        "partner.example/klarna/return",
+        "customer@example.com",
+        // the payment API's answer body
+        "payment_request_data",
+        "pay.klarna.com/eu/requests",
+    ] {
+        assert!(!log.contains(secret), "{secret} logged:\n{log}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 13 points 4 and 6: connections bounded, answers honest, HTTP/1 edge cases
+// ---------------------------------------------------------------------------------------
+
+/// Reads one response (head, and a `Content-Length` body) from `s`: the raw text.
+fn read_one(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed mid-head: {buf:?}");
+        buf.push(byte[0]);
+        assert!(buf.len() < 64 * 1024);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    buf.extend_from_slice(&body);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Whether the server closes `s` within `within` (a read returns 0).
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0))
+        || matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+fn serve_with(extra: &str, upstream: SocketAddr) -> (Served, SocketAddr) {
+    let listen = free_addr();
+    let child = start_serve(&format!(
+        "[server]\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n{extra}"
+    ));
+    wait_listening(listen);
+    (child, listen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_closes_after_its_own_502_and_after_idle_keep_alive() {
+    let up = upstream::start().await;
+    up.set_answer(ok_answer());
+    let dead = free_addr();
+    let (mut bad, bad_addr) = serve_with("", dead);
+    let (mut good, good_addr) = serve_with("idle_timeout_secs = 1\n", up.addr);
+    tokio::task::spawn_blocking(move || {
+        // A proxy-made 502 on a kept-alive connection: says close, and closes.
+        let mut s = TcpStream::connect(bad_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /orders HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let r = read_one(&mut s);
+        assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+        assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
+        assert!(
+            closed_within(&mut s, Duration::from_secs(3)),
+            "502 kept alive"
+        );
+
+        // An idle kept-alive connection is closed after idle_timeout_secs (was: never).
+        let mut s = TcpStream::connect(good_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /orders HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let r = read_one(&mut s);
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(
+            r.to_ascii_lowercase().contains("connection: keep-alive"),
+            "{r}"
+        );
+        let idle = Instant::now();
+        assert!(
+            closed_within(&mut s, Duration::from_secs(4)),
+            "idle kept open"
+        );
+        assert!(
+            idle.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            idle.elapsed()
+        );
+    })
+    .await
+    .unwrap();
+    for child in [&mut bad, &mut good] {
+        let (code, log) = stop(child, "-TERM");
+        assert_eq!(code, Some(0), "{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_408_to_a_slow_client_and_431_to_huge_heads() {
+    let up = upstream::start().await;
+    up.set_answer(ok_answer());
+    let (mut child, listen) = serve_with("request_body_timeout_ms = 300\n", up.addr);
+    tokio::task::spawn_blocking(move || {
+        // A client that stops sending its body: 408 from the proxy, not the payment API's
+        // 504 (a candidate route and any other route).
+        for path in ["/payments", "/orders"] {
+            let mut s = TcpStream::connect(listen).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(
+                s,
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: 100\r\n\r\n{{\"amount\":"
+            )
+            .unwrap();
+            let started = Instant::now();
+            let r = read_one(&mut s);
+            assert!(r.starts_with("HTTP/1.1 408"), "{path}: {r}");
+            assert!(r.contains(r#""code":"request_timeout""#), "{r}");
+            assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
+            assert!(started.elapsed() < Duration::from_secs(3));
+            assert!(closed_within(&mut s, Duration::from_secs(3)));
+        }
+        // Headers: 1 MB was taken; now 32 KiB and 100 fields at most.
+        let big = format!("X-Big: {}\r\n", "a".repeat(40 * 1024));
+        let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+        for extra in [big, many] {
+            let r = exchange(
+                listen,
+                &format!("GET /orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n"),
+                b"",
+            );
+            assert!(r.starts_with("HTTP/1.1 431"), "{}", &r[..r.len().min(300)]);
+            assert!(r.contains(r#""code":"headers_too_large""#), "{r}");
+        }
+    })
+    .await
+    .unwrap();
+    let received = up.take_received();
+    assert!(
+        received.iter().all(|r| r.path != "/payments"),
+        "a candidate reached the upstream"
+    );
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_a_request_accepted_before_the_drain_with_connection_close() {
+    let up = upstream::start().await;
+    let mut slow = ok_answer();
+    slow.delay = Some(Duration::from_millis(800));
+    up.set_answer(slow);
+    let (mut child, listen) = serve_with("grace_period_secs = 5\n", up.addr);
+    let pid = child.id();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /orders HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let r = read_one(&mut s);
+        let closed = closed_within(&mut s, Duration::from_secs(3));
+        (r, closed)
+    })
+    .await
+    .unwrap();
+    assert!(answer.0.starts_with("HTTP/1.1 200"), "{}", answer.0);
+    assert!(
+        answer.0.to_ascii_lowercase().contains("connection: close"),
+        "{}",
+        answer.0
+    );
+    assert!(answer.1, "not closed after the drain answer");
+    let status = {
+        let t = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(8), "did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_handles_http1_edge_cases_per_rfc_9112() {
+    let up = upstream::start().await;
+    up.set_answer(ok_answer());
+    let (mut child, listen) = serve_with("", up.addr);
+    tokio::task::spawn_blocking(move || {
+        // No Host in HTTP/1.1: 400 JSON (ours); two Hosts: 400 (Pingora's own, empty body).
+        // Neither is forwarded.
+        for (hosts, ours) in [("", true), ("Host: a\r\nHost: b\r\n", false)] {
+            let r = exchange(
+                listen,
+                &format!("GET /orders HTTP/1.1\r\n{hosts}Connection: close\r\n\r\n"),
+                b"",
+            );
+            assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+            assert_eq!(r.contains(r#""code":"bad_request_head""#), ours, "{r}");
+        }
+        // `Content-Length: 5, 5`: forwarded as one value.
+        let r = exchange(
+            listen,
+            "POST /orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5, 5\r\n\r\n",
+            b"hello",
+        );
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        // Two pipelined requests in one write: both answered, in order (Pingora 0.9 dropped
+        // the second by default).
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let a = read_one(&mut s);
+        let b = read_one(&mut s);
+        assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+        assert!(b.starts_with("HTTP/1.1 200"), "{b}");
+    })
+    .await
+    .unwrap();
+    let received = up.take_received();
+    let paths: Vec<&str> = received.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/orders", "/first", "/second"], "{paths:?}");
+    assert_eq!(received[0].headers["content-length"], "5");
+    assert_eq!(
+        received[0].headers.get_all("content-length").iter().count(),
+        1
+    );
+    assert_eq!(received[0].body, b"hello");
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+}
+
+fn ok_answer() -> Answer {
+    Answer {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: br#"{"ok":true}"#.to_vec(),
+        delay: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 13 point 3: every body read or decoded is bounded
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_new_candidates_past_the_buffer_budget_and_keeps_accepted_ones() {
+    let up = upstream::start().await;
+    up.set_answer(ok_answer());
+    let (mut child, listen) = serve_with("buffer_budget_bytes = 100000\n", up.addr);
+    tokio::task::spawn_blocking(move || {
+        let n = 60_000;
+        let head = format!(
+            "POST /payments HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {n}\r\n\r\n"
+        );
+        let prefix = br#"{"payment_method":"card","pad":""#;
+        let mut body = prefix.to_vec();
+        body.resize(n - 2, b'p');
+        body.extend_from_slice(b"\"}");
+        // A: accepted, half of its body sent.
+        let mut a = TcpStream::connect(listen).unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        a.write_all(head.as_bytes()).unwrap();
+        a.write_all(&body[..n / 2]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // B: over the budget: 503 with Retry-After, nothing sent upstream.
+        let b = exchange(listen, &head, &body);
+        assert!(b.starts_with("HTTP/1.1 503"), "{b}");
+        assert!(b.contains(r#""code":"overloaded""#), "{b}");
+        assert!(b.to_ascii_lowercase().contains("retry-after: 1"), "{b}");
+        // A goes on and is answered.
+        a.write_all(&body[n / 2..]).unwrap();
+        let r = read_one(&mut a);
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        // The budget is given back: C is accepted.
+        let c = exchange(listen, &head, &body);
+        assert!(c.starts_with("HTTP/1.1 200"), "{c}");
+    })
+    .await
+    .unwrap();
+    assert_eq!(up.take_received().len(), 2);
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_a_compressed_answer_decoded_past_the_body_limit() {
+    use std::io::Write as _;
+    let up = upstream::start().await;
+    // About 20 KB of gzip that decodes to 32 MiB.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(br#"{"payment_transaction_response":{"result":"APPROVED"},"pad":""#)
+        .unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..32 {
+        gz.write_all(&chunk).unwrap();
+    }
+    gz.write_all(b"\"}").unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 200_000, "{}", bomb.len());
+    up.set_answer(Answer {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("content-encoding".into(), "gzip".into()),
+        ],
+        body: bomb,
+        delay: None,
+    });
+    let (mut child, listen) = serve_with("", up.addr);
+    // A Klarna payment over 64 KiB: Pingora's pipeline, whose decompression is on for it.
+    let f = fixtures::by_name("step_up_required");
+    let mut body = b"{".to_vec();
+    body.extend(std::iter::repeat_n(b' ', 70 * 1024));
+    body.extend_from_slice(&f.body[1..]);
+    let got = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST /payments HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        let started = Instant::now();
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+            assert!(started.elapsed() < Duration::from_secs(10));
+            assert!(total < 8 << 20, "inflated answer streamed to the client");
+        }
+        total
+    })
+    .await
+    .unwrap();
+    // The body limit (1 MiB) and a decoded chunk, not 32 MiB.
+    assert!(got < 8 << 20, "{got}");
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+}

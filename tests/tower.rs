@@ -235,3 +235,36 @@ async fn over_real_sockets_non_klarna_traffic_is_byte_identical() {
     assert!(body == big, "response body changed");
     assert!(up.take_received()[0].body == big, "request body changed");
 }
+
+/// Issue 13 point 3: past the process-wide buffer budget, a new candidate gets 503
+/// `overloaded` with `Retry-After`; a candidate admitted before goes on.
+#[tokio::test]
+async fn candidates_past_the_buffer_budget_get_503_and_admitted_ones_go_on() {
+    let f = fixtures::by_name("step_up_required");
+    let step_up = StepUp::from_toml(&f.config).unwrap();
+    // No Content-Length: a candidate reserves 64 KiB.
+    let budget = klarna_stepup::BufferBudget::new(64 * 1024 + 10);
+    let held = budget.admit(20).unwrap(); // another request holds a little
+    let inner = {
+        let f = f.clone();
+        service_fn(move |req: Request<StepUpBody<Full<Bytes>>>| {
+            let f = f.clone();
+            async move {
+                let _ = req.into_body().collect().await.unwrap();
+                Ok::<_, Infallible>(answer(&f))
+            }
+        })
+    };
+    let svc = ServiceBuilder::new()
+        .layer(KlarnaStepUpLayer::new(step_up).buffer_budget(budget.clone()))
+        .service(inner);
+    let res = svc.clone().oneshot(request(&f)).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(res.headers()["x-klarna-stepup"], "overloaded");
+    drop(held);
+    let res = svc.oneshot(request(&f)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-klarna-stepup"], "rewritten");
+    assert_eq!(budget.used(), 0, "the budget is given back");
+}

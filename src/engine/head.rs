@@ -11,7 +11,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
 use super::webhook::{relay_headers, WebhookEvent};
-use super::HeadReason;
+use super::{HeadReason, Refusal};
 
 /// The response header that tells an operator what the layer did: `rewritten`,
 /// `passthrough`, `relayed`, `return`, or the error code of an answer the layer gave itself.
@@ -196,8 +196,211 @@ pub(crate) fn is_json_or_absent(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Removes the hop-by-hop headers a proxy must not forward (RFC 9110 section 7.6.1), in
+/// either direction: `Connection` and every header it names, `Keep-Alive`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, `Upgrade`, and every `Proxy-*` header. For a proxy built on the
+/// tower adapter (Pingora does this itself); the framing is the server's and client's own.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+}
+
+/// Bounds on a request head that the framework's own parser does not enforce tightly
+/// (Pingora 0.9 takes up to 1 MiB and 256 fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Request target plus every header name and value, in bytes.
+    pub max_bytes: usize,
+    /// Header fields.
+    pub max_count: usize,
+}
+
+impl Default for HeadLimits {
+    /// 32 KiB and 100 fields.
+    fn default() -> Self {
+        HeadLimits {
+            max_bytes: 32 * 1024,
+            max_count: 100,
+        }
+    }
+}
+
+/// Checks a request head before anything else looks at it, per RFC 9112: the size and count
+/// bounds ([`Refusal::headers_too_large`], 431); an HTTP/1.1 request without `Host`, or any
+/// request with more than one (400 [`Refusal::bad_request_head`], RFC 9112 section 3.2); a
+/// `Content-Length` given as a list: identical values (`5, 5`) are replaced by one value
+/// before the request goes anywhere, differing ones refused (RFC 9110 section 8.6).
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+pub(crate) fn check_request_head(
+    head: &mut impl Head,
+    version: http::Version,
+    target_len: usize,
+    limits: HeadLimits,
+) -> Result<(), Refusal> {
+    let headers = head.headers();
+    let size = headers
+        .iter()
+        .fold(target_len, |n, (k, v)| n + k.as_str().len() + v.len() + 4);
+    if size > limits.max_bytes || headers.len() > limits.max_count {
+        return Err(Refusal::headers_too_large(
+            limits.max_bytes,
+            limits.max_count,
+        ));
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => {
+            return Err(Refusal::bad_request_head(
+                "Host",
+                "a request has at most one Host header",
+            ))
+        }
+        (None, None) if version == http::Version::HTTP_11 => {
+            return Err(Refusal::bad_request_head(
+                "Host",
+                "an HTTP/1.1 request must have a Host header",
+            ))
+        }
+        _ => {}
+    }
+    let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    let listed = lengths.len() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b','));
+    if !listed {
+        return Ok(());
+    }
+    let mut values = lengths
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|v| v.trim_ascii());
+    let first = values.next().unwrap_or_default();
+    let one =
+        !first.is_empty() && first.iter().all(u8::is_ascii_digit) && values.all(|v| v == first);
+    if !one {
+        return Err(Refusal::bad_request_head(
+            "Content-Length",
+            "the Content-Length values differ or are not numbers",
+        ));
+    }
+    let value = HeaderValue::from_bytes(first).map_err(|_| {
+        Refusal::bad_request_head("Content-Length", "the Content-Length is not a number")
+    })?;
+    head.set(header::CONTENT_LENGTH, value);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic eA=="),
+            ("proxy-connection", "keep-alive"),
+            ("content-type", "application/json"),
+            ("content-length", "2"),
+        ] {
+            h.append(k, http::HeaderValue::from_static(v));
+        }
+        super::strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "content-type"]);
+    }
+
+    #[test]
+    fn request_heads_per_rfc_9112() {
+        use super::{check_request_head, HeadLimits};
+        use http::{HeaderMap, HeaderValue, Version};
+        let limits = HeadLimits::default();
+        let head = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
+        let code = |h: &mut HeaderMap, v| check_request_head(h, v, 1, limits).map_err(|r| r.code);
+        assert_eq!(
+            code(&mut head(&[]), Version::HTTP_11),
+            Err("bad_request_head")
+        );
+        assert_eq!(code(&mut head(&[]), Version::HTTP_10), Ok(()));
+        assert_eq!(
+            code(&mut head(&[("host", "a"), ("host", "b")]), Version::HTTP_11),
+            Err("bad_request_head")
+        );
+        let mut h = head(&[("host", "a"), ("content-length", "5, 5")]);
+        assert_eq!(code(&mut h, Version::HTTP_11), Ok(()));
+        assert_eq!(h.get_all("content-length").iter().count(), 1);
+        assert_eq!(h["content-length"], "5");
+        let mut h = head(&[
+            ("host", "a"),
+            ("content-length", "5"),
+            ("content-length", "5"),
+        ]);
+        assert_eq!(code(&mut h, Version::HTTP_11), Ok(()));
+        assert_eq!(h.get_all("content-length").iter().count(), 1);
+        for bad in ["5, 6", "5,", ",", "5, x"] {
+            let mut h = head(&[("host", "a"), ("content-length", bad)]);
+            assert_eq!(
+                code(&mut h, Version::HTTP_11),
+                Err("bad_request_head"),
+                "{bad}"
+            );
+        }
+        let big = "x".repeat(40 * 1024);
+        assert_eq!(
+            code(
+                &mut head(&[("host", "a"), ("x-big", &big)]),
+                Version::HTTP_11
+            ),
+            Err("headers_too_large")
+        );
+        let many: Vec<(String, String)> =
+            (0..101).map(|i| (format!("x-{i}"), "v".into())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            code(&mut head(&many), Version::HTTP_10),
+            Err("headers_too_large")
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -48,6 +48,7 @@ use webhook::Webhooks;
 
 pub use crate::config::DEFAULT_BODY_LIMIT;
 // `Head` is named only by the Pingora adapter (tower edits `http::HeaderMap`s through it).
+pub(crate) use head::check_request_head;
 #[cfg_attr(not(feature = "pingora"), allow(unused_imports))]
 pub(crate) use head::Head;
 #[cfg_attr(
@@ -58,7 +59,7 @@ pub(crate) use head::{
     content_length, injected_request, mark_passthrough, mark_relayed, mark_rewritten,
     relay_request, strip_forged_headers,
 };
-pub use head::{MARKER_HEADER, STALE_RESPONSE_HEADERS};
+pub use head::{strip_hop_by_hop, HeadLimits, MARKER_HEADER, STALE_RESPONSE_HEADERS};
 pub use refusal::Refusal;
 pub use response::{KeepReason, ResponsePlan};
 pub use return_token::ReturnRedirect;

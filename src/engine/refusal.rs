@@ -5,10 +5,13 @@ use http::StatusCode;
 
 use super::MARKER_HEADER;
 
+/// [`Refusal::overloaded`]'s code.
+const OVERLOADED: &str = "overloaded";
+
 /// An answer the layer gives by itself: a JSON error naming the field and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// HTTP status: 400, 403, 404, 413, 415, 502, 503 or 504.
+    /// HTTP status: 400, 403, 404, 408, 413, 415, 431, 502, 503 or 504.
     pub status: StatusCode,
     /// Machine-readable code, e.g. `invalid_return_url`.
     pub code: &'static str,
@@ -159,6 +162,69 @@ impl Refusal {
         }
     }
 
+    /// A 408: the client did not send its request body in time (not the payment API's
+    /// fault: never reported as a 504). The connection is closed.
+    pub fn request_timeout() -> Self {
+        Refusal {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "request_timeout",
+            param: None,
+            message: "the request body did not arrive in time".into(),
+        }
+    }
+
+    /// A 431: the request head is larger than the proxy takes (`max_bytes` bytes, or
+    /// `max_count` header fields).
+    pub fn headers_too_large(max_bytes: usize, max_count: usize) -> Self {
+        Refusal {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            code: "headers_too_large",
+            param: None,
+            message: format!(
+                "the request head is larger than {max_bytes} bytes or has more than \
+                 {max_count} header fields"
+            ),
+        }
+    }
+
+    /// A 400 for an HTTP/1 request head RFC 9112 says to reject: no `Host` in HTTP/1.1, more
+    /// than one `Host`, or a `Content-Length` list whose values differ.
+    pub fn bad_request_head(param: &'static str, message: &'static str) -> Self {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request_head",
+            param: Some(param.into()),
+            message: message.into(),
+        }
+    }
+
+    /// A 503 with `Retry-After`: the process holds as many candidate bytes in memory as its
+    /// budget allows. Nothing was sent upstream; requests already accepted are unaffected.
+    pub fn overloaded() -> Self {
+        Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: OVERLOADED,
+            param: None,
+            message: "the proxy is busy; retry later".into(),
+        }
+    }
+
+    /// Whether the answer ends its connection (`Connection: close`, and the adapter does not
+    /// keep it alive): the proxy's own 502/504 (the next request may fare no better on this
+    /// connection, and a client must not take it for the payment API's answer on a kept
+    /// one) and the 408 (the body's framing is lost).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self.status,
+            StatusCode::REQUEST_TIMEOUT | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+        )
+    }
+
+    /// The `Retry-After` the answer carries, in seconds ([`Refusal::overloaded`] only).
+    pub fn retry_after_secs(&self) -> Option<u32> {
+        (self.code == OVERLOADED).then_some(1)
+    }
+
     /// The JSON body: `{"error":{"type","code","param","message"}}`.
     pub fn to_json(&self) -> Vec<u8> {
         #[derive(serde::Serialize)]
@@ -206,6 +272,12 @@ impl Refusal {
             HeaderValue::from_static("no-store"),
         );
         h.insert(MARKER_HEADER, HeaderValue::from_static(self.code));
+        if self.closes_connection() {
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(secs) = self.retry_after_secs() {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         *res.body_mut() = body;
         res
     }
@@ -231,6 +303,12 @@ mod tests {
         let res = Refusal::upstream_timeout().to_response();
         assert_eq!(res.status(), 504);
         assert_eq!(res.headers()[MARKER_HEADER], "upstream_timeout");
+        assert_eq!(res.headers()["connection"], "close");
+        let busy = Refusal::overloaded().to_response();
+        assert_eq!(busy.status(), 503);
+        assert_eq!(busy.headers()["retry-after"], "1");
+        assert!(busy.headers().get("connection").is_none());
+        assert!(Refusal::request_timeout().closes_connection());
         assert_eq!(
             res.headers()["content-length"],
             res.body().len().to_string().as_str()

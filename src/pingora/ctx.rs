@@ -60,6 +60,8 @@ pub(super) enum Resp {
     },
     /// Too large to rewrite: the rest streams through.
     Flushed,
+    /// The answer, decoded by Pingora, went over the body limit: stopped.
+    Aborted,
 }
 
 /// Step-up's per-request state. Keep one in your `CTX` when you call
@@ -77,6 +79,12 @@ pub struct StepUpCtx {
     pub(super) pending: Option<Refusal>,
     pub(super) record: Record,
     pub(super) compression_enabled_by_us: bool,
+    /// This candidate's share of the process-wide buffer budget.
+    pub(super) held: Option<crate::budget::Held>,
+    /// Pingora decodes the upstream answer (its decompression is on and it was encoded).
+    pub(super) decoded_by_pingora: bool,
+    /// Decoded bytes of an answer passed on untouched.
+    pub(super) decoded_passed: usize,
 }
 
 impl StepUpCtx {

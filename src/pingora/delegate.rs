@@ -300,6 +300,8 @@ where
                 .upstream_response_filter(session, upstream_response, &mut ctx.inner)
                 .await?;
             self.phases
+                .note_upstream_decoding(session, &mut ctx.step_up);
+            self.phases
                 .upstream_response_filter(upstream_response, &mut ctx.step_up);
             Ok(())
         })
@@ -430,6 +432,12 @@ where
     {
         self.phases
             .response_body_filter(body, end_of_stream, &mut ctx.step_up);
+        if self.phases.response_aborted(&ctx.step_up) {
+            return Error::e_explain(
+                pingora::ErrorType::Custom("klarna_stepup_inflated"),
+                "answer decoded past the body limit",
+            );
+        }
         self.inner
             .response_body_filter(session, body, end_of_stream, &mut ctx.inner)
     }

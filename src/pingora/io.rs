@@ -42,6 +42,8 @@ pub(super) enum Read {
     Over(Bytes),
     /// The client's body could not be read.
     Failed,
+    /// The client did not send its body in time.
+    TimedOut,
 }
 
 /// Reads the request body into Pingora's retry buffer (turned on first: only then do the
@@ -55,6 +57,7 @@ pub(super) async fn read_retry_buffered(session: &mut Session, stop_over: usize)
         let chunk = match session.read_request_body().await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
+            Err(e) if e.etype() == &ErrorType::ReadTimedout => return Read::TimedOut,
             Err(_) => return Read::Failed,
         };
         let read = match first.take() {
@@ -83,6 +86,10 @@ pub(super) async fn read_retry_buffered(session: &mut Session, stop_over: usize)
 /// [`Refusal::upstream_unreachable`]. `None` for errors of the client or of the proxy itself.
 pub fn upstream_refusal(e: &Error) -> Option<Refusal> {
     use ErrorType::*;
+    if *e.esource() == ErrorSource::Downstream {
+        // The client's own timeout or failure: never the payment API's 502/504.
+        return None;
+    }
     match e.etype() {
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
             Some(Refusal::upstream_timeout())
@@ -92,9 +99,20 @@ pub fn upstream_refusal(e: &Error) -> Option<Refusal> {
     }
 }
 
+/// The 408 answer for a client that did not send its request body in time (Pingora's read
+/// timeout on the downstream, `ReadTimedout` from the client's side). `None` otherwise.
+pub fn client_timeout_refusal(e: &Error) -> Option<Refusal> {
+    (*e.esource() == ErrorSource::Downstream && e.etype() == &ErrorType::ReadTimedout)
+        .then(Refusal::request_timeout)
+}
+
 /// Writes `refusal` as the complete response, with the same head and bytes as the tower
-/// adapter ([`Refusal::to_response`]).
+/// adapter ([`Refusal::to_response`]); the connection is not kept alive when the refusal
+/// says so ([`Refusal::closes_connection`]: Pingora then writes `Connection: close`).
 pub async fn respond(session: &mut Session, refusal: &Refusal) -> Result<()> {
+    if refusal.closes_connection() {
+        session.set_keepalive(None);
+    }
     write_response(session, refusal.to_response()).await
 }
 

@@ -197,6 +197,6 @@ mod phases;
 mod proxy;
 
 pub use ctx::StepUpCtx;
-pub use io::{respond, upstream_refusal};
+pub use io::{client_timeout_refusal, respond, upstream_refusal};
 pub use phases::{LargeBodies, StepUpPhases, RETRY_BUFFER_LIMIT};
 pub use proxy::{StepUpProxy, StepUpProxyCtx};

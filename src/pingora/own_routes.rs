@@ -68,6 +68,7 @@ impl StepUpPhases {
         let body = match read_retry_buffered(session, limit).await {
             Read::Whole(body) => body,
             Read::Failed => return self.refuse(session, ctx, Refusal::unreadable_body()).await,
+            Read::TimedOut => return self.refuse(session, ctx, Refusal::request_timeout()).await,
             Read::Over(_) => return self.refuse(session, ctx, Refusal::too_large(limit)).await,
         };
         ctx.record.read_request(body.len());

@@ -15,7 +15,8 @@ use pingora::{Error, ErrorType, OrErr, Result};
 
 use super::client::UpstreamClient;
 use super::ctx::{Own, Req, Resp, StepUpCtx};
-use super::io::{read_retry_buffered, respond, upstream_refusal, Read};
+use super::io::{client_timeout_refusal, read_retry_buffered, respond, upstream_refusal, Read};
+use crate::budget::BufferBudget;
 use crate::engine::{self, unix_now, Candidate};
 use crate::observe::{Outcome, Record};
 use crate::{KeepReason, Refusal, RequestVerdict, ResponsePlan, ResponseVerdict, Route, StepUp};
@@ -60,6 +61,7 @@ pub enum LargeBodies {
 pub struct StepUpPhases {
     pub(super) step_up: StepUp,
     large_bodies: LargeBodies,
+    budget: BufferBudget,
     pub(super) client: Arc<UpstreamClient>,
 }
 
@@ -69,6 +71,7 @@ impl StepUpPhases {
         StepUpPhases {
             step_up,
             large_bodies: LargeBodies::default(),
+            budget: BufferBudget::default(),
             client: Arc::default(),
         }
     }
@@ -92,6 +95,14 @@ impl StepUpPhases {
     /// do not pass a [`server_conf`](Self::server_conf).
     pub fn connector_options(mut self, options: ConnectorOptions) -> Self {
         self.client = Arc::new(UpstreamClient::with_options(options));
+        self
+    }
+
+    /// The process-wide budget of buffered candidate bytes (default 64 MiB, its own): past
+    /// it, new candidates get 503 [`Refusal::overloaded`]. Pass clones of one budget to
+    /// share it between services.
+    pub fn buffer_budget(mut self, budget: BufferBudget) -> Self {
+        self.budget = budget;
         self
     }
 
@@ -177,6 +188,13 @@ impl StepUpPhases {
         if declared.is_some_and(|n| n > limit as u64) {
             return self.refuse(session, ctx, Refusal::too_large(limit)).await;
         }
+        // What this candidate is about to buffer: its declared length, or the retry
+        // buffer's size; its answer is counted as it arrives.
+        let reserve = declared.map_or(RETRY_BUFFER_LIMIT, |n| n as usize);
+        match self.budget.admit(reserve) {
+            Some(held) => ctx.held = Some(held),
+            None => return self.refuse(session, ctx, Refusal::overloaded()).await,
+        }
         let large = declared.is_some_and(|n| n > RETRY_BUFFER_LIMIT as u64);
         let too_large_to_buffer = || Refusal::too_large(RETRY_BUFFER_LIMIT.min(limit));
         if large && self.large_bodies == LargeBodies::Reject {
@@ -190,6 +208,7 @@ impl StepUpPhases {
         let body = match read_retry_buffered(session, limit.min(RETRY_BUFFER_LIMIT)).await {
             Read::Whole(body) => body,
             Read::Failed => return self.refuse(session, ctx, Refusal::unreadable_body()).await,
+            Read::TimedOut => return self.refuse(session, ctx, Refusal::request_timeout()).await,
             Read::Over(body) if body.len() > limit => {
                 return self.refuse(session, ctx, Refusal::too_large(limit)).await
             }
@@ -281,6 +300,9 @@ impl StepUpPhases {
                 let candidate = *candidate;
                 if let Some(b) = body.take() {
                     acc.extend_from_slice(&b);
+                }
+                if let Some(held) = &mut ctx.held {
+                    held.grow_to(acc.len());
                 }
                 let limit = self.step_up.body_limit();
                 if acc.len() > limit {
@@ -392,13 +414,35 @@ impl StepUpPhases {
         end_of_stream: bool,
         ctx: &mut StepUpCtx,
     ) {
+        let limit = self.step_up.body_limit();
         let Resp::Buffering { acc, .. } = &mut ctx.resp else {
+            if ctx.decoded_by_pingora && ctx.exchange.is_some() {
+                // An answer step-up passes on that Pingora decodes (decompression is on
+                // for every Klarna exchange): bounded too, or 1 MB of gzip reaches the
+                // client as 1 GiB.
+                ctx.decoded_passed += body.as_ref().map_or(0, Bytes::len);
+                if ctx.decoded_passed > limit {
+                    *body = None;
+                    ctx.resp = Resp::Aborted;
+                }
+            }
             return;
         };
         if let Some(b) = body.take() {
             acc.extend_from_slice(&b);
         }
-        if acc.len() > self.step_up.body_limit() {
+        if let Some(held) = &mut ctx.held {
+            held.grow_to(acc.len());
+        }
+        if acc.len() > limit && ctx.decoded_by_pingora {
+            // Decoded past the limit: an inflation, not a Klarna answer. Stop it (the
+            // client sees the answer cut short) rather than inflate the rest.
+            ctx.record.read_response(acc.len());
+            ctx.record.kept(KeepReason::TooLarge);
+            ctx.resp = Resp::Aborted;
+            return;
+        }
+        if acc.len() > limit {
             // Too large to be a Klarna answer we rewrite: send what we hold, stream the rest.
             ctx.record.read_response(acc.len());
             *body = Some(std::mem::take(acc).freeze());
@@ -445,6 +489,20 @@ impl StepUpPhases {
         }
     }
 
+    /// Whether the answer must stop now: Pingora decoded it past the body limit (see
+    /// [`response_body_filter`](Self::response_body_filter)). Return an `Err` from your
+    /// `response_body_filter` then ([`StepUpProxy`](super::StepUpProxy) does).
+    pub fn response_aborted(&self, ctx: &StepUpCtx) -> bool {
+        matches!(ctx.resp, Resp::Aborted)
+    }
+
+    /// `upstream_response_filter`'s companion for hand-written proxies: tells step-up whether
+    /// Pingora decodes this answer (call it with the session after Pingora's header phase;
+    /// [`StepUpProxy`](super::StepUpProxy) does).
+    pub fn note_upstream_decoding(&self, session: &Session, ctx: &mut StepUpCtx) {
+        ctx.decoded_by_pingora = session.upstream_compression.get_info().is_some();
+    }
+
     /// `fail_to_proxy`: the answer for a candidate request that failed: a refusal decided in
     /// a body phase, or 502/504 JSON for upstream failures. `None` when step-up has nothing
     /// to say (not a candidate, or the client went away): let the inner proxy answer.
@@ -466,7 +524,7 @@ impl StepUpPhases {
                 }
                 Refusal::webhook_not_accepted()
             }
-            None => upstream_refusal(e)?,
+            None => client_timeout_refusal(e).or_else(|| upstream_refusal(e))?,
         };
         let code = refusal.status.as_u16();
         if session.response_written().is_none() {

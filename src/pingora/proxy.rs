@@ -83,6 +83,13 @@ impl<P> StepUpProxy<P> {
         self
     }
 
+    /// The process-wide budget of buffered candidate bytes (default 64 MiB): past it, new
+    /// candidates get 503 JSON `overloaded` with `Retry-After`.
+    pub fn buffer_budget(mut self, budget: crate::BufferBudget) -> Self {
+        self.phases = self.phases.buffer_budget(budget);
+        self
+    }
+
     /// What to do with candidate bodies over 64 KiB (default: stream them).
     pub fn large_bodies(mut self, large_bodies: LargeBodies) -> Self {
         self.phases = self.phases.large_bodies(large_bodies);

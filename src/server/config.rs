@@ -34,6 +34,27 @@ pub struct ServerConfig {
     /// load balancer first.
     #[serde(default = "default_grace_period_secs")]
     pub grace_period_secs: u64,
+    /// A kept-alive client connection with no request is closed after this many seconds
+    /// (default 60). `0` is refused: Pingora would wait forever.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// The longest wait for the next bytes of a request body, in milliseconds (default
+    /// 10000). Elapsed: 408 JSON `request_timeout` and the connection closed; never reported
+    /// as the payment API's timeout.
+    #[serde(default = "default_request_body_timeout_ms")]
+    pub request_body_timeout_ms: u64,
+    /// The largest request head taken (target plus header names and values), in bytes
+    /// (default 32768). Over it: 431 JSON `headers_too_large`.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// The most header fields a request may have (default 100). Over it: 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Bytes of candidate bodies (requests and Klarna answers) the whole process holds in
+    /// memory at once (default 67108864, 64 MiB). A new candidate that would go over it gets
+    /// 503 JSON `overloaded` with `Retry-After`; requests already accepted go on.
+    #[serde(default = "default_buffer_budget_bytes")]
+    pub buffer_budget_bytes: usize,
     /// Candidate bodies over 64 KiB: `"stream"` (chunked to the upstream, default) or
     /// `"reject"` (413 before contacting the upstream).
     #[serde(default)]
@@ -60,6 +81,21 @@ fn default_read_timeout_ms() -> u64 {
 }
 fn default_grace_period_secs() -> u64 {
     5
+}
+fn default_idle_timeout_secs() -> u64 {
+    60
+}
+fn default_request_body_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_buffer_budget_bytes() -> usize {
+    64 * 1024 * 1024
 }
 
 /// One upstream address or several.
@@ -246,6 +282,21 @@ impl ServerConfig {
         }
         if self.read_timeout_ms == 0 {
             p.push(err("server.read_timeout_ms", "must be at least 1"));
+        }
+        if self.idle_timeout_secs == 0 {
+            p.push(err("server.idle_timeout_secs", "must be at least 1"));
+        }
+        if self.request_body_timeout_ms == 0 {
+            p.push(err("server.request_body_timeout_ms", "must be at least 1"));
+        }
+        if self.max_header_bytes < 1024 {
+            p.push(err("server.max_header_bytes", "must be at least 1024"));
+        }
+        if !(8..=256).contains(&self.max_headers) {
+            p.push(err(
+                "server.max_headers",
+                "must be between 8 and 256 (Pingora's own cap)",
+            ));
         }
         if let Some(m) = &self.metrics {
             if m.parse::<SocketAddr>().is_err() {

@@ -44,19 +44,96 @@ pub enum LogFormat {
     Json,
 }
 
+/// The crates whose own log lines are capped at `info` (see [`init_logging`]): at `debug`
+/// and `trace` they print request and response heads (`Authorization`, cookies, query
+/// strings, `Klarna-Signature`) and bodies.
+pub const FRAMEWORK_LOG_TARGETS: &[&str] = &[
+    "pingora",
+    "h2",
+    "hyper",
+    "hyper_util",
+    "rustls",
+    "tokio_rustls",
+    "reqwest",
+    "tower_http",
+];
+
+/// The environment variable that lifts the cap on [`FRAMEWORK_LOG_TARGETS`]: set it to `1` to
+/// let `RUST_LOG` turn on the framework's `debug` and `trace` lines, secrets included (for a
+/// debugging session on test traffic only).
+pub const UNSAFE_FRAMEWORK_DEBUG_ENV: &str = "KLARNA_STEPUP_UNSAFE_FRAMEWORK_DEBUG";
+
+/// Whether a log line from `target` at `level` is written: lines of the framework crates
+/// ([`FRAMEWORK_LOG_TARGETS`]) only at `info` and above, unless `unsafe_debug`.
+fn framework_line_allowed(target: &str, level: &tracing::Level, unsafe_debug: bool) -> bool {
+    if unsafe_debug || *level <= tracing::Level::INFO {
+        return true;
+    }
+    let krate = target.split("::").next().unwrap_or(target);
+    !FRAMEWORK_LOG_TARGETS
+        .iter()
+        .any(|t| krate == *t || (*t == "pingora" && krate.starts_with("pingora_")))
+}
+
 /// `tracing` to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines.
 /// Pingora's own `log` records are captured too. Does nothing if a global subscriber is
 /// already set.
+///
+/// Whatever `RUST_LOG` asks, the framework's own lines (Pingora, `h2`, `hyper`, `rustls`:
+/// [`FRAMEWORK_LOG_TARGETS`]) are written at `info` and above only: their `debug` and `trace`
+/// lines print headers, query strings and bodies, which the logs must never carry. Set
+/// [`UNSAFE_FRAMEWORK_DEBUG_ENV`] (`KLARNA_STEPUP_UNSAFE_FRAMEWORK_DEBUG=1`) to lift the cap.
 pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let unsafe_debug = std::env::var(UNSAFE_FRAMEWORK_DEBUG_ENV).is_ok_and(|v| v == "1");
+    let cap = tracing_subscriber::filter::filter_fn(move |m| {
+        framework_line_allowed(m.target(), m.level(), unsafe_debug)
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .finish()
+            .with(cap)
             .try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => builder.json().finish().with(cap).try_init(),
     };
+    if unsafe_debug {
+        tracing::warn!(
+            "{UNSAFE_FRAMEWORK_DEBUG_ENV}=1: the framework's debug lines may log secrets"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::framework_line_allowed;
+    use tracing::Level;
+
+    #[test]
+    fn framework_lines_are_capped_at_info() {
+        for t in [
+            "pingora_core::protocols::http::v1::server",
+            "pingora_proxy",
+            "h2::codec",
+            "hyper::proto::h1::io",
+            "rustls::client",
+        ] {
+            assert!(!framework_line_allowed(t, &Level::DEBUG, false), "{t}");
+            assert!(!framework_line_allowed(t, &Level::TRACE, false), "{t}");
+            assert!(framework_line_allowed(t, &Level::INFO, false), "{t}");
+            assert!(framework_line_allowed(t, &Level::TRACE, true), "{t}");
+        }
+        assert!(framework_line_allowed(
+            "klarna_stepup::pingora",
+            &Level::DEBUG,
+            false
+        ));
+        assert!(framework_line_allowed("h2olike", &Level::DEBUG, false));
+    }
 }

@@ -1,7 +1,7 @@
 //! `serve`: the Pingora server the configuration describes.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::config::{ProxyConfig, UpstreamTls};
 use super::metrics::Metrics;
-use crate::pingora::{respond, upstream_refusal, StepUpProxy};
+use crate::engine::{check_request_head, HeadLimits};
+use crate::pingora::{client_timeout_refusal, respond, upstream_refusal, StepUpProxy};
 use crate::Record;
 
 /// The payment API behind the proxy: round robin over the configured addresses, the next
@@ -31,6 +32,12 @@ struct PaymentApi {
     read_timeout: Duration,
     in_flight: Arc<AtomicUsize>,
     metrics: Option<Metrics>,
+    /// Client connections: idle keep-alive, body read timeout, head bounds.
+    idle_timeout_secs: u64,
+    body_timeout: Duration,
+    head_limits: HeadLimits,
+    /// Set at SIGTERM/SIGINT: answers from then on close their connection.
+    draining: Arc<AtomicBool>,
 }
 
 /// Per request: how many upstreams were tried, and since when; counts as in flight while it
@@ -63,6 +70,7 @@ impl PaymentApi {
     fn new(
         config: &ProxyConfig,
         in_flight: Arc<AtomicUsize>,
+        draining: Arc<AtomicBool>,
         metrics: Option<Metrics>,
     ) -> Result<Self, String> {
         let s = &config.server;
@@ -85,6 +93,13 @@ impl PaymentApi {
             read_timeout: Duration::from_millis(s.read_timeout_ms),
             in_flight,
             metrics,
+            idle_timeout_secs: s.idle_timeout_secs,
+            body_timeout: Duration::from_millis(s.request_body_timeout_ms),
+            head_limits: HeadLimits {
+                max_bytes: s.max_header_bytes,
+                max_count: s.max_headers,
+            },
+            draining,
         })
     }
 }
@@ -139,6 +154,41 @@ impl ProxyHttp for PaymentApi {
         }
     }
 
+    /// Bounds on the client's connection, before anything reads the request: the idle
+    /// keep-alive timeout (Pingora's default waits forever), the body read timeout (408),
+    /// HTTP/1.1 pipelining served in order (RFC 9112 section 9.3.2; Pingora's default drops
+    /// pipelined requests after the first), and no keep-alive once draining.
+    async fn early_request_filter(&self, session: &mut Session, _: &mut Attempts) -> Result<()> {
+        if self.draining.load(Ordering::Relaxed) {
+            session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
+            // `Some(0)` is Pingora's "forever"; `None` (the client said close) stays.
+            session.set_keepalive(Some(self.idle_timeout_secs));
+        }
+        session.set_read_timeout(Some(self.body_timeout));
+        session.set_pipelining_enabled(true);
+        Ok(())
+    }
+
+    /// The request head per RFC 9112 and within the configured bounds (400/431 JSON), and a
+    /// `Content-Length: 5, 5` list made one value before step-up or the upstream reads it.
+    async fn request_filter(&self, session: &mut Session, _: &mut Attempts) -> Result<bool> {
+        let req = session.req_header();
+        let (version, target_len) = (req.version, req.raw_path().len());
+        if let Err(r) = check_request_head(
+            session.req_header_mut(),
+            version,
+            target_len,
+            self.head_limits,
+        ) {
+            // The body is not read: the connection cannot carry another request.
+            session.set_keepalive(None);
+            respond(session, &r).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     async fn upstream_peer(&self, _: &mut Session, ctx: &mut Attempts) -> Result<Box<HttpPeer>> {
         ctx.tried += 1;
         if self.metrics.is_some() {
@@ -190,16 +240,32 @@ impl ProxyHttp for PaymentApi {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        _: &mut ResponseHeader,
+        _: &mut Attempts,
+    ) -> Result<()> {
+        // A request accepted before the signal is answered, then its connection closed:
+        // say so (Pingora writes `Connection` from the keep-alive state).
+        if self.draining.load(Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
+        Ok(())
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         _: &mut Attempts,
     ) -> FailToProxy {
-        let code = match upstream_refusal(e) {
+        let code = match client_timeout_refusal(e).or_else(|| upstream_refusal(e)) {
             Some(r) => {
                 if let Some(m) = &self.metrics {
-                    m.upstream_failed(r.code);
+                    if r.status.is_server_error() {
+                        m.upstream_failed(r.code);
+                    }
                 }
                 if session.response_written().is_none() {
                     let _ = respond(session, &r).await;
@@ -238,8 +304,10 @@ impl ProxyHttp for PaymentApi {
 }
 
 /// SIGTERM and SIGINT both mean: let in-flight requests finish (at most `grace`), then stop.
+/// From the signal on, answers say `Connection: close` (`draining`).
 struct Signals {
     in_flight: Arc<AtomicUsize>,
+    draining: Arc<AtomicBool>,
     grace: Duration,
 }
 
@@ -266,6 +334,7 @@ impl ShutdownSignalWatch for Signals {
                 ),
             }
         }
+        self.draining.store(true, Ordering::Relaxed);
         // Pingora's own grace period is a fixed sleep; drain instead, so that an idle proxy
         // stops at once and a busy one as soon as its last request is answered.
         let deadline = tokio::time::Instant::now() + self.grace;
@@ -315,11 +384,18 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
 
     let metrics = s.metrics.as_ref().map(|_| Metrics::register());
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let draining = Arc::new(AtomicBool::new(false));
     let mut proxy = StepUpProxy::new(
-        PaymentApi::new(&config, in_flight.clone(), metrics.clone())?,
+        PaymentApi::new(
+            &config,
+            in_flight.clone(),
+            draining.clone(),
+            metrics.clone(),
+        )?,
         config.step_up.clone(),
     )
     .large_bodies(s.large_candidate_bodies)
+    .buffer_budget(crate::BufferBudget::new(s.buffer_budget_bytes))
     .server_conf(&server.configuration);
     if let Some(m) = metrics {
         proxy = proxy.observe(move |r: &Record| m.record(r));
@@ -354,6 +430,7 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
             in_flight,
+            draining,
             grace: Duration::from_secs(s.grace_period_secs),
         }),
     });

@@ -32,6 +32,7 @@ use crate::StepUp;
 pub struct KlarnaStepUpLayer {
     step_up: StepUp,
     observer: Option<Observer>,
+    budget: crate::BufferBudget,
 }
 
 impl std::fmt::Debug for KlarnaStepUpLayer {
@@ -48,7 +49,16 @@ impl KlarnaStepUpLayer {
         KlarnaStepUpLayer {
             step_up,
             observer: None,
+            budget: crate::BufferBudget::default(),
         }
+    }
+
+    /// The process-wide budget of buffered candidate bytes (default 64 MiB), shared by every
+    /// service this layer makes: past it, new candidates get 503 JSON `overloaded` with
+    /// `Retry-After`. See [`KlarnaStepUp::buffer_budget`].
+    pub fn buffer_budget(mut self, budget: crate::BufferBudget) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// Calls `observer` once per request with step-up's [`Record`] of it (outcome, body
@@ -63,6 +73,8 @@ impl<S> Layer<S> for KlarnaStepUpLayer {
     type Service = KlarnaStepUp<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        KlarnaStepUp::new(inner, self.step_up.clone()).with_observer(self.observer.clone())
+        KlarnaStepUp::new(inner, self.step_up.clone())
+            .with_observer(self.observer.clone())
+            .buffer_budget(self.budget.clone())
     }
 }

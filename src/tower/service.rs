@@ -12,6 +12,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::{ResponseFuture, StepUpBody};
+use crate::budget::{BufferBudget, Held};
 use crate::engine::{self, unix_now, Candidate, Exchange};
 use crate::observe::{Notified, Observer, Outcome, Record};
 use crate::{Refusal, RequestVerdict, ResponsePlan, ResponseVerdict, Route, StepUp};
@@ -24,6 +25,7 @@ pub struct KlarnaStepUp<S> {
     inner: S,
     step_up: StepUp,
     observer: Option<Observer>,
+    budget: BufferBudget,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for KlarnaStepUp<S> {
@@ -42,7 +44,16 @@ impl<S> KlarnaStepUp<S> {
             inner,
             step_up,
             observer: None,
+            budget: BufferBudget::default(),
         }
+    }
+
+    /// The process-wide budget of buffered candidate bytes (default 64 MiB, this service's
+    /// own and its clones'): past it, new candidates get 503 JSON `overloaded` with
+    /// `Retry-After`; candidates already accepted go on.
+    pub fn buffer_budget(mut self, budget: BufferBudget) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// A [`KlarnaStepUpLayer`](super::KlarnaStepUpLayer) for `step_up`.
@@ -116,7 +127,8 @@ where
                 let record = Record::acting(pattern, Outcome::NotKlarna);
                 let span = record.span().clone();
                 let inner = self.take_ready();
-                let fut = exchange(step_up, inner, candidate, req, record);
+                let budget = self.budget.clone();
+                let fut = exchange(step_up, inner, candidate, req, record, budget);
                 ResponseFuture::step_up(Box::pin(observed(fut, observer).instrument(span)))
             }
             Route::Return => {
@@ -280,6 +292,7 @@ async fn exchange<S, ReqB, ResB>(
     candidate: Candidate,
     req: Request<ReqB>,
     mut record: Record,
+    budget: BufferBudget,
 ) -> Answer<ResB, S::Error>
 where
     S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
@@ -288,6 +301,14 @@ where
     ResB: Body<Data = Bytes>,
 {
     let (mut parts, body) = req.into_parts();
+    // What this candidate is about to buffer: its declared length (at most the limit), or
+    // 64 KiB; its answer is counted as it arrives.
+    let reserve = engine::content_length(&parts.headers)
+        .map_or(64 * 1024, |n| n.min(step_up.body_limit() as u64) as usize);
+    let Some(mut held) = budget.admit(reserve) else {
+        let res = refuse(&mut record, &Refusal::overloaded());
+        return Ok((record, res));
+    };
     let body = match read_body(&parts.headers, body, step_up.body_limit()).await {
         Ok(body) => body,
         Err(r) => {
@@ -317,7 +338,7 @@ where
     let res = inner
         .call(Request::from_parts(parts, StepUpBody::full(body)))
         .await?;
-    let res = rewrite_response(&step_up, &exchange, &mut record, res).await;
+    let res = rewrite_response(&step_up, &exchange, &mut record, res, &mut held).await;
     Ok((record, res))
 }
 
@@ -328,6 +349,7 @@ async fn rewrite_response<B>(
     exchange: &Exchange,
     record: &mut Record,
     res: Response<B>,
+    held: &mut Held,
 ) -> Response<StepUpBody<B>>
 where
     B: Body<Data = Bytes>,
@@ -352,6 +374,7 @@ where
         };
         if let Ok(data) = frame.into_data() {
             raw.extend_from_slice(&data);
+            held.grow_to(raw.len());
         }
         if raw.len() > limit {
             // Too large to be an answer we rewrite: what was read, then the rest, untouched.

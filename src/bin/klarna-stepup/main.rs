@@ -28,7 +28,8 @@ Examples:
   RUST_LOG=klarna_stepup=debug klarna-stepup serve -c klarna-stepup.toml --log-format json
 
 Logs go to stderr, filtered by RUST_LOG (default: info; e.g. RUST_LOG=warn,klarna_stepup=info).
-Return URLs, tokens, keys and bodies are never logged."
+Return URLs, tokens, keys and bodies are never logged: Pingora, h2, hyper and rustls
+log at info at most (KLARNA_STEPUP_UNSAFE_FRAMEWORK_DEBUG=1 lifts that cap; it leaks secrets)."
 )]
 struct Args {
     #[command(subcommand)]
