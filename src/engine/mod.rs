@@ -47,8 +47,10 @@ use routes::RoutePattern;
 use webhook::Webhooks;
 
 pub use crate::config::DEFAULT_BODY_LIMIT;
-// `Head` is named only by the Pingora adapter (tower edits `http::HeaderMap`s through it).
+// Used by the binary's server only.
+#[cfg_attr(not(feature = "cli"), allow(unused_imports))]
 pub(crate) use head::check_request_head;
+// `Head` is named only by the Pingora adapter (tower edits `http::HeaderMap`s through it).
 #[cfg_attr(not(feature = "pingora"), allow(unused_imports))]
 pub(crate) use head::Head;
 #[cfg_attr(
