@@ -89,6 +89,7 @@ pub struct Record {
     status: Option<u16>,
     payment_request_id: Option<String>,
     klarna_correlation_id: Option<String>,
+    klarna_error_id: Option<String>,
     partner: Option<String>,
     span: tracing::Span,
 }
@@ -117,6 +118,7 @@ impl Default for Record {
             status: None,
             payment_request_id: None,
             klarna_correlation_id: None,
+            klarna_error_id: None,
             partner: None,
             span: tracing::Span::none(),
         }
@@ -168,6 +170,12 @@ impl Record {
         self.klarna_correlation_id.as_deref()
     }
 
+    /// Klarna's `error_id` of an error answer to a Klarna request, when the layer read it
+    /// (a small JSON error of declared length; quote it to Klarna's support).
+    pub fn klarna_error_id(&self) -> Option<&str> {
+        self.klarna_error_id.as_deref()
+    }
+
     /// The partner (`[partners]`) the request was for, when step-up knew it: of an injected
     /// Klarna request, an acquirer return, or a webhook.
     pub fn partner(&self) -> Option<&str> {
@@ -192,6 +200,7 @@ impl Record {
                 payment_request_reference = tracing::field::Empty,
                 payment_request_id = tracing::field::Empty,
                 klarna_correlation_id = tracing::field::Empty,
+                klarna_error_id = tracing::field::Empty,
                 partner = tracing::field::Empty,
                 outcome = tracing::field::Empty,
             ),
@@ -248,6 +257,14 @@ impl Record {
         if let Some(id) = id {
             self.span.record("klarna_correlation_id", id.as_str());
             self.klarna_correlation_id = Some(id);
+        }
+    }
+
+    /// Klarna's `error_id`, read from an error answer (`StepUp::klarna_error_id`).
+    pub(crate) fn klarna_error(&mut self, id: Option<String>) {
+        if let Some(id) = id {
+            self.span.record("klarna_error_id", id.as_str());
+            self.klarna_error_id = Some(id);
         }
     }
 

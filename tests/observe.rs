@@ -32,10 +32,11 @@ fn recorder(seen: &Seen) -> impl Fn(&Record) + Send + Sync + 'static {
         };
         // What the record says of Klarna's ids rides along: both adapters must agree on it.
         let ids = format!(
-            "|{}|{}|{}",
+            "|{}|{}|{}|{}",
             r.payment_request_id().unwrap_or("-"),
             r.klarna_correlation_id().unwrap_or("-"),
-            r.partner().unwrap_or("-")
+            r.partner().unwrap_or("-"),
+            r.klarna_error_id().unwrap_or("-")
         );
         seen.lock().unwrap().push(label + &ids);
     }
@@ -124,13 +125,20 @@ async fn both_adapters_report_the_same_outcome_for_every_fixture() {
         let (outcome, ids) = tower[0].split_once('|').unwrap();
         if f.name == "step_up_required" {
             assert_eq!(
-                ids, "krn:payment:eu1:request:552603c0-fe8b-4ab1-aacb-41d55fafbdb4|c0ffee|-",
+                ids, "krn:payment:eu1:request:552603c0-fe8b-4ab1-aacb-41d55fafbdb4|c0ffee|-|-",
                 "{}",
                 f.name
             );
         }
         if f.name == "partner_header_step_up" {
-            assert_eq!(ids, "krn:payment:eu1:request:1|-|shop-a", "{}", f.name);
+            assert_eq!(ids, "krn:payment:eu1:request:1|-|shop-a|-", "{}", f.name);
+        }
+        if f.name == "klarna_error" {
+            assert_eq!(
+                ids, "-|-|-|abcd1234-12ab-1234-abcd-abcd12345678",
+                "{}",
+                f.name
+            );
         }
         let tower = [outcome.to_owned()];
         let untouched = if tower[0] == "not_candidate" {

@@ -804,4 +804,41 @@ mod tests {
         assert_eq!(err.0[0].location, Some((2, 1)));
         assert!(err.to_string().contains("unknown field"), "{err}");
     }
+
+    #[test]
+    fn klarna_error_ids_are_read_from_small_json_errors_only() {
+        let e = engine("");
+        let json = |h: &mut HeaderMap| {
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+        };
+        let mut h = HeaderMap::new();
+        json(&mut h);
+        assert!(e.reads_error(StatusCode::BAD_REQUEST, &h, Some(300)));
+        assert!(
+            !e.reads_error(StatusCode::BAD_REQUEST, &h, None),
+            "unknown length"
+        );
+        assert!(
+            !e.reads_error(StatusCode::BAD_REQUEST, &h, Some(20_000)),
+            "too long"
+        );
+        assert!(
+            !e.reads_error(StatusCode::OK, &h, Some(300)),
+            "not an error"
+        );
+        h.insert("content-encoding", HeaderValue::from_static("gzip"));
+        assert!(
+            !e.reads_error(StatusCode::BAD_GATEWAY, &h, Some(300)),
+            "encoded"
+        );
+        assert!(!e.reads_error(StatusCode::BAD_REQUEST, &HeaderMap::new(), Some(3)));
+
+        let body = br#"{"error_id":"abcd-1","error_type":"INPUT_ERROR"}"#;
+        assert_eq!(e.klarna_error_id(body).as_deref(), Some("abcd-1"));
+        assert_eq!(e.klarna_error_id(br#"{"error_id":"has space"}"#), None);
+        assert_eq!(e.klarna_error_id(b"<html>"), None);
+        let nested = engine("klarna_answer_at = \"klarna\"");
+        let body = br#"{"id":"pay_1","klarna":{"error_id":"k-2"}}"#;
+        assert_eq!(nested.klarna_error_id(body).as_deref(), Some("k-2"));
+    }
 }

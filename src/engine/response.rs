@@ -66,6 +66,9 @@ impl fmt::Display for KeepReason {
     }
 }
 
+/// Largest error answer read for Klarna's `error_id` (by its declared length).
+const ERROR_READ_LIMIT: u64 = 16 * 1024;
+
 /// What to do with the answer to a Klarna request, judged from its head:
 /// [`StepUp::response_plan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +101,51 @@ impl StepUp {
             return ResponsePlan::Keep(KeepReason::Undecodable);
         }
         ResponsePlan::Read
+    }
+
+    /// Whether the answer to a Klarna exchange is an error worth reading for Klarna's
+    /// `error_id` (for logs and the observation record): a 4xx or 5xx with a JSON content
+    /// type, no content encoding and a known length (`length`: declared, or known to the
+    /// adapter) of at most 16 KiB. It passes through untouched either way; an error of
+    /// unknown length is never held back.
+    pub fn reads_error(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        length: Option<u64>,
+    ) -> bool {
+        (status.is_client_error() || status.is_server_error())
+            && headers.contains_key(http::header::CONTENT_TYPE)
+            && is_json_or_absent(headers)
+            && !headers.contains_key(http::header::CONTENT_ENCODING)
+            && length
+                .or_else(|| content_length(headers))
+                .is_some_and(|n| n <= ERROR_READ_LIMIT)
+    }
+
+    /// Klarna's `error_id` in an error answer (at `klarna_answer_at` when the payment API
+    /// nests Klarna's answer, else at the top), when it is a plain identifier (at most 128
+    /// visible ASCII characters). Never fails.
+    pub fn klarna_error_id(&self, body: &[u8]) -> Option<String> {
+        let root = Object::parse(body)?;
+        let mut id = root.get_str("error_id");
+        let mut at: Option<Object<'_>> = None;
+        for seg in &self.inner.answer_at {
+            at = match &at {
+                None => root.get(seg),
+                Some(o) => o.get(seg),
+            }
+            .and_then(Object::from_raw);
+            if at.is_none() {
+                break;
+            }
+        }
+        if let Some(nested) = at.and_then(|o| o.get_str("error_id")) {
+            id = Some(nested);
+        }
+        let id = id?;
+        ((1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
+            .then(|| id.into_owned())
     }
 
     /// Rewrites the upstream's answer to a Klarna exchange into the partner block, or says

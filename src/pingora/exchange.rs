@@ -334,6 +334,12 @@ impl StepUpPhases {
             return raw;
         };
         ctx.record.answer_head(&head.headers);
+        if self
+            .step_up
+            .reads_error(head.status, &head.headers, Some(raw.len() as u64))
+        {
+            ctx.record.klarna_error(self.step_up.klarna_error_id(&raw));
+        }
         let reason = match self
             .step_up
             .response_plan(exchange, head.status, &head.headers)

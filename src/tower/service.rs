@@ -361,7 +361,27 @@ where
     {
         record.kept(reason);
         engine::mark_passthrough(&mut parts.headers);
-        return Response::from_parts(parts, StepUpBody::new(body));
+        let length = body.size_hint().exact();
+        if !step_up.reads_error(parts.status, &parts.headers, length) {
+            return Response::from_parts(parts, StepUpBody::new(body));
+        }
+        // A small Klarna error: read for its error_id (logs, record), passed on untouched.
+        let mut body = Box::pin(body);
+        let mut raw = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return refuse(record, &Refusal::upstream_unreachable());
+            };
+            if let Ok(data) = frame.into_data() {
+                raw.extend_from_slice(&data);
+            }
+            if raw.len() > step_up.body_limit() {
+                // Longer than it said: not read further, passed on as it comes.
+                return Response::from_parts(parts, StepUpBody::prefixed(raw.freeze(), body));
+            }
+        }
+        record.klarna_error(step_up.klarna_error_id(&raw));
+        return Response::from_parts(parts, StepUpBody::full(raw.freeze()));
     }
     let limit = step_up.body_limit();
     // Pinned on the heap: if the answer turns out too large, the rest of it is passed on.
