@@ -25,7 +25,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use klarna_stepup::engine::strip_hop_by_hop;
-use klarna_stepup::tower::{KlarnaStepUpLayer, StepUpBody};
+use klarna_stepup::tower::{upstream_refusal, KlarnaStepUpLayer, StepUpBody};
 use klarna_stepup::{Refusal, StepUp};
 use tower::ServiceBuilder;
 
@@ -40,20 +40,6 @@ type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 fn refused(r: &Refusal) -> Response<ProxyBody> {
     r.to_response()
         .map(|b| Full::new(Bytes::from(b)).map_err(|n| match n {}).boxed())
-}
-
-/// 504 when a timeout is among the error's causes (the connect timeout), else 502.
-fn upstream_failure(e: &(dyn std::error::Error + 'static)) -> Refusal {
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        if c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return Refusal::upstream_timeout();
-        }
-        cause = c.source();
-    }
-    Refusal::upstream_unreachable()
 }
 
 #[tokio::main]
@@ -85,7 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     strip_hop_by_hop(&mut parts.headers);
                     Response::from_parts(parts, body.boxed())
                 }
-                Ok(Err(e)) => refused(&upstream_failure(&e)),
+                Ok(Err(e)) => refused(&upstream_refusal(&e)),
                 Err(_) => refused(&Refusal::upstream_timeout()),
             };
             Ok::<_, Infallible>(res)

@@ -53,3 +53,21 @@ pub use body::StepUpBody;
 pub use future::ResponseFuture;
 pub use layer::KlarnaStepUpLayer;
 pub use service::KlarnaStepUp;
+
+/// The JSON answer for a request the payment API did not answer, for a tower-based proxy's
+/// client errors (as [`crate::pingora::upstream_refusal`] is for Pingora's): 504
+/// [`Refusal::upstream_timeout`](crate::Refusal::upstream_timeout) when a timeout is among
+/// the error's causes (e.g. the connector's connect timeout), else 502
+/// [`Refusal::upstream_unreachable`](crate::Refusal::upstream_unreachable).
+pub fn upstream_refusal(e: &(dyn std::error::Error + 'static)) -> crate::Refusal {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return crate::Refusal::upstream_timeout();
+        }
+        cause = c.source();
+    }
+    crate::Refusal::upstream_unreachable()
+}

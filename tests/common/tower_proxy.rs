@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use klarna_stepup::engine::strip_hop_by_hop;
-use klarna_stepup::tower::{KlarnaStepUpLayer, StepUpBody};
+use klarna_stepup::tower::{upstream_refusal, KlarnaStepUpLayer, StepUpBody};
 use klarna_stepup::{Refusal, StepUp};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -54,21 +54,6 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 fn refused(r: &Refusal) -> Response<ProxyBody> {
     r.to_response()
         .map(|b| Full::new(Bytes::from(b)).map_err(|n| match n {}).boxed())
-}
-
-/// 504 when a timeout is somewhere in the error's causes (the connector's connect timeout),
-/// else 502.
-fn upstream_failure(e: &(dyn std::error::Error + 'static)) -> Refusal {
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        if c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return Refusal::upstream_timeout();
-        }
-        cause = c.source();
-    }
-    Refusal::upstream_unreachable()
 }
 
 /// Starts the proxy on an ephemeral port; returns where it listens.
@@ -119,7 +104,7 @@ pub fn serve_until(
                     strip_hop_by_hop(&mut parts.headers);
                     Response::from_parts(parts, body.boxed())
                 }
-                Ok(Err(e)) => refused(&upstream_failure(&e)),
+                Ok(Err(e)) => refused(&upstream_refusal(&e)),
                 Err(_) => refused(&Refusal::upstream_timeout()),
             };
             Ok::<_, Infallible>(res)
