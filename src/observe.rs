@@ -289,7 +289,6 @@ impl Record {
     }
 
     /// A request failed upstream after step-up had nothing more to say: only the outcome.
-    #[cfg_attr(not(feature = "pingora"), allow(dead_code))]
     pub(crate) fn failed_upstream(&mut self, refusal: &Refusal) {
         self.outcome = Outcome::of(refusal);
     }

@@ -48,7 +48,7 @@ fn check_config_prints_the_effective_configuration() {
         "[server]",
         "listen = \"127.0.0.1:8080\"",
         "read_timeout_ms = 30000",
-        "large_candidate_bodies = \"stream\"",
+        "max_connections = 10000",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
@@ -231,8 +231,8 @@ async fn serve_fails_over_to_the_next_upstream_counts_metrics_and_stops_on_sigin
     up.set_answer(Answer::of(&f));
     let (listen, metrics, dead) = (free_addr(), free_addr(), free_addr());
     let mut child = start_serve(&format!(
-        "[server]\nlisten = \"{listen}\"\nupstream = [\"{dead}\", \"{}\"]\nmetrics = \"{metrics}\"\n\
-         large_candidate_bodies = \"reject\"\n",
+        "body_limit = 65536\n[server]\nlisten = \"{listen}\"\nupstream = [\"{dead}\", \"{}\"]\n\
+         metrics = \"{metrics}\"\n",
         up.addr
     ));
     wait_listening(listen);
@@ -1059,10 +1059,8 @@ async fn serve_closes_after_its_own_502_and_after_idle_keep_alive() {
             .unwrap();
         let r = read_one(&mut s);
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-        assert!(
-            r.to_ascii_lowercase().contains("connection: keep-alive"),
-            "{r}"
-        );
+        // HTTP/1.1 keeps it alive unless the answer says close.
+        assert!(!r.to_ascii_lowercase().contains("connection: close"), "{r}");
         let idle = Instant::now();
         assert!(
             closed_within(&mut s, Duration::from_secs(4)),
@@ -1182,24 +1180,24 @@ async fn serve_handles_http1_edge_cases_per_rfc_9112() {
     up.set_answer(ok_answer());
     let (mut child, listen) = serve_with("", up.addr);
     tokio::task::spawn_blocking(move || {
-        // No Host in HTTP/1.1: 400 JSON (ours); two Hosts: 400 (Pingora's own, empty body).
-        // Neither is forwarded.
-        for (hosts, ours) in [("", true), ("Host: a\r\nHost: b\r\n", false)] {
+        // No Host in HTTP/1.1, or two Hosts: 400 JSON. Neither is forwarded.
+        for hosts in ["", "Host: a\r\nHost: b\r\n"] {
             let r = exchange(
                 listen,
                 &format!("GET /orders HTTP/1.1\r\n{hosts}Connection: close\r\n\r\n"),
                 b"",
             );
             assert!(r.starts_with("HTTP/1.1 400"), "{r}");
-            assert_eq!(r.contains(r#""code":"bad_request_head""#), ours, "{r}");
+            assert!(r.contains(r#""code":"bad_request_head""#), "{r}");
         }
-        // `Content-Length: 5, 5`: forwarded as one value.
+        // `Content-Length: 5, 5`: refused with 400 and the connection closed, not forwarded
+        // (RFC 9110 section 8.6 lets a recipient reject a list of equal values; hyper does).
         let r = exchange(
             listen,
             "POST /orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5, 5\r\n\r\n",
             b"hello",
         );
-        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
         // Two pipelined requests in one write: both answered, in order (Pingora 0.9 dropped
         // the second by default).
         let mut s = TcpStream::connect(listen).unwrap();
@@ -1217,13 +1215,7 @@ async fn serve_handles_http1_edge_cases_per_rfc_9112() {
     .unwrap();
     let received = up.take_received();
     let paths: Vec<&str> = received.iter().map(|r| r.path.as_str()).collect();
-    assert_eq!(paths, ["/orders", "/first", "/second"], "{paths:?}");
-    assert_eq!(received[0].headers["content-length"], "5");
-    assert_eq!(
-        received[0].headers.get_all("content-length").iter().count(),
-        1
-    );
-    assert_eq!(received[0].body, b"hello");
+    assert_eq!(paths, ["/first", "/second"], "{paths:?}");
     let (code, log) = stop(&mut child, "-TERM");
     assert_eq!(code, Some(0), "{log}");
 }

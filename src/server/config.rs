@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::read;
-use crate::pingora::LargeBodies;
 use crate::{ConfigError, ConfigErrors, StepUp, StepUpConfig};
 
 /// `[server]`: where to listen, where to proxy to, and how.
@@ -20,13 +19,18 @@ pub struct ServerConfig {
     /// The payment API: one `host:port` or a list (round robin, the next one on connect
     /// failure).
     pub upstream: Upstreams,
-    /// Worker threads (default 2).
+    /// Worker threads, each with its own single-threaded runtime, listening socket
+    /// (`SO_REUSEPORT`) and connection pool to the payment API (default 2; one per core is
+    /// the usual choice).
     #[serde(default = "default_threads")]
     pub threads: usize,
-    /// Upstream TCP (and TLS) connect timeout, in milliseconds (default 2000). Elapsed: 504.
+    /// Upstream TCP and TLS connect timeout, per address tried, in milliseconds (default
+    /// 2000). Elapsed on every address: 504.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// Upstream read timeout (each read), in milliseconds (default 30000). Elapsed: 504.
+    /// Upstream read timeout (each read and write on the connection), in milliseconds
+    /// (default 30000). Elapsed before the answer's head: 504; during its body: the answer is
+    /// cut off. Idle pooled connections are closed after it too.
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
     /// After SIGTERM or SIGINT, the proxy stops once no request is in flight, at the latest
@@ -34,8 +38,9 @@ pub struct ServerConfig {
     /// load balancer first.
     #[serde(default = "default_grace_period_secs")]
     pub grace_period_secs: u64,
-    /// A kept-alive client connection with no request is closed after this many seconds
-    /// (default 60). `0` is refused: Pingora would wait forever.
+    /// The time a client has to send a complete request head, from the connection's start or
+    /// the end of the previous answer, in seconds (default 60): an idle kept-alive connection
+    /// is closed after it, and so is one that sends its head too slowly.
     #[serde(default = "default_idle_timeout_secs")]
     pub idle_timeout_secs: u64,
     /// The longest wait for the next bytes of a request body, in milliseconds (default
@@ -55,11 +60,16 @@ pub struct ServerConfig {
     /// 503 JSON `overloaded` with `Retry-After`; requests already accepted go on.
     #[serde(default = "default_buffer_budget_bytes")]
     pub buffer_budget_bytes: usize,
-    /// Candidate bodies over 64 KiB: `"stream"` (chunked to the upstream, default) or
-    /// `"reject"` (413 before contacting the upstream).
-    #[serde(default)]
-    pub large_candidate_bodies: LargeBodies,
-    /// Prometheus metrics address, e.g. `127.0.0.1:9100` (default: none).
+    /// Client connections open at once, over all threads (default 10000). At the cap, new
+    /// connections wait in the listen backlog until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// The admin endpoint, e.g. `127.0.0.1:9100` (default: none): `/metrics` (Prometheus),
+    /// `/healthz` (the process is alive) and `/readyz` (it takes traffic; 503 from the
+    /// moment it drains). Keep it off the public network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+    /// The admin endpoint's former name (metrics only); the same endpoint as `admin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
     /// TLS on the listener.
@@ -96,6 +106,9 @@ fn default_max_headers() -> usize {
 }
 fn default_buffer_budget_bytes() -> usize {
     64 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    10_000
 }
 
 /// One upstream address or several.
@@ -293,20 +306,27 @@ impl ServerConfig {
             p.push(err("server.max_header_bytes", "must be at least 1024"));
         }
         if !(8..=256).contains(&self.max_headers) {
-            p.push(err(
-                "server.max_headers",
-                "must be between 8 and 256 (Pingora's own cap)",
-            ));
+            p.push(err("server.max_headers", "must be between 8 and 256"));
         }
-        if let Some(m) = &self.metrics {
+        if self.max_connections == 0 {
+            p.push(err("server.max_connections", "must be at least 1"));
+        }
+        for (key, addr) in [
+            ("server.admin", &self.admin),
+            ("server.metrics", &self.metrics),
+        ] {
+            let Some(m) = addr else { continue };
             if m.parse::<SocketAddr>().is_err() {
-                p.push(err(
-                    "server.metrics",
-                    "must be an address such as 127.0.0.1:9100",
-                ));
+                p.push(err(key, "must be an address such as 127.0.0.1:9100"));
             } else if *m == self.listen {
-                p.push(err("server.metrics", "must differ from server.listen"));
+                p.push(err(key, "must differ from server.listen"));
             }
+        }
+        if self.admin.is_some() && self.metrics.is_some() {
+            p.push(err(
+                "server.metrics",
+                "give admin (which serves /metrics too) or its former name metrics, not both",
+            ));
         }
         if let Some(tls) = &self.tls {
             file_problem(&mut p, "server.tls.cert", &tls.cert);
@@ -348,6 +368,11 @@ impl ServerConfig {
             }
         }
         p
+    }
+
+    /// The admin endpoint's address, by either name.
+    pub fn admin_address(&self) -> Option<&str> {
+        self.admin.as_deref().or(self.metrics.as_deref())
     }
 
     /// The upstream addresses, resolved.
@@ -425,15 +450,15 @@ mod tests {
                     [server]\n\
                     listen = 8080\n\
                     upstream = \"127.0.0.1:9000\"\n\
-                    large_candidate_bodies = \"drop\"\n\
+                    max_connections = \"many\"\n\
                     threads = \"two\"\n";
         let e = ProxyConfig::parse(text).unwrap_err();
         let found: Vec<_> = e.0.iter().map(|e| (e.key.as_str(), e.location)).collect();
         assert_eq!(
             found,
             [
-                ("server.large_candidate_bodies", Some((5, 1))),
                 ("server.listen", Some((3, 1))),
+                ("server.max_connections", Some((5, 1))),
                 ("server.threads", Some((6, 1))),
                 ("body_limit", Some((1, 1))),
             ],

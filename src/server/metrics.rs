@@ -1,4 +1,4 @@
-//! Prometheus metrics, served by `pingora-prometheus` from the default registry (which also
+//! Prometheus metrics, served on the admin endpoint from the default registry (which also
 //! carries the process metrics: CPU, resident memory, open file descriptors).
 
 use std::time::Duration;

@@ -1,5 +1,8 @@
-//! The server the `klarna-stepup` binary runs (feature `cli`): a Pingora proxy with step-up in
-//! front of a payment API, described by one configuration file.
+//! The server the `klarna-stepup` binary runs (feature `cli`): a proxy with step-up in front
+//! of a payment API, described by one configuration file. It is the [tower
+//! layer](crate::tower) on hyper: one single-threaded runtime per worker thread, each with
+//! its own `SO_REUSEPORT` listener and connection pool (chosen by measurement against
+//! Pingora; see the README's performance section).
 //!
 //! The binary is a thin command line over this module; the demo (`./x demo`) runs the same
 //! server in front of the local sandbox. Use it to embed the ready proxy in a program of your
@@ -22,12 +25,15 @@
 //! and a `[server]` table ([`ServerConfig`]); `klarna-stepup check-config FILE` prints the
 //! effective configuration with every default.
 //!
-//! The listener's TLS and the TLS to the payment API use Pingora's `rustls` backend, which the
-//! `cli` feature turns on.
+//! The listener's TLS (HTTP/2 by ALPN) and the TLS to the payment API use rustls.
 
+mod admin;
 mod config;
 mod metrics;
 mod serve;
+mod timed;
+mod tls;
+mod upstream;
 
 pub use crate::ConfigError;
 pub use config::{ListenerTls, ProxyConfig, ServerConfig, UpstreamTls, Upstreams};

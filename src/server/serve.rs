@@ -1,453 +1,462 @@
-//! `serve`: the Pingora server the configuration describes.
+//! `serve`: the server the configuration describes. The tower layer on hyper, one
+//! single-threaded tokio runtime per worker thread, each with its own listening socket
+//! (`SO_REUSEPORT`: the kernel spreads connections over the workers) and its own connection
+//! pool to the payment API. A request stays on the thread that accepted it: no work
+//! stealing, no cross-thread wake-ups.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use pingora::listeners::tls::TlsSettings;
-use pingora::prelude::*;
-use pingora::proxy::FailToProxy;
-use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
-use pingora::utils::tls::CertKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use http::{header, HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
-use super::config::{ProxyConfig, UpstreamTls};
+use super::admin::{self, Health};
+use super::config::ProxyConfig;
 use super::metrics::Metrics;
-use crate::engine::{check_request_head, HeadLimits};
-use crate::pingora::{client_timeout_refusal, respond, upstream_refusal, StepUpProxy};
-use crate::Record;
+use super::timed::{BodyTimeout, Timed};
+use super::upstream::Dialer;
+use crate::engine::{check_request_head, strip_hop_by_hop, HeadLimits};
+use crate::tower::{upstream_refusal, KlarnaStepUp, StepUpBody};
+use crate::{BufferBudget, Record, Refusal, StepUp};
 
-/// The payment API behind the proxy: round robin over the configured addresses, the next
-/// one on connect failure, JSON 502/504 for upstream failures on every route.
-struct PaymentApi {
-    peers: Vec<SocketAddr>,
-    next: AtomicUsize,
-    tls: Option<(String, bool)>,
-    client_cert: Option<Arc<CertKey>>,
-    connect_timeout: Duration,
-    read_timeout: Duration,
-    in_flight: Arc<AtomicUsize>,
+/// A request's body as the layer and the client see it: each wait bounded.
+type ReqBody = StepUpBody<Timed<Incoming>>;
+/// The answer as the client gets it.
+type ResBody = StepUpBody<StepUpBody<Incoming>>;
+
+/// The payment API's side of the stack: the request pointed at the upstream, hop-by-hop
+/// headers off both ways, failures as step-up's JSON 502/504 (408 when it was the client's
+/// body that did not come).
+#[derive(Clone)]
+struct Forward {
+    client: Client<Dialer, ReqBody>,
+    scheme: http::uri::Scheme,
     metrics: Option<Metrics>,
-    /// Client connections: idle keep-alive, body read timeout, head bounds.
-    idle_timeout_secs: u64,
-    body_timeout: Duration,
-    head_limits: HeadLimits,
-    /// Set at SIGTERM/SIGINT: answers from then on close their connection.
-    draining: Arc<AtomicBool>,
 }
 
-/// Per request: how many upstreams were tried, and since when; counts as in flight while it
-/// lives.
-#[derive(Debug)]
-struct Attempts {
-    tried: usize,
-    upstream_since: Option<std::time::Instant>,
-    _in_flight: InFlight,
-}
+/// The pool's key: every connection goes to "the payment API"; the dialer picks the address.
+const POOL_KEY: &str = "payment-api";
 
-/// One request in flight (decremented when the request's `CTX` is dropped).
-#[derive(Debug)]
-struct InFlight(Arc<AtomicUsize>);
+impl tower_service::Service<Request<ReqBody>> for Forward {
+    type Response = Response<StepUpBody<Incoming>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-impl InFlight {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        InFlight(counter.clone())
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
-}
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl PaymentApi {
-    fn new(
-        config: &ProxyConfig,
-        in_flight: Arc<AtomicUsize>,
-        draining: Arc<AtomicBool>,
-        metrics: Option<Metrics>,
-    ) -> Result<Self, String> {
-        let s = &config.server;
-        let peers = s
-            .resolve_upstreams()
-            .map_err(|e| format!("server.upstream: cannot resolve: {e}"))?;
-        if peers.is_empty() {
-            return Err("server.upstream: no address".into());
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        strip_hop_by_hop(req.headers_mut());
+        // An HTTP/2 request names its host in the URI: HTTP/1.1 upstream wants `Host`.
+        if !req.headers().contains_key(header::HOST) {
+            if let Some(host) = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(header::HOST, host);
+            }
         }
-        let client_cert = match &s.upstream_tls {
-            Some(t) => client_cert(t)?,
-            None => None,
-        };
-        Ok(PaymentApi {
-            peers,
-            next: AtomicUsize::new(0),
-            tls: s.upstream_tls.as_ref().map(|t| (t.sni.clone(), t.verify)),
-            client_cert,
-            connect_timeout: Duration::from_millis(s.connect_timeout_ms),
-            read_timeout: Duration::from_millis(s.read_timeout_ms),
-            in_flight,
-            metrics,
-            idle_timeout_secs: s.idle_timeout_secs,
-            body_timeout: Duration::from_millis(s.request_body_timeout_ms),
-            head_limits: HeadLimits {
-                max_bytes: s.max_header_bytes,
-                max_count: s.max_headers,
-            },
-            draining,
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(http::uri::Authority::from_static(POOL_KEY));
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = http::Uri::from_parts(parts).unwrap_or_default();
+        *req.version_mut() = http::Version::HTTP_11;
+        let answer = self.client.request(req);
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let since = metrics.as_ref().map(|_| Instant::now());
+            let res = match answer.await {
+                Ok(res) => {
+                    if let (Some(m), Some(since)) = (&metrics, since) {
+                        m.upstream_answered(res.status().as_u16(), since.elapsed());
+                    }
+                    let (mut parts, body) = res.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    Response::from_parts(parts, StepUpBody::new(body))
+                }
+                Err(e) => {
+                    let r = if BodyTimeout::caused(&e) {
+                        Refusal::request_timeout()
+                    } else {
+                        let r = upstream_refusal(&e);
+                        if let Some(m) = &metrics {
+                            m.upstream_failed(r.code);
+                        }
+                        r
+                    };
+                    let mut res = r.to_response().map(StepUpBody::full);
+                    res.extensions_mut().insert(r);
+                    res
+                }
+            };
+            Ok(res)
         })
     }
 }
 
-fn client_cert(t: &UpstreamTls) -> Result<Option<Arc<CertKey>>, String> {
-    let Some(cert) = &t.client_cert else {
-        return Ok(None);
-    };
-    let chain = std::fs::read(cert).map_err(|e| format!("server.upstream_tls.client_cert: {e}"))?;
-    let key_pem = match (&t.client_key, &t.client_key_env) {
-        (Some(path), _) => {
-            std::fs::read(path).map_err(|e| format!("server.upstream_tls.client_key: {e}"))?
-        }
-        (None, Some(var)) => std::env::var(var)
-            .map_err(|_| format!("server.upstream_tls.client_key_env: {var} is not set"))?
-            .into_bytes(),
-        (None, None) => return Err("server.upstream_tls.client_key: missing".into()),
-    };
-    let certs: Vec<Vec<u8>> =
-        pem_certs(&chain).ok_or("server.upstream_tls.client_cert: no PEM certificate found")?;
-    let key =
-        pem_key(&key_pem).ok_or("server.upstream_tls.client_key: no PEM private key found")?;
-    Ok(Some(Arc::new(CertKey::new(certs, key))))
+/// What hyper calls per request: the head checked (RFC 9112 and the configured bounds),
+/// then step-up around the payment API.
+#[derive(Clone)]
+struct Front {
+    stack: KlarnaStepUp<Forward>,
+    limits: HeadLimits,
+    body_timeout: Duration,
 }
 
-/// DER blocks of the `CERTIFICATE` entries of a PEM file.
-fn pem_certs(pem: &[u8]) -> Option<Vec<Vec<u8>>> {
-    // A malformed section ends the list (the iterator may not move past it).
-    let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(pem)
-        .map_while(Result::ok)
-        .map(|c| c.to_vec())
-        .collect();
-    (!certs.is_empty()).then_some(certs)
-}
+impl hyper::service::Service<Request<Incoming>> for Front {
+    type Response = Response<ResBody>;
+    type Error = Infallible;
+    type Future = FrontFuture<
+        <KlarnaStepUp<Forward> as tower_service::Service<Request<Timed<Incoming>>>>::Future,
+    >;
 
-/// The DER of the first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
-fn pem_key(pem: &[u8]) -> Option<Vec<u8>> {
-    PrivateKeyDer::from_pem_slice(pem)
-        .ok()
-        .map(|k| k.secret_der().to_vec())
-}
-
-#[async_trait]
-impl ProxyHttp for PaymentApi {
-    type CTX = Attempts;
-
-    fn new_ctx(&self) -> Attempts {
-        Attempts {
-            tried: 0,
-            upstream_since: None,
-            _in_flight: InFlight::new(&self.in_flight),
-        }
-    }
-
-    /// Bounds on the client's connection, before anything reads the request: the idle
-    /// keep-alive timeout (Pingora's default waits forever), the body read timeout (408),
-    /// HTTP/1.1 pipelining served in order (RFC 9112 section 9.3.2; Pingora's default drops
-    /// pipelined requests after the first), and no keep-alive once draining.
-    async fn early_request_filter(&self, session: &mut Session, _: &mut Attempts) -> Result<()> {
-        if self.draining.load(Ordering::Relaxed) {
-            session.set_keepalive(None);
-        } else if session.get_keepalive().is_some() {
-            // `Some(0)` is Pingora's "forever"; `None` (the client said close) stays.
-            session.set_keepalive(Some(self.idle_timeout_secs));
-        }
-        session.set_read_timeout(Some(self.body_timeout));
-        session.set_pipelining_enabled(true);
-        Ok(())
-    }
-
-    /// The request head per RFC 9112 and within the configured bounds (400/431 JSON), and a
-    /// `Content-Length: 5, 5` list made one value before step-up or the upstream reads it.
-    async fn request_filter(&self, session: &mut Session, _: &mut Attempts) -> Result<bool> {
-        let req = session.req_header();
-        let (version, target_len) = (req.version, req.raw_path().len());
-        if let Err(r) = check_request_head(
-            session.req_header_mut(),
-            version,
-            target_len,
-            self.head_limits,
-        ) {
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let target = parts.uri.path_and_query().map_or(0, |p| p.as_str().len())
+            + parts.uri.authority().map_or(0, |a| a.as_str().len());
+        if let Err(r) = check_request_head(&mut parts.headers, parts.version, target, self.limits) {
             // The body is not read: the connection cannot carry another request.
-            session.set_keepalive(None);
-            respond(session, &r).await?;
-            return Ok(true);
+            let mut res = r.to_response().map(StepUpBody::full);
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return FrontFuture::Answered { res: Some(res) };
         }
-        Ok(false)
-    }
-
-    async fn upstream_peer(&self, _: &mut Session, ctx: &mut Attempts) -> Result<Box<HttpPeer>> {
-        ctx.tried += 1;
-        if self.metrics.is_some() {
-            ctx.upstream_since
-                .get_or_insert_with(std::time::Instant::now);
+        let req = Request::from_parts(parts, Timed::new(body, self.body_timeout));
+        // `Forward` is always ready, and so is the layer over it.
+        let mut stack = self.stack.clone();
+        FrontFuture::Stack {
+            fut: tower_service::Service::call(&mut stack, req),
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.peers.len();
-        let addr = self.peers[i];
-        let mut peer = match &self.tls {
-            None => HttpPeer::new(addr, false, String::new()),
-            Some((sni, verify)) => {
-                let mut p = HttpPeer::new(addr, true, sni.clone());
-                p.options.verify_cert = *verify;
-                p.options.verify_hostname = *verify;
-                p.client_cert_key = self.client_cert.clone();
-                p
-            }
-        };
-        peer.options.connection_timeout = Some(self.connect_timeout);
-        peer.options.total_connection_timeout = Some(self.connect_timeout);
-        peer.options.read_timeout = Some(self.read_timeout);
-        peer.options.write_timeout = Some(self.read_timeout);
-        Ok(Box::new(peer))
-    }
-
-    fn fail_to_connect(
-        &self,
-        _: &mut Session,
-        _: &HttpPeer,
-        ctx: &mut Attempts,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        // Nothing was sent yet: try the next upstream, each at most once per request.
-        e.set_retry(ctx.tried < self.peers.len());
-        e
-    }
-
-    async fn upstream_response_filter(
-        &self,
-        _: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        ctx: &mut Attempts,
-    ) -> Result<()> {
-        if let (Some(m), Some(since)) = (&self.metrics, ctx.upstream_since) {
-            if !upstream_response.status.is_informational() {
-                m.upstream_answered(upstream_response.status.as_u16(), since.elapsed());
-            }
-        }
-        Ok(())
-    }
-
-    async fn response_filter(
-        &self,
-        session: &mut Session,
-        _: &mut ResponseHeader,
-        _: &mut Attempts,
-    ) -> Result<()> {
-        // A request accepted before the signal is answered, then its connection closed:
-        // say so (Pingora writes `Connection` from the keep-alive state).
-        if self.draining.load(Ordering::Relaxed) {
-            session.set_keepalive(None);
-        }
-        Ok(())
-    }
-
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        _: &mut Attempts,
-    ) -> FailToProxy {
-        let code = match client_timeout_refusal(e).or_else(|| upstream_refusal(e)) {
-            Some(r) => {
-                if let Some(m) = &self.metrics {
-                    if r.status.is_server_error() {
-                        m.upstream_failed(r.code);
-                    }
-                }
-                if session.response_written().is_none() {
-                    let _ = respond(session, &r).await;
-                }
-                r.status.as_u16()
-            }
-            None => {
-                let code = match e.etype() {
-                    ErrorType::HTTPStatus(c) => *c,
-                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
-                        if *e.esource() == ErrorSource::Downstream =>
-                    {
-                        0
-                    }
-                    _ if *e.esource() == ErrorSource::Downstream => 400,
-                    _ => 500,
-                };
-                if code > 0 && session.response_written().is_none() {
-                    let _ = session.respond_error(code).await;
-                }
-                code
-            }
-        };
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
-    }
-
-    /// Pingora's error logs name the request with this: no query string (it may carry
-    /// tokens).
-    fn request_summary(&self, session: &Session, _: &Attempts) -> String {
-        let req = session.req_header();
-        format!("{} {}", req.method, req.uri.path())
     }
 }
 
-/// SIGTERM and SIGINT both mean: let in-flight requests finish (at most `grace`), then stop.
-/// From the signal on, answers say `Connection: close` (`draining`).
-struct Signals {
-    in_flight: Arc<AtomicUsize>,
-    draining: Arc<AtomicBool>,
+pin_project_lite::pin_project! {
+    /// [`Front`]'s answer: at once, or the stack's.
+    #[project = FrontProj]
+    enum FrontFuture<F> {
+        Answered { res: Option<Response<ResBody>> },
+        Stack { #[pin] fut: F },
+    }
+}
+
+impl<F> Future for FrontFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, Infallible>>,
+{
+    type Output = Result<Response<ResBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            FrontProj::Answered { res } => {
+                Poll::Ready(Ok(res.take().expect("polled after completion")))
+            }
+            FrontProj::Stack { fut } => fut.poll(cx),
+        }
+    }
+}
+
+/// Everything a worker needs, shared by all of them.
+struct Shared {
+    step_up: StepUp,
+    dialer: Dialer,
+    scheme: http::uri::Scheme,
+    metrics: Option<Metrics>,
+    budget: BufferBudget,
+    tls: Option<TlsAcceptor>,
+    connections: Arc<Semaphore>,
+    limits: HeadLimits,
+    body_timeout: Duration,
+    idle_timeout: Duration,
+    read_timeout: Duration,
     grace: Duration,
+    health: Arc<Health>,
 }
 
-#[async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stopping");
-            return ShutdownSignal::FastShutdown;
+impl Shared {
+    /// A worker's own stack: its own client (connection pool) over the shared dialer.
+    fn front(&self) -> Front {
+        let mut client = Client::builder(TokioExecutor::new());
+        client
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            // The dialer's per-read deadline closes idle pooled connections too.
+            .pool_idle_timeout(self.read_timeout)
+            // The client's own Host (or none, for HTTP/1.0) goes through as it came.
+            .set_host(false);
+        let forward = Forward {
+            client: client.build(self.dialer.clone()),
+            scheme: self.scheme.clone(),
+            metrics: self.metrics.clone(),
         };
-        loop {
-            tokio::select! {
-                _ = term.recv() => break tracing::info!("SIGTERM: graceful shutdown"),
-                _ = int.recv() => break tracing::info!("SIGINT: graceful shutdown"),
-                // SIGHUP's default action would end the process silently.
-                _ = hup.recv() => tracing::warn!(
-                    "SIGHUP ignored: the configuration is read at start only; \
-                     restart to change it"
-                ),
-            }
+        let mut stack =
+            KlarnaStepUp::new(forward, self.step_up.clone()).buffer_budget(self.budget.clone());
+        if let Some(m) = self.metrics.clone() {
+            stack = stack.observe(move |r: &Record| m.record(r));
         }
-        self.draining.store(true, Ordering::Relaxed);
-        // Pingora's own grace period is a fixed sleep; drain instead, so that an idle proxy
-        // stops at once and a busy one as soon as its last request is answered.
-        let deadline = tokio::time::Instant::now() + self.grace;
-        while self.in_flight.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        Front {
+            stack,
+            limits: self.limits,
+            body_timeout: self.body_timeout,
         }
-        let left = self.in_flight.load(Ordering::Relaxed);
-        if left > 0 {
-            tracing::warn!(in_flight = left, "grace period over; stopping anyway");
-        }
-        ShutdownSignal::GracefulTerminate
     }
 }
 
-/// Builds the server the configuration describes and runs it until SIGTERM or SIGINT (then
-/// stops once no request is in flight, at the latest after `server.grace_period_secs`).
+/// One worker thread's life: accept until told to stop, then let the connections finish
+/// (at most the grace period).
+async fn worker(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!(error = %e, "cannot register the listener"),
+    };
+    shared.health.workers_up.fetch_add(1, Ordering::Relaxed);
+    let front = shared.front();
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        // From the connection's start or the previous answer's end to a complete head.
+        .header_read_timeout(shared.idle_timeout)
+        // hyper's own bounds sit above ours, so that ours answer first, with JSON; beyond
+        // twice ours, hyper answers 431 itself.
+        .max_buf_size((shared.limits.max_bytes * 2).max(8192))
+        .max_headers(shared.limits.max_count * 2);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(shared.limits.max_bytes * 2).unwrap_or(u32::MAX));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            p = shared.connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let (front, http1, http2, tls) = (
+            front.clone(),
+            http1.clone(),
+            http2.clone(),
+            shared.tls.clone(),
+        );
+        let handshake_timeout = shared.idle_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Some(acceptor) = tls else {
+                let _ = watcher
+                    .watch(http1.serve_connection(TokioIo::new(stream), front))
+                    .await;
+                return;
+            };
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let _ = watcher
+                    .watch(http2.serve_connection(TokioIo::new(stream), front))
+                    .await;
+            } else {
+                let _ = watcher
+                    .watch(http1.serve_connection(TokioIo::new(stream), front))
+                    .await;
+            }
+        });
+    }
+    // No new connections; answers on the open ones from now on close them.
+    drop(listener);
+    if tokio::time::timeout(shared.grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; stopping with requests in flight");
+    }
+}
+
+/// A listening socket for `addr` that other workers (and, during an upgrade, another
+/// instance of the proxy run by the same user) may share: `SO_REUSEPORT`.
+fn listen_shared(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Waits for SIGTERM or SIGINT (SIGHUP is logged and ignored).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return tracing::error!("cannot install signal handlers; stopping");
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break tracing::info!("SIGTERM: graceful shutdown"),
+            _ = int.recv() => break tracing::info!("SIGINT: graceful shutdown"),
+            // SIGHUP's default action would end the process silently.
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP ignored: the configuration is read at start only; \
+                 restart to change it"
+            ),
+        }
+    }
+}
+
+/// Builds the server the configuration describes and runs it until SIGTERM or SIGINT; then
+/// `/readyz` answers 503 at once, the listeners close, and the proxy stops once every
+/// request in flight is answered (each answer saying `Connection: close`), at the latest
+/// after `server.grace_period_secs`.
 ///
-/// It blocks the calling thread and runs Pingora's own runtimes: call it from `main`, not from
+/// It blocks the calling thread and starts its own runtimes: call it from `main`, not from
 /// inside a tokio runtime. An error is a configuration the server cannot start with, named by
 /// its key (`server.upstream: cannot resolve: …`).
 pub fn serve(config: ProxyConfig) -> Result<(), String> {
     let s = &config.server;
-    // Pingora binds its listeners only once it runs, and then panics and lingers on an
-    // address in use: find out here, and say which address.
-    for (key, addr) in std::iter::once(("server.listen", &s.listen))
-        .chain(s.metrics.iter().map(|m| ("server.metrics", m)))
-    {
-        if let Err(e) = std::net::TcpListener::bind(addr.as_str()) {
-            return Err(format!("{key}: cannot listen on {addr}: {e}"));
-        }
-    }
-    let conf = ServerConf {
-        threads: s.threads,
-        // Draining happens in `Signals` (see there).
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
-        // Both connectors (Pingora's and step-up's direct exchange) verify with it.
-        ca_file: s
-            .upstream_tls
-            .as_ref()
-            .and_then(|t| t.ca.as_ref())
-            .map(|ca| ca.display().to_string()),
-        ..ServerConf::default()
+    let listen: SocketAddr = s
+        .listen
+        .parse()
+        .map_err(|e| format!("server.listen: {e}"))?;
+    let listeners = (0..s.threads)
+        .map(|_| listen_shared(listen))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("server.listen: cannot listen on {listen}: {e}"))?;
+    let admin_key = if s.admin.is_some() {
+        "server.admin"
+    } else {
+        "server.metrics"
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-
-    let metrics = s.metrics.as_ref().map(|_| Metrics::register());
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let draining = Arc::new(AtomicBool::new(false));
-    let mut proxy = StepUpProxy::new(
-        PaymentApi::new(
-            &config,
-            in_flight.clone(),
-            draining.clone(),
-            metrics.clone(),
-        )?,
-        config.step_up.clone(),
-    )
-    .large_bodies(s.large_candidate_bodies)
-    .buffer_budget(crate::BufferBudget::new(s.buffer_budget_bytes))
-    .server_conf(&server.configuration);
-    if let Some(m) = metrics {
-        proxy = proxy.observe(move |r: &Record| m.record(r));
-    }
-    let mut svc = http_proxy_service(&server.configuration, proxy);
-    match &s.tls {
-        None => svc.add_tcp(&s.listen),
-        Some(tls) => {
-            let mut settings =
-                TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
-                    .map_err(|e| format!("server.tls: {e}"))?;
-            if tls.h2 {
-                settings.enable_h2();
-            }
-            svc.add_tls_with_settings(&s.listen, None, settings);
-        }
-    }
-    server.add_service(svc);
-    if let Some(addr) = &s.metrics {
-        let mut prom = pingora_prometheus::prometheus_http_service();
-        prom.add_tcp(addr);
-        server.add_service(prom);
+    let admin = match s.admin_address() {
+        None => None,
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| format!("{admin_key}: cannot listen on {addr}: {e}"))?,
+        ),
+    };
+    let peers = s
+        .resolve_upstreams()
+        .map_err(|e| format!("server.upstream: cannot resolve: {e}"))?;
+    let dialer = Dialer::new(
+        peers,
+        s.upstream_tls.as_ref(),
+        Duration::from_millis(s.connect_timeout_ms),
+        Duration::from_millis(s.read_timeout_ms),
+    )?;
+    let tls = match &s.tls {
+        None => None,
+        Some(t) => Some(TlsAcceptor::from(super::tls::server_config(t)?)),
+    };
+    let health = Arc::new(Health::new(s.threads));
+    let shared = Arc::new(Shared {
+        step_up: config.step_up.clone(),
+        dialer,
+        scheme: if s.upstream_tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        },
+        metrics: admin.as_ref().map(|_| Metrics::register()),
+        budget: BufferBudget::new(s.buffer_budget_bytes),
+        tls,
+        connections: Arc::new(Semaphore::new(s.max_connections)),
+        limits: HeadLimits {
+            max_bytes: s.max_header_bytes,
+            max_count: s.max_headers,
+        },
+        body_timeout: Duration::from_millis(s.request_body_timeout_ms),
+        idle_timeout: Duration::from_secs(s.idle_timeout_secs),
+        read_timeout: Duration::from_millis(s.read_timeout_ms),
+        grace: Duration::from_secs(s.grace_period_secs),
+        health: health.clone(),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let mut workers = Vec::with_capacity(s.threads);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (shared, stopped) = (shared.clone(), stopped.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("server.threads: cannot start a runtime: {e}"))?;
+        let handle = std::thread::Builder::new()
+            .name(format!("klarna-stepup-{i}"))
+            .spawn(move || runtime.block_on(worker(listener, shared, stopped)))
+            .map_err(|e| format!("server.threads: cannot start a thread: {e}"))?;
+        workers.push(handle);
     }
     tracing::info!(
         listen = %s.listen,
+        threads = s.threads,
         upstreams = s.upstream.list().len(),
         tls = s.tls.is_some(),
         upstream_tls = s.upstream_tls.is_some(),
-        metrics = s.metrics.as_deref().unwrap_or("off"),
+        admin = s.admin_address().unwrap_or("off"),
         "klarna-stepup serving"
     );
-    server.run(RunArgs {
-        shutdown_signal: Box::new(Signals {
-            in_flight,
-            draining,
-            grace: Duration::from_secs(s.grace_period_secs),
-        }),
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the control runtime: {e}"))?;
+    control.block_on(async move {
+        if let Some(l) = admin {
+            match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => drop(tokio::spawn(admin::serve(l, health.clone()))),
+                Err(e) => tracing::error!(error = %e, "admin endpoint not served"),
+            }
+        }
+        shutdown_signal().await;
+        // Unready first, so that load balancers stop sending before the listeners close.
+        health.draining.store(true, Ordering::Relaxed);
+        let _ = stop.send(true);
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
     });
     tracing::info!("stopped");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pem_blocks_decode() {
-        let pem = b"junk\n-----BEGIN CERTIFICATE-----\naGVs\nbG8=\n-----END CERTIFICATE-----\n\
------BEGIN PRIVATE KEY-----\nd29ybGQ=\n-----END PRIVATE KEY-----\n";
-        assert_eq!(pem_certs(pem), Some(vec![b"hello".to_vec()]));
-        assert_eq!(pem_key(pem), Some(b"world".to_vec()));
-        assert_eq!(pem_key(b"none"), None);
-    }
 }

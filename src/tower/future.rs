@@ -59,6 +59,9 @@ where
             KindProj::Passthrough { future, observer } => {
                 let res = ready!(future.poll(cx))?;
                 if let Some((observe, mut record)) = observer.take() {
+                    if let Some(r) = res.extensions().get::<crate::Refusal>() {
+                        record.failed_upstream(r);
+                    }
                     record.done(Some(res.status().as_u16()));
                     observe(&record);
                 }

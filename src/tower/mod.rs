@@ -59,15 +59,14 @@ pub use service::KlarnaStepUp;
 /// [`Refusal::upstream_timeout`](crate::Refusal::upstream_timeout) when a timeout is among
 /// the error's causes (e.g. the connector's connect timeout), else 502
 /// [`Refusal::upstream_unreachable`](crate::Refusal::upstream_unreachable).
+///
+/// Put the refusal in its response's extensions (`res.extensions_mut().insert(refusal)`) and
+/// the layer's [`Record`](crate::Record) says `upstream_error` with its code, as for the
+/// Pingora adapter.
 pub fn upstream_refusal(e: &(dyn std::error::Error + 'static)) -> crate::Refusal {
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        if c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return crate::Refusal::upstream_timeout();
-        }
-        cause = c.source();
+    if service::timed_out(e) {
+        crate::Refusal::upstream_timeout()
+    } else {
+        crate::Refusal::upstream_unreachable()
     }
-    crate::Refusal::upstream_unreachable()
 }

@@ -171,6 +171,9 @@ async fn observed<B, E>(
     observer: Option<Observer>,
 ) -> Result<Response<StepUpBody<B>>, E> {
     let (mut record, res) = route.await?;
+    if let Some(r) = res.extensions().get::<Refusal>() {
+        record.failed_upstream(r);
+    }
     record.done(Some(res.status().as_u16()));
     if let Some(observe) = &observer {
         observe(&record);
@@ -429,8 +432,9 @@ where
     }
 }
 
-/// Reads a request body within `limit`: 413 beyond it (declared or counted), 400 when it
-/// cannot be read.
+/// Reads a request body within `limit`: 413 beyond it (declared or counted), 408 when the
+/// body's error is a timeout (an `io::Error` of kind `TimedOut` among its causes, as a body
+/// read timeout of the server gives), 400 when it cannot be read otherwise.
 async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, Refusal>
 where
     B: Body<Data = Bytes>,
@@ -442,8 +446,23 @@ where
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(Refusal::too_large(limit)),
+        Err(e) if timed_out(&*e) => Err(Refusal::request_timeout()),
         Err(_) => Err(Refusal::unreadable_body()),
     }
+}
+
+/// Whether a timeout is among the causes of `e`.
+pub(super) fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Step-up's own answer, recorded.

@@ -1,0 +1,104 @@
+//! A body whose every next frame must arrive within a deadline: the client's request body
+//! (past it: 408) and the payment API's answer (past it: the answer is cut off).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{sleep, Sleep};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The error of a [`Timed`] body whose next bytes did not come in time: an `io::Error` of
+/// kind `TimedOut` (as the tower adapter reads it: 408 for a request body) carrying this.
+#[derive(Debug)]
+pub(crate) struct BodyTimeout;
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no body bytes within the read timeout")
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+impl BodyTimeout {
+    /// Whether `e` or one of its causes is a body read timeout.
+    pub(crate) fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cause = Some(e);
+        while let Some(c) = cause {
+            // An `io::Error` hides the error it carries from `source()`.
+            let carried = c
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<BodyTimeout>());
+            if carried || c.is::<BodyTimeout>() {
+                return true;
+            }
+            cause = c.source();
+        }
+        false
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `B`, each frame within `timeout` of asking for it.
+    pub(crate) struct Timed<B> {
+        #[pin]
+        inner: B,
+        timeout: Duration,
+        // Boxed: the body stays `Unpin` (hyper's client wants it), and a body that never
+        // waits (most: they come with the head) allocates nothing.
+        sleep: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<B> Timed<B> {
+    pub(crate) fn new(inner: B, timeout: Duration) -> Self {
+        Timed {
+            inner,
+            timeout,
+            sleep: None,
+        }
+    }
+}
+
+impl<B> Body for Timed<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            *this.sleep = None;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        // Armed when the body first waits, cleared by the next frame: each wait has its own
+        // deadline.
+        let timeout = *this.timeout;
+        let deadline = this.sleep.get_or_insert_with(|| Box::pin(sleep(timeout)));
+        ready!(deadline.as_mut().poll(cx));
+        Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            BodyTimeout,
+        )))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,319 @@
+//! The payment API behind the proxy: hyper's pooled HTTP/1.1 client over a connector that
+//! dials the configured addresses round robin (the next one on connect failure), with TLS
+//! per `[server.upstream_tls]` and a deadline on every read and write.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::rustls::{self, pki_types::ServerName};
+use tokio_rustls::TlsConnector;
+
+use super::config::UpstreamTls;
+
+/// How the proxy reaches the payment API; one per process, cloned into each worker's
+/// client (so that the round robin spans the workers).
+#[derive(Clone)]
+pub(crate) struct Dialer {
+    addrs: Arc<[SocketAddr]>,
+    next: Arc<AtomicUsize>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+}
+
+impl Dialer {
+    pub(crate) fn new(
+        addrs: Vec<SocketAddr>,
+        tls: Option<&UpstreamTls>,
+        connect_timeout: Duration,
+        io_timeout: Duration,
+    ) -> Result<Self, String> {
+        if addrs.is_empty() {
+            return Err("server.upstream: no address".into());
+        }
+        let tls = match tls {
+            None => None,
+            Some(t) => {
+                let name = ServerName::try_from(t.sni.clone())
+                    .map_err(|e| format!("server.upstream_tls.sni: {e}"))?;
+                Some((TlsConnector::from(Arc::new(client_config(t)?)), name))
+            }
+        };
+        Ok(Dialer {
+            addrs: addrs.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+            tls,
+            connect_timeout,
+            io_timeout,
+        })
+    }
+
+    /// One connection: each address at most once, starting with the next in turn; TCP and
+    /// TLS within the connect timeout.
+    async fn dial(self) -> io::Result<UpstreamIo> {
+        let n = self.addrs.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let addr = self.addrs[(first + i) % n];
+            match tokio::time::timeout(self.connect_timeout, self.connect(addr)).await {
+                Ok(Ok(io)) => return Ok(io),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no upstream address")))
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<UpstreamIo> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = match &self.tls {
+            None => Stream::Plain(TokioIo::new(tcp)),
+            Some((connector, name)) => Stream::Tls(Box::new(TokioIo::new(
+                connector.connect(name.clone(), tcp).await?,
+            ))),
+        };
+        Ok(UpstreamIo {
+            stream,
+            timeout: self.io_timeout,
+            deadline: Box::pin(tokio::time::sleep(self.io_timeout)),
+            armed: false,
+        })
+    }
+}
+
+impl tower_service::Service<http::Uri> for Dialer {
+    type Response = UpstreamIo;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<UpstreamIo>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// The URI's authority is the pool's key only: the address comes from the round robin.
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        Box::pin(self.clone().dial())
+    }
+}
+
+/// rustls for the payment API: the private CA of `ca` or the system's roots, the client
+/// certificate for mTLS, or no verification at all when `verify = false`.
+fn client_config(t: &UpstreamTls) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("server.upstream_tls: {e}"))?;
+    let builder = if t.verify {
+        let mut roots = rustls::RootCertStore::empty();
+        match &t.ca {
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| format!("server.upstream_tls.ca: {e}"))?;
+                let certs = super::tls::pem_certs(&pem)
+                    .ok_or("server.upstream_tls.ca: no PEM certificate found")?;
+                for c in certs {
+                    roots
+                        .add(c)
+                        .map_err(|e| format!("server.upstream_tls.ca: {e}"))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+                if roots.is_empty() {
+                    return Err("server.upstream_tls: no system root certificates found; \
+                                name a CA file in server.upstream_tls.ca"
+                        .into());
+                }
+            }
+        }
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerifier(provider)))
+    };
+    let mut config = match super::tls::client_cert(t)? {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("server.upstream_tls.client_cert: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// `verify = false`: any certificate is taken (signatures are still checked, so the
+/// handshake itself stays sound).
+#[derive(Debug)]
+struct NoVerifier(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerifier {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+enum Stream {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+/// A connection to the payment API. A read or write that waits longer than the upstream
+/// read timeout fails with `TimedOut` (504 for the request on it; an idle pooled connection
+/// is closed).
+pub(crate) struct UpstreamIo {
+    stream: Stream,
+    timeout: Duration,
+    deadline: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+impl UpstreamIo {
+    /// After the stream said `Pending`: wait on, unless the deadline has passed.
+    fn waiting(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if !self.armed {
+            self.armed = true;
+            let at = Instant::now() + self.timeout;
+            self.deadline.as_mut().reset(at);
+        }
+        ready!(self.deadline.as_mut().poll(cx));
+        Poll::Ready(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "upstream read or write timeout",
+        ))
+    }
+
+    /// The stream's answer to one poll, through the deadline.
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Pending => self.waiting(cx).map(Err),
+            done => {
+                self.armed = false;
+                done
+            }
+        }
+    }
+}
+
+macro_rules! with_stream {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut $self.stream {
+            Stream::Plain($s) => $e,
+            Stream::Tls($s) => $e,
+        }
+    };
+}
+
+impl Read for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = with_stream!(this, s => Pin::new(s).poll_read(cx, buf));
+        this.timed(cx, polled)
+    }
+}
+
+impl Write for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = with_stream!(this, s => Pin::new(s).poll_write(cx, buf));
+        this.timed(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = with_stream!(this, s => Pin::new(s).poll_write_vectored(cx, bufs));
+        this.timed(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.stream {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = with_stream!(this, s => Pin::new(s).poll_flush(cx));
+        this.timed(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        with_stream!(this, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
