@@ -1220,6 +1220,127 @@ async fn serve_handles_http1_edge_cases_per_rfc_9112() {
     assert_eq!(code, Some(0), "{log}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_caps_connections_and_closes_heads_sent_too_slowly() {
+    let up = upstream::start().await;
+    up.set_answer(ok_answer());
+    let (mut child, listen) = serve_with(
+        "threads = 1\nmax_connections = 2\nidle_timeout_secs = 1\n",
+        up.addr,
+    );
+    tokio::task::spawn_blocking(move || {
+        // Two connections hold the two places; a third waits in the backlog, unanswered,
+        // until one of them goes.
+        let a = TcpStream::connect(listen).unwrap();
+        let _b = TcpStream::connect(listen).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut c = TcpStream::connect(listen).unwrap();
+        c.write_all(b"GET /orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert!(
+            c.read(&mut byte).is_err(),
+            "answered over the connection cap"
+        );
+        drop(a);
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let r = read_one(&mut c);
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+
+        // Slowloris: a head dripped a byte at a time is cut off at idle_timeout_secs from
+        // the connection's start, however steadily the bytes come.
+        let mut s = TcpStream::connect(listen).unwrap();
+        let started = Instant::now();
+        let mut cut = false;
+        for b in b"GET /orders HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+            if s.write_all(&[*b]).is_err() {
+                cut = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            if started.elapsed() > Duration::from_secs(4) {
+                break;
+            }
+        }
+        assert!(
+            cut || closed_within(&mut s, Duration::from_secs(2)),
+            "a slow head kept its connection"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+    })
+    .await
+    .unwrap();
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_admin_endpoint_reports_health_and_turns_unready_when_draining() {
+    let up = upstream::start().await;
+    let mut slow = ok_answer();
+    slow.delay = Some(Duration::from_millis(1000));
+    up.set_answer(slow);
+    let admin = free_addr();
+    let (mut child, listen) = serve_with(&format!("admin = \"{admin}\"\n"), up.addr);
+    wait_listening(admin);
+    let pid = child.id();
+    let get = move |path: &str| {
+        exchange(
+            admin,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            b"",
+        )
+    };
+    let (before, during, answer) = tokio::task::spawn_blocking(move || {
+        let before = [
+            get("/healthz"),
+            get("/readyz"),
+            get("/metrics"),
+            get("/nope"),
+        ];
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /orders HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        std::thread::sleep(Duration::from_millis(100));
+        // Unready at once, alive still, while the request in flight is answered.
+        let during = [get("/readyz"), get("/healthz")];
+        (before, during, read_one(&mut s))
+    })
+    .await
+    .unwrap();
+    assert!(before[0].starts_with("HTTP/1.1 200"), "{}", before[0]);
+    assert!(before[1].starts_with("HTTP/1.1 200"), "{}", before[1]);
+    assert!(before[1].ends_with("ready\n"), "{}", before[1]);
+    assert!(
+        before[2].contains("process_resident_memory_bytes"),
+        "{}",
+        before[2]
+    );
+    assert!(before[3].starts_with("HTTP/1.1 404"), "{}", before[3]);
+    assert!(during[0].starts_with("HTTP/1.1 503"), "{}", during[0]);
+    assert!(during[0].ends_with("draining\n"), "{}", during[0]);
+    assert!(during[1].starts_with("HTTP/1.1 200"), "{}", during[1]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(8), "did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn ok_answer() -> Answer {
     Answer {
         status: 200,

@@ -31,7 +31,7 @@ struct Ports {
 
 fn main() -> ExitCode {
     let ports = Ports::parse();
-    init_logging(LogFormat::Text);
+    let _logs = init_logging(LogFormat::Text);
     match run(ports) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -12,7 +12,7 @@
 //! ```no_run
 //! use klarna_stepup::server::{init_logging, serve, LogFormat, ProxyConfig};
 //!
-//! init_logging(LogFormat::Text);
+//! let _logs = init_logging(LogFormat::Text);
 //! let config = ProxyConfig::load("klarna-stepup.toml".as_ref()).unwrap_or_else(|errors| {
 //!     eprintln!("{errors}");
 //!     std::process::exit(1);
@@ -82,14 +82,19 @@ fn framework_line_allowed(target: &str, level: &tracing::Level, unsafe_debug: bo
 }
 
 /// `tracing` to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines.
-/// Pingora's own `log` records are captured too. Does nothing if a global subscriber is
-/// already set.
+/// Does nothing if a global subscriber is already set.
+///
+/// Lines are formatted on the thread that logs them and written by a thread of their own,
+/// in batches, so that a request never waits on stderr; keep the returned guard alive until
+/// the program ends (dropping it writes what is left). Should stderr fall far behind (128,000
+/// lines), further lines are dropped rather than slowing the proxy down.
 ///
 /// Whatever `RUST_LOG` asks, the framework's own lines (Pingora, `h2`, `hyper`, `rustls`:
 /// [`FRAMEWORK_LOG_TARGETS`]) are written at `info` and above only: their `debug` and `trace`
 /// lines print headers, query strings and bodies, which the logs must never carry. Set
 /// [`UNSAFE_FRAMEWORK_DEBUG_ENV`] (`KLARNA_STEPUP_UNSAFE_FRAMEWORK_DEBUG=1`) to lift the cap.
-pub fn init_logging(format: LogFormat) {
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init_logging(format: LogFormat) -> LogGuard {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
@@ -98,9 +103,11 @@ pub fn init_logging(format: LogFormat) {
     let cap = tracing_subscriber::filter::filter_fn(move |m| {
         framework_line_allowed(m.target(), m.level(), unsafe_debug)
     });
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking(stderr);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -114,6 +121,14 @@ pub fn init_logging(format: LogFormat) {
             "{UNSAFE_FRAMEWORK_DEBUG_ENV}=1: the framework's debug lines may log secrets"
         );
     }
+    LogGuard { _writer: guard }
+}
+
+/// Keeps the log writer of [`init_logging`] running; dropping it writes the lines still
+/// queued.
+#[derive(Debug)]
+pub struct LogGuard {
+    _writer: tracing_appender::non_blocking::WorkerGuard,
 }
 
 #[cfg(test)]

@@ -92,7 +92,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Serve { config, log_format } => {
-            init_logging(match log_format {
+            let _logs = init_logging(match log_format {
                 Format::Text => LogFormat::Text,
                 Format::Json => LogFormat::Json,
             });
