@@ -213,12 +213,16 @@ def consistency(found):
     for key, port in (("listen", "http"), ("admin", "admin")):
         if key not in server:
             fail("configuration [server]", f"{key} is missing (container port {port})")
+        elif not isinstance(server[key], str) or ":" not in server[key]:
+            fail("configuration [server]", f"{key} = {server[key]!r} is not host:port")
         elif port_of(server[key]) != ports.get(port):
             fail("configuration [server]", f"{key} = {server[key]}, container port {port} = {ports.get(port)}")
     pre_stop = ((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
     grace = server.get("grace_period_secs", 5)
     budget = spec.get("terminationGracePeriodSeconds", 30)
-    if budget < pre_stop + grace + MARGIN_SECS:
+    if not isinstance(grace, int):
+        fail("configuration [server]", f"grace_period_secs = {grace!r} is not a number of seconds")
+    elif budget < pre_stop + grace + MARGIN_SECS:
         fail(where, f"terminationGracePeriodSeconds {budget} < preStop {pre_stop} + "
                     f"grace_period_secs {grace} + margin {MARGIN_SECS}")
     print(f"ok   cross-references: selectors, ports, config mount, env {', '.join(named)} from the "
