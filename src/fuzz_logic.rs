@@ -72,6 +72,76 @@ pub fn request(data: &[u8]) {
         RequestVerdict::Refused(r) => assert!(r.status.is_client_error(), "{r:?}"),
     }
     route(data);
+    head(data);
+}
+
+/// `data` as a request head's header lines (`name: value`, one per line): what the head
+/// checks let through has one `Host` (HTTP/1.1), at most one all-digit `Content-Length`
+/// and fits the limits; no step-up header survives the forged-header strip, and no
+/// hop-by-hop header (nor one that `Connection` names) survives the hop-by-hop strip.
+fn head(data: &[u8]) {
+    use crate::engine::{check_request_head, strip_forged_headers, HeadLimits};
+    let mut headers = HeaderMap::new();
+    for line in data.split(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+    let limits = HeadLimits {
+        max_bytes: 512,
+        max_count: 12,
+    };
+    let mut checked = headers.clone();
+    if check_request_head(&mut checked, http::Version::HTTP_11, 9, limits).is_ok() {
+        assert_eq!(checked.get_all(http::header::HOST).iter().count(), 1);
+        let lengths: Vec<_> = checked
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .collect();
+        assert!(lengths.len() <= 1, "{lengths:?}");
+        assert!(lengths
+            .iter()
+            .all(|v| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit)));
+        assert!(checked.len() <= limits.max_count);
+    }
+    let mut stripped = headers.clone();
+    strip_forged_headers(&mut stripped);
+    assert!(stripped
+        .keys()
+        .all(|k| !k.as_str().starts_with("x-klarna-stepup")));
+    let mut hop = headers;
+    let named: Vec<String> = hop
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect();
+    crate::engine::strip_hop_by_hop(&mut hop);
+    for k in hop.keys() {
+        let k = k.as_str();
+        assert!(
+            ![
+                "connection",
+                "keep-alive",
+                "te",
+                "trailer",
+                "transfer-encoding",
+                "upgrade"
+            ]
+            .contains(&k)
+                && !k.starts_with("proxy-")
+                && !named.iter().any(|n| n == k),
+            "{k} survived"
+        );
+    }
 }
 
 /// Keys the engine reads, by object: a forwarded body has at most one of each.

@@ -382,7 +382,9 @@ impl StepUp {
             }
             // Same length and case aside, a canonical path is its own canonical form.
             let maybe_relay = raw.len() == w.relay_canonical.len() || !routes::is_canonical(raw);
-            if maybe_relay && routes::canonical(raw).eq_ignore_ascii_case(&w.relay_canonical) {
+            if maybe_relay
+                && routes::readings(raw).any(|r| r.eq_ignore_ascii_case(&w.relay_canonical))
+            {
                 return Route::RelayPathFromOutside;
             }
         }
@@ -403,12 +405,11 @@ impl StepUp {
                 if !e.routes.iter().any(|r| r.loose_method(method)) {
                     return Route::PassThrough;
                 }
-                let canonical = routes::canonical(raw);
-                return match e
-                    .routes
-                    .iter()
-                    .position(|r| r.matches_loosely(method, &canonical))
-                {
+                return match routes::readings(raw).find_map(|reading| {
+                    e.routes
+                        .iter()
+                        .position(|r| r.matches_loosely(method, &reading))
+                }) {
                     Some(i) => Route::Refused(HeadRefusal {
                         candidate: Candidate {
                             route: i as u16,

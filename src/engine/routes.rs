@@ -170,6 +170,45 @@ pub(super) fn canonical(path: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(canon)
 }
 
+/// The readings of `path` a router could make: [`canonical`] (percent-escapes undone, then
+/// dot segments), and, when they differ, dot segments first (`/%2e/..` and `/./`, with escaped
+/// dots as dots) and the escapes after, which is what URL parsers such as the `url` crate and
+/// WHATWG-style routers do: `/%2e/../payments/%2F/../` is `/` one way and `/payments` the other.
+pub(super) fn readings(path: &[u8]) -> impl Iterator<Item = Cow<'_, [u8]>> {
+    let first = canonical(path);
+    let second = (!is_canonical(path)).then(|| canonical(&dots_first(path)).into_owned());
+    let second = second.filter(|s| *s != *first).map(Cow::Owned);
+    std::iter::once(first).chain(second)
+}
+
+/// `path` with its dot segments resolved on the raw segments (a segment that percent-decodes
+/// to `.` or `..` counts as one), escapes left in place.
+fn dots_first(path: &[u8]) -> Vec<u8> {
+    let mut out: Vec<&[u8]> = Vec::new();
+    for seg in path.split(|&b| b == b'/' || b == b'\\') {
+        let mut decoded: Vec<u8> = seg.to_vec();
+        for _ in 0..8 {
+            if !decoded.contains(&b'%') {
+                break;
+            }
+            decoded = percent_encoding::percent_decode(&decoded).collect();
+        }
+        match decoded.as_slice() {
+            b"" | b"." => {}
+            b".." => {
+                out.pop();
+            }
+            _ => out.push(seg),
+        }
+    }
+    let mut joined = Vec::with_capacity(path.len());
+    for seg in out {
+        joined.push(b'/');
+        joined.extend_from_slice(seg);
+    }
+    joined
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +241,19 @@ mod tests {
                 "{raw}"
             );
         }
+    }
+
+    #[test]
+    fn both_readings_are_made() {
+        let all = |p: &str| -> Vec<String> {
+            readings(p.as_bytes())
+                .map(|r| String::from_utf8_lossy(&r).into_owned())
+                .collect()
+        };
+        assert_eq!(all("/payments"), ["/payments"]);
+        assert_eq!(all("/x/../payments"), ["/payments"]);
+        assert_eq!(all("/%2e/../payments/%2F/../"), ["/", "/payments"]);
+        assert_eq!(all("/payments/%2F/.."), ["/", "/payments"]);
     }
 
     #[test]
