@@ -545,5 +545,10 @@ fn main() {
         );
     }
     println!("\n(ratios vs. pingora passthrough; CPU = the proxy's own threads only)");
+    println!(
+        "A regression check of the adapters in one process, NOT a capacity figure: 4 \
+         connections, client and proxies sharing the cores. What an operator sees is the peer \
+         benchmark, `./x peer-bench` (wrk -t2 -c50 against nginx and nginx + Lua)."
+    );
     std::process::exit(0);
 }

@@ -1,4 +1,4 @@
-//! `klarna-stepup`: the ready Klarna step-up proxy, built on Pingora. A command line over
+//! `klarna-stepup`: the ready Klarna step-up proxy (the tower layer on hyper). A command line over
 //! [`klarna_stepup::server`]; the demo is `./x demo` (the `klarna-stepup-demo` binary of the
 //! `demo/` workspace member), so this binary carries no sandbox.
 //!
