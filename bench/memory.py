@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -135,50 +136,87 @@ def klarna_body(size):
     return body
 
 
+class SockReader:
+    """Buffered reads over a non-blocking socket (loop.sock_recv): a failed send on the
+    same socket does not stop it reading what the peer sent before it closed."""
+
+    def __init__(self, loop, sock):
+        self.loop, self.sock, self.buf = loop, sock, b""
+
+    async def _more(self):
+        data = await self.loop.sock_recv(self.sock, 1 << 16)
+        if not data:
+            raise asyncio.IncompleteReadError(self.buf, None)
+        self.buf += data
+
+    async def readuntil(self, sep):
+        while sep not in self.buf:
+            await self._more()
+        i = self.buf.index(sep) + len(sep)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    async def read(self, n):
+        if not self.buf:
+            try:
+                await self._more()
+            except asyncio.IncompleteReadError:
+                return b""
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    async def readexactly(self, n):
+        while len(self.buf) < n:
+            await self._more()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
 async def one(host, port, head, body, tail, go, st):
     """One connection; st collects what happened to it."""
-    st.update(status=None, error=None, ready=asyncio.Event())
+    st.update(status=None, error=None, send_error=None, ready=asyncio.Event())
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
     try:
-        reader, writer = await asyncio.open_connection(host, port)
+        await loop.sock_connect(sock, (host, port))
     except OSError as e:
         st["error"] = f"connect: {e.__class__.__name__}"
         st["ready"].set()
+        sock.close()
         return
 
     async def send():
         view = memoryview(body)
-        writer.write(head)
-        for i in range(0, len(body) - tail, 1 << 16):
-            writer.write(view[i:min(i + (1 << 16), len(body) - tail)])
-            await writer.drain()
-        st["ready"].set()
-        await go.wait()
-        writer.write(view[len(body) - tail:])
-        await writer.drain()
-
-    async def receive():
-        line, headers = await read_head(reader)
-        st["status"] = int(line.split()[1])
         try:
-            await read_body(reader, headers)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        st["ready"].set()
+            await loop.sock_sendall(sock, head)
+            await loop.sock_sendall(sock, view[:len(body) - tail])
+            st["ready"].set()
+            await go.wait()
+            await loop.sock_sendall(sock, view[len(body) - tail:])
+        except OSError as e:  # the proxy closed: its answer may still be there to read
+            st["send_error"] = e.__class__.__name__
+            st["ready"].set()
 
     sender = asyncio.ensure_future(send())
+    reader = SockReader(loop, sock)
     try:
-        await receive()
-    except (ConnectionError, asyncio.IncompleteReadError, OSError, ValueError) as e:
+        line, headers = await read_head(reader)
+        st["status"] = int(line.split()[1])
+        st["ready"].set()
+        await read_body(reader, headers)
+    except (ConnectionError, asyncio.IncompleteReadError, OSError, ValueError, IndexError) as e:
         if st["status"] is None:
-            st["error"] = e.__class__.__name__
+            st["error"] = "closed without an answer" if isinstance(e, asyncio.IncompleteReadError) \
+                else e.__class__.__name__
     finally:
         st["ready"].set()
         sender.cancel()
         try:
             await sender
-        except (asyncio.CancelledError, ConnectionError, OSError):
+        except asyncio.CancelledError:
             pass
-        writer.close()
+        sock.close()
 
 
 async def client(a):
@@ -232,6 +270,7 @@ async def client(a):
         "conns": a.conns, "body_bytes": len(body), "all_ready": all_ready,
         "ready_s": round(t_ready, 2), "wall_s": round(wall, 2), "unfinished": len(pending),
         "answered_before_tail": answered_early, "codes": codes,
+        "send_failed": sum(1 for st in states if st["send_error"]),
         "rss_before_kb": before["VmRSS"], "rss_inflight_kb": inflight["VmRSS"],
         "rss_max_sampled_kb": samples["max_rss"], "rss_after_kb": after["VmRSS"],
         "hwm_kb": after["VmHWM"],

@@ -122,7 +122,7 @@ for n in $CASES; do
     r=$(python3 "$HERE/memory.py" status --pid "$pid")
     rss=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["VmRSS"], d["VmHWM"])' "$r")
     read -r rss hwm <<< "$rss"
-    ROWS+=("idle (after 1 request)|0|-|-|-|$rss|$rss|$hwm|$rss|-")
+    ROWS+=("idle (after 1 request)|0|-|-|-|-|-|$rss|$rss|$hwm|$rss|-")
     echo "  idle: VmRSS $rss kB, VmHWM $hwm kB"
   else
     echo "  $n connections x $BODY_BYTES bytes ..."
@@ -135,6 +135,8 @@ other = {k: v for k, v in c.items() if k not in ("200", "503")}
 print("|".join(str(x) for x in [
   "%d conns x %d B" % (d["conns"], d["body_bytes"]), d["conns"], c.get("200", 0), c.get("503", 0),
   ", ".join("%s: %d" % kv for kv in sorted(other.items())) or "0",
+  "%.1f" % (c.get("200", 0) * d["body_bytes"] / 2**20),
+  "%.1f" % ((max(d["hwm_kb"], d["rss_max_sampled_kb"]) - d["rss_before_kb"]) / 1024),
   d["rss_inflight_kb"], d["rss_max_sampled_kb"], d["hwm_kb"], d["rss_after_kb"],
   "%.1f" % d["wall_s"] + ("" if d["all_ready"] and not d["unfinished"] else " (timed out)")]))' "$r")")
   fi
@@ -154,9 +156,11 @@ out=$RUN/memory.md
   echo "- each case: a fresh proxy, one small Klarna POST, then N connections at once each sending a"
   echo "  $BODY_BYTES B Klarna payment (all but 1 KiB, memory read once all are in flight, then the rest);"
   echo "  upstream: bench/memory.py (reads each body to its end, answers STEP_UP_REQUIRED)"
+  echo "- bodies admitted: the 200s x body size (all in flight at once: memory is read before"
+  echo "  any of them is complete); peak over idle: max(VmHWM, sampled VmRSS) - VmRSS before the case"
   echo
-  echo "| case | conns | 200 | 503 | other | VmRSS in flight (kB) | VmRSS max sampled (kB) | VmHWM (kB) | VmRSS after (kB) | wall s |"
-  echo "|---|---|---|---|---|---|---|---|---|---|"
+  echo "| case | conns | 200 | 503 | other | bodies admitted (MiB) | peak over idle (MiB) | VmRSS in flight (kB) | VmRSS max sampled (kB) | VmHWM (kB) | VmRSS after (kB) | wall s |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   for row in "${ROWS[@]}"; do echo "| ${row//|/ | } |"; done
 } > "$out"
 echo
