@@ -15,6 +15,7 @@
 #   CASES="0 50 500"    connection counts (0 = idle; each 1..1000)
 #   BODY_BYTES=1048576  candidate body size;  BODY_LIMIT=2097152 (config body_limit)
 #   BUDGET=<bytes>      [server] buffer_budget_bytes (default: not written, the proxy's default)
+#   MEMORY_PORT=18094   the proxy's port on 127.0.0.1; the fake upstream listens on +2
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,8 +25,10 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 RUN=$TARGET_DIR/memory-bench
 mkdir -p "$RUN"
 
-LISTEN=127.0.0.1:18094
-UPSTREAM=127.0.0.1:18096
+MEMORY_PORT=${MEMORY_PORT:-18094}   # the proxy; the fake upstream on +2
+[[ $MEMORY_PORT =~ ^[0-9]+$ ]] && (( MEMORY_PORT >= 1024 && MEMORY_PORT <= 65000 )) || { echo "memory.sh: MEMORY_PORT must be 1024..65000" >&2; exit 1; }
+LISTEN=127.0.0.1:$MEMORY_PORT
+UPSTREAM=127.0.0.1:$(( MEMORY_PORT + 2 ))
 CASES=${CASES:-0 50 500}
 BODY_BYTES=${BODY_BYTES:-1048576}
 BODY_LIMIT=${BODY_LIMIT:-2097152}
@@ -78,7 +81,7 @@ wait_port() {  # pid port what
 }
 
 # ---------------------------------------------------------------- upstream
-port_busy "${UPSTREAM##*:}" && die "port ${UPSTREAM##*:} is in use by something this script did not start"
+port_busy "${UPSTREAM##*:}" && die "port ${UPSTREAM##*:} is in use by something this script did not start (MEMORY_PORT=<n> moves it)"
 python3 "$HERE/memory.py" upstream "$UPSTREAM" > "$RUN/upstream.log" 2>&1 < /dev/null &
 UP_PID=$!
 PIDS+=("$UP_PID")
@@ -106,7 +109,7 @@ echo "   (at most $(( eff_budget / BODY_BYTES )) such candidates admitted at onc
 
 ROWS=()
 for n in $CASES; do
-  port_busy "${LISTEN##*:}" && die "port ${LISTEN##*:} is in use by something this script did not start"
+  port_busy "${LISTEN##*:}" && die "port ${LISTEN##*:} is in use by something this script did not start (MEMORY_PORT=<n> moves it)"
   log=$RUN/klarna-stepup-$n.log
   LISTEN=$LISTEN UPSTREAM=$UPSTREAM CONFIG=$CONFIG BIN=${STEPUP_BIN:-} \
     bash -c "exec $STEPUP_CMD" > "$log" 2>&1 < /dev/null &

@@ -23,9 +23,12 @@
 #   RATIOS_FROM=<tsv>    run nothing; print the ratios of an earlier run's results TSV.
 #   ENGINE_LABEL='...'   a line saying what serves, for the record.
 #   RUST_LOG             passed to the proxies (their stderr goes to <run dir>/<name>.log).
+#   PEER_PORT_BASE=18080 the harness's upstream port (lua peer +1, pass +2, the proxies +10, +12)
 #   WORKERS, THREADS, CONNS, DURATION, WARMUP, EXTRA_ONLY: see run.sh (EXTRA_ONLY=1 skips
 #                        the nginx peers, and then there are no ratios).
 set -euo pipefail
+die() { echo "klarna-stepup.sh: $*" >&2; exit 1; }
+port_busy() { [[ -n $(ss -Hltn "sport = :$1" 2>/dev/null) ]]; }
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -36,15 +39,15 @@ RUN=${PEER_RUN_DIR:-$TARGET_DIR/peer-bench}
 export PEER_RUN_DIR=$RUN
 mkdir -p "$RUN"
 
-UPSTREAM=127.0.0.1:18080
-LISTEN1=127.0.0.1:18090
-LISTEN2=127.0.0.1:18092
+BASE=${PEER_PORT_BASE:-18080}   # run.sh's upstream; the proxies listen on BASE+10, BASE+12
+[[ $BASE =~ ^[0-9]+$ ]] && (( BASE >= 1024 && BASE <= 65000 )) || die "PEER_PORT_BASE must be 1024..65000"
+UPSTREAM=127.0.0.1:$BASE
+LISTEN1=127.0.0.1:$(( BASE + 10 ))
+LISTEN2=127.0.0.1:$(( BASE + 12 ))
 STEPUP_NAME=${STEPUP_NAME:-klarna-stepup}
 EXTRA2_NAME=${EXTRA2_NAME:-extra2}
 EXTRA2_CMD=${EXTRA2_CMD:-}
 
-die() { echo "klarna-stepup.sh: $*" >&2; exit 1; }
-port_busy() { [[ -n $(ss -Hltn "sport = :$1" 2>/dev/null) ]]; }
 
 # ---------------------------------------------------------------- ratios
 # ratios TSV: the table and issue 11's targets -> $RUN/ratios.md (and printed). The run's
@@ -137,7 +140,7 @@ trap 'exit 130' INT TERM
 
 start_proxy() {  # name listen cmd -> sets STARTED_PID
   local name=$1 listen=$2 cmd=$3 config="$RUN/$1.toml" log="$RUN/$1.log" i
-  port_busy "${listen##*:}" && die "port ${listen##*:} is in use by something this script did not start"
+  port_busy "${listen##*:}" && die "port ${listen##*:} is in use by something this script did not start (PEER_PORT_BASE=<n> moves everything)"
   cat > "$config" <<EOF
 # written by bench/peer/klarna-stepup.sh: the default configuration, listen and upstream only
 [server]
