@@ -107,6 +107,15 @@ echo "== memory: $what"
 echo "== config $CONFIG: body_limit=$BODY_LIMIT, buffer_budget_bytes=$eff_budget; bodies of $BODY_BYTES bytes"
 echo "   (at most $(( eff_budget / BODY_BYTES )) such candidates admitted at once; the rest get 503)"
 
+# all-CPU busy share over 3 s from /proc/stat: what else the machine was doing just before
+host_busy_before() {
+  local c u n s i w q sq st r b0 t0 b1 t1
+  read -r c u n s i w q sq st r < /proc/stat; b0=$((u + n + s + q + sq + st)); t0=$((b0 + i + w))
+  sleep 3
+  read -r c u n s i w q sq st r < /proc/stat; b1=$((u + n + s + q + sq + st)); t1=$((b1 + i + w))
+  echo $(( t1 > t0 ? 100 * (b1 - b0) / (t1 - t0) : 0 ))
+}
+before=$(host_busy_before)
 ROWS=()
 for n in $CASES; do
   port_busy "${LISTEN##*:}" && die "port ${LISTEN##*:} is in use by something this script did not start (MEMORY_PORT=<n> moves it)"
@@ -155,6 +164,7 @@ out=$RUN/memory.md
   echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ); commit: $commit"
   echo "- $what"
   echo "- engine: ${ENGINE_LABEL:-not stated (set ENGINE_LABEL)}"
+  echo "- host busy in the 3 s before the run (other work on the machine): $before %"
   echo "- config: defaults + body_limit = $BODY_LIMIT; buffer_budget_bytes = $eff_budget (at most $(( eff_budget / BODY_BYTES )) bodies of $BODY_BYTES B admitted at once)"
   echo "- each case: a fresh proxy, one small Klarna POST, then N connections at once each sending a"
   echo "  $BODY_BYTES B Klarna payment (all but 1 KiB, memory read once all are in flight, then the rest);"

@@ -169,6 +169,15 @@ if [[ -n $EXTRA2_CMD ]]; then
 fi
 
 # ---------------------------------------------------------------- the harness
+# all-CPU busy share over 3 s from /proc/stat: what else the machine was doing just before
+host_busy_before() {
+  local c u n s i w q sq st r b0 t0 b1 t1
+  read -r c u n s i w q sq st r < /proc/stat; b0=$((u + n + s + q + sq + st)); t0=$((b0 + i + w))
+  sleep 3
+  read -r c u n s i w q sq st r < /proc/stat; b1=$((u + n + s + q + sq + st)); t1=$((b1 + i + w))
+  echo $(( t1 > t0 ? 100 * (b1 - b0) / (t1 - t0) : 0 ))
+}
+before=$(host_busy_before)
 TS=$(date +%Y%m%d-%H%M%S)
 TSV="$RUN/results-$TS-klarna-stepup.tsv"
 {
@@ -178,6 +187,7 @@ TSV="$RUN/results-$TS-klarna-stepup.tsv"
   echo "- proxy config: [server] listen and upstream only (the defaults otherwise)"
   echo "- machine: $(nproc) cores, $(uname -r); $(nginx -v 2>&1 | sed 's/^nginx version: //'); peers worker_processes=${WORKERS:-1}; wrk -t${THREADS:-2} -c${CONNS:-50} -d${DURATION:-8}s"
   echo "- engine: ${ENGINE_LABEL:-not stated (set ENGINE_LABEL)}"
+  echo "- host busy in the 3 s before the run (other work on the machine): $before %"
 } > "$TSV.meta"
 extra2=()
 [[ -n $PID2 ]] && extra2=(EXTRA2_TARGET="$LISTEN2" EXTRA2_NAME="$EXTRA2_NAME" EXTRA2_PID="$PID2")
