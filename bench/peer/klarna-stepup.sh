@@ -59,9 +59,9 @@ ratios() {
     echo
     [[ -s $tsv.meta ]] && cat "$tsv.meta"
     echo
-    echo "| case | scenario | req/s | p50 ms | p99 ms | errors | proxy CPU µs/req | upstream µs/req | host % | up conns |"
-    echo "|---|---|---|---|---|---|---|---|---|---|"
-    awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $4, $5, $6, $7, $9, $10, $11, $12 }' "$tsv"
+    echo "| case | scenario | req/s | p50 ms | p99 ms | errors | proxy CPU µs/req | upstream µs/req | host % | up conns | other % |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $4, $5, $6, $7, $9, $10, $11, $12, ($13 == "" ? "?" : $13) }' "$tsv"
     for id in x y; do
       name=$(awk -F'\t' -v c="${id}2" '$1 == c { sub(/.* via /, "", $2); print $2 }' "$tsv")
       [[ -n $name ]] || continue
@@ -90,7 +90,10 @@ ratios() {
     done
     echo
     echo "CPU per request: utime+stime of the proxy's process (all threads; nginx: its worker"
-    echo "processes) during the measured window, divided by the requests wrk completed."
+    echo "processes) during the measured window, divided by the requests wrk completed. other %:"
+    echo "CPU used by anything but the proxy, the upstream and wrk during the case (a shared machine);"
+    echo "above about 5 the case's figures are disturbed."
+    awk -F'\t' 'NR > 1 && $13 ~ /^[0-9]+$/ && $13 > 5 { bad = bad " " $1 } END { if (bad != "") print "**Disturbed cases (other % > 5):" bad "; re-run on a quiet machine.**" }' "$tsv"
     echo "Raw: $tsv and the wrk output beside it (logs/)."
   } > "$out"
   echo
