@@ -176,6 +176,7 @@ out=$RUN/memory.md
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   for row in "${ROWS[@]}"; do echo "| ${row//|/ | } |"; done
 } > "$out"
+cp "$out" "$RUN/memory-$(date +%Y%m%d-%H%M%S).md"
 echo
 cat "$out"
 echo
