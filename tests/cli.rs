@@ -352,7 +352,8 @@ async fn serve_a_two_key_file_proxy_one_request_and_stop_on_sigterm() {
         Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "info")
+            // Every request's line is at debug (at info: the ones that did not go as planned).
+            .env("RUST_LOG", "info,klarna_stepup=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
