@@ -1342,6 +1342,85 @@ async fn serve_admin_endpoint_reports_health_and_turns_unready_when_draining() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_skips_unhealthy_upstreams_until_they_recover_and_answers_502_when_none_is() {
+    let (a, b) = (upstream::start().await, upstream::start().await);
+    a.set_answer(ok_answer());
+    let sick = || Answer {
+        status: 503,
+        ..ok_answer()
+    };
+    b.set_answer(sick());
+    let admin = free_addr();
+    // B by name (localhost), A by address: both are discovered.
+    let listen = free_addr();
+    let mut child = start_serve(&format!(
+        "[server]\nlisten = \"{listen}\"\nupstream = [\"{}\", \"localhost:{}\"]\n\
+         admin = \"{admin}\"\n\
+         [server.health_check]\npath = \"/health\"\ninterval_ms = 100\ntimeout_ms = 100\n\
+         fails = 1\npasses = 1\n",
+        a.addr,
+        b.addr.port()
+    ));
+    wait_listening(listen);
+    let get = move |addr: SocketAddr, path: &str| {
+        exchange(
+            addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            b"",
+        )
+    };
+    let proxied = |up: &upstream::Upstream| {
+        up.take_received()
+            .iter()
+            .filter(|r| r.path == "/orders")
+            .count()
+    };
+    let (phase1, readyz_sick) = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        let phase1: Vec<String> = (0..6).map(|_| get(listen, "/orders")).collect();
+        (phase1, get(admin, "/readyz"))
+    })
+    .await
+    .unwrap();
+    // B fails its checks: every request goes to A.
+    for r in &phase1 {
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    assert!(readyz_sick.starts_with("HTTP/1.1 200"), "{readyz_sick}");
+    assert_eq!(proxied(&b), 0, "a request reached the unhealthy upstream");
+    assert_eq!(proxied(&a), 6);
+    // B recovers: it gets requests again.
+    b.set_answer(ok_answer());
+    let answers = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        (0..6).map(|_| get(listen, "/orders")).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(answers.iter().all(|r| r.starts_with("HTTP/1.1 200")));
+    let (to_a, to_b) = (proxied(&a), proxied(&b));
+    assert!(to_b > 0, "the recovered upstream got nothing");
+    assert_eq!(to_a + to_b, 6);
+    // Both fail: 502 JSON at once, nothing proxied, and not ready.
+    a.set_answer(sick());
+    b.set_answer(sick());
+    let (r, readyz) = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        (get(listen, "/orders"), get(admin, "/readyz"))
+    })
+    .await
+    .unwrap();
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    assert!(r.contains(r#""code":"upstream_unreachable""#), "{r}");
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    assert!(readyz.ends_with("no healthy upstream\n"), "{readyz}");
+    assert_eq!(proxied(&a) + proxied(&b), 0);
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("upstream unhealthy"), "{log}");
+}
+
 fn ok_answer() -> Answer {
     Answer {
         status: 200,

@@ -11,8 +11,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use super::balance::{pick, Balancer};
+
 /// What `/readyz` answers from.
-#[derive(Debug, Default)]
 pub(super) struct Health {
     /// Set at SIGTERM/SIGINT, before the listeners stop.
     pub draining: AtomicBool,
@@ -20,13 +21,17 @@ pub(super) struct Health {
     pub workers_up: AtomicUsize,
     /// Workers there should be.
     pub workers: usize,
+    /// The upstreams and their health.
+    balancer: Arc<Balancer>,
 }
 
 impl Health {
-    pub(super) fn new(workers: usize) -> Self {
+    pub(super) fn new(workers: usize, balancer: Arc<Balancer>) -> Self {
         Health {
+            draining: AtomicBool::new(false),
+            workers_up: AtomicUsize::new(0),
             workers,
-            ..Health::default()
+            balancer,
         }
     }
 
@@ -36,6 +41,8 @@ impl Health {
             Some("draining\n")
         } else if self.workers_up.load(Ordering::Relaxed) < self.workers {
             Some("starting\n")
+        } else if pick(&self.balancer).is_none() {
+            Some("no healthy upstream\n")
         } else {
             None
         }

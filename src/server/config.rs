@@ -16,8 +16,9 @@ use crate::{ConfigError, ConfigErrors, StepUp, StepUpConfig};
 pub struct ServerConfig {
     /// Listening address, e.g. `127.0.0.1:8080`.
     pub listen: String,
-    /// The payment API: one `host:port` or a list (round robin, the next one on connect
-    /// failure).
+    /// The payment API: one `host:port` or a list. Requests go round robin to the healthy
+    /// ones (`[server.health_check]`), another one on connect failure; names are resolved
+    /// again every `dns_refresh_secs`, and every address a name has is an instance.
     pub upstream: Upstreams,
     /// Worker threads, each with its own single-threaded runtime, listening socket
     /// (`SO_REUSEPORT`) and connection pool to the payment API (default 2; one per core is
@@ -72,6 +73,12 @@ pub struct ServerConfig {
     /// The admin endpoint's former name (metrics only); the same endpoint as `admin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// How often the `upstream` names are resolved again, in seconds (default 30).
+    #[serde(default = "default_dns_refresh_secs")]
+    pub dns_refresh_secs: u64,
+    /// Active health checks of the upstreams.
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
     /// TLS on the listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
@@ -109,6 +116,58 @@ fn default_buffer_budget_bytes() -> usize {
 }
 fn default_max_connections() -> usize {
     10_000
+}
+fn default_dns_refresh_secs() -> u64 {
+    30
+}
+
+/// `[server.health_check]`: each upstream address is checked every `interval_ms`; one that
+/// fails `fails` checks in a row is skipped until it passes `passes` in a row. With every
+/// one unhealthy, requests get 502 JSON at once and `/readyz` answers 503.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HealthCheckConfig {
+    /// `GET` this path (2xx or 3xx passes); without it, a TCP (and TLS) connect is the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Between two checks of an address, in milliseconds (default 2000).
+    #[serde(default = "default_check_interval_ms")]
+    pub interval_ms: u64,
+    /// A check that takes longer fails, in milliseconds (default 1000).
+    #[serde(default = "default_check_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Failed checks in a row that make an address unhealthy (default 2).
+    #[serde(default = "default_check_fails")]
+    pub fails: usize,
+    /// Passed checks in a row that make it healthy again (default 1).
+    #[serde(default = "default_check_passes")]
+    pub passes: usize,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            path: None,
+            interval_ms: default_check_interval_ms(),
+            timeout_ms: default_check_timeout_ms(),
+            fails: default_check_fails(),
+            passes: default_check_passes(),
+        }
+    }
+}
+
+fn default_check_interval_ms() -> u64 {
+    2000
+}
+fn default_check_timeout_ms() -> u64 {
+    1000
+}
+fn default_check_fails() -> usize {
+    2
+}
+fn default_check_passes() -> usize {
+    1
 }
 
 /// One upstream address or several.
@@ -307,6 +366,31 @@ impl ServerConfig {
         }
         if !(8..=256).contains(&self.max_headers) {
             p.push(err("server.max_headers", "must be between 8 and 256"));
+        }
+        let h = &self.health_check;
+        if h.interval_ms < 100 {
+            p.push(err(
+                "server.health_check.interval_ms",
+                "must be at least 100",
+            ));
+        }
+        if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
+            p.push(err(
+                "server.health_check.timeout_ms",
+                "must be between 1 and interval_ms",
+            ));
+        }
+        if h.fails == 0 || h.passes == 0 {
+            p.push(err(
+                "server.health_check",
+                "fails and passes must be at least 1",
+            ));
+        }
+        if h.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
+            p.push(err("server.health_check.path", "must start with /"));
+        }
+        if self.dns_refresh_secs == 0 {
+            p.push(err("server.dns_refresh_secs", "must be at least 1"));
         }
         if self.max_connections == 0 {
             p.push(err("server.max_connections", "must be at least 1"));

@@ -28,6 +28,7 @@
 //! The listener's TLS (HTTP/2 by ALPN) and the TLS to the payment API use rustls.
 
 mod admin;
+mod balance;
 mod config;
 mod metrics;
 mod serve;
@@ -36,7 +37,9 @@ mod tls;
 mod upstream;
 
 pub use crate::ConfigError;
-pub use config::{ListenerTls, ProxyConfig, ServerConfig, UpstreamTls, Upstreams};
+pub use config::{
+    HealthCheckConfig, ListenerTls, ProxyConfig, ServerConfig, UpstreamTls, Upstreams,
+};
 pub use serve::serve;
 
 /// How log lines are written.

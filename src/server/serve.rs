@@ -22,10 +22,11 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::admin::{self, Health};
+use super::balance::{self, Balancer};
 use super::config::ProxyConfig;
 use super::metrics::Metrics;
 use super::timed::{BodyTimeout, Timed};
-use super::upstream::Dialer;
+use super::upstream::{Connector, Dialer};
 use crate::engine::{check_request_head, strip_hop_by_hop, HeadLimits};
 use crate::tower::{upstream_refusal, KlarnaStepUp, StepUpBody};
 use crate::{BufferBudget, Record, Refusal, StepUp};
@@ -41,12 +42,23 @@ type ResBody = StepUpBody<StepUpBody<Incoming>>;
 #[derive(Clone)]
 struct Forward {
     client: Client<Dialer, ReqBody>,
+    balancer: Arc<Balancer>,
     scheme: http::uri::Scheme,
     metrics: Option<Metrics>,
 }
 
-/// The pool's key: every connection goes to "the payment API"; the dialer picks the address.
-const POOL_KEY: &str = "payment-api";
+impl Forward {
+    /// No healthy upstream: 502 at once.
+    fn unreachable(&self) -> Response<StepUpBody<Incoming>> {
+        let r = Refusal::upstream_unreachable();
+        if let Some(m) = &self.metrics {
+            m.upstream_failed(r.code);
+        }
+        let mut res = r.to_response().map(StepUpBody::full);
+        res.extensions_mut().insert(r);
+        res
+    }
+}
 
 impl tower_service::Service<Request<ReqBody>> for Forward {
     type Response = Response<StepUpBody<Incoming>>;
@@ -69,9 +81,16 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
                 req.headers_mut().insert(header::HOST, host);
             }
         }
+        // The backend for this request (its address is the pool's key).
+        let Some(backend) = balance::pick(&self.balancer)
+            .and_then(|a| http::uri::Authority::try_from(a.to_string()).ok())
+        else {
+            let res = self.unreachable();
+            return Box::pin(std::future::ready(Ok(res)));
+        };
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(http::uri::Authority::from_static(POOL_KEY));
+        parts.authority = Some(backend);
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
@@ -175,6 +194,7 @@ where
 struct Shared {
     step_up: StepUp,
     dialer: Dialer,
+    balancer: Arc<Balancer>,
     scheme: http::uri::Scheme,
     metrics: Option<Metrics>,
     budget: BufferBudget,
@@ -201,6 +221,7 @@ impl Shared {
             .set_host(false);
         let forward = Forward {
             client: client.build(self.dialer.clone()),
+            balancer: self.balancer.clone(),
             scheme: self.scheme.clone(),
             metrics: self.metrics.clone(),
         };
@@ -376,23 +397,33 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
                 .map_err(|e| format!("{admin_key}: cannot listen on {addr}: {e}"))?,
         ),
     };
-    let peers = s
-        .resolve_upstreams()
-        .map_err(|e| format!("server.upstream: cannot resolve: {e}"))?;
-    let dialer = Dialer::new(
-        peers,
+    let connector = Connector::new(
         s.upstream_tls.as_ref(),
         Duration::from_millis(s.connect_timeout_ms),
         Duration::from_millis(s.read_timeout_ms),
     )?;
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the control runtime: {e}"))?;
+    // Resolved and checked once before the first request; then kept up to date on the
+    // control runtime.
+    let balancer = control.block_on(async {
+        let lb =
+            balance::balancer(s.upstream.list(), connector.clone(), s.health_check.clone()).await?;
+        lb.backends().run_health_check(true).await;
+        Ok::<_, String>(lb)
+    })?;
+    let dialer = Dialer::new(connector, balancer.clone());
     let tls = match &s.tls {
         None => None,
         Some(t) => Some(TlsAcceptor::from(super::tls::server_config(t)?)),
     };
-    let health = Arc::new(Health::new(s.threads));
+    let health = Arc::new(Health::new(s.threads, balancer.clone()));
     let shared = Arc::new(Shared {
         step_up: config.step_up.clone(),
         dialer,
+        balancer: balancer.clone(),
         scheme: if s.upstream_tls.is_some() {
             http::uri::Scheme::HTTPS
         } else {
@@ -435,11 +466,13 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
         admin = s.admin_address().unwrap_or("off"),
         "klarna-stepup serving"
     );
-    let control = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the control runtime: {e}"))?;
+    let maintained = balance::maintain(
+        balancer,
+        Duration::from_millis(s.health_check.interval_ms),
+        Duration::from_secs(s.dns_refresh_secs),
+    );
     control.block_on(async move {
+        tokio::spawn(maintained);
         if let Some(l) = admin {
             match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => drop(tokio::spawn(admin::serve(l, health.clone()))),

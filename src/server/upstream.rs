@@ -1,12 +1,11 @@
-//! The payment API behind the proxy: hyper's pooled HTTP/1.1 client over a connector that
-//! dials the configured addresses round robin (the next one on connect failure), with TLS
-//! per `[server.upstream_tls]` and a deadline on every read and write.
+//! The payment API behind the proxy: the connections of hyper's pooled HTTP/1.1 client, to
+//! the backend the balancer picked (another healthy one on connect failure), with TLS per
+//! `[server.upstream_tls]` and a deadline on every read and write.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -19,29 +18,24 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::rustls::{self, pki_types::ServerName};
 use tokio_rustls::TlsConnector;
 
+use super::balance::{others, pick, Balancer};
 use super::config::UpstreamTls;
 
-/// How the proxy reaches the payment API; one per process, cloned into each worker's
-/// client (so that the round robin spans the workers).
+/// How the proxy opens a connection to one payment API address: TCP, then TLS when
+/// configured, within the connect timeout. Shared by the dialer and the health checks.
 #[derive(Clone)]
-pub(crate) struct Dialer {
-    addrs: Arc<[SocketAddr]>,
-    next: Arc<AtomicUsize>,
+pub(crate) struct Connector {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
     io_timeout: Duration,
 }
 
-impl Dialer {
+impl Connector {
     pub(crate) fn new(
-        addrs: Vec<SocketAddr>,
         tls: Option<&UpstreamTls>,
         connect_timeout: Duration,
         io_timeout: Duration,
     ) -> Result<Self, String> {
-        if addrs.is_empty() {
-            return Err("server.upstream: no address".into());
-        }
         let tls = match tls {
             None => None,
             Some(t) => {
@@ -50,33 +44,22 @@ impl Dialer {
                 Some((TlsConnector::from(Arc::new(client_config(t)?)), name))
             }
         };
-        Ok(Dialer {
-            addrs: addrs.into(),
-            next: Arc::new(AtomicUsize::new(0)),
+        Ok(Connector {
             tls,
             connect_timeout,
             io_timeout,
         })
     }
 
-    /// One connection: each address at most once, starting with the next in turn; TCP and
-    /// TLS within the connect timeout.
-    async fn dial(self) -> io::Result<UpstreamIo> {
-        let n = self.addrs.len();
-        let first = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut last = None;
-        for i in 0..n {
-            let addr = self.addrs[(first + i) % n];
-            match tokio::time::timeout(self.connect_timeout, self.connect(addr)).await {
-                Ok(Ok(io)) => return Ok(io),
-                Ok(Err(e)) => last = Some(e),
-                Err(_) => last = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
-            }
+    /// A connection to `addr`, TCP and TLS within the connect timeout.
+    pub(crate) async fn connect(&self, addr: SocketAddr) -> io::Result<UpstreamIo> {
+        match tokio::time::timeout(self.connect_timeout, self.open(addr)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
         }
-        Err(last.unwrap_or_else(|| io::Error::other("no upstream address")))
     }
 
-    async fn connect(&self, addr: SocketAddr) -> io::Result<UpstreamIo> {
+    async fn open(&self, addr: SocketAddr) -> io::Result<UpstreamIo> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let stream = match &self.tls {
@@ -94,6 +77,42 @@ impl Dialer {
     }
 }
 
+/// The connector of each worker's pooled client. The request's URI names the backend the
+/// balancer picked for it (and is the pool's key); when that one cannot be reached, every
+/// other healthy backend is tried once, so a request fails over before anything is sent.
+#[derive(Clone)]
+pub(crate) struct Dialer {
+    connector: Connector,
+    balancer: Arc<Balancer>,
+}
+
+impl Dialer {
+    pub(crate) fn new(connector: Connector, balancer: Arc<Balancer>) -> Self {
+        Dialer {
+            connector,
+            balancer,
+        }
+    }
+
+    async fn dial(self, target: Option<SocketAddr>) -> io::Result<UpstreamIo> {
+        let first = target.or_else(|| pick(&self.balancer));
+        let Some(first) = first else {
+            return Err(io::Error::other("no healthy upstream"));
+        };
+        let mut last = match self.connector.connect(first).await {
+            Ok(io) => return Ok(io),
+            Err(e) => e,
+        };
+        for addr in others(&self.balancer, first) {
+            match self.connector.connect(addr).await {
+                Ok(io) => return Ok(io),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
 impl tower_service::Service<http::Uri> for Dialer {
     type Response = UpstreamIo;
     type Error = io::Error;
@@ -103,9 +122,9 @@ impl tower_service::Service<http::Uri> for Dialer {
         Poll::Ready(Ok(()))
     }
 
-    /// The URI's authority is the pool's key only: the address comes from the round robin.
-    fn call(&mut self, _: http::Uri) -> Self::Future {
-        Box::pin(self.clone().dial())
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let target = uri.authority().and_then(|a| a.as_str().parse().ok());
+        Box::pin(self.clone().dial(target))
     }
 }
 

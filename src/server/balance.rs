@@ -1,0 +1,182 @@
+//! Which payment API instance a request goes to: `pingora-load-balancing`'s round robin over
+//! the healthy backends, its active health checks (a TCP or TLS connect, or an HTTP `GET` of
+//! `[server.health_check] path`), and its service discovery fed by DNS: the `upstream` names
+//! are resolved again every `dns_refresh_secs`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::Empty;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_load_balancing::discovery::ServiceDiscovery;
+use pingora_load_balancing::health_check::HealthCheck;
+use pingora_load_balancing::selection::RoundRobin;
+use pingora_load_balancing::{Backend, LoadBalancer};
+
+use super::config::HealthCheckConfig;
+use super::upstream::Connector;
+
+/// The payment API's instances, as discovered and health-checked.
+pub(crate) type Balancer = LoadBalancer<RoundRobin>;
+
+/// How many backends `select` looks at before giving up.
+const MAX_TRIES: usize = 256;
+
+/// The next healthy backend's address, round robin; `None` when none is healthy.
+pub(crate) fn pick(lb: &Balancer) -> Option<SocketAddr> {
+    lb.select(b"", MAX_TRIES)
+        .and_then(|b| b.to_socket_addrs().ok()?.next())
+}
+
+/// Every backend the balancer knows and considers healthy but `failed`.
+pub(crate) fn others(lb: &Balancer, failed: SocketAddr) -> Vec<SocketAddr> {
+    let backends = lb.backends();
+    backends
+        .get_backend()
+        .iter()
+        .filter(|b| backends.ready(b))
+        .filter_map(|b| b.to_socket_addrs().ok()?.next())
+        .filter(|a| *a != failed)
+        .collect()
+}
+
+/// The `upstream` entries (`host:port`), resolved anew at each discovery.
+struct Dns(Vec<String>);
+
+#[async_trait]
+impl ServiceDiscovery for Dns {
+    async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let mut found = BTreeSet::new();
+        for name in &self.0 {
+            match tokio::net::lookup_host(name.as_str()).await {
+                Ok(addrs) => {
+                    for a in addrs {
+                        found.insert(Backend::new(&a.to_string())?);
+                    }
+                }
+                // The others (and, if none resolves, the last known set) keep serving.
+                Err(e) => tracing::warn!(upstream = %name, error = %e, "upstream not resolved"),
+            }
+        }
+        if found.is_empty() {
+            return Err(Error::explain(
+                ErrorType::ConnectNoRoute,
+                "no upstream name resolved",
+            ));
+        }
+        Ok((found, HashMap::new()))
+    }
+}
+
+/// The active health check: a connect (TCP, and TLS when the upstream speaks it) through the
+/// proxy's own dialer, then, with a `path`, an HTTP `GET` that must answer 2xx or 3xx.
+struct Probe {
+    connector: Connector,
+    config: HealthCheckConfig,
+    host: String,
+}
+
+#[async_trait]
+impl HealthCheck for Probe {
+    async fn check(&self, target: &Backend) -> Result<()> {
+        let fail = |why: String| Error::explain(ErrorType::ConnectError, why);
+        let addr = target
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| fail("no address".into()))?;
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let probe = async {
+            let io = self
+                .connector
+                .connect(addr)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let Some(path) = &self.config.path else {
+                return Ok(());
+            };
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            tokio::spawn(conn);
+            let req = http::Request::get(path.as_str())
+                .header(http::header::HOST, self.host.as_str())
+                .header(http::header::USER_AGENT, "klarna-stepup health check")
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| fail(e.to_string()))?;
+            let res = send
+                .send_request(req)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let status = res.status();
+            if status.is_success() || status.is_redirection() {
+                Ok(())
+            } else {
+                Err(fail(format!("health check answered {status}")))
+            }
+        };
+        match tokio::time::timeout(timeout, probe).await {
+            Ok(r) => r,
+            Err(_) => Err(fail("health check timed out".into())),
+        }
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        if healthy {
+            tracing::info!(upstream = %target.addr, "upstream healthy again");
+        } else {
+            tracing::warn!(upstream = %target.addr, "upstream unhealthy: skipped until it recovers");
+        }
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.config.passes
+        } else {
+            self.config.fails
+        }
+    }
+}
+
+/// The balancer for `upstream`, resolved once (an error names what could not be resolved).
+pub(crate) async fn balancer(
+    upstreams: Vec<String>,
+    connector: Connector,
+    config: HealthCheckConfig,
+) -> std::result::Result<Arc<Balancer>, String> {
+    let host = upstreams.first().cloned().unwrap_or_default();
+    let mut lb = Balancer::from_backends(pingora_load_balancing::Backends::new(Box::new(Dns(
+        upstreams,
+    ))));
+    lb.set_health_check(Box::new(Probe {
+        connector,
+        config,
+        host,
+    }));
+    lb.parallel_health_check = true;
+    lb.update()
+        .await
+        .map_err(|e| format!("server.upstream: cannot resolve: {e}"))?;
+    Ok(Arc::new(lb))
+}
+
+/// Runs discovery every `dns_refresh` and the health checks every `interval`, forever.
+pub(crate) async fn maintain(lb: Arc<Balancer>, interval: Duration, dns_refresh: Duration) {
+    let mut checks = tokio::time::interval(interval);
+    let mut discovery = tokio::time::interval(dns_refresh);
+    discovery.tick().await;
+    loop {
+        tokio::select! {
+            _ = checks.tick() => lb.backends().run_health_check(true).await,
+            _ = discovery.tick() => {
+                if let Err(e) = lb.update().await {
+                    tracing::warn!(error = %e, "upstream discovery failed; keeping the last set");
+                }
+            }
+        }
+    }
+}
