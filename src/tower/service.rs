@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use tower_service::Service;
 use tracing::Instrument;
 
@@ -321,6 +321,14 @@ where
     };
     record.read_request(body.len());
     let verdict = record.timed(|| step_up.rewrite_request(candidate, &body, unix_now()));
+    // The partner's bytes are not needed once injected: one copy in memory, not two.
+    let body = match verdict {
+        RequestVerdict::Injected { .. } => {
+            drop(body);
+            Bytes::new()
+        }
+        _ => body,
+    };
     let (body, exchange) = match verdict {
         RequestVerdict::NotKlarna => {
             let res = inner
@@ -443,12 +451,46 @@ where
     if engine::content_length(headers).is_some_and(|n| n > limit as u64) {
         return Err(Refusal::too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(Refusal::too_large(limit)),
-        Err(e) if timed_out(&*e) => Err(Refusal::request_timeout()),
-        Err(_) => Err(Refusal::unreadable_body()),
+    // Frame by frame into one buffer of the declared size: the body is held once, not
+    // once in frames and again when joined.
+    let declared = engine::content_length(headers).map_or(0, |n| n as usize);
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut joined = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+            Err(e) => {
+                let e: BoxError = e.into();
+                return Err(if timed_out(&*e) {
+                    Refusal::request_timeout()
+                } else {
+                    Refusal::unreadable_body()
+                });
+            }
+        };
+        let len = first.as_ref().map_or(0, Bytes::len) + joined.len() + data.len();
+        if len > limit {
+            return Err(Refusal::too_large(limit));
+        }
+        // A body in one frame (the usual case) is taken as it is, without a copy.
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            prev => {
+                if joined.is_empty() {
+                    joined.reserve(declared.max(len));
+                }
+                if let Some(prev) = prev {
+                    joined.extend_from_slice(&prev);
+                }
+                joined.extend_from_slice(&data);
+            }
+        }
     }
+    Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
 /// Whether a timeout is among the causes of `e`.
