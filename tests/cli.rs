@@ -1176,6 +1176,44 @@ async fn serve_answers_a_request_accepted_before_the_drain_with_connection_close
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_a_request_sent_just_as_the_drain_begins() {
+    // hyper closes a connection it has read nothing from when told to shut down: a client
+    // that connected before the drain and sends its request as it begins was cut off.
+    let up = upstream::start().await;
+    up.set_answer(ok_answer());
+    let (mut child, listen) = serve_with("", up.addr);
+    let pid = child.id();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        std::thread::sleep(Duration::from_millis(50));
+        s.write_all(b"GET /orders HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(8), "did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_handles_http1_edge_cases_per_rfc_9112() {
     let up = upstream::start().await;
     up.set_answer(ok_answer());

@@ -17,7 +17,7 @@ use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
@@ -136,6 +136,9 @@ struct Front {
     stack: KlarnaStepUp<Forward>,
     limits: HeadLimits,
     body_timeout: Duration,
+    /// While it drains, HTTP/1 answers say `Connection: close`: kept-alive clients leave
+    /// after their answer rather than meet the close of an idle connection.
+    health: Arc<Health>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Front {
@@ -156,11 +159,13 @@ impl hyper::service::Service<Request<Incoming>> for Front {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return FrontFuture::Answered { res: Some(res) };
         }
+        let http1 = parts.version < http::Version::HTTP_2;
         let req = Request::from_parts(parts, Timed::new(body, self.body_timeout));
         // `Forward` is always ready, and so is the layer over it.
         let mut stack = self.stack.clone();
         FrontFuture::Stack {
             fut: tower_service::Service::call(&mut stack, req),
+            draining: http1.then(|| self.health.clone()),
         }
     }
 }
@@ -170,7 +175,7 @@ pin_project_lite::pin_project! {
     #[project = FrontProj]
     enum FrontFuture<F> {
         Answered { res: Option<Response<ResBody>> },
-        Stack { #[pin] fut: F },
+        Stack { #[pin] fut: F, draining: Option<Arc<Health>> },
     }
 }
 
@@ -185,7 +190,16 @@ where
             FrontProj::Answered { res } => {
                 Poll::Ready(Ok(res.take().expect("polled after completion")))
             }
-            FrontProj::Stack { fut } => fut.poll(cx),
+            FrontProj::Stack { fut, draining } => {
+                let mut res = std::task::ready!(fut.poll(cx));
+                if let (Ok(res), Some(h)) = (&mut res, draining) {
+                    if h.draining.load(Ordering::Relaxed) {
+                        res.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                }
+                Poll::Ready(res)
+            }
         }
     }
 }
@@ -234,6 +248,7 @@ impl Shared {
             stack,
             limits: self.limits,
             body_timeout: self.body_timeout,
+            health: self.health.clone(),
         }
     }
 }
@@ -264,7 +279,8 @@ async fn worker(
     http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(shared.limits.max_bytes * 2).unwrap_or(u32::MAX));
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a receiver: all gone = every connection done.
+    let (alive, _) = watch::channel(());
     loop {
         let permit = tokio::select! {
             biased;
@@ -288,46 +304,85 @@ async fn worker(
             },
         };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
-        let (front, http1, http2, tls) = (
+        let (front, http1, http2, tls, mut stop, alive) = (
             front.clone(),
             http1.clone(),
             http2.clone(),
             shared.tls.clone(),
+            stop.clone(),
+            alive.subscribe(),
         );
-        let handshake_timeout = shared.idle_timeout;
+        let head_timeout = shared.idle_timeout;
         tokio::spawn(async move {
-            let _permit = permit;
-            let Some(acceptor) = tls else {
-                let _ = watcher
-                    .watch(http1.serve_connection(TokioIo::new(stream), front))
-                    .await;
+            let (_permit, _alive) = (permit, alive);
+            if !first_bytes(&stream, &mut stop, head_timeout).await {
                 return;
+            }
+            let Some(acceptor) = tls else {
+                let conn = http1.serve_connection(TokioIo::new(stream), front);
+                return until_stopped(conn, stop).await;
             };
-            let Ok(Ok(stream)) =
-                tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+            let Ok(Ok(stream)) = tokio::time::timeout(head_timeout, acceptor.accept(stream)).await
             else {
                 return;
             };
             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                let _ = watcher
-                    .watch(http2.serve_connection(TokioIo::new(stream), front))
-                    .await;
+                until_stopped(http2.serve_connection(TokioIo::new(stream), front), stop).await;
             } else {
-                let _ = watcher
-                    .watch(http1.serve_connection(TokioIo::new(stream), front))
-                    .await;
+                until_stopped(http1.serve_connection(TokioIo::new(stream), front), stop).await;
             }
         });
     }
     // No new connections; answers on the open ones from now on close them.
     drop(listener);
-    if tokio::time::timeout(shared.grace, graceful.shutdown())
+    if tokio::time::timeout(shared.grace, alive.closed())
         .await
         .is_err()
     {
         tracing::warn!("grace period over; stopping with requests in flight");
     }
+}
+
+/// How long a connection accepted before the stop may still take to send its first bytes.
+const LATE_FIRST_BYTES: Duration = Duration::from_millis(250);
+
+/// Waits for the client's first bytes: at most `timeout` (the head's), and once the worker
+/// stops, at most [`LATE_FIRST_BYTES`] more. Told to shut down, hyper closes a connection it
+/// has read nothing from: without this wait, a request sent just as the worker stops (its
+/// connection accepted, its bytes not read yet) would be lost rather than answered.
+async fn first_bytes(
+    stream: &tokio::net::TcpStream,
+    stop: &mut watch::Receiver<bool>,
+    timeout: Duration,
+) -> bool {
+    // `peek`, not `readable`: a fresh socket may be reported readable before any byte.
+    let mut byte = [0u8; 1];
+    let wait = async {
+        tokio::select! {
+            r = stream.peek(&mut byte) => return r.is_ok(),
+            _ = stop.wait_for(|stopped| *stopped) => {}
+        }
+        matches!(
+            tokio::time::timeout(LATE_FIRST_BYTES, stream.peek(&mut byte)).await,
+            Ok(Ok(_))
+        )
+    };
+    tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+}
+
+/// Serves a connection to its end; once the worker stops, it finishes what it has begun
+/// (HTTP/1: the answer in progress, with `Connection: close`; HTTP/2: GOAWAY). The
+/// connection is polled first, so that hyper has read what the client sent before it is
+/// told to shut down.
+async fn until_stopped<C: GracefulConnection>(conn: C, mut stop: watch::Receiver<bool>) {
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        biased;
+        _ = conn.as_mut() => return,
+        _ = stop.wait_for(|stopped| *stopped) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 /// A listening socket for `addr` that other workers (and, during an upgrade, another
