@@ -1214,6 +1214,59 @@ async fn serve_answers_a_request_sent_just_as_the_drain_begins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keeps_accepting_for_drain_delay_ms_while_unready() {
+    let up = upstream::start().await;
+    up.set_answer(ok_answer());
+    let admin = free_addr();
+    let (mut child, listen) = serve_with(
+        &format!("admin = \"{admin}\"\ndrain_delay_ms = 600\n"),
+        up.addr,
+    );
+    wait_listening(admin);
+    let pid = child.id();
+    let (ready, during, after) = tokio::task::spawn_blocking(move || {
+        let get = |addr, path: &str| {
+            exchange(
+                addr,
+                &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+                b"",
+            )
+        };
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        std::thread::sleep(Duration::from_millis(150));
+        // Unready at once; new connections still taken and answered meanwhile.
+        let ready = get(admin, "/readyz");
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /orders HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let during = read_one(&mut s);
+        std::thread::sleep(Duration::from_millis(900));
+        let after = TcpStream::connect(listen).is_err();
+        (ready, during, after)
+    })
+    .await
+    .unwrap();
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(during.starts_with("HTTP/1.1 200"), "{during}");
+    // A kept-alive client is told to leave.
+    assert!(
+        during.to_ascii_lowercase().contains("connection: close"),
+        "{during}"
+    );
+    assert!(after, "still listening after drain_delay_ms");
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(8), "did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_handles_http1_edge_cases_per_rfc_9112() {
     let up = upstream::start().await;
     up.set_answer(ok_answer());

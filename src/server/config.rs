@@ -39,6 +39,13 @@ pub struct ServerConfig {
     /// load balancer first.
     #[serde(default = "default_grace_period_secs")]
     pub grace_period_secs: u64,
+    /// After SIGTERM or SIGINT, how long the proxy goes on
+    /// accepting connections with `/readyz` already at 503, in milliseconds (default 0), so
+    /// that a load balancer polling `/readyz` stops sending before the listeners close; set
+    /// it above the balancer's check interval times its fall count. Its answers meanwhile say
+    /// `Connection: close`. The grace period starts after it.
+    #[serde(default)]
+    pub drain_delay_ms: u64,
     /// The time a client has to send a complete request head, from the connection's start or
     /// the end of the previous answer, in seconds (default 60): an idle kept-alive connection
     /// is closed after it, and so is one that sends its head too slowly.
@@ -394,6 +401,12 @@ impl ServerConfig {
         }
         if self.max_connections == 0 {
             p.push(err("server.max_connections", "must be at least 1"));
+        }
+        if self.drain_delay_ms > 600_000 {
+            p.push(err(
+                "server.drain_delay_ms",
+                "must be at most 600000 (10 minutes)",
+            ));
         }
         for (key, addr) in [
             ("server.admin", &self.admin),

@@ -526,6 +526,7 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
         Duration::from_millis(s.health_check.interval_ms),
         Duration::from_secs(s.dns_refresh_secs),
     );
+    let drain_delay = Duration::from_millis(s.drain_delay_ms);
     control.block_on(async move {
         tokio::spawn(maintained);
         if let Some(l) = admin {
@@ -537,6 +538,13 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
         shutdown_signal().await;
         // Unready first, so that load balancers stop sending before the listeners close.
         health.draining.store(true, Ordering::Relaxed);
+        if !drain_delay.is_zero() {
+            tracing::info!(
+                ms = drain_delay.as_millis() as u64,
+                "unready; still accepting for drain_delay_ms"
+            );
+            tokio::time::sleep(drain_delay).await;
+        }
         let _ = stop.send(true);
         let _ = tokio::task::spawn_blocking(move || {
             for w in workers {
