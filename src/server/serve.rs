@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -311,7 +311,7 @@ async fn worker(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (front, http1, http2, tls, mut stop, alive) = (
+        let (front, http1, http2, tls, stop, alive) = (
             front.clone(),
             http1.clone(),
             http2.clone(),
@@ -322,21 +322,21 @@ async fn worker(
         let head_timeout = shared.idle_timeout;
         tokio::spawn(async move {
             let (_permit, _alive) = (permit, alive);
-            if !first_bytes(&stream, &mut stop, head_timeout).await {
-                return;
-            }
             let Some(acceptor) = tls else {
-                let conn = http1.serve_connection(TokioIo::new(stream), front);
-                return until_stopped(conn, stop).await;
+                let (io, seen) = Seen::new(stream);
+                let conn = http1.serve_connection(TokioIo::new(io), front);
+                return until_stopped(conn, stop, &seen).await;
             };
             let Ok(Ok(stream)) = tokio::time::timeout(head_timeout, acceptor.accept(stream)).await
             else {
                 return;
             };
-            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                until_stopped(http2.serve_connection(TokioIo::new(stream), front), stop).await;
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let (io, seen) = Seen::new(stream);
+            if h2 {
+                until_stopped(http2.serve_connection(TokioIo::new(io), front), stop, &seen).await;
             } else {
-                until_stopped(http1.serve_connection(TokioIo::new(stream), front), stop).await;
+                until_stopped(http1.serve_connection(TokioIo::new(io), front), stop, &seen).await;
             }
         });
     }
@@ -350,46 +350,112 @@ async fn worker(
     }
 }
 
-/// How long a connection accepted before the stop may still take to send its first bytes.
+/// How long a connection that has sent nothing yet when the worker stops may still take to
+/// send its first bytes.
 const LATE_FIRST_BYTES: Duration = Duration::from_millis(250);
 
-/// Waits for the client's first bytes: at most `timeout` (the head's), and once the worker
-/// stops, at most [`LATE_FIRST_BYTES`] more. Told to shut down, hyper closes a connection it
-/// has read nothing from: without this wait, a request sent just as the worker stops (its
-/// connection accepted, its bytes not read yet) would be lost rather than answered.
-async fn first_bytes(
-    stream: &tokio::net::TcpStream,
-    stop: &mut watch::Receiver<bool>,
-    timeout: Duration,
-) -> bool {
-    // `peek`, not `readable`: a fresh socket may be reported readable before any byte.
-    let mut byte = [0u8; 1];
-    let wait = async {
-        tokio::select! {
-            r = stream.peek(&mut byte) => return r.is_ok(),
-            _ = stop.wait_for(|stopped| *stopped) => {}
-        }
-        matches!(
-            tokio::time::timeout(LATE_FIRST_BYTES, stream.peek(&mut byte)).await,
-            Ok(Ok(_))
-        )
-    };
-    tokio::time::timeout(timeout, wait).await.unwrap_or(false)
-}
-
 /// Serves a connection to its end; once the worker stops, it finishes what it has begun
-/// (HTTP/1: the answer in progress, with `Connection: close`; HTTP/2: GOAWAY). The
-/// connection is polled first, so that hyper has read what the client sent before it is
-/// told to shut down.
-async fn until_stopped<C: GracefulConnection>(conn: C, mut stop: watch::Receiver<bool>) {
+/// (HTTP/1: the answer in progress, with `Connection: close`; HTTP/2: GOAWAY).
+///
+/// Told to shut down, hyper closes at once a connection it has read nothing from. So that a
+/// request sent as the drain begins (its connection accepted, its bytes on the way or not
+/// read yet) is answered rather than cut off, a connection that has sent nothing yet (see
+/// [`Seen`]) gets [`LATE_FIRST_BYTES`] to send them before hyper is told.
+async fn until_stopped<C: GracefulConnection>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    seen: &AtomicBool,
+) {
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         biased;
         _ = conn.as_mut() => return,
         _ = stop.wait_for(|stopped| *stopped) => {}
     }
+    // Polled on: hyper reads the first bytes as they come (and answers them).
+    let first_bytes = std::future::poll_fn(|cx| {
+        if conn.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        if seen.load(Ordering::Relaxed) {
+            Poll::Ready(false)
+        } else {
+            Poll::Pending
+        }
+    });
+    if let Ok(true) = tokio::time::timeout(LATE_FIRST_BYTES, first_bytes).await {
+        return;
+    }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's transport that notes whether any byte has been read from it.
+    struct Seen<T> {
+        #[pin]
+        io: T,
+        seen: Arc<AtomicBool>,
+    }
+}
+
+impl<T> Seen<T> {
+    fn new(io: T) -> (Self, Arc<AtomicBool>) {
+        let seen = Arc::new(AtomicBool::new(false));
+        (
+            Seen {
+                io,
+                seen: seen.clone(),
+            },
+            seen,
+        )
+    }
+}
+
+impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Seen<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.io.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.seen.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Seen<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
 }
 
 /// The next connection on any of `listeners`, polled from a rotating start so that none
