@@ -39,6 +39,18 @@ pub struct ServerConfig {
     /// load balancer first.
     #[serde(default = "default_grace_period_secs")]
     pub grace_period_secs: u64,
+    /// After SIGTERM or SIGINT (or a hand-over to a successor), how long the proxy goes on
+    /// accepting connections with `/readyz` already at 503, in milliseconds (default 0), so
+    /// that a load balancer polling `/readyz` stops sending before the listeners close; set
+    /// it above the balancer's check interval times its fall count. Its answers meanwhile say
+    /// `Connection: close`. The grace period starts after it.
+    #[serde(default)]
+    pub drain_delay_ms: u64,
+    /// A Unix socket path (default: none) on which the running proxy hands its listening
+    /// sockets (and the admin endpoint's) to a successor started with `serve --upgrade`,
+    /// then drains: a restart or upgrade that loses no queued connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_socket: Option<PathBuf>,
     /// The time a client has to send a complete request head, from the connection's start or
     /// the end of the previous answer, in seconds (default 60): an idle kept-alive connection
     /// is closed after it, and so is one that sends its head too slowly.
@@ -395,6 +407,24 @@ impl ServerConfig {
         if self.max_connections == 0 {
             p.push(err("server.max_connections", "must be at least 1"));
         }
+        if self.drain_delay_ms > 600_000 {
+            p.push(err(
+                "server.drain_delay_ms",
+                "must be at most 600000 (10 minutes)",
+            ));
+        }
+        if let Some(path) = &self.upgrade_socket {
+            // sun_path holds 108 bytes; the socket is bound as `{path}.{pid}` first.
+            let len = path.as_os_str().len();
+            if len == 0 || len > MAX_UPGRADE_SOCKET_LEN {
+                p.push(err(
+                    "server.upgrade_socket",
+                    &format!(
+                        "must be a path of 1 to {MAX_UPGRADE_SOCKET_LEN} bytes (a Unix socket)"
+                    ),
+                ));
+            }
+        }
         for (key, addr) in [
             ("server.admin", &self.admin),
             ("server.metrics", &self.metrics),
@@ -468,6 +498,10 @@ impl ServerConfig {
         Ok(out)
     }
 }
+
+/// The longest `server.upgrade_socket`: a Unix socket path is at most 107 bytes, and the
+/// socket is first bound as `{path}.{pid}` (a pid has at most 7 digits).
+const MAX_UPGRADE_SOCKET_LEN: usize = 99;
 
 fn is_host_port(s: &str) -> bool {
     if s.parse::<SocketAddr>().is_ok() {

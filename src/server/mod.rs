@@ -34,13 +34,14 @@ mod metrics;
 mod serve;
 mod timed;
 mod tls;
+mod upgrade;
 mod upstream;
 
 pub use crate::ConfigError;
 pub use config::{
     HealthCheckConfig, ListenerTls, ProxyConfig, ServerConfig, UpstreamTls, Upstreams,
 };
-pub use serve::serve;
+pub use serve::{serve, serve_upgrade};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
@@ -26,6 +26,7 @@ use super::balance::{self, Balancer};
 use super::config::ProxyConfig;
 use super::metrics::Metrics;
 use super::timed::{BodyTimeout, Timed};
+use super::upgrade;
 use super::upstream::{Connector, Dialer};
 use crate::engine::{check_request_head, strip_hop_by_hop, HeadLimits};
 use crate::tower::{upstream_refusal, KlarnaStepUp, StepUpBody};
@@ -136,6 +137,9 @@ struct Front {
     stack: KlarnaStepUp<Forward>,
     limits: HeadLimits,
     body_timeout: Duration,
+    /// While it drains, HTTP/1 answers say `Connection: close`: kept-alive clients leave
+    /// after their answer rather than meet the close of an idle connection.
+    health: Arc<Health>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Front {
@@ -156,11 +160,13 @@ impl hyper::service::Service<Request<Incoming>> for Front {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return FrontFuture::Answered { res: Some(res) };
         }
+        let http1 = parts.version < http::Version::HTTP_2;
         let req = Request::from_parts(parts, Timed::new(body, self.body_timeout));
         // `Forward` is always ready, and so is the layer over it.
         let mut stack = self.stack.clone();
         FrontFuture::Stack {
             fut: tower_service::Service::call(&mut stack, req),
+            draining: http1.then(|| self.health.clone()),
         }
     }
 }
@@ -170,7 +176,7 @@ pin_project_lite::pin_project! {
     #[project = FrontProj]
     enum FrontFuture<F> {
         Answered { res: Option<Response<ResBody>> },
-        Stack { #[pin] fut: F },
+        Stack { #[pin] fut: F, draining: Option<Arc<Health>> },
     }
 }
 
@@ -185,7 +191,16 @@ where
             FrontProj::Answered { res } => {
                 Poll::Ready(Ok(res.take().expect("polled after completion")))
             }
-            FrontProj::Stack { fut } => fut.poll(cx),
+            FrontProj::Stack { fut, draining } => {
+                let mut res = std::task::ready!(fut.poll(cx));
+                if let (Ok(res), Some(h)) = (&mut res, draining) {
+                    if h.draining.load(Ordering::Relaxed) {
+                        res.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                }
+                Poll::Ready(res)
+            }
         }
     }
 }
@@ -234,21 +249,28 @@ impl Shared {
             stack,
             limits: self.limits,
             body_timeout: self.body_timeout,
+            health: self.health.clone(),
         }
     }
 }
 
 /// One worker thread's life: accept until told to stop, then let the connections finish
-/// (at most the grace period).
+/// (at most the grace period). A worker has one listening socket, or several after a
+/// hand-over from an instance with more threads (see `upgrade`).
 async fn worker(
-    listener: std::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
+    let listeners = match listeners
+        .into_iter()
+        .map(tokio::net::TcpListener::from_std)
+        .collect::<Result<Vec<_>, _>>()
+    {
         Ok(l) => l,
         Err(e) => return tracing::error!(error = %e, "cannot register the listener"),
     };
+    let mut next = 0;
     shared.health.workers_up.fetch_add(1, Ordering::Relaxed);
     let front = shared.front();
     let mut http1 = hyper::server::conn::http1::Builder::new();
@@ -264,7 +286,8 @@ async fn worker(
     http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(shared.limits.max_bytes * 2).unwrap_or(u32::MAX));
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a receiver: all gone = every connection done.
+    let (alive, _) = watch::channel(());
     loop {
         let permit = tokio::select! {
             biased;
@@ -277,8 +300,8 @@ async fn worker(
         let stream = tokio::select! {
             biased;
             _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
+            accepted = accept_any(&listeners, &mut next) => match accepted {
+                Ok(s) => s,
                 Err(e) => {
                     // Out of file descriptors, most likely: wait rather than spin.
                     tracing::warn!(error = %e, "accept failed");
@@ -288,46 +311,170 @@ async fn worker(
             },
         };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
-        let (front, http1, http2, tls) = (
+        let (front, http1, http2, tls, stop, alive) = (
             front.clone(),
             http1.clone(),
             http2.clone(),
             shared.tls.clone(),
+            stop.clone(),
+            alive.subscribe(),
         );
-        let handshake_timeout = shared.idle_timeout;
+        let head_timeout = shared.idle_timeout;
         tokio::spawn(async move {
-            let _permit = permit;
+            let (_permit, _alive) = (permit, alive);
             let Some(acceptor) = tls else {
-                let _ = watcher
-                    .watch(http1.serve_connection(TokioIo::new(stream), front))
-                    .await;
-                return;
+                let (io, seen) = Seen::new(stream);
+                let conn = http1.serve_connection(TokioIo::new(io), front);
+                return until_stopped(conn, stop, &seen).await;
             };
-            let Ok(Ok(stream)) =
-                tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+            let Ok(Ok(stream)) = tokio::time::timeout(head_timeout, acceptor.accept(stream)).await
             else {
                 return;
             };
-            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                let _ = watcher
-                    .watch(http2.serve_connection(TokioIo::new(stream), front))
-                    .await;
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let (io, seen) = Seen::new(stream);
+            if h2 {
+                until_stopped(http2.serve_connection(TokioIo::new(io), front), stop, &seen).await;
             } else {
-                let _ = watcher
-                    .watch(http1.serve_connection(TokioIo::new(stream), front))
-                    .await;
+                until_stopped(http1.serve_connection(TokioIo::new(io), front), stop, &seen).await;
             }
         });
     }
     // No new connections; answers on the open ones from now on close them.
-    drop(listener);
-    if tokio::time::timeout(shared.grace, graceful.shutdown())
+    drop(listeners);
+    if tokio::time::timeout(shared.grace, alive.closed())
         .await
         .is_err()
     {
         tracing::warn!("grace period over; stopping with requests in flight");
     }
+}
+
+/// How long a connection that has sent nothing yet when the worker stops may still take to
+/// send its first bytes.
+const LATE_FIRST_BYTES: Duration = Duration::from_millis(250);
+
+/// Serves a connection to its end; once the worker stops, it finishes what it has begun
+/// (HTTP/1: the answer in progress, with `Connection: close`; HTTP/2: GOAWAY).
+///
+/// Told to shut down, hyper closes at once a connection it has read nothing from. So that a
+/// request sent as the drain begins (its connection accepted, its bytes on the way or not
+/// read yet) is answered rather than cut off, a connection that has sent nothing yet (see
+/// [`Seen`]) gets [`LATE_FIRST_BYTES`] to send them before hyper is told.
+async fn until_stopped<C: GracefulConnection>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    seen: &AtomicBool,
+) {
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        biased;
+        _ = conn.as_mut() => return,
+        _ = stop.wait_for(|stopped| *stopped) => {}
+    }
+    // Polled on: hyper reads the first bytes as they come (and answers them).
+    let first_bytes = std::future::poll_fn(|cx| {
+        if conn.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        if seen.load(Ordering::Relaxed) {
+            Poll::Ready(false)
+        } else {
+            Poll::Pending
+        }
+    });
+    if let Ok(true) = tokio::time::timeout(LATE_FIRST_BYTES, first_bytes).await {
+        return;
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's transport that notes whether any byte has been read from it.
+    struct Seen<T> {
+        #[pin]
+        io: T,
+        seen: Arc<AtomicBool>,
+    }
+}
+
+impl<T> Seen<T> {
+    fn new(io: T) -> (Self, Arc<AtomicBool>) {
+        let seen = Arc::new(AtomicBool::new(false));
+        (
+            Seen {
+                io,
+                seen: seen.clone(),
+            },
+            seen,
+        )
+    }
+}
+
+impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Seen<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.io.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.seen.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Seen<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+/// The next connection on any of `listeners`, polled from a rotating start so that none
+/// starves.
+fn accept_any<'a>(
+    listeners: &'a [tokio::net::TcpListener],
+    next: &'a mut usize,
+) -> impl Future<Output = std::io::Result<tokio::net::TcpStream>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let n = listeners.len();
+        for i in 0..n {
+            let at = (*next + i) % n;
+            if let Poll::Ready(r) = listeners[at].poll_accept(cx) {
+                *next = (at + 1) % n;
+                return Poll::Ready(r.map(|(s, _)| s));
+            }
+        }
+        Poll::Pending
+    })
 }
 
 /// A listening socket for `addr` that other workers (and, during an upgrade, another
@@ -367,36 +514,43 @@ async fn shutdown_signal() {
 }
 
 /// Builds the server the configuration describes and runs it until SIGTERM or SIGINT; then
-/// `/readyz` answers 503 at once, the listeners close, and the proxy stops once every
-/// request in flight is answered (each answer saying `Connection: close`), at the latest
-/// after `server.grace_period_secs`.
+/// `/readyz` answers 503 at once, the listeners close (after `server.drain_delay_ms`), and
+/// the proxy stops once every request in flight is answered (each answer saying
+/// `Connection: close`), at the latest after `server.grace_period_secs`. With
+/// `server.upgrade_socket`, a successor started by [`serve_upgrade`] takes its listening
+/// sockets over, and it drains the same way.
 ///
 /// It blocks the calling thread and starts its own runtimes: call it from `main`, not from
 /// inside a tokio runtime. An error is a configuration the server cannot start with, named by
 /// its key (`server.upstream: cannot resolve: …`).
 pub fn serve(config: ProxyConfig) -> Result<(), String> {
+    run(config, false)
+}
+
+/// As [`serve`], taking over from the instance running on `server.upgrade_socket`: its
+/// listening sockets (and its admin endpoint's, when the addresses are the same) are handed
+/// over with the connections queued in them, and it drains once this one accepts. Everything
+/// else is set up first: on any error here the running instance is not touched and keeps
+/// serving. A `server.listen` that changed is listened on afresh (said in a log line).
+pub fn serve_upgrade(config: ProxyConfig) -> Result<(), String> {
+    run(config, true)
+}
+
+fn run(config: ProxyConfig, upgrade: bool) -> Result<(), String> {
     let s = &config.server;
     let listen: SocketAddr = s
         .listen
         .parse()
         .map_err(|e| format!("server.listen: {e}"))?;
-    let listeners = (0..s.threads)
-        .map(|_| listen_shared(listen))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("server.listen: cannot listen on {listen}: {e}"))?;
     let admin_key = if s.admin.is_some() {
         "server.admin"
     } else {
         "server.metrics"
     };
-    let admin = match s.admin_address() {
-        None => None,
-        Some(addr) => Some(
-            std::net::TcpListener::bind(addr)
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|e| format!("{admin_key}: cannot listen on {addr}: {e}"))?,
-        ),
-    };
+    let admin_addr: Option<SocketAddr> = s
+        .admin_address()
+        .map(|a| a.parse().map_err(|e| format!("{admin_key}: {e}")))
+        .transpose()?;
     let connector = Connector::new(
         s.upstream_tls.as_ref(),
         Duration::from_millis(s.connect_timeout_ms),
@@ -411,7 +565,12 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
     let balancer = control.block_on(async {
         let lb =
             balance::balancer(s.upstream.list(), connector.clone(), s.health_check.clone()).await?;
-        lb.backends().run_health_check(true).await;
+        // An upgrade replaces a running instance only with one that reaches an upstream: as
+        // many rounds as it takes to call an address unhealthy.
+        let rounds = if upgrade { s.health_check.fails } else { 1 };
+        for _ in 0..rounds.max(1) {
+            lb.backends().run_health_check(true).await;
+        }
         Ok::<_, String>(lb)
     })?;
     let dialer = Dialer::new(connector, balancer.clone());
@@ -419,6 +578,59 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
         None => None,
         Some(t) => Some(TlsAcceptor::from(super::tls::server_config(t)?)),
     };
+    if upgrade && balance::pick(&balancer).is_none() {
+        let e = "server.upstream: no upstream is healthy: not taking over from the running one";
+        return Err(e.into());
+    }
+    // Everything that can fail is done before the running instance is asked for anything.
+    let mut inherited = None;
+    let mut upgrade_socket = None;
+    match &s.upgrade_socket {
+        None if upgrade => {
+            let e = "server.upgrade_socket: not set; --upgrade takes over from the instance on it";
+            return Err(e.into());
+        }
+        None => {}
+        Some(path) => {
+            if !upgrade {
+                upgrade::clear_stale(path)?;
+            }
+            let mut socket = upgrade::Socket::bind(path)?;
+            if upgrade {
+                // Named only once this instance serves (below): should it fail before, the
+                // running instance keeps its name for the next attempt.
+                inherited = Some(upgrade::take_over(path)?);
+            } else {
+                socket.publish()?;
+            }
+            upgrade_socket = Some(socket);
+        }
+    }
+    let sockets = match inherited.as_mut().and_then(|i| i.listeners_for(listen)) {
+        Some(l) => l,
+        None => (0..s.threads)
+            .map(|_| listen_shared(listen))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("server.listen: cannot listen on {listen}: {e}"))?,
+    };
+    let admin = match admin_addr {
+        None => None,
+        Some(addr) => Some(
+            match inherited.as_mut().and_then(|i| i.admin_for(addr)) {
+                Some(l) => Ok(l),
+                None => std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l)),
+            }
+            .map_err(|e| format!("{admin_key}: cannot listen on {addr}: {e}"))?,
+        ),
+    };
+    let per_worker = upgrade::spread(&sockets, s.threads)
+        .map_err(|e| format!("server.listen: cannot share the listening sockets: {e}"))?;
+    // Kept to hand over; without an upgrade socket, the workers' copies are all there is.
+    let handover = upgrade_socket.as_ref().map(|_| {
+        let admin = admin.as_ref().and_then(|a| a.try_clone().ok());
+        upgrade::Handover::new(sockets, admin)
+    });
     let health = Arc::new(Health::new(s.threads, balancer.clone()));
     let shared = Arc::new(Shared {
         step_up: config.step_up.clone(),
@@ -445,7 +657,7 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
     });
     let (stop, stopped) = watch::channel(false);
     let mut workers = Vec::with_capacity(s.threads);
-    for (i, listener) in listeners.into_iter().enumerate() {
+    for (i, listeners) in per_worker.into_iter().enumerate() {
         let (shared, stopped) = (shared.clone(), stopped.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -453,7 +665,7 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
             .map_err(|e| format!("server.threads: cannot start a runtime: {e}"))?;
         let handle = std::thread::Builder::new()
             .name(format!("klarna-stepup-{i}"))
-            .spawn(move || runtime.block_on(worker(listener, shared, stopped)))
+            .spawn(move || runtime.block_on(worker(listeners, shared, stopped)))
             .map_err(|e| format!("server.threads: cannot start a thread: {e}"))?;
         workers.push(handle);
     }
@@ -464,6 +676,7 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
         tls = s.tls.is_some(),
         upstream_tls = s.upstream_tls.is_some(),
         admin = s.admin_address().unwrap_or("off"),
+        upgraded_from = inherited.as_ref().map(|i| i.pid()),
         "klarna-stepup serving"
     );
     let maintained = balance::maintain(
@@ -471,17 +684,66 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
         Duration::from_millis(s.health_check.interval_ms),
         Duration::from_secs(s.dns_refresh_secs),
     );
+    let drain_delay = Duration::from_millis(s.drain_delay_ms);
     control.block_on(async move {
         tokio::spawn(maintained);
-        if let Some(l) = admin {
-            match tokio::net::TcpListener::from_std(l) {
-                Ok(l) => drop(tokio::spawn(admin::serve(l, health.clone()))),
-                Err(e) => tracing::error!(error = %e, "admin endpoint not served"),
+        let admin = match admin.map(tokio::net::TcpListener::from_std) {
+            None => None,
+            Some(Ok(l)) => Some(tokio::spawn(admin::serve(l, health.clone()))),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "admin endpoint not served");
+                None
+            }
+        };
+        if let Some(predecessor) = inherited {
+            // Its workers accept before the predecessor is told to stop.
+            let since = Instant::now();
+            while health.workers_up.load(Ordering::Relaxed) < health.workers
+                && since.elapsed() < Duration::from_secs(10)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if let Some(Err(e)) = upgrade_socket.as_mut().map(|u| u.publish()) {
+                tracing::error!(error = %e, "this instance cannot be upgraded in turn");
+            }
+            let _ = tokio::task::spawn_blocking(move || predecessor.ready()).await;
+        }
+        let (ready_tx, mut successor) = tokio::sync::mpsc::unbounded_channel();
+        if let (Some(u), Some(h)) = (upgrade_socket.as_mut(), &handover) {
+            if let Some((listener, uid)) = u.take_listener() {
+                drop(tokio::spawn(upgrade::serve(
+                    listener,
+                    uid,
+                    h.clone(),
+                    ready_tx,
+                )));
             }
         }
-        shutdown_signal().await;
+        let handed_over = tokio::select! {
+            () = shutdown_signal() => false,
+            Some(pid) = successor.recv() => {
+                tracing::info!(pid, "handed over to the successor: graceful shutdown");
+                true
+            }
+        };
         // Unready first, so that load balancers stop sending before the listeners close.
         health.draining.store(true, Ordering::Relaxed);
+        if let Some(h) = &handover {
+            h.close();
+        }
+        if handed_over {
+            // The successor answers on the admin socket now.
+            if let Some(a) = admin {
+                a.abort();
+            }
+        }
+        if !drain_delay.is_zero() {
+            tracing::info!(
+                ms = drain_delay.as_millis() as u64,
+                "unready; still accepting for drain_delay_ms"
+            );
+            tokio::time::sleep(drain_delay).await;
+        }
         let _ = stop.send(true);
         let _ = tokio::task::spawn_blocking(move || {
             for w in workers {
@@ -489,6 +751,7 @@ pub fn serve(config: ProxyConfig) -> Result<(), String> {
             }
         })
         .await;
+        drop(upgrade_socket);
     });
     tracing::info!("stopped");
     Ok(())

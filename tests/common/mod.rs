@@ -1,7 +1,8 @@
 //! What the integration tests share: the fixture table, a recording upstream, a raw HTTP
-//! client, the tower adapter as a proxy, and the demo stack.
+//! client, a bounded load client, the tower adapter as a proxy, and the demo stack.
 pub mod demo_stack;
 pub mod fixtures;
+pub mod load;
 #[cfg(feature = "pingora")]
 pub mod pingora_proxy;
 pub mod raw_http;

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! klarna-stepup serve --config klarna-stepup.toml
+//! klarna-stepup serve --config klarna-stepup.toml --upgrade   # take over from the running one
 //! klarna-stepup check-config --config klarna-stepup.toml
 //! ```
 #![forbid(unsafe_code)]
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use klarna_stepup::server::{init_logging, serve, LogFormat, ProxyConfig};
+use klarna_stepup::server::{init_logging, serve, serve_upgrade, LogFormat, ProxyConfig};
 
 /// Klarna step-up in front of a payment API: a proxy that adds Klarna's step_up_config to the
 /// partners' Klarna payments and turns Klarna's STEP_UP_REQUIRED answers into the partner
@@ -25,6 +26,7 @@ use klarna_stepup::server::{init_logging, serve, LogFormat, ProxyConfig};
 Examples:
   klarna-stepup check-config --config /etc/klarna-stepup.toml
   klarna-stepup serve --config /etc/klarna-stepup.toml
+  klarna-stepup serve --config /etc/klarna-stepup.toml --upgrade   # zero-downtime restart
   RUST_LOG=klarna_stepup=debug klarna-stepup serve -c klarna-stepup.toml --log-format json
 
 Logs go to stderr, filtered by RUST_LOG (default: info; e.g. RUST_LOG=warn,klarna_stepup=info).
@@ -38,12 +40,18 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy the configuration file describes. SIGTERM or SIGINT: stop once no
-    /// request is in flight (at most server.grace_period_secs); SIGHUP is ignored (logged).
+    /// Run the proxy the configuration file describes. SIGTERM or SIGINT: /readyz turns 503,
+    /// the listeners close after server.drain_delay_ms, then the proxy stops once no request
+    /// is in flight (at most server.grace_period_secs); SIGHUP is ignored (logged).
     Serve {
         /// The configuration file (TOML).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Take over from the instance running on server.upgrade_socket: its listening
+        /// sockets (with the connections queued in them) are handed over, then it drains and
+        /// exits. A configuration with errors exits 1 and leaves it serving.
+        #[arg(long)]
+        upgrade: bool,
         /// How log lines are written to stderr.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         log_format: Format,
@@ -91,7 +99,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Serve { config, log_format } => {
+        Command::Serve {
+            config,
+            log_format,
+            upgrade,
+        } => {
             let _logs = init_logging(match log_format {
                 Format::Text => LogFormat::Text,
                 Format::Json => LogFormat::Json,
@@ -100,16 +112,31 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
+                    if upgrade {
+                        eprintln!(
+                            "klarna-stepup: not upgraded: the running instance keeps serving"
+                        );
+                    }
                     return ExitCode::FAILURE;
                 }
             };
             for warning in config.warnings() {
                 tracing::warn!(%warning, "configuration");
             }
-            match serve(config) {
+            let served = if upgrade {
+                serve_upgrade(config)
+            } else {
+                serve(config)
+            };
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("klarna-stepup: {e}");
+                    if upgrade {
+                        eprintln!(
+                            "klarna-stepup: not upgraded: the running instance, if any, keeps serving"
+                        );
+                    }
                     ExitCode::FAILURE
                 }
             }
