@@ -180,3 +180,68 @@ pub(crate) async fn maintain(lb: Arc<Balancer>, interval: Duration, dns_refresh:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A discovery that answers each call with the next of its sets (then the last again).
+    struct Scripted(Vec<Vec<&'static str>>, AtomicUsize);
+
+    #[async_trait]
+    impl ServiceDiscovery for Scripted {
+        async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+            let i = self.1.fetch_add(1, Ordering::Relaxed).min(self.0.len() - 1);
+            let set = self.0[i].iter().map(|a| Backend::new(a).unwrap()).collect();
+            Ok((set, HashMap::new()))
+        }
+    }
+
+    #[tokio::test]
+    async fn discovery_runs_again_every_refresh_and_selection_follows_it() {
+        let discovery = Scripted(
+            vec![
+                vec!["127.0.0.1:1001"],
+                vec!["127.0.0.1:1002", "127.0.0.1:1003"],
+            ],
+            AtomicUsize::new(0),
+        );
+        let lb =
+            Balancer::from_backends(pingora_load_balancing::Backends::new(Box::new(discovery)));
+        lb.update().await.unwrap();
+        let lb = Arc::new(lb);
+        assert_eq!(pick(&lb), Some("127.0.0.1:1001".parse().unwrap()));
+        let task = tokio::spawn(maintain(
+            lb.clone(),
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let seen: BTreeSet<SocketAddr> = (0..4).filter_map(|_| pick(&lb)).collect();
+        task.abort();
+        let want: BTreeSet<SocketAddr> = ["127.0.0.1:1002", "127.0.0.1:1003"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(seen, want);
+        assert_eq!(others(&lb, "127.0.0.1:1002".parse().unwrap()).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn names_are_resolved_and_a_failed_resolution_keeps_the_last_set() {
+        let dns = Dns(vec![
+            "localhost:1004".into(),
+            "no-such-host.invalid:1".into(),
+        ]);
+        let (found, _) = dns.discover().await.unwrap();
+        assert!(found
+            .iter()
+            .any(|b| b.to_socket_addrs().unwrap().next().unwrap().port() == 1004));
+        let none = Dns(vec!["no-such-host.invalid:1".into()]);
+        assert!(
+            none.discover().await.is_err(),
+            "an empty set would drop every backend"
+        );
+    }
+}
