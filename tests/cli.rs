@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::blocking::{exchange, wait_exit, wait_exit_within, wait_listening};
 use common::fixtures;
 use common::upstream::{self, Answer};
 
@@ -178,42 +179,13 @@ fn start_serve(config: &str) -> Served {
     )
 }
 
-fn wait_listening(addr: SocketAddr) {
-    let started = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "never listened"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// One HTTP/1.1 exchange on a fresh connection; the raw answer.
-fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn stop(child: &mut Served, signal: &str) -> (Option<i32>, String) {
-    let stopping = Instant::now();
     let kill = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(stopping.elapsed() < Duration::from_secs(8), "did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(child);
     let mut log = String::new();
     child
         .stderr
@@ -1163,17 +1135,7 @@ async fn serve_answers_a_request_accepted_before_the_drain_with_connection_close
         answer.0
     );
     assert!(answer.1, "not closed after the drain answer");
-    let status = {
-        let t = Instant::now();
-        loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(t.elapsed() < Duration::from_secs(8), "did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1207,11 +1169,7 @@ async fn serve_answers_a_request_sent_just_as_the_drain_begins() {
         answer.to_ascii_lowercase().contains("connection: close"),
         "{answer}"
     );
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(8), "did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_exit(&mut child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1260,11 +1218,7 @@ async fn serve_keeps_accepting_for_drain_delay_ms_while_unready() {
         "{during}"
     );
     assert!(after, "still listening after drain_delay_ms");
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(8), "did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_exit(&mut child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1427,11 +1381,7 @@ async fn serve_admin_endpoint_reports_health_and_turns_unready_when_draining() {
     assert!(during[0].ends_with("draining\n"), "{}", during[0]);
     assert!(during[1].starts_with("HTTP/1.1 200"), "{}", during[1]);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(8), "did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_exit(&mut child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1651,14 +1601,7 @@ fn start_serve_args(config: &str, args: &[&str]) -> Served {
 
 /// Waits (bounded) for `child` to exit by itself: its exit code and log.
 fn exited(child: &mut Served, within: Duration) -> (Option<i32>, String) {
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t.elapsed() < within, "did not exit within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit_within(child, within);
     let mut log = String::new();
     child
         .stderr

@@ -9,11 +9,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::blocking::{exchange, wait_listening};
 use common::fixtures;
 use common::load::{self, Mode, Req};
 use common::return_webhook::{signature, COMPLETED, RETURN_KEY, WEBHOOK_KEY};
@@ -38,28 +39,6 @@ fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("klarna-stepup-haproxy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn wait_listening(addr: SocketAddr) {
-    let started = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{addr} never listened"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// One HTTP/1.1 exchange on a fresh connection; the raw answer.
-fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn get(addr: SocketAddr, path: &str) -> String {
