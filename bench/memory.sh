@@ -22,6 +22,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET_DIR == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
 RUN=$TARGET_DIR/memory-bench
 mkdir -p "$RUN"
 
@@ -39,33 +41,9 @@ port_busy() { [[ -n $(ss -Hltn "sport = :$1" 2>/dev/null) ]]; }
 for t in python3 ss curl; do command -v "$t" >/dev/null || die "missing $t"; done
 for n in $CASES; do [[ $n =~ ^[0-9]+$ ]] && (( n <= 1000 )) || die "CASES: numbers 0..1000"; done
 
-if [[ -n ${STEPUP_CMD:-} ]]; then
-  what="command: $STEPUP_CMD"
-else
-  if [[ -z ${STEPUP_BIN:-} ]]; then
-    STEPUP_BIN=$TARGET_DIR/release/klarna-stepup
-    if [[ ${NO_BUILD:-0} != 1 ]]; then
-      echo "== cargo build --release --features cli --bin klarna-stepup"
-      (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --features cli --bin klarna-stepup)
-    fi
-  fi
-  [[ -x $STEPUP_BIN ]] || die "no binary at $STEPUP_BIN"
-  STEPUP_BIN=$(cd "$(dirname "$STEPUP_BIN")" && pwd)/$(basename "$STEPUP_BIN")
-  STEPUP_CMD='"$BIN" serve --config "$CONFIG"'
-  what="binary: $STEPUP_BIN (built $(date -u -r "$STEPUP_BIN" +%Y-%m-%dT%H:%M:%SZ))"
-fi
-commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")
-[[ -z $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] || commit="$commit (+ uncommitted changes)"
+resolve_stepup
 
 PIDS=()
-stop_pid() {   # by the PID we started; TERM, then KILL
-  local pid=$1 i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() { local p; for p in "${PIDS[@]}"; do stop_pid "$p"; done; PIDS=(); }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -34,6 +34,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET_DIR == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
+# shellcheck source=bench/lib.sh
+source "$HERE/../lib.sh"
 RUN=${PEER_RUN_DIR:-$TARGET_DIR/peer-bench}
 [[ $RUN == /* ]] || RUN=$ROOT/$RUN
 export PEER_RUN_DIR=$RUN
@@ -109,35 +111,11 @@ if [[ -n ${RATIOS_FROM:-} ]]; then   # only the ratios of an earlier run's TSV
 fi
 
 # ---------------------------------------------------------------- the binary
-if [[ -n ${STEPUP_CMD:-} ]]; then
-  what="command: $STEPUP_CMD"
-else
-  if [[ -z ${STEPUP_BIN:-} ]]; then
-    STEPUP_BIN=$TARGET_DIR/release/klarna-stepup
-    if [[ ${NO_BUILD:-0} != 1 ]]; then
-      echo "== cargo build --release --features cli --bin klarna-stepup"
-      (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --features cli --bin klarna-stepup)
-    fi
-  fi
-  [[ -x $STEPUP_BIN ]] || die "no binary at $STEPUP_BIN"
-  STEPUP_BIN=$(cd "$(dirname "$STEPUP_BIN")" && pwd)/$(basename "$STEPUP_BIN")
-  STEPUP_CMD='"$BIN" serve --config "$CONFIG"'
-  what="binary: $STEPUP_BIN (built $(date -u -r "$STEPUP_BIN" +%Y-%m-%dT%H:%M:%SZ))"
-fi
-commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")
-[[ -z $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] || commit="$commit (+ uncommitted changes)"
+resolve_stepup
 
 # ---------------------------------------------------------------- the proxies
 PIDS=()
-stop_proxy() {   # by the PID we started; TERM (graceful drain), then KILL
-  local pid=$1 i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() { local p; for p in "${PIDS[@]}"; do stop_proxy "$p"; done; }
+cleanup() { local p; for p in "${PIDS[@]}"; do stop_pid "$p"; done; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 

@@ -1,0 +1,35 @@
+# Shared by bench/memory.sh and bench/peer/klarna-stepup.sh (sourced; needs ROOT and
+# TARGET_DIR set, and a `die`): which proxy to run, and stopping what the script started.
+
+# Sets STEPUP_CMD (run with bash; it sees $BIN, $CONFIG, $LISTEN, $UPSTREAM), STEPUP_BIN and
+# `what` (a line saying what runs), from STEPUP_CMD, STEPUP_BIN or a release build (unless
+# NO_BUILD=1); and `commit`, the project's commit.
+resolve_stepup() {
+  if [[ -n ${STEPUP_CMD:-} ]]; then
+    what="command: $STEPUP_CMD"
+  else
+    if [[ -z ${STEPUP_BIN:-} ]]; then
+      STEPUP_BIN=$TARGET_DIR/release/klarna-stepup
+      if [[ ${NO_BUILD:-0} != 1 ]]; then
+        echo "== cargo build --release --features cli --bin klarna-stepup"
+        (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --features cli --bin klarna-stepup)
+      fi
+    fi
+    [[ -x $STEPUP_BIN ]] || die "no binary at $STEPUP_BIN"
+    STEPUP_BIN=$(cd "$(dirname "$STEPUP_BIN")" && pwd)/$(basename "$STEPUP_BIN")
+    STEPUP_CMD='"$BIN" serve --config "$CONFIG"'
+    what="binary: $STEPUP_BIN (built $(date -u -r "$STEPUP_BIN" +%Y-%m-%dT%H:%M:%SZ))"
+  fi
+  commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")
+  [[ -z $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] || commit="$commit (+ uncommitted changes)"
+}
+
+# Stops a process this script started, by its PID: TERM (a graceful drain), then KILL.
+stop_pid() {
+  local pid=$1 i
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
