@@ -1328,6 +1328,29 @@ async fn serve_caps_connections_and_closes_heads_sent_too_slowly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_fewer_connection_places_than_threads_answers_every_socket() {
+    let up = upstream::start().await;
+    up.set_answer(ok_answer());
+    // Two workers, each with its own socket, one place: a worker waiting on an empty socket
+    // must not hold the place a connection queued on the other socket needs.
+    let (mut child, listen) = serve_with("threads = 2\nmax_connections = 1\n", up.addr);
+    tokio::task::spawn_blocking(move || {
+        for i in 0..12 {
+            let mut s = TcpStream::connect(listen).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s.write_all(b"GET /orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let r = read_one(&mut s);
+            assert!(r.starts_with("HTTP/1.1 200"), "connection {i}: {r}");
+        }
+    })
+    .await
+    .unwrap();
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_admin_endpoint_reports_health_and_turns_unready_when_draining() {
     let up = upstream::start().await;
     let mut slow = ok_answer();

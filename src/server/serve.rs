@@ -308,14 +308,6 @@ async fn worker(
     // Every connection task holds a receiver: all gone = every connection done.
     let (alive, _) = watch::channel(());
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            p = shared.connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let stream = tokio::select! {
             biased;
             _ = stop.changed() => break,
@@ -327,6 +319,18 @@ async fn worker(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            },
+        };
+        // The place is taken after the accept, not before: a worker waiting on an empty
+        // socket must not hold a place that a connection queued on another worker's socket
+        // needs (with the cap reached, each worker holds at most one accepted connection
+        // back until a place is free).
+        let permit = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            p = shared.connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
             },
         };
         let _ = stream.set_nodelay(true);
