@@ -325,13 +325,12 @@ async fn worker(
         // socket must not hold a place that a connection queued on another worker's socket
         // needs (with the cap reached, each worker holds at most one accepted connection
         // back until a place is free).
-        let permit = tokio::select! {
+        // A connection accepted is answered: should the stop come while it waits for its
+        // place, it is served without one (the drain answers it), and the loop ends after.
+        let (permit, stopping) = tokio::select! {
             biased;
-            _ = stop.changed() => break,
-            p = shared.connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+            p = shared.connections.clone().acquire_owned() => (p.ok(), false),
+            _ = stop.changed() => (None, true),
         };
         let _ = stream.set_nodelay(true);
         let (front, http1, http2, tls, stop, alive) = (
@@ -362,6 +361,9 @@ async fn worker(
                 until_stopped(http1.serve_connection(TokioIo::new(io), front), stop, &seen).await;
             }
         });
+        if stopping {
+            break;
+        }
     }
     // No new connections; answers on the open ones from now on close them.
     drop(listeners);
