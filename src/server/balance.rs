@@ -4,7 +4,7 @@
 //! are resolved again every `dns_refresh_secs`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,10 +26,14 @@ pub(crate) type Balancer = LoadBalancer<RoundRobin>;
 /// How many backends `select` looks at before giving up.
 const MAX_TRIES: usize = 256;
 
+/// A backend's IP address (every backend here is one: discovery resolves names).
+fn inet(b: &Backend) -> Option<SocketAddr> {
+    b.addr.as_inet().copied()
+}
+
 /// The next healthy backend's address, round robin; `None` when none is healthy.
 pub(crate) fn pick(lb: &Balancer) -> Option<SocketAddr> {
-    lb.select(b"", MAX_TRIES)
-        .and_then(|b| b.to_socket_addrs().ok()?.next())
+    lb.select(b"", MAX_TRIES).as_ref().and_then(inet)
 }
 
 /// Every backend the balancer knows and considers healthy but `failed`.
@@ -39,7 +43,7 @@ pub(crate) fn others(lb: &Balancer, failed: SocketAddr) -> Vec<SocketAddr> {
         .get_backend()
         .iter()
         .filter(|b| backends.ready(b))
-        .filter_map(|b| b.to_socket_addrs().ok()?.next())
+        .filter_map(inet)
         .filter(|a| *a != failed)
         .collect()
 }
@@ -84,11 +88,7 @@ struct Probe {
 impl HealthCheck for Probe {
     async fn check(&self, target: &Backend) -> Result<()> {
         let fail = |why: String| Error::explain(ErrorType::ConnectError, why);
-        let addr = target
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| fail("no address".into()))?;
+        let addr = inet(target).ok_or_else(|| fail("no address".into()))?;
         let timeout = Duration::from_millis(self.config.timeout_ms);
         let probe = async {
             let io = self
@@ -184,6 +184,7 @@ pub(crate) async fn maintain(lb: Arc<Balancer>, interval: Duration, dns_refresh:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::ToSocketAddrs;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A discovery that answers each call with the next of its sets (then the last again).

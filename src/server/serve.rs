@@ -50,6 +50,25 @@ struct ForwardParts {
     balancer: Arc<Balancer>,
     scheme: http::uri::Scheme,
     metrics: Option<Metrics>,
+    /// Each backend's address as a URI authority, made once (the worker's own: uncontended).
+    authorities: std::sync::Mutex<std::collections::HashMap<SocketAddr, http::uri::Authority>>,
+}
+
+impl ForwardParts {
+    /// `addr` as the request URI's authority: the pool's key, and the dialer's target.
+    fn authority(&self, addr: SocketAddr) -> Option<http::uri::Authority> {
+        let mut known = self.authorities.lock().ok()?;
+        if let Some(a) = known.get(&addr) {
+            return Some(a.clone());
+        }
+        let a = http::uri::Authority::try_from(addr.to_string()).ok()?;
+        // Bounded, should DNS hand out ever new addresses.
+        if known.len() >= 1024 {
+            known.clear();
+        }
+        known.insert(addr, a.clone());
+        Some(a)
+    }
 }
 
 impl std::ops::Deref for Forward {
@@ -94,9 +113,7 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
             }
         }
         // The backend for this request (its address is the pool's key).
-        let Some(backend) = balance::pick(&self.balancer)
-            .and_then(|a| http::uri::Authority::try_from(a.to_string()).ok())
-        else {
+        let Some(backend) = balance::pick(&self.balancer).and_then(|a| self.authority(a)) else {
             let res = self.unreachable();
             return Box::pin(std::future::ready(Ok(res)));
         };
@@ -253,6 +270,7 @@ impl Shared {
             balancer: self.balancer.clone(),
             scheme: self.scheme.clone(),
             metrics: self.metrics.clone(),
+            authorities: Default::default(),
         }));
         let mut stack =
             KlarnaStepUp::new(forward, self.step_up.clone()).buffer_budget(self.budget.clone());

@@ -28,19 +28,14 @@ impl std::error::Error for BodyTimeout {}
 impl BodyTimeout {
     /// Whether `e` or one of its causes is a body read timeout.
     pub(crate) fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
-        let mut cause = Some(e);
-        while let Some(c) = cause {
+        crate::tower::any_cause(e, |c| {
             // An `io::Error` hides the error it carries from `source()`.
             let carried = c
                 .downcast_ref::<std::io::Error>()
                 .and_then(|io| io.get_ref())
                 .is_some_and(|inner| inner.is::<BodyTimeout>());
-            if carried || c.is::<BodyTimeout>() {
-                return true;
-            }
-            cause = c.source();
-        }
-        false
+            carried || c.is::<BodyTimeout>()
+        })
     }
 }
 

@@ -493,18 +493,27 @@ where
     Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
-/// Whether a timeout is among the causes of `e`.
-pub(super) fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `e` or one of its causes satisfies `test`.
+pub(crate) fn any_cause(
+    e: &(dyn std::error::Error + 'static),
+    test: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
     let mut cause = Some(e);
     while let Some(c) = cause {
-        if c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
+        if test(c) {
             return true;
         }
         cause = c.source();
     }
     false
+}
+
+/// Whether a timeout is among the causes of `e`.
+pub(super) fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    any_cause(e, |c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    })
 }
 
 /// Step-up's own answer, recorded.
