@@ -36,11 +36,7 @@ fn check_config_prints_the_effective_configuration() {
         "ok.toml",
         "[server]\nlisten = \"127.0.0.1:8080\"\nupstream = \"127.0.0.1:9000\"\n",
     );
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     for want in [
@@ -55,11 +51,7 @@ fn check_config_prints_the_effective_configuration() {
     }
     // What it prints is itself a valid configuration.
     let again = write_config("again.toml", &text);
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&again)
-        .output()
-        .unwrap();
+    let out = check_config(&again);
     assert!(
         out.status.success(),
         "{}",
@@ -81,11 +73,7 @@ upstream = ["127.0.0.1:9000", "no-port"]
 threads = 0
 "#,
     );
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     let err = String::from_utf8(out.stderr).unwrap();
@@ -129,11 +117,7 @@ client_key_env = "KLARNA_STEPUP_TEST_UNSET_KEY"
         assert!(err.contains(want), "missing {want:?} in\n{err}");
     }
 
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(write_config("nosrv.toml", "nope = 1\n"))
-        .output()
-        .unwrap();
+    let out = check_config(write_config("nosrv.toml", "nope = 1\n"));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("server: missing table"), "{err}");
@@ -177,6 +161,15 @@ fn start_serve(config: &str) -> Served {
             .spawn()
             .unwrap(),
     )
+}
+
+/// `klarna-stepup check-config FILE`, run to its end.
+fn check_config(path: impl AsRef<std::ffi::OsStr>) -> std::process::Output {
+    Command::new(BIN)
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap()
 }
 
 fn stop(child: &mut Served, signal: &str) -> (Option<i32>, String) {
@@ -687,11 +680,7 @@ id = "shop-b"
 allowed_hosts = []
 "#,
     );
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&ok)
-        .output()
-        .unwrap();
+    let out = check_config(&ok);
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(out.status.success(), "{err}");
     let text = String::from_utf8(out.stdout).unwrap();
@@ -721,11 +710,7 @@ allowed_hosts = []
     assert!(!err.contains("return_url_policy.allowed_hosts"), "{err}");
     // What it prints is itself a valid configuration.
     let again = write_config("partners-again.toml", &text);
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&again)
-        .output()
-        .unwrap();
+    let out = check_config(&again);
     assert!(
         out.status.success(),
         "{}",
@@ -750,11 +735,7 @@ allowed_hosts = ["ok.example", "bad host"]
 interaction_expiry = "PT5M"
 "#,
     );
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check_config(&bad);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     for want in [
