@@ -1903,3 +1903,128 @@ async fn serve_upgrade_refusals_leave_the_running_instance_serving() {
         "{log_f}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 11: each worker's own pool of upstream connections
+// ---------------------------------------------------------------------------------------
+
+/// A scripted HTTP/1.1 upstream on plain threads, numbering the connections that carry a
+/// request (the health checks' do not): `GET /n` answers the connection's number; `/close` answers, then closes without saying so (as a
+/// payment API dropping an idle keep-alive connection does); `/big` answers 4 MiB slowly.
+fn numbering_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let count = count.clone();
+            let mut n = 0;
+            std::thread::spawn(move || loop {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                if n == 0 {
+                    n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                let answer = |body: &str| {
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                match path.as_str() {
+                    "/close" => {
+                        let _ = s.write_all(answer(&format!("conn {n}")).as_bytes());
+                        return;
+                    }
+                    "/big" => {
+                        let size = 4 << 20;
+                        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+                        let _ = s.write_all(head.as_bytes());
+                        for _ in 0..size / (64 << 10) {
+                            if s.write_all(&[b'x'; 64 << 10]).is_err() {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    _ => {
+                        if s.write_all(answer(&format!("conn {n}")).as_bytes())
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// The body of a small answer read by `read_one`.
+fn body_of(answer: &str) -> &str {
+    answer.split("\r\n\r\n").nth(1).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reuses_upstream_connections_but_none_the_upstream_closed_or_left_mid_answer() {
+    use std::sync::atomic::Ordering;
+    let (up, accepted) = numbering_upstream();
+    let (mut child, listen) = serve_with("threads = 1\n", up);
+    tokio::task::spawn_blocking(move || {
+        let get = |s: &mut TcpStream, path: &str| {
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .unwrap();
+            let r = read_one(s);
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+            body_of(&r).to_string()
+        };
+        // Kept alive: ten requests, on two client connections, over one upstream connection.
+        let mut a = TcpStream::connect(listen).unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = TcpStream::connect(listen).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        for _ in 0..5 {
+            assert_eq!(get(&mut a, "/n"), "conn 1");
+            assert_eq!(get(&mut b, "/n"), "conn 1");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        // The upstream closes its end after an answer: the next request gets a new one.
+        assert_eq!(get(&mut a, "/close"), "conn 1");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(get(&mut a, "/n"), "conn 2");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+        // A client that leaves in the middle of a long answer: the rest of that answer is
+        // still on the upstream connection, which is therefore not used again.
+        let mut c = TcpStream::connect(listen).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut first = [0u8; 4096];
+        assert!(c.read(&mut first).unwrap() > 0);
+        drop(c);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "/big went on conn 2");
+        // conn 2 is gone with the answer left unread; a new one serves.
+        assert_eq!(get(&mut a, "/n"), "conn 3");
+        assert_eq!(get(&mut b, "/n"), "conn 3");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    })
+    .await
+    .unwrap();
+    let (code, log) = stop(&mut child, "-TERM");
+    assert_eq!(code, Some(0), "{log}");
+}

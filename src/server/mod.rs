@@ -31,6 +31,7 @@ mod admin;
 mod balance;
 mod config;
 mod metrics;
+mod pool;
 mod serve;
 mod timed;
 mod tls;

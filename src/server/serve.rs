@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::{watch, Semaphore};
@@ -25,6 +24,7 @@ use super::admin::{self, Health};
 use super::balance::{self, Balancer};
 use super::config::ProxyConfig;
 use super::metrics::Metrics;
+use super::pool::{Pool, Pooled};
 use super::timed::{BodyTimeout, Timed};
 use super::upgrade;
 use super::upstream::{Connector, Dialer};
@@ -34,8 +34,10 @@ use crate::{BufferBudget, Record, Refusal, StepUp};
 
 /// A request's body as the layer and the client see it: each wait bounded.
 type ReqBody = StepUpBody<Timed<Incoming>>;
+/// The payment API's answer as the layer sees it.
+type UpBody = StepUpBody<Pooled<ReqBody>>;
 /// The answer as the client gets it.
-type ResBody = StepUpBody<StepUpBody<Incoming>>;
+type ResBody = StepUpBody<UpBody>;
 
 /// The payment API's side of the stack: the request pointed at the upstream, hop-by-hop
 /// headers off both ways, failures as step-up's JSON 502/504 (408 when it was the client's
@@ -43,32 +45,11 @@ type ResBody = StepUpBody<StepUpBody<Incoming>>;
 #[derive(Clone)]
 struct Forward(Arc<ForwardParts>);
 
-/// One allocation shared by the clones the layer makes per request (cloning the client
-/// itself costs a dozen reference counts).
+/// One allocation shared by the clones the layer makes per request.
 struct ForwardParts {
-    client: Client<Dialer, ReqBody>,
+    pool: Arc<Pool<ReqBody>>,
     balancer: Arc<Balancer>,
-    scheme: http::uri::Scheme,
     metrics: Option<Metrics>,
-    /// Each backend's address as a URI authority, made once (the worker's own: uncontended).
-    authorities: std::sync::Mutex<std::collections::HashMap<SocketAddr, http::uri::Authority>>,
-}
-
-impl ForwardParts {
-    /// `addr` as the request URI's authority: the pool's key, and the dialer's target.
-    fn authority(&self, addr: SocketAddr) -> Option<http::uri::Authority> {
-        let mut known = self.authorities.lock().ok()?;
-        if let Some(a) = known.get(&addr) {
-            return Some(a.clone());
-        }
-        let a = http::uri::Authority::try_from(addr.to_string()).ok()?;
-        // Bounded, should DNS hand out ever new addresses.
-        if known.len() >= 1024 {
-            known.clear();
-        }
-        known.insert(addr, a.clone());
-        Some(a)
-    }
 }
 
 impl std::ops::Deref for Forward {
@@ -80,7 +61,7 @@ impl std::ops::Deref for Forward {
 
 impl Forward {
     /// No healthy upstream: 502 at once.
-    fn unreachable(&self) -> Response<StepUpBody<Incoming>> {
+    fn unreachable(&self) -> Response<UpBody> {
         let r = Refusal::upstream_unreachable();
         if let Some(m) = &self.metrics {
             m.upstream_failed(r.code);
@@ -92,7 +73,7 @@ impl Forward {
 }
 
 impl tower_service::Service<Request<ReqBody>> for Forward {
-    type Response = Response<StepUpBody<Incoming>>;
+    type Response = Response<UpBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
@@ -113,19 +94,19 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
             }
         }
         // The backend for this request (its address is the pool's key).
-        let Some(backend) = balance::pick(&self.balancer).and_then(|a| self.authority(a)) else {
+        let Some(backend) = balance::pick(&self.balancer) else {
             let res = self.unreachable();
             return Box::pin(std::future::ready(Ok(res)));
         };
-        let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(backend);
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        *req.uri_mut() = http::Uri::from_parts(parts).unwrap_or_default();
+        // Origin-form on the upstream connection.
+        let target = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = http::Uri::from(target);
         *req.version_mut() = http::Version::HTTP_11;
-        let answer = self.client.request(req);
+        let answer = self.pool.clone().send(backend, req);
         let metrics = self.metrics.clone();
         Box::pin(async move {
             let since = metrics.as_ref().map(|_| Instant::now());
@@ -139,10 +120,10 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
                     Response::from_parts(parts, StepUpBody::new(body))
                 }
                 Err(e) => {
-                    let r = if BodyTimeout::caused(&e) {
+                    let r = if BodyTimeout::caused(&*e) {
                         Refusal::request_timeout()
                     } else {
-                        let r = upstream_refusal(&e);
+                        let r = upstream_refusal(&*e);
                         if let Some(m) = &metrics {
                             m.upstream_failed(r.code);
                         }
@@ -241,7 +222,6 @@ struct Shared {
     step_up: StepUp,
     dialer: Dialer,
     balancer: Arc<Balancer>,
-    scheme: http::uri::Scheme,
     metrics: Option<Metrics>,
     budget: BufferBudget,
     tls: Option<TlsAcceptor>,
@@ -249,28 +229,17 @@ struct Shared {
     limits: HeadLimits,
     body_timeout: Duration,
     idle_timeout: Duration,
-    read_timeout: Duration,
     grace: Duration,
     health: Arc<Health>,
 }
 
 impl Shared {
-    /// A worker's own stack: its own client (connection pool) over the shared dialer.
+    /// A worker's own stack: its own connection pool over the shared dialer.
     fn front(&self) -> Front {
-        let mut client = Client::builder(TokioExecutor::new());
-        client
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            // The dialer's per-read deadline closes idle pooled connections too.
-            .pool_idle_timeout(self.read_timeout)
-            // The client's own Host (or none, for HTTP/1.0) goes through as it came.
-            .set_host(false);
         let forward = Forward(Arc::new(ForwardParts {
-            client: client.build(self.dialer.clone()),
+            pool: Pool::new(self.dialer.clone()),
             balancer: self.balancer.clone(),
-            scheme: self.scheme.clone(),
             metrics: self.metrics.clone(),
-            authorities: Default::default(),
         }));
         let mut stack =
             KlarnaStepUp::new(forward, self.step_up.clone()).buffer_budget(self.budget.clone());
@@ -679,11 +648,6 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), String> {
         step_up: config.step_up.clone(),
         dialer,
         balancer: balancer.clone(),
-        scheme: if s.upstream_tls.is_some() {
-            http::uri::Scheme::HTTPS
-        } else {
-            http::uri::Scheme::HTTP
-        },
         metrics: admin.as_ref().map(|_| Metrics::register()),
         budget: BufferBudget::new(s.buffer_budget_bytes),
         tls,
@@ -694,7 +658,6 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), String> {
         },
         body_timeout: Duration::from_millis(s.request_body_timeout_ms),
         idle_timeout: Duration::from_secs(s.idle_timeout_secs),
-        read_timeout: Duration::from_millis(s.read_timeout_ms),
         grace: Duration::from_secs(s.grace_period_secs),
         health: health.clone(),
     });

@@ -1,5 +1,5 @@
-//! The payment API behind the proxy: the connections of hyper's pooled HTTP/1.1 client, to
-//! the backend the balancer picked (another healthy one on connect failure), with TLS per
+//! The payment API behind the proxy: connections for each worker's pool (`pool`), to the
+//! backend the balancer picked (another healthy one on connect failure), with TLS per
 //! `[server.upstream_tls]` and a deadline on every read and write.
 
 use std::future::Future;
@@ -11,14 +11,13 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::rustls::{self, pki_types::ServerName};
 use tokio_rustls::TlsConnector;
 
-use super::balance::{others, pick, Balancer};
+use super::balance::{others, Balancer};
 use super::config::UpstreamTls;
 
 /// How the proxy opens a connection to one payment API address: TCP, then TLS when
@@ -77,9 +76,9 @@ impl Connector {
     }
 }
 
-/// The connector of each worker's pooled client. The request's URI names the backend the
-/// balancer picked for it (and is the pool's key); when that one cannot be reached, every
-/// other healthy backend is tried once, so a request fails over before anything is sent.
+/// How each worker's pool dials: to the backend the balancer picked for the request; when
+/// that one cannot be reached, every other healthy backend is tried once, so a request
+/// fails over before anything is sent.
 #[derive(Clone)]
 pub(crate) struct Dialer {
     connector: Connector,
@@ -94,37 +93,19 @@ impl Dialer {
         }
     }
 
-    async fn dial(self, target: Option<SocketAddr>) -> io::Result<UpstreamIo> {
-        let first = target.or_else(|| pick(&self.balancer));
-        let Some(first) = first else {
-            return Err(io::Error::other("no healthy upstream"));
-        };
+    /// A connection to `first`, or to another healthy backend: with the address it went to.
+    pub(crate) async fn dial(&self, first: SocketAddr) -> io::Result<(SocketAddr, UpstreamIo)> {
         let mut last = match self.connector.connect(first).await {
-            Ok(io) => return Ok(io),
+            Ok(io) => return Ok((first, io)),
             Err(e) => e,
         };
         for addr in others(&self.balancer, first) {
             match self.connector.connect(addr).await {
-                Ok(io) => return Ok(io),
+                Ok(io) => return Ok((addr, io)),
                 Err(e) => last = e,
             }
         }
         Err(last)
-    }
-}
-
-impl tower_service::Service<http::Uri> for Dialer {
-    type Response = UpstreamIo;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<UpstreamIo>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let target = uri.authority().and_then(|a| a.as_str().parse().ok());
-        Box::pin(self.clone().dial(target))
     }
 }
 
@@ -328,11 +309,5 @@ impl Write for UpstreamIo {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         with_stream!(this, s => Pin::new(s).poll_shutdown(cx))
-    }
-}
-
-impl Connection for UpstreamIo {
-    fn connected(&self) -> Connected {
-        Connected::new()
     }
 }

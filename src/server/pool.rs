@@ -1,0 +1,206 @@
+//! A worker's connections to the payment API: hyper's HTTP/1.1 client connections, kept
+//! alive and reused per backend address.
+//!
+//! A request takes a ready idle connection to its backend, or dials one (another healthy
+//! backend on connect failure, see [`Dialer`]). The connection goes back when the answer's
+//! body has been read to its end; an answer dropped before its end (the client went away,
+//! the layer refused it) closes its connection, as what is left of it on the wire would
+//! corrupt the next exchange. An idle connection closes at the upstream read timeout (its
+//! reads are timed, see [`super::upstream::UpstreamIo`]) and leaves the pool at the next
+//! look. A request that a reused connection could not even send (the payment API had
+//! closed it) goes once more on a fresh one.
+//!
+//! Each worker has its own pool, only ever touched by its own thread: no task hop, no
+//! spawned task per request, and an uncontended lock (hyper-util's pool spawns a task per
+//! request to watch a used connection become ready again).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+
+use super::upstream::Dialer;
+
+/// Why a request got no answer from the payment API.
+pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Idle connections kept per backend; more are closed once used. Each idle connection was
+/// in use by a request of this worker, so this only bites after a burst.
+const MAX_IDLE: usize = 256;
+/// Backends with idle connections remembered; should DNS hand out ever new addresses, the
+/// ones without a live idle connection are forgotten.
+const MAX_BACKENDS: usize = 256;
+
+/// A worker's connections to the payment API.
+pub(crate) struct Pool<B> {
+    dialer: Dialer,
+    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<B>>>>,
+}
+
+impl<B> Pool<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Error>,
+{
+    pub(crate) fn new(dialer: Dialer) -> Arc<Self> {
+        Arc::new(Pool {
+            dialer,
+            idle: Mutex::default(),
+        })
+    }
+
+    /// `req` (origin-form URI, `Host` set) to `backend`, or to another healthy one if that
+    /// cannot be reached. The answer's body gives the connection back at its end.
+    pub(crate) async fn send(
+        self: Arc<Self>,
+        backend: SocketAddr,
+        req: Request<B>,
+    ) -> Result<Response<Pooled<B>>, Error> {
+        let req = match self.take(backend) {
+            None => req,
+            Some(mut sender) => match sender.try_send_request(req).await {
+                Ok(res) => return Ok(self.hold(backend, sender, res)),
+                // Not sent at all: the connection had closed meanwhile.
+                Err(mut e) => match e.take_message() {
+                    Some(req) => req,
+                    None => return Err(e.into_error().into()),
+                },
+            },
+        };
+        let (addr, io) = self.dialer.dial(backend).await?;
+        let (mut sender, conn) = http1::handshake(io).await?;
+        // The connection's own task: it ends when the connection closes, and its error, if
+        // any, is the request's.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let res = sender.send_request(req).await?;
+        Ok(self.hold(addr, sender, res))
+    }
+
+    /// A ready idle connection to `addr`, the most recently used first; closed ones go.
+    fn take(&self, addr: SocketAddr) -> Option<SendRequest<B>> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(&addr)?;
+        while let Some(i) = list.iter().rposition(|s| s.is_ready() || s.is_closed()) {
+            let sender = list.swap_remove(i);
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// The connection back in the pool, unless it is closed or the pool is full.
+    fn put(&self, addr: SocketAddr, sender: SendRequest<B>) {
+        if sender.is_closed() {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.len() >= MAX_BACKENDS && !idle.contains_key(&addr) {
+            idle.retain(|_, list| {
+                list.retain(|s| !s.is_closed());
+                !list.is_empty()
+            });
+            if idle.len() >= MAX_BACKENDS {
+                return;
+            }
+        }
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE {
+            list.push(sender);
+        }
+    }
+
+    /// The answer, its body holding the connection until its end.
+    fn hold(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        sender: SendRequest<B>,
+        res: Response<Incoming>,
+    ) -> Response<Pooled<B>> {
+        let giver = if res.body().is_end_stream() {
+            self.put(addr, sender);
+            None
+        } else {
+            Some(GiveBack {
+                pool: self.clone(),
+                addr,
+                sender,
+            })
+        };
+        res.map(|body| Pooled { body, giver })
+    }
+}
+
+/// What goes back to the pool at the end of an answer.
+struct GiveBack<B> {
+    pool: Arc<Pool<B>>,
+    addr: SocketAddr,
+    sender: SendRequest<B>,
+}
+
+/// An answer's body from a pooled connection: at its end, the connection goes back.
+pub(crate) struct Pooled<B> {
+    body: Incoming,
+    giver: Option<GiveBack<B>>,
+}
+
+impl<B> Pooled<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Error>,
+{
+    fn give_back(&mut self) {
+        if let Some(g) = self.giver.take() {
+            g.pool.put(g.addr, g.sender);
+        }
+    }
+}
+
+impl<B> Body for Pooled<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Error>,
+{
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        // `Incoming` and `GiveBack` are both `Unpin`.
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            // The end: hyper's server stops polling once the body says so.
+            None => this.give_back(),
+            Some(Ok(_)) if this.body.is_end_stream() => this.give_back(),
+            // A broken answer: its connection goes with it.
+            Some(Err(_)) => this.giver = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
