@@ -2,7 +2,8 @@
 //!
 //! Bodies: the 1.5 KB partner request of the `step_up_required` fixture (5 line items), and
 //! the same request grown to 20 KB and 200 KB with more line items; the fixture's
-//! STEP_UP_REQUIRED answer. Throughput is reported in bytes, so criterion prints the rate;
+//! STEP_UP_REQUIRED answer; and the 1.5 KB request with an app return URL beside the web one
+//! (a custom scheme, as the end-to-end benchmark's request has). Throughput is reported in bytes, so criterion prints the rate;
 //! ns/byte = time / size.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -30,6 +31,18 @@ fn grown(base: &[u8], size: usize) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// `base` with `"klarna_app_return_url": "partnerapp://klarna-return"` as its first member.
+fn with_app_return_url(base: &[u8]) -> Vec<u8> {
+    let text = std::str::from_utf8(base).unwrap();
+    let open = text.find('{').unwrap() + 1;
+    format!(
+        "{}\"klarna_app_return_url\": \"partnerapp://klarna-return\",{}",
+        &text[..open],
+        &text[open..]
+    )
+    .into_bytes()
+}
+
 fn candidate(e: &StepUp) -> Candidate {
     match e.classify(
         &Method::POST,
@@ -49,6 +62,7 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("rewrite_request");
     for (name, body) in [
         ("1.5KB", f.body.clone()),
+        ("1.5KB_app", with_app_return_url(&f.body)),
         ("20KB", grown(&f.body, 20_000)),
         ("200KB", grown(&f.body, 200_000)),
     ] {

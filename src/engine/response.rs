@@ -1,5 +1,6 @@
 //! Response side: turn Klarna's authorize answer into the partner-facing block.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use http::{HeaderMap, StatusCode};
@@ -293,12 +294,8 @@ impl Engine {
         }
         let data = match pr.payment_request_data.filter(|d| d.get() != "null") {
             Some(d) if d.get().starts_with('"') => JsonText::Literal(d),
-            Some(d) => JsonText::Text(d.get().to_owned()),
-            None => JsonText::Text(minimal_payment_request_data(id)),
-        };
-        let data_len = match &data {
-            JsonText::Literal(d) => d.get().len(),
-            JsonText::Text(t) => t.len() + 16,
+            Some(d) => JsonText::Text(Cow::Borrowed(d.get())),
+            None => JsonText::Text(Cow::Owned(minimal_payment_request_data(id))),
         };
         let mut redirect = String::with_capacity(url.len() + 32);
         for part in &self.redirect_template {
@@ -322,7 +319,7 @@ impl Engine {
                 klarna_network_response_data: answer.klarna_network_response_data,
             },
         };
-        Ok(to_json(&block, 256 + redirect.len() + url.len() + data_len))
+        Ok(block.to_json())
     }
 
     fn approved_block(&self, answer: &AuthorizeAnswer<'_>) -> Result<Vec<u8>, KeepReason> {

@@ -110,6 +110,22 @@ impl PurchaseJourney {
         if !plain {
             return false;
         }
+        // Klarna's usual `https://pay.klarna.com/...` without a URL parser: where
+        // `Origin::plain` answers, the url crate reads the same scheme and host of the whole
+        // URL, with no user information (past the authority it never fails), and a plain
+        // host is a domain, never an IP address (property tests below).
+        match Origin::plain(raw, authority(raw)) {
+            Some(Origin {
+                scheme,
+                host: Some(host),
+                ..
+            }) => self.admits(&scheme, &host, host.eq_ignore_ascii_case("localhost")),
+            _ => self.allows_parsed(raw),
+        }
+    }
+
+    /// [`allows`](Self::allows) by the url crate, for a URL of visible ASCII.
+    fn allows_parsed(&self, raw: &str) -> bool {
         let Ok(url) = url::Url::parse(raw) else {
             return false;
         };
@@ -122,17 +138,21 @@ impl PurchaseJourney {
         let Some(host) = url.host_str() else {
             return false;
         };
-        let scheme_ok = match url.scheme() {
+        let loopback = match url.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        self.admits(url.scheme(), host, loopback)
+    }
+
+    /// Whether an explicit `scheme://` URL without user information on `host` (`loopback`:
+    /// localhost or a loopback address) may be handed to a partner.
+    fn admits(&self, scheme: &str, host: &str, loopback: bool) -> bool {
+        let scheme_ok = match scheme {
             "https" => true,
-            "http" => {
-                self.http_loopback
-                    && match url.host() {
-                        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-                        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                        None => false,
-                    }
-            }
+            "http" => self.http_loopback && loopback,
             _ => false,
         };
         scheme_ok && self.hosts.iter().any(|p| p.matches(host))
@@ -255,29 +275,10 @@ impl ReturnUrlPolicy {
             return Err("has a placeholder in the host".into());
         }
         self.check_placeholders(raw)?;
-        if let Some(origin) = Origin::plain(raw, authority.clone()) {
-            return Ok(origin);
+        match Origin::plain(raw, authority.clone()) {
+            Some(origin) => Ok(origin),
+            None => Origin::parsed(raw, authority),
         }
-        // Placeholders sit in the path, query or fragment only, where the parser takes braces
-        // as they are: the URL parses the same as once Klarna has filled it. Past the
-        // authority a URL parser only percent-encodes (it never fails, and we forward the
-        // partner's text, not the parser's), so only `scheme://authority` is parsed: the same
-        // verdict for a third of the work.
-        let url = url::Url::parse(&raw[..authority.end])
-            .map_err(|e| format!("is not an absolute URL ({e})"))?;
-        let scheme = url.scheme();
-        if !raw
-            .as_bytes()
-            .get(..scheme.len())
-            .is_some_and(|s| s.eq_ignore_ascii_case(scheme.as_bytes()))
-        {
-            return Err("is not an absolute URL".into());
-        }
-        Ok(Origin {
-            scheme: Cow::Owned(scheme.to_owned()),
-            userinfo: !url.username().is_empty() || url.password().is_some(),
-            host: url.host_str().map(|h| Cow::Owned(h.to_owned())),
-        })
     }
 
     fn check_web(&self, raw: &str, origin: &Origin<'_>) -> Result<(), String> {
@@ -316,43 +317,35 @@ struct Origin<'a> {
     host: Option<Cow<'a, str>>,
 }
 
+/// Schemes the url crate parses by their own rules (WHATWG "special" schemes): a host of
+/// theirs is a domain (IDNA, IPv4 forms), never opaque.
+const SPECIAL_SCHEMES: [&str; 6] = ["http", "https", "ws", "wss", "ftp", "file"];
+
 impl<'a> Origin<'a> {
-    /// The common case without a URL parser: `http(s)://` and a plain DNS name, with an
-    /// optional port. Anything else (IP addresses, IDNA, percent signs, user information,
-    /// odd labels) is `None`, and left to the `url` crate; a property test checks that
-    /// both agree wherever this answers.
+    /// The common cases without a URL parser: `http(s)://` and a plain DNS name, with an
+    /// optional port; or an app's own `scheme://` and a plain name (an opaque host, which a
+    /// parser keeps as it is). Anything else (IP addresses, IDNA, percent signs, user
+    /// information, odd labels, other special schemes) is `None`, and left to the `url`
+    /// crate; a property test checks that both agree wherever this answers.
     fn plain(raw: &'a str, authority: Range<usize>) -> Option<Self> {
-        let scheme = raw.get(..authority.start.checked_sub(3)?)?;
-        if !(scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http")) {
-            return None;
-        }
+        // Without `://`, `authority` is empty at the end: no plain host is empty.
+        let scheme = raw.get(..authority.start)?.strip_suffix("://")?;
         let text = &raw[authority];
-        let (host, port) = match text.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (text, None),
+        let web = scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http");
+        let host = if web {
+            plain_domain(text)?
+        } else {
+            // The url crate refuses an opaque host only for characters a plain name does not
+            // have, and keeps it as written (no case folding, no IDNA; no port here).
+            let opaque = !text.is_empty()
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+            let special = SPECIAL_SCHEMES
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(scheme));
+            (opaque && !special).then_some(text)?
         };
-        if let Some(port) = port {
-            let ok = (1..=5).contains(&port.len())
-                && port.bytes().all(|b| b.is_ascii_digit())
-                && port.parse::<u32>().is_ok_and(|p| p <= 65535);
-            ok.then_some(())?;
-        }
-        if host.len() > 253 {
-            return None;
-        }
-        let mut labels = host.split('.');
-        let plain_label = |l: &str| {
-            (1..=63).contains(&l.len())
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && !l.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("xn--"))
-        };
-        // The last label must start with a letter: one that reads as a number makes the
-        // whole host an IPv4 address to a URL parser.
-        let last = labels.next_back()?;
-        (plain_label(last) && last.as_bytes()[0].is_ascii_alphabetic()).then_some(())?;
-        labels.all(plain_label).then_some(())?;
         let scheme = if scheme.bytes().all(|b| b.is_ascii_lowercase()) {
             Cow::Borrowed(scheme)
         } else {
@@ -364,6 +357,61 @@ impl<'a> Origin<'a> {
             host: Some(Cow::Borrowed(host)),
         })
     }
+
+    /// The origin as the url crate reads it. Placeholders sit in the path, query or fragment
+    /// only, where the parser takes braces as they are: the URL parses the same as once
+    /// Klarna has filled it. Past the authority a URL parser only percent-encodes (it never
+    /// fails, and we forward the partner's text, not the parser's), so only
+    /// `scheme://authority` is parsed: the same verdict for a third of the work.
+    fn parsed(raw: &str, authority: Range<usize>) -> Result<Self, String> {
+        let url = url::Url::parse(&raw[..authority.end])
+            .map_err(|e| format!("is not an absolute URL ({e})"))?;
+        let scheme = url.scheme();
+        if !raw
+            .as_bytes()
+            .get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme.as_bytes()))
+        {
+            return Err("is not an absolute URL".into());
+        }
+        Ok(Origin {
+            scheme: Cow::Owned(scheme.to_owned()),
+            userinfo: !url.username().is_empty() || url.password().is_some(),
+            host: url.host_str().map(|h| Cow::Owned(h.to_owned())),
+        })
+    }
+}
+
+/// `text` (an `http(s)` authority) when it is a plain DNS name with an optional port, without
+/// the port: labels of ASCII letters, digits and inner hyphens, no IDNA prefix, the last one
+/// starting with a letter.
+fn plain_domain(text: &str) -> Option<&str> {
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (text, None),
+    };
+    if let Some(port) = port {
+        let ok = (1..=5).contains(&port.len())
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|p| p <= 65535);
+        ok.then_some(())?;
+    }
+    if host.len() > 253 {
+        return None;
+    }
+    let mut labels = host.split('.');
+    let plain_label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && !l.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("xn--"))
+    };
+    // The last label must start with a letter: one that reads as a number makes the whole
+    // host an IPv4 address to a URL parser.
+    let last = labels.next_back()?;
+    (plain_label(last) && last.as_bytes()[0].is_ascii_alphabetic()).then_some(())?;
+    labels.all(plain_label).then_some(host)
 }
 
 /// The authority of `raw` when it starts with `scheme://` (else the empty range at its end).
@@ -570,9 +618,12 @@ mod tests {
         let plain = |raw: &str| Origin::plain(raw, authority(raw)).is_some();
         assert!(plain("https://partner.example/r?x"));
         assert!(plain("HTTP://Shop.Example:8080#f"));
+        assert!(plain("partnerapp://klarna-return?x"));
+        assert!(plain("PartnerApp://Klarna_Return.v2"));
         for odd in [
             "https://127.0.0.1/",
             "https://1.2.3/",
+            "http://0",
             "https://0x7f.example.1/",
             "https://[::1]/",
             "https://xn--nxasmq6b.example/",
@@ -583,45 +634,96 @@ mod tests {
             "https://partner.example:99999/",
             "https://partner.example:/",
             "https://p%41rtner.example/",
-            "partnerapp://r",
+            "partnerapp://user@r",
+            "partnerapp://r:1",
+            "partnerapp://[::1]",
+            "partnerapp://",
+            "partnerapp:r",
+            "wss://partner.example/",
+            "https:/partner.example/",
         ] {
             assert!(!plain(odd), "{odd}");
         }
     }
 
+    /// URLs of every kind a partner or an upstream could send: odd schemes and separators,
+    /// user information, percent-encoding, IDNA and Unicode look-alikes (a Kelvin sign, a
+    /// fullwidth dot, a dotted I), IPv4 and IPv6 forms, ports, backslashes, tabs and newlines,
+    /// upper case, trailing dots and empty parts; and often a plain one.
+    fn any_url() -> impl proptest::strategy::Strategy<Value = String> {
+        let scheme = "(https?|HTTPS|hTtP|wss?|ftp|FILE|partnerapp|PartnerApp|x-app\\.v2|a\\+b|javascript|1ab|)";
+        let sep = "(://|://|://|:/|:|:///|:\\\\\\\\|:/\\\\|:\t//)";
+        let userinfo = "(|||[a-z%:]{0,3}@)";
+        let label = "((xn--|XN--)?[a-zA-Z0-9-]{0,6}|[a-zA-Z0-9_~%é\\x{212A}\\x{FF0E}\\x{130}ß\t\n\\\\{}-]{0,4})";
+        let host = format!(
+            "(({label}\\.){{0,3}}{label}\\.?|\\[[0-9a-fA-F:.]{{0,10}}\\]|[0-9]{{1,4}}(\\.[0-9]{{0,3}}){{0,4}}|0[xX][0-9a-f]{{0,4}}|(pay|PAY|a\\.b)\\.klarna\\.(com|COM)\\.?|localhost|LocalHost|127\\.0\\.0\\.1)"
+        );
+        let port = "(||:[0-9]{0,6}|:[0-9a-z]{0,3})";
+        let rest = "(/[a-z{}@:%\\\\\t.]{0,4})?(\\?[a-z@:/{}]{0,3})?(#[a-z]{0,3})?";
+        let hostile = format!("{scheme}{sep}{userinfo}{host}{port}{rest}");
+        // Half of them near the plain form, so that the fast path answers often.
+        let near = format!(
+            "(https?|HTTPS|partnerapp|wss|x-a\\.b)://(|||x@)(([a-zA-Z0-9-]{{1,6}}\\.){{0,3}}([a-zA-Z][a-zA-Z0-9-]{{0,5}}|{label})|(pay\\.|A-b\\.)?(klarna|KLARNA)\\.com|localhost)(||:[0-9]{{1,6}}){rest}"
+        );
+        proptest::prop_oneof![
+            proptest::string::string_regex(&hostile).unwrap(),
+            proptest::string::string_regex(&near).unwrap(),
+        ]
+    }
+
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// Wherever the fast path answers, the url crate reads the same: the same origin from
+        /// `scheme://authority` (what the return-URL checks use; hosts compare without regard
+        /// to case everywhere), and the same of the whole URL (what `allows` uses), a plain
+        /// `http(s)` host being a domain.
         #[test]
-        fn plain_origins_agree_with_the_url_crate(
-            scheme in "https?|HTTPS|Http",
-            host in "((xn--)?[a-zA-Z0-9-]{0,6}\\.){0,3}[a-zA-Z0-9-]{0,7}\\.?",
-            port in "(:[0-9]{0,6})?",
-            rest in "(/[a-z]{0,3})?(\\?[a-z]{0,3})?",
-        ) {
-            let raw = format!("{scheme}://{host}{port}{rest}");
-            if let Some(o) = Origin::plain(&raw, authority(&raw)) {
-                let url = url::Url::parse(&raw).expect("the url crate takes what the fast path takes");
-                proptest::prop_assert_eq!(url.scheme(), &*o.scheme);
-                proptest::prop_assert!(url.username().is_empty() && url.password().is_none());
-                proptest::prop_assert_eq!(
-                    url.host_str().map(str::to_owned),
-                    o.host.map(|h| h.to_ascii_lowercase())
-                );
+        fn plain_origins_agree_with_the_url_crate(raw in any_url()) {
+            use proptest::prop_assert_eq;
+            let Some(o) = Origin::plain(&raw, authority(&raw)) else {
+                return Ok(());
+            };
+            let web = matches!(&*o.scheme, "http" | "https");
+            let host = o.host.map(|h| if web { h.to_ascii_lowercase() } else { h.into_owned() });
+            let parsed = Origin::parsed(&raw, authority(&raw))
+                .expect("the url crate takes the origin the fast path takes");
+            prop_assert_eq!(&*parsed.scheme, &*o.scheme);
+            prop_assert_eq!(parsed.userinfo, o.userinfo);
+            prop_assert_eq!(parsed.host.as_deref(), host.as_deref());
+            let whole = url::Url::parse(&raw).expect("the url crate takes the whole URL");
+            prop_assert_eq!(whole.scheme(), &*o.scheme);
+            proptest::prop_assert!(whole.username().is_empty() && whole.password().is_none());
+            prop_assert_eq!(whole.host_str(), host.as_deref());
+            proptest::prop_assert!(!web || matches!(whole.host(), Some(url::Host::Domain(_))));
+        }
+
+        /// `allows` answers as the url crate alone would.
+        #[test]
+        fn purchase_journey_fast_path_agrees_with_the_url_crate(raw in any_url()) {
+            let visible = raw.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
+            for j in [
+                journey(&["pay.klarna.com", "*.klarna.com"], false),
+                journey(&["localhost", "127.0.0.1", "*.KLARNA.com"], true),
+            ] {
+                proptest::prop_assert_eq!(j.allows(&raw), visible && j.allows_parsed(&raw), "{}", raw);
             }
         }
     }
 
+    fn journey(hosts: &[&str], http_loopback: bool) -> PurchaseJourney {
+        let c = crate::config::KlarnaConfig {
+            purchase_journey_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            purchase_journey_http_loopback: http_loopback,
+        };
+        let mut p = Problems::default();
+        let j = PurchaseJourney::new(&c, &mut p);
+        assert!(p.0.is_empty(), "{:?}", p.0);
+        j
+    }
+
     #[test]
     fn purchase_journey_urls() {
-        let journey = |hosts: &[&str], http_loopback| {
-            let c = crate::config::KlarnaConfig {
-                purchase_journey_hosts: hosts.iter().map(|h| h.to_string()).collect(),
-                purchase_journey_http_loopback: http_loopback,
-            };
-            let mut p = Problems::default();
-            let j = PurchaseJourney::new(&c, &mut p);
-            assert!(p.0.is_empty(), "{:?}", p.0);
-            j
-        };
         let j = journey(&["pay.klarna.com", "*.klarna.com"], false);
         for ok in [
             "https://pay.klarna.com/eu/requests/552603c0/start",
