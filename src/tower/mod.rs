@@ -52,6 +52,7 @@ mod service;
 pub use body::StepUpBody;
 pub use future::ResponseFuture;
 pub use layer::KlarnaStepUpLayer;
+#[cfg(feature = "cli")]
 pub(crate) use service::any_cause;
 pub use service::KlarnaStepUp;
 
