@@ -201,15 +201,19 @@ pub(crate) fn is_json_or_absent(headers: &HeaderMap) -> bool {
 /// `Transfer-Encoding`, `Upgrade`, and every `Proxy-*` header. For a proxy built on the
 /// tower adapter (Pingora does this itself); the framing is the server's and client's own.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // Every header `Connection` names, removed by name as written (the map lowercases it,
+    // and takes no invalid name): nothing is allocated on the way. Each value is cloned out
+    // (a reference count) so that the map can change under the loop; `Connection` itself
+    // stays until the end, so every one of its values is read.
+    let mut i = 0;
+    while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(i).cloned() {
+        i += 1;
+        for name in value.to_str().into_iter().flat_map(|v| v.split(',')) {
+            let name = name.trim();
+            if !name.eq_ignore_ascii_case(header::CONNECTION.as_str()) {
+                headers.remove(name);
+            }
+        }
     }
     for name in [
         header::CONNECTION,
@@ -221,12 +225,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
-    let proxy: Vec<HeaderName> = headers
+    while let Some(name) = headers
         .keys()
-        .filter(|n| n.as_str().starts_with("proxy-"))
+        .find(|n| n.as_str().starts_with("proxy-"))
         .cloned()
-        .collect();
-    for name in proxy {
+    {
         headers.remove(name);
     }
 }
@@ -338,6 +341,76 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["content-length", "content-type"]);
+    }
+
+    /// The former `strip_hop_by_hop`, which collected the names to remove first: the
+    /// allocation-free one must leave exactly the same headers.
+    fn strip_hop_by_hop_collecting(headers: &mut http::HeaderMap) {
+        use http::header::{self, HeaderName};
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        for name in [
+            header::CONNECTION,
+            HeaderName::from_static("keep-alive"),
+            header::TE,
+            header::TRAILER,
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+        ] {
+            headers.remove(name);
+        }
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| n.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in proxy {
+            headers.remove(name);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hop_by_hop_stripping_matches_the_collecting_version(
+            fields in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "connection", "Connection", "keep-alive", "x-a", "X-B", "te",
+                        "trailer", "upgrade", "proxy-x", "proxy-authorization",
+                        "content-type", "x-c",
+                    ]),
+                    // Values: lists of names, cased, spaced, empty, invalid, non-ASCII.
+                    proptest::collection::vec(
+                        proptest::sample::select(vec![
+                            "x-a", "X-A", " x-b ", "connection", "CONNECTION", "keep-alive",
+                            "proxy-x", "", " ", "bad name", "x-c", "close", "\u{e9}t\u{e9}",
+                            "content-type", "te",
+                        ]),
+                        0..4,
+                    ),
+                ),
+                0..10,
+            )
+        ) {
+            let mut a = http::HeaderMap::new();
+            for (name, parts) in &fields {
+                let value = parts.join(",");
+                let value = http::HeaderValue::from_bytes(value.as_bytes()).unwrap();
+                a.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value);
+            }
+            let mut b = a.clone();
+            super::strip_hop_by_hop(&mut a);
+            strip_hop_by_hop_collecting(&mut b);
+            proptest::prop_assert_eq!(a, b);
+        }
     }
 
     #[test]
