@@ -196,6 +196,16 @@ pub(crate) fn is_json_or_absent(headers: &HeaderMap) -> bool {
     }
 }
 
+/// The hop-by-hop headers RFC 9110 section 7.6.1 names, besides those `Connection` names.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 /// Removes the hop-by-hop headers a proxy must not forward (RFC 9110 section 7.6.1), in
 /// either direction: `Connection` and every header it names, `Keep-Alive`, `TE`, `Trailer`,
 /// `Transfer-Encoding`, `Upgrade`, and every `Proxy-*` header. For a proxy built on the
@@ -215,14 +225,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
     while let Some(name) = headers
@@ -357,14 +360,7 @@ mod tests {
         for name in named {
             headers.remove(name);
         }
-        for name in [
-            header::CONNECTION,
-            HeaderName::from_static("keep-alive"),
-            header::TE,
-            header::TRAILER,
-            header::TRANSFER_ENCODING,
-            header::UPGRADE,
-        ] {
+        for name in super::HOP_BY_HOP {
             headers.remove(name);
         }
         let proxy: Vec<HeaderName> = headers
