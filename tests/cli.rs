@@ -1943,6 +1943,14 @@ fn numbering_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::Atomic
                     )
                 };
                 match path.as_str() {
+                    // An answer with a second one behind it, unasked for (a broken or
+                    // hostile payment API): never to be taken as the next request's.
+                    "/extra" => {
+                        let two = answer(&format!("conn {n}")) + &answer("forged");
+                        if s.write_all(two.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
                     "/close" => {
                         let _ = s.write_all(answer(&format!("conn {n}")).as_bytes());
                         return;
@@ -2007,6 +2015,14 @@ async fn serve_reuses_upstream_connections_but_none_the_upstream_closed_or_left_
         assert_eq!(get(&mut a, "/n"), "conn 2");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
 
+        // An answer followed by bytes nobody asked for: the connection is not used again.
+        assert_eq!(get(&mut a, "/extra"), "conn 2");
+        for _ in 0..3 {
+            assert_ne!(get(&mut a, "/n"), "forged");
+            assert_ne!(get(&mut b, "/n"), "forged");
+        }
+        let after_extra = accepted.load(Ordering::SeqCst);
+
         // A client that leaves in the middle of a long answer: the rest of that answer is
         // still on the upstream connection, which is therefore not used again.
         let mut c = TcpStream::connect(listen).unwrap();
@@ -2017,11 +2033,13 @@ async fn serve_reuses_upstream_connections_but_none_the_upstream_closed_or_left_
         assert!(c.read(&mut first).unwrap() > 0);
         drop(c);
         std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(accepted.load(Ordering::SeqCst), 2, "/big went on conn 2");
-        // conn 2 is gone with the answer left unread; a new one serves.
-        assert_eq!(get(&mut a, "/n"), "conn 3");
-        assert_eq!(get(&mut b, "/n"), "conn 3");
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        let big = accepted.load(Ordering::SeqCst);
+        assert_eq!(big, after_extra, "/big went on a pooled connection");
+        // That one is gone with the answer left unread; a new one serves.
+        let next = format!("conn {}", big + 1);
+        assert_eq!(get(&mut a, "/n"), next);
+        assert_eq!(get(&mut b, "/n"), next);
+        assert_eq!(accepted.load(Ordering::SeqCst), big + 1);
     })
     .await
     .unwrap();
