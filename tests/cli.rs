@@ -1909,8 +1909,10 @@ async fn serve_upgrade_refusals_leave_the_running_instance_serving() {
 // ---------------------------------------------------------------------------------------
 
 /// A scripted HTTP/1.1 upstream on plain threads, numbering the connections that carry a
-/// request (the health checks' do not): `GET /n` answers the connection's number; `/close` answers, then closes without saying so (as a
-/// payment API dropping an idle keep-alive connection does); `/big` answers 4 MiB slowly.
+/// request (the health checks' do not): `GET /n` answers the connection's number; `/close`
+/// answers, then closes without saying so (as a payment API dropping an idle keep-alive
+/// connection does); `/none` answers 204, without a body; `/extra` answers twice; `/big`
+/// answers 4 MiB slowly.
 fn numbering_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1948,6 +1950,11 @@ fn numbering_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::Atomic
                     "/extra" => {
                         let two = answer(&format!("conn {n}")) + &answer("forged");
                         if s.write_all(two.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    "/none" => {
+                        if s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").is_err() {
                             return;
                         }
                     }
@@ -2007,6 +2014,15 @@ async fn serve_reuses_upstream_connections_but_none_the_upstream_closed_or_left_
             assert_eq!(get(&mut a, "/n"), "conn 1");
             assert_eq!(get(&mut b, "/n"), "conn 1");
         }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        // An answer without a body gives its connection back at once.
+        a.write_all(b"GET /none HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let r = read_one(&mut a);
+        assert!(r.starts_with("HTTP/1.1 204"), "{r}");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(get(&mut b, "/n"), "conn 1");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
         // The upstream closes its end after an answer: the next request gets a new one.
