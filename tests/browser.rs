@@ -215,13 +215,24 @@ async fn wait_for(
     locator: Locator<'_>,
     what: &str,
 ) -> Result<fantoccini::elements::Element, String> {
-    client
-        .wait()
-        .at_most(STEP_TIMEOUT)
-        .every(Duration::from_millis(100))
-        .for_element(locator)
-        .await
-        .map_err(|e| format!("waiting for {what}: {e}"))
+    // Every error is retried until the deadline, not only "no such element": a lookup
+    // made while the page navigates (the shop's script follows `redirect_url`) fails with
+    // chromedriver's "aborted by navigation", and the next one finds the new page.
+    let last = std::cell::RefCell::new(String::new());
+    poll(STEP_TIMEOUT, what, || {
+        let last = &last;
+        async move {
+            match client.find(locator).await {
+                Ok(element) => Ok(Some(element)),
+                Err(e) => {
+                    *last.borrow_mut() = e.to_string();
+                    Ok(None)
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|e| format!("{e} (last lookup: {})", last.borrow()))
 }
 
 async fn text_of(client: &Client, id: &str) -> Result<String, String> {
