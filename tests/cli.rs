@@ -189,6 +189,13 @@ fn stop(child: &mut Served, signal: &str) -> (Option<i32>, String) {
     (status.code(), log)
 }
 
+/// [`stop`], which must end in exit code 0; the log.
+fn stop_ok(child: &mut Served, signal: &str) -> String {
+    let (code, log) = stop(child, signal);
+    assert_eq!(code, Some(0), "{log}");
+    log
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_fails_over_to_the_next_upstream_counts_metrics_and_stops_on_sigint() {
     let up = upstream::start().await;
@@ -255,8 +262,7 @@ async fn serve_fails_over_to_the_next_upstream_counts_metrics_and_stops_on_sigin
         assert!(page.contains(line), "{line} in {page}");
     }
     assert_eq!(up.take_received().len(), 2);
-    let (code, log) = stop(&mut child, "-INT");
-    assert_eq!(code, Some(0), "{log}");
+    stop_ok(&mut child, "-INT");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,8 +302,7 @@ async fn serve_answers_502_json_when_no_upstream_answers() {
         page.contains("klarna_stepup_refusals_total{code=\"upstream_unreachable\"} 1"),
         "{page}"
     );
-    let (code, log) = stop(&mut child, "-TERM");
-    assert_eq!(code, Some(0), "{log}");
+    stop_ok(&mut child, "-TERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,8 +365,7 @@ async fn serve_a_two_key_file_proxy_one_request_and_stop_on_sigterm() {
     assert!(response.contains(r#""status":"pending""#), "{response}");
     assert_eq!(up.take_received().len(), 1);
 
-    let (code, log) = stop(&mut child, "-TERM");
-    assert_eq!(code, Some(0), "{log}");
+    let log = stop_ok(&mut child, "-TERM");
     assert!(log.contains("request done"), "one line per request:\n{log}");
     assert!(
         log.contains("payment_request_reference=\"order-1234\""),
@@ -845,8 +849,7 @@ async fn serve_ignores_sighup_and_logs_json_when_asked() {
     .await
     .unwrap();
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-    let (code, log) = stop(&mut child, "-TERM");
-    assert_eq!(code, Some(0), "{log}");
+    let log = stop_ok(&mut child, "-TERM");
     assert!(log.contains("SIGHUP ignored"), "{log}");
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         assert!(
@@ -924,8 +927,7 @@ async fn serve_at_rust_log_trace_logs_no_secret() {
         assert!(a.starts_with("HTTP/1.1 "), "{a}");
     }
     assert!(answers[1].starts_with("HTTP/1.1 200"), "{}", answers[1]);
-    let (code, log) = stop(&mut child, "-TERM");
-    assert_eq!(code, Some(0), "{log}");
+    let log = stop_ok(&mut child, "-TERM");
     assert!(log.contains("request done"), "{log}");
     for secret in [
         "c2VjcmV0",
@@ -1029,8 +1031,7 @@ async fn serve_closes_after_its_own_502_and_after_idle_keep_alive() {
     .await
     .unwrap();
     for child in [&mut bad, &mut good] {
-        let (code, log) = stop(child, "-TERM");
-        assert_eq!(code, Some(0), "{log}");
+        stop_ok(child, "-TERM");
     }
 }
 
@@ -1080,8 +1081,7 @@ async fn serve_answers_408_to_a_slow_client_and_431_to_huge_heads() {
         received.iter().all(|r| r.path != "/payments"),
         "a candidate reached the upstream"
     );
-    let (code, log) = stop(&mut child, "-TERM");
-    assert_eq!(code, Some(0), "{log}");
+    stop_ok(&mut child, "-TERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1244,8 +1244,7 @@ async fn serve_handles_http1_edge_cases_per_rfc_9112() {
     let received = up.take_received();
     let paths: Vec<&str> = received.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(paths, ["/first", "/second"], "{paths:?}");
-    let (code, log) = stop(&mut child, "-TERM");
-    assert_eq!(code, Some(0), "{log}");
+    stop_ok(&mut child, "-TERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1304,8 +1303,7 @@ async fn serve_caps_connections_and_closes_heads_sent_too_slowly() {
     })
     .await
     .unwrap();
-    let (code, log) = stop(&mut child, "-TERM");
-    assert_eq!(code, Some(0), "{log}");
+    stop_ok(&mut child, "-TERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1327,8 +1325,7 @@ async fn serve_with_fewer_connection_places_than_threads_answers_every_socket() 
     })
     .await
     .unwrap();
-    let (code, log) = stop(&mut child, "-TERM");
-    assert_eq!(code, Some(0), "{log}");
+    stop_ok(&mut child, "-TERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1462,8 +1459,7 @@ async fn serve_skips_unhealthy_upstreams_until_they_recover_and_answers_502_when
     assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
     assert!(readyz.ends_with("no healthy upstream\n"), "{readyz}");
     assert_eq!(proxied(&a) + proxied(&b), 0);
-    let (code, log) = stop(&mut child, "-TERM");
-    assert_eq!(code, Some(0), "{log}");
+    let log = stop_ok(&mut child, "-TERM");
     assert!(log.contains("upstream unhealthy"), "{log}");
 }
 
@@ -1517,8 +1513,7 @@ async fn serve_refuses_new_candidates_past_the_buffer_budget_and_keeps_accepted_
     .await
     .unwrap();
     assert_eq!(up.take_received().len(), 2);
-    let (code, log) = stop(&mut child, "-TERM");
-    assert_eq!(code, Some(0), "{log}");
+    stop_ok(&mut child, "-TERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1579,8 +1574,7 @@ async fn serve_stops_a_compressed_answer_decoded_past_the_body_limit() {
     .unwrap();
     // The body limit (1 MiB) and a decoded chunk, not 32 MiB.
     assert!(got < 8 << 20, "{got}");
-    let (code, log) = stop(&mut child, "-TERM");
-    assert_eq!(code, Some(0), "{log}");
+    stop_ok(&mut child, "-TERM");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2059,6 +2053,5 @@ async fn serve_reuses_upstream_connections_but_none_the_upstream_closed_or_left_
     })
     .await
     .unwrap();
-    let (code, log) = stop(&mut child, "-TERM");
-    assert_eq!(code, Some(0), "{log}");
+    stop_ok(&mut child, "-TERM");
 }
