@@ -330,14 +330,7 @@ async fn serve_a_two_key_file_proxy_one_request_and_stop_on_sigterm() {
             .unwrap(),
     );
 
-    let started = Instant::now();
-    while TcpStream::connect(listen).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "never listened"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_listening(listen);
     let body = f.body.clone();
     let response = tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(listen).unwrap();
