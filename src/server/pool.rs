@@ -85,7 +85,10 @@ where
         let res = sender.send_request(req).await?;
         Ok(self.hold(addr, sender, res))
     }
+}
 
+/// The pool's bookkeeping: nothing here needs to know what a request body is.
+impl<B> Pool<B> {
     /// A ready idle connection to `addr`, the most recently used first; closed ones go.
     fn take(&self, addr: SocketAddr) -> Option<SendRequest<B>> {
         let mut idle = self.idle.lock().ok()?;
@@ -156,12 +159,7 @@ pub(crate) struct Pooled<B> {
     giver: Option<GiveBack<B>>,
 }
 
-impl<B> Pooled<B>
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Error>,
-{
+impl<B> Pooled<B> {
     fn give_back(&mut self) {
         if let Some(g) = self.giver.take() {
             g.pool.put(g.addr, g.sender);
@@ -169,12 +167,7 @@ where
     }
 }
 
-impl<B> Body for Pooled<B>
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Error>,
-{
+impl<B> Body for Pooled<B> {
     type Data = Bytes;
     type Error = hyper::Error;
 
