@@ -34,6 +34,7 @@
 //! allowed_hosts = ["*.partner.example"] # empty = any host
 //! max_length = 2000
 //! extra_placeholders = []              # e.g. ["{klarna.payment_request.locale}"]
+//! app_schemes = []                     # default: any app scheme that opens no browser
 //!
 //! [klarna]
 //! purchase_journey_hosts = ["pay.klarna.com", "*.klarna.com"]  # hosts a payment_request_url may have (https)
@@ -570,6 +571,13 @@ pub struct ReturnUrlPolicyConfig {
     /// `["{klarna.payment_request.locale}"]` (default none). Anything else in braces is
     /// refused, so that a typo never reaches Klarna.
     pub extra_placeholders: Vec<String>,
+    /// Schemes an app return URL may have (default empty: any app's own scheme, but none
+    /// that opens a web browser: `http`, `https`, Android's `intent`, `x-safari-https`,
+    /// `googlechromes`, `firefox`, `microsoft-edge-https`, `opera-https` and the like).
+    /// When set, only these; listing `https` allows universal links and app links (checked
+    /// as web return URLs, host allow-list included). Script and local schemes
+    /// (`javascript`, `data`, `file`, `blob`, …) are never allowed.
+    pub app_schemes: Vec<String>,
 }
 
 impl Default for ReturnUrlPolicyConfig {
@@ -580,6 +588,7 @@ impl Default for ReturnUrlPolicyConfig {
             allowed_hosts: Vec::new(),
             max_length: 2000,
             extra_placeholders: Vec::new(),
+            app_schemes: Vec::new(),
         }
     }
 }

@@ -143,7 +143,16 @@ pub(super) fn compile(
             );
         }
     }
+    let internal_paths = (webhooks.as_ref().map(|w| w.relay_path.as_str()).into_iter())
+        .chain(
+            acquirer_return
+                .as_ref()
+                .and_then(|r| r.notify_path.as_deref()),
+        )
+        .map(|p| super::routes::canonical(p.as_bytes()).into_owned())
+        .collect();
     Ok(Engine {
+        internal_paths,
         routes,
         inject_at,
         answer_at,
@@ -283,7 +292,6 @@ fn webhooks(
     Some(Webhooks {
         path: w.path.clone(),
         relay_path: w.relay_path.clone(),
-        relay_canonical: super::routes::canonical(w.relay_path.as_bytes()).into_owned(),
         keys,
         body_limit: w.body_limit,
     })

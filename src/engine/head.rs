@@ -108,12 +108,39 @@ pub(crate) fn relay_request(head: &mut impl Head, event: &WebhookEvent) {
     }
 }
 
-/// Whether a header name is step-up's: `x-klarna-stepup` or `x-klarna-stepup-*`.
+/// Whether two header names are one to some server: the same up to ASCII case, with `_`
+/// read as `-` (Rack, CGI and PHP put both in one `HTTP_X_PARTNER_ID` variable).
+pub(crate) fn same_header_name(a: &[u8], b: &[u8]) -> bool {
+    let fold = |c: u8| match c {
+        b'_' => b'-',
+        c => c.to_ascii_lowercase(),
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
+}
+
+/// Whether a request could name header `name` to the payment API otherwise than the
+/// layer reads it: under another spelling (`X_Partner_Id` beside or instead of
+/// `X-Partner-Id`), or listed in `Connection` (it would be removed on the way, after the
+/// layer chose by it).
+pub(crate) fn names_elsewhere(headers: &HeaderMap, name: &HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    headers
+        .keys()
+        .any(|k| k != name && same_header_name(k.as_str().as_bytes(), n))
+        || headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|listed| same_header_name(listed.trim_ascii(), n))
+        })
+}
+
+/// Whether a header name is step-up's: `x-klarna-stepup` or `x-klarna-stepup-*`, in
+/// any spelling a server reads as one (`X_Klarna_Stepup_Verified`).
 fn is_step_up_header(name: &HeaderName) -> bool {
     let n = name.as_str().as_bytes();
     n.len() >= 15
-        && n[..15].eq_ignore_ascii_case(b"x-klarna-stepup")
-        && (n.len() == 15 || n[15] == b'-')
+        && same_header_name(&n[..15], b"x-klarna-stepup")
+        && (n.len() == 15 || n[15] == b'-' || n[15] == b'_')
 }
 
 /// Removes every `x-klarna-stepup` and `x-klarna-stepup-*` header from a request head: those
@@ -220,7 +247,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         i += 1;
         for name in value.to_str().into_iter().flat_map(|v| v.split(',')) {
             let name = name.trim();
-            if !name.eq_ignore_ascii_case(header::CONNECTION.as_str()) {
+            // `Host` is never hop-by-hop: a client cannot have the proxy drop it.
+            if !name.eq_ignore_ascii_case(header::CONNECTION.as_str())
+                && !name.eq_ignore_ascii_case(header::HOST.as_str())
+            {
                 headers.remove(name);
             }
         }
@@ -337,13 +367,15 @@ mod tests {
             ("proxy-connection", "keep-alive"),
             ("content-type", "application/json"),
             ("content-length", "2"),
+            ("connection", "Host"),
+            ("host", "api.example"),
         ] {
             h.append(k, http::HeaderValue::from_static(v));
         }
         super::strip_hop_by_hop(&mut h);
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
-        assert_eq!(left, ["content-length", "content-type"]);
+        assert_eq!(left, ["content-length", "content-type", "host"]);
     }
 
     /// The former `strip_hop_by_hop`, which collected the names to remove first: the
@@ -356,6 +388,7 @@ mod tests {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .filter(|n| *n != header::HOST)
             .collect();
         for name in named {
             headers.remove(name);
@@ -381,14 +414,14 @@ mod tests {
                     proptest::sample::select(vec![
                         "connection", "Connection", "keep-alive", "x-a", "X-B", "te",
                         "trailer", "upgrade", "proxy-x", "proxy-authorization",
-                        "content-type", "x-c",
+                        "content-type", "x-c", "host",
                     ]),
                     // Values: lists of names, cased, spaced, empty, invalid, non-ASCII.
                     proptest::collection::vec(
                         proptest::sample::select(vec![
                             "x-a", "X-A", " x-b ", "connection", "CONNECTION", "keep-alive",
                             "proxy-x", "", " ", "bad name", "x-c", "close", "\u{e9}t\u{e9}",
-                            "content-type", "te",
+                            "content-type", "te", "Host", "host",
                         ]),
                         0..4,
                     ),
@@ -502,6 +535,10 @@ mod tests {
             ("x-klarna-stepup", "rewritten"),
             ("x-klarna-stepupx", "kept: not ours"),
             ("x-request-id", "1"),
+            ("x_klarna_stepup_verified", "true"),
+            ("x-klarna_stepup-verified", "true"),
+            ("x_klarna_stepup", "rewritten"),
+            ("x_klarna_stepupx", "kept: not ours"),
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
@@ -512,7 +549,10 @@ mod tests {
         strip_forged_headers(&mut h);
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
-        assert_eq!(left, ["x-klarna-stepupx", "x-request-id"]);
+        assert_eq!(
+            left,
+            ["x-klarna-stepupx", "x-request-id", "x_klarna_stepupx"]
+        );
     }
 
     #[test]

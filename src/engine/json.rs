@@ -61,13 +61,15 @@ impl<'a> Object<'a> {
         })
     }
 
-    /// The value of `key`. With duplicate keys the last one wins, as in most JSON parsers
-    /// (and so, most likely, in the payment API behind us).
+    /// The value of `key` (an ASCII name), matched as [`same_name`] matches: the way the
+    /// most lenient common decoder (Go's `encoding/json`) would. With duplicate keys the
+    /// last one wins, as in most JSON parsers; the request side refuses duplicates of the
+    /// keys it reads, so there it is the only one.
     pub fn get(&self, key: &str) -> Option<&'a str> {
         self.members
             .iter()
             .rev()
-            .find(|m| m.key == key)
+            .find(|m| same_name(&m.key, key))
             .map(|m| m.value)
     }
 
@@ -75,6 +77,34 @@ impl<'a> Object<'a> {
     pub fn get_str(&self, key: &str) -> Option<Cow<'a, str>> {
         self.get(key).and_then(as_str)
     }
+}
+
+/// Whether the member name `key`, as sent, names `name` (ASCII) for some common decoder: the
+/// same up to ASCII case, and with the non-ASCII letters that Go's `encoding/json` folds onto
+/// ASCII ones read as those (`ſ` U+017F as `s`, the Kelvin sign U+212A as `k`, `İ` U+0130
+/// and `ı` U+0131 as `i`). Go matches a JSON name to a struct field this way, so a payment
+/// API written in Go reads `Return_Url` or `ſtep_up_config` as the field the layer checks.
+pub(crate) fn same_name(key: &str, name: &str) -> bool {
+    if key.len() == name.len() {
+        // All ASCII, or not equal (a folded letter is longer than the ASCII it reads as).
+        return key.eq_ignore_ascii_case(name);
+    }
+    if key.is_ascii() {
+        return false;
+    }
+    let mut names = name.bytes();
+    key.chars().all(|c| {
+        let folded = match c {
+            '\u{17F}' => b's',
+            '\u{212A}' => b'k',
+            '\u{130}' | '\u{131}' => b'i',
+            c if c.is_ascii() => c as u8,
+            _ => return false,
+        };
+        names
+            .next()
+            .is_some_and(|n| n.eq_ignore_ascii_case(&folded))
+    }) && names.next().is_none()
 }
 
 /// Byte classes for the scan.

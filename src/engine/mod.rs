@@ -117,6 +117,9 @@ struct Engine {
     partners: Option<partners::Partners>,
     /// What is valid but unwise in the configuration.
     warnings: Vec<ConfigError>,
+    /// The canonical forms of the payment API's paths only the layer may reach: the webhook
+    /// relay path and the return notification path.
+    internal_paths: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for StepUp {
@@ -160,6 +163,7 @@ pub struct HeadRefusal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HeadReason {
     NonCanonicalPath,
+    QueryField,
     MediaType,
     ContentEncoding,
 }
@@ -171,11 +175,12 @@ impl HeadRefusal {
         self.candidate
     }
 
-    /// The answer: 400 `non_canonical_path`, 415 `unsupported_media_type` or 415
-    /// `unsupported_content_encoding`.
+    /// The answer: 400 `non_canonical_path`, 400 `query_field`, 415
+    /// `unsupported_media_type` or 415 `unsupported_content_encoding`.
     pub fn refusal(self) -> Refusal {
         match self.reason {
             HeadReason::NonCanonicalPath => Refusal::non_canonical_path(),
+            HeadReason::QueryField => Refusal::query_field(),
             HeadReason::MediaType => Refusal::unsupported_media_type(),
             HeadReason::ContentEncoding => Refusal::unsupported_content_encoding(),
         }
@@ -191,6 +196,8 @@ pub struct Candidate {
     key: reference::RequestKey,
     /// Who the partner is, when partners are on.
     partner: partners::PartnerRef,
+    /// No `Content-Type`: Rack and PHP read such a POST body as a form.
+    untyped: bool,
 }
 
 /// What the request side hands to the response side of one Klarna exchange.
@@ -377,16 +384,11 @@ impl StepUp {
             if path == w.path && *method == Method::POST {
                 return Route::Webhook;
             }
-            if path == w.relay_path {
-                return Route::RelayPathFromOutside;
-            }
-            // Same length and case aside, a canonical path is its own canonical form.
-            let maybe_relay = raw.len() == w.relay_canonical.len() || !routes::is_canonical(raw);
-            if maybe_relay
-                && routes::readings(raw).any(|r| r.eq_ignore_ascii_case(&w.relay_canonical))
-            {
-                return Route::RelayPathFromOutside;
-            }
+        }
+        // The payment API's paths that only the layer may reach (the webhook relay, the
+        // return notification), in any spelling a router may read as one.
+        if e.internal_paths.iter().any(|p| routes::names(raw, p)) {
+            return Route::RelayPathFromOutside;
         }
         if let Some(r) = &e.acquirer_return {
             if (*method == Method::GET || *method == Method::HEAD)
@@ -415,6 +417,7 @@ impl StepUp {
                             route: i as u16,
                             key: reference::RequestKey::new(path, None),
                             partner: partners::PartnerRef::Off,
+                            untyped: false,
                         },
                         reason: HeadReason::NonCanonicalPath,
                     }),
@@ -430,7 +433,8 @@ impl StepUp {
                     let mut values = headers.get_all(h).iter();
                     match (values.next(), values.next()) {
                         // Two identities: which one would the payment API read?
-                        (Some(_), Some(_)) => partners::PartnerRef::Invalid,
+                        (Some(_), Some(_)) => partners::PartnerRef::Ambiguous,
+                        _ if head::names_elsewhere(headers, h) => partners::PartnerRef::Ambiguous,
                         (first, _) => p.identify(first.map(HeaderValue::as_bytes)),
                     }
                 }
@@ -443,7 +447,19 @@ impl StepUp {
             route,
             key: reference::RequestKey::new(path, idempotency.map(HeaderValue::as_bytes)),
             partner,
+            untyped: !headers.contains_key(http::header::CONTENT_TYPE),
         };
+        // A payment field in the query: a framework that merges query and body would read
+        // it unchecked.
+        if uri
+            .query()
+            .is_some_and(|q| routes::query_names(q).any(|name| e.reads_top_level(&name)))
+        {
+            return Route::Refused(HeadRefusal {
+                candidate,
+                reason: HeadReason::QueryField,
+            });
+        }
         // A body the layer cannot read is not forwarded unread.
         if let Some(reason) = head::unreadable_request_body(headers) {
             return Route::Refused(HeadRefusal { candidate, reason });
@@ -684,6 +700,13 @@ mod tests {
             "/v2/accounts/acc-1/payment/authorize/",
             "/v2/accounts/acc-1/payment/./authorize",
             "/v2/accounts/acc-1;x/payment/authorize;y",
+            // Format suffixes, trailing dots, spaces and NULs (Rails, Sinatra, C routers).
+            "/payments.json",
+            "/payments.",
+            "/payments%2ejson",
+            "/payments%20",
+            "/payments%00",
+            "/v2/accounts/acc-1/payment/authorize.json",
         ] {
             match e.classify(&Method::POST, &path.parse().unwrap(), &h) {
                 Route::Refused(r) => {
@@ -740,6 +763,12 @@ mod tests {
             "/webhooks%2Fklarna",
             "/webhooks\\klarna",
             "/webhooks/klarna?x=1",
+            "/webhooks/klarna.json",
+            "/webhooks/klarna.",
+            "/webhooks/klarna%2e",
+            "/webhooks/klarna%20",
+            "/webhooks/klarna%00",
+            "/webhooks./klarna",
         ] {
             for m in [Method::POST, Method::GET, Method::PUT] {
                 assert_eq!(
@@ -754,6 +783,65 @@ mod tests {
                 e.classify(&Method::POST, &path.parse().unwrap(), &h),
                 Route::PassThrough,
                 "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_return_notification_path_is_the_layers_alone() {
+        let e = StepUp::with_secrets(
+            StepUpConfig::from_toml(
+                "[acquirer_return]\nenabled = true\npublic_base_url = \"https://pay.acquirer.example\"\n\
+                 keys = [{ id = \"r\", env = \"R\" }]\nnotify_path = \"/internal/returns\"\n",
+            )
+            .unwrap(),
+            |_| Some("return-key-0123456789abcdef0123456789".into()),
+        )
+        .unwrap();
+        let h = HeaderMap::new();
+        for path in [
+            "/internal/returns",
+            "/internal/Returns/",
+            "/internal/returns.json",
+            "/internal/%72eturns",
+            "/internal/returns%00",
+        ] {
+            assert_eq!(
+                e.classify(&Method::POST, &path.parse().unwrap(), &h),
+                Route::RelayPathFromOutside,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn payment_fields_in_the_query_are_refused() {
+        let e = engine("");
+        let h = HeaderMap::new();
+        for query in [
+            "payment_method=klarna",
+            "x=1&step_up_config[customer_interaction_config][return_url]=https://evil.example/",
+            "Return_Url=https://evil.example/",
+            "klarna_return_url=x",
+            "a=1;return.url=x",
+            "%72eturn_url=x",
+            "reference=r",
+        ] {
+            let uri: Uri = format!("/payments?{query}").parse().unwrap();
+            match e.classify(&Method::POST, &uri, &h) {
+                Route::Refused(r) => {
+                    let r = r.refusal();
+                    assert_eq!((r.status.as_u16(), r.code), (400, "query_field"), "{query}");
+                    assert_eq!(r.param.as_deref(), Some("query"));
+                }
+                other => panic!("{query}: {other:?}"),
+            }
+        }
+        for query in ["", "x=1", "expand=payment_request", "return=1"] {
+            let uri: Uri = format!("/payments?{query}").parse().unwrap();
+            assert!(
+                matches!(e.classify(&Method::POST, &uri, &h), Route::Candidate(_)),
+                "{query}"
             );
         }
     }

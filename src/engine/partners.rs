@@ -68,6 +68,9 @@ pub(crate) enum PartnerRef {
     Missing,
     /// An identity that is not a valid id.
     Invalid,
+    /// More than one identity, or one the payment API could read otherwise: the header
+    /// twice, under another spelling (`_` for `-`), or named in `Connection`.
+    Ambiguous,
     /// A partner with its own entry (`entries[entry]`).
     Listed { entry: u16, id: PartnerId },
     /// A valid id without an entry.
@@ -150,6 +153,12 @@ impl Partners {
                 "invalid_partner",
                 field,
                 format!("must be 1 to {MAX_ID} ASCII letters, digits, '-', '_' or '.'"),
+            )),
+            PartnerRef::Ambiguous => Some(Refusal::invalid(
+                "invalid_partner",
+                field,
+                "must be sent once, under this one name (not with '_' for '-'), and not be \
+                 named in Connection",
             )),
             PartnerRef::Unlisted(_) => Some(Refusal::unknown_partner(field)),
         }
@@ -353,6 +362,46 @@ mod tests {
             Route::Candidate(c) => e.rewrite_request(c, body.as_bytes(), 0),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_partner_header_the_payment_api_could_read_otherwise_is_refused() {
+        let e = StepUp::from_toml(TWO).unwrap();
+        let body = r#"{"payment_method":"klarna","return_url":"https://a.example/r"}"#;
+        for extra in [
+            vec![("x-partner-id", "shop-b")],
+            vec![("x_partner_id", "shop-b")],
+            vec![("X_Partner-Id", "shop-a")],
+            vec![("connection", "X-Partner-Id")],
+            vec![("connection", "keep-alive, x_partner_id")],
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("x-partner-id", HeaderValue::from_static("shop-a"));
+            for (k, v) in &extra {
+                h.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_static(v),
+                );
+            }
+            let Route::Candidate(c) = e.classify(&Method::POST, &"/payments".parse().unwrap(), &h)
+            else {
+                panic!("{extra:?}")
+            };
+            let r = refused(e.rewrite_request(c, body.as_bytes(), 0));
+            assert_eq!(r.code, "invalid_partner", "{extra:?}");
+            assert!(r.message.contains("once"), "{}", r.message);
+        }
+        // Alone under the other spelling, too: Rack would read it, Go would not.
+        let mut h = HeaderMap::new();
+        h.insert("x_partner_id", HeaderValue::from_static("shop-a"));
+        let Route::Candidate(c) = e.classify(&Method::POST, &"/payments".parse().unwrap(), &h)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            refused(e.rewrite_request(c, body.as_bytes(), 0)).code,
+            "invalid_partner"
+        );
     }
 
     fn injected(v: RequestVerdict) -> (String, crate::Exchange) {

@@ -109,6 +109,29 @@ impl Refusal {
         )
     }
 
+    /// A 400 for a candidate request whose query string carries a field the layer reads in
+    /// the body: frameworks that merge query and body parameters (Rails, and many others)
+    /// would read it where the layer never checked it.
+    pub fn query_field() -> Self {
+        Refusal::invalid(
+            "query_field",
+            "query",
+            "carries a payment field the layer reads in the body (the payment method, a \
+             return URL, the reference or step_up_config): send it in the JSON body only",
+        )
+    }
+
+    /// A 400 for a candidate body sent without a `Content-Type` that, read as a form (as
+    /// Rack and PHP read such a POST), carries a field the layer reads.
+    pub fn form_field() -> Self {
+        Refusal::invalid(
+            "form_field",
+            "body",
+            "read as a form (the request has no Content-Type), carries a payment field the \
+             layer reads: send Content-Type: application/json",
+        )
+    }
+
     /// A 400 for an ambiguous spelling of a candidate route's path (case, trailing `/`,
     /// `//`, dot segments, `;parameters`, percent-escapes) or method (case).
     pub fn non_canonical_path() -> Self {

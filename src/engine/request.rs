@@ -52,6 +52,14 @@ impl StepUp {
         let Some(root) = Object::parse(body) else {
             return RequestVerdict::Refused(unreadable(body));
         };
+        // Parsed, so UTF-8. Without a Content-Type, a Rack or PHP payment API reads the body
+        // as a form: `{"x":"&return_url=…"}` is JSON to the layer and a return URL to it.
+        if candidate.untyped
+            && std::str::from_utf8(body)
+                .is_ok_and(|text| super::routes::query_names(text).any(|n| e.reads_top_level(&n)))
+        {
+            return RequestVerdict::Refused(Refusal::form_field());
+        }
         if let Err(r) = e.check_read_keys(&root) {
             return RequestVerdict::Refused(r);
         }
@@ -105,28 +113,42 @@ impl Engine {
         })
     }
 
-    /// Refuses a duplicate of any key the engine reads, wherever it reads one: a parser that
-    /// takes the first copy would read what the layer did not check.
-    fn check_read_keys(&self, root: &Object<'_>) -> Result<(), Refusal> {
+    /// The top-level keys of a candidate body the engine reads (its payment method, the
+    /// authorize shape, `step_up_config`, the first `inject_at` segment, the partner fields).
+    fn top_level_reads(&self) -> impl Iterator<Item = &str> {
         let fields = &self.config.partner_fields;
-        no_duplicates(
-            root,
-            |k| {
-                matches!(
-                    k,
-                    "payment_method" | "request_payment_transaction" | "step_up_config"
-                ) || self.inject_at.first().is_some_and(|f| f == k)
-                    || fields
-                        .return_url
-                        .iter()
-                        .chain(&fields.app_return_url)
-                        .chain(&fields.reference)
-                        .any(|f| f == k)
-            },
-            "",
-        )?;
+        [
+            "payment_method",
+            "request_payment_transaction",
+            "step_up_config",
+        ]
+        .into_iter()
+        .chain(self.inject_at.first().map(String::as_str))
+        .chain(
+            fields
+                .return_url
+                .iter()
+                .chain(&fields.app_return_url)
+                .chain(&fields.reference)
+                .map(String::as_str),
+        )
+    }
+
+    /// Whether `name` (a query parameter's name, as a framework files it) is one of the
+    /// [top-level keys](Self::top_level_reads) the engine reads, as [`json::same_name`]
+    /// compares.
+    pub(super) fn reads_top_level(&self, name: &str) -> bool {
+        self.top_level_reads().any(|k| json::same_name(name, k))
+    }
+
+    /// Refuses a duplicate of any key the engine reads, wherever it reads one: a parser that
+    /// takes the first copy would read what the layer did not check. Keys are compared as
+    /// [`json::same_name`] compares them (`return_url` and `Return_Url` are one key to a Go
+    /// payment API).
+    fn check_read_keys(&self, root: &Object<'_>) -> Result<(), Refusal> {
+        no_duplicates(root, self.top_level_reads(), "")?;
         if let Some(pm) = root.get("payment_method").and_then(Object::from_raw) {
-            no_duplicates(&pm, |k| k == "type", "payment_method.")?;
+            no_duplicates(&pm, ["type"], "payment_method.")?;
         }
         if let Some(suc) = root.get("step_up_config") {
             step_up_config_keys(suc, "")?;
@@ -147,7 +169,7 @@ impl Engine {
                 .inject_at
                 .get(i + 1)
                 .map_or("step_up_config", String::as_str);
-            no_duplicates(&obj, |k| k == next, &prefix)?;
+            no_duplicates(&obj, [next], &prefix)?;
             if i + 1 == self.inject_at.len() {
                 if let Some(suc) = obj.get("step_up_config") {
                     step_up_config_keys(suc, &prefix)?;
@@ -243,7 +265,7 @@ impl Engine {
                     .detect
                     .payment_method
                     .iter()
-                    .any(|v| v.eq_ignore_ascii_case(&kind))
+                    .any(|v| json::same_name(&kind, v))
                 {
                     return true;
                 }
@@ -542,19 +564,23 @@ impl Engine {
                 policy.return_url,
             )
         };
-        let found = match cic.and_then(|c| c.get(key)) {
-            Some(v) => Some((
-                v,
-                prefix(&format!("step_up_config.customer_interaction_config.{key}")),
-            )),
-            None => first_field(root, fields).map(|(name, v)| (v, name.to_owned())),
+        let mut chosen = match cic.and_then(|c| c.get(key)) {
+            Some(v) => {
+                let param = prefix(&format!("step_up_config.customer_interaction_config.{key}"));
+                Some((check_url(v, param.clone(), app, policy)?, param))
+            }
+            None => None,
         };
-        let Some((raw, param)) = found else {
-            // Defaults were validated with the configuration.
-            return Ok(default.map(|d| (Cow::Borrowed(d), format!("defaults.{key}"))));
-        };
-        let value = check_url(raw, param.clone(), app, policy)?;
-        Ok(Some((value, param)))
+        // Every partner field present is checked, not only the one chosen: the payment API
+        // may read another (for its own redirect, say).
+        for name in fields {
+            if let Some(v) = root.get(name).filter(|v| *v != "null") {
+                let value = check_url(v, name.clone(), app, policy)?;
+                chosen.get_or_insert((value, name.clone()));
+            }
+        }
+        // Defaults were validated with the configuration.
+        Ok(chosen.or_else(|| default.map(|d| (Cow::Borrowed(d), format!("defaults.{key}")))))
     }
 
     /// How long the Payment Request can live, when the partner (its own
@@ -584,7 +610,13 @@ impl Engine {
         root.members
             .iter()
             .enumerate()
-            .filter(|(_, m)| self.config.partner_fields.strip.iter().any(|s| *s == m.key))
+            .filter(|(_, m)| {
+                self.config
+                    .partner_fields
+                    .strip
+                    .iter()
+                    .any(|s| json::same_name(&m.key, s))
+            })
             .map(|(i, _)| i)
             .collect()
     }
@@ -613,16 +645,18 @@ fn unreadable(body: &[u8]) -> Refusal {
     Refusal::unreadable_json(why)
 }
 
-/// Refuses a second copy of any key of `obj` that `reads` says the engine reads; `prefix`
-/// is the dotted path of `obj`, for the error.
-fn no_duplicates(
+/// Refuses a second member of `obj` named `name`, for each of `names` (compared as
+/// [`json::same_name`] compares); `prefix` is the dotted path of `obj`, for the error, which
+/// names the key as the layer reads it.
+fn no_duplicates<'n>(
     obj: &Object<'_>,
-    reads: impl Fn(&str) -> bool,
+    names: impl IntoIterator<Item = &'n str>,
     prefix: &str,
 ) -> Result<(), Refusal> {
-    for (i, m) in obj.members.iter().enumerate() {
-        if reads(&m.key) && obj.members[..i].iter().any(|p| p.key == m.key) {
-            return Err(Refusal::duplicate_key(format!("{prefix}{}", m.key)));
+    for name in names {
+        let mut copies = obj.members.iter().filter(|m| json::same_name(&m.key, name));
+        if copies.next().is_some() && copies.next().is_some() {
+            return Err(Refusal::duplicate_key(format!("{prefix}{name}")));
         }
     }
     Ok(())
@@ -634,13 +668,13 @@ fn step_up_config_keys(raw: &str, prefix: &str) -> Result<(), Refusal> {
         return Ok(());
     };
     let prefix = format!("{prefix}step_up_config.");
-    no_duplicates(&suc, |k| STEP_UP_CONFIG_KEYS.contains(&k), &prefix)?;
+    no_duplicates(&suc, STEP_UP_CONFIG_KEYS, &prefix)?;
     if let Some(cic) = suc
         .get("customer_interaction_config")
         .and_then(Object::from_raw)
     {
         let prefix = format!("{prefix}customer_interaction_config.");
-        no_duplicates(&cic, |k| INTERACTION_KEYS.contains(&k), &prefix)?;
+        no_duplicates(&cic, INTERACTION_KEYS, &prefix)?;
     }
     Ok(())
 }
@@ -976,6 +1010,148 @@ mod tests {
             r.param.as_deref(),
             Some("payment.step_up_config.customer_interaction_config.return_url")
         );
+    }
+
+    #[test]
+    fn keys_are_read_as_a_go_payment_api_reads_them() {
+        let e = engine("[return_url_policy]\nallowed_hosts = [\"*.partner.example\"]");
+        let good = r#""return_url":"https://shop.partner.example/r""#;
+        // Another case, or Go's Unicode folds, name the same key: read and checked.
+        for (body, param) in [
+            (
+                r#"{"PAYMENT_METHOD":"klarna","Return_Url":"https://evil.example/phish"}"#
+                    .to_owned(),
+                "return_url",
+            ),
+            (
+                r#"{"payment_method":"klarna","Klarna_return_url":"https://evil.example/"}"#
+                    .to_owned(),
+                "klarna_return_url",
+            ),
+            (
+                format!(
+                    r#"{{"payment_method":"card",{good},"ſtep_up_config":{{"customer_interaction_config":{{"return_url":"javascript:x"}}}}}}"#
+                ),
+                "step_up_config.customer_interaction_config.return_url",
+            ),
+            (
+                format!(
+                    r#"{{"payment_method":"klarna",{good},"STEP_UP_CONFIG":{{"Customer_Interaction_Config":{{"App_Return_Url":"https://evil.example/"}}}}}}"#
+                ),
+                "step_up_config.customer_interaction_config.app_return_url",
+            ),
+            // Every return field present is checked, not only the first.
+            (
+                r#"{"payment_method":"klarna","klarna_return_url":"https://shop.partner.example/r","return_url":"javascript:alert(1)"}"#.to_owned(),
+                "return_url",
+            ),
+            (
+                r#"{"payment_method":"klarna","step_up_config":{"customer_interaction_config":{"return_url":"https://shop.partner.example/r"}},"klarna_return_url":"https://evil.example/"}"#.to_owned(),
+                "klarna_return_url",
+            ),
+        ] {
+            let r = refused(&e, body.as_bytes());
+            assert!(r.code.starts_with("invalid_"), "{body}: {r:?}");
+            assert_eq!(r.param.as_deref(), Some(param), "{body}");
+        }
+        // Two spellings of one key are a duplicate.
+        for (body, param) in [
+            (
+                format!(
+                    r#"{{"payment_method":"klarna",{good},"Return_Url":"https://shop.partner.example/x"}}"#
+                ),
+                "return_url",
+            ),
+            (
+                format!(r#"{{"payment_method":"card","Payment_Method":"klarna",{good}}}"#),
+                "payment_method",
+            ),
+            (
+                format!(r#"{{"payment_method":{{"type":"card","TYPE":"klarna"}},{good}}}"#),
+                "payment_method.type",
+            ),
+            (
+                format!(
+                    r#"{{"payment_method":"klarna",{good},"step_up_config":{{}},"ſTEP_UP_CONFIG":{{}}}}"#
+                ),
+                "step_up_config",
+            ),
+        ] {
+            let r = refused(&e, body.as_bytes());
+            assert_eq!(r.code, "duplicate_key", "{body}");
+            assert_eq!(r.param.as_deref(), Some(param), "{body}");
+        }
+        // The payment method in any case, Kelvin sign included, is Klarna's.
+        for pm in [r#""KLARNA""#, r#""Klarna""#, r#"{"Type":"Klarna"}"#] {
+            let body = format!(r#"{{"Payment_Method":{pm},{good}}}"#);
+            assert!(
+                matches!(
+                    verdict(&e, body.as_bytes()),
+                    RequestVerdict::Injected { .. }
+                ),
+                "{body}"
+            );
+        }
+        // The caller's STEP_UP_CONFIG is the one completed: no second step_up_config.
+        let body = format!(r#"{{"payment_method":"klarna",{good},"Step_Up_Config":{{}}}}"#);
+        let RequestVerdict::Injected { body: out, .. } = verdict(&e, body.as_bytes()) else {
+            panic!()
+        };
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out.to_ascii_lowercase().matches("step_up_config").count(),
+            1,
+            "{out}"
+        );
+        assert!(
+            out.contains(r#""Step_Up_Config":{"payment_request_reference""#),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_body_without_content_type_is_read_as_a_form_too() {
+        let e = engine("");
+        let untyped = |body: &str| {
+            let Route::Candidate(c) = e.classify(
+                &Method::POST,
+                &"/payments".parse().unwrap(),
+                &HeaderMap::new(),
+            ) else {
+                unreachable!()
+            };
+            e.rewrite_request(c, body.as_bytes(), 1_800_000_000)
+        };
+        for body in [
+            r#"{"payment_method":"card","x":"&return_url=https://evil.example/"}"#,
+            r#"{"payment_method":"card","x":";payment_method=klarna"}"#,
+            r#"{"payment_method":"card","x":"&step_up_config[customer_interaction_config][return_url]=x"}"#,
+        ] {
+            match untyped(body) {
+                RequestVerdict::Refused(r) => assert_eq!(r.code, "form_field", "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        // JSON with no such pair is read as before.
+        assert!(matches!(
+            untyped(r#"{"payment_method":"card","note":"a&b=c"}"#),
+            RequestVerdict::NotKlarna
+        ));
+        // With a JSON Content-Type the form reading is not made.
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        let Route::Candidate(c) = e.classify(&Method::POST, &"/payments".parse().unwrap(), &h)
+        else {
+            unreachable!()
+        };
+        assert!(matches!(
+            e.rewrite_request(
+                c,
+                br#"{"payment_method":"card","x":"&return_url=https://evil.example/"}"#,
+                1
+            ),
+            RequestVerdict::NotKlarna
+        ));
     }
 
     #[test]

@@ -33,9 +33,48 @@ pub(crate) fn is_placeholder_name(name: &str) -> bool {
         })
 }
 
-/// Schemes an app return URL may never have.
+/// Schemes an app return URL may never have: script and local content.
 const FORBIDDEN_APP_SCHEMES: [&str; 6] =
     ["javascript", "data", "vbscript", "file", "blob", "about"];
+
+/// Schemes that open a web page in a browser (or hand a URL to one), so that an app return
+/// URL with one of them would send the customer to any host, past the allow-list: refused
+/// unless `app_schemes` lists them. Exact names, then prefixes of whole families
+/// (`x-safari-https`, `googlechromes`, `microsoft-edge-https`, `opera-http`, …).
+const BROWSER_SCHEMES: [&str; 9] = [
+    "http",
+    "https",
+    "intent",
+    "android-app",
+    "chrome",
+    "edge",
+    "view-source",
+    "ws",
+    "wss",
+];
+const BROWSER_SCHEME_PREFIXES: [&str; 13] = [
+    "x-safari",
+    "googlechrome",
+    "firefox",
+    "focus",
+    "microsoft-edge",
+    "opera",
+    "touch-http",
+    "brave",
+    "duckduckgo",
+    "yandexbrowser",
+    "ucbrowser",
+    "samsunginternet",
+    "vivaldi",
+];
+
+/// Whether `scheme` (lower case) opens a browser.
+fn is_browser_scheme(scheme: &str) -> bool {
+    BROWSER_SCHEMES.contains(&scheme)
+        || BROWSER_SCHEME_PREFIXES
+            .iter()
+            .any(|p| scheme.starts_with(p))
+}
 
 /// A host pattern: exact, or `*.suffix` for any subdomain of suffix.
 #[derive(Debug, Clone)]
@@ -163,6 +202,8 @@ impl PurchaseJourney {
 #[derive(Debug, Clone)]
 pub(crate) struct ReturnUrlPolicy {
     schemes: Vec<String>,
+    /// `app_schemes`, lower case; empty: any that [`is_browser_scheme`] does not name.
+    app_schemes: Vec<String>,
     http_hosts: Vec<HostPattern>,
     allowed_hosts: Vec<HostPattern>,
     max_length: usize,
@@ -215,9 +256,27 @@ impl ReturnUrlPolicy {
                 );
             }
         }
+        for (i, s) in c.app_schemes.iter().enumerate() {
+            let valid = s.starts_with(|c: char| c.is_ascii_alphabetic())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+            if !valid {
+                p.add(format!("{section}.app_schemes[{i}]"), "is not a URL scheme");
+            } else if FORBIDDEN_APP_SCHEMES.contains(&s.to_ascii_lowercase().as_str()) {
+                p.add(
+                    format!("{section}.app_schemes[{i}]"),
+                    "is never allowed: it runs script or shows local content",
+                );
+            }
+        }
         ReturnUrlPolicy {
             extra_placeholders: c.extra_placeholders.clone(),
             schemes: c.schemes.clone(),
+            app_schemes: c
+                .app_schemes
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
             http_hosts: hosts("http_hosts", &c.http_hosts, p),
             allowed_hosts: hosts("allowed_hosts", &c.allowed_hosts, p),
             max_length: c.max_length,
@@ -237,6 +296,16 @@ impl ReturnUrlPolicy {
         let scheme = &*origin.scheme;
         if FORBIDDEN_APP_SCHEMES.contains(&scheme) {
             return Err(format!("the scheme {scheme}: is not allowed"));
+        }
+        let listed = self.app_schemes.iter().any(|s| s == scheme);
+        if !listed && !self.app_schemes.is_empty() {
+            return Err(format!("the scheme {scheme}: is not one of app_schemes"));
+        }
+        if !listed && is_browser_scheme(scheme) {
+            return Err(format!(
+                "the scheme {scheme}: opens a web browser: an app return URL must open the \
+                 partner's app"
+            ));
         }
         if matches!(scheme, "http" | "https") {
             return self.check_web(raw, &origin);
@@ -779,10 +848,17 @@ mod tests {
         assert!(p
             .check_app_return_url("partnerapp://r?id={klarna.payment_request.id}")
             .is_ok());
-        assert!(p
-            .check_app_return_url("https://partner.example/app")
-            .is_ok());
         for bad in [
+            "https://partner.example/app",
+            "intent://evil.example/#Intent;scheme=https;end",
+            "INTENT://evil.example/",
+            "x-safari-https://evil.example/",
+            "googlechromes://evil.example/",
+            "googlechrome://evil.example/",
+            "firefox://open-url?url=https://evil.example",
+            "microsoft-edge-https://evil.example",
+            "opera-https://evil.example",
+            "android-app://com.android.chrome/https/evil.example",
             "javascript:alert(1)",
             "data:text/html,x",
             "vbscript:x",
@@ -794,6 +870,34 @@ mod tests {
         ] {
             assert!(p.check_app_return_url(bad).is_err(), "{bad}");
         }
+        // Listed, a browser scheme is allowed (https still by the web rules); then only the
+        // listed ones are.
+        let p = policy(|c| {
+            c.app_schemes = vec!["https".into(), "partnerapp".into()];
+            c.allowed_hosts = vec!["partner.example".into()];
+        });
+        assert!(p
+            .check_app_return_url("https://partner.example/app")
+            .is_ok());
+        assert!(p.check_app_return_url("https://evil.example/app").is_err());
+        assert!(p.check_app_return_url("partnerapp://klarna").is_ok());
+        assert!(p.check_app_return_url("otherapp://klarna").is_err());
+        let mut problems = Problems::default();
+        ReturnUrlPolicy::new(
+            &ReturnUrlPolicyConfig {
+                app_schemes: vec!["javascript".into(), "a b".into()],
+                ..ReturnUrlPolicyConfig::default()
+            },
+            &mut problems,
+        );
+        let keys: Vec<_> = problems.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "return_url_policy.app_schemes[0]",
+                "return_url_policy.app_schemes[1]"
+            ]
+        );
     }
 
     #[test]

@@ -174,18 +174,109 @@ pub(super) fn canonical(path: &[u8]) -> Cow<'_, [u8]> {
 /// dot segments), and, when they differ, dot segments first (`/%2e/..` and `/./`, with escaped
 /// dots as dots) and the escapes after, which is what URL parsers such as the `url` crate and
 /// WHATWG-style routers do: `/%2e/../payments/%2F/../` is `/` one way and `/payments` the other.
+///
+/// Each reading comes also [`loosened`], when that differs: a format suffix dropped, as
+/// Rails routes `/payments.json` to `/payments`.
 pub(super) fn readings(path: &[u8]) -> impl Iterator<Item = Cow<'_, [u8]>> {
     let first = canonical(path);
     let second = (!is_canonical(path)).then(|| canonical(&dots_first(path)).into_owned());
-    let second = second.filter(|s| *s != *first).map(Cow::Owned);
-    std::iter::once(first).chain(second)
+    let second = second.filter(|s| *s != *first);
+    let loose_first = loosened(&first);
+    let loose_second = second.as_deref().and_then(loosened);
+    std::iter::once(first)
+        .chain(second.map(Cow::Owned))
+        .chain(loose_first.map(Cow::Owned))
+        .chain(loose_second.map(Cow::Owned))
+}
+
+/// A canonical path as a lenient router may still read it: each segment cut at a NUL
+/// (C-string routers) and without trailing whitespace or dots (`klarna%20`, `klarna.`), and
+/// the last one cut at its first dot (a format suffix: Rails, Sinatra and others route
+/// `/payments.json` as `/payments`). `None` when that changes nothing (the usual path has
+/// no dot, NUL or space, and costs one scan).
+pub(super) fn loosened(path: &[u8]) -> Option<Vec<u8>> {
+    if !path
+        .iter()
+        .any(|&b| b == b'.' || b == 0 || b.is_ascii_whitespace())
+    {
+        return None;
+    }
+    let segments: Vec<&[u8]> = path.strip_prefix(b"/")?.split(|&b| b == b'/').collect();
+    let last = segments.len() - 1;
+    let mut out = Vec::with_capacity(path.len());
+    for (i, seg) in segments.into_iter().enumerate() {
+        let mut seg = seg.split(|&b| b == 0).next().unwrap_or_default();
+        if i == last {
+            seg = seg.split(|&b| b == b'.').next().unwrap_or_default();
+        }
+        while let [rest @ .., b] = seg {
+            if *b == b'.' || b.is_ascii_whitespace() {
+                seg = rest;
+            } else {
+                break;
+            }
+        }
+        if !seg.is_empty() {
+            out.push(b'/');
+            out.extend_from_slice(seg);
+        }
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    (out != path).then_some(out)
+}
+
+/// The names of a query string's parameters as frameworks file them: split at `&` and `;`
+/// (Rack 2), `+` and percent-escapes undone (repeatedly), leading brackets dropped and the
+/// name cut at its first `[` (`a[b][c]=` is `a`, for Rack, `qs` and PHP), at a NUL, and with
+/// `.` and spaces read as `_` (PHP). A query without `=`-less oddities costs one split.
+pub(super) fn query_names(query: &str) -> impl Iterator<Item = Cow<'_, str>> {
+    query.split(['&', ';']).filter_map(|pair| {
+        let raw = pair.split('=').next().unwrap_or_default();
+        let mut name: Cow<'_, str> = Cow::Borrowed(raw);
+        for _ in 0..8 {
+            if !name.contains(['%', '+']) {
+                break;
+            }
+            let plus = name.replace('+', " ");
+            let next = percent_encoding::percent_decode_str(&plus)
+                .decode_utf8_lossy()
+                .into_owned();
+            if next == name {
+                break;
+            }
+            name = Cow::Owned(next);
+        }
+        let trimmed = name.trim_start_matches(['[', ']', ' ']);
+        let base = trimmed.split(['[', ']', '\0']).next().unwrap_or_default();
+        if base.is_empty() {
+            return None;
+        }
+        Some(if base.contains(['.', ' ']) {
+            Cow::Owned(base.replace(['.', ' '], "_"))
+        } else if base.len() == name.len() {
+            name
+        } else {
+            Cow::Owned(base.to_owned())
+        })
+    })
+}
+
+/// Whether `path` (as received) names `canonical` (a canonical path) in any spelling a
+/// router may read as it: ASCII case, escapes, dot segments, format suffixes, trailing
+/// dots, spaces or NULs. The exact, usual miss costs a length comparison and one scan.
+pub(super) fn names(path: &[u8], canonical: &[u8]) -> bool {
+    let maybe = path.len() == canonical.len() || path.contains(&b'.') || !is_canonical(path);
+    maybe && readings(path).any(|r| r.eq_ignore_ascii_case(canonical))
 }
 
 /// `path` with its dot segments resolved on the raw segments (a segment that percent-decodes
-/// to `.` or `..` counts as one), escapes left in place.
+/// to `.` or `..` counts as one), escapes left in place. Empty segments count, as in WHATWG
+/// URL parsing: `/payments/\\/..` is `/payments/` there, not `/`.
 fn dots_first(path: &[u8]) -> Vec<u8> {
     let mut out: Vec<&[u8]> = Vec::new();
-    for seg in path.split(|&b| b == b'/' || b == b'\\') {
+    for seg in path.split(|&b| b == b'/' || b == b'\\').skip(1) {
         let mut decoded: Vec<u8> = seg.to_vec();
         for _ in 0..8 {
             if !decoded.contains(&b'%') {
@@ -194,7 +285,7 @@ fn dots_first(path: &[u8]) -> Vec<u8> {
             decoded = percent_encoding::percent_decode(&decoded).collect();
         }
         match decoded.as_slice() {
-            b"" | b"." => {}
+            b"." => {}
             b".." => {
                 out.pop();
             }
@@ -254,6 +345,60 @@ mod tests {
         assert_eq!(all("/x/../payments"), ["/payments"]);
         assert_eq!(all("/%2e/../payments/%2F/../"), ["/", "/payments"]);
         assert_eq!(all("/payments/%2F/.."), ["/", "/payments"]);
+    }
+
+    #[test]
+    fn lenient_router_readings_are_made() {
+        for (raw, canon) in [
+            ("/webhooks/klarna", "/webhooks/klarna"),
+            ("/webhooks/klarna.json", "/webhooks/klarna"),
+            ("/webhooks/klarna.", "/webhooks/klarna"),
+            ("/webhooks/klarna%2e", "/webhooks/klarna"),
+            ("/webhooks/klarna%2E", "/webhooks/klarna"),
+            ("/webhooks/klarna%20", "/webhooks/klarna"),
+            ("/webhooks/klarna%00", "/webhooks/klarna"),
+            ("/webhooks/klarna%00.json", "/webhooks/klarna"),
+            ("/webhooks%20/klarna", "/webhooks/klarna"),
+            ("/webhooks./klarna", "/webhooks/klarna"),
+            ("/WEBHOOKS/Klarna.xml", "/webhooks/klarna"),
+            ("/webhooks/klarna%252ejson", "/webhooks/klarna"),
+        ] {
+            assert!(names(raw.as_bytes(), canon.as_bytes()), "{raw}");
+        }
+        for raw in [
+            "/webhooks/klarnax",
+            "/webhooks",
+            "/webhooks/klarna/x",
+            "/x/klarna.json",
+        ] {
+            assert!(!names(raw.as_bytes(), b"/webhooks/klarna"), "{raw}");
+        }
+        assert_eq!(loosened(b"/payments"), None);
+        assert_eq!(
+            loosened(b"/v1/payments.json").as_deref(),
+            Some(&b"/v1/payments"[..])
+        );
+    }
+
+    #[test]
+    fn query_names_as_frameworks_file_them() {
+        let names = |q: &str| -> Vec<String> { query_names(q).map(|n| n.into_owned()).collect() };
+        assert_eq!(names("a=1&b=2"), ["a", "b"]);
+        assert_eq!(
+            names("step_up_config[customer_interaction_config][return_url]=x"),
+            ["step_up_config"]
+        );
+        assert_eq!(names("%73tep_up_config%5Bx%5D=1"), ["step_up_config"]);
+        assert_eq!(names("return%255Furl=1"), ["return_url"]);
+        assert_eq!(names("[]payment_method=klarna"), ["payment_method"]);
+        assert_eq!(
+            names("return.url=1;return+url=2"),
+            ["return_url", "return_url"]
+        );
+        assert_eq!(
+            names("payment_method%00x=1&&=&flag"),
+            ["payment_method", "flag"]
+        );
     }
 
     #[test]

@@ -53,8 +53,6 @@ pub mod relay_headers {
 pub(crate) struct Webhooks {
     pub path: String,
     pub relay_path: String,
-    /// The relay path's canonical form: any spelling of it from outside is refused.
-    pub relay_canonical: Vec<u8>,
     pub keys: Vec<(String, Vec<u8>)>,
     pub body_limit: usize,
 }
