@@ -358,7 +358,7 @@ async fn point_2_relay_headers_cannot_be_forged() {
             let names: Vec<_> = seen[0]
                 .headers
                 .keys()
-                .filter(|k| k.as_str().starts_with("x-klarna-stepup"))
+                .filter(|k| k.as_str().replace('_', "-").starts_with("x-klarna-stepup"))
                 .collect();
             eprintln!("{adapter:7} forged headers on {method} {path} -> upstream sees {names:?}");
             assert!(names.is_empty(), "{adapter}: {method} {path}: {names:?}");
@@ -380,6 +380,11 @@ async fn point_2_relay_headers_cannot_be_forged() {
             "/webhooks/klarna/.",
             "/webhooks%2Fklarna",
             "/webhooks/klarna?x=1",
+            "/webhooks/klarna.json",
+            "/webhooks/klarna.",
+            "/webhooks/klarna%2e",
+            "/webhooks/klarna%20",
+            "/webhooks/klarna%00",
         ] {
             for method in ["POST", "GET", "PUT"] {
                 p.up.take_received();
@@ -391,6 +396,158 @@ async fn point_2_relay_headers_cannot_be_forged() {
                 );
             }
         }
+    }
+}
+
+/// What a Go, Rack, PHP or Node payment API would read that the layer's own parser did not:
+/// other spellings of the keys it reads, query parameters merged with the body, a body read
+/// as a form, format suffixes, the partner header under another spelling, browser schemes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_common_payment_api_stacks_read_is_checked_too() {
+    let p = proxies(step_up(
+        "notify_path = \"/internal/returns\"\n\
+         [return_url_policy]\nallowed_hosts = [\"*.partner.example\", \"pay.acquirer.example\"]\n\
+         [partners]\nheader = \"X-Partner-Id\"\nunknown = \"global\"\n",
+    ))
+    .await;
+    let json = [("content-type", "application/json"), ("x-partner-id", "p1")];
+    let good = r#""klarna_return_url":"https://shop.partner.example/r""#;
+    let evil = "https://evil.example/phish";
+    let body = |s: String| s.into_bytes();
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "Go: Return_Url",
+            "/payments",
+            json.to_vec(),
+            body(format!(r#"{{"PAYMENT_METHOD":"klarna","Return_Url":"{evil}"}}"#)),
+            400,
+            "invalid_return_url",
+        ),
+        (
+            "Go: Kelvin-sign klarna_return_url",
+            "/payments",
+            json.to_vec(),
+            body(format!(
+                "{{\"payment_method\":\"klarna\",\"\u{212A}larna_return_url\":\"{evil}\"}}"
+            )),
+            400,
+            "invalid_return_url",
+        ),
+        (
+            "Go: Step_Up_Config merged into the layer's",
+            "/payments",
+            json.to_vec(),
+            body(format!(
+                r#"{{"payment_method":"klarna",{good},"Step_Up_Config":{{"customer_interaction_config":{{"app_return_url":"{evil}"}}}}}}"#
+            )),
+            400,
+            "invalid_app_return_url",
+        ),
+        (
+            "Go: two spellings of return_url",
+            "/payments",
+            json.to_vec(),
+            body(format!(
+                r#"{{"payment_method":"klarna",{good},"return_url":"https://a.partner.example/","RETURN_URL":"{evil}"}}"#
+            )),
+            400,
+            "duplicate_key",
+        ),
+        (
+            "second return field hostile",
+            "/payments",
+            json.to_vec(),
+            body(format!(
+                r#"{{"payment_method":"klarna",{good},"return_url":"javascript:alert(1)"}}"#
+            )),
+            400,
+            "invalid_return_url",
+        ),
+        (
+            "browser scheme as app return URL",
+            "/payments",
+            json.to_vec(),
+            body(format!(
+                r#"{{"payment_method":"klarna",{good},"app_return_url":"intent://evil.example/#Intent;scheme=https;end"}}"#
+            )),
+            400,
+            "invalid_app_return_url",
+        ),
+        (
+            "Rails: query merged with a card body",
+            "/payments?payment_method=klarna&step_up_config[customer_interaction_config][return_url]=https://evil.example/",
+            json.to_vec(),
+            body(r#"{"payment_method":"card"}"#.into()),
+            400,
+            "query_field",
+        ),
+        (
+            "Rails: format suffix",
+            "/payments.json",
+            json.to_vec(),
+            body(format!(r#"{{"payment_method":"klarna","return_url":"{evil}"}}"#)),
+            400,
+            "non_canonical_path",
+        ),
+        (
+            "Rack: no content type, body read as a form",
+            "/payments",
+            vec![("x-partner-id", "p1")],
+            body(format!(
+                r#"{{"payment_method":"card","note":"&return_url={evil}&payment_method=klarna"}}"#
+            )),
+            400,
+            "form_field",
+        ),
+        (
+            "Rack: X_Partner_Id beside X-Partner-Id",
+            "/payments",
+            vec![
+                ("content-type", "application/json"),
+                ("x-partner-id", "p1"),
+                ("X_Partner_Id", "p2"),
+            ],
+            body(format!(r#"{{"payment_method":"klarna",{good}}}"#)),
+            400,
+            "invalid_partner",
+        ),
+        (
+            "Connection names the partner header",
+            "/payments",
+            vec![
+                ("content-type", "application/json"),
+                ("x-partner-id", "p1"),
+                ("connection", "X-Partner-Id"),
+            ],
+            body(format!(r#"{{"payment_method":"klarna",{good}}}"#)),
+            400,
+            "invalid_partner",
+        ),
+    ];
+    refused_everywhere(&p, &cases).await;
+    for (adapter, addr) in &p.all {
+        // The return notification path, from outside, in any spelling.
+        for path in ["/internal/returns", "/internal/returns.json", "/internal/Returns%00"] {
+            p.up.take_received();
+            let res = send(*addr, "POST", path, &json, br#"{"state":"COMPLETED"}"#).await;
+            assert_eq!(res.status, 404, "{adapter}: {path}");
+            assert!(p.up.take_received().is_empty(), "{adapter}: {path}");
+        }
+        // A well-formed payment in another case is read and completed in place.
+        p.up.take_received();
+        let res = send(
+            *addr,
+            "POST",
+            "/payments",
+            &json,
+            format!(r#"{{"Payment_Method":"KLARNA",{good},"STEP_UP_CONFIG":{{}}}}"#).as_bytes(),
+        )
+        .await;
+        assert_eq!(res.status, 200, "{adapter}");
+        let seen = p.up.take_received();
+        let sent = String::from_utf8_lossy(&seen[0].body).to_ascii_lowercase();
+        assert_eq!(sent.matches("step_up_config").count(), 1, "{adapter}: {sent}");
+        assert!(sent.contains("customer_interaction_config"), "{adapter}: {sent}");
     }
 }
 
