@@ -367,7 +367,7 @@ fn corpus() -> Vec<Case> {
         .collect();
     let mut bom = b"\xEF\xBB\xBF".to_vec();
     bom.extend_from_slice(klarna.as_bytes());
-    let mut invalid_utf8 = format!(r#"{{"payment_method":"klarna","x":"#).into_bytes();
+    let mut invalid_utf8 = br#"{"payment_method":"klarna","x":"#.to_vec();
     invalid_utf8.extend_from_slice(b"\"\xFF\",");
     invalid_utf8.extend_from_slice(format!("{hostile}}}").as_bytes());
     for (name, body) in [
