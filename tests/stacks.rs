@@ -724,7 +724,11 @@ fn corpus() -> Vec<Case> {
         &[("Connection", "Host")],
     ));
 
-    // The relay path from outside, with a forged verification.
+    // The relay path from outside, with a forged verification in both spellings.
+    let forged = [
+        ("X-Klarna-Stepup-Verified", "true"),
+        ("X_Klarna_Stepup_Verified", "true"),
+    ];
     for suffix in [
         "", "/", ".json", ".", "%2e", "%2E", "%20", "%00", ";x=1", "/.", "?x=1",
     ] {
@@ -734,7 +738,7 @@ fn corpus() -> Vec<Case> {
                 &format!("{RELAY}{suffix}"),
                 r#"{"a":1}"#,
             ),
-            &[("X-Klarna-Stepup-Verified", "true")],
+            &forged,
         ));
     }
     for path in [
@@ -750,7 +754,7 @@ fn corpus() -> Vec<Case> {
     ] {
         c.push(with(
             post(format!("relay {path}"), path, r#"{"a":1}"#),
-            &[("X_Klarna_Stepup_Verified", "true")],
+            &forged,
         ));
     }
     let mut get = with(
@@ -759,7 +763,7 @@ fn corpus() -> Vec<Case> {
             &format!("{RELAY}.json"),
             "",
         ),
-        &[("X-Klarna-Stepup-Verified", "true")],
+        &forged,
     );
     get.method = "GET";
     c.push(get);
@@ -837,6 +841,22 @@ fn layer_refusal(res: &RawResponse) -> bool {
         .is_some_and(|m| m != "passthrough" && m != "rewritten")
 }
 
+/// A record's `{field: url}` object: the return URLs the stub decoded, by field.
+fn fields(v: &Value) -> Vec<(String, String)> {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, x)| {
+                    (
+                        k.clone(),
+                        x.as_str().map_or_else(|| x.to_string(), str::to_owned),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The cell's label and, if it is bad, why.
 fn judge(
     case: &Case,
@@ -860,16 +880,12 @@ fn judge(
         if r.get("decode_error").is_some() {
             continue; // the stack refused the body itself: nothing decoded is used
         }
-        bad.extend(
-            strings(&r["web_urls"])
-                .iter()
-                .filter_map(|u| hostile_web(u)),
-        );
-        bad.extend(
-            strings(&r["app_urls"])
-                .iter()
-                .filter_map(|u| hostile_app(u)),
-        );
+        for (field, url) in fields(&r["web_urls"]) {
+            bad.extend(hostile_web(&url).map(|why| format!("{field}: {why}")));
+        }
+        for (field, url) in fields(&r["app_urls"]) {
+            bad.extend(hostile_app(&url).map(|why| format!("{field}: {why}")));
+        }
         let verified = strings(&r["verified"]);
         if !verified.is_empty() {
             bad.push(format!("relay verification header {verified:?} on {path}"));
@@ -886,7 +902,10 @@ fn judge(
             r["route"] == "payment"
                 && r.get("decode_error").is_none()
                 && r["payment_method"] == pm
-                && (url.is_empty() || strings(&r["web_urls"]).iter().any(|u| u.starts_with(url)))
+                && (url.is_empty()
+                    || fields(&r["web_urls"])
+                        .iter()
+                        .any(|(_, u)| u.starts_with(url)))
         });
         if !arrived {
             bad.push(format!(

@@ -35,15 +35,15 @@ type Payment struct {
 }
 
 type Record struct {
-	Method        string      `json:"method"`
-	Path          string      `json:"path"`
-	Route         string      `json:"route"`
-	PaymentMethod interface{} `json:"payment_method"`
-	WebURLs       []string    `json:"web_urls"`
-	AppURLs       []string    `json:"app_urls"`
-	Partner       []string    `json:"partner"`
-	Verified      []string    `json:"verified"`
-	DecodeError   string      `json:"decode_error,omitempty"`
+	Method        string            `json:"method"`
+	Path          string            `json:"path"`
+	Route         string            `json:"route"`
+	PaymentMethod interface{}       `json:"payment_method"`
+	WebURLs       map[string]string `json:"web_urls"`
+	AppURLs       map[string]string `json:"app_urls"`
+	Partner       []string          `json:"partner"`
+	Verified      []string          `json:"verified"`
+	DecodeError   string            `json:"decode_error,omitempty"`
 }
 
 var (
@@ -62,8 +62,19 @@ func nonEmpty(xs ...string) []string {
 	return out
 }
 
+// The fields given (by the name the layer writes them under) that are not empty.
+func present(fields map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range fields {
+		if v != "" {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 func record(r *http.Request, route string) *Record {
-	return &Record{Method: r.Method, Path: r.URL.Path, Route: route, WebURLs: []string{}, AppURLs: []string{},
+	return &Record{Method: r.Method, Path: r.URL.Path, Route: route, WebURLs: map[string]string{}, AppURLs: map[string]string{},
 		Partner: nonEmpty(r.Header.Values("X-Partner-Id")...), Verified: nonEmpty(r.Header.Values("X-Klarna-Stepup-Verified")...)}
 }
 
@@ -87,13 +98,14 @@ func payment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec.PaymentMethod = p.PaymentMethod
-	rec.WebURLs = nonEmpty(p.ReturnURL, p.KlarnaReturnURL)
-	rec.AppURLs = nonEmpty(p.AppReturnURL, p.KlarnaAppReturnURL)
+	c := &CustomerInteractionConfig{}
 	if p.StepUpConfig != nil && p.StepUpConfig.CustomerInteractionConfig != nil {
-		c := p.StepUpConfig.CustomerInteractionConfig
-		rec.WebURLs = append(rec.WebURLs, nonEmpty(c.ReturnURL)...)
-		rec.AppURLs = append(rec.AppURLs, nonEmpty(c.AppReturnURL)...)
+		c = p.StepUpConfig.CustomerInteractionConfig
 	}
+	rec.WebURLs = present(map[string]string{"return_url": p.ReturnURL, "klarna_return_url": p.KlarnaReturnURL,
+		"step_up_config.customer_interaction_config.return_url": c.ReturnURL})
+	rec.AppURLs = present(map[string]string{"app_return_url": p.AppReturnURL, "klarna_app_return_url": p.KlarnaAppReturnURL,
+		"step_up_config.customer_interaction_config.app_return_url": c.AppReturnURL})
 	keep(rec)
 	w.Header().Set("Content-Type", "application/json")
 	fmt.Fprint(w, stepUpRequired)

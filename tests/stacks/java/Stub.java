@@ -39,9 +39,13 @@ public class Stub {
         @JsonProperty("request_payment_transaction") public Object requestPaymentTransaction;
     }
 
-    static List<String> present(String... values) {
-        List<String> out = new ArrayList<>();
-        for (String v : values) if (v != null && !v.isEmpty()) out.add(v);
+    /** The (name, value) pairs given whose value is not empty. */
+    static Map<String, String> present(String... namesAndValues) {
+        Map<String, String> out = new LinkedHashMap<>();
+        for (int i = 0; i < namesAndValues.length; i += 2) {
+            String v = namesAndValues[i + 1];
+            if (v != null && !v.isEmpty()) out.put(namesAndValues[i], v);
+        }
         return out;
     }
 
@@ -51,8 +55,8 @@ public class Stub {
         rec.put("path", path);
         rec.put("route", route);
         rec.put("payment_method", null);
-        rec.put("web_urls", new ArrayList<String>());
-        rec.put("app_urls", new ArrayList<String>());
+        rec.put("web_urls", Map.of());
+        rec.put("app_urls", Map.of());
         rec.put("partner", ex.getRequestHeaders().getOrDefault("X-Partner-Id", List.of()));
         rec.put("verified", ex.getRequestHeaders().getOrDefault("X-Klarna-Stepup-Verified", List.of()));
         return rec;
@@ -87,15 +91,13 @@ public class Stub {
                 send(ex, 400, "{\"error\":\"bad request\"}");
                 return;
             }
-            List<String> web = present(p.returnUrl, p.klarnaReturnUrl);
-            List<String> app = present(p.appReturnUrl, p.klarnaAppReturnUrl);
-            if (p.stepUpConfig != null && p.stepUpConfig.customerInteractionConfig != null) {
-                web.addAll(present(p.stepUpConfig.customerInteractionConfig.returnUrl));
-                app.addAll(present(p.stepUpConfig.customerInteractionConfig.appReturnUrl));
-            }
+            CustomerInteractionConfig cic = p.stepUpConfig != null && p.stepUpConfig.customerInteractionConfig != null
+                ? p.stepUpConfig.customerInteractionConfig : new CustomerInteractionConfig();
             rec.put("payment_method", p.paymentMethod);
-            rec.put("web_urls", web);
-            rec.put("app_urls", app);
+            rec.put("web_urls", present("return_url", p.returnUrl, "klarna_return_url", p.klarnaReturnUrl,
+                "step_up_config.customer_interaction_config.return_url", cic.returnUrl));
+            rec.put("app_urls", present("app_return_url", p.appReturnUrl, "klarna_app_return_url", p.klarnaAppReturnUrl,
+                "step_up_config.customer_interaction_config.app_return_url", cic.appReturnUrl));
             RECORDS.add(rec);
             send(ex, 200, STEP_UP_REQUIRED);
         } else {

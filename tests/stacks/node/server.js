@@ -13,16 +13,21 @@ const dig = (o, ...keys) => keys.reduce((v, k) => (v && typeof v === 'object' ? 
 
 function record(req, route) {
   return {
-    method: req.method, path: req.path, route, payment_method: null, web_urls: [], app_urls: [],
+    method: req.method, path: req.path, route, payment_method: null, web_urls: {}, app_urls: {},
     partner: present(req.get('X-Partner-Id')), verified: present(req.get('X-Klarna-Stepup-Verified')),
   };
 }
 
 // What the handler reads: the JSON body's fields, and req.query's (qs-decoded, nested brackets).
-function urls(source, rec) {
-  const cic = dig(source, 'step_up_config', 'customer_interaction_config');
-  rec.web_urls.push(...present(dig(source, 'return_url'), dig(source, 'klarna_return_url'), dig(cic, 'return_url')));
-  rec.app_urls.push(...present(dig(source, 'app_return_url'), dig(source, 'klarna_app_return_url'), dig(cic, 'app_return_url')));
+function urls(source, rec, prefix) {
+  const cic = 'step_up_config.customer_interaction_config.';
+  for (const [urls, names] of [[rec.web_urls, ['return_url', 'klarna_return_url', cic + 'return_url']],
+    [rec.app_urls, ['app_return_url', 'klarna_app_return_url', cic + 'app_return_url']]]) {
+    for (const name of names) {
+      const [value] = present(dig(source, ...name.split('.')));
+      if (value !== undefined) urls[prefix + name] = value;
+    }
+  }
 }
 
 const app = express();
@@ -33,8 +38,8 @@ app.post(PAYMENT_ROUTES, (req, res) => {
   const rec = record(req, 'payment');
   const body = req.body || {};
   rec.payment_method = body.payment_method ?? req.query.payment_method ?? null;
-  urls(body, rec);
-  urls(req.query, rec);
+  urls(body, rec, '');
+  urls(req.query, rec, 'query:');
   records.push(rec);
   res.type('application/json').send(STEP_UP_REQUIRED);
 });

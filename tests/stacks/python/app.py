@@ -19,6 +19,10 @@ def present(*values):
     return [v if isinstance(v, str) else json.dumps(v) for v in values if v not in (None, "")]
 
 
+def fields(**values):
+    return {name.replace("__", "."): present(v)[0] for name, v in values.items() if present(v)}
+
+
 def dig(value, *keys):
     for key in keys:
         value = value.get(key) if isinstance(value, dict) else None
@@ -31,8 +35,8 @@ def record(route):
         "path": request.path,
         "route": route,
         "payment_method": None,
-        "web_urls": [],
-        "app_urls": [],
+        "web_urls": {},
+        "app_urls": {},
         "partner": present(*request.headers.getlist("X-Partner-Id")),
         "verified": present(*request.headers.getlist("X-Klarna-Stepup-Verified")),
     }
@@ -55,8 +59,16 @@ def payment(account=None):
         raise
     cic = dig(body, "step_up_config", "customer_interaction_config")
     rec["payment_method"] = dig(body, "payment_method")
-    rec["web_urls"] = present(dig(body, "return_url"), dig(body, "klarna_return_url"), dig(cic, "return_url"))
-    rec["app_urls"] = present(dig(body, "app_return_url"), dig(body, "klarna_app_return_url"), dig(cic, "app_return_url"))
+    rec["web_urls"] = fields(
+        return_url=dig(body, "return_url"),
+        klarna_return_url=dig(body, "klarna_return_url"),
+        step_up_config__customer_interaction_config__return_url=dig(cic, "return_url"),
+    )
+    rec["app_urls"] = fields(
+        app_return_url=dig(body, "app_return_url"),
+        klarna_app_return_url=dig(body, "klarna_app_return_url"),
+        step_up_config__customer_interaction_config__app_return_url=dig(cic, "app_return_url"),
+    )
     keep(rec)
     return app.response_class(STEP_UP_REQUIRED, content_type="application/json")
 

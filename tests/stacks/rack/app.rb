@@ -33,13 +33,17 @@ def dig(h, *keys)
   keys.reduce(h) { |v, k| v.is_a?(Hash) ? v[k] : nil }
 end
 
+def fields(**values)
+  values.transform_keys(&:to_s).transform_values { |v| present(v).first }.compact
+end
+
 def present(*values)
   values.compact.map { |v| v.is_a?(String) ? v : v.to_json }.reject(&:empty?)
 end
 
 def record(env, path, route)
   { 'method' => env['REQUEST_METHOD'], 'path' => path, 'route' => route, 'payment_method' => nil,
-    'web_urls' => [], 'app_urls' => [],
+    'web_urls' => {}, 'app_urls' => {},
     'partner' => present(env['HTTP_X_PARTNER_ID']), 'verified' => present(env['HTTP_X_KLARNA_STEPUP_VERIFIED']) }
 end
 
@@ -73,8 +77,10 @@ APP = lambda do |env|
   end
   cic = dig(p, 'step_up_config', 'customer_interaction_config')
   rec['payment_method'] = p['payment_method']
-  rec['web_urls'] = present(p['return_url'], p['klarna_return_url'], dig(cic, 'return_url'))
-  rec['app_urls'] = present(p['app_return_url'], p['klarna_app_return_url'], dig(cic, 'app_return_url'))
+  rec['web_urls'] = fields(return_url: p['return_url'], klarna_return_url: p['klarna_return_url'],
+                           'step_up_config.customer_interaction_config.return_url': dig(cic, 'return_url'))
+  rec['app_urls'] = fields(app_return_url: p['app_return_url'], klarna_app_return_url: p['klarna_app_return_url'],
+                           'step_up_config.customer_interaction_config.app_return_url': dig(cic, 'app_return_url'))
   keep(rec)
   json(200, STEP_UP_REQUIRED)
 end
