@@ -4,6 +4,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"os"
@@ -52,16 +53,6 @@ var (
 	authorize = regexp.MustCompile(`^/v2/accounts/[^/]+/payment/authorize$`)
 )
 
-func nonEmpty(xs ...string) []string {
-	out := []string{}
-	for _, x := range xs {
-		if x != "" {
-			out = append(out, x)
-		}
-	}
-	return out
-}
-
 // The fields given (by the name the layer writes them under) that are not empty.
 func present(fields map[string]string) map[string]string {
 	out := map[string]string{}
@@ -75,7 +66,7 @@ func present(fields map[string]string) map[string]string {
 
 func record(r *http.Request, route string) *Record {
 	return &Record{Method: r.Method, Path: r.URL.Path, Route: route, WebURLs: map[string]string{}, AppURLs: map[string]string{},
-		Partner: nonEmpty(r.Header.Values("X-Partner-Id")...), Verified: nonEmpty(r.Header.Values("X-Klarna-Stepup-Verified")...)}
+		Partner: r.Header.Values("X-Partner-Id"), Verified: r.Header.Values("X-Klarna-Stepup-Verified")}
 }
 
 func keep(rec *Record) {
@@ -140,13 +131,10 @@ func main() {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(records)
 	})
-	mux.HandleFunc("/", http.NotFound)
-	srv := &http.Server{Addr: "127.0.0.1:" + port, Handler: mux}
-	ln, err := net.Listen("tcp", srv.Addr)
+	ln, err := net.Listen("tcp", "127.0.0.1:"+port)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		log.Fatal(err)
 	}
-	fmt.Println("listening on", srv.Addr)
-	fmt.Fprintln(os.Stderr, srv.Serve(ln))
+	fmt.Println("listening on", ln.Addr()) // anything else: the mux's 404
+	log.Fatal(http.Serve(ln, mux))
 }
