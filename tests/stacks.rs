@@ -857,7 +857,9 @@ fn fields(v: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// The cell's label and, if it is bad, why.
+/// The cell's label (`refused` by the layer; `clean`; `stack-400` or `<status>-stub` when the
+/// stack itself refused or did not route it; `HOSTILE` when it decoded something hostile;
+/// `LOST` when a benign request did not arrive as sent) and, if it is bad, why.
 fn judge(
     case: &Case,
     res: &Result<RawResponse, String>,
@@ -922,8 +924,11 @@ fn judge(
                 .map_or_else(String::clone, |r| r.status.to_string())
         ));
     }
-    let label = if !bad.is_empty() {
+    let lost = |why: &String| why.starts_with("benign") || why.starts_with("signed webhook");
+    let label = if bad.iter().any(|why| !lost(why)) {
         "HOSTILE".to_string()
+    } else if !bad.is_empty() {
+        "LOST".to_string()
     } else if records.is_empty() {
         match res {
             Ok(r) if (400..500).contains(&r.status) && layer_refusal(r) => "refused".into(),
