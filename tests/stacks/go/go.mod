@@ -1,0 +1,3 @@
+module klarna-stepup/stacks/go
+
+go 1.19
