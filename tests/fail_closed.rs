@@ -527,7 +527,11 @@ async fn what_common_payment_api_stacks_read_is_checked_too() {
     refused_everywhere(&p, &cases).await;
     for (adapter, addr) in &p.all {
         // The return notification path, from outside, in any spelling.
-        for path in ["/internal/returns", "/internal/returns.json", "/internal/Returns%00"] {
+        for path in [
+            "/internal/returns",
+            "/internal/returns.json",
+            "/internal/Returns%00",
+        ] {
             p.up.take_received();
             let res = send(*addr, "POST", path, &json, br#"{"state":"COMPLETED"}"#).await;
             assert_eq!(res.status, 404, "{adapter}: {path}");
@@ -546,8 +550,15 @@ async fn what_common_payment_api_stacks_read_is_checked_too() {
         assert_eq!(res.status, 200, "{adapter}");
         let seen = p.up.take_received();
         let sent = String::from_utf8_lossy(&seen[0].body).to_ascii_lowercase();
-        assert_eq!(sent.matches("step_up_config").count(), 1, "{adapter}: {sent}");
-        assert!(sent.contains("customer_interaction_config"), "{adapter}: {sent}");
+        assert_eq!(
+            sent.matches("step_up_config").count(),
+            1,
+            "{adapter}: {sent}"
+        );
+        assert!(
+            sent.contains("customer_interaction_config"),
+            "{adapter}: {sent}"
+        );
     }
 }
 

@@ -724,6 +724,15 @@ fn corpus() -> Vec<Case> {
         &[("Connection", "Host")],
     ));
 
+    // No Content-Type: Rack reads a POST body as a form, whatever it looks like.
+    let mut untyped = post(
+        "no Content-Type, JSON that is a form too",
+        "/payments",
+        format!(r#"{{"payment_method":"card","note":"&return_url={EVIL}&payment_method=klarna"}}"#),
+    );
+    untyped.headers.retain(|(n, _)| n != "Content-Type");
+    c.push(untyped);
+
     // The relay path from outside, with a forged verification in both spellings.
     let forged = [
         ("X-Klarna-Stepup-Verified", "true"),
