@@ -10,7 +10,7 @@ use sha2::Sha256;
 
 use super::Refusal;
 
-/// Klarna's signature header: hex HMAC-SHA256 of the raw body.
+/// Klarna's signature header: HMAC-SHA256 of the raw body, hex (or base64) encoded.
 pub const SIGNATURE_HEADER: HeaderName = HeaderName::from_static("klarna-signature");
 /// Klarna's header naming the signing key.
 pub const SIGNING_KEY_ID_HEADER: HeaderName = HeaderName::from_static("klarna-signing-key-id");
@@ -143,8 +143,13 @@ pub(crate) fn verify(
         .map(|v| v.as_bytes())
         .filter(|s| !s.is_empty())
         .ok_or_else(|| refused("invalid_signature", "Klarna-Signature", "is missing"))?;
-    let signature = hex::decode(signature.trim_ascii())
-        .map_err(|_| refused("invalid_signature", "Klarna-Signature", "is not hex"))?;
+    let signature = decode_signature(signature.trim_ascii()).ok_or_else(|| {
+        refused(
+            "invalid_signature",
+            "Klarna-Signature",
+            "is neither hex nor base64",
+        )
+    })?;
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(body);
     // verify_slice compares in constant time and refuses any other length.
@@ -155,6 +160,21 @@ pub(crate) fn verify(
             "does not match the body",
         )
     })
+}
+
+/// A signature as Klarna may send it: hex (its documented form), or base64 (standard or
+/// URL-safe alphabet, padded or not), as other revisions and webhook senders write an
+/// HMAC-SHA256. Accepting both costs nothing in safety (the bytes are then compared in
+/// constant time, length included) and spares hours of Klarna's retries over a format.
+fn decode_signature(text: &[u8]) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+    if text.len() % 2 == 0 && text.iter().all(u8::is_ascii_hexdigit) {
+        return hex::decode(text).ok();
+    }
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok())
 }
 
 /// Refuses a duplicate key in the objects the envelope's fields are read from (the
@@ -263,6 +283,44 @@ pub(crate) fn parse(body: &[u8]) -> Result<WebhookEvent, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signatures_verify_hex_or_base64_in_constant_time() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        use base64::Engine as _;
+        let keys = vec![("k".to_owned(), b"signing-key".to_vec())];
+        let body = br#"{"metadata":{"event_id":"e1"},"payload":{}}"#;
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"signing-key").unwrap();
+        mac.update(body);
+        let raw = mac.finalize().into_bytes();
+        let check = |sig: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(SIGNING_KEY_ID_HEADER, HeaderValue::from_static("k"));
+            h.insert(SIGNATURE_HEADER, HeaderValue::from_str(sig).unwrap());
+            verify(&keys, &h, body)
+        };
+        for good in [
+            hex::encode(raw),
+            hex::encode_upper(raw),
+            STANDARD.encode(raw),
+            URL_SAFE_NO_PAD.encode(raw),
+            format!(" {} ", STANDARD.encode(raw)),
+        ] {
+            assert!(check(&good).is_ok(), "{good}");
+        }
+        let mut wrong = raw.to_vec();
+        wrong[0] ^= 1;
+        for (bad, why) in [
+            (hex::encode(&wrong), "does not match"),
+            (STANDARD.encode(&wrong), "does not match"),
+            (STANDARD.encode(&raw[..31]), "does not match"),
+            (hex::encode(&raw[..16]), "does not match"),
+            ("not a signature!".to_owned(), "neither hex nor base64"),
+        ] {
+            let r = check(&bad).expect_err(&bad);
+            assert!(r.message.contains(why), "{bad}: {}", r.message);
+        }
+    }
 
     #[test]
     fn duplicate_keys_where_fields_are_read_are_refused() {
