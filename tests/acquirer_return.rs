@@ -1,7 +1,7 @@
 //! The acquirer-controlled return: signed tokens, the redirect, and open-redirect attempts.
 
 use http::{HeaderMap, Method, Uri};
-use klarna_stepup::{RequestVerdict, Route, StepUp};
+use klarna_stepup::{RequestVerdict, Route, StepUp, StepUpConfig};
 
 const KEY_OLD: &str = "old-key-0123456789abcdef0123456789abcdef";
 const KEY_NEW: &str = "new-key-fedcba9876543210fedcba9876543210";
@@ -118,17 +118,24 @@ fn round_trip_fills_the_partner_url_and_redirects() {
 }
 
 #[test]
-fn the_id_and_state_always_travel_the_token_only_when_used() {
+fn the_id_state_and_token_always_travel_the_token_to_the_partner_only_when_asked_for() {
     let e = engine(&[("k1", KEY_OLD)]);
     let sent = klarna_return_url(&e, "https://shop.example/done");
     assert!(
-        sent.ends_with("?id={klarna.payment_request.id}&state={klarna.payment_request.state}"),
+        sent.ends_with(
+            "?id={klarna.payment_request.id}&state={klarna.payment_request.state}\
+             &token={klarna.payment_request.klarna_network_session_token}"
+        ),
         "{sent}"
     );
     let r = e
         .resolve_return(&path_of(&klarna_fills(&sent)), now())
         .unwrap();
+    // The token is for the payment API (the notification), not the customer's browser.
     assert_eq!(r.location, "https://shop.example/done");
+    assert!(String::from_utf8(r.notification())
+        .unwrap()
+        .contains(r#""klarna_network_session_token":"tok/en=""#));
     // The acquirer learns them even though the partner's URL does not use them.
     assert_eq!(
         r.payment_request_id.as_deref(),
@@ -345,4 +352,46 @@ fn config_needs_keys_from_the_environment() {
         !err.to_string().contains("tiny-secret"),
         "a secret leaked into an error: {err}"
     );
+}
+
+#[test]
+fn the_acquirer_redirect_needs_the_return_and_replaces_the_redirect_template() {
+    let keys = |errs: klarna_stepup::ConfigErrors| -> Vec<String> {
+        errs.0.iter().map(|e| e.key.clone()).collect()
+    };
+    let err = klarna_stepup::StepUp::from_toml("[acquirer_redirect]\nenabled = true").unwrap_err();
+    assert_eq!(keys(err), ["acquirer_redirect.enabled"]);
+    let err = StepUp::with_secrets(
+        StepUpConfig::from_toml(
+            "[partner_response]\nredirect_url = \"https://pay.acquirer.example/r/{payment_request_id}\"\n\
+             [acquirer_return]\nenabled = true\npublic_base_url = \"https://pay.acquirer.example\"\n\
+             keys = [{ id = \"k\", env = \"K\" }]\n\
+             [acquirer_redirect]\nenabled = true\npath = \"/klarna/return/pay\"\n",
+        )
+        .unwrap(),
+        |_| Some(KEY_OLD.into()),
+    )
+    .unwrap_err();
+    assert_eq!(
+        keys(err),
+        ["acquirer_redirect.path", "acquirer_redirect.enabled"]
+    );
+}
+
+#[test]
+fn a_default_return_url_that_asks_for_the_session_token_is_warned_of() {
+    let e = StepUp::with_secrets(
+        StepUpConfig::from_toml(
+            "[defaults]\nreturn_url = \"https://shop.example/r?t={klarna.payment_request.klarna_network_session_token}\"\n\
+             [webhooks]\nenabled = true\nkeys = [{ id = \"w\", env = \"K\" }]\n\
+             [acquirer_return]\nenabled = true\npublic_base_url = \"https://pay.acquirer.example\"\n\
+             keys = [{ id = \"k\", env = \"K\" }]\n",
+        )
+        .unwrap(),
+        |_| Some(KEY_OLD.into()),
+    )
+    .unwrap();
+    let warned: Vec<_> = e.warnings().iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(warned, ["defaults.return_url"]);
+    assert!(e.warnings()[0].reason.contains("session token"));
 }

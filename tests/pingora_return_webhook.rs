@@ -321,7 +321,8 @@ async fn the_return_notifies_the_payment_api_without_waiting_past_the_timeout() 
         .unwrap();
     let took = started.elapsed();
     assert!(took < Duration::from_secs(2), "redirect delayed {took:?}");
-    assert_redirect(&res, "https://shop.example/done?s=COMPLETED");
+    // Not confirmed in time: the partner is told so, never the browser's claim.
+    assert_redirect(&res, "https://shop.example/done?s=UNCONFIRMED");
     let got = up.take_received();
     assert_eq!(got.len(), 1, "one notification");
     assert_eq!(got[0].method, "POST");
@@ -330,8 +331,22 @@ async fn the_return_notifies_the_payment_api_without_waiting_past_the_timeout() 
     let note: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
     assert_eq!(note["payment_request_reference"], "order-9");
     assert_eq!(note["state"], "COMPLETED");
+    common::return_webhook::assert_notification_signed(&got[0].headers, &got[0].body);
 
-    // A fast payment API: the notification is answered, the redirect follows.
+    // A fast payment API: the redirect carries the state it confirmed (the browser said
+    // COMPLETED; the payment API's final authorize said otherwise).
+    up.set_answer(Answer {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: br#"{"state":"DECLINED"}"#.to_vec(),
+        delay: None,
+    });
+    let res = raw_request(proxy, "GET", &path, &[], ReqBody::None, LIMIT)
+        .await
+        .unwrap();
+    assert_redirect(&res, "https://shop.example/done?s=DECLINED");
+    assert_eq!(up.take_received().len(), 1);
+    // A 2xx without a state confirms nothing.
     up.set_answer(Answer {
         status: 204,
         ..Answer::default()
@@ -339,8 +354,14 @@ async fn the_return_notifies_the_payment_api_without_waiting_past_the_timeout() 
     let res = raw_request(proxy, "GET", &path, &[], ReqBody::None, LIMIT)
         .await
         .unwrap();
-    assert_redirect(&res, "https://shop.example/done?s=COMPLETED");
+    assert_redirect(&res, "https://shop.example/done?s=UNCONFIRMED");
     assert_eq!(up.take_received().len(), 1);
+    // A HEAD (a link preview) redirects and tells the payment API nothing.
+    let res = raw_request(proxy, "HEAD", &path, &[], ReqBody::None, LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(res.status, 303);
+    assert!(up.take_received().is_empty(), "HEAD sends no notification");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,5 +376,5 @@ async fn the_return_redirects_even_when_the_payment_api_is_down() {
     let res = raw_request(proxy, "GET", &path, &[], ReqBody::None, LIMIT)
         .await
         .unwrap();
-    assert_redirect(&res, "https://shop.example/done?s=COMPLETED");
+    assert_redirect(&res, "https://shop.example/done?s=UNCONFIRMED");
 }

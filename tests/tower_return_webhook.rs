@@ -174,7 +174,11 @@ async fn the_return_redirects_and_notifies_within_the_timeout() {
     );
     let started = Instant::now();
     let res = svc
-        .oneshot(Request::get(uri).body(Full::new(Bytes::new())).unwrap())
+        .oneshot(
+            Request::get(uri.clone())
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert!(
@@ -183,16 +187,62 @@ async fn the_return_redirects_and_notifies_within_the_timeout() {
         started.elapsed()
     );
     assert_eq!(res.status(), 303);
+    // Not confirmed in time: the partner is told so, never the browser's claim.
     assert_eq!(
         res.headers()["location"],
-        "https://shop.example/done?s=COMPLETED"
+        "https://shop.example/done?s=UNCONFIRMED"
     );
     assert_eq!(res.headers()["referrer-policy"], "no-referrer");
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen[0].0, "/payments/klarna-return");
-    let note: serde_json::Value = serde_json::from_slice(&seen[0].2).unwrap();
-    assert_eq!(note["payment_request_reference"], "order-9");
-    assert_eq!(note["state"], "COMPLETED");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].0, "/payments/klarna-return");
+        let note: serde_json::Value = serde_json::from_slice(&seen[0].2).unwrap();
+        assert_eq!(note["payment_request_reference"], "order-9");
+        assert_eq!(note["state"], "COMPLETED");
+        common::return_webhook::assert_notification_signed(&seen[0].1, &seen[0].2);
+    }
+
+    // A payment API that answers in time: its state is the partner's, and a HEAD of the
+    // link tells it nothing.
+    let confirming = service_fn({
+        let seen = seen.clone();
+        move |req: Request<StepUpBody<Full<Bytes>>>| {
+            let seen = seen.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                seen.lock()
+                    .unwrap()
+                    .push((parts.uri.path().to_owned(), parts.headers, body));
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                    br#"{"state":"DECLINED","order":"9"}"#,
+                ))))
+            }
+        }
+    });
+    let engine = step_up("notify_path = \"/payments/klarna-return\"\nnotify_timeout_ms = 2000");
+    let svc = KlarnaStepUp::new(confirming, engine);
+    seen.lock().unwrap().clear();
+    let res = svc
+        .clone()
+        .oneshot(
+            Request::get(uri.clone())
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["location"],
+        "https://shop.example/done?s=DECLINED"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let res = svc
+        .oneshot(Request::head(uri).body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(seen.lock().unwrap().len(), 1, "HEAD sends no notification");
 }
 
 #[tokio::test]

@@ -109,6 +109,9 @@ pub struct StepUpConfig {
     pub partner_response: PartnerResponseConfig,
     /// The acquirer-controlled return endpoint (off by default).
     pub acquirer_return: AcquirerReturnConfig,
+    /// The acquirer's own redirect URL for the partner, served by the layer (off by
+    /// default).
+    pub acquirer_redirect: AcquirerRedirectConfig,
     /// Verified webhook relay (off by default).
     pub webhooks: WebhooksConfig,
     /// Many partners behind one acquirer (off by default).
@@ -129,6 +132,7 @@ impl Default for StepUpConfig {
             klarna: KlarnaConfig::default(),
             partner_response: PartnerResponseConfig::default(),
             acquirer_return: AcquirerReturnConfig::default(),
+            acquirer_redirect: AcquirerRedirectConfig::default(),
             webhooks: WebhooksConfig::default(),
             partners: PartnersConfig::default(),
         }
@@ -210,6 +214,16 @@ impl StepUpConfig {
         self
     }
 
+    /// `[acquirer_redirect]`: the partner's `redirect_url` is the layer's own signed link to
+    /// Klarna's Purchase Journey, at `path` (needs [`acquirer_return`](Self::acquirer_return)).
+    pub fn acquirer_redirect(mut self, path: impl Into<String>) -> Self {
+        self.acquirer_redirect = AcquirerRedirectConfig {
+            enabled: true,
+            path: path.into(),
+        };
+        self
+    }
+
     /// `[acquirer_return]`: turns the acquirer-controlled return on.
     pub fn acquirer_return(mut self, acquirer_return: AcquirerReturnConfig) -> Self {
         self.acquirer_return = acquirer_return;
@@ -267,10 +281,37 @@ pub struct AcquirerReturnConfig {
     /// bytes. A retry across a bucket boundary gets a new expiry (a retry 5 s later, with
     /// hour buckets: 5 times in 3600).
     pub token_expiry_bucket_secs: u64,
-    /// When set, the payment API is told of each return with a `POST` here.
+    /// When set, the payment API is told of each return with a signed `POST` here
+    /// (`X-Klarna-Stepup-Signature`), and the redirect waits for its answer: the state it
+    /// confirms is the one the partner's URL gets.
     pub notify_path: Option<String>,
-    /// How long a notification may delay the redirect, in ms (default 500).
+    /// How long the redirect waits for the payment API's answer to a notification, in ms
+    /// (default 3000: time for a final authorize call); past it the partner's URL gets the
+    /// state `UNCONFIRMED`.
     pub notify_timeout_ms: u64,
+}
+
+/// The acquirer's own redirect URL: the partner's `redirect_url` becomes
+/// `{acquirer_return.public_base_url}{path}/{token}`, a signed token (keys and lifetime of
+/// the acquirer return) that the layer answers with a 303 to Klarna's `payment_request_url`.
+/// Needs `[acquirer_return]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AcquirerRedirectConfig {
+    /// Off by default.
+    pub enabled: bool,
+    /// The endpoint's path prefix (default `/klarna/pay`); tokens follow as one segment.
+    pub path: String,
+}
+
+impl Default for AcquirerRedirectConfig {
+    fn default() -> Self {
+        AcquirerRedirectConfig {
+            enabled: false,
+            path: "/klarna/pay".into(),
+        }
+    }
 }
 
 impl AcquirerReturnConfig {
@@ -313,7 +354,7 @@ impl Default for AcquirerReturnConfig {
             token_margin_secs: 3600,
             token_expiry_bucket_secs: 3600,
             notify_path: None,
-            notify_timeout_ms: 500,
+            notify_timeout_ms: 3000,
         }
     }
 }

@@ -111,6 +111,12 @@ pub(super) fn compile(
         .as_deref()
         .and_then(iso_duration_secs);
     let acquirer_return = acquirer_return(&c, &policy, expiry, secret, &mut p);
+    if c.acquirer_redirect.enabled && !c.acquirer_return.enabled {
+        p.add(
+            "acquirer_redirect.enabled",
+            "needs [acquirer_return] on: its public_base_url and keys sign the redirect",
+        );
+    }
     let webhooks = webhooks(&c, secret, &mut p);
     let partners = if routes.len() == c.routes.len() {
         super::partners::compile(&mut c, &routes, &mut p)
@@ -130,6 +136,29 @@ pub(super) fn compile(
              switches, closed tabs) and anyone who knows the URL can make one, so Klarna's \
              step-up guide calls webhooks mandatory",
         );
+    }
+    if c.acquirer_return.enabled {
+        // A default return URL that asks for the session token puts it in the customer's
+        // browser (history, referrers, logs); the payment API gets it in the notification.
+        let defaults = std::iter::once(("defaults.return_url".to_owned(), &c.defaults.return_url))
+            .chain(
+                c.partners
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (format!("partners.entries[{i}].return_url"), &e.return_url)),
+            );
+        for (key, url) in defaults {
+            if url
+                .as_deref()
+                .is_some_and(super::return_token::asks_for_token)
+            {
+                warnings.add(
+                    key,
+                    "asks for the Klarna network session token: the customer's browser will                      carry it to this URL; the payment API gets it in the return                      notification (acquirer_return.notify_path) without it",
+                );
+            }
+        }
     }
     for (i, e) in c.partners.entries.iter().enumerate() {
         if e.allowed_hosts.as_ref().is_some_and(Vec::is_empty) {
@@ -238,6 +267,30 @@ fn acquirer_return(
             "must be a path starting with /",
         );
     }
+    let redirect = &c.acquirer_redirect;
+    let pay_path = redirect.enabled.then(|| redirect.path.clone());
+    if let Some(path) = &pay_path {
+        if !path.starts_with('/') || path.ends_with('/') || path.contains(['?', '#', '{']) {
+            p.add(
+                "acquirer_redirect.path",
+                "must be a path starting with / and not ending with /",
+            );
+        } else if path.starts_with(&format!("{}/", r.path))
+            || r.path.starts_with(&format!("{path}/"))
+            || *path == r.path
+        {
+            p.add(
+                "acquirer_redirect.path",
+                "must not overlap acquirer_return.path",
+            );
+        }
+        if c.partner_response.redirect_url != "{payment_request_url}" {
+            p.add(
+                "acquirer_redirect.enabled",
+                "partner_response.redirect_url is set too: the layer's redirect replaces it",
+            );
+        }
+    }
     if !(1..=7 * 86_400).contains(&r.token_expiry_bucket_secs) {
         p.add(
             "acquirer_return.token_expiry_bucket_secs",
@@ -259,6 +312,7 @@ fn acquirer_return(
         bucket_secs: r.token_expiry_bucket_secs.max(1),
         notify_path: r.notify_path.clone(),
         notify_timeout_ms: r.notify_timeout_ms,
+        pay_path,
     })
 }
 

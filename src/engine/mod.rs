@@ -64,7 +64,17 @@ pub(crate) use head::{
 pub use head::{strip_hop_by_hop, HeadLimits, MARKER_HEADER, STALE_RESPONSE_HEADERS};
 pub use refusal::Refusal;
 pub use response::{KeepReason, ResponsePlan};
-pub use return_token::ReturnRedirect;
+pub use return_token::{ReturnRedirect, UNCONFIRMED};
+
+/// The most of the payment API's answer to a return notification that is read for its
+/// confirmed `state` (a larger one confirms nothing).
+pub const NOTIFICATION_ANSWER_LIMIT: usize = 16 * 1024;
+
+/// The signature of the layer's return notification to the payment API:
+/// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` (see
+/// [`StepUp::return_notification`]).
+pub const NOTIFICATION_SIGNATURE_HEADER: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-klarna-stepup-signature");
 pub use webhook::WebhookEvent;
 
 /// The validated configuration, ready to serve. Cheap to clone (one `Arc`).
@@ -207,6 +217,11 @@ pub struct Exchange {
     reference: String,
     return_url: String,
     partner: Option<String>,
+    /// When the request was read (unix seconds), and how long its Payment Request may live
+    /// when the partner or the configuration set it: the acquirer's redirect token expires
+    /// with it.
+    minted_at: u64,
+    request_secs: Option<u64>,
 }
 
 impl Exchange {
@@ -391,11 +406,7 @@ impl StepUp {
             return Route::RelayPathFromOutside;
         }
         if let Some(r) = &e.acquirer_return {
-            if (*method == Method::GET || *method == Method::HEAD)
-                && path
-                    .strip_prefix(r.path.as_str())
-                    .is_some_and(|t| t.starts_with('/'))
-            {
+            if (*method == Method::GET || *method == Method::HEAD) && r.serves(path) {
                 return Route::Return;
             }
         }
@@ -469,11 +480,41 @@ impl StepUp {
 
     /// Verifies an acquirer return (`Route::Return`) and says where the customer goes. `now`
     /// is the current time in unix seconds.
+    ///
+    /// The same route serves the acquirer's own redirect (`[acquirer_redirect]`): its
+    /// verified token answers with Klarna's `payment_request_url`, still on a Purchase
+    /// Journey host ([`ReturnRedirect::is_return`] is false for it: nothing to notify).
     pub fn resolve_return(&self, uri: &Uri, now: u64) -> Result<ReturnRedirect, Refusal> {
-        match &self.inner.acquirer_return {
-            Some(r) => r.resolve(uri, now),
-            None => Err(Refusal::not_found()),
+        let Some(r) = &self.inner.acquirer_return else {
+            return Err(Refusal::not_found());
+        };
+        let redirect = r.resolve(uri, now)?;
+        if !redirect.is_return() && !self.inner.journey.allows(&redirect.location) {
+            return Err(Refusal::invalid(
+                "invalid_return_token",
+                "token",
+                "the return link is invalid",
+            ));
         }
+        Ok(redirect)
+    }
+
+    /// A return with the state the payment API confirmed in place of the browser's claim:
+    /// `answer` is the body of the payment API's 2xx answer to the
+    /// [notification](Self::return_notification) (its `state` member is taken when it is a
+    /// state word), `None` when it did not answer 2xx in time: the partner's URL then gets
+    /// the state [`UNCONFIRMED`], never the browser's claim as if confirmed.
+    pub fn confirm_return(
+        &self,
+        redirect: &ReturnRedirect,
+        answer: Option<&[u8]>,
+    ) -> Result<ReturnRedirect, Refusal> {
+        let Some(r) = &self.inner.acquirer_return else {
+            return Ok(redirect.clone());
+        };
+        let root = answer.and_then(json::Object::parse);
+        let state = root.as_ref().and_then(|o| o.get_str("state"));
+        r.confirm(redirect, state.as_deref())
     }
 
     /// Whether returns are told to the payment API (a notification path is configured).
@@ -485,15 +526,25 @@ impl StepUp {
     }
 
     /// The request that tells the payment API of a return, and how long the redirect may
-    /// wait for it, when a notification path is configured: `POST` of
-    /// [`ReturnRedirect::notification`] as JSON, with the client's `Host`.
+    /// wait for its answer, when a notification path is configured and the customer's
+    /// request is a `GET` of a return (a `HEAD`, a link preview say, tells nothing): `POST`
+    /// of [`ReturnRedirect::notification`] as JSON, with the client's `Host`, signed in
+    /// `X-Klarna-Stepup-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`
+    /// with the first `acquirer_return` key, so that the payment API can tell it from
+    /// anything else (the path itself answers 404 from outside). `now` is the current time
+    /// in unix seconds. Feed the answer to [`confirm_return`](Self::confirm_return).
     pub fn return_notification(
         &self,
+        method: &Method,
         redirect: &ReturnRedirect,
         host: Option<&HeaderValue>,
+        now: u64,
     ) -> Option<(http::Request<Vec<u8>>, Duration)> {
         let r = self.inner.acquirer_return.as_ref()?;
         let path = r.notify_path.as_deref()?;
+        if *method != Method::GET || !redirect.is_return() {
+            return None;
+        }
         let body = redirect.notification();
         let mut req = http::Request::new(Vec::new());
         *req.method_mut() = Method::POST;
@@ -507,6 +558,9 @@ impl StepUp {
             HeaderValue::from_static("application/json"),
         );
         h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let mut signature = r.notification_signature(&body, now);
+        signature.set_sensitive(true);
+        h.insert(NOTIFICATION_SIGNATURE_HEADER, signature);
         *req.body_mut() = body;
         Some((req, Duration::from_millis(r.notify_timeout_ms)))
     }

@@ -71,13 +71,15 @@ impl StepUp {
             return RequestVerdict::NotKlarna;
         }
         match e.inject(body, &root, candidate, now, policy, partner.as_ref()) {
-            Ok((body, reference, return_url)) => RequestVerdict::Injected {
+            Ok((body, reference, return_url, request_secs)) => RequestVerdict::Injected {
                 body,
                 exchange: Exchange {
                     route: candidate.route,
                     reference,
                     return_url,
                     partner: partner.map(|p| p.as_str().to_owned()),
+                    minted_at: now,
+                    request_secs,
                 },
             },
             Err(refusal) => RequestVerdict::Refused(refusal),
@@ -282,7 +284,7 @@ impl Engine {
         now: u64,
         policy: PolicyView<'a>,
         partner: Option<&PartnerId>,
-    ) -> Result<(Vec<u8>, String, String), Refusal> {
+    ) -> Result<(Vec<u8>, String, String, Option<u64>), Refusal> {
         // Where step_up_config goes: walk inject_at; objects missing on the way are created.
         let mut target = None;
         let mut depth = 0;
@@ -387,6 +389,7 @@ impl Engine {
         let app_return_url = self
             .choose_url(root, cic.as_ref(), &prefix, true, policy)?
             .map(|(url, _)| url);
+        let request_secs = self.request_secs(cic.as_ref(), policy);
 
         // The members to add, serialized once.
         let mut cic_members = Vec::with_capacity(256);
@@ -403,7 +406,7 @@ impl Engine {
                         partner.map(PartnerId::as_str),
                         &return_url,
                         &reference,
-                        self.request_secs(cic.as_ref(), policy),
+                        request_secs,
                         now,
                     );
                     if url.len() > MAX_SIGNED_RETURN_URL {
@@ -517,7 +520,12 @@ impl Engine {
             }
         }
         let out = edits.apply(body);
-        Ok((out, reference.into_owned(), return_url.into_owned()))
+        Ok((
+            out,
+            reference.into_owned(),
+            return_url.into_owned(),
+            request_secs,
+        ))
     }
 
     /// `payment_request_reference`: the caller's, else the partner field, else `derived()`:

@@ -227,7 +227,7 @@ impl Engine {
             let index = holder
                 .members
                 .iter()
-                .rposition(|m| m.key == *last)
+                .rposition(|m| json::same_name(&m.key, last))
                 .ok_or(KeepReason::NoAnswer)?;
             let answer = holder.members[index].value;
             let parsed = serde_json::from_str(answer).map_err(|_| KeepReason::NoAnswer)?;
@@ -297,8 +297,21 @@ impl Engine {
             Some(d) => JsonText::Text(Cow::Borrowed(d.get())),
             None => JsonText::Text(Cow::Owned(minimal_payment_request_data(id))),
         };
+        let pay = self.acquirer_return.as_ref().and_then(|r| {
+            r.pay_url(
+                &exchange.reference,
+                url,
+                exchange.request_secs,
+                exchange.minted_at,
+            )
+        });
         let mut redirect = String::with_capacity(url.len() + 32);
-        for part in &self.redirect_template {
+        for part in pay
+            .is_none()
+            .then_some(&self.redirect_template)
+            .into_iter()
+            .flatten()
+        {
             match part {
                 TemplatePart::Literal(s) => redirect.push_str(s),
                 TemplatePart::Url => redirect.push_str(url),
@@ -310,7 +323,7 @@ impl Engine {
         }
         let block = PendingResponse {
             status: &self.config.partner_response.pending,
-            redirect_url: &redirect,
+            redirect_url: pay.as_deref().unwrap_or(&redirect),
             klarna: PendingKlarna {
                 payment_request_id: id,
                 payment_request_url: url,

@@ -10,6 +10,10 @@
 //!  reference length(2) | reference | partner return URL | HMAC(32)`. Version 1 tokens (no
 //! partner) are still minted without partners, and both are verified.
 //! The key id picks the verifying key, so keys rotate without invalidating live tokens.
+//!
+//! Version 3 is the acquirer's own redirect to the Purchase Journey (`[acquirer_redirect]`):
+//! the layout of version 1 with Klarna's `payment_request_url` in place of the partner's
+//! return URL. A token of one kind never opens the other's endpoint.
 
 use std::borrow::Cow;
 
@@ -27,6 +31,10 @@ use super::{Refusal, MARKER_HEADER};
 const VERSION: u8 = 1;
 /// The version that carries the partner.
 const VERSION_PARTNER: u8 = 2;
+/// The acquirer's redirect to Klarna's Purchase Journey.
+const VERSION_PAY: u8 = 3;
+/// The state the partner's URL gets when the payment API did not confirm one in time.
+pub const UNCONFIRMED: &str = "UNCONFIRMED";
 const TAG: usize = 32;
 /// Characters escaped in a value put into a URL: everything but RFC 3986 unreserved.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -52,6 +60,8 @@ pub(crate) struct ReturnEndpoint {
     pub extra_placeholders: Vec<String>,
     pub notify_path: Option<String>,
     pub notify_timeout_ms: u64,
+    /// `[acquirer_redirect] path`, when on.
+    pub pay_path: Option<String>,
 }
 
 /// Query parameters of the layer's return URL that Klarna always fills: the acquirer needs
@@ -60,7 +70,8 @@ const ALWAYS: [(&str, &str); 2] = [
     ("id", "{klarna.payment_request.id}"),
     ("state", "{klarna.payment_request.state}"),
 ];
-/// The session token, asked for only when the partner's URL uses one of its names.
+/// The session token: always asked for, so that the payment API can finalize on the return
+/// notification; it reaches the partner's URL only when that URL uses one of its names.
 const TOKEN: (&str, &str) = (
     "token",
     "{klarna.payment_request.klarna_network_session_token}",
@@ -71,6 +82,11 @@ const TOKEN_NAMES: [&str; 3] = [
     "{klarna.payment_request.payment_token}",
     "{klarna.payment_request.interoperability_token}",
 ];
+/// Whether a partner URL asks for the session token (under any of its names).
+pub(crate) fn asks_for_token(url: &str) -> bool {
+    TOKEN_NAMES.iter().any(|p| url.contains(p))
+}
+
 /// The signed reference fills this one; the layer knows it.
 const REFERENCE: &str = "{klarna.payment_request.payment_request_reference}";
 
@@ -114,6 +130,17 @@ pub struct ReturnRedirect {
     /// The partner the token was minted for, when `[partners]` is on.
     pub partner: Option<String>,
     token: Option<String>,
+    /// What fills the partner's URL again once the payment API confirmed a state; `None`
+    /// for the acquirer's redirect to the Purchase Journey (nothing to notify or confirm).
+    fill: Option<Fill>,
+}
+
+/// The signed partner URL and the query Klarna filled, kept to fill the URL again with a
+/// confirmed state.
+#[derive(Clone, PartialEq, Eq)]
+struct Fill {
+    partner_url: String,
+    query: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for ReturnRedirect {
@@ -147,6 +174,12 @@ impl ReturnRedirect {
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
         h.insert(MARKER_HEADER, HeaderValue::from_static("return"));
         res
+    }
+
+    /// Whether this is a customer's return from Klarna (not the acquirer's redirect to the
+    /// Purchase Journey): only a return is notified and confirmed.
+    pub fn is_return(&self) -> bool {
+        self.fill.is_some()
     }
 
     /// The notification body for the payment API:
@@ -210,32 +243,14 @@ impl ReturnEndpoint {
         request_secs: Option<u64>,
         now: u64,
     ) -> String {
-        let (key_id, key) = &self.keys[0];
-        let mut msg =
-            Vec::with_capacity(partner_url.len() + reference.len() + key_id.len() + 76 + TAG);
-        msg.push(if partner.is_some() {
+        let version = if partner.is_some() {
             VERSION_PARTNER
         } else {
             VERSION
-        });
-        msg.push(key_id.len() as u8);
-        msg.extend_from_slice(key_id.as_bytes());
-        msg.extend_from_slice(&self.expiry(request_secs, now).to_be_bytes());
-        if let Some(p) = partner {
-            msg.push(p.len() as u8);
-            msg.extend_from_slice(p.as_bytes());
-        }
-        msg.extend_from_slice(&(reference.len() as u16).to_be_bytes());
-        msg.extend_from_slice(reference.as_bytes());
-        msg.extend_from_slice(partner_url.as_bytes());
-        let tag = mac(key, &msg).finalize().into_bytes();
-        msg.extend_from_slice(&tag);
-        let mut url = format!(
-            "{}{}/{}",
-            self.base,
-            self.path,
-            URL_SAFE_NO_PAD.encode(&msg)
-        );
+        };
+        let expiry = self.expiry(request_secs, now);
+        let token = self.mint(version, partner, reference, partner_url, expiry);
+        let mut url = format!("{}{}/{token}", self.base, self.path);
         let mut sep = '?';
         let mut param = |url: &mut String, name: &str, placeholder: &str| {
             url.push(sep);
@@ -247,15 +262,56 @@ impl ReturnEndpoint {
         for (name, placeholder) in ALWAYS {
             param(&mut url, name, placeholder);
         }
-        if TOKEN_NAMES.iter().any(|p| partner_url.contains(p)) {
-            param(&mut url, TOKEN.0, TOKEN.1);
-        }
+        param(&mut url, TOKEN.0, TOKEN.1);
         for p in self.placeholders() {
             if matches!(source(p), Source::Same) && partner_url.contains(p) {
                 param(&mut url, inner(p), p);
             }
         }
         url
+    }
+
+    /// The acquirer's own redirect URL for a Payment Request (`[acquirer_redirect]`), when
+    /// on: `{base}{pay_path}/{token}`, the token signing Klarna's `payment_request_url` for
+    /// as long as a return token minted at `now` lives.
+    pub fn pay_url(
+        &self,
+        reference: &str,
+        payment_request_url: &str,
+        request_secs: Option<u64>,
+        now: u64,
+    ) -> Option<String> {
+        let path = self.pay_path.as_deref()?;
+        let expiry = self.expiry(request_secs, now);
+        let token = self.mint(VERSION_PAY, None, reference, payment_request_url, expiry);
+        Some(format!("{}{path}/{token}", self.base))
+    }
+
+    /// A token: the layout in the module docs, signed with the first key, base64url.
+    fn mint(
+        &self,
+        version: u8,
+        partner: Option<&str>,
+        reference: &str,
+        url: &str,
+        expiry: u64,
+    ) -> String {
+        let (key_id, key) = &self.keys[0];
+        let mut msg = Vec::with_capacity(url.len() + reference.len() + key_id.len() + 76 + TAG);
+        msg.push(version);
+        msg.push(key_id.len() as u8);
+        msg.extend_from_slice(key_id.as_bytes());
+        msg.extend_from_slice(&expiry.to_be_bytes());
+        if let Some(p) = partner {
+            msg.push(p.len() as u8);
+            msg.extend_from_slice(p.as_bytes());
+        }
+        msg.extend_from_slice(&(reference.len() as u16).to_be_bytes());
+        msg.extend_from_slice(reference.as_bytes());
+        msg.extend_from_slice(url.as_bytes());
+        let tag = mac(key, &msg).finalize().into_bytes();
+        msg.extend_from_slice(&tag);
+        URL_SAFE_NO_PAD.encode(&msg)
     }
 
     /// The expiry of a token minted at `now`: at least the lifetime away, rounded up to the
@@ -270,22 +326,129 @@ impl ReturnEndpoint {
             .saturating_mul(self.bucket_secs)
     }
 
-    /// Verifies the token in `uri` and fills the partner's URL. Forged, truncated, expired
-    /// and unknown-key tokens are refused: there is no redirect without a valid signature.
+    /// Whether `path` is this endpoint's: the return, or the acquirer's redirect.
+    pub fn serves(&self, path: &str) -> bool {
+        let under = |prefix: &str| {
+            path.strip_prefix(prefix)
+                .is_some_and(|t| t.starts_with('/'))
+        };
+        under(&self.path) || self.pay_path.as_deref().is_some_and(under)
+    }
+
+    /// Verifies the token in `uri` and says where the customer goes: for a return, the
+    /// partner's URL filled with what Klarna reported (the state as the browser claims it,
+    /// until [`confirm`](Self::confirm)); for the acquirer's redirect, Klarna's
+    /// `payment_request_url` (the caller checks it is still a Purchase Journey URL). Forged,
+    /// truncated, expired, unknown-key and other-kind tokens are refused: there is no
+    /// redirect without a valid signature.
     pub fn resolve(&self, uri: &Uri, now: u64) -> Result<ReturnRedirect, Refusal> {
-        let token = uri
-            .path()
-            .strip_prefix(self.path.as_str())
-            .and_then(|t| t.strip_prefix('/'))
-            .filter(|t| !t.is_empty() && !t.contains('/'))
-            .ok_or_else(invalid)?;
+        let token_of = |prefix: &str| {
+            uri.path()
+                .strip_prefix(prefix)
+                .and_then(|t| t.strip_prefix('/'))
+        };
+        if let Some(token) = self.pay_path.as_deref().and_then(token_of) {
+            let t = self.open(token, now)?;
+            if t.version != VERSION_PAY {
+                return Err(invalid());
+            }
+            return Ok(ReturnRedirect {
+                location: t.url,
+                reference: t.reference,
+                payment_request_id: None,
+                state: None,
+                partner: None,
+                token: None,
+                fill: None,
+            });
+        }
+        let t = self.open(token_of(&self.path).ok_or_else(invalid)?, now)?;
+        if t.version == VERSION_PAY {
+            return Err(invalid());
+        }
+        let query: Vec<(String, String)> =
+            url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+        let fill = Fill {
+            partner_url: t.url,
+            query,
+        };
+        let id = fill.param("id", ALWAYS[0].1).map(str::to_owned);
+        let state = fill.param("state", ALWAYS[1].1).map(str::to_owned);
+        let session = fill.param(TOKEN.0, TOKEN.1).map(str::to_owned);
+        let location = self.locate(
+            &fill,
+            &t.reference,
+            id.as_deref(),
+            state.as_deref(),
+            session.as_deref(),
+        )?;
+        Ok(ReturnRedirect {
+            location,
+            reference: t.reference,
+            payment_request_id: id,
+            state,
+            partner: t.partner,
+            token: session,
+            fill: Some(fill),
+        })
+    }
+
+    /// `redirect` with the state the payment API confirmed in place of the browser's claim:
+    /// `state` when it is a state word (letters, digits, `_`, at most 64), else
+    /// [`UNCONFIRMED`]. The acquirer's redirect is returned as it is.
+    pub fn confirm(
+        &self,
+        redirect: &ReturnRedirect,
+        state: Option<&str>,
+    ) -> Result<ReturnRedirect, Refusal> {
+        let Some(fill) = &redirect.fill else {
+            return Ok(redirect.clone());
+        };
+        let state = state
+            .filter(|s| {
+                (1..=64).contains(&s.len())
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            })
+            .unwrap_or(UNCONFIRMED);
+        let location = self.locate(
+            fill,
+            &redirect.reference,
+            redirect.payment_request_id.as_deref(),
+            Some(state),
+            redirect.token.as_deref(),
+        )?;
+        Ok(ReturnRedirect {
+            location,
+            state: Some(state.to_owned()),
+            ..redirect.clone()
+        })
+    }
+
+    /// The `X-Klarna-Stepup-Signature` of a notification body sent at `now`:
+    /// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` with the signing key.
+    pub fn notification_signature(&self, body: &[u8], now: u64) -> HeaderValue {
+        let t = now.to_string();
+        let mut m = mac(&self.keys[0].1, t.as_bytes());
+        m.update(b".");
+        m.update(body);
+        let v1 = hex::encode(m.finalize().into_bytes());
+        HeaderValue::from_str(&format!("t={t},v1={v1}")).expect("digits and hex")
+    }
+
+    /// Verifies a token's signature and expiry and reads it.
+    fn open(&self, token: &str, now: u64) -> Result<Opened, Refusal> {
+        if token.is_empty() || token.contains('/') {
+            return Err(invalid());
+        }
         let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
         let (msg, tag) = bytes
             .split_at_checked(bytes.len().checked_sub(TAG).ok_or_else(invalid)?)
             .ok_or_else(invalid)?;
         let mut r = Reader(msg);
         let version = r.take(1)?[0];
-        if version != VERSION && version != VERSION_PARTNER {
+        if !matches!(version, VERSION | VERSION_PARTNER | VERSION_PAY) {
             return Err(invalid());
         }
         let id_len = r.take(1)?[0] as usize;
@@ -307,7 +470,7 @@ impl ReturnEndpoint {
         };
         let ref_len = u16::from_be_bytes([r.take(1)?[0], r.take(1)?[0]]) as usize;
         let reference = std::str::from_utf8(r.take(ref_len)?).map_err(|_| invalid())?;
-        let partner_url = std::str::from_utf8(r.0).map_err(|_| invalid())?;
+        let url = std::str::from_utf8(r.0).map_err(|_| invalid())?;
         if now > expiry {
             return Err(Refusal::invalid(
                 "expired_return_token",
@@ -315,33 +478,36 @@ impl ReturnEndpoint {
                 "the return link has expired",
             ));
         }
+        Ok(Opened {
+            version,
+            partner,
+            reference: reference.to_owned(),
+            url: url.to_owned(),
+        })
+    }
 
-        let query: Vec<(String, String)> =
-            url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-                .into_owned()
-                .collect();
-        // The first value of a parameter, unless Klarna left the placeholder unfilled.
-        let param = |name: &str, placeholder: &str| {
-            query
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-                .filter(|v| *v != placeholder)
-        };
-        let id = param("id", ALWAYS[0].1).map(str::to_owned);
-        let state = param("state", ALWAYS[1].1).map(str::to_owned);
-        let session = param(TOKEN.0, TOKEN.1).map(str::to_owned);
-        let location = fill(partner_url, self.placeholders(), |p| match source(p) {
-            Source::Query("id") => id.as_deref(),
-            Source::Query("state") => state.as_deref(),
-            Source::Query(_) => session.as_deref(),
+    /// The partner's URL filled with Klarna's values, checked to point where the signed one
+    /// did, ASCII.
+    fn locate(
+        &self,
+        fill: &Fill,
+        reference: &str,
+        id: Option<&str>,
+        state: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<String, Refusal> {
+        let partner_url = fill.partner_url.as_str();
+        let location = self::fill(partner_url, self.placeholders(), |p| match source(p) {
+            Source::Query("id") => id,
+            Source::Query("state") => state,
+            Source::Query(_) => session,
             Source::Reference => Some(reference),
-            Source::Same => param(inner(p), p),
+            Source::Same => fill.param(inner(p), p),
         });
         // The filled URL must still point where the signed one did.
         let same_origin = match (
             url::Url::parse(&location),
-            url::Url::parse(&fill(partner_url, self.placeholders(), |_| Some("x"))),
+            url::Url::parse(&self::fill(partner_url, self.placeholders(), |_| Some("x"))),
         ) {
             (Ok(a), Ok(b)) => a.origin() == b.origin() && a.scheme() == b.scheme(),
             _ => false,
@@ -362,14 +528,26 @@ impl ReturnEndpoint {
         if HeaderValue::from_str(&location).is_err() {
             return Err(invalid());
         }
-        Ok(ReturnRedirect {
-            location,
-            reference: reference.to_owned(),
-            payment_request_id: id,
-            state,
-            partner,
-            token: session,
-        })
+        Ok(location)
+    }
+}
+
+/// A verified token's contents.
+struct Opened {
+    version: u8,
+    partner: Option<String>,
+    reference: String,
+    url: String,
+}
+
+impl Fill {
+    /// The first value of a query parameter, unless Klarna left the placeholder unfilled.
+    fn param(&self, name: &str, placeholder: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| *v != placeholder)
     }
 }
 
@@ -420,6 +598,7 @@ mod tests {
             extra_placeholders: vec!["{klarna.payment_request.locale}".into()],
             notify_path: None,
             notify_timeout_ms: 500,
+            pay_path: Some("/klarna/pay".into()),
         }
     }
 
@@ -498,12 +677,116 @@ mod tests {
         );
         assert_eq!(r.payment_request_id.as_deref(), Some("krn:x"));
         assert_eq!(r.state.as_deref(), Some("COMPLETED"));
-        // With a plain partner URL, the id and state are still asked for.
-        let plain = e.return_url("https://p.example/done", "ref-1", None, 0);
+        // With a plain partner URL, the id, state and session token are still asked for;
+        // the token reaches the payment API (notification), not the partner's URL.
+        let plain = e.return_url(
+            "https://p.example/done?s={klarna.payment_request.state}",
+            "ref-1",
+            None,
+            0,
+        );
         assert!(
-            plain.ends_with("?id={klarna.payment_request.id}&state={klarna.payment_request.state}"),
+            plain.ends_with(
+                "?id={klarna.payment_request.id}&state={klarna.payment_request.state}\
+                 &token={klarna.payment_request.klarna_network_session_token}"
+            ),
             "{plain}"
         );
+        let back: Uri = plain
+            .strip_prefix("https://acq.example")
+            .unwrap()
+            .replace("{klarna.payment_request.id}", "krn")
+            .replace("{klarna.payment_request.state}", "COMPLETED")
+            .replace(
+                "{klarna.payment_request.klarna_network_session_token}",
+                "secret-tok",
+            )
+            .parse()
+            .unwrap();
+        let r = e.resolve(&back, 0).unwrap();
+        assert_eq!(r.location, "https://p.example/done?s=COMPLETED");
+        assert!(String::from_utf8(r.notification())
+            .unwrap()
+            .contains(r#""klarna_network_session_token":"secret-tok""#));
+    }
+
+    #[test]
+    fn the_partner_gets_the_state_the_payment_api_confirmed() {
+        let e = endpoint(3600, 1);
+        let sent = e.return_url(
+            "https://p.example/done?state={klarna.payment_request.state}&id={klarna.payment_request.id}",
+            "ref-1",
+            None,
+            0,
+        );
+        // The browser claims COMPLETED (an edited decline, say).
+        let back: Uri = sent
+            .strip_prefix("https://acq.example")
+            .unwrap()
+            .replace("{klarna.payment_request.id}", "krn")
+            .replace("{klarna.payment_request.state}", "COMPLETED")
+            .parse()
+            .unwrap();
+        let claimed = e.resolve(&back, 0).unwrap();
+        assert!(claimed.is_return());
+        assert_eq!(
+            claimed.location,
+            "https://p.example/done?state=COMPLETED&id=krn"
+        );
+        for (answer, state) in [
+            (Some("DECLINED"), "DECLINED"),
+            (Some("AUTHORIZED"), "AUTHORIZED"),
+            (None, UNCONFIRMED),
+            (Some("COMPLETED&x=1"), UNCONFIRMED),
+            (Some(""), UNCONFIRMED),
+        ] {
+            let r = e.confirm(&claimed, answer).unwrap();
+            assert_eq!(
+                r.location,
+                format!("https://p.example/done?state={state}&id=krn")
+            );
+            assert_eq!(r.state.as_deref(), Some(state));
+        }
+    }
+
+    #[test]
+    fn the_acquirer_redirect_is_signed_and_of_its_own_kind() {
+        let e = endpoint(3600, 1);
+        let klarna = "https://pay.klarna.com/eu/requests/1/start";
+        let pay = e.pay_url("ref-1", klarna, None, 0).unwrap();
+        let path = pay.strip_prefix("https://acq.example").unwrap();
+        assert!(path.starts_with("/klarna/pay/"), "{pay}");
+        assert!(e.serves(path));
+        let r = e.resolve(&path.parse().unwrap(), 0).unwrap();
+        assert!(!r.is_return());
+        assert_eq!(r.location, klarna);
+        assert_eq!(r, e.confirm(&r, Some("COMPLETED")).unwrap());
+        // Tampered, expired, or a token of the other kind on either path: refused.
+        let mut tampered = path.to_owned();
+        tampered.push('A');
+        assert!(e.resolve(&tampered.parse().unwrap(), 0).is_err());
+        assert_eq!(
+            e.resolve(&path.parse().unwrap(), 3601).unwrap_err().code,
+            "expired_return_token"
+        );
+        let as_return = path.replace("/klarna/pay/", "/klarna/return/");
+        assert!(e.resolve(&as_return.parse().unwrap(), 0).is_err());
+        let ret = e.return_url("https://p.example/done", "ref-1", None, 0);
+        let ret_path = ret.strip_prefix("https://acq.example").unwrap();
+        let as_pay = ret_path.replace("/klarna/return/", "/klarna/pay/");
+        assert!(e.resolve(&as_pay.parse().unwrap(), 0).is_err());
+    }
+
+    #[test]
+    fn notifications_are_signed_over_time_and_body() {
+        let e = endpoint(3600, 1);
+        let sig = e.notification_signature(b"{}", 1_700_000_000);
+        let mut m = Hmac::<Sha256>::new_from_slice(&[7; 32]).unwrap();
+        m.update(b"1700000000.{}");
+        let want = format!("t=1700000000,v1={}", hex::encode(m.finalize().into_bytes()));
+        assert_eq!(sig.to_str().unwrap(), want);
+        assert_ne!(e.notification_signature(b"{ }", 1_700_000_000), sig);
+        assert_ne!(e.notification_signature(b"{}", 1_700_000_001), sig);
     }
 
     #[test]
@@ -515,6 +798,7 @@ mod tests {
             state: None,
             partner: None,
             token: None,
+            fill: None,
         };
         let res = r.to_response();
         assert_eq!(res.status(), 400);

@@ -74,11 +74,15 @@ impl UpstreamClient {
 
     /// Sends `req` (a small request the engine built, e.g. the return notification) to
     /// `peer`; the answer's status. Unbounded: the caller puts the timeout around it.
+    /// Sends `req` and reads the answer: its status and its body when that is at most
+    /// `keep` bytes (`None` past it; the rest is drained either way, so the connection can
+    /// be reused).
     pub(super) async fn send(
         &self,
         peer: &HttpPeer,
         req: http::Request<Vec<u8>>,
-    ) -> Result<StatusCode> {
+        keep: usize,
+    ) -> Result<(StatusCode, Option<Vec<u8>>)> {
         let connector = self.connector();
         let (mut s, _reused) = connector.get_http_session(peer).await?;
         let (parts, body) = req.into_parts();
@@ -98,9 +102,14 @@ impl UpstreamClient {
             .response_header()
             .map(|r| r.status)
             .or_err(ErrorType::InvalidHTTPHeader, "no response header")?;
-        // Drain the answer so the connection can be reused.
-        while s.read_response_body().await?.is_some() {}
+        let mut body = Some(Vec::new());
+        while let Some(chunk) = s.read_response_body().await? {
+            body = body.filter(|b| b.len() + chunk.len() <= keep).map(|mut b| {
+                b.extend_from_slice(&chunk);
+                b
+            });
+        }
         connector.release_http_session(s, peer, None).await;
-        Ok(status)
+        Ok((status, body))
     }
 }

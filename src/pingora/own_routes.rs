@@ -29,7 +29,7 @@ impl StepUpPhases {
         session: &mut Session,
         ctx: &mut StepUpCtx,
     ) -> Result<bool> {
-        let redirect = match &ctx.own {
+        let mut redirect = match &ctx.own {
             Own::Return(Ok(r)) => r.clone(),
             Own::Return(Err(r)) => {
                 let r = r.clone();
@@ -37,20 +37,38 @@ impl StepUpPhases {
             }
             _ => return Ok(false),
         };
-        let host = session.req_header().headers.get(header::HOST);
-        if let Some((notify, timeout)) = self.step_up.return_notification(&redirect, host) {
-            let notified = match ctx.notify_peer.take() {
-                None => Notified::NoPeer,
-                Some(peer) => {
-                    match tokio::time::timeout(timeout, self.client.send(&peer, notify)).await {
-                        Ok(Ok(status)) if status.is_success() => Notified::Accepted,
-                        Ok(Ok(status)) => Notified::Refused(status.as_u16()),
-                        Ok(Err(_)) => Notified::Failed,
-                        Err(_) => Notified::TimedOut,
-                    }
-                }
+        let req = session.req_header();
+        let notification = self.step_up.return_notification(
+            &req.method,
+            &redirect,
+            req.headers.get(header::HOST),
+            engine::unix_now(),
+        );
+        if let Some((notify, timeout)) = notification {
+            let sent = match ctx.notify_peer.take() {
+                None => None,
+                Some(peer) => Some(
+                    tokio::time::timeout(
+                        timeout,
+                        self.client
+                            .send(&peer, notify, engine::NOTIFICATION_ANSWER_LIMIT),
+                    )
+                    .await,
+                ),
+            };
+            let (notified, answer) = match sent {
+                None => (Notified::NoPeer, None),
+                Some(Ok(Ok((status, body)))) if status.is_success() => (Notified::Accepted, body),
+                Some(Ok(Ok((status, _)))) => (Notified::Refused(status.as_u16()), None),
+                Some(Ok(Err(_))) => (Notified::Failed, None),
+                Some(Err(_)) => (Notified::TimedOut, None),
             };
             ctx.record.notified(notified);
+            // The state the payment API confirmed, not the browser's claim.
+            redirect = match self.step_up.confirm_return(&redirect, answer.as_deref()) {
+                Ok(r) => r,
+                Err(r) => return self.refuse(session, ctx, r).await,
+            };
         }
         ctx.record.redirected(&redirect);
         write_response(session, redirect.to_response()).await?;

@@ -192,7 +192,7 @@ where
     S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
     ResB: Body<Data = Bytes>,
 {
-    let redirect = match step_up.resolve_return(req.uri(), unix_now()) {
+    let mut redirect = match step_up.resolve_return(req.uri(), unix_now()) {
         Ok(r) => r,
         Err(r) => {
             let res = refuse(&mut record, &r);
@@ -200,19 +200,33 @@ where
         }
     };
     let host = req.headers().get(http::header::HOST);
-    if let Some((notify, timeout)) = step_up.return_notification(&redirect, host) {
+    let notification = step_up.return_notification(req.method(), &redirect, host, unix_now());
+    if let Some((notify, timeout)) = notification {
         let (mut parts, body) = notify.into_parts();
         parts.uri = with_path(req.uri(), parts.uri.path());
         let notify = Request::from_parts(parts, StepUpBody::full(body));
-        // The redirect waits for the notification at most `timeout`: the customer comes first.
-        record.notified(
-            match tokio::time::timeout(timeout, inner.call(notify)).await {
-                Ok(Ok(res)) if res.status().is_success() => Notified::Accepted,
-                Ok(Ok(res)) => Notified::Refused(res.status().as_u16()),
-                Ok(Err(_)) => Notified::Failed,
-                Err(_) => Notified::TimedOut,
-            },
-        );
+        // The redirect waits for the payment API's answer at most `timeout`, its body
+        // included: the state it confirms is what the partner's page gets.
+        let answered = tokio::time::timeout(timeout, async {
+            match inner.call(notify).await {
+                Ok(res) if res.status().is_success() => {
+                    let limit = engine::NOTIFICATION_ANSWER_LIMIT;
+                    (Notified::Accepted, read_small(res.into_body(), limit).await)
+                }
+                Ok(res) => (Notified::Refused(res.status().as_u16()), None),
+                Err(_) => (Notified::Failed, None),
+            }
+        })
+        .await;
+        let (notified, answer) = answered.unwrap_or((Notified::TimedOut, None));
+        record.notified(notified);
+        redirect = match step_up.confirm_return(&redirect, answer.as_deref()) {
+            Ok(r) => r,
+            Err(r) => {
+                let res = refuse(&mut record, &r);
+                return Ok((record, res));
+            }
+        };
     }
     record.redirected(&redirect);
     Ok((record, redirect.to_response().map(StepUpBody::full)))
@@ -443,6 +457,21 @@ where
 /// Reads a request body within `limit`: 413 beyond it (declared or counted), 408 when the
 /// body's error is a timeout (an `io::Error` of kind `TimedOut` among its causes, as a body
 /// read timeout of the server gives), 400 when it cannot be read otherwise.
+/// The body of a small answer, when it reads to its end within `limit` bytes.
+async fn read_small<B: Body<Data = Bytes>>(body: B, limit: usize) -> Option<Bytes> {
+    let mut body = std::pin::pin!(body);
+    let mut raw = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            raw.extend_from_slice(&data);
+        }
+        if raw.len() > limit {
+            return None;
+        }
+    }
+    Some(raw.freeze())
+}
+
 async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, Refusal>
 where
     B: Body<Data = Bytes>,

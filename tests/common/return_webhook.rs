@@ -71,3 +71,24 @@ pub fn minted_return_path(engine: &StepUp, partner_url: &str) -> Option<String> 
             .replace("{klarna.payment_request.state}", "COMPLETED"),
     )
 }
+
+/// Checks the layer's `X-Klarna-Stepup-Signature` on a return notification, as a payment
+/// API would: `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` with [`RETURN_KEY`],
+/// `t` within five minutes.
+pub fn assert_notification_signed(headers: &http::HeaderMap, body: &[u8]) {
+    let header = headers["x-klarna-stepup-signature"].to_str().unwrap();
+    let (t, v1) = header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+        .unwrap_or_else(|| panic!("{header}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now.abs_diff(t.parse().unwrap()) < 300, "{header}");
+    let mut m = Hmac::<Sha256>::new_from_slice(RETURN_KEY.as_bytes()).unwrap();
+    m.update(format!("{t}.").as_bytes());
+    m.update(body);
+    m.verify_slice(&hex::decode(v1).unwrap())
+        .unwrap_or_else(|_| panic!("the notification signature does not verify: {header}"));
+}
