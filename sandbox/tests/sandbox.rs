@@ -1354,3 +1354,32 @@ async fn the_payment_api_records_a_customer_abort() {
         "CANCELED"
     );
 }
+
+#[tokio::test]
+async fn a_retried_order_gets_the_same_payment_request() {
+    let (sandbox, api) = start_verifying_pair().await;
+    let payment_request_id = |answer: &Answer| {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        answer.json()["payment_request"]["payment_request_id"]
+            .as_str()
+            .expect("payment_request_id")
+            .to_owned()
+    };
+    let first = payment_request_id(&create_payment(&api, &partner_payment("order-retry")).await);
+    let again = payment_request_id(&create_payment(&api, &partner_payment("order-retry")).await);
+    assert_eq!(first, again, "a retry made a second Payment Request");
+
+    // The key comes from the reference, not from the payment API's memory: a payment API
+    // that forgot the order (restarted) still gets the same Payment Request.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let restarted = format!("http://{}", listener.local_addr().expect("addr"));
+    let config = PaymentApiConfig::new(sandbox.base.clone(), KEY, ACCOUNT);
+    tokio::spawn(PaymentApi::new(config).serve(listener));
+    let after_restart =
+        payment_request_id(&create_payment(&restarted, &partner_payment("order-retry")).await);
+    assert_eq!(first, after_restart);
+
+    // Another order is another Payment Request.
+    let other = payment_request_id(&create_payment(&api, &partner_payment("order-other")).await);
+    assert_ne!(first, other);
+}
