@@ -395,13 +395,19 @@ impl KlarnaSandbox {
             store
                 .requests
                 .values_mut()
-                .filter_map(|request| request.expire_if_due(now).then(|| Event::of(request, now)))
+                .filter_map(|request| {
+                    // It happened at its expiry, whenever the sweep saw it.
+                    request
+                        .expire_if_due(now)
+                        .then(|| Event::of(request, request.expires_at))
+                })
                 .collect()
         };
         self.emit_all(events);
     }
 
-    /// The axum router with every sandbox route.
+    /// The axum router with every sandbox route. Served without [`KlarnaSandbox::serve`],
+    /// Payment Requests expire only when next touched (page, read, cancel).
     pub fn router(&self) -> Router {
         Router::new()
             .route(
@@ -674,7 +680,7 @@ impl KlarnaSandbox {
                 return None;
             }
             if request.expire_if_due(now) {
-                events.push(Event::of(request, now));
+                events.push(Event::of(request, request.expires_at));
             }
             let result = change(request, now, &mut events);
             if let Some(token) = request.token.clone() {

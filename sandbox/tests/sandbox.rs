@@ -1232,6 +1232,8 @@ async fn requests_expire_at_their_expiry_with_nobody_asking() {
     let (_, _, expired) = receiver.until("payment.request.state-change.expired").await;
     assert_eq!(expired["payload"]["payment_request_id"], id);
     assert_eq!(expired["payload"]["state"], "EXPIRED");
+    // It happened at the request's expires_at, whenever the sandbox noticed.
+    assert_eq!(expired["metadata"]["occurred_at"], request["expires_at"]);
     assert_eq!(sandbox.read(id).await.json()["state"], "EXPIRED");
     // Once: a later read does not announce it again.
     tokio::time::sleep(Duration::from_millis(1500)).await;
