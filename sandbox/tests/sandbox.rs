@@ -997,7 +997,7 @@ async fn keeps_a_bounded_number_of_requests() {
 
 #[tokio::test]
 async fn the_customer_is_redirected_before_the_webhook_which_follows_after_the_delay() {
-    const DELAY: Duration = Duration::from_millis(600);
+    const DELAY: Duration = Duration::from_millis(1500);
     let mut receiver = Receiver::start(0).await;
     let sandbox = Sandbox::start_with(Some(receiver.url.clone()), |config| {
         config.webhook_delay = DELAY;
@@ -1297,7 +1297,7 @@ async fn idempotency_keys_are_honoured_for_24_hours() {
 #[tokio::test]
 async fn the_payment_api_copes_with_the_webhook_after_the_return() {
     let (sandbox, api) = start_verifying_pair().await;
-    sandbox.handle.set_webhook_delay(Duration::from_millis(800));
+    sandbox.handle.set_webhook_delay(Duration::from_secs(2));
     let klarna = create_payment(&api, &partner_payment("order-late-hook"))
         .await
         .json();
