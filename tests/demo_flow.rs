@@ -35,9 +35,10 @@ async fn call(
     )
 }
 
-async fn pay(stack: common::demo_stack::DemoStack, approve: bool) -> (String, String) {
+/// `action`: the customer's button in the purchase journey (`approve`, `decline`, `cancel`).
+async fn pay(stack: common::demo_stack::DemoStack, action: &str) -> (String, String) {
     let proxy = stack.proxy_url.clone();
-    let reference = format!("order-flow-{approve}");
+    let reference = format!("order-flow-{action}");
     let partner = serde_json::json!({
         "payment_method": "klarna", "amount": 11800, "currency": "USD", "reference": reference,
         "return_url": format!("{proxy}/shop/confirmation?reference={reference}&state={{klarna.payment_request.state}}"),
@@ -61,10 +62,9 @@ async fn pay(stack: common::demo_stack::DemoStack, approve: bool) -> (String, St
     );
     assert!(block["klarna"]["payment_request_data"].is_string());
 
-    // The customer opens the journey and approves or declines.
+    // The customer opens the journey and approves, declines or aborts.
     let (status, _, _) = call("GET", &journey, "text/html", String::new()).await;
     assert_eq!(status, 200);
-    let action = if approve { "approve" } else { "decline" };
     let (status, headers, _) = call(
         "POST",
         &journey,
@@ -83,7 +83,11 @@ async fn pay(stack: common::demo_stack::DemoStack, approve: bool) -> (String, St
     // ...which verifies it and redirects to the partner's page, filled in.
     assert_eq!(status, 303);
     assert_eq!(headers["cache-control"], "no-store");
-    let final_state = if approve { "COMPLETED" } else { "DECLINED" };
+    let final_state = match action {
+        "approve" => "COMPLETED",
+        "decline" => "DECLINED",
+        _ => "CANCELED",
+    };
     assert_eq!(
         headers["location"].to_str().unwrap(),
         format!("{proxy}/shop/confirmation?reference={reference}&state={final_state}")
@@ -101,7 +105,9 @@ async fn pay(stack: common::demo_stack::DemoStack, approve: bool) -> (String, St
         .await;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let state = v["state"].as_str().unwrap_or("").to_owned();
-        if state == "AUTHORIZED" || state == "DECLINED" || Instant::now() > deadline {
+        if ["AUTHORIZED", "DECLINED", "CANCELED"].contains(&state.as_str())
+            || Instant::now() > deadline
+        {
             // Direct calls to the relay path are refused at the proxy.
             let (status, _, _) = call(
                 "POST",
@@ -119,28 +125,43 @@ async fn pay(stack: common::demo_stack::DemoStack, approve: bool) -> (String, St
 
 #[tokio::test]
 async fn tower_approve_flow_ends_authorized() {
-    let (state, _) = pay(common::demo_stack::start().await, true).await;
+    let (state, _) = pay(common::demo_stack::start().await, "approve").await;
     assert_eq!(state, "AUTHORIZED");
 }
 
 #[tokio::test]
 async fn tower_decline_flow_ends_declined() {
-    let (state, _) = pay(common::demo_stack::start().await, false).await;
+    let (state, _) = pay(common::demo_stack::start().await, "decline").await;
     assert_eq!(state, "DECLINED");
 }
 
 #[cfg(feature = "cli")]
 #[tokio::test]
 async fn binary_approve_flow_ends_authorized() {
-    let (state, _) = pay(common::demo_stack::start_binary().await, true).await;
+    let (state, _) = pay(common::demo_stack::start_binary().await, "approve").await;
     assert_eq!(state, "AUTHORIZED");
 }
 
 #[cfg(feature = "cli")]
 #[tokio::test]
 async fn binary_decline_flow_ends_declined() {
-    let (state, _) = pay(common::demo_stack::start_binary().await, false).await;
+    let (state, _) = pay(common::demo_stack::start_binary().await, "decline").await;
     assert_eq!(state, "DECLINED");
+}
+
+/// The customer aborts in the purchase journey: back on the partner's page with
+/// `state=CANCELED`, and the order ends CANCELED by the webhook.
+#[tokio::test]
+async fn tower_abort_flow_ends_canceled() {
+    let (state, _) = pay(common::demo_stack::start().await, "cancel").await;
+    assert_eq!(state, "CANCELED");
+}
+
+#[cfg(feature = "cli")]
+#[tokio::test]
+async fn binary_abort_flow_ends_canceled() {
+    let (state, _) = pay(common::demo_stack::start_binary().await, "cancel").await;
+    assert_eq!(state, "CANCELED");
 }
 
 /// A partner that retries (a timeout on its side) gets the same Payment Request back: the

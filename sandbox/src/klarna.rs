@@ -2,6 +2,7 @@
 //! signed webhooks, in memory. See the [module docs](super) for the test triggers.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -18,7 +19,7 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use super::client::HttpClient;
-use super::clock::{parse_iso8601_duration, rfc3339_nanos};
+use super::clock::{parse_iso8601_duration, parse_rfc3339, rfc3339_nanos, Clock};
 use super::{format_minor_units, html_escape};
 
 const REQUEST_KRN: &str = "krn:payment:eu1:request:";
@@ -36,6 +37,10 @@ const DEFAULT_INTERACTION_EXPIRY: Duration = Duration::from_secs(3 * 3600);
 const TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
 /// How long an approved authorization stays valid (the sandbox's choice).
 const TRANSACTION_LIFETIME: Duration = Duration::from_secs(28 * 24 * 3600);
+/// How long a `Klarna-Idempotency-Key` is honoured.
+const IDEMPOTENCY_KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// How often [`KlarnaSandbox::serve`] looks for Payment Requests past their expiry.
+const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Configuration of a [`KlarnaSandbox`].
 #[derive(Clone)]
@@ -62,9 +67,16 @@ pub struct KlarnaSandboxConfig {
     pub webhook_attempts: u32,
     /// The wait after the first failed webhook attempt.
     pub webhook_backoff: Duration,
-    /// Timeout of one webhook attempt. The Purchase Journey waits at most this long for the
-    /// first attempt of the `completed`/`declined` webhook before it redirects.
+    /// Timeout of one webhook attempt.
     pub webhook_timeout: Duration,
+    /// How long after a state change its webhook's first attempt starts. The Purchase
+    /// Journey redirects the customer at once, so with any delay the customer is back before
+    /// the webhook (as with Klarna, where neither order is guaranteed). Can be changed later
+    /// with [`KlarnaSandbox::set_webhook_delay`].
+    pub webhook_delay: Duration,
+    /// When true, webhooks are lost: none is sent (a test of a partner that must cope
+    /// without one). Can be changed later with [`KlarnaSandbox::set_lose_webhooks`].
+    pub lose_webhooks: bool,
 }
 
 impl std::fmt::Debug for KlarnaSandboxConfig {
@@ -76,6 +88,8 @@ impl std::fmt::Debug for KlarnaSandboxConfig {
             .field("webhook_url", &self.webhook_url)
             .field("signing_key_id", &self.signing_key_id)
             .field("max_requests", &self.max_requests)
+            .field("webhook_delay", &self.webhook_delay)
+            .field("lose_webhooks", &self.lose_webhooks)
             .finish_non_exhaustive()
     }
 }
@@ -83,7 +97,7 @@ impl std::fmt::Debug for KlarnaSandboxConfig {
 impl KlarnaSandboxConfig {
     /// A configuration with the given API key and public base URL, any account id, no
     /// webhooks, the signing key id `sandbox-key-1` with a fixed (not secret) key,
-    /// 10 000 requests kept and 4 webhook attempts.
+    /// 10 000 requests kept, 4 webhook attempts and webhooks sent 1 s after the state change.
     pub fn new(api_key: impl Into<String>, public_base_url: impl Into<String>) -> Self {
         Self {
             api_key: api_key.into(),
@@ -96,6 +110,8 @@ impl KlarnaSandboxConfig {
             webhook_attempts: 4,
             webhook_backoff: Duration::from_millis(250),
             webhook_timeout: Duration::from_secs(3),
+            webhook_delay: Duration::from_secs(1),
+            lose_webhooks: false,
         }
     }
 }
@@ -222,7 +238,9 @@ impl PaymentRequest {
 
 /// A stored answer to an idempotent authorize call.
 struct StoredAnswer {
-    request_body: Bytes,
+    /// What makes a request the same: its exact body bytes and its token header, if any.
+    request: (Bytes, Option<Vec<u8>>),
+    stored_at: SystemTime,
     status: StatusCode,
     body: Bytes,
 }
@@ -263,12 +281,21 @@ impl Store {
             self.answers.remove(&oldest);
         }
     }
+
+    /// Forgets the answer under `key` (its 24 hours are over).
+    fn forget_answer(&mut self, key: &(String, String)) {
+        if self.answers.remove(key).is_some() {
+            self.answer_order.retain(|k| k != key);
+        }
+    }
 }
 
 struct Shared {
     config: KlarnaSandboxConfig,
     webhook_url: Mutex<Option<String>>,
-    clock_offset: Mutex<Duration>,
+    webhook_delay: Mutex<Duration>,
+    lose_webhooks: AtomicBool,
+    clock: Clock,
     store: Mutex<Store>,
     client: HttpClient,
     webhook_id: String,
@@ -292,6 +319,18 @@ impl std::fmt::Debug for KlarnaSandbox {
 struct Event {
     state: PaymentRequestState,
     request: PaymentRequest,
+    occurred_at: SystemTime,
+}
+
+impl Event {
+    /// The event of `request`'s current state, at `now`.
+    fn of(request: &PaymentRequest, now: SystemTime) -> Self {
+        Event {
+            state: request.state,
+            request: request.clone(),
+            occurred_at: now,
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -308,8 +347,10 @@ impl KlarnaSandbox {
         Self {
             shared: Arc::new(Shared {
                 webhook_url: Mutex::new(config.webhook_url.clone()),
+                webhook_delay: Mutex::new(config.webhook_delay),
+                lose_webhooks: AtomicBool::new(config.lose_webhooks),
                 config,
-                clock_offset: Mutex::new(Duration::ZERO),
+                clock: Clock::default(),
                 store: Mutex::new(Store::default()),
                 client,
                 webhook_id: format!("krn:partner:global:notification:webhook:{}", Uuid::new_v4()),
@@ -327,12 +368,46 @@ impl KlarnaSandbox {
         *lock(&self.shared.webhook_url) = url;
     }
 
-    /// Moves the sandbox's clock forward, to test expiry without waiting.
-    pub fn advance_clock(&self, by: Duration) {
-        *lock(&self.shared.clock_offset) += by;
+    /// Sets how long after a state change its webhook is sent (see
+    /// [`KlarnaSandboxConfig::webhook_delay`]).
+    pub fn set_webhook_delay(&self, delay: Duration) {
+        *lock(&self.shared.webhook_delay) = delay;
     }
 
-    /// The axum router with every sandbox route.
+    /// Loses (never sends) the webhooks of state changes from now on, or stops losing them.
+    pub fn set_lose_webhooks(&self, lose: bool) {
+        self.shared.lose_webhooks.store(lose, Ordering::SeqCst);
+    }
+
+    /// Moves the sandbox's clock forward, to test expiries without waiting: Payment Requests
+    /// (expired by the next sweep of [`KlarnaSandbox::serve`], within a second, or when next
+    /// touched), tokens and idempotency keys.
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.clock.advance(by);
+    }
+
+    /// Moves every open Payment Request past its expiry to `EXPIRED` and sends its
+    /// `…expired` webhook.
+    fn expire_due(&self) {
+        let now = self.now();
+        let events: Vec<Event> = {
+            let mut store = lock(&self.shared.store);
+            store
+                .requests
+                .values_mut()
+                .filter_map(|request| {
+                    // It happened at its expiry, whenever the sweep saw it.
+                    request
+                        .expire_if_due(now)
+                        .then(|| Event::of(request, request.expires_at))
+                })
+                .collect()
+        };
+        self.emit_all(events);
+    }
+
+    /// The axum router with every sandbox route. Served without [`KlarnaSandbox::serve`],
+    /// Payment Requests expire only when next touched (page, read, cancel).
     pub fn router(&self) -> Router {
         Router::new()
             .route(
@@ -347,13 +422,26 @@ impl KlarnaSandbox {
             .with_state(self.clone())
     }
 
-    /// Serves the sandbox on `listener` until the task is dropped or fails.
+    /// Serves the sandbox on `listener` until the task is dropped or fails; meanwhile, every
+    /// second, expires the Payment Requests whose time is up.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        axum::serve(listener, self.router()).await
+        let sweeper = self.clone();
+        let sweep = async move {
+            let mut interval = tokio::time::interval(EXPIRY_SWEEP_INTERVAL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                sweeper.expire_due();
+            }
+        };
+        tokio::select! {
+            served = axum::serve(listener, self.router()) => served,
+            _ = sweep => Ok(()),
+        }
     }
 
     fn now(&self) -> SystemTime {
-        SystemTime::now() + *lock(&self.shared.clock_offset)
+        self.shared.clock.now()
     }
 
     /// The error answer for a caller without access to `account_id`, if it has none.
@@ -386,14 +474,18 @@ impl KlarnaSandbox {
         None
     }
 
-    /// Sends the webhook for `event` in a background task with retries. The returned
-    /// receiver fires after the first attempt ended (or when no webhook is configured).
-    fn emit(&self, event: Event) -> tokio::sync::oneshot::Receiver<()> {
-        let (first_done, first_attempt) = tokio::sync::oneshot::channel();
+    /// Sends the webhook for `event` in a background task: after the webhook delay, with
+    /// retries; never when webhooks are lost or no URL is set. Never waits.
+    fn emit(&self, event: Event) {
         let Some(url) = lock(&self.shared.webhook_url).clone() else {
-            let _ = first_done.send(());
-            return first_attempt;
+            return;
         };
+        let event_type = event.state.event_type();
+        if self.shared.lose_webhooks.load(Ordering::SeqCst) {
+            tracing::info!(event_type, "sandbox webhook lost (on purpose)");
+            return;
+        }
+        let delay = *lock(&self.shared.webhook_delay);
         let config = &self.shared.config;
         let request = &event.request;
         let mut payload = json!({
@@ -413,7 +505,7 @@ impl KlarnaSandbox {
                 "event_id": Uuid::new_v4().to_string(),
                 "event_type": event.state.event_type(),
                 "event_version": "v2",
-                "occurred_at": rfc3339_nanos(self.now()),
+                "occurred_at": rfc3339_nanos(event.occurred_at),
                 "correlation_id": Uuid::new_v4().to_string(),
                 "subject_account_id": request.account_id,
                 "recipient_account_id": request.account_id,
@@ -429,9 +521,8 @@ impl KlarnaSandbox {
         let client = self.shared.client.clone();
         let attempts = config.webhook_attempts.max(1);
         let mut backoff = config.webhook_backoff;
-        let event_type = event.state.event_type();
         tokio::spawn(async move {
-            let mut first_done = Some(first_done);
+            tokio::time::sleep(delay).await;
             for attempt in 1..=attempts {
                 let headers = [
                     ("content-type", "application/json"),
@@ -441,9 +532,6 @@ impl KlarnaSandbox {
                 let outcome = client
                     .send(Method::POST, &url, &headers, body.clone())
                     .await;
-                if let Some(done) = first_done.take() {
-                    let _ = done.send(());
-                }
                 match outcome {
                     Ok((status, _)) if status.is_success() => {
                         tracing::debug!(event_type, attempt, %status, "sandbox webhook delivered");
@@ -462,17 +550,12 @@ impl KlarnaSandbox {
                 }
             }
         });
-        first_attempt
     }
 
-    /// Emits every event; waits (bounded) for the first attempt of each when `wait`.
-    async fn emit_all(&self, events: Vec<Event>, wait: bool) {
-        let timeout = self.shared.config.webhook_timeout + Duration::from_millis(100);
+    /// Emits every event, in order.
+    fn emit_all(&self, events: Vec<Event>) {
         for event in events {
-            let first_attempt = self.emit(event);
-            if wait {
-                let _ = tokio::time::timeout(timeout, first_attempt).await;
-            }
+            self.emit(event);
         }
     }
 
@@ -485,11 +568,11 @@ impl KlarnaSandbox {
         body: &[u8],
         events: &mut Vec<Event>,
     ) -> (StatusCode, Value) {
-        let request = match validate_authorize(body) {
+        let now = self.now();
+        let request = match validate_authorize(body, now) {
             Ok(request) => request,
             Err(response) => return response,
         };
-        let now = self.now();
 
         // Final call: a token from a completed Payment Request.
         if let Some((header_name, token)) = TOKEN_HEADERS.iter().find_map(|name| {
@@ -564,7 +647,7 @@ impl KlarnaSandbox {
             return_url: step_up.return_url,
             app_return_url: step_up.app_return_url,
             state: PaymentRequestState::Submitted,
-            expires_at: now + step_up.interaction_expiry,
+            expires_at: step_up.expires_at,
             token: None,
             completed_at: None,
             finalized: None,
@@ -573,22 +656,19 @@ impl KlarnaSandbox {
             "payment_transaction_response": { "result": "STEP_UP_REQUIRED" },
             "payment_request": payment_request.to_json(&self.shared.config.public_base_url),
         });
-        events.push(Event {
-            state: PaymentRequestState::Submitted,
-            request: payment_request.clone(),
-        });
+        events.push(Event::of(&payment_request, now));
         store.insert_request(payment_request, self.shared.config.max_requests);
         (StatusCode::OK, answer)
     }
 
     /// Finds an account's Payment Request by id (full `krn:…` id or bare uuid), expiring it
-    /// lazily. Runs `change` on it under the lock and emits the resulting events after.
-    async fn with_request<R>(
+    /// if its time is up (the sweep of [`KlarnaSandbox::serve`] may not have run yet). Runs
+    /// `change` on it under the lock and emits the resulting events after.
+    fn with_request<R>(
         &self,
         account_id: Option<&str>,
         id: &str,
         change: impl FnOnce(&mut PaymentRequest, SystemTime, &mut Vec<Event>) -> R,
-        wait: bool,
     ) -> Option<R> {
         let uuid = id.strip_prefix(REQUEST_KRN).unwrap_or(id);
         let now = self.now();
@@ -600,10 +680,7 @@ impl KlarnaSandbox {
                 return None;
             }
             if request.expire_if_due(now) {
-                events.push(Event {
-                    state: PaymentRequestState::Expired,
-                    request: request.clone(),
-                });
+                events.push(Event::of(request, request.expires_at));
             }
             let result = change(request, now, &mut events);
             if let Some(token) = request.token.clone() {
@@ -612,7 +689,7 @@ impl KlarnaSandbox {
             }
             result
         };
-        self.emit_all(events, wait).await;
+        self.emit_all(events);
         Some(result)
     }
 }
@@ -644,10 +721,13 @@ struct StepUp {
     payment_request_reference: String,
     return_url: String,
     app_return_url: Option<String>,
-    interaction_expiry: Duration,
+    expires_at: SystemTime,
 }
 
-fn validate_authorize(body: &[u8]) -> Result<AuthorizeRequest, (StatusCode, Value)> {
+fn validate_authorize(
+    body: &[u8],
+    now: SystemTime,
+) -> Result<AuthorizeRequest, (StatusCode, Value)> {
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(body) else {
         return Err(error_body(
             StatusCode::BAD_REQUEST,
@@ -699,7 +779,7 @@ fn validate_authorize(body: &[u8]) -> Result<AuthorizeRequest, (StatusCode, Valu
 
     let step_up = match body.get("step_up_config") {
         None | Some(Value::Null) => None,
-        Some(config) => validate_step_up(config, &mut fail),
+        Some(config) => validate_step_up(config, now, &mut fail),
     };
 
     match (amount, reference) {
@@ -713,7 +793,11 @@ fn validate_authorize(body: &[u8]) -> Result<AuthorizeRequest, (StatusCode, Valu
     }
 }
 
-fn validate_step_up(config: &Value, fail: &mut impl FnMut(&str, &str)) -> Option<StepUp> {
+fn validate_step_up(
+    config: &Value,
+    now: SystemTime,
+    fail: &mut impl FnMut(&str, &str),
+) -> Option<StepUp> {
     if !config.is_object() {
         fail("step_up_config", "must be an object");
         return None;
@@ -767,26 +851,74 @@ fn validate_step_up(config: &Value, fail: &mut impl FnMut(&str, &str)) -> Option
             "must be an absolute URL of printable ASCII characters (an app scheme, or http or https)",
         );
     }
-    let expiry = match interaction.get("interaction_expiry") {
-        None | Some(Value::Null) => Some(DEFAULT_INTERACTION_EXPIRY),
-        Some(expiry) => expiry
-            .get("duration")
-            .and_then(Value::as_str)
-            .and_then(parse_iso8601_duration)
-            .filter(|d| (MIN_INTERACTION_EXPIRY..=MAX_INTERACTION_EXPIRY).contains(d)),
-    };
-    if expiry.is_none() {
-        fail(
-            "step_up_config.customer_interaction_config.interaction_expiry.duration",
-            "must be an ISO 8601 duration between PT15M and PT48H",
-        );
-    }
+    let expires_at = validate_interaction_expiry(interaction.get("interaction_expiry"), now, fail);
     Some(StepUp {
         payment_request_reference: reference?.to_owned(),
         return_url: return_url?.to_owned(),
         app_return_url: app_return_url?,
-        interaction_expiry: expiry?,
+        expires_at: expires_at?,
     })
+}
+
+/// `interaction_expiry`: absent (3 hours), or an object with exactly one of `duration` (an
+/// ISO 8601 duration) and `timestamp` (an RFC 3339 time), either 15 minutes to 48 hours from
+/// now. The Payment Request's `expires_at`.
+fn validate_interaction_expiry(
+    expiry: Option<&Value>,
+    now: SystemTime,
+    fail: &mut impl FnMut(&str, &str),
+) -> Option<SystemTime> {
+    const FIELD: &str = "step_up_config.customer_interaction_config.interaction_expiry";
+    let expiry = match expiry {
+        None | Some(Value::Null) => return Some(now + DEFAULT_INTERACTION_EXPIRY),
+        Some(Value::Object(expiry)) => expiry,
+        Some(_) => {
+            fail(FIELD, "must be an object with a duration or a timestamp");
+            return None;
+        }
+    };
+    let in_window = |d: &Duration| (MIN_INTERACTION_EXPIRY..=MAX_INTERACTION_EXPIRY).contains(d);
+    let given = |name| expiry.get(name).filter(|v| !v.is_null());
+    match (given("duration"), given("timestamp")) {
+        (Some(_), Some(_)) => {
+            fail(
+                FIELD,
+                "must have either a duration or a timestamp, not both",
+            );
+            None
+        }
+        (None, None) => {
+            fail(FIELD, "must have a duration or a timestamp");
+            None
+        }
+        (Some(duration), None) => {
+            let expires_at = duration
+                .as_str()
+                .and_then(parse_iso8601_duration)
+                .filter(in_window)
+                .map(|d| now + d);
+            if expires_at.is_none() {
+                fail(
+                    &format!("{FIELD}.duration"),
+                    "must be an ISO 8601 duration between PT15M and PT48H",
+                );
+            }
+            expires_at
+        }
+        (None, Some(timestamp)) => {
+            let expires_at = timestamp
+                .as_str()
+                .and_then(parse_rfc3339)
+                .filter(|t| t.duration_since(now).is_ok_and(|d| in_window(&d)));
+            if expires_at.is_none() {
+                fail(
+                    &format!("{FIELD}.timestamp"),
+                    "must be an RFC 3339 date-time between 15 minutes and 48 hours from now",
+                );
+            }
+            expires_at
+        }
+    }
 }
 
 /// An app return URL: any scheme an app can register (`shopapp://…`), never a script.
@@ -967,15 +1099,33 @@ async fn authorize_answer(
             )]))
         }
     };
+    // The same request under the same key: the same body bytes and the same token header.
+    let token = TOKEN_HEADERS
+        .iter()
+        .find_map(|name| headers.get(*name))
+        .map(|value| value.as_bytes().to_vec());
+    let request = (body.clone(), token);
+    let now = sandbox.now();
     let mut events = Vec::new();
     let (status, answer) = {
         let mut store = lock(&sandbox.shared.store);
         let stored_key = key.map(|key| (account_id.to_owned(), key));
+        if let Some(k) = &stored_key {
+            // Honoured for 24 hours; after that the key is new again.
+            if store
+                .answers
+                .get(k)
+                .is_some_and(|stored| now >= stored.stored_at + IDEMPOTENCY_KEY_LIFETIME)
+            {
+                store.forget_answer(k);
+            }
+        }
         if let Some(stored) = stored_key.as_ref().and_then(|k| store.answers.get(k)) {
-            if stored.request_body != body {
+            if stored.request != request {
                 return json_response(validation_error(vec![(
                     "Klarna-Idempotency-Key".to_owned(),
-                    "already used with a different request body".to_owned(),
+                    "already used with a different request (body or token header) in the last 24 hours"
+                        .to_owned(),
                 )]));
             }
             return bytes_response(stored.status, stored.body.clone());
@@ -985,7 +1135,8 @@ async fn authorize_answer(
         let answer = Bytes::from(answer.to_string());
         if let Some(stored_key) = stored_key {
             let stored = StoredAnswer {
-                request_body: body,
+                request,
+                stored_at: now,
                 status,
                 body: answer.clone(),
             };
@@ -993,7 +1144,7 @@ async fn authorize_answer(
         }
         (status, answer)
     };
-    sandbox.emit_all(events, false).await;
+    sandbox.emit_all(events);
     bytes_response(status, answer)
 }
 
@@ -1006,9 +1157,7 @@ async fn read_request(
         return refused;
     }
     let base = sandbox.shared.config.public_base_url.clone();
-    let found = sandbox
-        .with_request(Some(&account_id), &id, |r, _, _| r.to_json(&base), false)
-        .await;
+    let found = sandbox.with_request(Some(&account_id), &id, |r, _, _| r.to_json(&base));
     match found {
         Some(body) => json_response((StatusCode::OK, body)),
         None => not_found(),
@@ -1024,28 +1173,17 @@ async fn cancel_request(
         return refused;
     }
     let base = sandbox.shared.config.public_base_url.clone();
-    let found = sandbox
-        .with_request(
-            Some(&account_id),
-            &id,
-            |request, _, events| {
-                // Open, or COMPLETED and not yet finalized with its token.
-                let cancelable = request.state.is_open()
-                    || (request.state == PaymentRequestState::Completed
-                        && request.finalized.is_none());
-                if !cancelable {
-                    return Err(request.state);
-                }
-                request.state = PaymentRequestState::Canceled;
-                events.push(Event {
-                    state: PaymentRequestState::Canceled,
-                    request: request.clone(),
-                });
-                Ok(request.to_json(&base))
-            },
-            false,
-        )
-        .await;
+    let found = sandbox.with_request(Some(&account_id), &id, |request, now, events| {
+        // Open, or COMPLETED and not yet finalized with its token.
+        let cancelable = request.state.is_open()
+            || (request.state == PaymentRequestState::Completed && request.finalized.is_none());
+        if !cancelable {
+            return Err(request.state);
+        }
+        request.state = PaymentRequestState::Canceled;
+        events.push(Event::of(request, now));
+        Ok(request.to_json(&base))
+    });
     match found {
         Some(Ok(body)) => json_response((StatusCode::OK, body)),
         Some(Err(state)) => klarna_error(
@@ -1077,23 +1215,13 @@ fn not_found() -> Response {
 }
 
 async fn open_journey(State(sandbox): State<KlarnaSandbox>, Path(uuid): Path<String>) -> Response {
-    let found = sandbox
-        .with_request(
-            None,
-            &uuid,
-            |request, _, events| {
-                if request.state == PaymentRequestState::Submitted {
-                    request.state = PaymentRequestState::InProgress;
-                    events.push(Event {
-                        state: PaymentRequestState::InProgress,
-                        request: request.clone(),
-                    });
-                }
-                request.clone()
-            },
-            false,
-        )
-        .await;
+    let found = sandbox.with_request(None, &uuid, |request, now, events| {
+        if request.state == PaymentRequestState::Submitted {
+            request.state = PaymentRequestState::InProgress;
+            events.push(Event::of(request, now));
+        }
+        request.clone()
+    });
     let Some(request) = found else {
         return page(
             StatusCode::NOT_FOUND,
@@ -1128,6 +1256,9 @@ async fn finish_journey(
     let target = match action {
         "approve" => PaymentRequestState::Completed,
         "decline" => PaymentRequestState::Declined,
+        // The customer aborts: the Payment Request ends CANCELED (see the module docs on
+        // why not back to SUBMITTED).
+        "cancel" => PaymentRequestState::Canceled,
         _ => {
             return page(
                 StatusCode::BAD_REQUEST,
@@ -1136,34 +1267,24 @@ async fn finish_journey(
             )
         }
     };
-    let found = sandbox
-        .with_request(
-            None,
-            &uuid,
-            |request, now, events| {
-                if !request.state.is_open() {
-                    return Err(Some(request.state));
-                }
-                if to_app && request.app_return_url.is_none() {
-                    // Nothing changes: there was no app button to press.
-                    return Err(None);
-                }
-                request.state = target;
-                if target == PaymentRequestState::Completed {
-                    request.token = Some(new_token());
-                    request.completed_at = Some(now);
-                }
-                events.push(Event {
-                    state: target,
-                    request: request.clone(),
-                });
-                Ok(request.clone())
-            },
-            // The outcome's webhook is attempted before the customer is sent back, so that
-            // a demo's confirmation page finds the outcome already recorded.
-            true,
-        )
-        .await;
+    let found = sandbox.with_request(None, &uuid, |request, now, events| {
+        if !request.state.is_open() {
+            return Err(Some(request.state));
+        }
+        if to_app && request.app_return_url.is_none() {
+            // Nothing changes: there was no app button to press.
+            return Err(None);
+        }
+        request.state = target;
+        if target == PaymentRequestState::Completed {
+            request.token = Some(new_token());
+            request.completed_at = Some(now);
+        }
+        // The webhook goes out after the webhook delay, in the background: the customer
+        // is redirected first, and the partner must cope with either order.
+        events.push(Event::of(request, now));
+        Ok(request.clone())
+    });
     match found {
         None => page(
             StatusCode::NOT_FOUND,
@@ -1261,7 +1382,7 @@ h1 {{ font-size: 1.4rem; }} h1 small {{ color: #888; font-weight: normal; }}
 label, input, button {{ display: block; width: 100%; box-sizing: border-box; margin-top: .6rem; }}
 input {{ padding: .6rem; font-size: 1rem; }}
 button {{ padding: .8rem; font-size: 1rem; border: 0; border-radius: .5rem; cursor: pointer; }}
-#approve {{ background: #ffb3c7; font-weight: bold; }} #decline {{ background: #eee; }}
+#approve {{ background: #ffb3c7; font-weight: bold; }} #decline, #cancel {{ background: #eee; }}
 </style></head>
 <body><main><h1>Klarna <small>sandbox</small></h1>
 {body_html}
@@ -1282,11 +1403,13 @@ fn journey_page(request: &PaymentRequest) -> Response {
 <input id="phone" name="phone" type="tel" autocomplete="tel" placeholder="+1 555 010 0000">
 <button id="approve" type="submit" name="action" value="approve">Approve</button>
 <button id="decline" type="submit" name="action" value="decline">Decline</button>
+<button id="cancel" type="submit" name="action" value="cancel">Cancel and return</button>
 {app}</form>
 <p><small>This is a test page: no money moves.</small></p>"#,
         app = if request.app_return_url.is_some() {
             r#"<button id="approve-app" type="submit" name="action" value="approve_app">Approve and return to the app</button>
 <button id="decline-app" type="submit" name="action" value="decline_app">Decline and return to the app</button>
+<button id="cancel-app" type="submit" name="action" value="cancel_app">Cancel and return to the app</button>
 "#
         } else {
             ""

@@ -17,16 +17,24 @@
 //!
 //! 1. `Authorization` must be `Basic <api key>` exactly (else 401 `ACCESS_ERROR`); with
 //!    [`KlarnaSandboxConfig::partner_account_id`] set, the path's account must match (403).
-//! 2. A `Klarna-Idempotency-Key` already seen for this account answers the stored bytes
-//!    again; reused with a different body it is a 400 `INPUT_ERROR`.
+//! 2. A `Klarna-Idempotency-Key` (1..255 characters) seen for this account in the last 24
+//!    hours on the same request (the same body bytes and the same token header, or none)
+//!    answers the first answer's status and bytes again, whatever it was (an error too), with
+//!    no new effect. Reused with a different request it is 400 `INPUT_ERROR` /
+//!    `VALIDATION_ERROR` naming `Klarna-Idempotency-Key`. After 24 hours (on the sandbox's
+//!    clock) the key is new again: the same request then makes a new decision.
 //! 3. The body must be a JSON object (else 400 `INPUT_ERROR`, `INVALID_REQUEST_BODY`) with
 //!    `currency` (three upper-case letters), `request_payment_transaction.amount` (positive
 //!    integer) and `.payment_transaction_reference` (1..255 characters); a `step_up_config`,
 //!    when present, needs `payment_request_reference` (1..255), `customer_interaction_config.
 //!    method` `HANDOVER`, an absolute http(s) `return_url`, an optional `app_return_url`
 //!    (any absolute URL but `javascript:`, `data:`, `vbscript:`, `file:`, `blob:`, `about:`)
-//!    and an optional `interaction_expiry.duration` between `PT15M` and `PT48H` (default 3 hours). Failures
-//!    are 400 `INPUT_ERROR` / `VALIDATION_ERROR` with one `validation_errors` entry per field.
+//!    and an optional `interaction_expiry` with exactly one of `duration` (ISO 8601, e.g.
+//!    `PT15M`) and `timestamp` (RFC 3339, `Z` or an offset, e.g. `2025-02-26T18:00:00Z`),
+//!    either 15 minutes to 48 hours from now (without it: 3 hours). Failures are 400
+//!    `INPUT_ERROR` / `VALIDATION_ERROR` with one `validation_errors` entry per field
+//!    (`…interaction_expiry.duration`, `….timestamp`, or `…interaction_expiry` itself when
+//!    both or neither are given).
 //! 4. A token header (`Klarna-Network-Session-Token`, or the legacy `Klarna-Payment-Token`,
 //!    `Klarna-Interoperability-Token`) must name a `COMPLETED` Payment Request of the same
 //!    account, completed less than 60 minutes ago, not canceled, with the same amount and
@@ -40,7 +48,7 @@
 //!    starting with `decline` → `DECLINED` (`result_reason` `SANDBOX_DECLINE_TRIGGER`);
 //!    starting with `approve` → `APPROVED` at once, without step-up.
 //! 6. With a `step_up_config` → `STEP_UP_REQUIRED` with a new `payment_request` in state
-//!    `SUBMITTED` (webhook `…submitted`).
+//!    `SUBMITTED` (webhook `…submitted`), `expires_at` set from `interaction_expiry`.
 //! 7. Without one → `DECLINED` with `result_reason` `STEP_UP_REQUIRED_BUT_NOT_CONFIGURED`:
 //!    every customer is new to the sandbox, so it cannot approve without the customer.
 //!
@@ -48,18 +56,27 @@
 //!
 //! Opening `payment_request_url` moves `SUBMITTED` → `IN_PROGRESS` (webhook
 //! `…in-progress`) and shows the amount, the reference, a phone input (`#phone`) and the
-//! buttons `#approve` and `#decline` of a plain form; when the request has an
-//! `app_return_url`, also `#approve-app` and `#decline-app`, which return the customer there
-//! instead. Approve → `COMPLETED` with a fresh random token; decline → `DECLINED`. The webhook of the outcome is attempted (once, bounded
-//! by the webhook timeout) before the answer `303 See Other` to `return_url` with the
-//! placeholders (in `return_url`, or `app_return_url` for the app buttons)
-//! `{klarna.payment_request.id}`, `.state`, `.payment_request_reference`,
-//! `.klarna_network_session_token`, `.payment_token` and `.interoperability_token` replaced by
-//! percent-encoded values. A request past its expiry becomes `EXPIRED` when next touched (page,
-//! read, cancel; webhook `…expired`) and its page says so (410).
-//! [`KlarnaSandbox::advance_clock`] moves the sandbox's clock for tests. Once `COMPLETED`, the
-//! read call also shows the token under `state_context.klarna_network_session_token` (the
-//! sandbox's choice; Klarna's read call is not documented).
+//! buttons `#approve`, `#decline` and `#cancel` of a plain form (`POST /pay/{uuid}` with
+//! `action=approve|decline|cancel`); when the request has an `app_return_url`, also
+//! `#approve-app`, `#decline-app` and `#cancel-app` (`action=…_app`), which return the
+//! customer there instead. Approve → `COMPLETED` with a fresh random token; decline →
+//! `DECLINED`; cancel (the customer aborts) → `CANCELED` (webhook `…canceled`, as when the
+//! partner cancels). Each answers at once `303 See Other` to `return_url` (or
+//! `app_return_url` for the app buttons) with the placeholders
+//! `{klarna.payment_request.id}`, `.state` (`COMPLETED`, `DECLINED` or `CANCELED`),
+//! `.payment_request_reference`, `.klarna_network_session_token`, `.payment_token` and
+//! `.interoperability_token` (the token: empty unless `COMPLETED`) replaced by
+//! percent-encoded values. The outcome's webhook is **not** awaited: it follows after
+//! [`KlarnaSandboxConfig::webhook_delay`] (default 1 s), so the customer is normally back
+//! before it, as the real flow allows; a partner must cope with either order.
+//!
+//! A Payment Request still open (`SUBMITTED`, `IN_PROGRESS`) at its `expires_at` becomes
+//! `EXPIRED` (webhook `…expired`): [`KlarnaSandbox::serve`] looks every second, and any
+//! call that touches the request (page, read, cancel) checks first. Its page then says so
+//! (410). [`KlarnaSandbox::advance_clock`] moves the sandbox's clock for tests (the next
+//! sweep then expires what is due). Once `COMPLETED`, the read call also shows the token under
+//! `state_context.klarna_network_session_token` (the sandbox's choice; Klarna's read call is
+//! not documented).
 //!
 //! `DELETE` cancels a Payment Request that is open (`SUBMITTED`, `IN_PROGRESS`) or
 //! `COMPLETED` and not yet finalized by the final authorize (webhook `…canceled`; its token
@@ -68,14 +85,50 @@
 //! # Webhooks
 //!
 //! `POST` to the webhook URL with `Content-Type: application/json`, body
-//! `{"metadata": {event_id, event_type, event_version: "v2", occurred_at, correlation_id,
-//! subject_account_id, recipient_account_id, product_instance_id, webhook_id, live: false},
-//! "payload": {payment_request_id, payment_request_reference, state, amount, currency,
-//! klarna_network_session_token and payment_token, the same value under its older name (only
-//! on completed)}}`, `Klarna-Signing-Key-Id` and
-//! `Klarna-Signature` = lower-case hex HMAC-SHA256 of the exact body bytes
-//! ([`sign_webhook`]). A refused or failed delivery is retried a few times with doubling
-//! backoff ([`KlarnaSandboxConfig::webhook_attempts`]) in a background task.
+//! `{"metadata": {event_id, event_type, event_version: "v2", occurred_at (the time of the
+//! state change), correlation_id, subject_account_id, recipient_account_id,
+//! product_instance_id, webhook_id, live: false}, "payload": {payment_request_id,
+//! payment_request_reference, state, amount, currency, klarna_network_session_token and
+//! payment_token, the same value under its older name (only on completed)}}`,
+//! `Klarna-Signing-Key-Id` and `Klarna-Signature` = lower-case hex HMAC-SHA256 of the exact
+//! body bytes ([`sign_webhook`]). Every webhook is sent in a background task,
+//! [`KlarnaSandboxConfig::webhook_delay`] after its state change
+//! ([`KlarnaSandbox::set_webhook_delay`]); a refused or failed delivery is retried a few
+//! times with doubling backoff ([`KlarnaSandboxConfig::webhook_attempts`]). Webhooks of
+//! different state changes may arrive out of order. For tests, webhooks can be lost
+//! ([`KlarnaSandboxConfig::lose_webhooks`], [`KlarnaSandbox::set_lose_webhooks`]): none is
+//! sent while the switch is on.
+//!
+//! # Where Klarna's docs are unclear
+//!
+//! Where Klarna's public documentation leaves a point open, the sandbox picks the stricter
+//! reading, the one that shows a partner's bug rather than hides it:
+//!
+//! - **An idempotency key reused with a different request.** Klarna documents only that a
+//!   duplicate attempt within 24 hours gets "the initial result"; it names no error for a
+//!   key reused on another request. The sandbox refuses it (400 `INPUT_ERROR` /
+//!   `VALIDATION_ERROR` on `Klarna-Idempotency-Key`) instead of answering the first
+//!   result, and compares exact bytes (a re-serialized body with other whitespace is a
+//!   different request) plus the token header. Error answers are replayed too, so a partner
+//!   that fixes a refused request must use a new key.
+//! - **The customer aborts in the Purchase Journey.** Klarna's acquirer pages say
+//!   `CANCELED` is reached when the Acquiring Partner cancels; its Web SDK typedoc lists the
+//!   transition `IN_PROGRESS → SUBMITTED` and the state reason `PURCHASE_FLOW_ABORTED`
+//!   ("the customer dropped out … or went back to the merchant site"), and `IN_PROGRESS →
+//!   CANCELED`. The sandbox ends the Payment Request `CANCELED` (final) with the `…canceled`
+//!   webhook and sends the customer back with `state=CANCELED`: a partner then must handle a
+//!   `CANCELED` it did not ask for, and cannot resume the request.
+//! - **`interaction_expiry` with both `duration` and `timestamp`**, or neither: not
+//!   documented; the sandbox refuses both. The 15-minute-to-48-hour window applies to the
+//!   timestamp measured from the authorize call. A timestamp with more than nine fraction
+//!   digits, without a zone, or before 1970 is refused.
+//! - **What expires.** Klarna says a Payment Request is "expired and deleted" after
+//!   `expires_at`. The sandbox expires only open ones (`SUBMITTED`, `IN_PROGRESS`), keeps
+//!   them readable (state `EXPIRED`) and sends `…expired`; a `COMPLETED` one keeps its token
+//!   for 60 minutes from completion, even past `expires_at`.
+//! - **Webhook timing.** Klarna does not say how long after the state change a webhook
+//!   comes, nor in which order; the sandbox waits a configurable delay (1 s by default) and
+//!   guarantees no order between events.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]

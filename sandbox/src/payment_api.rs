@@ -8,13 +8,19 @@
 //!   `{currency, supplementary_purchase_data: {purchase_reference, line_items},
 //!   request_payment_transaction: {amount, payment_transaction_reference}}` plus a top-level
 //!   `step_up_config` (copied verbatim, as the step-up proxy injected it) and
-//!   `interoperability_data` / `klarna_network_data` when the partner sent them. Klarna's
+//!   `interoperability_data` / `klarna_network_data` when the partner sent them, under a
+//!   `Klarna-Idempotency-Key` derived from the reference ([`idempotency_key`]): the same
+//!   order sent again gets Klarna's first answer, the same Payment Request. Klarna's
 //!   answer goes back with its status and bytes **unchanged**; the proxy rewrites it.
 //! - `POST /webhooks/klarna`: a Klarna webhook (relayed by the proxy or direct). On
 //!   `…completed` the order is finalized with a second authorize call without
 //!   `step_up_config` and with the token in `Klarna-Network-Session-Token`; `…declined`,
 //!   `…expired` and `…canceled` are recorded. 200 only once the outcome is stored; 502 when
-//!   Klarna could not be asked (so that the sender retries); 404 for an unknown order.
+//!   Klarna could not be asked (so that the sender retries); 404 for an unknown order. A
+//!   webhook for an order already settled is acknowledged and changes nothing, so a retried
+//!   or late webhook is harmless. The customer may be back on the confirmation page before
+//!   the webhook arrives (Klarna redirects first): the page polls `GET /payments/{reference}`
+//!   until the state is final.
 //! - `GET /payments/{reference}`: `{"reference", "state", "payment_transaction_id"?}`.
 //! - `GET /shop`, `GET /shop/confirmation?reference=…`: the demo shop.
 //!
@@ -89,12 +95,28 @@ struct Order {
     state: &'static str,
     /// The authorize body without `step_up_config`: what the final call sends again.
     final_body: Bytes,
-    /// Idempotency keys, fixed per order so that retries replay Klarna's answer.
-    first_key: String,
-    final_key: String,
+    /// Which try this is: 0, then one more each time the partner sends the order again after
+    /// Klarna refused it (a changed body needs fresh idempotency keys).
+    attempt: u32,
     payment_request_id: Option<String>,
     payment_request_reference: Option<String>,
     payment_transaction_id: Option<String>,
+}
+
+/// The `Klarna-Idempotency-Key` of an order's call, derived from its reference alone, so that
+/// a retried order (even after a restart of the payment API) sends the same key and Klarna
+/// answers with the same Payment Request: a name-based UUID (RFC 9562 version 8, SHA-256) of
+/// `klarna-stepup-demo/{reference}/{call}/{attempt}`, `call` being `authorize` (the first,
+/// customer-present call) or `finalize` (the call with the token). Klarna suggests
+/// name-based UUIDv5 keys; any 1..255 characters work.
+pub fn idempotency_key(reference: &str, call: &str, attempt: u32) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("klarna-stepup-demo/{reference}/{call}/{attempt}"));
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 fn is_final(state: &str) -> bool {
@@ -314,6 +336,7 @@ async fn create_payment(State(api): State<PaymentApi>, body: Bytes) -> Response 
         .and_then(Value::as_str)
         .map(str::to_owned);
     let first_key = {
+        let key = |attempt| idempotency_key(&reference, "authorize", attempt);
         let mut orders = lock(&api.shared.orders);
         match orders.by_reference.get_mut(&reference) {
             // Klarna refused the last try (4xx): the partner may fix the body and try again,
@@ -322,9 +345,8 @@ async fn create_payment(State(api): State<PaymentApi>, body: Bytes) -> Response 
                 order.state = "CREATED";
                 order.final_body = final_body;
                 order.payment_request_reference = payment_request_reference;
-                order.first_key = Uuid::new_v4().to_string();
-                order.final_key = Uuid::new_v4().to_string();
-                order.first_key.clone()
+                order.attempt += 1;
+                key(order.attempt)
             }
             Some(order) if order.state != "CREATED" && order.state != "PENDING_STEP_UP" => {
                 return api_error(StatusCode::CONFLICT, "this reference is already used");
@@ -332,20 +354,18 @@ async fn create_payment(State(api): State<PaymentApi>, body: Bytes) -> Response 
             // A retry of the same order: the same idempotency key replays Klarna's answer.
             Some(order) => {
                 order.final_body = final_body;
-                order.first_key.clone()
+                key(order.attempt)
             }
             None => {
                 let order = Order {
                     reference: reference.clone(),
                     state: "CREATED",
                     final_body,
-                    first_key: Uuid::new_v4().to_string(),
-                    final_key: Uuid::new_v4().to_string(),
+                    attempt: 0,
                     payment_request_id: None,
                     payment_request_reference,
                     payment_transaction_id: None,
                 };
-                let key = order.first_key.clone();
                 orders.order.push_back(reference.clone());
                 orders.by_reference.insert(reference.clone(), order);
                 while orders.by_reference.len() > api.shared.config.max_orders.max(1) {
@@ -354,7 +374,7 @@ async fn create_payment(State(api): State<PaymentApi>, body: Bytes) -> Response 
                     };
                     orders.by_reference.remove(&oldest);
                 }
-                key
+                key(0)
             }
         }
     };
@@ -488,8 +508,9 @@ async fn receive_webhook(
             "the completed webhook has no token",
         );
     };
+    let final_key = idempotency_key(&order.reference, "finalize", order.attempt);
     match api
-        .authorize(order.final_body.clone(), &order.final_key, Some(token))
+        .authorize(order.final_body.clone(), &final_key, Some(token))
         .await
     {
         Ok((status, answer)) if !status.is_server_error() => {

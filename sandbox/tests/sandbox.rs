@@ -89,7 +89,15 @@ struct Sandbox {
 }
 
 impl Sandbox {
+    /// A sandbox that sends webhooks without delay.
     async fn start(webhook_url: Option<String>) -> Self {
+        Self::start_with(webhook_url, |_| ()).await
+    }
+
+    async fn start_with(
+        webhook_url: Option<String>,
+        adjust: impl FnOnce(&mut KlarnaSandboxConfig),
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let mut config = KlarnaSandboxConfig::new(KEY, base.clone());
@@ -97,6 +105,8 @@ impl Sandbox {
         config.webhook_url = webhook_url;
         config.webhook_backoff = Duration::from_millis(20);
         config.webhook_timeout = Duration::from_secs(2);
+        config.webhook_delay = Duration::ZERO;
+        adjust(&mut config);
         let handle = KlarnaSandbox::new(config);
         tokio::spawn(handle.clone().serve(listener));
         Sandbox { handle, base }
@@ -246,14 +256,15 @@ impl Receiver {
         (headers, body, json)
     }
 
-    /// Deliveries until one of `event_type` arrives; returns that one.
+    /// Deliveries until one of `event_type` arrives (among the next 20); returns that one.
     async fn until(&mut self, event_type: &str) -> (HeaderMap, Bytes, Value) {
-        loop {
+        for _ in 0..20 {
             let delivery = self.next().await;
             if delivery.2["metadata"]["event_type"] == event_type {
                 return delivery;
             }
         }
+        panic!("no {event_type} among the next 20 webhooks");
     }
 
     /// Whether a delivery of `event_type` is already here, without waiting.
@@ -518,10 +529,12 @@ async fn approve_flow_fills_the_return_url_signs_webhooks_and_approves_the_final
         .until("payment.request.state-change.in-progress")
         .await;
 
-    // Approve: the completed webhook is attempted before the 303.
+    // Approve: the 303 at once, the completed webhook after it.
     let answer = press(&url, "approve").await;
     assert_eq!(answer.status, StatusCode::SEE_OTHER);
-    assert!(receiver.has_arrived("payment.request.state-change.completed"));
+    receiver
+        .until("payment.request.state-change.completed")
+        .await;
     let read = sandbox.read(&id).await.json();
     assert_eq!(read["state"], "COMPLETED");
     let token = read["state_context"]["klarna_network_session_token"]
@@ -716,7 +729,9 @@ async fn decline_flow() {
     let answer = press(&url, "decline").await;
     assert_eq!(answer.status, StatusCode::SEE_OTHER);
     assert_eq!(answer.location(), "https://shop.test/r?s=DECLINED&t=");
-    assert!(receiver.has_arrived("payment.request.state-change.declined"));
+    receiver
+        .until("payment.request.state-change.declined")
+        .await;
     let id = request["payment_request_id"].as_str().expect("id");
     assert_eq!(sandbox.read(id).await.json()["state"], "DECLINED");
     assert_eq!(get(&url).await.status, StatusCode::CONFLICT);
@@ -823,8 +838,8 @@ async fn create_payment(api_base: &str, body: &Value) -> Answer {
     .await
 }
 
-/// The order's state once final. The sandbox awaits the first webhook attempt before its
-/// redirect, so this is normally the first read; the loop only absorbs a slow machine.
+/// The order's state once final: the webhook follows the customer's return, so the order
+/// settles shortly after the redirect (within 5 s).
 async fn settled_state(api_base: &str, reference: &str) -> Value {
     for _ in 0..50 {
         let state = get(&format!("{api_base}/payments/{reference}"))
@@ -862,8 +877,8 @@ async fn full_flow_through_the_payment_api() {
         "https://shop.test/confirmation?state=COMPLETED"
     );
 
-    // The completed webhook was delivered before the redirect and the API answered it only
-    // after the final call was stored.
+    // The completed webhook follows the redirect; the API answers it only after the final
+    // call was stored.
     let state = settled_state(&api, "order-42").await;
     assert_eq!(state["state"], "AUTHORIZED", "{state}");
     assert!(state["payment_transaction_id"]
@@ -976,4 +991,397 @@ async fn keeps_a_bounded_number_of_requests() {
     assert_eq!(sandbox.read(&ids[0]).await.status, StatusCode::NOT_FOUND);
     assert_eq!(sandbox.read(&ids[1]).await.status, StatusCode::OK);
     assert_eq!(sandbox.read(&ids[2]).await.status, StatusCode::OK);
+}
+
+// ----- as Klarna documents: redirect first, abort, expiry, idempotency -----------------
+
+#[tokio::test]
+async fn the_customer_is_redirected_before_the_webhook_which_follows_after_the_delay() {
+    const DELAY: Duration = Duration::from_millis(1500);
+    let mut receiver = Receiver::start(0).await;
+    let sandbox = Sandbox::start_with(Some(receiver.url.clone()), |config| {
+        config.webhook_delay = DELAY;
+    })
+    .await;
+    let request = sandbox
+        .step_up(
+            100,
+            "https://shop.test/r?s={klarna.payment_request.state}",
+            None,
+        )
+        .await;
+    let url = page_url(&request);
+    assert_eq!(get(&url).await.status, StatusCode::OK);
+    receiver
+        .until("payment.request.state-change.in-progress")
+        .await;
+
+    let pressed = tokio::time::Instant::now();
+    let answer = press(&url, "approve").await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    assert_eq!(answer.location(), "https://shop.test/r?s=COMPLETED");
+    assert!(
+        pressed.elapsed() < DELAY,
+        "the redirect waited for the webhook: {:?}",
+        pressed.elapsed()
+    );
+    assert!(
+        !receiver.has_arrived("payment.request.state-change.completed"),
+        "the webhook came before the customer was sent back"
+    );
+    receiver
+        .until("payment.request.state-change.completed")
+        .await;
+    assert!(
+        pressed.elapsed() >= DELAY,
+        "the webhook did not wait: {:?}",
+        pressed.elapsed()
+    );
+
+    // The delay can be changed on a running sandbox.
+    sandbox.handle.set_webhook_delay(Duration::ZERO);
+    let request = sandbox.step_up(100, "https://shop.test/r", None).await;
+    let sent = tokio::time::Instant::now();
+    let (_, _, submitted) = receiver
+        .until("payment.request.state-change.submitted")
+        .await;
+    assert_eq!(
+        submitted["payload"]["payment_request_id"],
+        request["payment_request_id"]
+    );
+    assert!(sent.elapsed() < DELAY, "{:?}", sent.elapsed());
+}
+
+#[tokio::test]
+async fn webhooks_can_be_lost() {
+    let mut receiver = Receiver::start(0).await;
+    let sandbox = Sandbox::start_with(Some(receiver.url.clone()), |config| {
+        config.lose_webhooks = true;
+    })
+    .await;
+    let request = sandbox
+        .step_up(
+            100,
+            "https://shop.test/r?s={klarna.payment_request.state}",
+            None,
+        )
+        .await;
+    let url = page_url(&request);
+    assert_eq!(get(&url).await.status, StatusCode::OK);
+    let answer = press(&url, "approve").await;
+    // The customer still comes back, and the state is there to read.
+    assert_eq!(answer.location(), "https://shop.test/r?s=COMPLETED");
+    let id = request["payment_request_id"].as_str().expect("id");
+    assert_eq!(sandbox.read(id).await.json()["state"], "COMPLETED");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        receiver.deliveries.try_recv().is_err(),
+        "a lost webhook was sent"
+    );
+
+    // Switched off on the running sandbox: the next state change is delivered again.
+    sandbox.handle.set_lose_webhooks(false);
+    sandbox.step_up(100, "https://shop.test/r", None).await;
+    receiver
+        .until("payment.request.state-change.submitted")
+        .await;
+}
+
+#[tokio::test]
+async fn the_customer_can_abort_in_the_purchase_journey() {
+    let mut receiver = Receiver::start(0).await;
+    let sandbox = Sandbox::start(Some(receiver.url.clone())).await;
+    let request = sandbox
+        .step_up(
+            100,
+            "https://shop.test/r?s={klarna.payment_request.state}&t={klarna.payment_request.klarna_network_session_token}",
+            None,
+        )
+        .await;
+    let id = request["payment_request_id"].as_str().expect("id");
+    let url = page_url(&request);
+    let html = get(&url).await.text();
+    assert!(html.contains(r#"id="cancel""#), "{html}");
+    assert!(!html.contains("cancel-app"), "{html}");
+
+    let answer = press(&url, "cancel").await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.text());
+    assert_eq!(answer.location(), "https://shop.test/r?s=CANCELED&t=");
+    let (_, _, canceled) = receiver
+        .until("payment.request.state-change.canceled")
+        .await;
+    assert_eq!(canceled["payload"]["payment_request_id"], id);
+    assert_eq!(canceled["payload"]["state"], "CANCELED");
+    assert!(canceled["payload"]
+        .get("klarna_network_session_token")
+        .is_none());
+    assert_eq!(sandbox.read(id).await.json()["state"], "CANCELED");
+    // Final: no way back into the journey, and nothing left for the partner to cancel.
+    assert_eq!(get(&url).await.status, StatusCode::GONE);
+    assert_eq!(press(&url, "approve").await.status, StatusCode::GONE);
+    assert_eq!(sandbox.cancel(id).await.status, StatusCode::CONFLICT);
+
+    // From the app's button, back to the app.
+    let mut body = authorize_body(100, "order-1");
+    body["step_up_config"] = json!({
+        "payment_request_reference": "r",
+        "customer_interaction_config": {
+            "method": "HANDOVER",
+            "return_url": "https://shop.test/r",
+            "app_return_url": "shopapp://back?s={klarna.payment_request.state}",
+        },
+    });
+    let request = sandbox.authorize(&body, &[]).await.json()["payment_request"].clone();
+    let url = page_url(&request);
+    assert!(get(&url).await.text().contains(r#"id="cancel-app""#));
+    let answer = press(&url, "cancel_app").await;
+    assert_eq!(answer.location(), "shopapp://back?s=CANCELED");
+}
+
+/// The step-up body with `interaction_expiry` set to `expiry`.
+fn with_expiry(expiry: Value) -> Value {
+    let mut body = authorize_body(100, "order-1");
+    body["step_up_config"] = json!({
+        "payment_request_reference": "r",
+        "customer_interaction_config": {
+            "method": "HANDOVER",
+            "return_url": "https://shop.test/r",
+            "interaction_expiry": expiry,
+        },
+    });
+    body
+}
+
+#[tokio::test]
+async fn interaction_expiry_takes_a_timestamp_within_the_window() {
+    let mut receiver = Receiver::start(0).await;
+    let sandbox = Sandbox::start(Some(receiver.url.clone())).await;
+    // An RFC 3339 time one hour ahead, in the sandbox's own format.
+    let in_an_hour = sandbox
+        .step_up(100, "https://shop.test/r", Some("PT1H"))
+        .await["expires_at"]
+        .as_str()
+        .expect("expires_at")
+        .to_owned();
+
+    let answer = sandbox
+        .authorize(&with_expiry(json!({ "timestamp": in_an_hour })), &[])
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let request = answer.json()["payment_request"].clone();
+    assert_eq!(request["expires_at"], in_an_hour.as_str());
+    // The same time with an offset and no fraction is accepted as well.
+    let whole_seconds = format!("{}+00:00", &in_an_hour[..19]);
+    let answer = sandbox
+        .authorize(&with_expiry(json!({ "timestamp": whole_seconds })), &[])
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+
+    // It expires at that time.
+    let id = request["payment_request_id"].as_str().expect("id");
+    sandbox.handle.advance_clock(Duration::from_secs(59 * 60));
+    assert_eq!(sandbox.read(id).await.json()["state"], "SUBMITTED");
+    sandbox.handle.advance_clock(Duration::from_secs(2 * 60));
+    assert_eq!(sandbox.read(id).await.json()["state"], "EXPIRED");
+    receiver.until("payment.request.state-change.expired").await;
+
+    // Outside the window, malformed, both forms, or none: refused.
+    let timestamp = "step_up_config.customer_interaction_config.interaction_expiry.timestamp";
+    for bad in [
+        json!("2000-01-01T00:00:00Z"),
+        json!("2999-01-01T00:00:00Z"),
+        json!(in_an_hour.replace('T', " ")),
+        json!(&in_an_hour[..19]),
+        json!(3600),
+    ] {
+        let answer = sandbox
+            .authorize(&with_expiry(json!({ "timestamp": bad })), &[])
+            .await;
+        assert_validation_error(&answer, timestamp);
+    }
+    let expiry = "step_up_config.customer_interaction_config.interaction_expiry";
+    for bad in [
+        json!({ "timestamp": in_an_hour, "duration": "PT1H" }),
+        json!({}),
+        json!("PT1H"),
+    ] {
+        let answer = sandbox.authorize(&with_expiry(bad), &[]).await;
+        assert_validation_error(&answer, expiry);
+    }
+}
+
+#[tokio::test]
+async fn requests_expire_at_their_expiry_with_nobody_asking() {
+    let mut receiver = Receiver::start(0).await;
+    let sandbox = Sandbox::start(Some(receiver.url.clone())).await;
+    let request = sandbox
+        .step_up(100, "https://shop.test/r", Some("PT15M"))
+        .await;
+    let id = request["payment_request_id"].as_str().expect("id");
+    receiver
+        .until("payment.request.state-change.submitted")
+        .await;
+
+    // Not yet due: the sweep leaves it alone.
+    sandbox.handle.advance_clock(Duration::from_secs(14 * 60));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!receiver.has_arrived("payment.request.state-change.expired"));
+
+    // Due: the sandbox expires it by itself and says so, without any call touching it.
+    sandbox.handle.advance_clock(Duration::from_secs(60));
+    let (_, _, expired) = receiver.until("payment.request.state-change.expired").await;
+    assert_eq!(expired["payload"]["payment_request_id"], id);
+    assert_eq!(expired["payload"]["state"], "EXPIRED");
+    // It happened at the request's expires_at, whenever the sandbox noticed.
+    assert_eq!(expired["metadata"]["occurred_at"], request["expires_at"]);
+    assert_eq!(sandbox.read(id).await.json()["state"], "EXPIRED");
+    // Once: a later read does not announce it again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!receiver.has_arrived("payment.request.state-change.expired"));
+
+    // A finished request does not expire.
+    let request = sandbox
+        .step_up(100, "https://shop.test/r", Some("PT15M"))
+        .await;
+    let id = request["payment_request_id"].as_str().expect("id");
+    press(&page_url(&request), "decline").await;
+    sandbox.handle.advance_clock(Duration::from_secs(16 * 60));
+    assert_eq!(sandbox.read(id).await.json()["state"], "DECLINED");
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_honoured_for_24_hours() {
+    let mut receiver = Receiver::start(0).await;
+    let sandbox = Sandbox::start(Some(receiver.url.clone())).await;
+    let mut body = authorize_body(11800, "order-1");
+    body["step_up_config"] = json!({
+        "payment_request_reference": "r",
+        "customer_interaction_config": { "method": "HANDOVER", "return_url": "https://shop.test/r" },
+    });
+    let key = [("klarna-idempotency-key", "key-24h")];
+    let first = sandbox.authorize(&body, &key).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    let id = first.json()["payment_request"]["payment_request_id"].clone();
+    receiver
+        .until("payment.request.state-change.submitted")
+        .await;
+
+    // 23 hours later: the first answer, byte for byte, and no second Payment Request.
+    sandbox.handle.advance_clock(Duration::from_secs(23 * 3600));
+    let again = sandbox.authorize(&body, &key).await;
+    assert_eq!(again.status, first.status);
+    assert_eq!(again.body, first.body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!receiver.has_arrived("payment.request.state-change.submitted"));
+
+    // Another request under the key: refused, and the first answer is still the key's.
+    let changed = sandbox.authorize(&authorize_body(1, "order-1"), &key).await;
+    assert_validation_error(&changed, "Klarna-Idempotency-Key");
+    let mut key_and_token = key.to_vec();
+    key_and_token.push(("klarna-network-session-token", "some-token"));
+    let with_token = sandbox.authorize(&body, &key_and_token).await;
+    assert_validation_error(&with_token, "Klarna-Idempotency-Key");
+    assert_eq!(sandbox.authorize(&body, &key).await.body, first.body);
+
+    // Past 24 hours the key is new again: the same request makes a new Payment Request.
+    sandbox.handle.advance_clock(Duration::from_secs(3600));
+    let later = sandbox.authorize(&body, &key).await;
+    assert_eq!(later.status, StatusCode::OK, "{}", later.text());
+    let later_id = later.json()["payment_request"]["payment_request_id"].clone();
+    assert!(later_id.is_string());
+    assert_ne!(later_id, id);
+    // ...and it is that answer the key replays from now on.
+    assert_eq!(sandbox.authorize(&body, &key).await.body, later.body);
+}
+
+#[tokio::test]
+async fn the_payment_api_copes_with_the_webhook_after_the_return() {
+    let (sandbox, api) = start_verifying_pair().await;
+    sandbox.handle.set_webhook_delay(Duration::from_secs(2));
+    let klarna = create_payment(&api, &partner_payment("order-late-hook"))
+        .await
+        .json();
+    let url = page_url(&klarna["payment_request"]);
+    assert_eq!(get(&url).await.status, StatusCode::OK);
+    let back = press(&url, "approve").await;
+    assert_eq!(
+        back.location(),
+        "https://shop.test/confirmation?state=COMPLETED"
+    );
+    // The customer is back; the webhook is not there yet, so the order still waits...
+    let state = get(&format!("{api}/payments/order-late-hook")).await.json();
+    assert_eq!(state["state"], "PENDING_STEP_UP", "{state}");
+    // ...and the webhook, when it comes, finalizes it.
+    let state = settled_state(&api, "order-late-hook").await;
+    assert_eq!(state["state"], "AUTHORIZED", "{state}");
+
+    // The other order: the webhook before the customer's return.
+    sandbox.handle.set_webhook_delay(Duration::ZERO);
+    let klarna = create_payment(&api, &partner_payment("order-early-hook"))
+        .await
+        .json();
+    let url = page_url(&klarna["payment_request"]);
+    get(&url).await;
+    let back = press(&url, "approve").await;
+    let state = settled_state(&api, "order-early-hook").await;
+    assert_eq!(state["state"], "AUTHORIZED", "{state}");
+    // The return arrives after (the partner's page reads the settled order).
+    assert_eq!(
+        back.location(),
+        "https://shop.test/confirmation?state=COMPLETED"
+    );
+    assert_eq!(
+        get(&format!("{api}/payments/order-early-hook"))
+            .await
+            .json()["state"],
+        "AUTHORIZED"
+    );
+}
+
+#[tokio::test]
+async fn the_payment_api_records_a_customer_abort() {
+    let (_sandbox, api) = start_verifying_pair().await;
+    let klarna = create_payment(&api, &partner_payment("order-aborted"))
+        .await
+        .json();
+    let url = page_url(&klarna["payment_request"]);
+    get(&url).await;
+    let back = press(&url, "cancel").await;
+    assert_eq!(
+        back.location(),
+        "https://shop.test/confirmation?state=CANCELED"
+    );
+    assert_eq!(
+        settled_state(&api, "order-aborted").await["state"],
+        "CANCELED"
+    );
+}
+
+#[tokio::test]
+async fn a_retried_order_gets_the_same_payment_request() {
+    let (sandbox, api) = start_verifying_pair().await;
+    let payment_request_id = |answer: &Answer| {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        answer.json()["payment_request"]["payment_request_id"]
+            .as_str()
+            .expect("payment_request_id")
+            .to_owned()
+    };
+    let first = payment_request_id(&create_payment(&api, &partner_payment("order-retry")).await);
+    let again = payment_request_id(&create_payment(&api, &partner_payment("order-retry")).await);
+    assert_eq!(first, again, "a retry made a second Payment Request");
+
+    // The key comes from the reference, not from the payment API's memory: a payment API
+    // that forgot the order (restarted) still gets the same Payment Request.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let restarted = format!("http://{}", listener.local_addr().expect("addr"));
+    let config = PaymentApiConfig::new(sandbox.base.clone(), KEY, ACCOUNT);
+    tokio::spawn(PaymentApi::new(config).serve(listener));
+    let after_restart =
+        payment_request_id(&create_payment(&restarted, &partner_payment("order-retry")).await);
+    assert_eq!(first, after_restart);
+
+    // Another order is another Payment Request.
+    let other = payment_request_id(&create_payment(&api, &partner_payment("order-other")).await);
+    assert_ne!(first, other);
 }
