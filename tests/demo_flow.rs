@@ -83,8 +83,11 @@ async fn pay(stack: common::demo_stack::DemoStack, action: &str) -> (String, Str
     // ...which verifies it and redirects to the partner's page, filled in.
     assert_eq!(status, 303);
     assert_eq!(headers["cache-control"], "no-store");
+    // The state the partner's page gets is the one the payment API confirmed on the
+    // layer's notification (it finalized with the token, or asked Klarna), before the
+    // redirect: the outcome is known from the return alone, webhook or not.
     let final_state = match action {
-        "approve" => "COMPLETED",
+        "approve" => "AUTHORIZED",
         "decline" => "DECLINED",
         _ => "CANCELED",
     };
@@ -92,6 +95,15 @@ async fn pay(stack: common::demo_stack::DemoStack, action: &str) -> (String, Str
         headers["location"].to_str().unwrap(),
         format!("{proxy}/shop/confirmation?reference={reference}&state={final_state}")
     );
+    let (_, _, body) = call(
+        "GET",
+        &format!("{proxy}/payments/{reference}"),
+        "application/json",
+        String::new(),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["state"], final_state, "stored before the redirect");
 
     // The webhook reached the payment API only through the proxy's verification.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -162,6 +174,25 @@ async fn tower_abort_flow_ends_canceled() {
 async fn binary_abort_flow_ends_canceled() {
     let (state, _) = pay(common::demo_stack::start_binary().await, "cancel").await;
     assert_eq!(state, "CANCELED");
+}
+
+/// Klarna's webhook is lost (it can be, and Klarna redirects first anyway): the return alone
+/// completes the order, through the layer's signed notification.
+#[tokio::test]
+async fn tower_the_return_alone_completes_the_order_when_the_webhook_is_lost() {
+    let stack = common::demo_stack::start().await;
+    stack.klarna.set_lose_webhooks(true);
+    let (state, _) = pay(stack, "approve").await;
+    assert_eq!(state, "AUTHORIZED");
+}
+
+#[cfg(feature = "cli")]
+#[tokio::test]
+async fn binary_the_return_alone_completes_the_order_when_the_webhook_is_lost() {
+    let stack = common::demo_stack::start_binary().await;
+    stack.klarna.set_lose_webhooks(true);
+    let (state, _) = pay(stack, "approve").await;
+    assert_eq!(state, "AUTHORIZED");
 }
 
 /// A partner that retries (a timeout on its side) gets the same Payment Request back: the

@@ -179,8 +179,9 @@ pub const DEMO_API_KEY: &str = "sandbox-api-key";
 pub const DEMO_PARTNER_ACCOUNT_ID: &str = "krn:partner:global:account:sandbox";
 
 /// The step-up configuration of the demo (klarna-stepup's TOML), for a proxy reachable at
-/// `public_base_url`: http return URLs allowed on loopback, the acquirer return endpoint on,
-/// and webhooks verified with the sandbox's signing key and relayed to the payment API's
+/// `public_base_url`: http return URLs allowed on loopback, the acquirer return endpoint on
+/// (each return told, signed, to the payment API's `/payments/klarna-return`, which
+/// finalizes before the customer is redirected), and webhooks verified with the sandbox's signing key and relayed to the payment API's
 /// `/webhooks/klarna`. Its keys are named by environment variable ([`DEMO_RETURN_KEY_ENV`],
 /// [`DEMO_WEBHOOK_KEY_ENV`]); [`demo_secret`] gives their values.
 ///
@@ -199,6 +200,7 @@ purchase_journey_http_loopback = true
 enabled = true
 public_base_url = "{public_base_url}"
 keys = [{{ id = "demo-1", env = "{DEMO_RETURN_KEY_ENV}" }}]
+notify_path = "/payments/klarna-return"
 
 [webhooks]
 enabled = true
@@ -251,11 +253,15 @@ pub async fn start_demo_backends_on(
     klarna_config.partner_account_id = Some(DEMO_PARTNER_ACCOUNT_ID.to_owned());
     klarna_config.webhook_url = Some(format!("http://{payment_api_addr}/webhooks/klarna"));
     let klarna = KlarnaSandbox::new(klarna_config);
-    let payment_api = PaymentApi::new(PaymentApiConfig::new(
+    let mut payment_api_config = PaymentApiConfig::new(
         format!("http://{klarna_addr}"),
         DEMO_API_KEY,
         DEMO_PARTNER_ACCOUNT_ID,
-    ));
+    );
+    // The layer's return notifications are signed with the demo's return key.
+    payment_api_config.return_notification_key =
+        demo_secret(DEMO_RETURN_KEY_ENV).map(String::into_bytes);
+    let payment_api = PaymentApi::new(payment_api_config);
     let klarna_task = tokio::spawn(klarna.clone().serve(klarna_listener));
     let payment_api_task = tokio::spawn(payment_api.clone().serve(payment_api_listener));
     Ok(DemoBackends {

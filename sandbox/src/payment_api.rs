@@ -21,6 +21,11 @@
 //!   or late webhook is harmless. The customer may be back on the confirmation page before
 //!   the webhook arrives (Klarna redirects first): the page polls `GET /payments/{reference}`
 //!   until the state is final.
+//! - `POST /payments/klarna-return`: the step-up layer's signed return notification (on when
+//!   [`PaymentApiConfig::return_notification_key`] is set): a `COMPLETED` return with its
+//!   token is finalized at once, as the `completed` webhook would be (same idempotency key:
+//!   whichever comes second replays), and the answer `{"state": …}` is the order's stored
+//!   state, which the layer hands to the partner's page instead of the browser's claim.
 //! - `GET /payments/{reference}`: `{"reference", "state", "payment_transaction_id"?}`.
 //! - `GET /shop`, `GET /shop/confirmation?reference=…`: the demo shop.
 //!
@@ -58,6 +63,10 @@ pub struct PaymentApiConfig {
     pub webhook_signing_key: Option<Vec<u8>>,
     /// How many orders are kept; the oldest are forgotten first.
     pub max_orders: usize,
+    /// When set, `POST /payments/klarna-return` (the step-up layer's return notification)
+    /// must carry a valid `X-Klarna-Stepup-Signature` made with this key, at most five
+    /// minutes old (answered 401 otherwise). `None`: the route is off (404).
+    pub return_notification_key: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for PaymentApiConfig {
@@ -84,6 +93,7 @@ impl PaymentApiConfig {
             partner_account_id: partner_account_id.into(),
             webhook_signing_key: None,
             max_orders: 10_000,
+            return_notification_key: None,
         }
     }
 }
@@ -184,6 +194,7 @@ impl PaymentApi {
             .route("/payments", post(create_payment))
             .route("/payments/{reference}", get(read_payment))
             .route("/webhooks/klarna", post(receive_webhook))
+            .route("/payments/klarna-return", post(receive_return))
             .route("/shop", get(shop_page))
             .route("/shop/confirmation", get(confirmation_page))
             .with_state(self.clone())
@@ -226,6 +237,41 @@ impl PaymentApi {
             .client
             .send(Method::POST, &url, &headers, body)
             .await
+    }
+}
+
+impl PaymentApi {
+    /// The state of the order's Payment Request as Klarna reports it (`GET
+    /// /v2/accounts/{id}/payment/requests/{payment_request_id}`), when it can be read.
+    async fn payment_request_state(&self, order: &Order) -> Option<&'static str> {
+        let config = &self.shared.config;
+        let url = format!(
+            "{}/v2/accounts/{}/payment/requests/{}",
+            config.klarna_base_url.trim_end_matches('/'),
+            config.partner_account_id,
+            order.payment_request_id.as_deref()?
+        );
+        let authorization = format!("Basic {}", config.api_key);
+        let headers = [("authorization", authorization.as_str())];
+        let (status, body) = self
+            .shared
+            .client
+            .send(Method::GET, &url, &headers, Bytes::new())
+            .await
+            .ok()?;
+        let v: Value = serde_json::from_slice(&body)
+            .ok()
+            .filter(|_| status.is_success())?;
+        [
+            "SUBMITTED",
+            "IN_PROGRESS",
+            "COMPLETED",
+            "DECLINED",
+            "EXPIRED",
+            "CANCELED",
+        ]
+        .into_iter()
+        .find(|s| v.get("state").and_then(Value::as_str) == Some(s))
     }
 }
 
@@ -508,6 +554,16 @@ async fn receive_webhook(
             "the completed webhook has no token",
         );
     };
+    match finalize(&api, &order, token).await {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(response) => response,
+    }
+}
+
+/// The final authorize call with the token: the order's new state once stored, or the 502 to
+/// answer when Klarna could not be asked (so that the sender retries). Both the webhook and
+/// the return notification finalize; the same idempotency key makes the second a replay.
+async fn finalize(api: &PaymentApi, order: &Order, token: &str) -> Result<&'static str, Response> {
     let final_key = idempotency_key(&order.reference, "finalize", order.attempt);
     match api
         .authorize(order.final_body.clone(), &final_key, Some(token))
@@ -519,20 +575,122 @@ async fn receive_webhook(
                 apply_outcome(o, state, parsed.as_ref())
             });
             tracing::info!(reference = order.reference, state, "demo payment finalized");
-            StatusCode::OK.into_response()
+            Ok(state)
         }
         Ok((status, _)) => {
             tracing::warn!(reference = order.reference, %status, "final authorize failed");
-            api_error(StatusCode::BAD_GATEWAY, "Klarna failed; retry later")
+            Err(api_error(
+                StatusCode::BAD_GATEWAY,
+                "Klarna failed; retry later",
+            ))
         }
         Err(error) => {
             tracing::warn!(reference = order.reference, %error, "Klarna unreachable");
-            api_error(
+            Err(api_error(
                 StatusCode::BAD_GATEWAY,
                 "Klarna could not be reached; retry later",
-            )
+            ))
         }
     }
+}
+
+/// Whether `X-Klarna-Stepup-Signature` (`t=<unix seconds>,v1=<hex HMAC-SHA256 of
+/// "<t>.<body>">`) is valid for `body` with `key` and at most five minutes from now: the check
+/// the step-up layer's documentation asks of a payment API.
+fn notification_is_signed(key: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
+    use hmac::{Hmac, Mac};
+    let Some(header) = headers
+        .get("x-klarna-stepup-signature")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((t, v1)) = header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+    else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (Ok(t_secs), Ok(given)) = (t.parse::<u64>(), hex::decode(v1)) else {
+        return false;
+    };
+    if now.abs_diff(t_secs) > 300 {
+        return false;
+    }
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
+        return false;
+    };
+    mac.update(t.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.verify_slice(&given).is_ok()
+}
+
+/// The step-up layer's return notification (`acquirer_return.notify_path`): the customer is
+/// back, and the layer's redirect waits for this answer. A `COMPLETED` return with a token is
+/// finalized here and now (the same call a `completed` webhook makes, under the same
+/// idempotency key, so whichever comes second replays), so that the confirmation page shows
+/// the outcome from the return alone. Any other claim changes nothing (the browser brought
+/// it; the webhook settles). The answer, `{"state": …}`, is the order's state as stored:
+/// what the layer puts in the partner's URL.
+async fn receive_return(
+    State(api): State<PaymentApi>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(key) = &api.shared.config.return_notification_key else {
+        return api_error(StatusCode::NOT_FOUND, "not found");
+    };
+    if !notification_is_signed(key, &headers, &body) {
+        return api_error(
+            StatusCode::UNAUTHORIZED,
+            "bad return notification signature",
+        );
+    }
+    let Ok(note) = serde_json::from_slice::<Value>(&body) else {
+        return api_error(StatusCode::BAD_REQUEST, "the notification is not JSON");
+    };
+    let text = |key: &str| note.get(key).and_then(Value::as_str);
+    let (request_id, reference) = (
+        text("payment_request_id"),
+        text("payment_request_reference"),
+    );
+    let order = {
+        let orders = lock(&api.shared.orders);
+        orders
+            .by_reference
+            .values()
+            .find(|o| request_id.is_some() && o.payment_request_id.as_deref() == request_id)
+            .or_else(|| {
+                orders.by_reference.values().find(|o| {
+                    reference.is_some() && o.payment_request_reference.as_deref() == reference
+                })
+            })
+            .cloned()
+    };
+    let Some(order) = order else {
+        return api_error(StatusCode::NOT_FOUND, "no order for this payment request");
+    };
+    let token = text("klarna_network_session_token").filter(|t| !t.is_empty());
+    let state = match (order.state, text("state"), token) {
+        (state, _, _) if is_final(state) => state,
+        (_, Some("COMPLETED"), Some(token)) => match finalize(&api, &order, token).await {
+            Ok(state) => state,
+            Err(response) => return response,
+        },
+        // Any other claim is checked with Klarna itself: the Payment Request's own state.
+        (state, _, _) => match api.payment_request_state(&order).await {
+            Some(ended @ ("DECLINED" | "EXPIRED" | "CANCELED")) => {
+                api.update(&order.reference, |o| o.state = ended);
+                ended
+            }
+            _ => state,
+        },
+    };
+    axum::Json(json!({ "state": state })).into_response()
 }
 
 // ---------------------------------------------------------------------------------------

@@ -908,6 +908,45 @@ async fn payment_api_refuses_unsigned_webhooks() {
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
 }
 
+/// The layer's return notification reaches the demo payment API only signed, recent, and
+/// for an order it knows.
+#[tokio::test]
+async fn payment_api_takes_only_signed_return_notifications() {
+    use hmac::{Hmac, Mac};
+    let demo = start_demo_backends(DemoPorts::default())
+        .await
+        .expect("demo");
+    let api = format!("http://{}", demo.payment_api_addr);
+    let key = klarna_stepup_sandbox::demo_secret(klarna_stepup_sandbox::DEMO_RETURN_KEY_ENV)
+        .expect("demo return key");
+    let body = json!({ "payment_request_reference": "nobody", "state": "COMPLETED" }).to_string();
+    let sign = |key: &[u8], t: u64| {
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+        m.update(format!("{t}.{body}").as_bytes());
+        format!("t={t},v1={}", hex::encode(m.finalize().into_bytes()))
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let url = format!("{api}/payments/klarna-return");
+    for (signature, status) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some(sign(b"another key", now)), StatusCode::UNAUTHORIZED),
+        (Some(sign(key.as_bytes(), now - 3600)), StatusCode::UNAUTHORIZED),
+        (Some(sign(key.as_bytes(), now)), StatusCode::NOT_FOUND),
+    ] {
+        let headers: Vec<(&str, &str)> = signature
+            .as_deref()
+            .map(|s| vec![("x-klarna-stepup-signature", s)])
+            .unwrap_or_default();
+        let answer = send(Method::POST, &url, &headers, body.clone()).await;
+        assert_eq!(answer.status, status, "{signature:?}: {}", answer.text());
+    }
+    demo.klarna_task.abort();
+    demo.payment_api_task.abort();
+}
+
 #[tokio::test]
 async fn demo_backends_record_a_decline_and_serve_the_shop() {
     let demo = start_demo_backends(DemoPorts::default())

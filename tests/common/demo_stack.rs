@@ -37,6 +37,8 @@ pub struct DemoStack {
     pub proxy_url: String,
     /// The Klarna sandbox's base URL; purchase journey pages live under `{klarna_url}/pay/`.
     pub klarna_url: String,
+    /// The Klarna sandbox's handle (webhook delay, lost webhooks).
+    pub klarna: klarna_stepup_sandbox::klarna::KlarnaSandbox,
     _running: Running,
 }
 
@@ -108,6 +110,7 @@ pub async fn start() -> DemoStack {
     DemoStack {
         shop_url: format!("{proxy_url}/shop"),
         klarna_url: format!("http://{}", backends.klarna_addr),
+        klarna: backends.klarna.clone(),
         proxy_url,
         _running: Running::InProcess {
             _backends: backends,
@@ -171,6 +174,7 @@ pub async fn start_binary() -> DemoStack {
     let stack = DemoStack {
         shop_url: format!("{proxy_url}/shop"),
         klarna_url: format!("http://{}", backends.klarna_addr),
+        klarna: backends.klarna.clone(),
         proxy_url,
         _running: Running::Binary {
             child,
