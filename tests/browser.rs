@@ -1,6 +1,7 @@
 //! End to end in a real browser: Debian's Chromium, headless, driven over WebDriver by
 //! chromedriver. The shop (through the step-up proxy) → Pay → Klarna's purchase journey →
-//! Approve or Decline → back to the shop's confirmation page, which must show the final state.
+//! Approve, Decline or Cancel → back to the shop's confirmation page, which must show the final
+//! state; also with Klarna's webhook delayed, with the return lost, and with a forged return.
 //!
 //! Needs `chromium` and `chromedriver` (Debian packages `chromium`, `chromium-driver`;
 //! `./x test` installs them). Without them the tests print a SKIP
@@ -47,44 +48,131 @@ async fn pay_decline_in_the_purchase_journey_shows_declined() {
     journey_test(Choice::Decline).await;
 }
 
+/// Klarna's webhook comes a minute late: the confirmation page shows the outcome from the
+/// return alone (the layer's notification let the payment API finalize first).
+#[tokio::test]
+async fn approve_with_the_webhook_delayed_shows_authorized_from_the_return_alone() {
+    journey_test(Choice::ApproveWebhookDelayed).await;
+}
+
+/// The customer never comes back through the return URL (an app switch, a closed tab): the
+/// webhook alone completes the order the confirmation page then shows.
+#[tokio::test]
+async fn approve_with_the_return_lost_is_completed_by_the_webhook() {
+    journey_test(Choice::ApproveReturnLost).await;
+}
+
+#[tokio::test]
+async fn abort_in_the_purchase_journey_shows_canceled() {
+    journey_test(Choice::Abort).await;
+}
+
+/// A declined payment's return link, its state edited to COMPLETED: the partner's page gets
+/// the state the payment API confirmed, never the browser's claim.
+#[tokio::test]
+async fn a_forged_return_is_not_believed() {
+    journey_test(Choice::ForgedReturn).await;
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Choice {
     Approve,
     Decline,
+    Abort,
+    ApproveWebhookDelayed,
+    ApproveReturnLost,
+    ForgedReturn,
 }
 
 impl Choice {
-    /// Id of the purchase journey's button.
-    fn button(self) -> &'static str {
+    /// The test's name, for screenshots.
+    fn name(self) -> &'static str {
         match self {
             Choice::Approve => "approve",
             Choice::Decline => "decline",
+            Choice::Abort => "abort",
+            Choice::ApproveWebhookDelayed => "approve-webhook-delayed",
+            Choice::ApproveReturnLost => "approve-return-lost",
+            Choice::ForgedReturn => "forged-return",
         }
     }
-    /// The Payment Request's state that Klarna puts into the return URL.
-    fn klarna_state(self) -> &'static str {
+    /// Id of the purchase journey's button the customer presses.
+    fn button(self) -> &'static str {
         match self {
-            Choice::Approve => "COMPLETED",
-            Choice::Decline => "DECLINED",
+            Choice::Approve | Choice::ApproveWebhookDelayed | Choice::ApproveReturnLost => {
+                "approve"
+            }
+            Choice::Decline | Choice::ForgedReturn => "decline",
+            Choice::Abort => "cancel",
         }
     }
-    /// The order's state the confirmation page must show.
+    /// The order's state the confirmation page must show, and the return URL must carry
+    /// (the state the payment API confirmed).
     fn order_state(self) -> &'static str {
         match self {
-            Choice::Approve => "AUTHORIZED",
-            Choice::Decline => "DECLINED",
+            Choice::Approve | Choice::ApproveWebhookDelayed | Choice::ApproveReturnLost => {
+                "AUTHORIZED"
+            }
+            Choice::Decline | Choice::ForgedReturn => "DECLINED",
+            Choice::Abort => "CANCELED",
         }
     }
+}
+
+/// The customer's button pressed by the test itself, not the browser: the return link
+/// Klarna answers with (not followed).
+async fn press_outside_the_browser(journey_url: &str, action: &str) -> Result<String, String> {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let req = http::Request::post(journey_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(bytes::Bytes::from(format!(
+            "action={action}&phone=%2B15555550199"
+        ))))
+        .map_err(|e| e.to_string())?;
+    let res = client.request(req).await.map_err(|e| e.to_string())?;
+    let location = res
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("pressing {action}: {} without a Location", res.status()))?;
+    let _ = res.into_body().collect().await;
+    Ok(location)
+}
+
+/// The partner's URL signed inside a return link (the token carries it in clear bytes).
+fn partner_url_in(return_link: &str) -> Result<String, String> {
+    use base64::Engine as _;
+    let token = return_link
+        .split("/klarna/return/")
+        .nth(1)
+        .and_then(|t| t.split('?').next())
+        .ok_or_else(|| format!("no token in {return_link}"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&bytes);
+    let start = text.find("http").ok_or("no URL in the token")?;
+    let url: String = text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_graphic())
+        .collect();
+    Ok(url)
 }
 
 async fn journey_test(choice: Choice) {
     let _one_at_a_time = SERIAL.lock().await;
-    let name = choice.button();
+    let name = choice.name();
     let Some(tools) = tools_or_skip(name) else {
         return;
     };
     let started = Instant::now();
     let stack = common::demo_stack::start_binary().await;
+    if let Choice::ApproveWebhookDelayed = choice {
+        stack.klarna.set_webhook_delay(Duration::from_secs(60));
+    }
     let driver = ChromeDriver::start(&tools).await;
     let client = driver.session(&tools).await;
 
@@ -155,14 +243,41 @@ async fn journey(client: &Client, stack: &DemoStack, choice: Choice) -> Result<(
         .send_keys("+1 555 010 0199")
         .await
         .map_err(|e| format!("type the phone number: {e}"))?;
-    screenshot(client, &format!("{}-journey", choice.button())).await;
-    client
-        .find(Locator::Id(choice.button()))
-        .await
-        .map_err(|e| format!("find #{}: {e}", choice.button()))?
-        .click()
-        .await
-        .map_err(|e| format!("click #{}: {e}", choice.button()))?;
+    screenshot(client, &format!("{}-journey", choice.name())).await;
+    match choice {
+        Choice::ApproveReturnLost => {
+            // The customer approves and never comes back: the confirmation page is opened
+            // by hand later, and only the webhook can tell the payment API.
+            let link = press_outside_the_browser(&url, choice.button()).await?;
+            let partner = partner_url_in(&link)?;
+            let reference_only = partner.split('&').next().unwrap_or(&partner).to_owned();
+            client
+                .goto(&reference_only)
+                .await
+                .map_err(|e| format!("open {reference_only}: {e}"))?;
+        }
+        Choice::ForgedReturn => {
+            // The customer declines, then edits the return link's state before opening it.
+            let link = press_outside_the_browser(&url, choice.button()).await?;
+            if !link.contains("state=DECLINED") {
+                return Err(format!(
+                    "the return link should carry state=DECLINED: {link}"
+                ));
+            }
+            let forged = link.replace("state=DECLINED", "state=COMPLETED");
+            client
+                .goto(&forged)
+                .await
+                .map_err(|e| format!("open the forged return link: {e}"))?;
+        }
+        _ => client
+            .find(Locator::Id(choice.button()))
+            .await
+            .map_err(|e| format!("find #{}: {e}", choice.button()))?
+            .click()
+            .await
+            .map_err(|e| format!("click #{}: {e}", choice.button()))?,
+    }
 
     // Klarna answers 303 to the return URL: the shop's confirmation page, through the proxy.
     let confirmation_prefix = format!("{}/shop/confirmation?", stack.proxy_url);
@@ -175,8 +290,9 @@ async fn journey(client: &Client, stack: &DemoStack, choice: Choice) -> Result<(
         },
     )
     .await?;
-    let expected_param = format!("state={}", choice.klarna_state());
-    if !url.contains(&expected_param) {
+    // Through the return, the partner's page is told the state the payment API confirmed.
+    let expected_param = format!("state={}", choice.order_state());
+    if !matches!(choice, Choice::ApproveReturnLost) && !url.contains(&expected_param) {
         return Err(format!(
             "the return URL should carry {expected_param}: {url}"
         ));

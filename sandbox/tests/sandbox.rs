@@ -933,7 +933,10 @@ async fn payment_api_takes_only_signed_return_notifications() {
     for (signature, status) in [
         (None, StatusCode::UNAUTHORIZED),
         (Some(sign(b"another key", now)), StatusCode::UNAUTHORIZED),
-        (Some(sign(key.as_bytes(), now - 3600)), StatusCode::UNAUTHORIZED),
+        (
+            Some(sign(key.as_bytes(), now - 3600)),
+            StatusCode::UNAUTHORIZED,
+        ),
         (Some(sign(key.as_bytes(), now)), StatusCode::NOT_FOUND),
     ] {
         let headers: Vec<(&str, &str)> = signature
