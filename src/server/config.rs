@@ -29,11 +29,18 @@ pub struct ServerConfig {
     /// 2000). Elapsed on every address: 504.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// Upstream read timeout (each read and write on the connection), in milliseconds
-    /// (default 30000). Elapsed before the answer's head: 504; during its body: the answer is
-    /// cut off. Idle pooled connections are closed after it too.
+    /// Upstream read timeout, in milliseconds (default 30000): the longest wait for the
+    /// payment API's next bytes, counted from the last bytes received from it or sent to it
+    /// (so the wait for an answer starts once the request is sent). Elapsed before the
+    /// answer's head: 504 JSON `upstream_timeout`; during its body: the answer is cut off.
+    /// Idle pooled connections to the payment API are closed after it too.
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// Upstream write timeout, in milliseconds (default 30000): the longest a write to the
+    /// payment API may wait (it does not read what is sent). Elapsed: 504 JSON
+    /// `upstream_timeout`.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
     /// After SIGTERM or SIGINT, the proxy stops once no request is in flight, at the latest
     /// after this many seconds (default 5). It keeps answering meanwhile: take it out of the
     /// load balancer first.
@@ -106,6 +113,9 @@ fn default_connect_timeout_ms() -> u64 {
     2000
 }
 fn default_read_timeout_ms() -> u64 {
+    30_000
+}
+fn default_write_timeout_ms() -> u64 {
     30_000
 }
 fn default_grace_period_secs() -> u64 {
@@ -366,6 +376,9 @@ impl ServerConfig {
         }
         if self.read_timeout_ms == 0 {
             p.push(err("server.read_timeout_ms", "must be at least 1"));
+        }
+        if self.write_timeout_ms == 0 {
+            p.push(err("server.write_timeout_ms", "must be at least 1"));
         }
         if self.idle_timeout_secs == 0 {
             p.push(err("server.idle_timeout_secs", "must be at least 1"));

@@ -567,6 +567,7 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), String> {
         s.upstream_tls.as_ref(),
         Duration::from_millis(s.connect_timeout_ms),
         Duration::from_millis(s.read_timeout_ms),
+        Duration::from_millis(s.write_timeout_ms),
     )?;
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
