@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::binary::{read_one, serve_with, stop_ok};
-use common::blocking::exchange;
+use common::binary::{free_addr, read_one, serve_with, stop_ok};
+use common::blocking::{exchange, wait_listening};
+use common::fixtures;
+use common::raw_http::send_fixture;
 
 /// A payment API that accepts connections and never reads nor answers; it holds at most
 /// 64 of them, for at most a minute.
@@ -87,6 +89,111 @@ fn marker(answer: &str) -> Option<String> {
         name.eq_ignore_ascii_case("x-klarna-stepup")
             .then(|| value.trim().to_owned())
     })
+}
+
+/// The Klarna payment of the shared fixtures, as raw bytes for the binary.
+fn klarna_payment() -> (String, Vec<u8>) {
+    let f = fixtures::by_name("step_up_required");
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        f.path,
+        f.body.len()
+    );
+    (head, f.body)
+}
+
+// ---------------------------------------------------------------------------------------
+// The proxy's own 502/504: their own code, not `passthrough`
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_marks_its_own_502_and_504_with_their_code_for_klarna_payments_too() {
+    let (dead, mute) = (free_addr(), mute_upstream());
+    let admin = free_addr();
+    let (mut down, down_addr) = serve_with(&format!("admin = \"{admin}\"\n"), dead);
+    let (mut hung, hung_addr) = serve_with("read_timeout_ms = 500\n", mute);
+    wait_listening(admin);
+    let (klarna, page) = tokio::task::spawn_blocking(move || {
+        let (head, body) = klarna_payment();
+        let mut out = Vec::new();
+        for addr in [down_addr, hung_addr] {
+            let started = Instant::now();
+            out.push((exchange(addr, &head, &body), started.elapsed()));
+            let get = "GET /orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+            out.push((exchange(addr, get, b""), started.elapsed()));
+        }
+        let page = exchange(
+            admin,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"",
+        );
+        (out, page)
+    })
+    .await
+    .unwrap();
+    let want = [
+        ("502", "upstream_unreachable"),
+        ("502", "upstream_unreachable"),
+        ("504", "upstream_timeout"),
+        ("504", "upstream_timeout"),
+    ];
+    for ((answer, took), (status, code)) in klarna.iter().zip(want) {
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        assert!(answer.contains(&format!(r#""code":"{code}""#)), "{answer}");
+        assert_eq!(marker(answer).as_deref(), Some(code), "{answer}");
+        // The read timeout fires on the pooled connection (generous: 500 ms asked).
+        assert!(*took < Duration::from_secs(8), "{took:?}");
+    }
+    for line in [
+        "klarna_stepup_requests_total{outcome=\"upstream_error\"} 2",
+        "klarna_stepup_refusals_total{code=\"upstream_unreachable\"} 2",
+        "klarna_stepup_upstream_errors_total{code=\"upstream_unreachable\"} 2",
+    ] {
+        assert!(page.contains(line), "{line} in {page}");
+    }
+    assert!(!page.contains("outcome=\"passthrough\""), "{page}");
+    let log = stop_ok(&mut down, "-TERM");
+    assert!(!log.contains("passed through"), "{log}");
+    let log = stop_ok(&mut hung, "-TERM");
+    assert!(!log.contains("passed through"), "{log}");
+}
+
+#[tokio::test]
+async fn tower_marks_the_proxys_own_502_and_504_with_their_code_for_klarna_payments() {
+    use common::tower_proxy::{serve_until, Timeouts};
+    use klarna_stepup::StepUp;
+    let f = fixtures::by_name("step_up_required");
+    let timeouts = Timeouts {
+        read: Duration::from_millis(300),
+        ..Timeouts::default()
+    };
+    for (upstream, status, code) in [
+        (free_addr(), 502, "upstream_unreachable"),
+        (mute_upstream(), 504, "upstream_timeout"),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let step_up = StepUp::from_toml(&f.config).unwrap();
+        let proxy = serve_until(
+            step_up,
+            listener,
+            upstream,
+            timeouts,
+            std::future::pending(),
+        );
+        let res = send_fixture(addr, &f, &[], Duration::from_secs(10)).await;
+        assert_eq!(res.status, status);
+        assert_eq!(res.header("x-klarna-stepup"), Some(code));
+        assert!(
+            String::from_utf8_lossy(&res.body).contains(&format!(r#""code":"{code}""#)),
+            "{res:?}"
+        );
+        proxy.abort();
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -349,6 +349,17 @@ where
     let res = inner
         .call(Request::from_parts(parts, StepUpBody::full(body)))
         .await?;
+    if let Some(r) = res.extensions().get::<Refusal>().cloned() {
+        // The proxy's own 502/504 (see `upstream_refusal`): not Klarna's answer, so neither
+        // rewritten nor marked `passthrough`; it says its own code.
+        record.refused(&r);
+        let (mut parts, body) = res.into_parts();
+        parts.headers.insert(
+            engine::MARKER_HEADER,
+            http::HeaderValue::from_static(r.code),
+        );
+        return Ok((record, Response::from_parts(parts, StepUpBody::new(body))));
+    }
     let res = rewrite_response(&step_up, &exchange, &mut record, res, &mut held).await;
     Ok((record, res))
 }
