@@ -14,10 +14,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::binary::{free_addr, read_one, serve_with, stop_ok};
+use common::binary::{free_addr, ok_answer, read_one, serve_with, stop_ok};
 use common::blocking::{exchange, wait_listening};
 use common::fixtures;
 use common::raw_http::send_fixture;
+use common::upstream;
 
 /// A payment API that accepts connections and never reads nor answers; it holds at most
 /// 64 of them, for at most a minute.
@@ -271,5 +272,121 @@ async fn serve_answers_504_when_the_payment_api_does_not_read_what_is_sent() {
     assert!(r.starts_with("HTTP/1.1 504"), "{r}");
     assert_eq!(marker(&r).as_deref(), Some("upstream_timeout"), "{r}");
     assert!(took < Duration::from_secs(15), "{took:?}");
+    stop_ok(&mut child, "-TERM");
+}
+
+// ---------------------------------------------------------------------------------------
+// Request bodies: charged as they arrive, bounded as a whole
+// ---------------------------------------------------------------------------------------
+
+/// A chunked `POST /payments` head.
+const CHUNKED_PAYMENT: &[u8] = b"POST /payments HTTP/1.1\r\nHost: x\r\n\
+    Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+/// `data` as one chunk.
+fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_charges_chunked_candidate_bodies_to_the_budget_as_they_arrive() {
+    let up = upstream::start().await;
+    up.set_answer(ok_answer());
+    let (mut child, listen) = serve_with("buffer_budget_bytes = 200000\n", up.addr);
+    tokio::task::spawn_blocking(move || {
+        let connect = || {
+            let s = TcpStream::connect(listen).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        };
+        let mut body = br#"{"payment_method":"card","pad":""#.to_vec();
+        body.resize(150_000, b'p');
+        // A: 150,000 bytes without a length, and more to come.
+        let mut a = connect();
+        a.write_all(CHUNKED_PAYMENT).unwrap();
+        for part in body.chunks(10_000) {
+            a.write_all(&chunk(part)).unwrap();
+        }
+        // Generous: A's bytes must be read (and charged) before B's.
+        std::thread::sleep(Duration::from_millis(1000));
+        // B: 50,000 more fill the budget; its next bytes go over it: 503, nothing upstream.
+        // (Those bytes alone cross it: none is left unread when the proxy closes.)
+        let mut b = connect();
+        b.write_all(CHUNKED_PAYMENT).unwrap();
+        for part in body[..50_000].chunks(10_000) {
+            b.write_all(&chunk(part)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+        b.write_all(&chunk(b"pppppppppp")).unwrap();
+        let r = read_one(&mut b);
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(r.contains(r#""code":"overloaded""#), "{r}");
+        // A gone, its bytes are given back: the next payment is taken.
+        drop(a);
+        std::thread::sleep(Duration::from_millis(300));
+        let (head, body) = klarna_payment();
+        let r = exchange(listen, &head, &body);
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    })
+    .await
+    .unwrap();
+    assert_eq!(up.take_received().len(), 1);
+    stop_ok(&mut child, "-TERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_bounds_slow_drip_bodies_by_their_bytes_and_a_whole_body_deadline() {
+    let up = upstream::start().await;
+    up.set_answer(ok_answer());
+    let (mut child, listen) = serve_with(
+        "buffer_budget_bytes = 100000\nrequest_body_timeout_ms = 10000\n\
+         request_body_deadline_ms = 2000\n",
+        up.addr,
+    );
+    tokio::task::spawn_blocking(move || {
+        // 16 clients that each declare 100,000 bytes (the whole budget) and send a byte
+        // every 200 ms, for 1.5 s.
+        let started = Instant::now();
+        let mut drips: Vec<TcpStream> = (0..16)
+            .map(|_| {
+                let mut s = TcpStream::connect(listen).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+                s.write_all(
+                    b"POST /payments HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                      Content-Length: 100000\r\n\r\n{",
+                )
+                .unwrap();
+                s
+            })
+            .collect();
+        let mut payment = None;
+        while started.elapsed() < Duration::from_millis(1500) {
+            std::thread::sleep(Duration::from_millis(200));
+            for s in &mut drips {
+                let _ = s.write_all(b" ");
+            }
+            if payment.is_none() && started.elapsed() > Duration::from_millis(500) {
+                // They hold a few bytes each, not what they declared: a payment is taken.
+                let (head, body) = klarna_payment();
+                payment = Some(exchange(listen, &head, &body));
+            }
+        }
+        let payment = payment.unwrap();
+        assert!(payment.starts_with("HTTP/1.1 200"), "{payment}");
+        // Past the whole-body deadline (2 s), each gets 408; the wait for its next bytes
+        // (10 s) has not passed.
+        for s in &mut drips {
+            let r = read_one(s);
+            assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+            assert!(r.contains(r#""code":"request_timeout""#), "{r}");
+        }
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(8), "{took:?}");
+    })
+    .await
+    .unwrap();
     stop_ok(&mut child, "-TERM");
 }

@@ -1362,19 +1362,26 @@ async fn serve_refuses_new_candidates_past_the_buffer_budget_and_keeps_accepted_
         let mut body = prefix.to_vec();
         body.resize(n - 2, b'p');
         body.extend_from_slice(b"\"}");
-        // A: accepted, half of its body sent.
+        // A: accepted, all but 2 bytes of its body sent (and charged as they came).
         let mut a = TcpStream::connect(listen).unwrap();
         a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         a.write_all(head.as_bytes()).unwrap();
-        a.write_all(&body[..n / 2]).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        // B: over the budget: 503 with Retry-After, nothing sent upstream.
-        let b = exchange(listen, &head, &body);
+        a.write_all(&body[..n - 2]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // B: over the budget as its bytes come: 503 with Retry-After, nothing sent upstream.
+        // (Its last bytes alone cross it: none is left unread when the proxy closes.)
+        let mut b = TcpStream::connect(listen).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        b.write_all(head.as_bytes()).unwrap();
+        b.write_all(&body[..40_000]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        b.write_all(&body[40_000..40_010]).unwrap();
+        let b = read_one(&mut b);
         assert!(b.starts_with("HTTP/1.1 503"), "{b}");
         assert!(b.contains(r#""code":"overloaded""#), "{b}");
         assert!(b.to_ascii_lowercase().contains("retry-after: 1"), "{b}");
         // A goes on and is answered.
-        a.write_all(&body[n / 2..]).unwrap();
+        a.write_all(&body[n - 2..]).unwrap();
         let r = read_one(&mut a);
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         // The budget is given back: C is accepted.

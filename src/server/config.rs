@@ -68,6 +68,12 @@ pub struct ServerConfig {
     /// as the payment API's timeout.
     #[serde(default = "default_request_body_timeout_ms")]
     pub request_body_timeout_ms: u64,
+    /// The longest a whole request body may take, from the request's head to the body's last
+    /// byte, in milliseconds (default 60000): a client sending a byte now and then cannot
+    /// hold a connection (and what it sent) for longer. Elapsed: 408 JSON `request_timeout`
+    /// and the connection closed.
+    #[serde(default = "default_request_body_deadline_ms")]
+    pub request_body_deadline_ms: u64,
     /// The largest request head taken (target plus header names and values), in bytes
     /// (default 32768). Over it: 431 JSON `headers_too_large`.
     #[serde(default = "default_max_header_bytes")]
@@ -76,8 +82,11 @@ pub struct ServerConfig {
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
     /// Bytes of candidate bodies (requests and Klarna answers) the whole process holds in
-    /// memory at once (default 67108864, 64 MiB). A new candidate that would go over it gets
-    /// 503 JSON `overloaded` with `Retry-After`; requests already accepted go on.
+    /// memory at once (default 67108864, 64 MiB). A request body is charged the bytes it has
+    /// sent, as they arrive (with or without `Content-Length`; not what it declares), so
+    /// slow clients holding little take little. A new candidate while it is spent, or one
+    /// whose next bytes would go over it, gets 503 JSON `overloaded` with `Retry-After`;
+    /// requests already sent upstream go on (their answers are counted too).
     #[serde(default = "default_buffer_budget_bytes")]
     pub buffer_budget_bytes: usize,
     /// Client connections open at once, over all threads (default 10000). At the cap, new
@@ -117,6 +126,9 @@ fn default_read_timeout_ms() -> u64 {
 }
 fn default_write_timeout_ms() -> u64 {
     30_000
+}
+fn default_request_body_deadline_ms() -> u64 {
+    60_000
 }
 fn default_grace_period_secs() -> u64 {
     5
@@ -379,6 +391,9 @@ impl ServerConfig {
         }
         if self.write_timeout_ms == 0 {
             p.push(err("server.write_timeout_ms", "must be at least 1"));
+        }
+        if self.request_body_deadline_ms == 0 {
+            p.push(err("server.request_body_deadline_ms", "must be at least 1"));
         }
         if self.idle_timeout_secs == 0 {
             p.push(err("server.idle_timeout_secs", "must be at least 1"));

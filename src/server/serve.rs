@@ -149,6 +149,7 @@ struct Front {
     stack: KlarnaStepUp<Forward>,
     limits: HeadLimits,
     body_timeout: Duration,
+    body_deadline: Duration,
     /// While it drains, HTTP/1 answers say `Connection: close`: kept-alive clients leave
     /// after their answer rather than meet the close of an idle connection.
     health: Arc<Health>,
@@ -173,7 +174,10 @@ impl hyper::service::Service<Request<Incoming>> for Front {
             return FrontFuture::Answered { res: Some(res) };
         }
         let http1 = parts.version < http::Version::HTTP_2;
-        let req = Request::from_parts(parts, Timed::new(body, self.body_timeout));
+        let req = Request::from_parts(
+            parts,
+            Timed::new(body, self.body_timeout, self.body_deadline),
+        );
         // `Forward` is always ready, and so is the layer over it.
         let mut stack = self.stack.clone();
         FrontFuture::Stack {
@@ -228,6 +232,7 @@ struct Shared {
     connections: Arc<Semaphore>,
     limits: HeadLimits,
     body_timeout: Duration,
+    body_deadline: Duration,
     idle_timeout: Duration,
     grace: Duration,
     health: Arc<Health>,
@@ -250,6 +255,7 @@ impl Shared {
             stack,
             limits: self.limits,
             body_timeout: self.body_timeout,
+            body_deadline: self.body_deadline,
             health: self.health.clone(),
         }
     }
@@ -658,6 +664,7 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), String> {
             max_count: s.max_headers,
         },
         body_timeout: Duration::from_millis(s.request_body_timeout_ms),
+        body_deadline: Duration::from_millis(s.request_body_deadline_ms),
         idle_timeout: Duration::from_secs(s.idle_timeout_secs),
         grace: Duration::from_secs(s.grace_period_secs),
         health: health.clone(),
