@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::binary::{free_addr, ok_answer, read_one, serve_with, stop_ok};
+use common::binary::{exited, free_addr, ok_answer, read_one, serve_with, start_serve, stop_ok};
 use common::blocking::{exchange, wait_listening};
 use common::fixtures;
 use common::raw_http::send_fixture;
@@ -389,4 +389,40 @@ async fn serve_bounds_slow_drip_bodies_by_their_bytes_and_a_whole_body_deadline(
     .await
     .unwrap();
     stop_ok(&mut child, "-TERM");
+}
+
+// ---------------------------------------------------------------------------------------
+// One instance per address
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_a_served_address_exits_1_naming_it() {
+    let up = upstream::start().await;
+    up.set_answer(ok_answer());
+    let (mut first, listen) = serve_with("", up.addr);
+    let started = Instant::now();
+    let mut second = start_serve(&format!(
+        "[server]\nlisten = \"{listen}\"\nupstream = \"{}\"\n",
+        up.addr
+    ));
+    let (code, log) = exited(&mut second, Duration::from_secs(10));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        log.contains(&format!("server.listen: cannot listen on {listen}")),
+        "{log}"
+    );
+    assert!(log.contains("served already"), "{log}");
+    // The first one serves on, alone.
+    let r = tokio::task::spawn_blocking(move || {
+        exchange(
+            listen,
+            "GET /orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    stop_ok(&mut first, "-TERM");
 }

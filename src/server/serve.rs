@@ -508,6 +508,33 @@ fn listen_shared(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Fails when some socket listens on `addr` already, `SO_REUSEPORT` or not: a second
+/// instance started on the address of a running one would otherwise share its traffic
+/// silently (only a hand-over, `serve --upgrade`, shares the sockets, and it takes them over
+/// rather than binding its own).
+///
+/// A probe bind without `SO_REUSEPORT`: Linux refuses it (`EADDRINUSE`) while any socket
+/// listens on the address, whatever that socket's options; with `SO_REUSEADDR`, connections
+/// of an earlier run still in `TIME_WAIT` do not count. The probe is closed before the
+/// listeners are bound: two instances started at the very same moment may both pass it.
+fn not_served(addr: SocketAddr) -> Result<(), String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| e.to_string())?;
+    socket.set_reuse_address(true).map_err(|e| e.to_string())?;
+    match socket.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "it is served already (another klarna-stepup? `serve --upgrade` takes over \
+             from a running instance): {e}"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Waits for SIGTERM or SIGINT (SIGHUP is logged and ignored).
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -627,10 +654,14 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), String> {
     }
     let sockets = match inherited.as_mut().and_then(|i| i.listeners_for(listen)) {
         Some(l) => l,
-        None => (0..s.threads)
-            .map(|_| listen_shared(listen))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("server.listen: cannot listen on {listen}: {e}"))?,
+        None => {
+            let fail = |e| format!("server.listen: cannot listen on {listen}: {e}");
+            not_served(listen).map_err(fail)?;
+            (0..s.threads)
+                .map(|_| listen_shared(listen))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| fail(e.to_string()))?
+        }
     };
     let admin = match admin_addr {
         None => None,
