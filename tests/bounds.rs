@@ -426,3 +426,83 @@ async fn a_second_serve_on_a_served_address_exits_1_naming_it() {
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     stop_ok(&mut first, "-TERM");
 }
+
+// ---------------------------------------------------------------------------------------
+// The open-file limit
+// ---------------------------------------------------------------------------------------
+
+/// `serve` under the open-file limits `soft` and `hard` (set by bash's `ulimit` before it
+/// becomes the proxy).
+fn serve_limited(config: &str, soft: u64, hard: u64) -> common::binary::Served {
+    let path = common::binary::write_config(&format!("nofile-{soft}-{hard}.toml"), config);
+    common::binary::Served(
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" serve --config \"$1\""
+            ))
+            .arg(common::binary::BIN)
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// `Max open files` (soft) of process `pid`.
+fn open_file_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_raises_its_open_file_limit_or_caps_max_connections_and_says_so() {
+    let up = upstream::start().await;
+    up.set_answer(ok_answer());
+    // Room under the hard limit: the soft limit is raised to 2 x 1000 + 256.
+    let listen = free_addr();
+    let mut raised = serve_limited(
+        &format!(
+            "[server]\nlisten = \"{listen}\"\nupstream = \"{}\"\nmax_connections = 1000\n",
+            up.addr
+        ),
+        256,
+        4096,
+    );
+    wait_listening(listen);
+    assert_eq!(open_file_limit(raised.id()), 2256);
+    // No room: 10,000 connections capped to what 1024 descriptors serve, with a warning.
+    let listen2 = free_addr();
+    let mut capped = serve_limited(
+        &format!(
+            "[server]\nlisten = \"{listen2}\"\nupstream = \"{}\"\n",
+            up.addr
+        ),
+        256,
+        1024,
+    );
+    wait_listening(listen2);
+    assert_eq!(open_file_limit(capped.id()), 1024);
+    let r = tokio::task::spawn_blocking(move || {
+        exchange(
+            listen2,
+            "GET /orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let log = stop_ok(&mut raised, "-TERM");
+    assert!(log.contains("raised the open-file limit"), "{log}");
+    let log = stop_ok(&mut capped, "-TERM");
+    assert!(log.contains("server.max_connections capped"), "{log}");
+    assert!(log.contains("capped=384"), "{log}");
+}

@@ -90,7 +90,10 @@ pub struct ServerConfig {
     #[serde(default = "default_buffer_budget_bytes")]
     pub buffer_budget_bytes: usize,
     /// Client connections open at once, over all threads (default 10000). At the cap, new
-    /// connections wait in the listen backlog until one closes.
+    /// connections wait in the listen backlog until one closes. At start the proxy raises
+    /// its open-file limit (`RLIMIT_NOFILE`, soft) to what this takes (two descriptors a
+    /// connection, plus 256); where the hard limit is lower, it serves fewer and says so in a
+    /// warning.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// The admin endpoint, e.g. `127.0.0.1:9100` (default: none): `/metrics` (Prometheus),

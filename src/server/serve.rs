@@ -689,7 +689,9 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), String> {
         metrics: admin.as_ref().map(|_| Metrics::register()),
         budget: BufferBudget::new(s.buffer_budget_bytes),
         tls,
-        connections: Arc::new(Semaphore::new(s.max_connections)),
+        connections: Arc::new(Semaphore::new(super::limits::open_files_for(
+            s.max_connections,
+        ))),
         limits: HeadLimits {
             max_bytes: s.max_header_bytes,
             max_count: s.max_headers,
