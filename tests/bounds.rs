@@ -506,3 +506,53 @@ async fn serve_raises_its_open_file_limit_or_caps_max_connections_and_says_so() 
     assert!(log.contains("server.max_connections capped"), "{log}");
     assert!(log.contains("capped=384"), "{log}");
 }
+
+// ---------------------------------------------------------------------------------------
+// An outage of the payment API is not an outage of the proxy
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_tries_unhealthy_upstreams_when_none_is_healthy_and_stays_ready() {
+    // Down at start: its health check fails (once is enough here), and the next one is a
+    // minute away.
+    let (listen, admin, up_addr) = (free_addr(), free_addr(), free_addr());
+    let mut child = start_serve(&format!(
+        "[server]\nlisten = \"{listen}\"\nupstream = \"{up_addr}\"\nadmin = \"{admin}\"\n\
+         [server.health_check]\ninterval_ms = 60000\ntimeout_ms = 1000\nfails = 1\n"
+    ));
+    wait_listening(listen);
+    wait_listening(admin);
+    let get = move |addr: SocketAddr, path: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            exchange(
+                addr,
+                &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+                b"",
+            )
+        })
+    };
+    // Down: 502 from the proxy (it tried), the instance still ready, /upstreamz not.
+    let r = get(listen, "/orders").await.unwrap();
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    assert_eq!(marker(&r).as_deref(), Some("upstream_unreachable"), "{r}");
+    let readyz = get(admin, "/readyz").await.unwrap();
+    assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
+    let upstreamz = get(admin, "/upstreamz").await.unwrap();
+    assert!(upstreamz.starts_with("HTTP/1.1 503"), "{upstreamz}");
+    assert!(
+        upstreamz.contains(&format!("{up_addr} unhealthy")),
+        "{upstreamz}"
+    );
+    let page = get(admin, "/metrics").await.unwrap();
+    assert!(
+        page.contains("klarna_stepup_upstreams{state=\"unhealthy\"} 1"),
+        "{page}"
+    );
+    // Back (the health check does not know yet): requests reach it at once.
+    let up = upstream::start_on(up_addr).await;
+    up.set_answer(ok_answer());
+    let r = get(listen, "/orders").await.unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(up.take_received().len(), 1);
+    stop_ok(&mut child, "-TERM");
+}

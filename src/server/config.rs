@@ -97,8 +97,9 @@ pub struct ServerConfig {
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// The admin endpoint, e.g. `127.0.0.1:9100` (default: none): `/metrics` (Prometheus),
-    /// `/healthz` (the process is alive) and `/readyz` (it takes traffic; 503 from the
-    /// moment it drains). Keep it off the public network.
+    /// `/healthz` (the process is alive), `/readyz` (this instance takes traffic; 503 from
+    /// the moment it drains) and `/upstreamz` (some payment API address is healthy). Keep it
+    /// off the public network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
     /// The admin endpoint's former name (metrics only); the same endpoint as `admin`.
@@ -159,8 +160,11 @@ fn default_dns_refresh_secs() -> u64 {
 }
 
 /// `[server.health_check]`: each upstream address is checked every `interval_ms`; one that
-/// fails `fails` checks in a row is skipped until it passes `passes` in a row. With every
-/// one unhealthy, requests get 502 JSON at once and `/readyz` answers 503.
+/// fails `fails` checks in a row is skipped, while another one is healthy, until it passes
+/// `passes` in a row. With every one unhealthy, requests go to all of them anyway (a wrong
+/// health check or a just-restarted payment API must not fail every request), and the admin
+/// endpoint's `/upstreamz` answers 503 (`/readyz`, this instance's own readiness, does not
+/// change).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]

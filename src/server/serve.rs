@@ -60,7 +60,7 @@ impl std::ops::Deref for Forward {
 }
 
 impl Forward {
-    /// No healthy upstream: 502 at once.
+    /// No upstream address known at all: 502 at once.
     fn unreachable(&self) -> Response<UpBody> {
         let r = Refusal::upstream_unreachable();
         if let Some(m) = &self.metrics {
@@ -624,7 +624,7 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), String> {
         None => None,
         Some(t) => Some(TlsAcceptor::from(super::tls::server_config(t)?)),
     };
-    if upgrade && balance::pick(&balancer).is_none() {
+    if upgrade && !balance::any_healthy(&balancer) {
         let e = "server.upstream: no upstream is healthy: not taking over from the running one";
         return Err(e.into());
     }
