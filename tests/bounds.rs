@@ -556,3 +556,62 @@ async fn serve_tries_unhealthy_upstreams_when_none_is_healthy_and_stays_ready() 
     assert_eq!(up.take_received().len(), 1);
     stop_ok(&mut child, "-TERM");
 }
+
+#[cfg(feature = "pingora")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pingora_charges_chunked_candidate_bodies_to_the_budget_as_they_arrive() {
+    use common::pingora_proxy::{start_pingora, PaymentApi};
+    use common::raw_http::{raw_request, ReqBody};
+    use klarna_stepup::pingora::StepUpProxy;
+    use klarna_stepup::{BufferBudget, StepUp};
+    let up = upstream::start().await;
+    up.set_answer(ok_answer());
+    let budget = BufferBudget::new(200_000);
+    let inner = PaymentApi {
+        upstream: up.addr,
+        read_timeout: Duration::from_secs(5),
+    };
+    let proxy = start_pingora(
+        StepUpProxy::new(inner, StepUp::from_toml("").unwrap()).buffer_budget(budget.clone()),
+    );
+    let mut body = br#"{"payment_method":"card","pad":""#.to_vec();
+    body.resize(200_010, b'p');
+    let headers = [("content-type", "application/json")];
+    // Without a length, over the budget as it arrives: 503, the upstream request aborted.
+    let res = raw_request(
+        proxy,
+        "POST",
+        "/payments",
+        &headers,
+        ReqBody::Chunked(&body, 16 * 1024),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 503, "{}", String::from_utf8_lossy(&res.body));
+    assert_eq!(res.header("x-klarna-stepup"), Some("overloaded"));
+    // Its bytes given back: one within the budget is taken.
+    body.truncate(150_000);
+    body.extend_from_slice(b"\"}");
+    let res = raw_request(
+        proxy,
+        "POST",
+        "/payments",
+        &headers,
+        ReqBody::Chunked(&body, 16 * 1024),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    // Given back once the request's context goes (just after its answer).
+    let since = Instant::now();
+    while budget.used() != 0 {
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "{}",
+            budget.used()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
