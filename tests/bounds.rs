@@ -615,3 +615,60 @@ async fn pingora_charges_chunked_candidate_bodies_to_the_budget_as_they_arrive()
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[cfg(feature = "pingora")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pingora_marks_its_own_502_and_504_with_their_code_on_both_body_paths() {
+    use common::pingora_proxy::{start_pingora, PaymentApi};
+    use klarna_stepup::pingora::StepUpProxy;
+    use klarna_stepup::StepUp;
+    let small = fixtures::by_name("step_up_required");
+    // The same payment past Pingora's retry buffer (64 KiB): the streaming path.
+    let mut large = small.clone();
+    let text = String::from_utf8(small.body.clone()).unwrap();
+    let pad = "x".repeat(100 * 1024);
+    large.body = text
+        .replacen("\"amount\"", &format!("\"pad\":\"{pad}\",\"amount\""), 1)
+        .into_bytes();
+    // A large body streams: with the payment API down, Pingora answers before reading it,
+    // and the client, had it sent it, could meet a reset instead of the answer. It sends the
+    // head alone.
+    let dead = free_addr();
+    let inner = PaymentApi {
+        upstream: dead,
+        read_timeout: Duration::from_millis(300),
+    };
+    let proxy = start_pingora(StepUpProxy::new(inner, StepUp::from_toml("").unwrap()));
+    let head = format!(
+        "POST /payments HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        large.body.len()
+    );
+    let r = tokio::task::spawn_blocking(move || exchange(proxy, &head, b""))
+        .await
+        .unwrap();
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    assert_eq!(marker(&r).as_deref(), Some("upstream_unreachable"), "{r}");
+    for (upstream, status, code, cases) in [
+        (dead, 502, "upstream_unreachable", vec![&small]),
+        (
+            mute_upstream(),
+            504,
+            "upstream_timeout",
+            vec![&small, &large],
+        ),
+    ] {
+        let inner = PaymentApi {
+            upstream,
+            read_timeout: Duration::from_millis(300),
+        };
+        let proxy = start_pingora(StepUpProxy::new(inner, StepUp::from_toml("").unwrap()));
+        for f in cases {
+            let res = send_fixture(proxy, f, &[], Duration::from_secs(10)).await;
+            let shown = String::from_utf8_lossy(&res.body);
+            assert_eq!(res.status, status, "{} bytes: {shown}", f.body.len());
+            assert_eq!(res.header("x-klarna-stepup"), Some(code), "{shown}");
+            assert!(shown.contains(&format!(r#""code":"{code}""#)), "{shown}");
+        }
+    }
+}
