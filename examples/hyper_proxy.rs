@@ -38,8 +38,13 @@ type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 /// The engine's JSON answer for an upstream failure.
 fn refused(r: &Refusal) -> Response<ProxyBody> {
-    r.to_response()
-        .map(|b| Full::new(Bytes::from(b)).map_err(|n| match n {}).boxed())
+    let mut res = r
+        .to_response()
+        .map(|b| Full::new(Bytes::from(b)).map_err(|n| match n {}).boxed());
+    // Tells the layer this answer is the proxy's own, not the payment API's: it keeps its
+    // code in `x-klarna-stepup` and the record says `upstream_error`.
+    res.extensions_mut().insert(r.clone());
+    res
 }
 
 #[tokio::main]

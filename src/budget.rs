@@ -13,8 +13,11 @@ pub const DEFAULT_BUFFER_BUDGET: usize = 64 * 1024 * 1024;
 /// A candidate is admitted with [`admit`](Self::admit), which reserves what it is about to
 /// buffer; past the budget it is not admitted (answer it with
 /// [`Refusal::overloaded`](crate::Refusal::overloaded): 503 with `Retry-After`). An admitted
-/// candidate's [`Held`] grows with what it actually buffers, even past the budget: nothing
-/// already accepted is dropped. Dropping the `Held` gives its bytes back.
+/// candidate's [`Held`] grows with what it actually buffers: within the budget while its
+/// request body arrives ([`Held::try_grow_to`]: a body whose length is not declared is
+/// charged as its bytes come, so it cannot go past the budget unseen), and even past it for
+/// its answer ([`Held::grow_to`]: nothing already sent upstream is dropped). Dropping the
+/// `Held` gives its bytes back.
 #[derive(Debug, Clone)]
 pub struct BufferBudget {
     used: Arc<AtomicUsize>,
@@ -46,17 +49,18 @@ impl BufferBudget {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// Admits a candidate that is about to buffer `reserve` bytes: `None` when that would go
-    /// over the budget.
+    /// Admits a candidate that is about to buffer `reserve` bytes (0: it is charged as its
+    /// bytes come): `None` when that would go over the budget, or the budget is spent.
     pub fn admit(&self, reserve: usize) -> Option<Held> {
         let before = self.used.fetch_add(reserve, Ordering::AcqRel);
-        if before.saturating_add(reserve) > self.limit {
+        if before.saturating_add(reserve) > self.limit || before >= self.limit {
             self.used.fetch_sub(reserve, Ordering::AcqRel);
             return None;
         }
         Some(Held {
             used: self.used.clone(),
             held: reserve,
+            limit: self.limit,
         })
     }
 }
@@ -66,6 +70,7 @@ impl BufferBudget {
 pub struct Held {
     used: Arc<AtomicUsize>,
     held: usize,
+    limit: usize,
 }
 
 impl Held {
@@ -75,6 +80,24 @@ impl Held {
             self.used.fetch_add(total - self.held, Ordering::AcqRel);
             self.held = total;
         }
+    }
+}
+
+impl Held {
+    /// The candidate is about to buffer `total` bytes: `false` (and nothing charged) when
+    /// the bytes beyond what it holds would go over the budget.
+    pub fn try_grow_to(&mut self, total: usize) -> bool {
+        if total <= self.held {
+            return true;
+        }
+        let more = total - self.held;
+        let before = self.used.fetch_add(more, Ordering::AcqRel);
+        if before.saturating_add(more) > self.limit {
+            self.used.fetch_sub(more, Ordering::AcqRel);
+            return false;
+        }
+        self.held = total;
+        true
     }
 }
 
@@ -100,5 +123,21 @@ mod tests {
         drop(first);
         assert_eq!(b.used(), 0);
         assert!(b.admit(100).is_some());
+    }
+
+    #[test]
+    fn bodies_charged_as_they_come_stay_within_the_budget() {
+        let b = BufferBudget::new(100);
+        let mut slow = b.admit(0).unwrap();
+        let mut other = b.admit(0).unwrap();
+        assert!(slow.try_grow_to(10));
+        assert!(other.try_grow_to(80));
+        assert!(!slow.try_grow_to(30), "over the budget");
+        assert_eq!(b.used(), 90);
+        assert!(slow.try_grow_to(20));
+        assert!(b.admit(0).is_none(), "spent");
+        drop(other);
+        assert_eq!(b.used(), 20);
+        assert!(b.admit(0).is_some());
     }
 }

@@ -9,26 +9,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::blocking::{exchange, wait_exit, wait_exit_within, wait_listening};
+use common::binary::{
+    closed_within, exited, free_addr, ok_answer, read_one, serve_with, start_serve,
+    start_serve_args, stop, stop_ok, write_config, Served, BIN,
+};
+use common::blocking::{exchange, wait_exit, wait_listening};
 use common::fixtures;
 use common::upstream::{self, Answer};
-
-const BIN: &str = env!("CARGO_BIN_EXE_klarna-stepup");
-
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("klarna-stepup-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 #[test]
 fn check_config_prints_the_effective_configuration() {
@@ -124,45 +111,6 @@ client_key_env = "KLARNA_STEPUP_TEST_UNSET_KEY"
     assert!(err.contains("nope: unknown field"), "{err}");
 }
 
-/// The `serve` child; killed if a test fails before stopping it.
-struct Served(std::process::Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-impl std::ops::Deref for Served {
-    type Target = std::process::Child;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Served {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-fn start_serve(config: &str) -> Served {
-    let path = write_config(&format!("serve-{}.toml", free_addr().port()), config);
-    Served(
-        Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    )
-}
-
 /// `klarna-stepup check-config FILE`, run to its end.
 fn check_config(path: impl AsRef<std::ffi::OsStr>) -> std::process::Output {
     Command::new(BIN)
@@ -170,30 +118,6 @@ fn check_config(path: impl AsRef<std::ffi::OsStr>) -> std::process::Output {
         .arg(path)
         .output()
         .unwrap()
-}
-
-fn stop(child: &mut Served, signal: &str) -> (Option<i32>, String) {
-    let kill = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = wait_exit(child);
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    (status.code(), log)
-}
-
-/// [`stop`], which must end in exit code 0; the log.
-fn stop_ok(child: &mut Served, signal: &str) -> String {
-    let (code, log) = stop(child, signal);
-    assert_eq!(code, Some(0), "{log}");
-    log
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -943,43 +867,6 @@ async fn serve_at_rust_log_trace_logs_no_secret() {
 // Issue 13 points 4 and 6: connections bounded, answers honest, HTTP/1 edge cases
 // ---------------------------------------------------------------------------------------
 
-/// Reads one response (head, and a `Content-Length` body) from `s`: the raw text.
-fn read_one(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed mid-head: {buf:?}");
-        buf.push(byte[0]);
-        assert!(buf.len() < 64 * 1024);
-    }
-    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    buf.extend_from_slice(&body);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// Whether the server closes `s` within `within` (a read returns 0).
-fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    s.set_read_timeout(Some(within)).unwrap();
-    let mut b = [0u8; 1];
-    matches!(s.read(&mut b), Ok(0))
-        || matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
-}
-
-fn serve_with(extra: &str, upstream: SocketAddr) -> (Served, SocketAddr) {
-    let listen = free_addr();
-    let child = start_serve(&format!(
-        "[server]\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n{extra}"
-    ));
-    wait_listening(listen);
-    (child, listen)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_closes_after_its_own_502_and_after_idle_keep_alive() {
     let up = upstream::start().await;
@@ -1379,7 +1266,7 @@ async fn serve_admin_endpoint_reports_health_and_turns_unready_when_draining() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_skips_unhealthy_upstreams_until_they_recover_and_answers_502_when_none_is() {
+async fn serve_skips_unhealthy_upstreams_until_they_recover_and_tries_them_all_when_none_is() {
     let (a, b) = (upstream::start().await, upstream::start().await);
     a.set_answer(ok_answer());
     let sick = || Answer {
@@ -1438,31 +1325,30 @@ async fn serve_skips_unhealthy_upstreams_until_they_recover_and_answers_502_when
     let (to_a, to_b) = (proxied(&a), proxied(&b));
     assert!(to_b > 0, "the recovered upstream got nothing");
     assert_eq!(to_a + to_b, 6);
-    // Both fail: 502 JSON at once, nothing proxied, and not ready.
+    // Both fail: requests go to both anyway (their answers pass through); this instance
+    // stays ready, /upstreamz says none is healthy.
     a.set_answer(sick());
     b.set_answer(sick());
-    let (r, readyz) = tokio::task::spawn_blocking(move || {
+    let (r, readyz, upstreamz) = tokio::task::spawn_blocking(move || {
         std::thread::sleep(Duration::from_millis(400));
-        (get(listen, "/orders"), get(admin, "/readyz"))
+        (
+            get(listen, "/orders"),
+            get(admin, "/readyz"),
+            get(admin, "/upstreamz"),
+        )
     })
     .await
     .unwrap();
-    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
-    assert!(r.contains(r#""code":"upstream_unreachable""#), "{r}");
-    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
-    assert!(readyz.ends_with("no healthy upstream\n"), "{readyz}");
-    assert_eq!(proxied(&a) + proxied(&b), 0);
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
+    assert!(upstreamz.starts_with("HTTP/1.1 503"), "{upstreamz}");
+    assert!(
+        upstreamz.contains("0 of 2 upstreams healthy"),
+        "{upstreamz}"
+    );
+    assert_eq!(proxied(&a) + proxied(&b), 1);
     let log = stop_ok(&mut child, "-TERM");
     assert!(log.contains("upstream unhealthy"), "{log}");
-}
-
-fn ok_answer() -> Answer {
-    Answer {
-        status: 200,
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: br#"{"ok":true}"#.to_vec(),
-        delay: None,
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1484,19 +1370,26 @@ async fn serve_refuses_new_candidates_past_the_buffer_budget_and_keeps_accepted_
         let mut body = prefix.to_vec();
         body.resize(n - 2, b'p');
         body.extend_from_slice(b"\"}");
-        // A: accepted, half of its body sent.
+        // A: accepted, all but 2 bytes of its body sent (and charged as they came).
         let mut a = TcpStream::connect(listen).unwrap();
         a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         a.write_all(head.as_bytes()).unwrap();
-        a.write_all(&body[..n / 2]).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        // B: over the budget: 503 with Retry-After, nothing sent upstream.
-        let b = exchange(listen, &head, &body);
+        a.write_all(&body[..n - 2]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // B: over the budget as its bytes come: 503 with Retry-After, nothing sent upstream.
+        // (Its last bytes alone cross it: none is left unread when the proxy closes.)
+        let mut b = TcpStream::connect(listen).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        b.write_all(head.as_bytes()).unwrap();
+        b.write_all(&body[..40_000]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        b.write_all(&body[40_000..40_010]).unwrap();
+        let b = read_one(&mut b);
         assert!(b.starts_with("HTTP/1.1 503"), "{b}");
         assert!(b.contains(r#""code":"overloaded""#), "{b}");
         assert!(b.to_ascii_lowercase().contains("retry-after: 1"), "{b}");
         // A goes on and is answered.
-        a.write_all(&body[n / 2..]).unwrap();
+        a.write_all(&body[n - 2..]).unwrap();
         let r = read_one(&mut a);
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         // The budget is given back: C is accepted.
@@ -1573,35 +1466,6 @@ async fn serve_stops_a_compressed_answer_decoded_past_the_body_limit() {
 // ---------------------------------------------------------------------------------------
 // Issue 12 points 2 and 6: zero-downtime upgrade (listener hand-over), safe reload
 // ---------------------------------------------------------------------------------------
-
-/// `serve --config F ARGS…`, as [`start_serve`].
-fn start_serve_args(config: &str, args: &[&str]) -> Served {
-    let path = write_config(&format!("serve-{}.toml", free_addr().port()), config);
-    Served(
-        Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-/// Waits (bounded) for `child` to exit by itself: its exit code and log.
-fn exited(child: &mut Served, within: Duration) -> (Option<i32>, String) {
-    let status = wait_exit_within(child, within);
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    (status.code(), log)
-}
 
 /// A per-test directory for upgrade sockets (short: a socket path is at most 107 bytes).
 fn socket_dir(name: &str) -> std::path::PathBuf {

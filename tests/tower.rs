@@ -242,8 +242,8 @@ async fn over_real_sockets_non_klarna_traffic_is_byte_identical() {
 async fn candidates_past_the_buffer_budget_get_503_and_admitted_ones_go_on() {
     let f = fixtures::by_name("step_up_required");
     let step_up = StepUp::from_toml(&f.config).unwrap();
-    // No Content-Length: a candidate reserves 64 KiB.
-    let budget = klarna_stepup::BufferBudget::new(64 * 1024 + 10);
+    // A candidate is charged the bytes it holds, as they come.
+    let budget = klarna_stepup::BufferBudget::new(f.body.len() + 10);
     let held = budget.admit(20).unwrap(); // another request holds a little
     let inner = {
         let f = f.clone();

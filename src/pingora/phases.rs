@@ -188,9 +188,11 @@ impl StepUpPhases {
         if declared.is_some_and(|n| n > limit as u64) {
             return self.refuse(session, ctx, Refusal::too_large(limit)).await;
         }
-        // What this candidate is about to buffer: its declared length, or the retry
-        // buffer's size; its answer is counted as it arrives.
-        let reserve = declared.map_or(RETRY_BUFFER_LIMIT, |n| n as usize);
+        // What this candidate is about to buffer in this phase: the retry buffer's size at
+        // most (its declared length when shorter). A larger body is charged as its bytes
+        // arrive (`request_body_filter`), so a slow client that declares much holds little;
+        // its answer is counted as it arrives.
+        let reserve = declared.map_or(RETRY_BUFFER_LIMIT, |n| (n as usize).min(RETRY_BUFFER_LIMIT));
         match self.budget.admit(reserve) {
             Some(held) => ctx.held = Some(held),
             None => return self.refuse(session, ctx, Refusal::overloaded()).await,
@@ -301,13 +303,16 @@ impl StepUpPhases {
                 if let Some(b) = body.take() {
                     acc.extend_from_slice(&b);
                 }
-                if let Some(held) = &mut ctx.held {
-                    held.grow_to(acc.len());
-                }
                 let limit = self.step_up.body_limit();
                 if acc.len() > limit {
                     ctx.pending = Some(Refusal::too_large(limit));
                     return Error::e_explain(REFUSED, "candidate body over the limit");
+                }
+                // Charged as it arrives, within the budget: a body without a length cannot
+                // go past it unseen.
+                if !ctx.held.as_mut().is_none_or(|h| h.try_grow_to(acc.len())) {
+                    ctx.pending = Some(Refusal::overloaded());
+                    return Error::e_explain(REFUSED, "buffer budget spent");
                 }
                 if !end_of_stream {
                     *body = Some(Bytes::new());

@@ -1,4 +1,11 @@
-//! The admin endpoint: `/metrics`, `/healthz`, `/readyz`.
+//! The admin endpoint: `/metrics`, `/healthz`, `/readyz` (whether this instance can serve)
+//! and `/upstreamz` (whether the payment API's addresses pass their health checks).
+//!
+//! `/readyz` leaves the payment API out on purpose: when it is down, every instance of the
+//! proxy would turn unready at once, and a Kubernetes Service or an HAProxy backend would
+//! then have no instance left even to answer 502 (or to reach an address that has just come
+//! back; requests still go to unhealthy addresses when none is healthy). Those who want to
+//! gate on the payment API check `/upstreamz`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use super::balance::{pick, Balancer};
+use super::balance::{health as health_of, Balancer};
 
 /// What `/readyz` answers from.
 pub(super) struct Health {
@@ -35,18 +42,47 @@ impl Health {
         }
     }
 
-    /// Why the proxy does not take traffic, if it does not.
+    /// Why this instance does not take traffic, if it does not (the payment API's health is
+    /// not its own: see [`Health::upstreams`]).
     fn not_ready(&self) -> Option<&'static str> {
         if self.draining.load(Ordering::Relaxed) {
             Some("draining\n")
         } else if self.workers_up.load(Ordering::Relaxed) < self.workers {
             Some("starting\n")
-        } else if pick(&self.balancer).is_none() {
-            Some("no healthy upstream\n")
         } else {
             None
         }
     }
+
+    /// `/upstreamz`: whether some upstream address is healthy, and a line per address.
+    fn upstreams(&self) -> (bool, String) {
+        let all = health_of(&self.balancer);
+        let healthy = all.iter().filter(|(_, h)| *h).count();
+        let mut text = format!("{healthy} of {} upstreams healthy\n", all.len());
+        for (addr, h) in &all {
+            let state = if *h { "healthy" } else { "unhealthy" };
+            text.push_str(&format!("{addr} {state}\n"));
+        }
+        (healthy > 0, text)
+    }
+}
+
+/// `klarna_stepup_upstreams{state}`: the upstream addresses by health, as `/upstreamz`
+/// says, set at each scrape.
+fn upstream_gauge() -> Option<prometheus::IntGaugeVec> {
+    let g = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "klarna_stepup_upstreams",
+            "Upstream addresses by health check state: healthy, unhealthy (with none healthy, \
+             requests go to all of them)",
+        ),
+        &["state"],
+    )
+    .ok()?;
+    prometheus::default_registry()
+        .register(Box::new(g.clone()))
+        .ok()?;
+    Some(g)
 }
 
 /// Serves the admin endpoint until the process ends.
@@ -54,14 +90,15 @@ pub(super) async fn serve(listener: TcpListener, health: Arc<Health>) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(10));
+    let gauge = upstream_gauge();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let health = health.clone();
+        let (health, gauge) = (health.clone(), gauge.clone());
         let svc = hyper::service::service_fn(move |req| {
-            std::future::ready(Ok::<_, Infallible>(answer(&req, &health)))
+            std::future::ready(Ok::<_, Infallible>(answer(&req, &health, gauge.as_ref())))
         });
         let conn = http.serve_connection(TokioIo::new(stream), svc);
         tokio::spawn(async move {
@@ -70,9 +107,20 @@ pub(super) async fn serve(listener: TcpListener, health: Arc<Health>) {
     }
 }
 
-fn answer(req: &Request<Incoming>, health: &Health) -> Response<Full<Bytes>> {
+fn answer(
+    req: &Request<Incoming>,
+    health: &Health,
+    gauge: Option<&prometheus::IntGaugeVec>,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => {
+            if let Some(g) = gauge {
+                let all = health_of(&health.balancer);
+                let healthy = all.iter().filter(|(_, h)| *h).count();
+                g.with_label_values(&["healthy"]).set(healthy as i64);
+                g.with_label_values(&["unhealthy"])
+                    .set((all.len() - healthy) as i64);
+            }
             let text = prometheus::TextEncoder::new()
                 .encode_to_string(&prometheus::gather())
                 .unwrap_or_default();
@@ -82,6 +130,10 @@ fn answer(req: &Request<Incoming>, health: &Health) -> Response<Full<Bytes>> {
         "/readyz" => match health.not_ready() {
             None => (StatusCode::OK, "text/plain", "ready\n".into()),
             Some(why) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", why.into()),
+        },
+        "/upstreamz" => match health.upstreams() {
+            (true, text) => (StatusCode::OK, "text/plain", text),
+            (false, text) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", text),
         },
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };

@@ -31,21 +31,50 @@ fn inet(b: &Backend) -> Option<SocketAddr> {
     b.addr.as_inet().copied()
 }
 
-/// The next healthy backend's address, round robin; `None` when none is healthy.
+/// The next healthy backend's address, round robin. When none is healthy, the next of all
+/// of them (as Envoy below its panic threshold): a health check that is wrong, or a payment
+/// API that has just restarted, must not fail every request while the addresses may well
+/// answer. `None` only when no address is known.
 pub(crate) fn pick(lb: &Balancer) -> Option<SocketAddr> {
-    lb.select(b"", MAX_TRIES).as_ref().and_then(inet)
+    lb.select(b"", MAX_TRIES)
+        .or_else(|| lb.select_with(b"", MAX_TRIES, |_, _| true))
+        .as_ref()
+        .and_then(inet)
 }
 
-/// Every backend the balancer knows and considers healthy but `failed`.
+/// Every backend the balancer considers healthy but `failed`; when none is, every other
+/// one (see [`pick`]).
 pub(crate) fn others(lb: &Balancer, failed: SocketAddr) -> Vec<SocketAddr> {
     let backends = lb.backends();
-    backends
-        .get_backend()
+    let all = backends.get_backend();
+    let healthy: Vec<SocketAddr> = all
         .iter()
         .filter(|b| backends.ready(b))
         .filter_map(inet)
         .filter(|a| *a != failed)
+        .collect();
+    if !healthy.is_empty() || all.iter().any(|b| backends.ready(b)) {
+        return healthy;
+    }
+    all.iter()
+        .filter_map(inet)
+        .filter(|a| *a != failed)
         .collect()
+}
+
+/// Every known backend's address and whether it is healthy.
+pub(crate) fn health(lb: &Balancer) -> Vec<(SocketAddr, bool)> {
+    let backends = lb.backends();
+    backends
+        .get_backend()
+        .iter()
+        .filter_map(|b| Some((inet(b)?, backends.ready(b))))
+        .collect()
+}
+
+/// Whether some backend is healthy.
+pub(crate) fn any_healthy(lb: &Balancer) -> bool {
+    health(lb).iter().any(|(_, healthy)| *healthy)
 }
 
 /// The `upstream` entries (`host:port`), resolved anew at each discovery.
@@ -129,7 +158,10 @@ impl HealthCheck for Probe {
         if healthy {
             tracing::info!(upstream = %target.addr, "upstream healthy again");
         } else {
-            tracing::warn!(upstream = %target.addr, "upstream unhealthy: skipped until it recovers");
+            tracing::warn!(
+                upstream = %target.addr,
+                "upstream unhealthy: skipped until it recovers, while another one is healthy"
+            );
         }
     }
 

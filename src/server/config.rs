@@ -29,11 +29,18 @@ pub struct ServerConfig {
     /// 2000). Elapsed on every address: 504.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// Upstream read timeout (each read and write on the connection), in milliseconds
-    /// (default 30000). Elapsed before the answer's head: 504; during its body: the answer is
-    /// cut off. Idle pooled connections are closed after it too.
+    /// Upstream read timeout, in milliseconds (default 30000): the longest wait for the
+    /// payment API's next bytes, counted from the last bytes received from it or sent to it
+    /// (so the wait for an answer starts once the request is sent). Elapsed before the
+    /// answer's head: 504 JSON `upstream_timeout`; during its body: the answer is cut off.
+    /// Idle pooled connections to the payment API are closed after it too.
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// Upstream write timeout, in milliseconds (default 30000): the longest a write to the
+    /// payment API may wait (it does not read what is sent). Elapsed: 504 JSON
+    /// `upstream_timeout`.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
     /// After SIGTERM or SIGINT, the proxy stops once no request is in flight, at the latest
     /// after this many seconds (default 5). It keeps answering meanwhile: take it out of the
     /// load balancer first.
@@ -61,6 +68,12 @@ pub struct ServerConfig {
     /// as the payment API's timeout.
     #[serde(default = "default_request_body_timeout_ms")]
     pub request_body_timeout_ms: u64,
+    /// The longest a whole request body may take, from the request's head to the body's last
+    /// byte, in milliseconds (default 60000): a client sending a byte now and then cannot
+    /// hold a connection (and what it sent) for longer. Elapsed: 408 JSON `request_timeout`
+    /// and the connection closed.
+    #[serde(default = "default_request_body_deadline_ms")]
+    pub request_body_deadline_ms: u64,
     /// The largest request head taken (target plus header names and values), in bytes
     /// (default 32768). Over it: 431 JSON `headers_too_large`.
     #[serde(default = "default_max_header_bytes")]
@@ -69,17 +82,24 @@ pub struct ServerConfig {
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
     /// Bytes of candidate bodies (requests and Klarna answers) the whole process holds in
-    /// memory at once (default 67108864, 64 MiB). A new candidate that would go over it gets
-    /// 503 JSON `overloaded` with `Retry-After`; requests already accepted go on.
+    /// memory at once (default 67108864, 64 MiB). A request body is charged the bytes it has
+    /// sent, as they arrive (with or without `Content-Length`; not what it declares), so
+    /// slow clients holding little take little. A new candidate while it is spent, or one
+    /// whose next bytes would go over it, gets 503 JSON `overloaded` with `Retry-After`;
+    /// requests already sent upstream go on (their answers are counted too).
     #[serde(default = "default_buffer_budget_bytes")]
     pub buffer_budget_bytes: usize,
     /// Client connections open at once, over all threads (default 10000). At the cap, new
-    /// connections wait in the listen backlog until one closes.
+    /// connections wait in the listen backlog until one closes. At start the proxy raises
+    /// its open-file limit (`RLIMIT_NOFILE`, soft) to what this takes (two descriptors a
+    /// connection, plus 256); where the hard limit is lower, it serves fewer and says so in a
+    /// warning.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// The admin endpoint, e.g. `127.0.0.1:9100` (default: none): `/metrics` (Prometheus),
-    /// `/healthz` (the process is alive) and `/readyz` (it takes traffic; 503 from the
-    /// moment it drains). Keep it off the public network.
+    /// `/healthz` (the process is alive), `/readyz` (this instance takes traffic; 503 from
+    /// the moment it drains) and `/upstreamz` (some payment API address is healthy). Keep it
+    /// off the public network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
     /// The admin endpoint's former name (metrics only); the same endpoint as `admin`.
@@ -108,6 +128,12 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_read_timeout_ms() -> u64 {
     30_000
 }
+fn default_write_timeout_ms() -> u64 {
+    30_000
+}
+fn default_request_body_deadline_ms() -> u64 {
+    60_000
+}
 fn default_grace_period_secs() -> u64 {
     5
 }
@@ -134,8 +160,11 @@ fn default_dns_refresh_secs() -> u64 {
 }
 
 /// `[server.health_check]`: each upstream address is checked every `interval_ms`; one that
-/// fails `fails` checks in a row is skipped until it passes `passes` in a row. With every
-/// one unhealthy, requests get 502 JSON at once and `/readyz` answers 503.
+/// fails `fails` checks in a row is skipped, while another one is healthy, until it passes
+/// `passes` in a row. With every one unhealthy, requests go to all of them anyway (a wrong
+/// health check or a just-restarted payment API must not fail every request), and the admin
+/// endpoint's `/upstreamz` answers 503 (`/readyz`, this instance's own readiness, does not
+/// change).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -366,6 +395,12 @@ impl ServerConfig {
         }
         if self.read_timeout_ms == 0 {
             p.push(err("server.read_timeout_ms", "must be at least 1"));
+        }
+        if self.write_timeout_ms == 0 {
+            p.push(err("server.write_timeout_ms", "must be at least 1"));
+        }
+        if self.request_body_deadline_ms == 0 {
+            p.push(err("server.request_body_deadline_ms", "must be at least 1"));
         }
         if self.idle_timeout_secs == 0 {
             p.push(err("server.idle_timeout_secs", "must be at least 1"));

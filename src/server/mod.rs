@@ -30,6 +30,7 @@
 mod admin;
 mod balance;
 mod config;
+mod limits;
 mod metrics;
 mod pool;
 mod serve;

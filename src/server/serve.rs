@@ -60,7 +60,7 @@ impl std::ops::Deref for Forward {
 }
 
 impl Forward {
-    /// No healthy upstream: 502 at once.
+    /// No upstream address known at all: 502 at once.
     fn unreachable(&self) -> Response<UpBody> {
         let r = Refusal::upstream_unreachable();
         if let Some(m) = &self.metrics {
@@ -149,6 +149,7 @@ struct Front {
     stack: KlarnaStepUp<Forward>,
     limits: HeadLimits,
     body_timeout: Duration,
+    body_deadline: Duration,
     /// While it drains, HTTP/1 answers say `Connection: close`: kept-alive clients leave
     /// after their answer rather than meet the close of an idle connection.
     health: Arc<Health>,
@@ -173,7 +174,10 @@ impl hyper::service::Service<Request<Incoming>> for Front {
             return FrontFuture::Answered { res: Some(res) };
         }
         let http1 = parts.version < http::Version::HTTP_2;
-        let req = Request::from_parts(parts, Timed::new(body, self.body_timeout));
+        let req = Request::from_parts(
+            parts,
+            Timed::new(body, self.body_timeout, self.body_deadline),
+        );
         // `Forward` is always ready, and so is the layer over it.
         let mut stack = self.stack.clone();
         FrontFuture::Stack {
@@ -228,6 +232,7 @@ struct Shared {
     connections: Arc<Semaphore>,
     limits: HeadLimits,
     body_timeout: Duration,
+    body_deadline: Duration,
     idle_timeout: Duration,
     grace: Duration,
     health: Arc<Health>,
@@ -250,6 +255,7 @@ impl Shared {
             stack,
             limits: self.limits,
             body_timeout: self.body_timeout,
+            body_deadline: self.body_deadline,
             health: self.health.clone(),
         }
     }
@@ -502,6 +508,33 @@ fn listen_shared(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Fails when some socket listens on `addr` already, `SO_REUSEPORT` or not: a second
+/// instance started on the address of a running one would otherwise share its traffic
+/// silently (only a hand-over, `serve --upgrade`, shares the sockets, and it takes them over
+/// rather than binding its own).
+///
+/// A probe bind without `SO_REUSEPORT`: Linux refuses it (`EADDRINUSE`) while any socket
+/// listens on the address, whatever that socket's options; with `SO_REUSEADDR`, connections
+/// of an earlier run still in `TIME_WAIT` do not count. The probe is closed before the
+/// listeners are bound: two instances started at the very same moment may both pass it.
+fn not_served(addr: SocketAddr) -> Result<(), String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| e.to_string())?;
+    socket.set_reuse_address(true).map_err(|e| e.to_string())?;
+    match socket.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "it is served already (another klarna-stepup? `serve --upgrade` takes over \
+             from a running instance): {e}"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Waits for SIGTERM or SIGINT (SIGHUP is logged and ignored).
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -567,6 +600,7 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), String> {
         s.upstream_tls.as_ref(),
         Duration::from_millis(s.connect_timeout_ms),
         Duration::from_millis(s.read_timeout_ms),
+        Duration::from_millis(s.write_timeout_ms),
     )?;
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -590,7 +624,7 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), String> {
         None => None,
         Some(t) => Some(TlsAcceptor::from(super::tls::server_config(t)?)),
     };
-    if upgrade && balance::pick(&balancer).is_none() {
+    if upgrade && !balance::any_healthy(&balancer) {
         let e = "server.upstream: no upstream is healthy: not taking over from the running one";
         return Err(e.into());
     }
@@ -620,10 +654,14 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), String> {
     }
     let sockets = match inherited.as_mut().and_then(|i| i.listeners_for(listen)) {
         Some(l) => l,
-        None => (0..s.threads)
-            .map(|_| listen_shared(listen))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("server.listen: cannot listen on {listen}: {e}"))?,
+        None => {
+            let fail = |e| format!("server.listen: cannot listen on {listen}: {e}");
+            not_served(listen).map_err(fail)?;
+            (0..s.threads)
+                .map(|_| listen_shared(listen))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| fail(e.to_string()))?
+        }
     };
     let admin = match admin_addr {
         None => None,
@@ -651,12 +689,15 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), String> {
         metrics: admin.as_ref().map(|_| Metrics::register()),
         budget: BufferBudget::new(s.buffer_budget_bytes),
         tls,
-        connections: Arc::new(Semaphore::new(s.max_connections)),
+        connections: Arc::new(Semaphore::new(super::limits::open_files_for(
+            s.max_connections,
+        ))),
         limits: HeadLimits {
             max_bytes: s.max_header_bytes,
             max_count: s.max_headers,
         },
         body_timeout: Duration::from_millis(s.request_body_timeout_ms),
+        body_deadline: Duration::from_millis(s.request_body_deadline_ms),
         idle_timeout: Duration::from_secs(s.idle_timeout_secs),
         grace: Duration::from_secs(s.grace_period_secs),
         health: health.clone(),

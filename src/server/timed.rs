@@ -1,5 +1,5 @@
-//! A body whose every next frame must arrive within a deadline: the client's request body
-//! (past it: 408) and the payment API's answer (past it: the answer is cut off).
+//! A request body whose every next frame must arrive within a timeout, and the whole of it
+//! within a deadline (past either: 408).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::time::{sleep, Sleep};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -19,7 +19,7 @@ pub(crate) struct BodyTimeout;
 
 impl std::fmt::Display for BodyTimeout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("no body bytes within the read timeout")
+        f.write_str("the request body did not come in time")
     }
 }
 
@@ -40,11 +40,14 @@ impl BodyTimeout {
 }
 
 pin_project_lite::pin_project! {
-    /// `B`, each frame within `timeout` of asking for it.
+    /// `B`, each frame within `timeout` of asking for it, and all of it by `until`.
     pub(crate) struct Timed<B> {
         #[pin]
         inner: B,
         timeout: Duration,
+        // The whole body's deadline: a client that sends a byte just within each timeout
+        // cannot hold its connection (and the budget its bytes take) for ever.
+        until: Instant,
         // Boxed: the body stays `Unpin` (hyper's client wants it), and a body that never
         // waits (most: they come with the head) allocates nothing.
         sleep: Option<Pin<Box<Sleep>>>,
@@ -52,10 +55,12 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> Timed<B> {
-    pub(crate) fn new(inner: B, timeout: Duration) -> Self {
+    /// `inner`, each wait at most `timeout`, all of it within `whole` from now.
+    pub(crate) fn new(inner: B, timeout: Duration, whole: Duration) -> Self {
         Timed {
             inner,
             timeout,
+            until: Instant::now() + whole,
             sleep: None,
         }
     }
@@ -79,9 +84,11 @@ where
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         // Armed when the body first waits, cleared by the next frame: each wait has its own
-        // deadline.
-        let timeout = *this.timeout;
-        let deadline = this.sleep.get_or_insert_with(|| Box::pin(sleep(timeout)));
+        // deadline, never later than the whole body's.
+        let (timeout, until) = (*this.timeout, *this.until);
+        let deadline = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(sleep_until((Instant::now() + timeout).min(until))));
         ready!(deadline.as_mut().poll(cx));
         Poll::Ready(Some(Err(Box::new(std::io::Error::new(
             std::io::ErrorKind::TimedOut,

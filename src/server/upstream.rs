@@ -1,6 +1,6 @@
 //! The payment API behind the proxy: connections for each worker's pool (`pool`), to the
 //! backend the balancer picked (another healthy one on connect failure), with TLS per
-//! `[server.upstream_tls]` and a deadline on every read and write.
+//! `[server.upstream_tls]` and a deadline on reads and on writes.
 
 use std::future::Future;
 use std::io;
@@ -26,14 +26,16 @@ use super::config::UpstreamTls;
 pub(crate) struct Connector {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
-    io_timeout: Duration,
+    read_timeout: Duration,
+    write_timeout: Duration,
 }
 
 impl Connector {
     pub(crate) fn new(
         tls: Option<&UpstreamTls>,
         connect_timeout: Duration,
-        io_timeout: Duration,
+        read_timeout: Duration,
+        write_timeout: Duration,
     ) -> Result<Self, String> {
         let tls = match tls {
             None => None,
@@ -46,7 +48,8 @@ impl Connector {
         Ok(Connector {
             tls,
             connect_timeout,
-            io_timeout,
+            read_timeout,
+            write_timeout,
         })
     }
 
@@ -67,12 +70,11 @@ impl Connector {
                 connector.connect(name.clone(), tcp).await?,
             ))),
         };
-        Ok(UpstreamIo {
+        Ok(UpstreamIo::new(
             stream,
-            timeout: self.io_timeout,
-            deadline: Box::pin(tokio::time::sleep(self.io_timeout)),
-            armed: false,
-        })
+            self.read_timeout,
+            self.write_timeout,
+        ))
     }
 }
 
@@ -210,42 +212,96 @@ enum Stream {
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
-/// A connection to the payment API. A read or write that waits longer than the upstream
-/// read timeout fails with `TimedOut` (504 for the request on it; an idle pooled connection
-/// is closed).
-pub(crate) struct UpstreamIo {
-    stream: Stream,
+/// A deadline that runs while one direction of the connection waits, and is cleared by
+/// that direction's progress.
+struct Deadline {
     timeout: Duration,
-    deadline: Pin<Box<Sleep>>,
+    sleep: Pin<Box<Sleep>>,
     armed: bool,
 }
 
-impl UpstreamIo {
-    /// After the stream said `Pending`: wait on, unless the deadline has passed.
-    fn waiting(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+impl Deadline {
+    fn new(timeout: Duration) -> Self {
+        Deadline {
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            armed: false,
+        }
+    }
+
+    /// The stream said `Pending`: wait on, unless the deadline (armed at the first wait
+    /// since the last progress) has passed.
+    fn waiting(&mut self, cx: &mut Context<'_>, what: &'static str) -> Poll<io::Error> {
         if !self.armed {
             self.armed = true;
             let at = Instant::now() + self.timeout;
-            self.deadline.as_mut().reset(at);
+            self.sleep.as_mut().reset(at);
         }
-        ready!(self.deadline.as_mut().poll(cx));
-        Poll::Ready(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "upstream read or write timeout",
-        ))
+        ready!(self.sleep.as_mut().poll(cx));
+        Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what))
     }
 
-    /// The stream's answer to one poll, through the deadline.
-    fn timed<T>(
+    fn progress(&mut self) {
+        self.armed = false;
+    }
+}
+
+/// A connection to the payment API, each direction on its own deadline: a read that waits
+/// longer than the read timeout, or a write (or flush) longer than the write timeout, fails
+/// with `TimedOut` (504 for the request on it).
+///
+/// The read deadline runs from the last bytes received or sent, whichever is later: the
+/// payment API cannot answer a request before it has it, so the wait for an answer starts
+/// when the request's last bytes went out. Only bytes moved count as progress (not a flush
+/// with nothing to flush: hyper flushes on every poll, and that must not keep a hung
+/// answer waiting for ever). An idle pooled connection waits on a read as well, so it
+/// closes after the read timeout.
+pub(crate) struct UpstreamIo {
+    stream: Stream,
+    read: Deadline,
+    write: Deadline,
+}
+
+impl UpstreamIo {
+    fn new(stream: Stream, read_timeout: Duration, write_timeout: Duration) -> Self {
+        UpstreamIo {
+            stream,
+            read: Deadline::new(read_timeout),
+            write: Deadline::new(write_timeout),
+        }
+    }
+
+    /// A read's outcome, through the read deadline.
+    fn read_timed(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<()>>,
+    ) -> Poll<io::Result<()>> {
+        match polled {
+            Poll::Pending => self.read.waiting(cx, "upstream read timeout").map(Err),
+            done => {
+                self.read.progress();
+                done
+            }
+        }
+    }
+
+    /// A write's or flush's outcome, through the write deadline; `moved` says whether it
+    /// sent bytes (which also restarts the wait for the answer).
+    fn write_timed<T>(
         &mut self,
         cx: &mut Context<'_>,
         polled: Poll<io::Result<T>>,
+        moved: impl Fn(&T) -> bool,
     ) -> Poll<io::Result<T>> {
         match polled {
-            Poll::Pending => self.waiting(cx).map(Err),
-            done => {
-                self.armed = false;
-                done
+            Poll::Pending => self.write.waiting(cx, "upstream write timeout").map(Err),
+            Poll::Ready(r) => {
+                self.write.progress();
+                if r.as_ref().is_ok_and(&moved) {
+                    self.read.progress();
+                }
+                Poll::Ready(r)
             }
         }
     }
@@ -268,7 +324,7 @@ impl Read for UpstreamIo {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let polled = with_stream!(this, s => Pin::new(s).poll_read(cx, buf));
-        this.timed(cx, polled)
+        this.read_timed(cx, polled)
     }
 }
 
@@ -280,7 +336,7 @@ impl Write for UpstreamIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = with_stream!(this, s => Pin::new(s).poll_write(cx, buf));
-        this.timed(cx, polled)
+        this.write_timed(cx, polled, |n| *n > 0)
     }
 
     fn poll_write_vectored(
@@ -290,7 +346,7 @@ impl Write for UpstreamIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = with_stream!(this, s => Pin::new(s).poll_write_vectored(cx, bufs));
-        this.timed(cx, polled)
+        this.write_timed(cx, polled, |n| *n > 0)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -303,7 +359,7 @@ impl Write for UpstreamIo {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let polled = with_stream!(this, s => Pin::new(s).poll_flush(cx));
-        this.timed(cx, polled)
+        this.write_timed(cx, polled, |()| false)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -247,7 +247,7 @@ where
     ResB: Body<Data = Bytes>,
 {
     let (mut parts, body) = req.into_parts();
-    let body = match read_body(&parts.headers, body, step_up.webhook_body_limit()).await {
+    let body = match read_body(&parts.headers, body, step_up.webhook_body_limit(), None).await {
         Ok(body) => body,
         Err(r) => {
             let res = refuse(&mut record, &r);
@@ -318,15 +318,15 @@ where
     ResB: Body<Data = Bytes>,
 {
     let (mut parts, body) = req.into_parts();
-    // What this candidate is about to buffer: its declared length (at most the limit), or
-    // 64 KiB; its answer is counted as it arrives.
-    let reserve = engine::content_length(&parts.headers)
-        .map_or(64 * 1024, |n| n.min(step_up.body_limit() as u64) as usize);
-    let Some(mut held) = budget.admit(reserve) else {
+    // Charged by the bytes it holds, as they arrive, declared length or not: a slow client
+    // holding little takes little of the budget, and one without a `Content-Length` cannot
+    // go past it. Its answer is counted as it arrives.
+    let Some(mut held) = budget.admit(0) else {
         let res = refuse(&mut record, &Refusal::overloaded());
         return Ok((record, res));
     };
-    let body = match read_body(&parts.headers, body, step_up.body_limit()).await {
+    let read = read_body(&parts.headers, body, step_up.body_limit(), Some(&mut held)).await;
+    let body = match read {
         Ok(body) => body,
         Err(r) => {
             let res = refuse(&mut record, &r);
@@ -363,6 +363,17 @@ where
     let res = inner
         .call(Request::from_parts(parts, StepUpBody::full(body)))
         .await?;
+    if let Some(r) = res.extensions().get::<Refusal>().cloned() {
+        // The proxy's own 502/504 (see `upstream_refusal`): not Klarna's answer, so neither
+        // rewritten nor marked `passthrough`; it says its own code.
+        record.refused(&r);
+        let (mut parts, body) = res.into_parts();
+        parts.headers.insert(
+            engine::MARKER_HEADER,
+            http::HeaderValue::from_static(r.code),
+        );
+        return Ok((record, Response::from_parts(parts, StepUpBody::new(body))));
+    }
     let res = rewrite_response(&step_up, &exchange, &mut record, res, &mut held).await;
     Ok((record, res))
 }
@@ -454,9 +465,6 @@ where
     }
 }
 
-/// Reads a request body within `limit`: 413 beyond it (declared or counted), 408 when the
-/// body's error is a timeout (an `io::Error` of kind `TimedOut` among its causes, as a body
-/// read timeout of the server gives), 400 when it cannot be read otherwise.
 /// The body of a small answer, when it reads to its end within `limit` bytes.
 async fn read_small<B: Body<Data = Bytes>>(body: B, limit: usize) -> Option<Bytes> {
     let mut body = std::pin::pin!(body);
@@ -472,7 +480,17 @@ async fn read_small<B: Body<Data = Bytes>>(body: B, limit: usize) -> Option<Byte
     Some(raw.freeze())
 }
 
-async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, Refusal>
+/// Reads a request body within `limit`: 413 beyond it (declared or counted), 408 when the
+/// body's error is a timeout (an `io::Error` of kind `TimedOut` among its causes, as a body
+/// read timeout of the server gives), 400 when it cannot be read otherwise. With `held`, the
+/// bytes held are charged to the buffer budget as they come: 503 `overloaded` when it is
+/// spent.
+async fn read_body<B>(
+    headers: &HeaderMap,
+    body: B,
+    limit: usize,
+    mut held: Option<&mut Held>,
+) -> Result<Bytes, Refusal>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -481,7 +499,8 @@ where
         return Err(Refusal::too_large(limit));
     }
     // Frame by frame into one buffer of the declared size: the body is held once, not
-    // once in frames and again when joined.
+    // once in frames and again when joined. (Of a large buffer, only the pages written to
+    // are resident: what is charged is what arrived.)
     let declared = engine::content_length(headers).map_or(0, |n| n as usize);
     let mut body = std::pin::pin!(body);
     let mut first: Option<Bytes> = None;
@@ -504,6 +523,11 @@ where
         let len = first.as_ref().map_or(0, Bytes::len) + joined.len() + data.len();
         if len > limit {
             return Err(Refusal::too_large(limit));
+        }
+        if let Some(held) = held.as_deref_mut() {
+            if !held.try_grow_to(len) {
+                return Err(Refusal::overloaded());
+            }
         }
         // A body in one frame (the usual case) is taken as it is, without a copy.
         match first.take() {
