@@ -17,7 +17,7 @@ use super::client::UpstreamClient;
 use super::ctx::{Own, Req, Resp, StepUpCtx};
 use super::io::{client_timeout_refusal, read_retry_buffered, respond, upstream_refusal, Read};
 use crate::budget::BufferBudget;
-use crate::engine::{self, unix_now, Candidate};
+use crate::engine::{self, unix_now, Candidate, HeadLimits};
 use crate::observe::{Outcome, Record};
 use crate::{KeepReason, Refusal, RequestVerdict, ResponsePlan, ResponseVerdict, Route, StepUp};
 
@@ -62,6 +62,7 @@ pub struct StepUpPhases {
     pub(super) step_up: StepUp,
     large_bodies: LargeBodies,
     budget: BufferBudget,
+    head_limits: HeadLimits,
     pub(super) client: Arc<UpstreamClient>,
 }
 
@@ -72,8 +73,17 @@ impl StepUpPhases {
             step_up,
             large_bodies: LargeBodies::default(),
             budget: BufferBudget::default(),
+            head_limits: HeadLimits::default(),
             client: Arc::default(),
         }
+    }
+
+    /// Bounds on a request head (default: 32 KiB and 100 fields, as the binary's server):
+    /// a larger head gets 431 [`Refusal::headers_too_large`] before anything else runs.
+    /// Pingora's own parser takes up to 1 MiB and 256 fields.
+    pub fn head_limits(mut self, limits: HeadLimits) -> Self {
+        self.head_limits = limits;
+        self
     }
 
     /// What to do with candidate bodies over 64 KiB.
@@ -117,7 +127,19 @@ impl StepUpPhases {
     ///
     /// Removes every `x-klarna-stepup-*` header the client sent, whatever the route: those
     /// are step-up's alone.
+    ///
+    /// First of all, checks the request head as the binary's server does, whatever the
+    /// route: a request target that is not a path, an absolute URL or `*` (Pingora escapes
+    /// a malformed request line such as `POST  /payments` rather than refuse it), no `Host`
+    /// in HTTP/1.1 or more than one, differing `Content-Length`s, a head over
+    /// [`head_limits`](Self::head_limits). Such a request is answered 400 or 431 by
+    /// `request_filter`, with the same JSON as the binary.
     pub fn early_request_filter(&self, session: &mut Session, ctx: &mut StepUpCtx) {
+        if let Err(refusal) = self.check_head(session.req_header_mut()) {
+            ctx.own = Own::BadHead(refusal);
+            ctx.record = Record::acting("request_head", Outcome::NotCandidate);
+            return;
+        }
         engine::strip_forged_headers(session.req_header_mut());
         let req = session.req_header();
         let candidate = match self.step_up.classify(&req.method, &req.uri, &req.headers) {
@@ -173,7 +195,7 @@ impl StepUpPhases {
             Own::RelayPathFromOutside => {
                 return self.refuse(session, ctx, Refusal::not_found()).await
             }
-            Own::Refused(r) => {
+            Own::Refused(r) | Own::BadHead(r) => {
                 let r = r.clone();
                 return self.refuse(session, ctx, r).await;
             }
@@ -558,6 +580,15 @@ impl StepUpPhases {
     /// `response_filter` already answered (logged by step-up itself).
     pub fn suppress_error_log(&self, e: &Error) -> bool {
         e.etype() == &WEBHOOK_ANSWERED
+    }
+
+    /// The binary's head rules, through the engine: the request target's form, then `Host`,
+    /// `Content-Length` and the size bounds.
+    fn check_head(&self, head: &mut RequestHeader) -> std::result::Result<(), Refusal> {
+        let target = head.raw_path();
+        engine::check_request_target(&head.method, target)?;
+        let (version, target_len) = (head.version, target.len());
+        engine::check_request_head(head, version, target_len, self.head_limits)
     }
 
     fn start_streaming(

@@ -1,6 +1,7 @@
 //! [`KlarnaStepUp`]: the middleware service. Framing only: it reads and replaces bodies and
 //! heads as the engine says.
 
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -331,9 +332,11 @@ where
     };
     let (body, exchange) = match verdict {
         RequestVerdict::NotKlarna => {
-            let res = inner
-                .call(Request::from_parts(parts, StepUpBody::full(body)))
-                .await?;
+            let (body, taken) = StepUpBody::watched(body);
+            let res = inner.call(Request::from_parts(parts, body)).await?;
+            if answered_by_inner(&taken, &res) {
+                record.answered_by_inner();
+            }
             return Ok((record, res.map(StepUpBody::new)));
         }
         RequestVerdict::Refused(r) => {
@@ -346,9 +349,14 @@ where
         }
     };
     engine::injected_request(&mut parts.headers, body.len());
-    let res = inner
-        .call(Request::from_parts(parts, StepUpBody::full(body)))
-        .await?;
+    let (body, taken) = StepUpBody::watched(Bytes::from(body));
+    let res = inner.call(Request::from_parts(parts, body)).await?;
+    if answered_by_inner(&taken, &res) {
+        // The inner service's own answer (say an authentication 401): nothing reached the
+        // payment API, there is nothing of Klarna's to read; untouched and unmarked.
+        record.answered_by_inner();
+        return Ok((record, res.map(StepUpBody::new)));
+    }
     let res = rewrite_response(&step_up, &exchange, &mut record, res, &mut held).await;
     Ok((record, res))
 }
@@ -514,6 +522,13 @@ pub(super) fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
     })
+}
+
+/// Whether the inner service answered without taking the body it was handed (`taken`):
+/// its own answer, not the payment API's. A proxy's own error answer (it carries its
+/// [`Refusal`]) is not: that request failed upstream.
+fn answered_by_inner<B>(taken: &std::sync::atomic::AtomicBool, res: &Response<B>) -> bool {
+    !taken.load(Ordering::Relaxed) && res.extensions().get::<Refusal>().is_none()
 }
 
 /// Step-up's own answer, recorded.
