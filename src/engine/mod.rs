@@ -18,7 +18,7 @@
 //! made here too (`head`), so that every adapter sends the same bytes.
 
 mod compile;
-mod decode;
+pub(crate) mod decode;
 mod head;
 pub(crate) mod json;
 mod klarna;

@@ -58,7 +58,7 @@
 //!   re-compressed for the client as its `Accept-Encoding` asks by Pingora's
 //!   `ResponseCompression` module. On Pingora's pipeline (large streamed bodies, HTTP/2
 //!   peers, or [`StepUpPhases`] in your own filters) the header goes out before the body is
-//!   read: the answer is then chunked and marked before the engine's verdict.
+//!   read: the answer is then chunked, and its header carries no marker (see below).
 //! - **Upstream failures of candidate requests**: 502/504 with the JSON error
 //!   ([`Refusal::upstream_unreachable`](crate::Refusal::upstream_unreachable),
 //!   [`Refusal::upstream_timeout`](crate::Refusal::upstream_timeout)); other requests' failures
@@ -91,11 +91,14 @@
 //! Pingora's pipeline (bodies over 64 KiB, HTTP/2-capable peers, `direct_exchange(false)`,
 //! or [`StepUpPhases`] in your own filters), one difference remains that Pingora's phase
 //! order imposes: the header of an answer that is being read for a rewrite goes to the
-//! client before its body has been read. It is therefore sent chunked, without
-//! `Content-Length`, `ETag` or `Accept-Ranges`, and marked `rewritten`; if the engine then
-//! keeps the answer (an unknown `result`, a body that is not JSON) the client gets the
-//! upstream's bytes untouched under that header, and the log and [`Outcome`](crate::Outcome) say
-//! `passthrough`.
+//! client before its body has been read, so it says only what holds either way. It is sent
+//! chunked, without `Content-Length`, `Content-Encoding`, `ETag` or `Accept-Ranges`, and
+//! without the marker; the body is the rewritten answer, or the upstream's bytes (decoded,
+//! if they came in an encoding Pingora does not decode, such as `zstd` or `deflate`: an
+//! answer that cannot be decoded within `body_limit` is cut short). What the engine decided
+//! is in the `request done` log line and the [`Record`](crate::Record)'s
+//! [`Outcome`](crate::Outcome). An answer not read for a rewrite (not a 2xx JSON answer,
+//! declared too large) is marked `passthrough` as usual.
 //!
 //! # Calling step-up from your own filters
 //!

@@ -395,9 +395,12 @@ impl StepUpPhases {
         }
     }
 
-    /// `response_filter`: the client-facing header. For an answer being rewritten: no stale
-    /// length or validators, chunked (the header goes out before the body is read), marked
-    /// `rewritten`. Otherwise the marker says `passthrough` and compression is left off.
+    /// `response_filter`: the client-facing header. For an answer read for a rewrite: the
+    /// header goes out before the body is read, so it carries only what holds whatever the
+    /// engine then decides: chunked, no length, encoding or validators (the body is sent
+    /// rewritten, or as the upstream's bytes decoded), and no marker (the verdict is in the
+    /// log line and the [`Record`]). An answer not read: marked `passthrough`, compression
+    /// left off.
     ///
     /// For a relayed webhook: a 2xx goes to Klarna marked `relayed`; anything else is
     /// answered here with the 503 [`Refusal::webhook_not_accepted`] (exact
@@ -420,7 +423,11 @@ impl StepUpPhases {
             return Ok(());
         }
         if let Resp::Buffering { .. } = ctx.resp {
-            engine::mark_rewritten(response);
+            for name in &engine::STALE_RESPONSE_HEADERS {
+                if response.headers.contains_key(name) {
+                    response.remove_header(name);
+                }
+            }
             response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         } else {
             self.passthrough_head(session, response, ctx);
@@ -437,7 +444,7 @@ impl StepUpPhases {
         ctx: &mut StepUpCtx,
     ) {
         let limit = self.step_up.body_limit();
-        let Resp::Buffering { acc, .. } = &mut ctx.resp else {
+        let Resp::Buffering { acc, headers, .. } = &mut ctx.resp else {
             if ctx.decoded_by_pingora && ctx.exchange.is_some() {
                 // An answer step-up passes on that Pingora decodes (decompression is on
                 // for every Klarna exchange): bounded too, or 1 MB of gzip reaches the
@@ -456,9 +463,12 @@ impl StepUpPhases {
         if let Some(held) = &mut ctx.held {
             held.grow_to(acc.len());
         }
-        if acc.len() > limit && ctx.decoded_by_pingora {
-            // Decoded past the limit: an inflation, not a Klarna answer. Stop it (the
-            // client sees the answer cut short) rather than inflate the rest.
+        // Decoded by Pingora past the limit (an inflation, not a Klarna answer), or still
+        // encoded and too large to decode within it (its header went out without its
+        // `Content-Encoding`, so its bytes cannot follow): stopped, the client sees the
+        // answer cut short.
+        let encoded = headers.contains_key(header::CONTENT_ENCODING);
+        if acc.len() > limit && (ctx.decoded_by_pingora || encoded) {
             ctx.record.read_response(acc.len());
             ctx.record.kept(KeepReason::TooLarge);
             ctx.resp = Resp::Aborted;
@@ -503,10 +513,19 @@ impl StepUpPhases {
                 *body = Some(Bytes::from(new));
             }
             ResponseVerdict::Keep(reason) => {
-                // The header already went out marked `rewritten`: Pingora writes it before
-                // any body filter runs. The bytes are the upstream's, untouched.
                 ctx.record.kept(reason);
-                *body = Some(raw);
+                // The header already went out without `Content-Encoding` (Pingora writes it
+                // before any body filter runs): an answer still encoded goes out decoded, or
+                // not at all.
+                let encoding = headers.get(header::CONTENT_ENCODING);
+                if encoding.is_none() {
+                    *body = Some(raw);
+                    return;
+                }
+                match engine::decode::decode(encoding, &raw, limit) {
+                    Some(plain) => *body = Some(Bytes::copy_from_slice(&plain)),
+                    None => ctx.resp = Resp::Aborted,
+                }
             }
         }
     }
