@@ -29,6 +29,43 @@
 //! }
 //! ```
 //!
+//! # Under a prefix: axum's `Router::nest`
+//!
+//! Step-up's routes (`POST /payments` by default, the acquirer return, the webhook path) are
+//! paths as the layer sees them. Inside a router nested with `Router::nest("/api", ..)`,
+//! axum hands the layer the path without the prefix, and the routes need nothing more.
+//! Around the outer router, the layer sees `/api/payments`: tell it where the payment API is
+//! mounted with [`KlarnaStepUpLayer::mounted_at`], or it sees no candidate route there and
+//! the partner gets Klarna's answer unrewritten.
+//!
+//! ```no_run
+//! use axum::{routing::post, Json, Router};
+//! use klarna_stepup::{tower::KlarnaStepUpLayer, StepUp};
+//! use serde_json::Value;
+//!
+//! async fn create_payment(Json(payment): Json<Value>) -> Json<Value> {
+//!     Json(payment)
+//! }
+//!
+//! # fn main() -> Result<(), klarna_stepup::ConfigErrors> {
+//! let step_up = StepUp::from_toml("")?;
+//! let payments = Router::new().route("/payments", post(create_payment));
+//!
+//! // Inside the nested router: the layer sees `/payments`.
+//! let inside: Router = Router::new().nest(
+//!     "/api",
+//!     payments.clone().layer(KlarnaStepUpLayer::new(step_up.clone())),
+//! );
+//!
+//! // Around the outer router: the layer sees `/api/payments`, and is told so.
+//! let around: Router = Router::new()
+//!     .nest("/api", payments)
+//!     .layer(KlarnaStepUpLayer::new(step_up).mounted_at("/api"));
+//! # let _ = (inside, around);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! What it does per request:
 //! - Not a candidate route: nothing is buffered; request and response stream through.
 //! - Candidate: the body is read up to the limit (413 beyond it). Not Klarna: forwarded
@@ -47,6 +84,7 @@
 mod body;
 mod future;
 mod layer;
+mod mount;
 mod service;
 
 pub use body::StepUpBody;

@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use tower_service::Service;
 use tracing::Instrument;
 
+use super::mount::{Local, Mount};
 use super::{ResponseFuture, StepUpBody};
 use crate::budget::{BufferBudget, Held};
 use crate::engine::{self, unix_now, Candidate, Exchange};
@@ -27,6 +28,7 @@ pub struct KlarnaStepUp<S> {
     step_up: StepUp,
     observer: Option<Observer>,
     budget: BufferBudget,
+    mount: Mount,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for KlarnaStepUp<S> {
@@ -46,7 +48,28 @@ impl<S> KlarnaStepUp<S> {
             step_up,
             observer: None,
             budget: BufferBudget::default(),
+            mount: Mount::default(),
         }
+    }
+
+    /// The path prefix the wrapped service is mounted under, when the layer wraps a router
+    /// from outside its mount point (an axum `Router::nest("/api", payments)` wrapped as a
+    /// whole): step-up's routes (candidate routes, the acquirer return, the webhook path and
+    /// the payment API's relay and notification paths) are then read under it, so
+    /// `POST /api/payments` is the candidate route `POST /payments`. The prefix is matched
+    /// without regard to ASCII case and must be followed by `/`, `?` or the end; requests
+    /// outside it are not step-up's and stream through. Requests keep their whole path on the
+    /// way in; the relay and notification requests step-up makes get the prefix. A layer
+    /// inside the nested router needs none: axum hands it the path without the prefix. See
+    /// the [module docs](crate::tower) for both.
+    pub fn mounted_at(mut self, prefix: &str) -> Self {
+        self.mount = Mount::new(prefix);
+        self
+    }
+
+    pub(super) fn with_mount(mut self, mount: Mount) -> Self {
+        self.mount = mount;
+        self
     }
 
     /// The process-wide budget of buffered candidate bytes (default 64 MiB, this service's
@@ -122,7 +145,12 @@ where
         let observer = self.observer.clone();
         // x-klarna-stepup-* headers are step-up's alone: none comes in from outside.
         engine::strip_forged_headers(req.headers_mut());
-        match step_up.classify(req.method(), req.uri(), req.headers()) {
+        let route = match self.mount.local(req.uri()) {
+            Local::Unmounted => step_up.classify(req.method(), req.uri(), req.headers()),
+            Local::Under(uri) => step_up.classify(req.method(), &uri, req.headers()),
+            Local::Outside => Route::PassThrough,
+        };
+        match route {
             Route::Candidate(candidate) => {
                 let pattern = step_up.candidate_pattern(candidate);
                 let record = Record::acting(pattern, Outcome::NotKlarna);
@@ -135,13 +163,15 @@ where
             Route::Return => {
                 let record = Record::acting("acquirer_return", Outcome::NotCandidate);
                 let span = record.span().clone();
-                let fut = acquirer_return(step_up, self.take_ready(), req, record);
+                let mount = self.mount.clone();
+                let fut = acquirer_return(step_up, self.take_ready(), req, record, mount);
                 ResponseFuture::step_up(Box::pin(observed(fut, observer).instrument(span)))
             }
             Route::Webhook => {
                 let record = Record::acting("webhook", Outcome::NotCandidate);
                 let span = record.span().clone();
-                let fut = webhook(step_up, self.take_ready(), req, record);
+                let mount = self.mount.clone();
+                let fut = webhook(step_up, self.take_ready(), req, record, mount);
                 ResponseFuture::step_up(Box::pin(observed(fut, observer).instrument(span)))
             }
             Route::Refused(refused) => {
@@ -188,12 +218,17 @@ async fn acquirer_return<S, ReqB, ResB>(
     mut inner: S,
     req: Request<ReqB>,
     mut record: Record,
+    mount: Mount,
 ) -> Answer<ResB, S::Error>
 where
     S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
     ResB: Body<Data = Bytes>,
 {
-    let redirect = match step_up.resolve_return(req.uri(), unix_now()) {
+    let resolved = match mount.local(req.uri()) {
+        Local::Under(local) => step_up.resolve_return(&local, unix_now()),
+        _ => step_up.resolve_return(req.uri(), unix_now()),
+    };
+    let redirect = match resolved {
         Ok(r) => r,
         Err(r) => {
             let res = refuse(&mut record, &r);
@@ -203,7 +238,7 @@ where
     let host = req.headers().get(http::header::HOST);
     if let Some((notify, timeout)) = step_up.return_notification(&redirect, host) {
         let (mut parts, body) = notify.into_parts();
-        parts.uri = with_path(req.uri(), parts.uri.path());
+        parts.uri = with_path(req.uri(), &mount.outer(parts.uri.path()));
         let notify = Request::from_parts(parts, StepUpBody::full(body));
         // The redirect waits for the notification at most `timeout`: the customer comes first.
         record.notified(
@@ -226,6 +261,7 @@ async fn webhook<S, ReqB, ResB>(
     mut inner: S,
     req: Request<ReqB>,
     mut record: Record,
+    mount: Mount,
 ) -> Answer<ResB, S::Error>
 where
     S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
@@ -252,7 +288,7 @@ where
     };
     record.webhook_verified(&event);
     engine::relay_request(&mut parts.headers, &event);
-    parts.uri = with_path(&parts.uri, step_up.webhook_relay_path());
+    parts.uri = with_path(&parts.uri, &mount.outer(step_up.webhook_relay_path()));
     // Bounded: Klarna must hear back (and retry on a 503) even if the payment API hangs.
     let relayed = tokio::time::timeout(
         step_up.webhook_relay_timeout(),
