@@ -256,3 +256,61 @@ async fn a_large_card_payment_is_neither_read_nor_marked_on_both_paths() {
         }
     }
 }
+
+/// For comparison, the direct exchange (bodies up to 64 KiB through `StepUpProxy`): the
+/// header follows the verdict, so it is marked, and a kept answer keeps its encoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_bodies_on_the_direct_exchange_are_marked_and_keep_their_encoding() {
+    let up = upstream::start().await;
+    let step_up = fixtures::by_name("step_up_required");
+    let unknown = fixtures::by_name("unknown_result");
+    let [(_, proxy), _] = proxies(up.addr);
+    let zl: Encoding = Some(("deflate", deflate));
+
+    up.set_answer(answer(&step_up, zl));
+    let res = post(proxy, &step_up.body, false).await;
+    assert_eq!(res.header("x-klarna-stepup"), Some("rewritten"));
+    assert_eq!(res.header("content-encoding"), None);
+    assert_eq!(show(&res.body), show(&step_up.expect.body));
+
+    let kept = answer(&unknown, zl);
+    up.set_answer(kept.clone());
+    let res = post(proxy, &step_up.body, false).await;
+    assert_eq!(res.header("x-klarna-stepup"), Some("passthrough"));
+    assert_eq!(res.header("content-encoding"), Some("deflate"));
+    assert!(res.body == kept.body, "the upstream's bytes, still encoded");
+    assert_eq!(up.take_received().len(), 2);
+}
+
+/// An answer that says `deflate` and does not decode: its header left without its
+/// `Content-Encoding` (or was about to), so its bytes cannot follow. The client sees it cut
+/// short, or the proxy's error if the header had not left yet; never the bytes as a
+/// complete answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_answer_that_does_not_decode_is_cut_short_on_both_paths() {
+    let up = upstream::start().await;
+    let unknown = fixtures::by_name("unknown_result");
+    let body = padded("step_up_required");
+    let mut corrupt = Answer::of(&unknown);
+    corrupt.body = b"not deflate at all".to_vec();
+    corrupt
+        .headers
+        .push(("content-encoding".into(), "deflate".into()));
+    up.set_answer(corrupt);
+    for (path, proxy) in proxies(up.addr) {
+        let res = raw_request(
+            proxy,
+            "POST",
+            "/payments",
+            &[("content-type", "application/json")],
+            ReqBody::Length(&body),
+            LIMIT,
+        )
+        .await;
+        if let Ok(res) = res {
+            assert!(res.status >= 500, "{path}: {res:?}");
+            assert!(res.body.is_empty(), "{path}: {res:?}");
+        }
+        assert_eq!(up.take_received().len(), 1, "{path}");
+    }
+}

@@ -149,8 +149,9 @@
 //!         self.step_up.request_body_filter(body, eos, ctx)
 //!     }
 //!     async fn upstream_response_filter(
-//!         &self, _: &mut Session, res: &mut ResponseHeader, ctx: &mut StepUpCtx,
+//!         &self, s: &mut Session, res: &mut ResponseHeader, ctx: &mut StepUpCtx,
 //!     ) -> Result<()> {
+//!         self.step_up.note_upstream_decoding(s, ctx);
 //!         self.step_up.upstream_response_filter(res, ctx);
 //!         Ok(())
 //!     }
@@ -163,6 +164,10 @@
 //!         &self, _: &mut Session, body: &mut Option<Bytes>, eos: bool, ctx: &mut StepUpCtx,
 //!     ) -> Result<Option<std::time::Duration>> {
 //!         self.step_up.response_body_filter(body, eos, ctx);
+//!         if self.step_up.response_aborted(ctx) {
+//!             // An answer that cannot be sent as its header announced it: cut short.
+//!             return Error::e_explain(ErrorType::Custom("answer_aborted"), "answer stopped");
+//!         }
 //!         Ok(None)
 //!     }
 //!     async fn fail_to_proxy(&self, s: &mut Session, e: &Error, ctx: &mut StepUpCtx) -> FailToProxy {

@@ -444,6 +444,10 @@ impl StepUpPhases {
         ctx: &mut StepUpCtx,
     ) {
         let limit = self.step_up.body_limit();
+        if let Resp::Aborted = ctx.resp {
+            *body = None;
+            return;
+        }
         let Resp::Buffering { acc, headers, .. } = &mut ctx.resp else {
             if ctx.decoded_by_pingora && ctx.exchange.is_some() {
                 // An answer step-up passes on that Pingora decodes (decompression is on
@@ -530,9 +534,12 @@ impl StepUpPhases {
         }
     }
 
-    /// Whether the answer must stop now: Pingora decoded it past the body limit (see
-    /// [`response_body_filter`](Self::response_body_filter)). Return an `Err` from your
-    /// `response_body_filter` then ([`StepUpProxy`](super::StepUpProxy) does).
+    /// Whether the answer must stop now: Pingora decoded it past the body limit, or it is
+    /// still encoded in a way that cannot be decoded within it after its header left without
+    /// its `Content-Encoding` (see [`response_body_filter`](Self::response_body_filter)).
+    /// Return an `Err` from your `response_body_filter` then
+    /// ([`StepUpProxy`](super::StepUpProxy) does), so that the client sees the answer cut
+    /// short rather than complete.
     pub fn response_aborted(&self, ctx: &StepUpCtx) -> bool {
         matches!(ctx.resp, Resp::Aborted)
     }
