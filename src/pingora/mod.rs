@@ -36,8 +36,14 @@
 //! [`StepUpProxy`] delegates every phase of `ProxyHttp` to the inner proxy (its `CTX` is kept
 //! in [`StepUpProxyCtx::inner`]) and adds, per request:
 //!
+//! - **Every request**: its head checked as the binary's server checks it (see
+//!   [`StepUpPhases::early_request_filter`]), refused with the same JSON before the inner
+//!   proxy's `request_filter` runs.
 //! - **Not a candidate route**: nothing. The body is not buffered, headers and bytes are the
 //!   inner proxy's business. Cost: one route lookup on method and path.
+//! - **A candidate the inner proxy's `request_filter` answers** (an authentication 401,
+//!   say): its answer, untouched, recorded as
+//!   [`Outcome::AnsweredByInner`](crate::Outcome::AnsweredByInner).
 //! - **Candidate, body up to 64 KiB** (Pingora's retry buffer): the body is read in
 //!   `request_filter`. Not Klarna: forwarded byte for byte. Refused (bad return URL, over
 //!   `body_limit`): the JSON error is answered there and the upstream is never contacted.

@@ -68,6 +68,10 @@
 //!
 //! What it does per request:
 //! - Not a candidate route: nothing is buffered; request and response stream through.
+//! - A candidate the inner service answers without reading the body it was handed (an
+//!   authentication middleware's 401, say): that answer goes out untouched and unmarked,
+//!   recorded as [`Outcome::AnsweredByInner`](crate::Outcome::AnsweredByInner), as the
+//!   Pingora adapter records a candidate its inner proxy's `request_filter` answered.
 //! - Candidate: the body is read up to the limit (413 beyond it). Not Klarna: forwarded
 //!   byte for byte. Refused: a 400 JSON error, the inner service is not called. Klarna: the
 //!   new body goes on with an exact `Content-Length` and `Accept-Encoding: identity`.
