@@ -14,6 +14,7 @@ use common::raw_http::{raw_request, RawResponse, ReqBody};
 use klarna_stepup::tower::KlarnaStepUpLayer;
 use klarna_stepup::StepUp;
 use serde_json::Value;
+use tower::Layer;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -105,4 +106,59 @@ async fn under_nest_inside_and_around_with_mounted_at() {
         echoed.get("step_up_config").is_none(),
         "the payment API got the partner's body without step_up_config"
     );
+}
+
+/// Around the whole router with `mounted_at`, step-up's own paths are read under the prefix
+/// too, and the webhook it relays goes to the payment API's relay path under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_under_the_mount_point_are_relayed_under_it() {
+    use common::return_webhook::{signature, step_up, COMPLETED};
+    let relayed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let seen = relayed.clone();
+    let api = Router::new().route(
+        "/webhooks/klarna",
+        post(move |body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(body.to_vec());
+                "ok"
+            }
+        }),
+    );
+    // The layer around the router as a whole (not `Router::layer`, which wraps each route's
+    // endpoint): the webhook it relays must be routed by the router.
+    let app = Router::new().nest("/api", api);
+    let app = KlarnaStepUpLayer::new(step_up(""))
+        .mounted_at("/api")
+        .layer(app);
+    // Served as an outer router's fallback service, which takes every request.
+    let addr = serve(Router::new().fallback_service(app)).await;
+    let sig = signature(COMPLETED.as_bytes());
+    let headers = [
+        ("content-type", "application/json"),
+        ("klarna-signing-key-id", "a"),
+        ("klarna-signature", sig.as_str()),
+    ];
+    let res = raw_request(
+        addr,
+        "POST",
+        "/api/klarna/webhooks",
+        &headers,
+        ReqBody::Length(COMPLETED.as_bytes()),
+        LIMIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    assert_eq!(res.header("x-klarna-stepup"), Some("relayed"));
+    assert_eq!(
+        *relayed.lock().unwrap(),
+        vec![COMPLETED.as_bytes().to_vec()]
+    );
+
+    // The relay path itself, from outside: refused, not relayed.
+    let res = post_json(addr, "/api/webhooks/klarna", COMPLETED.as_bytes()).await;
+    assert_eq!(res.status, 404);
+    assert_eq!(res.header("x-klarna-stepup"), Some("not_found"));
+    assert_eq!(relayed.lock().unwrap().len(), 1);
 }

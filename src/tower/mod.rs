@@ -66,6 +66,27 @@
 //! # }
 //! ```
 //!
+//! axum's `Router::layer` wraps each route's endpoint (and the fallback), after routing:
+//! enough for candidate routes. Step-up's own routes are not routes of your router, and the
+//! webhook relay and the return notification are requests step-up sends through the service
+//! it wraps: for those, wrap the router as a whole and serve it as the fallback service of an
+//! outer router, which takes every request:
+//!
+//! ```no_run
+//! # use axum::{routing::post, Router};
+//! # use klarna_stepup::{tower::KlarnaStepUpLayer, StepUp};
+//! use tower::Layer;
+//! # fn main() -> Result<(), klarna_stepup::ConfigErrors> {
+//! # let step_up = StepUp::from_toml("")?;
+//! # let payments: Router = Router::new().route("/payments", post(|| async { "" }));
+//! let api = Router::new().nest("/api", payments);
+//! let app: Router = Router::new()
+//!     .fallback_service(KlarnaStepUpLayer::new(step_up).mounted_at("/api").layer(api));
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! What it does per request:
 //! - Not a candidate route: nothing is buffered; request and response stream through.
 //! - A candidate the inner service answers without reading the body it was handed (an
