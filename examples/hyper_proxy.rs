@@ -8,10 +8,12 @@
 //! duties are here too: upstream connect and read timeouts answered with step-up's JSON
 //! 502/504 (`Connection: close`), hop-by-hop headers stripped both ways
 //! (`klarna_stepup::engine::strip_hop_by_hop`), and on SIGINT/SIGTERM a graceful shutdown
-//! that stops accepting and finishes the requests in flight (at most 10 s). The same shape,
-//! with its tests, is `tests/common/tower_proxy.rs`.
+//! that stops accepting and finishes the requests in flight (at most 10 s). It serves
+//! HTTP/1.1 and HTTP/2 (h2c, prior knowledge) to clients, and speaks HTTP/1.1 to the payment
+//! API. `tests/hyper_proxy_example.rs` runs it over loopback.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -48,7 +50,7 @@ fn refused(r: &Refusal) -> Response<ProxyBody> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
@@ -56,7 +58,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:8080".into());
     let upstream = args.next().unwrap_or_else(|| "127.0.0.1:9000".into());
 
-    let step_up = StepUp::from_toml("")?;
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    println!("proxy on http://{}", listener.local_addr()?);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    serve(listener, upstream, StepUp::from_toml("")?, stop).await
+}
+
+/// Serves the proxy on `listener` in front of `upstream` (`host:port`) until `stop`
+/// completes, then lets the requests in flight finish (at most the grace period).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    upstream: String,
+    step_up: StepUp,
+    stop: impl Future<Output = ()>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     let client = Client::builder(TokioExecutor::new()).build::<_, StepUpBody<Incoming>>(connector);
@@ -66,6 +87,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (client, upstream) = (client.clone(), upstream.clone());
         async move {
             strip_hop_by_hop(req.headers_mut());
+            // An HTTP/2 request names its host in the URI, not in `Host`; the payment API is
+            // spoken to in HTTP/1.1.
+            if !req.headers().contains_key(http::header::HOST) {
+                if let Some(host) = req.uri().authority().and_then(|a| a.as_str().parse().ok()) {
+                    req.headers_mut().insert(http::header::HOST, host);
+                }
+            }
+            *req.version_mut() = http::Version::HTTP_11;
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
             *req.uri_mut() = format!("http://{upstream}{path}")
                 .parse()
@@ -87,16 +116,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(KlarnaStepUpLayer::new(step_up))
         .service(forward);
 
-    let listener = tokio::net::TcpListener::bind(&listen).await?;
-    println!("proxy on http://{}", listener.local_addr()?);
     let server = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stop = std::pin::pin!(stop);
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => accepted?,
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            _ = stop.as_mut() => break,
         };
         let svc = TowerToHyperService::new(proxy.clone());
         let conn = server.serve_connection_with_upgrades(TokioIo::new(stream), svc);

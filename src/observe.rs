@@ -36,11 +36,17 @@ pub enum Outcome {
     Redirected,
     /// A verified webhook relayed to the payment API, which accepted it (2xx).
     Relayed,
+    /// A candidate the wrapped proxy or service answered by itself, without taking the body
+    /// step-up had for the payment API: on Pingora, the inner proxy's `request_filter`
+    /// answered (say an authentication 401) before step-up read the body; with tower, the
+    /// inner service answered without reading the body the layer handed it. Its answer
+    /// goes to the client untouched and unmarked.
+    AnsweredByInner,
 }
 
 impl Outcome {
     /// The metric label: `not_candidate`, `not_klarna`, `rewritten`, `passthrough`,
-    /// `refused`, `upstream_error`, `redirected` or `relayed`.
+    /// `refused`, `upstream_error`, `redirected`, `relayed` or `answered_by_inner`.
     pub fn label(self) -> &'static str {
         match self {
             Outcome::NotCandidate => "not_candidate",
@@ -51,6 +57,7 @@ impl Outcome {
             Outcome::UpstreamError(_) => "upstream_error",
             Outcome::Redirected => "redirected",
             Outcome::Relayed => "relayed",
+            Outcome::AnsweredByInner => "answered_by_inner",
         }
     }
 
@@ -320,6 +327,12 @@ impl Record {
         self.span.in_scope(|| {
             tracing::warn!(reason = %reason, "klarna answer passed through untouched");
         });
+    }
+
+    /// The wrapped proxy or service answered a candidate by itself (see
+    /// [`Outcome::AnsweredByInner`]).
+    pub(crate) fn answered_by_inner(&mut self) {
+        self.outcome = Outcome::AnsweredByInner;
     }
 
     /// An acquirer return, redirected.

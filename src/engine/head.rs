@@ -292,7 +292,7 @@ impl Default for HeadLimits {
 /// request with more than one (400 [`Refusal::bad_request_head`], RFC 9112 section 3.2); a
 /// `Content-Length` given as a list: identical values (`5, 5`) are replaced by one value
 /// before the request goes anywhere, differing ones refused (RFC 9110 section 8.6).
-#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "cli", feature = "pingora")), allow(dead_code))]
 pub(crate) fn check_request_head(
     head: &mut impl Head,
     version: http::Version,
@@ -348,6 +348,38 @@ pub(crate) fn check_request_head(
     })?;
     head.set(header::CONTENT_LENGTH, value);
     Ok(())
+}
+
+/// Checks a request target as it reached the adapter, per RFC 9112 section 3.2: origin-form
+/// (`/path?query`), absolute-form (`http://host/path`), `*` (for `OPTIONS`), or the
+/// authority-form of `CONNECT`. Anything else is refused (400 [`Refusal::bad_request_head`]):
+/// a parser that accepts a malformed request line (Pingora escapes `POST  /payments`, with
+/// two spaces, into the target `%20/payments`) would otherwise hand the payment API a path
+/// that no route check saw for what it is. hyper, under the binary, refuses those lines
+/// before they are requests.
+#[cfg_attr(not(feature = "pingora"), allow(dead_code))]
+pub(crate) fn check_request_target(method: &http::Method, target: &[u8]) -> Result<(), Refusal> {
+    let absolute = |t: &[u8]| {
+        t.iter()
+            .position(|&b| b == b':')
+            .is_some_and(|i| i > 0 && t[..i].iter().all(u8::is_ascii_alphanumeric))
+            && t.windows(3).any(|w| w == b"://")
+    };
+    let ok = match target.first() {
+        Some(b'/') => true,
+        Some(b'*') => target.len() == 1 && method == http::Method::OPTIONS,
+        Some(_) if method == http::Method::CONNECT => true,
+        Some(_) => absolute(target),
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::bad_request_head(
+            "request-target",
+            "the request target must be a path starting with /, an absolute URL, or *",
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -501,6 +533,30 @@ mod tests {
             code(&mut head(&many), Version::HTTP_10),
             Err("headers_too_large")
         );
+    }
+
+    #[test]
+    fn request_targets_per_rfc_9112() {
+        use http::Method;
+        for (m, t) in [
+            (Method::POST, "/payments"),
+            (Method::GET, "/"),
+            (Method::GET, "http://api.example/payments"),
+            (Method::OPTIONS, "*"),
+            (Method::CONNECT, "api.example:443"),
+        ] {
+            assert!(super::check_request_target(&m, t.as_bytes()).is_ok(), "{t}");
+        }
+        for (m, t) in [
+            (Method::POST, "%20/payments"),
+            (Method::POST, ""),
+            (Method::POST, "payments"),
+            (Method::GET, "*"),
+            (Method::POST, "a b://x"),
+        ] {
+            let r = super::check_request_target(&m, t.as_bytes()).unwrap_err();
+            assert_eq!(r.code, "bad_request_head", "{t}");
+        }
     }
 
     use super::*;

@@ -18,7 +18,7 @@
 //! made here too (`head`), so that every adapter sends the same bytes.
 
 mod compile;
-mod decode;
+pub(crate) mod decode;
 mod head;
 pub(crate) mod json;
 mod klarna;
@@ -47,9 +47,9 @@ use routes::RoutePattern;
 use webhook::Webhooks;
 
 pub use crate::config::DEFAULT_BODY_LIMIT;
-// Used by the binary's server only.
-#[cfg_attr(not(feature = "cli"), allow(unused_imports))]
-pub(crate) use head::check_request_head;
+// Used by the binary's server and the Pingora adapter.
+#[cfg_attr(not(any(feature = "cli", feature = "pingora")), allow(unused_imports))]
+pub(crate) use head::{check_request_head, check_request_target};
 // `Head` is named only by the Pingora adapter (tower edits `http::HeaderMap`s through it).
 #[cfg_attr(not(feature = "pingora"), allow(unused_imports))]
 pub(crate) use head::Head;

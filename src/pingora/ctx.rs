@@ -44,6 +44,9 @@ pub(super) enum Own {
     RelayPathFromOutside,
     /// A candidate route refused from its head (ambiguous path, content type or encoding).
     Refused(Refusal),
+    /// Any request whose head the binary's server would refuse (request target, `Host`,
+    /// size): answered before the inner proxy's `request_filter`.
+    BadHead(Refusal),
 }
 
 /// The answer to a Klarna exchange on Pingora's pipeline.
@@ -129,6 +132,11 @@ impl StepUpCtx {
     /// alone, and [`StepUpProxy`](super::StepUpProxy) hands them its phases unwrapped.
     pub(crate) fn acts(&self) -> bool {
         self.record.acts()
+    }
+
+    /// Whether the request's head is refused: answered before anything else looks at it.
+    pub(super) fn bad_head(&self) -> bool {
+        matches!(self.own, Own::BadHead(_))
     }
 
     pub(super) fn relayed_webhook(&self) -> bool {

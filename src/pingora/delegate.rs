@@ -101,7 +101,15 @@ where
     where
         Self::CTX: Send + Sync,
     {
+        if ctx.step_up.bad_head() {
+            // Refused before the inner proxy looks at it, as the binary's server does.
+            return Box::pin(self.step_up_request_filter(session, ctx)).await;
+        }
         if self.inner.request_filter(session, &mut ctx.inner).await? {
+            if ctx.step_up.acts() {
+                // Before step-up read or answered anything: the inner proxy's own answer.
+                ctx.step_up.record.answered_by_inner();
+            }
             return Ok(true);
         }
         if !ctx.step_up.acts() {

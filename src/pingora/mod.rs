@@ -36,8 +36,14 @@
 //! [`StepUpProxy`] delegates every phase of `ProxyHttp` to the inner proxy (its `CTX` is kept
 //! in [`StepUpProxyCtx::inner`]) and adds, per request:
 //!
+//! - **Every request**: its head checked as the binary's server checks it (see
+//!   [`StepUpPhases::early_request_filter`]), refused with the same JSON before the inner
+//!   proxy's `request_filter` runs.
 //! - **Not a candidate route**: nothing. The body is not buffered, headers and bytes are the
 //!   inner proxy's business. Cost: one route lookup on method and path.
+//! - **A candidate the inner proxy's `request_filter` answers** (an authentication 401,
+//!   say): its answer, untouched, recorded as
+//!   [`Outcome::AnsweredByInner`](crate::Outcome::AnsweredByInner).
 //! - **Candidate, body up to 64 KiB** (Pingora's retry buffer): the body is read in
 //!   `request_filter`. Not Klarna: forwarded byte for byte. Refused (bad return URL, over
 //!   `body_limit`): the JSON error is answered there and the upstream is never contacted.
@@ -58,7 +64,7 @@
 //!   re-compressed for the client as its `Accept-Encoding` asks by Pingora's
 //!   `ResponseCompression` module. On Pingora's pipeline (large streamed bodies, HTTP/2
 //!   peers, or [`StepUpPhases`] in your own filters) the header goes out before the body is
-//!   read: the answer is then chunked and marked before the engine's verdict.
+//!   read: the answer is then chunked, and its header carries no marker (see below).
 //! - **Upstream failures of candidate requests**: 502/504 with the JSON error
 //!   ([`Refusal::upstream_unreachable`](crate::Refusal::upstream_unreachable),
 //!   [`Refusal::upstream_timeout`](crate::Refusal::upstream_timeout)); other requests' failures
@@ -91,11 +97,14 @@
 //! Pingora's pipeline (bodies over 64 KiB, HTTP/2-capable peers, `direct_exchange(false)`,
 //! or [`StepUpPhases`] in your own filters), one difference remains that Pingora's phase
 //! order imposes: the header of an answer that is being read for a rewrite goes to the
-//! client before its body has been read. It is therefore sent chunked, without
-//! `Content-Length`, `ETag` or `Accept-Ranges`, and marked `rewritten`; if the engine then
-//! keeps the answer (an unknown `result`, a body that is not JSON) the client gets the
-//! upstream's bytes untouched under that header, and the log and [`Outcome`](crate::Outcome) say
-//! `passthrough`.
+//! client before its body has been read, so it says only what holds either way. It is sent
+//! chunked, without `Content-Length`, `Content-Encoding`, `ETag` or `Accept-Ranges`, and
+//! without the marker; the body is the rewritten answer, or the upstream's bytes (decoded,
+//! if they came in an encoding Pingora does not decode, such as `zstd` or `deflate`: an
+//! answer that cannot be decoded within `body_limit` is cut short). What the engine decided
+//! is in the `request done` log line and the [`Record`](crate::Record)'s
+//! [`Outcome`](crate::Outcome). An answer not read for a rewrite (not a 2xx JSON answer,
+//! declared too large) is marked `passthrough` as usual.
 //!
 //! # Calling step-up from your own filters
 //!
@@ -146,8 +155,9 @@
 //!         self.step_up.request_body_filter(body, eos, ctx)
 //!     }
 //!     async fn upstream_response_filter(
-//!         &self, _: &mut Session, res: &mut ResponseHeader, ctx: &mut StepUpCtx,
+//!         &self, s: &mut Session, res: &mut ResponseHeader, ctx: &mut StepUpCtx,
 //!     ) -> Result<()> {
+//!         self.step_up.note_upstream_decoding(s, ctx);
 //!         self.step_up.upstream_response_filter(res, ctx);
 //!         Ok(())
 //!     }
@@ -160,6 +170,10 @@
 //!         &self, _: &mut Session, body: &mut Option<Bytes>, eos: bool, ctx: &mut StepUpCtx,
 //!     ) -> Result<Option<std::time::Duration>> {
 //!         self.step_up.response_body_filter(body, eos, ctx);
+//!         if self.step_up.response_aborted(ctx) {
+//!             // An answer that cannot be sent as its header announced it: cut short.
+//!             return Error::e_explain(ErrorType::Custom("answer_aborted"), "answer stopped");
+//!         }
 //!         Ok(None)
 //!     }
 //!     async fn fail_to_proxy(&self, s: &mut Session, e: &Error, ctx: &mut StepUpCtx) -> FailToProxy {

@@ -17,7 +17,7 @@ use super::client::UpstreamClient;
 use super::ctx::{Own, Req, Resp, StepUpCtx};
 use super::io::{client_timeout_refusal, read_retry_buffered, respond, upstream_refusal, Read};
 use crate::budget::BufferBudget;
-use crate::engine::{self, unix_now, Candidate};
+use crate::engine::{self, unix_now, Candidate, HeadLimits};
 use crate::observe::{Outcome, Record};
 use crate::{KeepReason, Refusal, RequestVerdict, ResponsePlan, ResponseVerdict, Route, StepUp};
 
@@ -62,6 +62,7 @@ pub struct StepUpPhases {
     pub(super) step_up: StepUp,
     large_bodies: LargeBodies,
     budget: BufferBudget,
+    head_limits: HeadLimits,
     pub(super) client: Arc<UpstreamClient>,
 }
 
@@ -72,8 +73,17 @@ impl StepUpPhases {
             step_up,
             large_bodies: LargeBodies::default(),
             budget: BufferBudget::default(),
+            head_limits: HeadLimits::default(),
             client: Arc::default(),
         }
+    }
+
+    /// Bounds on a request head (default: 32 KiB and 100 fields, as the binary's server):
+    /// a larger head gets 431 [`Refusal::headers_too_large`] before anything else runs.
+    /// Pingora's own parser takes up to 1 MiB and 256 fields.
+    pub fn head_limits(mut self, limits: HeadLimits) -> Self {
+        self.head_limits = limits;
+        self
     }
 
     /// What to do with candidate bodies over 64 KiB.
@@ -117,7 +127,19 @@ impl StepUpPhases {
     ///
     /// Removes every `x-klarna-stepup-*` header the client sent, whatever the route: those
     /// are step-up's alone.
+    ///
+    /// First of all, checks the request head as the binary's server does, whatever the
+    /// route: a request target that is not a path, an absolute URL or `*` (Pingora escapes
+    /// a malformed request line such as `POST  /payments` rather than refuse it), no `Host`
+    /// in HTTP/1.1 or more than one, differing `Content-Length`s, a head over
+    /// [`head_limits`](Self::head_limits). Such a request is answered 400 or 431 by
+    /// `request_filter`, with the same JSON as the binary.
     pub fn early_request_filter(&self, session: &mut Session, ctx: &mut StepUpCtx) {
+        if let Err(refusal) = self.check_head(session.req_header_mut()) {
+            ctx.own = Own::BadHead(refusal);
+            ctx.record = Record::acting("request_head", Outcome::NotCandidate);
+            return;
+        }
         engine::strip_forged_headers(session.req_header_mut());
         let req = session.req_header();
         let candidate = match self.step_up.classify(&req.method, &req.uri, &req.headers) {
@@ -173,7 +195,7 @@ impl StepUpPhases {
             Own::RelayPathFromOutside => {
                 return self.refuse(session, ctx, Refusal::not_found()).await
             }
-            Own::Refused(r) => {
+            Own::Refused(r) | Own::BadHead(r) => {
                 let r = r.clone();
                 return self.refuse(session, ctx, r).await;
             }
@@ -378,9 +400,12 @@ impl StepUpPhases {
         }
     }
 
-    /// `response_filter`: the client-facing header. For an answer being rewritten: no stale
-    /// length or validators, chunked (the header goes out before the body is read), marked
-    /// `rewritten`. Otherwise the marker says `passthrough` and compression is left off.
+    /// `response_filter`: the client-facing header. For an answer read for a rewrite: the
+    /// header goes out before the body is read, so it carries only what holds whatever the
+    /// engine then decides: chunked, no length, encoding or validators (the body is sent
+    /// rewritten, or as the upstream's bytes decoded), and no marker (the verdict is in the
+    /// log line and the [`Record`]). An answer not read: marked `passthrough`, compression
+    /// left off.
     ///
     /// For a relayed webhook: a 2xx goes to Klarna marked `relayed`; anything else is
     /// answered here with the 503 [`Refusal::webhook_not_accepted`] (exact
@@ -403,7 +428,11 @@ impl StepUpPhases {
             return Ok(());
         }
         if let Resp::Buffering { .. } = ctx.resp {
-            engine::mark_rewritten(response);
+            for name in &engine::STALE_RESPONSE_HEADERS {
+                if response.headers.contains_key(name) {
+                    response.remove_header(name);
+                }
+            }
             response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         } else {
             self.passthrough_head(session, response, ctx);
@@ -420,7 +449,11 @@ impl StepUpPhases {
         ctx: &mut StepUpCtx,
     ) {
         let limit = self.step_up.body_limit();
-        let Resp::Buffering { acc, .. } = &mut ctx.resp else {
+        if let Resp::Aborted = ctx.resp {
+            *body = None;
+            return;
+        }
+        let Resp::Buffering { acc, headers, .. } = &mut ctx.resp else {
             if ctx.decoded_by_pingora && ctx.exchange.is_some() {
                 // An answer step-up passes on that Pingora decodes (decompression is on
                 // for every Klarna exchange): bounded too, or 1 MB of gzip reaches the
@@ -439,9 +472,12 @@ impl StepUpPhases {
         if let Some(held) = &mut ctx.held {
             held.grow_to(acc.len());
         }
-        if acc.len() > limit && ctx.decoded_by_pingora {
-            // Decoded past the limit: an inflation, not a Klarna answer. Stop it (the
-            // client sees the answer cut short) rather than inflate the rest.
+        // Decoded by Pingora past the limit (an inflation, not a Klarna answer), or still
+        // encoded and too large to decode within it (its header went out without its
+        // `Content-Encoding`, so its bytes cannot follow): stopped, the client sees the
+        // answer cut short.
+        let encoded = headers.contains_key(header::CONTENT_ENCODING);
+        if acc.len() > limit && (ctx.decoded_by_pingora || encoded) {
             ctx.record.read_response(acc.len());
             ctx.record.kept(KeepReason::TooLarge);
             ctx.resp = Resp::Aborted;
@@ -486,17 +522,29 @@ impl StepUpPhases {
                 *body = Some(Bytes::from(new));
             }
             ResponseVerdict::Keep(reason) => {
-                // The header already went out marked `rewritten`: Pingora writes it before
-                // any body filter runs. The bytes are the upstream's, untouched.
                 ctx.record.kept(reason);
-                *body = Some(raw);
+                // The header already went out without `Content-Encoding` (Pingora writes it
+                // before any body filter runs): an answer still encoded goes out decoded, or
+                // not at all.
+                let encoding = headers.get(header::CONTENT_ENCODING);
+                if encoding.is_none() {
+                    *body = Some(raw);
+                    return;
+                }
+                match engine::decode::decode(encoding, &raw, limit) {
+                    Some(plain) => *body = Some(Bytes::copy_from_slice(&plain)),
+                    None => ctx.resp = Resp::Aborted,
+                }
             }
         }
     }
 
-    /// Whether the answer must stop now: Pingora decoded it past the body limit (see
-    /// [`response_body_filter`](Self::response_body_filter)). Return an `Err` from your
-    /// `response_body_filter` then ([`StepUpProxy`](super::StepUpProxy) does).
+    /// Whether the answer must stop now: Pingora decoded it past the body limit, or it is
+    /// still encoded in a way that cannot be decoded within it after its header left without
+    /// its `Content-Encoding` (see [`response_body_filter`](Self::response_body_filter)).
+    /// Return an `Err` from your `response_body_filter` then
+    /// ([`StepUpProxy`](super::StepUpProxy) does), so that the client sees the answer cut
+    /// short rather than complete.
     pub fn response_aborted(&self, ctx: &StepUpCtx) -> bool {
         matches!(ctx.resp, Resp::Aborted)
     }
@@ -563,6 +611,15 @@ impl StepUpPhases {
     /// `response_filter` already answered (logged by step-up itself).
     pub fn suppress_error_log(&self, e: &Error) -> bool {
         e.etype() == &WEBHOOK_ANSWERED
+    }
+
+    /// The binary's head rules, through the engine: the request target's form, then `Host`,
+    /// `Content-Length` and the size bounds.
+    fn check_head(&self, head: &mut RequestHeader) -> std::result::Result<(), Refusal> {
+        let target = head.raw_path();
+        engine::check_request_target(&head.method, target)?;
+        let (version, target_len) = (head.version, target.len());
+        engine::check_request_head(head, version, target_len, self.head_limits)
     }
 
     fn start_streaming(

@@ -90,6 +90,13 @@ impl<P> StepUpProxy<P> {
         self
     }
 
+    /// Bounds on a request head (default: 32 KiB and 100 fields, as the binary's server);
+    /// see [`StepUpPhases::head_limits`].
+    pub fn head_limits(mut self, limits: crate::engine::HeadLimits) -> Self {
+        self.phases = self.phases.head_limits(limits);
+        self
+    }
+
     /// What to do with candidate bodies over 64 KiB (default: stream them).
     pub fn large_bodies(mut self, large_bodies: LargeBodies) -> Self {
         self.phases = self.phases.large_bodies(large_bodies);

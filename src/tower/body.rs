@@ -1,6 +1,8 @@
 //! The body type the layer hands on: the caller's stream untouched, or bytes it rewrote.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -22,7 +24,8 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Stream { #[pin] body: B },
-        Full { data: Option<Bytes> },
+        // `taken` (when watched) is set once the bytes are taken.
+        Full { data: Option<Bytes>, taken: Option<Arc<AtomicBool>> },
         // What was read of `body` before it turned out too large to rewrite, then the rest.
         Prefixed { prefix: Option<Bytes>, body: Pin<Box<B>> },
     }
@@ -52,8 +55,22 @@ impl<B> StepUpBody<B> {
         StepUpBody {
             kind: Kind::Full {
                 data: (!data.is_empty()).then_some(data),
+                taken: None,
             },
         }
+    }
+
+    /// A body of exactly these bytes, and a flag set once the receiver takes them (at
+    /// once for no bytes): whether the inner service read the body it was handed.
+    pub(crate) fn watched(data: Bytes) -> (Self, Arc<AtomicBool>) {
+        let taken = Arc::new(AtomicBool::new(data.is_empty()));
+        let body = StepUpBody {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+                taken: Some(taken.clone()),
+            },
+        };
+        (body, taken)
     }
 }
 
@@ -70,7 +87,13 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Stream { body } => body.poll_frame(cx),
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Full { data, taken } => {
+                let data = data.take();
+                if let (Some(_), Some(taken)) = (&data, taken) {
+                    taken.store(true, Ordering::Relaxed);
+                }
+                Poll::Ready(data.map(|d| Ok(Frame::data(d))))
+            }
             KindProj::Prefixed { prefix, body } => match prefix.take() {
                 Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
                 None => body.as_mut().poll_frame(cx),
@@ -81,7 +104,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Stream { body } => body.is_end_stream(),
-            Kind::Full { data } => data.is_none(),
+            Kind::Full { data, .. } => data.is_none(),
             Kind::Prefixed { prefix, body } => prefix.is_none() && body.is_end_stream(),
         }
     }
@@ -89,7 +112,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Stream { body } => body.size_hint(),
-            Kind::Full { data } => {
+            Kind::Full { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Prefixed { prefix, body } => {
@@ -111,7 +134,7 @@ impl<B> std::fmt::Debug for StepUpBody<B> {
         match &self.kind {
             Kind::Stream { .. } => f.write_str("StepUpBody::Stream"),
             Kind::Prefixed { .. } => f.write_str("StepUpBody::Prefixed"),
-            Kind::Full { data } => write!(
+            Kind::Full { data, .. } => write!(
                 f,
                 "StepUpBody::Full({} bytes)",
                 data.as_ref().map_or(0, Bytes::len)

@@ -2,6 +2,7 @@
 
 use tower_layer::Layer;
 
+use super::mount::Mount;
 use super::KlarnaStepUp;
 use crate::observe::{Observer, Record};
 use crate::StepUp;
@@ -33,6 +34,7 @@ pub struct KlarnaStepUpLayer {
     step_up: StepUp,
     observer: Option<Observer>,
     budget: crate::BufferBudget,
+    mount: Mount,
 }
 
 impl std::fmt::Debug for KlarnaStepUpLayer {
@@ -50,7 +52,16 @@ impl KlarnaStepUpLayer {
             step_up,
             observer: None,
             budget: crate::BufferBudget::default(),
+            mount: Mount::default(),
         }
+    }
+
+    /// The path prefix the wrapped service is mounted under (`"/api"` for an axum
+    /// `Router::nest("/api", ..)` this layer wraps from outside): step-up's routes are read
+    /// under it. See [`KlarnaStepUp::mounted_at`].
+    pub fn mounted_at(mut self, prefix: &str) -> Self {
+        self.mount = Mount::new(prefix);
+        self
     }
 
     /// The process-wide budget of buffered candidate bytes (default 64 MiB), shared by every
@@ -76,5 +87,6 @@ impl<S> Layer<S> for KlarnaStepUpLayer {
         KlarnaStepUp::new(inner, self.step_up.clone())
             .with_observer(self.observer.clone())
             .buffer_budget(self.budget.clone())
+            .with_mount(self.mount.clone())
     }
 }

@@ -1,6 +1,7 @@
 //! [`KlarnaStepUp`]: the middleware service. Framing only: it reads and replaces bodies and
 //! heads as the engine says.
 
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use http_body_util::BodyExt;
 use tower_service::Service;
 use tracing::Instrument;
 
+use super::mount::{Local, Mount};
 use super::{ResponseFuture, StepUpBody};
 use crate::budget::{BufferBudget, Held};
 use crate::engine::{self, unix_now, Candidate, Exchange};
@@ -26,6 +28,7 @@ pub struct KlarnaStepUp<S> {
     step_up: StepUp,
     observer: Option<Observer>,
     budget: BufferBudget,
+    mount: Mount,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for KlarnaStepUp<S> {
@@ -45,7 +48,28 @@ impl<S> KlarnaStepUp<S> {
             step_up,
             observer: None,
             budget: BufferBudget::default(),
+            mount: Mount::default(),
         }
+    }
+
+    /// The path prefix the wrapped service is mounted under, when the layer wraps a router
+    /// from outside its mount point (an axum `Router::nest("/api", payments)` wrapped as a
+    /// whole): step-up's routes (candidate routes, the acquirer return, the webhook path and
+    /// the payment API's relay and notification paths) are then read under it, so
+    /// `POST /api/payments` is the candidate route `POST /payments`. The prefix is matched
+    /// without regard to ASCII case and must be followed by `/`, `?` or the end; requests
+    /// outside it are not step-up's and stream through. Requests keep their whole path on the
+    /// way in; the relay and notification requests step-up makes get the prefix. A layer
+    /// inside the nested router needs none: axum hands it the path without the prefix. See
+    /// the [module docs](crate::tower) for both.
+    pub fn mounted_at(mut self, prefix: &str) -> Self {
+        self.mount = Mount::new(prefix);
+        self
+    }
+
+    pub(super) fn with_mount(mut self, mount: Mount) -> Self {
+        self.mount = mount;
+        self
     }
 
     /// The process-wide budget of buffered candidate bytes (default 64 MiB, this service's
@@ -121,7 +145,12 @@ where
         let observer = self.observer.clone();
         // x-klarna-stepup-* headers are step-up's alone: none comes in from outside.
         engine::strip_forged_headers(req.headers_mut());
-        match step_up.classify(req.method(), req.uri(), req.headers()) {
+        let route = match self.mount.local(req.uri()) {
+            Local::Unmounted => step_up.classify(req.method(), req.uri(), req.headers()),
+            Local::Under(uri) => step_up.classify(req.method(), &uri, req.headers()),
+            Local::Outside => Route::PassThrough,
+        };
+        match route {
             Route::Candidate(candidate) => {
                 let pattern = step_up.candidate_pattern(candidate);
                 let record = Record::acting(pattern, Outcome::NotKlarna);
@@ -134,13 +163,15 @@ where
             Route::Return => {
                 let record = Record::acting("acquirer_return", Outcome::NotCandidate);
                 let span = record.span().clone();
-                let fut = acquirer_return(step_up, self.take_ready(), req, record);
+                let mount = self.mount.clone();
+                let fut = acquirer_return(step_up, self.take_ready(), req, record, mount);
                 ResponseFuture::step_up(Box::pin(observed(fut, observer).instrument(span)))
             }
             Route::Webhook => {
                 let record = Record::acting("webhook", Outcome::NotCandidate);
                 let span = record.span().clone();
-                let fut = webhook(step_up, self.take_ready(), req, record);
+                let mount = self.mount.clone();
+                let fut = webhook(step_up, self.take_ready(), req, record, mount);
                 ResponseFuture::step_up(Box::pin(observed(fut, observer).instrument(span)))
             }
             Route::Refused(refused) => {
@@ -187,12 +218,17 @@ async fn acquirer_return<S, ReqB, ResB>(
     mut inner: S,
     req: Request<ReqB>,
     mut record: Record,
+    mount: Mount,
 ) -> Answer<ResB, S::Error>
 where
     S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
     ResB: Body<Data = Bytes>,
 {
-    let mut redirect = match step_up.resolve_return(req.uri(), unix_now()) {
+    let resolved = match mount.local(req.uri()) {
+        Local::Under(local) => step_up.resolve_return(&local, unix_now()),
+        _ => step_up.resolve_return(req.uri(), unix_now()),
+    };
+    let mut redirect = match resolved {
         Ok(r) => r,
         Err(r) => {
             let res = refuse(&mut record, &r);
@@ -203,7 +239,7 @@ where
     let notification = step_up.return_notification(req.method(), &redirect, host, unix_now());
     if let Some((notify, timeout)) = notification {
         let (mut parts, body) = notify.into_parts();
-        parts.uri = with_path(req.uri(), parts.uri.path());
+        parts.uri = with_path(req.uri(), &mount.outer(parts.uri.path()));
         let notify = Request::from_parts(parts, StepUpBody::full(body));
         // The redirect waits for the payment API's answer at most `timeout`, its body
         // included: the state it confirms is what the partner's page gets.
@@ -239,6 +275,7 @@ async fn webhook<S, ReqB, ResB>(
     mut inner: S,
     req: Request<ReqB>,
     mut record: Record,
+    mount: Mount,
 ) -> Answer<ResB, S::Error>
 where
     S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
@@ -265,7 +302,7 @@ where
     };
     record.webhook_verified(&event);
     engine::relay_request(&mut parts.headers, &event);
-    parts.uri = with_path(&parts.uri, step_up.webhook_relay_path());
+    parts.uri = with_path(&parts.uri, &mount.outer(step_up.webhook_relay_path()));
     // Bounded: Klarna must hear back (and retry on a 503) even if the payment API hangs.
     let relayed = tokio::time::timeout(
         step_up.webhook_relay_timeout(),
@@ -345,9 +382,11 @@ where
     };
     let (body, exchange) = match verdict {
         RequestVerdict::NotKlarna => {
-            let res = inner
-                .call(Request::from_parts(parts, StepUpBody::full(body)))
-                .await?;
+            let (body, taken) = StepUpBody::watched(body);
+            let res = inner.call(Request::from_parts(parts, body)).await?;
+            if answered_by_inner(&taken, &res) {
+                record.answered_by_inner();
+            }
             return Ok((record, res.map(StepUpBody::new)));
         }
         RequestVerdict::Refused(r) => {
@@ -360,9 +399,8 @@ where
         }
     };
     engine::injected_request(&mut parts.headers, body.len());
-    let res = inner
-        .call(Request::from_parts(parts, StepUpBody::full(body)))
-        .await?;
+    let (body, taken) = StepUpBody::watched(Bytes::from(body));
+    let res = inner.call(Request::from_parts(parts, body)).await?;
     if let Some(r) = res.extensions().get::<Refusal>().cloned() {
         // The proxy's own 502/504 (see `upstream_refusal`): not Klarna's answer, so neither
         // rewritten nor marked `passthrough`; it says its own code.
@@ -373,6 +411,12 @@ where
             http::HeaderValue::from_static(r.code),
         );
         return Ok((record, Response::from_parts(parts, StepUpBody::new(body))));
+    }
+    if answered_by_inner(&taken, &res) {
+        // The inner service's own answer (say an authentication 401): nothing reached the
+        // payment API, there is nothing of Klarna's to read; untouched and unmarked.
+        record.answered_by_inner();
+        return Ok((record, res.map(StepUpBody::new)));
     }
     let res = rewrite_response(&step_up, &exchange, &mut record, res, &mut held).await;
     Ok((record, res))
@@ -567,6 +611,13 @@ pub(super) fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
     })
+}
+
+/// Whether the inner service answered without taking the body it was handed (`taken`):
+/// its own answer, not the payment API's. A proxy's own error answer (it carries its
+/// [`Refusal`]) is not: that request failed upstream.
+fn answered_by_inner<B>(taken: &std::sync::atomic::AtomicBool, res: &Response<B>) -> bool {
+    !taken.load(Ordering::Relaxed) && res.extensions().get::<Refusal>().is_none()
 }
 
 /// Step-up's own answer, recorded.
