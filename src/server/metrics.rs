@@ -36,7 +36,7 @@ impl Metrics {
                     "klarna_stepup_requests_total",
                     "Requests by outcome: not_candidate, not_klarna, rewritten, passthrough (a \
                      Klarna answer not rewritten: alert on it), refused, upstream_error, \
-                     redirected, relayed",
+                     answered_by_inner, redirected, relayed",
                 ),
                 &["outcome"],
             )
