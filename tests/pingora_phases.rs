@@ -7,104 +7,16 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use common::fixtures::{self, Forwarded};
-use common::pingora_proxy::start_pingora;
+use common::pingora_proxy::{start_pingora, Recipe};
 use common::raw_http::send_fixture;
 use common::upstream::{self, Answer};
-use klarna_stepup::pingora::{StepUpCtx, StepUpPhases};
+use klarna_stepup::pingora::StepUpPhases;
 use klarna_stepup::StepUp;
-use pingora::prelude::*;
-use pingora::proxy::FailToProxy;
 
 const LIMIT: Duration = Duration::from_secs(10);
-
-/// The module docs' `MyProxy`, pointed at the test upstream.
-struct MyProxy {
-    step_up: StepUpPhases,
-    upstream: SocketAddr,
-}
-
-#[async_trait]
-impl ProxyHttp for MyProxy {
-    type CTX = StepUpCtx;
-    fn new_ctx(&self) -> StepUpCtx {
-        StepUpCtx::default()
-    }
-    async fn upstream_peer(&self, _: &mut Session, _: &mut StepUpCtx) -> Result<Box<HttpPeer>> {
-        let mut peer = HttpPeer::new(self.upstream, false, String::new());
-        peer.options.read_timeout = Some(LIMIT);
-        Ok(Box::new(peer))
-    }
-    async fn early_request_filter(&self, s: &mut Session, ctx: &mut StepUpCtx) -> Result<()> {
-        self.step_up.early_request_filter(s, ctx);
-        Ok(())
-    }
-    async fn request_filter(&self, s: &mut Session, ctx: &mut StepUpCtx) -> Result<bool> {
-        self.step_up.request_filter(s, ctx).await
-    }
-    async fn upstream_request_filter(
-        &self,
-        _: &mut Session,
-        req: &mut RequestHeader,
-        ctx: &mut StepUpCtx,
-    ) -> Result<()> {
-        self.step_up.upstream_request_filter(req, ctx)
-    }
-    async fn request_body_filter(
-        &self,
-        _: &mut Session,
-        body: &mut Option<Bytes>,
-        eos: bool,
-        ctx: &mut StepUpCtx,
-    ) -> Result<()> {
-        self.step_up.request_body_filter(body, eos, ctx)
-    }
-    async fn upstream_response_filter(
-        &self,
-        _: &mut Session,
-        res: &mut ResponseHeader,
-        ctx: &mut StepUpCtx,
-    ) -> Result<()> {
-        self.step_up.upstream_response_filter(res, ctx);
-        Ok(())
-    }
-    async fn response_filter(
-        &self,
-        s: &mut Session,
-        res: &mut ResponseHeader,
-        ctx: &mut StepUpCtx,
-    ) -> Result<()> {
-        self.step_up.response_filter(s, res, ctx).await
-    }
-    fn response_body_filter(
-        &self,
-        _: &mut Session,
-        body: &mut Option<Bytes>,
-        eos: bool,
-        ctx: &mut StepUpCtx,
-    ) -> Result<Option<Duration>> {
-        self.step_up.response_body_filter(body, eos, ctx);
-        Ok(None)
-    }
-    async fn fail_to_proxy(&self, s: &mut Session, e: &Error, ctx: &mut StepUpCtx) -> FailToProxy {
-        let error_code = self.step_up.fail_to_proxy(s, e, ctx).await.unwrap_or(502);
-        FailToProxy {
-            error_code,
-            can_reuse_downstream: false,
-        }
-    }
-    fn suppress_error_log(&self, _: &Session, _: &StepUpCtx, e: &Error) -> bool {
-        self.step_up.suppress_error_log(e)
-    }
-    async fn logging(&self, s: &mut Session, e: Option<&Error>, ctx: &mut StepUpCtx) {
-        self.step_up.logging(s, e, ctx);
-    }
-}
 
 /// Fixtures whose Klarna answer the engine reads and then keeps: unmarked on the pipeline,
 /// as the rewritten ones.
@@ -120,7 +32,7 @@ async fn the_documented_recipe_runs_the_whole_fixture_table() {
     let mut proxies = std::collections::HashMap::new();
     for f in fixtures::all() {
         let proxy = *proxies.entry(f.config.clone()).or_insert_with(|| {
-            start_pingora(MyProxy {
+            start_pingora(Recipe {
                 step_up: StepUpPhases::new(StepUp::from_toml(&f.config).unwrap()),
                 upstream: up.addr,
             })

@@ -40,6 +40,21 @@ fn payment_api(
     Error = Infallible,
     Future = impl Send,
 > + Clone {
+    payment_api_answering(seen, status, delay, b"ok")
+}
+
+/// [`payment_api`] answering `answer`.
+fn payment_api_answering(
+    seen: Seen,
+    status: u16,
+    delay: Duration,
+    answer: &'static [u8],
+) -> impl tower::Service<
+    Request<StepUpBody<Full<Bytes>>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
     service_fn(move |req: Request<StepUpBody<Full<Bytes>>>| {
         let seen = seen.clone();
         async move {
@@ -52,7 +67,7 @@ fn payment_api(
             Ok::<_, Infallible>(
                 Response::builder()
                     .status(status)
-                    .body(Full::new(Bytes::from_static(b"ok")))
+                    .body(Full::new(Bytes::from_static(answer)))
                     .unwrap(),
             )
         }
@@ -204,22 +219,12 @@ async fn the_return_redirects_and_notifies_within_the_timeout() {
 
     // A payment API that answers in time: its state is the partner's, and a HEAD of the
     // link tells it nothing.
-    let confirming = service_fn({
-        let seen = seen.clone();
-        move |req: Request<StepUpBody<Full<Bytes>>>| {
-            let seen = seen.clone();
-            async move {
-                let (parts, body) = req.into_parts();
-                let body = body.collect().await.unwrap().to_bytes();
-                seen.lock()
-                    .unwrap()
-                    .push((parts.uri.path().to_owned(), parts.headers, body));
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                    br#"{"state":"DECLINED","order":"9"}"#,
-                ))))
-            }
-        }
-    });
+    let confirming = payment_api_answering(
+        seen.clone(),
+        200,
+        Duration::ZERO,
+        br#"{"state":"DECLINED","order":"9"}"#,
+    );
     let engine = step_up("notify_path = \"/payments/klarna-return\"\nnotify_timeout_ms = 2000");
     let svc = KlarnaStepUp::new(confirming, engine);
     seen.lock().unwrap().clear();

@@ -241,6 +241,23 @@ impl PaymentApi {
 }
 
 impl PaymentApi {
+    /// The order of a Payment Request, by its id, else its `payment_request_reference`, else
+    /// that reference as the order's own.
+    fn find_order(&self, request_id: Option<&str>, reference: Option<&str>) -> Option<Order> {
+        let orders = lock(&self.shared.orders);
+        orders
+            .by_reference
+            .values()
+            .find(|o| request_id.is_some() && o.payment_request_id.as_deref() == request_id)
+            .or_else(|| {
+                orders.by_reference.values().find(|o| {
+                    reference.is_some() && o.payment_request_reference.as_deref() == reference
+                })
+            })
+            .or_else(|| reference.and_then(|r| orders.by_reference.get(r)))
+            .cloned()
+    }
+
     /// The state of the order's Payment Request as Klarna reports it (`GET
     /// /v2/accounts/{id}/payment/requests/{payment_request_id}`), when it can be read.
     async fn payment_request_state(&self, order: &Order) -> Option<&'static str> {
@@ -507,21 +524,7 @@ async fn receive_webhook(
     let request_id = text("/payload/payment_request_id");
     let request_reference = text("/payload/payment_request_reference");
 
-    let order = {
-        let orders = lock(&api.shared.orders);
-        orders
-            .by_reference
-            .values()
-            .find(|o| request_id.is_some() && o.payment_request_id.as_deref() == request_id)
-            .or_else(|| {
-                orders.by_reference.values().find(|o| {
-                    request_reference.is_some()
-                        && o.payment_request_reference.as_deref() == request_reference
-                })
-            })
-            .or_else(|| request_reference.and_then(|r| orders.by_reference.get(r)))
-            .cloned()
-    };
+    let order = api.find_order(request_id, request_reference);
     let Some(order) = order else {
         return api_error(StatusCode::NOT_FOUND, "no order for this payment request");
     };
@@ -658,19 +661,7 @@ async fn receive_return(
         text("payment_request_id"),
         text("payment_request_reference"),
     );
-    let order = {
-        let orders = lock(&api.shared.orders);
-        orders
-            .by_reference
-            .values()
-            .find(|o| request_id.is_some() && o.payment_request_id.as_deref() == request_id)
-            .or_else(|| {
-                orders.by_reference.values().find(|o| {
-                    reference.is_some() && o.payment_request_reference.as_deref() == reference
-                })
-            })
-            .cloned()
-    };
+    let order = api.find_order(request_id, reference);
     let Some(order) = order else {
         return api_error(StatusCode::NOT_FOUND, "no order for this payment request");
     };
