@@ -120,7 +120,8 @@ pub(crate) use service::any_cause;
 pub use service::KlarnaStepUp;
 
 /// The JSON answer for a request the payment API did not answer, for a tower-based proxy's
-/// client errors (as [`crate::pingora::upstream_refusal`] is for Pingora's): 504
+/// client errors (as `pingora::upstream_refusal`, with the `pingora` feature, is for
+/// Pingora's): 504
 /// [`Refusal::upstream_timeout`](crate::Refusal::upstream_timeout) when a timeout is among
 /// the error's causes (e.g. the connector's connect timeout), else 502
 /// [`Refusal::upstream_unreachable`](crate::Refusal::upstream_unreachable).
