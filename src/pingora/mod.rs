@@ -34,7 +34,9 @@
 //! ```
 //!
 //! [`StepUpProxy`] delegates every phase of `ProxyHttp` to the inner proxy (its `CTX` is kept
-//! in [`StepUpProxyCtx::inner`]) and adds, per request:
+//! in [`StepUpProxyCtx::inner`]; a test holds the wrapper to every method of the pinned
+//! Pingora's trait, so a method a release adds cannot be skipped silently) and adds, per
+//! request:
 //!
 //! - **Every request**: its head checked as the binary's server checks it (see
 //!   [`StepUpPhases::early_request_filter`]), refused with the same JSON before the inner
