@@ -529,9 +529,13 @@ impl RouteConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct DetectConfig {
-    /// Values of `payment_method` (or `payment_method.type`) that mean Klarna
-    /// (default `["klarna"]`, compared ASCII case-insensitively).
+    /// Values of the payment method that mean Klarna (default `["klarna"]`, compared
+    /// without regard to case).
     pub payment_method: Vec<String>,
+    /// Where the payment method is read: dot paths, each a JSON string there (default
+    /// `["payment_method", "payment_method.type"]`; a camelCase API:
+    /// `["paymentMethod", "paymentMethod.type"]`).
+    pub payment_method_at: Vec<String>,
     /// A body with Klarna's authorize shape (`request_payment_transaction`) is Klarna
     /// (default true).
     pub authorize_shape: bool,
@@ -541,12 +545,15 @@ impl Default for DetectConfig {
     fn default() -> Self {
         DetectConfig {
             payment_method: vec!["klarna".into()],
+            payment_method_at: vec!["payment_method".into(), "payment_method.type".into()],
             authorize_shape: true,
         }
     }
 }
 
-/// Where the partner's fields are read, first name found wins.
+/// Where the partner's fields are read, first name found wins. Every entry is a dot path
+/// (`payment_method_options.klarna.return_url`); keys match as the engine matches them
+/// everywhere (any case, duplicates refused).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

@@ -31,7 +31,11 @@ pub(super) fn compile(
     let inject_at = dot_path("inject_at", &c.inject_at, &mut p);
     let answer_at = dot_path("klarna_answer_at", &c.klarna_answer_at, &mut p);
     if let Some(first) = inject_at.first() {
-        if c.partner_fields.strip.contains(first) {
+        if c.partner_fields
+            .strip
+            .iter()
+            .any(|s| s.split('.').next() == Some(first.as_str()))
+        {
             p.add(
                 "inject_at",
                 "must not start with a field listed in partner_fields.strip",
@@ -45,9 +49,29 @@ pub(super) fn compile(
             &c.partner_fields.app_return_url,
         ),
         ("partner_fields.reference", &c.partner_fields.reference),
+        ("partner_fields.strip", &c.partner_fields.strip),
+        ("detect.payment_method_at", &c.detect.payment_method_at),
     ] {
-        if list.iter().any(|f| f.is_empty()) {
-            p.add(key, "field names must not be empty");
+        for (i, path) in list.iter().enumerate() {
+            if path.split('.').any(str::is_empty) {
+                p.add(
+                    format!("{key}[{i}]"),
+                    "must be a field name or a dot path of them (no empty segment)",
+                );
+            }
+        }
+    }
+    // Stripped fields are removed by their parent object: none may sit inside another.
+    for (i, a) in c.partner_fields.strip.iter().enumerate() {
+        if c.partner_fields
+            .strip
+            .iter()
+            .any(|b| a.starts_with(&format!("{b}.")))
+        {
+            p.add(
+                format!("partner_fields.strip[{i}]"),
+                "lies inside another stripped field",
+            );
         }
     }
     let idempotency_header = match c.partner_fields.idempotency_header.as_str() {

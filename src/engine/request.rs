@@ -118,22 +118,24 @@ impl Engine {
     /// The top-level keys of a candidate body the engine reads (its payment method, the
     /// authorize shape, `step_up_config`, the first `inject_at` segment, the partner fields).
     fn top_level_reads(&self) -> impl Iterator<Item = &str> {
+        ["request_payment_transaction", "step_up_config"]
+            .into_iter()
+            .chain(self.inject_at.first().map(String::as_str))
+            .chain(self.read_paths().filter_map(|path| path.split('.').next()))
+    }
+
+    /// Every dot path the engine reads a partner's value at: the payment method and the
+    /// partner fields.
+    fn read_paths(&self) -> impl Iterator<Item = &str> {
         let fields = &self.config.partner_fields;
-        [
-            "payment_method",
-            "request_payment_transaction",
-            "step_up_config",
-        ]
-        .into_iter()
-        .chain(self.inject_at.first().map(String::as_str))
-        .chain(
-            fields
-                .return_url
-                .iter()
-                .chain(&fields.app_return_url)
-                .chain(&fields.reference)
-                .map(String::as_str),
-        )
+        self.config
+            .detect
+            .payment_method_at
+            .iter()
+            .chain(&fields.return_url)
+            .chain(&fields.app_return_url)
+            .chain(&fields.reference)
+            .map(String::as_str)
     }
 
     /// Whether `name` (a query parameter's name, as a framework files it) is one of the
@@ -149,8 +151,8 @@ impl Engine {
     /// payment API).
     fn check_read_keys(&self, root: &Object<'_>) -> Result<(), Refusal> {
         no_duplicates(root, self.top_level_reads(), "")?;
-        if let Some(pm) = root.get("payment_method").and_then(Object::from_raw) {
-            no_duplicates(&pm, ["type"], "payment_method.")?;
+        for path in self.read_paths().filter(|p| p.contains('.')) {
+            no_duplicates_along(root, path)?;
         }
         if let Some(suc) = root.get("step_up_config") {
             step_up_config_keys(suc, "")?;
@@ -259,21 +261,18 @@ impl Engine {
     }
 
     fn is_klarna(&self, root: &Object<'_>) -> bool {
-        if let Some(pm) = root.get("payment_method") {
-            let kind = json::as_str(pm).or_else(|| Object::from_raw(pm)?.get_str("type"));
-            if let Some(kind) = kind {
-                if self
-                    .config
-                    .detect
-                    .payment_method
-                    .iter()
-                    .any(|v| json::same_name(&kind, v))
-                {
-                    return true;
-                }
-            }
-        }
-        self.config.detect.authorize_shape && root.get("request_payment_transaction").is_some()
+        let detect = &self.config.detect;
+        let named = detect.payment_method_at.iter().any(|path| {
+            value_at(root, path)
+                .and_then(json::as_str)
+                .is_some_and(|kind| {
+                    detect
+                        .payment_method
+                        .iter()
+                        .any(|v| json::same_name(&kind, v))
+                })
+        });
+        named || detect.authorize_shape && root.get("request_payment_transaction").is_some()
     }
 
     fn inject<'a>(
@@ -441,6 +440,7 @@ impl Engine {
         let mut edits = Edits::default();
         let stripped = self.strip_indices(root);
         json::remove_members(body, root, &stripped, &mut edits);
+        self.strip_nested(body, root, &mut edits);
         let target_has_members = if std::ptr::eq(target, root) {
             root.members.len() > stripped.len()
         } else {
@@ -582,7 +582,7 @@ impl Engine {
         // Every partner field present is checked, not only the one chosen: the payment API
         // may read another (for its own redirect, say).
         for name in fields {
-            if let Some(v) = root.get(name).filter(|v| *v != "null") {
+            if let Some(v) = value_at(root, name).filter(|v| *v != "null") {
                 let value = check_url(v, name.clone(), app, policy)?;
                 chosen.get_or_insert((value, name.clone()));
             }
@@ -610,6 +610,36 @@ impl Engine {
         }
     }
 
+    /// Removes the stripped fields that sit in nested objects (dot paths), one edit per
+    /// parent object so that removals never overlap.
+    fn strip_nested(&self, body: &[u8], root: &Object<'_>, edits: &mut Edits) {
+        let strip = &self.config.partner_fields.strip;
+        let mut parents: Vec<&str> = strip
+            .iter()
+            .filter_map(|p| p.rsplit_once('.').map(|(parent, _)| parent))
+            .collect();
+        parents.sort_unstable();
+        parents.dedup();
+        for parent in parents {
+            let Some(obj) = value_at(root, parent).and_then(Object::from_raw) else {
+                continue;
+            };
+            let remove: Vec<usize> = obj
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| {
+                    strip.iter().any(|p| {
+                        p.rsplit_once('.')
+                            .is_some_and(|(pp, key)| pp == parent && json::same_name(&m.key, key))
+                    })
+                })
+                .map(|(i, _)| i)
+                .collect();
+            json::remove_members(body, &obj, &remove, edits);
+        }
+    }
+
     /// Indices (sorted) of the top-level members that are stripped before forwarding.
     fn strip_indices(&self, root: &Object<'_>) -> Vec<usize> {
         if self.config.partner_fields.strip.is_empty() {
@@ -623,7 +653,7 @@ impl Engine {
                     .partner_fields
                     .strip
                     .iter()
-                    .any(|s| json::same_name(&m.key, s))
+                    .any(|s| !s.contains('.') && json::same_name(&m.key, s))
             })
             .map(|(i, _)| i)
             .collect()
@@ -726,13 +756,49 @@ fn check_reference(raw: &str, param: String) -> Result<Cow<'_, str>, Refusal> {
     Ok(value)
 }
 
-/// The first of `names` present at the top level (a JSON null counts as absent).
+/// The first of `names` (dot paths) present (a JSON null counts as absent).
 fn first_field<'n, 'a>(root: &Object<'a>, names: &'n [String]) -> Option<(&'n str, &'a str)> {
     names.iter().find_map(|n| {
-        root.get(n)
+        value_at(root, n)
             .filter(|v| *v != "null")
             .map(|v| (n.as_str(), v))
     })
+}
+
+/// The raw value at a dot path (`a.b.c`: member `c` of the object at `b` of the object at
+/// `a`), keys matched as [`Object::get`] matches them; `None` when any step is missing or
+/// not an object. A plain name is a top-level member.
+fn value_at<'a>(root: &Object<'a>, path: &str) -> Option<&'a str> {
+    let Some((parents, last)) = path.rsplit_once('.') else {
+        return root.get(path);
+    };
+    let mut obj: Option<Object<'a>> = None;
+    for seg in parents.split('.') {
+        let next = obj
+            .as_ref()
+            .unwrap_or(root)
+            .get(seg)
+            .and_then(Object::from_raw)?;
+        obj = Some(next);
+    }
+    obj.as_ref().unwrap_or(root).get(last)
+}
+
+/// [`no_duplicates`] of each segment of a dot path, in the object it is read from.
+fn no_duplicates_along(root: &Object<'_>, path: &str) -> Result<(), Refusal> {
+    let mut obj: Option<Object<'_>> = None;
+    let mut prefix = String::new();
+    for seg in path.split('.') {
+        let here = obj.as_ref().unwrap_or(root);
+        no_duplicates(here, [seg], &prefix)?;
+        let Some(next) = here.get(seg).and_then(Object::from_raw) else {
+            return Ok(());
+        };
+        prefix.push_str(seg);
+        prefix.push('.');
+        obj = Some(next);
+    }
+    Ok(())
 }
 
 /// `{members}`.
@@ -1114,6 +1180,75 @@ mod tests {
         assert!(
             out.contains(r#""Step_Up_Config":{"payment_request_reference""#),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn fields_are_read_at_their_paths_with_the_same_fail_closed_rules() {
+        let e = engine(
+            "[detect]\npayment_method_at = [\"paymentMethod.type\"]\n\
+             [partner_fields]\nreturn_url = [\"options.klarna.returnUrl\", \"returnUrl\"]\n\
+             strip = [\"options.klarna.returnUrl\"]\n\
+             [return_url_policy]\nallowed_hosts = [\"shop.example\"]",
+        );
+        let ok = r#"{"paymentMethod":{"type":"klarna"},"options":{"klarna":{"returnUrl":"https://shop.example/r","x":1}}}"#;
+        let RequestVerdict::Injected { body, exchange } = verdict(&e, ok.as_bytes()) else {
+            panic!()
+        };
+        assert_eq!(exchange.return_url(), "https://shop.example/r");
+        let body = String::from_utf8(body).unwrap();
+        assert!(body.starts_with(r#"{"paymentMethod":{"type":"klarna"},"options":{"klarna":{"x":1}},"step_up_config""#), "{body}");
+        // The top-level payment_method is no longer where the method is read.
+        assert!(matches!(
+            verdict(
+                &e,
+                br#"{"payment_method":"klarna","returnUrl":"https://shop.example/r"}"#
+            ),
+            RequestVerdict::NotKlarna
+        ));
+        // Hostile, duplicated (in any spelling) or in the query at any step: refused by name.
+        for (body, code, param) in [
+            (
+                r#"{"paymentMethod":{"type":"klarna"},"options":{"klarna":{"returnUrl":"https://evil.example/"}}}"#,
+                "invalid_return_url",
+                "options.klarna.returnUrl",
+            ),
+            (
+                r#"{"paymentMethod":{"type":"klarna"},"options":{"klarna":{"returnUrl":"https://shop.example/r"}},"returnUrl":"javascript:x"}"#,
+                "invalid_return_url",
+                "returnUrl",
+            ),
+            (
+                r#"{"paymentMethod":{"type":"klarna"},"options":{"KLARNA":{},"klarna":{"returnUrl":"https://shop.example/r"}}}"#,
+                "duplicate_key",
+                "options.klarna",
+            ),
+            (
+                r#"{"paymentMethod":{"type":"card","Type":"klarna"},"returnUrl":"https://shop.example/r"}"#,
+                "duplicate_key",
+                "paymentMethod.type",
+            ),
+        ] {
+            let r = refused(&e, body.as_bytes());
+            assert_eq!((r.code, r.param.as_deref()), (code, Some(param)), "{body}");
+        }
+        let Route::Refused(r) = e.classify(
+            &Method::POST,
+            &"/payments?options[klarna][returnUrl]=x".parse().unwrap(),
+            &HeaderMap::new(),
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.refusal().code, "query_field");
+        // Paths with an empty segment, and a stripped field inside another, are config errors.
+        let err = StepUp::from_toml(
+            "[partner_fields]\nreturn_url = [\"a..b\"]\nstrip = [\"a\", \"a.b\"]\n",
+        )
+        .unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["partner_fields.return_url[0]", "partner_fields.strip[1]"]
         );
     }
 

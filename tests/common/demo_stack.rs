@@ -11,10 +11,11 @@
 //! Two ways to run it, with the same URLs and the same demo configuration
 //! (`klarna_stepup_sandbox::demo_step_up_toml`, keys from `demo_secret`):
 //! - [`start`]: the tower layer in an in-process hyper reverse proxy;
-//! - [`start_binary`]: the shipped `klarna-stepup serve` (Pingora) as a child process, with
+//! - [`start_binary`]: the shipped `klarna-stepup serve` as a child process, with
 //!   the demo's configuration file and keys, as `./x demo` runs it.
 #![allow(dead_code)] // each test binary uses a part
 
+#[cfg(feature = "cli")]
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,8 +25,9 @@ use hyper_util::rt::TokioExecutor;
 use klarna_stepup::{StepUp, StepUpConfig};
 use klarna_stepup_sandbox::{
     demo_secret, demo_step_up_toml, start_demo_backends, DemoBackends, DemoPorts,
-    DEMO_RETURN_KEY_ENV, DEMO_WEBHOOK_KEY_ENV,
 };
+#[cfg(feature = "cli")]
+use klarna_stepup_sandbox::{DEMO_RETURN_KEY_ENV, DEMO_WEBHOOK_KEY_ENV};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
