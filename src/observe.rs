@@ -187,8 +187,8 @@ impl Record {
         self.klarna_error_id.as_deref()
     }
 
-    /// The partner (`[partners]`) the request was for, when step-up knew it: of an injected
-    /// Klarna request, an acquirer return, or a webhook.
+    /// The partner (`[partners]`) the request was for, when step-up knew it: of a candidate
+    /// (refused or not), an acquirer return, or a webhook.
     pub fn partner(&self) -> Option<&str> {
         self.partner.as_deref()
     }
@@ -246,6 +246,12 @@ impl Record {
     fn reference(&mut self, reference: &str) {
         self.span.record("payment_request_reference", reference);
         self.reference = Some(reference.to_owned());
+    }
+
+    /// The partner a candidate names, known before anything is decided (so a refused
+    /// request is counted for it too).
+    pub(crate) fn candidate(&mut self, candidate: &crate::Candidate) {
+        self.set_partner(candidate.partner());
     }
 
     fn set_partner(&mut self, partner: Option<&str>) {

@@ -133,6 +133,13 @@ async fn both_adapters_report_the_same_outcome_for_every_fixture() {
         if f.name == "partner_header_step_up" {
             assert_eq!(ids, "krn:payment:eu1:request:1|-|shop-a|-", "{}", f.name);
         }
+        // A refused request is counted for the partner it names, served or not.
+        if f.name == "partner_host_of_another_partner" {
+            assert_eq!(ids, "-|-|shop-b|-", "{}", f.name);
+        }
+        if f.name == "partner_unknown" {
+            assert_eq!(ids, "-|-|shop-z|-", "{}", f.name);
+        }
         if f.name == "klarna_error" {
             assert_eq!(
                 ids, "-|-|-|abcd1234-12ab-1234-abcd-abcd12345678",

@@ -210,6 +210,19 @@ pub struct Candidate {
     untyped: bool,
 }
 
+impl Candidate {
+    /// The partner the request names (`[partners]` on, a valid id, served or not): for
+    /// logs and metrics also when the request is refused.
+    pub fn partner(&self) -> Option<&str> {
+        match &self.partner {
+            partners::PartnerRef::Listed { id, .. } | partners::PartnerRef::Unlisted(id) => {
+                Some(id.as_str())
+            }
+            _ => None,
+        }
+    }
+}
+
 /// What the request side hands to the response side of one Klarna exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {

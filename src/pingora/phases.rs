@@ -165,6 +165,7 @@ impl StepUpPhases {
             self.step_up.candidate_pattern(candidate),
             Outcome::NotKlarna,
         );
+        ctx.record.candidate(&candidate);
         // Only clients that ask for an encoding need the compression module armed.
         let wants_encoding = req
             .headers

@@ -12,6 +12,9 @@ use crate::Record;
 pub(crate) struct Metrics {
     requests: IntCounterVec,
     refusals: IntCounterVec,
+    /// With `[partners]` on: the configured partner ids, the only `partner` label values
+    /// besides [`OTHER_PARTNER`] and [`NO_PARTNER`] (so that callers cannot grow the series).
+    partners: Option<std::sync::Arc<[String]>>,
     duration: HistogramVec,
     upstream_duration: Histogram,
     upstream_responses: IntCounterVec,
@@ -26,27 +29,44 @@ fn latency_buckets() -> Vec<f64> {
     prometheus::exponential_buckets(0.000_25, 2.0, 17).unwrap_or_default()
 }
 
+/// The `partner` label of a partner without an entry of its own.
+const OTHER_PARTNER: &str = "other";
+/// The `partner` label of a request that names no partner (not a candidate, or none sent).
+const NO_PARTNER: &str = "none";
+
 impl Metrics {
-    /// Creates and registers the metrics in the default registry.
-    pub fn register() -> Self {
+    /// Creates and registers the metrics in the default registry. With `partners` (the
+    /// configured partner ids, when `[partners]` is on), the request and refusal counters
+    /// carry a `partner` label too.
+    pub fn register(partners: Option<Vec<String>>) -> Self {
         let bytes = prometheus::exponential_buckets(256.0, 4.0, 8).unwrap_or_default();
+        let labelled = partners.is_some();
+        let by_partner = |labels: &'static [&'static str]| -> Vec<&'static str> {
+            let mut l = labels.to_vec();
+            if labelled {
+                l.push("partner");
+            }
+            l
+        };
         let m = Metrics {
+            partners: partners.map(Into::into),
             requests: IntCounterVec::new(
                 Opts::new(
                     "klarna_stepup_requests_total",
                     "Requests by outcome: not_candidate, not_klarna, rewritten, passthrough (a \
                      Klarna answer not rewritten: alert on it), refused, upstream_error, \
-                     answered_by_inner, redirected, relayed",
+                     answered_by_inner, redirected, relayed (and partner, with partners on)",
                 ),
-                &["outcome"],
+                &by_partner(&["outcome"]),
             )
             .expect("static metric definition"),
             refusals: IntCounterVec::new(
                 Opts::new(
                     "klarna_stepup_refusals_total",
-                    "Answers step-up gave itself (outcomes refused and upstream_error), by code",
+                    "Answers step-up gave itself (outcomes refused and upstream_error), by code \
+                     (and partner, with partners on)",
                 ),
-                &["code"],
+                &by_partner(&["code"]),
             )
             .expect("static metric definition"),
             duration: HistogramVec::new(
@@ -130,9 +150,28 @@ impl Metrics {
     /// Records one finished request.
     pub fn record(&self, r: &Record) {
         let outcome = r.outcome();
-        self.requests.with_label_values(&[outcome.label()]).inc();
-        if let Some(code) = outcome.code() {
-            self.refusals.with_label_values(&[code]).inc();
+        match &self.partners {
+            None => {
+                self.requests.with_label_values(&[outcome.label()]).inc();
+                if let Some(code) = outcome.code() {
+                    self.refusals.with_label_values(&[code]).inc();
+                }
+            }
+            Some(known) => {
+                let partner = match r.partner() {
+                    None => NO_PARTNER,
+                    Some(p) => known
+                        .iter()
+                        .find(|k| *k == p)
+                        .map_or(OTHER_PARTNER, String::as_str),
+                };
+                self.requests
+                    .with_label_values(&[outcome.label(), partner])
+                    .inc();
+                if let Some(code) = outcome.code() {
+                    self.refusals.with_label_values(&[code, partner]).inc();
+                }
+            }
         }
         self.duration
             .with_label_values(&[outcome.label()])

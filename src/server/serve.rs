@@ -686,7 +686,14 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), String> {
         step_up: config.step_up.clone(),
         dialer,
         balancer: balancer.clone(),
-        metrics: admin.as_ref().map(|_| Metrics::register()),
+        metrics: admin.as_ref().map(|_| {
+            let partners = &config.step_up.config().partners;
+            Metrics::register(
+                partners
+                    .enabled()
+                    .then(|| partners.entries.iter().map(|e| e.id.clone()).collect()),
+            )
+        }),
         budget: BufferBudget::new(s.buffer_budget_bytes),
         tls,
         connections: Arc::new(Semaphore::new(super::limits::open_files_for(

@@ -153,7 +153,8 @@ where
         match route {
             Route::Candidate(candidate) => {
                 let pattern = step_up.candidate_pattern(candidate);
-                let record = Record::acting(pattern, Outcome::NotKlarna);
+                let mut record = Record::acting(pattern, Outcome::NotKlarna);
+                record.candidate(&candidate);
                 let span = record.span().clone();
                 let inner = self.take_ready();
                 let budget = self.budget.clone();
