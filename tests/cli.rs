@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::binary::{
-    closed_within, exited, free_addr, ok_answer, read_one, serve_with, start_serve,
+    closed_within, exited, free_addr, ok_answer, read_one, serve_with, spawn_serve, start_serve,
     start_serve_args, stop, stop_ok, write_config, Served, BIN,
 };
 use common::blocking::{exchange, wait_exit, wait_listening};
@@ -242,17 +242,8 @@ async fn serve_a_two_key_file_proxy_one_request_and_stop_on_sigterm() {
             up.addr
         ),
     );
-    let mut child = Served(
-        Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&path)
-            // Every request's line is at debug (at info: the ones that did not go as planned).
-            .env("RUST_LOG", "info,klarna_stepup=debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    // Every request's line is at debug (at info: the ones that did not go as planned).
+    let mut child = spawn_serve(&path, &[], "info,klarna_stepup=debug");
 
     wait_listening(listen);
     let body = f.body.clone();
@@ -738,16 +729,7 @@ async fn serve_ignores_sighup_and_logs_json_when_asked() {
             up.addr
         ),
     );
-    let mut child = Served(
-        Command::new(BIN)
-            .args(["serve", "--log-format", "json", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_serve(&path, &["--log-format", "json"], "info");
     wait_listening(listen);
     let hup = Command::new("kill")
         .args(["-HUP", &child.id().to_string()])

@@ -57,17 +57,39 @@ impl std::ops::DerefMut for Served {
 
 /// `serve --config` on a file with `config`; its stderr is piped (the log).
 pub fn start_serve(config: &str) -> Served {
-    let path = write_config(&format!("serve-{}.toml", free_addr().port()), config);
+    start_serve_args(config, &[])
+}
+
+/// `serve --config PATH ARGS…` with `RUST_LOG` set to `log`; its stderr is piped (the log).
+pub fn spawn_serve(path: &std::path::Path, args: &[&str], log: &str) -> Served {
     Served(
         Command::new(BIN)
             .args(["serve", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
+            .arg(path)
+            .args(args)
+            .env("RUST_LOG", log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     )
+}
+
+/// Waits for `child`'s exit (already asked for, or by itself within `within`): its exit
+/// code and log.
+fn exit_and_log(child: &mut Served, within: Option<Duration>) -> (Option<i32>, String) {
+    let status = match within {
+        Some(within) => wait_exit_within(child, within),
+        None => wait_exit(child),
+    };
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    (status.code(), log)
 }
 
 /// Sends `signal` to `child` and waits for its exit: its exit code and log.
@@ -77,15 +99,7 @@ pub fn stop(child: &mut Served, signal: &str) -> (Option<i32>, String) {
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = wait_exit(child);
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    (status.code(), log)
+    exit_and_log(child, None)
 }
 
 /// [`stop`], which must end in exit code 0; the log.
@@ -147,28 +161,10 @@ pub fn ok_answer() -> Answer {
 /// `serve --config F ARGS…`, as [`start_serve`].
 pub fn start_serve_args(config: &str, args: &[&str]) -> Served {
     let path = write_config(&format!("serve-{}.toml", free_addr().port()), config);
-    Served(
-        Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    )
+    spawn_serve(&path, args, "info")
 }
 
 /// Waits (bounded) for `child` to exit by itself: its exit code and log.
 pub fn exited(child: &mut Served, within: Duration) -> (Option<i32>, String) {
-    let status = wait_exit_within(child, within);
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    (status.code(), log)
+    exit_and_log(child, Some(within))
 }
