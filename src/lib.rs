@@ -5,6 +5,7 @@
 
 pub mod budget;
 pub mod config;
+pub mod driver;
 pub mod engine;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]

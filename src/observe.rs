@@ -5,9 +5,6 @@
 //! Klarna's `klarna-correlation-id`, outcomes, reasons and status codes; never URLs, tokens,
 //! keys or bodies.
 
-// Without an adapter (an engine-only build) the adapters' helpers here go unused.
-#![cfg_attr(not(any(feature = "tower", feature = "pingora")), allow(dead_code))]
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,6 +76,7 @@ impl Outcome {
 }
 
 /// An observation hook: called once per request when it is done.
+#[cfg_attr(not(any(feature = "tower", feature = "pingora")), allow(dead_code))]
 pub(crate) type Observer = Arc<dyn Fn(&Record) + Send + Sync>;
 
 /// Step-up's record of one request: what it did, the body sizes it read, the time spent in
@@ -220,6 +218,11 @@ impl Record {
             ),
             ..Record::default()
         }
+    }
+
+    /// The route this record is for (`""` when step-up does not act on the request).
+    pub(crate) fn route(&self) -> &str {
+        &self.route
     }
 
     /// Whether step-up acts on this request.
@@ -434,7 +437,6 @@ impl Record {
 
 /// How a return notification went: [`Record::notified`].
 #[derive(Debug, Clone, Copy)]
-#[cfg_attr(not(feature = "pingora"), allow(dead_code))]
 pub(crate) enum Notified {
     Accepted,
     Refused(u16),

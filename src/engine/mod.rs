@@ -48,22 +48,15 @@ use routes::RoutePattern;
 use webhook::Webhooks;
 
 pub use crate::config::DEFAULT_BODY_LIMIT;
-// Used by the binary's server and the Pingora adapter.
-#[cfg_attr(not(any(feature = "cli", feature = "pingora")), allow(unused_imports))]
 pub(crate) use head::{check_request_head, check_request_target};
 // `Head` is named only by the Pingora adapter (tower edits `http::HeaderMap`s through it).
 pub use acquirer_return::{ReturnRedirect, UNCONFIRMED};
 pub(crate) use classify::HeadReason;
 pub use classify::{Candidate, HeadRefusal, Route};
-#[cfg_attr(not(feature = "pingora"), allow(unused_imports))]
-pub(crate) use head::Head;
-#[cfg_attr(
-    not(any(feature = "tower", feature = "pingora")),
-    allow(unused_imports)
-)]
+pub use head::Head;
 pub(crate) use head::{
-    content_length, injected_request, mark_passthrough, mark_relayed, mark_rewritten,
-    relay_request, strip_forged_headers,
+    answer_being_read, content_length, injected_request, mark_code, mark_passthrough, mark_relayed,
+    mark_rewritten, relay_request, streamed_request, strip_forged_headers,
 };
 pub use head::{strip_hop_by_hop, HeadLimits, MARKER_HEADER, STALE_RESPONSE_HEADERS};
 pub use refusal::Refusal;
@@ -225,8 +218,7 @@ impl StepUp {
     }
 }
 
-/// The current time in unix seconds, for adapters to pass to the engine.
-#[cfg_attr(not(any(feature = "tower", feature = "pingora")), allow(dead_code))]
+/// The current time in unix seconds, for the driver to pass to the engine.
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

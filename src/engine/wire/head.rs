@@ -4,9 +4,6 @@
 //! Pingora: its `RequestHeader` and `ResponseHeader`) and calls these functions; it never
 //! decides a header itself.
 
-// Without an adapter (an engine-only build) the adapters' helpers here go unused.
-#![cfg_attr(not(any(feature = "tower", feature = "pingora")), allow(dead_code))]
-
 use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
@@ -27,8 +24,10 @@ pub const STALE_RESPONSE_HEADERS: [HeaderName; 6] = [
     HeaderName::from_static("content-md5"),
 ];
 
-/// A message head that step-up edits.
-pub(crate) trait Head {
+/// A message head that step-up edits: implemented for `http::HeaderMap` (and, with the
+/// `pingora` feature, Pingora's request and response headers). Implement it for your own
+/// framework's head type to drive a [`Driver`](crate::driver::Driver) over it.
+pub trait Head {
     /// The head's headers, to read.
     fn headers(&self) -> &HeaderMap;
     /// Sets `name` to `value`, replacing what was there.
@@ -93,6 +92,39 @@ pub(crate) fn injected_request(head: &mut impl Head, body_len: usize) {
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
+}
+
+/// The upstream request head of a candidate whose body streams upstream before it is known
+/// (too large to hold): chunked, and the answer asked for plain in case it is Klarna's.
+pub(crate) fn streamed_request(head: &mut impl Head) {
+    remove_present(head, &header::CONTENT_LENGTH);
+    head.set(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    head.set(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+}
+
+/// The head of an answer that leaves before its body is read for a rewrite: only what holds
+/// whatever the rewrite then decides (chunked; no length, encoding or validators; no
+/// marker).
+pub(crate) fn answer_being_read(head: &mut impl Head) {
+    for name in &STALE_RESPONSE_HEADERS {
+        remove_present(head, name);
+    }
+    head.set(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+}
+
+/// The head of the wrapped proxy's own answer for a request it could not carry (502/504):
+/// marked with its code.
+pub(crate) fn mark_code(head: &mut impl Head, code: &'static str) {
+    head.set(MARKER_HEADER, HeaderValue::from_static(code));
 }
 
 /// The head of a verified webhook relayed to the payment API: the `x-klarna-stepup-*`
@@ -292,7 +324,6 @@ impl Default for HeadLimits {
 /// request with more than one (400 [`Refusal::bad_request_head`], RFC 9112 section 3.2); a
 /// `Content-Length` given as a list: identical values (`5, 5`) are replaced by one value
 /// before the request goes anywhere, differing ones refused (RFC 9110 section 8.6).
-#[cfg_attr(not(any(feature = "cli", feature = "pingora")), allow(dead_code))]
 pub(crate) fn check_request_head(
     head: &mut impl Head,
     version: http::Version,
@@ -357,7 +388,6 @@ pub(crate) fn check_request_head(
 /// two spaces, into the target `%20/payments`) would otherwise hand the payment API a path
 /// that no route check saw for what it is. hyper, under the binary, refuses those lines
 /// before they are requests.
-#[cfg_attr(not(feature = "pingora"), allow(dead_code))]
 pub(crate) fn check_request_target(method: &http::Method, target: &[u8]) -> Result<(), Refusal> {
     let absolute = |t: &[u8]| {
         t.iter()
