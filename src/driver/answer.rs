@@ -65,8 +65,8 @@ impl<'a> ResponseHead<'a> {
         self
     }
 
-    /// The wrapped service answered without taking the body step-up handed it: its own
-    /// answer (see [`Driver::on_inner_answer`]).
+    /// The wrapped service answered a candidate without taking the body step-up handed it:
+    /// its own answer (see [`Driver::on_inner_answer`]).
     pub fn inner_answered(mut self, answered: bool) -> Self {
         self.inner_answered = answered;
         self
@@ -137,6 +137,10 @@ impl Driver {
         if !self.acts() || head.status.is_informational() {
             return ResponseAction::Stream;
         }
+        if let RequestStep::Forwarded(Upstream::Relay(_)) = self.request {
+            // Whoever answered, only a 2xx is an accepted webhook.
+            return self.relay_answered(head.status);
+        }
         if head.inner_answered && head.proxy_error.is_none() {
             self.on_inner_answer();
             return ResponseAction::Stream;
@@ -148,9 +152,6 @@ impl Driver {
                 self.answer = AnswerStep::ProxyError(r.code);
             }
             return ResponseAction::Stream;
-        }
-        if let RequestStep::Forwarded(Upstream::Relay(_)) = self.request {
-            return self.relay_answered(head.status);
         }
         let Some(exchange) = &self.exchange else {
             return ResponseAction::Stream;

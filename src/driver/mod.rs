@@ -195,6 +195,12 @@ impl Answer {
     }
 }
 
+impl From<Refusal> for Answer {
+    fn from(refusal: Refusal) -> Self {
+        Answer(AnswerKind::Refusal(refusal))
+    }
+}
+
 /// Where the request side stands.
 #[derive(Debug, Default)]
 enum RequestStep {

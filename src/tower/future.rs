@@ -8,7 +8,8 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use super::StepUpBody;
-use crate::observe::{Observer, Record};
+use crate::driver::Driver;
+use crate::observe::Observer;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -25,7 +26,7 @@ pin_project! {
     enum Kind<F, B, E> {
         // Not a candidate: the inner future, its body wrapped on the way out; the observer
         // (if any) hears of it once the head is ready.
-        Passthrough { #[pin] future: F, observer: Option<(Observer, Record)> },
+        Passthrough { #[pin] future: F, observer: Option<(Observer, Driver)> },
         // A candidate: body reading, the inner call and the rewrite, in one boxed future. The
         // box is one allocation on a path that buffers bodies anyway.
         StepUp { future: BoxFuture<Result<Response<StepUpBody<B>>, E>> },
@@ -35,7 +36,7 @@ pin_project! {
 impl<F, B, E> ResponseFuture<F, B, E> {
     pub(super) fn passthrough(future: F, observer: Option<Observer>) -> Self {
         // The record (its clock) is made only when someone observes.
-        let observer = observer.map(|o| (o, Record::default()));
+        let observer = observer.map(|o| (o, Driver::default()));
         ResponseFuture {
             kind: Kind::Passthrough { future, observer },
         }
@@ -58,12 +59,9 @@ where
         match self.project().kind.project() {
             KindProj::Passthrough { future, observer } => {
                 let res = ready!(future.poll(cx))?;
-                if let Some((observe, mut record)) = observer.take() {
-                    if let Some(r) = res.extensions().get::<crate::Refusal>() {
-                        record.failed_upstream(r);
-                    }
-                    record.done(Some(res.status().as_u16()));
-                    observe(&record);
+                if let Some((observe, mut driver)) = observer.take() {
+                    let failed = res.extensions().get::<crate::Refusal>();
+                    observe(driver.finish(Some(res.status().as_u16()), failed));
                 }
                 Poll::Ready(Ok(res.map(StepUpBody::new)))
             }

@@ -1,12 +1,11 @@
-//! [`KlarnaStepUp`]: the middleware service. Framing only: it reads and replaces bodies and
-//! heads as the engine says.
+//! [`KlarnaStepUp`]: the middleware service, an I/O loop over step-up's
+//! [`Driver`]: it reads and replaces bodies and heads as the driver says.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tower_service::Service;
@@ -14,10 +13,10 @@ use tracing::Instrument;
 
 use super::mount::{Local, Mount};
 use super::{ResponseFuture, StepUpBody};
-use crate::budget::{BufferBudget, Held};
-use crate::engine::{self, unix_now, Candidate, Exchange};
-use crate::observe::{Notified, Observer, Outcome, Record};
-use crate::{Refusal, RequestVerdict, ResponsePlan, ResponseVerdict, Route, StepUp};
+use crate::budget::BufferBudget;
+use crate::driver::{Action, Driver, Holding, Notified, ResponseAction, ResponseHead};
+use crate::observe::{Observer, Record};
+use crate::{Refusal, StepUp};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -140,197 +139,223 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let step_up = self.step_up.clone();
-        let observer = self.observer.clone();
-        // x-klarna-stepup-* headers are step-up's alone: none comes in from outside.
-        engine::strip_forged_headers(req.headers_mut());
-        let route = match self.mount.local(req.uri()) {
-            Local::Unmounted => step_up.classify(req.method(), req.uri(), req.headers()),
-            Local::Under(uri) => step_up.classify(req.method(), &uri, req.headers()),
-            Local::Outside => Route::PassThrough,
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let local = self.mount.local(&parts.uri);
+        let uri = match &local {
+            Local::Unmounted => Some(&parts.uri),
+            Local::Under(uri) => Some(uri),
+            Local::Outside => None,
         };
-        match route {
-            Route::Candidate(candidate) => {
-                let pattern = step_up.candidate_pattern(candidate);
-                let mut record = Record::acting(pattern, Outcome::NotKlarna);
-                record.candidate(&candidate);
-                let span = record.span().clone();
-                let inner = self.take_ready();
-                let budget = self.budget.clone();
-                let fut = exchange(step_up, inner, candidate, req, record, budget);
-                ResponseFuture::step_up(Box::pin(observed(fut, observer).instrument(span)))
-            }
-            Route::Return => {
-                let record = Record::acting("acquirer_return", Outcome::NotCandidate);
-                let span = record.span().clone();
-                let mount = self.mount.clone();
-                let fut = acquirer_return(step_up, self.take_ready(), req, record, mount);
-                ResponseFuture::step_up(Box::pin(observed(fut, observer).instrument(span)))
-            }
-            Route::Webhook => {
-                let record = Record::acting("webhook", Outcome::NotCandidate);
-                let span = record.span().clone();
-                let mount = self.mount.clone();
-                let fut = webhook(step_up, self.take_ready(), req, record, mount);
-                ResponseFuture::step_up(Box::pin(observed(fut, observer).instrument(span)))
-            }
-            Route::Refused(refused) => {
-                // Answered at once: nothing is read, nothing goes upstream.
-                let pattern = step_up.candidate_pattern(refused.candidate());
-                let mut record = Record::acting(pattern, Outcome::NotKlarna);
-                let res = refuse(&mut record, &refused.refusal());
-                let fut = std::future::ready(Ok((record, res)));
-                ResponseFuture::step_up(Box::pin(observed(fut, observer)))
-            }
-            Route::RelayPathFromOutside => {
-                // Answered at once: only verified webhooks reach the payment API's relay path.
-                let mut record = Record::acting("webhook_relay_path", Outcome::NotCandidate);
-                let res = refuse(&mut record, &Refusal::not_found());
-                let fut = std::future::ready(Ok((record, res)));
-                ResponseFuture::step_up(Box::pin(observed(fut, observer)))
-            }
-            _ => ResponseFuture::passthrough(self.inner.call(req.map(StepUpBody::new)), observer),
-        }
+        let Some(driver) = Driver::start(&self.step_up, &parts.method, uri, &mut parts.headers)
+        else {
+            let req = Request::from_parts(parts, StepUpBody::new(body));
+            return ResponseFuture::passthrough(self.inner.call(req), self.observer.clone());
+        };
+        let span = driver.span().clone();
+        let exchange = Exchange {
+            driver,
+            inner: self.take_ready(),
+            budget: self.budget.clone(),
+            mount: self.mount.clone(),
+        };
+        let fut = exchange.run(Request::from_parts(parts, body));
+        let fut = observed(fut, self.observer.clone()).instrument(span);
+        ResponseFuture::step_up(Box::pin(fut))
     }
 }
 
-type Answer<B, E> = Result<(Record, Response<StepUpBody<B>>), E>;
+type Answer<B, E> = Result<(Driver, Response<StepUpBody<B>>), E>;
 
 /// Runs a step-up route's future, then closes its record and hands it to the observer.
 async fn observed<B, E>(
     route: impl std::future::Future<Output = Answer<B, E>>,
     observer: Option<Observer>,
 ) -> Result<Response<StepUpBody<B>>, E> {
-    let (mut record, res) = route.await?;
-    if let Some(r) = res.extensions().get::<Refusal>() {
-        record.failed_upstream(r);
-    }
-    record.done(Some(res.status().as_u16()));
+    let (mut driver, res) = route.await?;
+    let status = res.status().as_u16();
+    let record = driver.finish(Some(status), res.extensions().get::<Refusal>());
     if let Some(observe) = &observer {
-        observe(&record);
+        observe(record);
     }
     Ok(res)
 }
 
-/// The acquirer return: verify the token, tell the payment API (bounded wait), redirect.
-async fn acquirer_return<S, ReqB, ResB>(
-    step_up: StepUp,
-    mut inner: S,
-    req: Request<ReqB>,
-    mut record: Record,
+/// One request step-up acts on: an I/O loop over its [`Driver`], which decides.
+struct Exchange<S> {
+    driver: Driver,
+    inner: S,
+    budget: BufferBudget,
     mount: Mount,
-) -> Answer<ResB, S::Error>
-where
-    S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
-    ResB: Body<Data = Bytes>,
-{
-    let resolved = match mount.local(req.uri()) {
-        Local::Under(local) => step_up.resolve_return(&local, unix_now()),
-        _ => step_up.resolve_return(req.uri(), unix_now()),
-    };
-    let mut redirect = match resolved {
-        Ok(r) => r,
-        Err(r) => {
-            let res = refuse(&mut record, &r);
-            return Ok((record, res));
-        }
-    };
-    let host = req.headers().get(http::header::HOST);
-    let notification = step_up.return_notification(req.method(), &redirect, host, unix_now());
-    if let Some((notify, timeout)) = notification {
-        let (mut parts, body) = notify.into_parts();
-        parts.uri = with_path(req.uri(), &mount.outer(parts.uri.path()));
-        let notify = Request::from_parts(parts, StepUpBody::full(body));
-        // The redirect waits for the payment API's answer at most `timeout`, its body
-        // included: the state it confirms is what the partner's page gets.
-        let answered = tokio::time::timeout(timeout, async {
-            match inner.call(notify).await {
-                Ok(res) if res.status().is_success() => {
-                    let limit = engine::NOTIFICATION_ANSWER_LIMIT;
-                    (Notified::Accepted, read_small(res.into_body(), limit).await)
-                }
-                Ok(res) => (Notified::Refused(res.status().as_u16()), None),
-                Err(_) => (Notified::Failed, None),
-            }
-        })
-        .await;
-        let (notified, answer) = answered.unwrap_or((Notified::TimedOut, None));
-        record.notified(notified);
-        redirect = match step_up.confirm_return(&redirect, answer.as_deref()) {
-            Ok(r) => r,
-            Err(r) => {
-                let res = refuse(&mut record, &r);
-                return Ok((record, res));
-            }
-        };
-    }
-    record.redirected(&redirect);
-    Ok((record, redirect.to_response().map(StepUpBody::full)))
 }
 
-/// A Klarna webhook: verify, relay the original bytes, and acknowledge only what the payment
-/// API accepted; anything else is a 503 so that Klarna retries.
-async fn webhook<S, ReqB, ResB>(
-    step_up: StepUp,
-    mut inner: S,
-    req: Request<ReqB>,
-    mut record: Record,
-    mount: Mount,
-) -> Answer<ResB, S::Error>
+/// Step-up's own answer.
+fn answer<B>(a: &crate::driver::Answer) -> Response<StepUpBody<B>> {
+    a.to_response().map(StepUpBody::full)
+}
+
+impl<S> Exchange<S> {
+    /// Reads the request as the driver asks, forwards it, and hands the answer back.
+    async fn run<ReqB, ResB>(mut self, req: Request<ReqB>) -> Answer<ResB, S::Error>
+    where
+        S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
+        ReqB: Body<Data = Bytes>,
+        ReqB::Error: Into<BoxError>,
+        ResB: Body<Data = Bytes>,
+    {
+        let (mut parts, body) = req.into_parts();
+        let mut body = std::pin::pin!(body);
+        let d = &mut self.driver;
+        let mut action = d.begin(&self.budget, Holding::Whole);
+        let forward = loop {
+            action = match action {
+                Action::ReadBody { .. } | Action::ReadMore => match body.frame().await {
+                    None => d.on_request_body(Bytes::new(), true),
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => d.on_request_body(data, false),
+                        Err(_) => Action::ReadMore,
+                    },
+                    Some(Err(e)) => d.on_request_body_error(timed_out(&*e.into())),
+                },
+                Action::Notify {
+                    request, timeout, ..
+                } => {
+                    let told = notify(
+                        d,
+                        &mut self.inner,
+                        request,
+                        timeout,
+                        &parts.uri,
+                        &self.mount,
+                    );
+                    match told.await {
+                        Told::Answered(status, body) => d.on_notified(Notified::Answered {
+                            status,
+                            body: body.as_deref(),
+                        }),
+                        Told::Failed => d.on_notified(Notified::Failed),
+                        Told::TimedOut => d.on_notified(Notified::TimedOut),
+                    }
+                }
+                Action::Forward(forward) => break forward,
+                Action::Answer(a) => return Ok((self.driver, answer(&a))),
+                other => unreachable!("{other:?}: the tower adapter holds whole bodies"),
+            };
+        };
+        d.upstream_request_head(&mut parts.headers);
+        if let Some(path) = d.upstream_path() {
+            parts.uri = with_path(&parts.uri, &self.mount.outer(path));
+        }
+        let timeout = forward.timeout();
+        let (body, taken) = StepUpBody::watched(forward.into_body());
+        let call = self.inner.call(Request::from_parts(parts, body));
+        let called = match timeout {
+            None => Some(call.await),
+            // Bounded: Klarna must hear back (and retry) even if the payment API hangs.
+            Some(t) => tokio::time::timeout(t, call).await.ok(),
+        };
+        let res = match called {
+            Some(Ok(res)) => res,
+            Some(Err(e)) => match d.on_upstream_error(None, true) {
+                Some(a) => return Ok((self.driver, answer(&a))),
+                None => return Err(e),
+            },
+            None => {
+                let timed_out = Refusal::upstream_timeout();
+                let a = d.on_upstream_error(Some(timed_out.clone()), true);
+                return Ok((self.driver, answer(&a.unwrap_or(timed_out.into()))));
+            }
+        };
+        let res = self.respond(res, &taken).await;
+        Ok((self.driver, res))
+    }
+
+    /// The answer, as the driver has it passed on, read, rewritten or replaced.
+    async fn respond<B>(&mut self, res: Response<B>, taken: &AtomicBool) -> Response<StepUpBody<B>>
+    where
+        B: Body<Data = Bytes>,
+    {
+        let d = &mut self.driver;
+        let (mut parts, body) = res.into_parts();
+        let head = ResponseHead::new(parts.status, &parts.headers)
+            .length(body.size_hint().exact())
+            .proxy_error(parts.extensions.get::<Refusal>())
+            .inner_answered(!taken.load(Ordering::Relaxed));
+        match d.on_response_head(head) {
+            ResponseAction::Read { .. } => {}
+            ResponseAction::Answer(a) => return answer(&a),
+            _ => {
+                d.response_head(&mut parts.headers);
+                return Response::from_parts(parts, StepUpBody::new(body));
+            }
+        }
+        // Pinned on the heap: if the answer turns out too large, the rest of it is passed on.
+        let mut body = Box::pin(body);
+        loop {
+            let action = match body.frame().await {
+                None => d.on_response_body(Bytes::new(), true),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => d.on_response_body(data, false),
+                    Err(_) => continue,
+                },
+                Some(Err(_)) => {
+                    let failed = Refusal::upstream_unreachable();
+                    let a = d.on_upstream_error(Some(failed.clone()), true);
+                    return answer(&a.unwrap_or(failed.into()));
+                }
+            };
+            let body = match action {
+                ResponseAction::ReadMore | ResponseAction::Pass => continue,
+                ResponseAction::Send(bytes) => StepUpBody::full(bytes),
+                ResponseAction::SendThenStream(prefix) => StepUpBody::prefixed(prefix, body),
+                ResponseAction::Answer(a) => return answer(&a),
+                other => unreachable!("{other:?}: the tower adapter holds the head"),
+            };
+            d.response_head(&mut parts.headers);
+            return Response::from_parts(parts, body);
+        }
+    }
+}
+
+/// What came of a return notification.
+enum Told {
+    Answered(http::StatusCode, Option<Bytes>),
+    Failed,
+    TimedOut,
+}
+
+/// Sends the acquirer-return notification through the wrapped service (its path under the
+/// mount), waiting for its answer (its body included) at most `timeout`.
+async fn notify<S, ReqB, ResB>(
+    driver: &Driver,
+    inner: &mut S,
+    request: Request<Vec<u8>>,
+    timeout: std::time::Duration,
+    uri: &http::Uri,
+    mount: &Mount,
+) -> Told
 where
     S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
-    ReqB: Body<Data = Bytes>,
-    ReqB::Error: Into<BoxError>,
     ResB: Body<Data = Bytes>,
 {
-    let (mut parts, body) = req.into_parts();
-    let body = match read_body(&parts.headers, body, step_up.webhook_body_limit(), None).await {
-        Ok(body) => body,
-        Err(r) => {
-            let res = refuse(&mut record, &r);
-            return Ok((record, res));
+    let (mut parts, body) = request.into_parts();
+    parts.uri = with_path(uri, &mount.outer(parts.uri.path()));
+    let notify = Request::from_parts(parts, StepUpBody::full(body));
+    let answered = tokio::time::timeout(timeout, async {
+        match inner.call(notify).await {
+            Ok(res) => {
+                let status = res.status();
+                let body = match driver.reads_notification_answer(status) {
+                    Some(limit) => read_small(res.into_body(), limit).await,
+                    None => None,
+                };
+                Told::Answered(status, body)
+            }
+            Err(_) => Told::Failed,
         }
-    };
-    record.read_request(body.len());
-    let verified = record.timed(|| step_up.verify_webhook(&parts.headers, &body));
-    let event = match verified {
-        Ok(event) => event,
-        Err(r) => {
-            let res = refuse(&mut record, &r);
-            return Ok((record, res));
-        }
-    };
-    record.webhook_verified(&event);
-    engine::relay_request(&mut parts.headers, &event);
-    parts.uri = with_path(&parts.uri, &mount.outer(step_up.webhook_relay_path()));
-    // Bounded: Klarna must hear back (and retry on a 503) even if the payment API hangs.
-    let relayed = tokio::time::timeout(
-        step_up.webhook_relay_timeout(),
-        inner.call(Request::from_parts(parts, StepUpBody::full(body))),
-    )
+    })
     .await;
-    let res = match relayed {
-        Ok(Ok(res)) => match step_up.webhook_accepted(res.status()) {
-            Ok(()) => {
-                record.relayed(res.status().as_u16());
-                let mut res = res.map(StepUpBody::new);
-                engine::mark_relayed(res.headers_mut());
-                res
-            }
-            Err(r) => {
-                record.not_relayed(Some(res.status().as_u16()));
-                r.to_response().map(StepUpBody::full)
-            }
-        },
-        Ok(Err(_)) | Err(_) => {
-            record.not_relayed(None);
-            Refusal::webhook_not_accepted()
-                .to_response()
-                .map(StepUpBody::full)
-        }
-    };
-    Ok((record, res))
+    answered.unwrap_or(Told::TimedOut)
 }
 
 /// `uri` with its path (and query) replaced by `path`; scheme and authority kept.
@@ -338,176 +363,6 @@ fn with_path(uri: &http::Uri, path: &str) -> http::Uri {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = path.parse().ok();
     http::Uri::from_parts(parts).unwrap_or_else(|_| http::Uri::from_static("/"))
-}
-
-/// One candidate exchange: read the body, ask the engine, call the payment API, rewrite.
-async fn exchange<S, ReqB, ResB>(
-    step_up: StepUp,
-    mut inner: S,
-    candidate: Candidate,
-    req: Request<ReqB>,
-    mut record: Record,
-    budget: BufferBudget,
-) -> Answer<ResB, S::Error>
-where
-    S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
-    ReqB: Body<Data = Bytes>,
-    ReqB::Error: Into<BoxError>,
-    ResB: Body<Data = Bytes>,
-{
-    let (mut parts, body) = req.into_parts();
-    // Charged by the bytes it holds, as they arrive, declared length or not: a slow client
-    // holding little takes little of the budget, and one without a `Content-Length` cannot
-    // go past it. Its answer is counted as it arrives.
-    let Some(mut held) = budget.admit(0) else {
-        let res = refuse(&mut record, &Refusal::overloaded());
-        return Ok((record, res));
-    };
-    let read = read_body(&parts.headers, body, step_up.body_limit(), Some(&mut held)).await;
-    let body = match read {
-        Ok(body) => body,
-        Err(r) => {
-            let res = refuse(&mut record, &r);
-            return Ok((record, res));
-        }
-    };
-    record.read_request(body.len());
-    let verdict = record.timed(|| step_up.rewrite_request(candidate, &body, unix_now()));
-    // The partner's bytes are not needed once injected: one copy in memory, not two.
-    let body = match verdict {
-        RequestVerdict::Injected { .. } => {
-            drop(body);
-            Bytes::new()
-        }
-        _ => body,
-    };
-    let (body, exchange) = match verdict {
-        RequestVerdict::NotKlarna => {
-            let (body, taken) = StepUpBody::watched(body);
-            let res = inner.call(Request::from_parts(parts, body)).await?;
-            if answered_by_inner(&taken, &res) {
-                record.answered_by_inner();
-            }
-            return Ok((record, res.map(StepUpBody::new)));
-        }
-        RequestVerdict::Refused(r) => {
-            let res = refuse(&mut record, &r);
-            return Ok((record, res));
-        }
-        RequestVerdict::Injected { body, exchange } => {
-            record.injected(&exchange);
-            (body, exchange)
-        }
-    };
-    engine::injected_request(&mut parts.headers, body.len());
-    let (body, taken) = StepUpBody::watched(Bytes::from(body));
-    let res = inner.call(Request::from_parts(parts, body)).await?;
-    if let Some(r) = res.extensions().get::<Refusal>().cloned() {
-        // The proxy's own 502/504 (see `upstream_refusal`): not Klarna's answer, so neither
-        // rewritten nor marked `passthrough`; it says its own code.
-        record.refused(&r);
-        let (mut parts, body) = res.into_parts();
-        parts.headers.insert(
-            engine::MARKER_HEADER,
-            http::HeaderValue::from_static(r.code),
-        );
-        return Ok((record, Response::from_parts(parts, StepUpBody::new(body))));
-    }
-    if answered_by_inner(&taken, &res) {
-        // The inner service's own answer (say an authentication 401): nothing reached the
-        // payment API, there is nothing of Klarna's to read; untouched and unmarked.
-        record.answered_by_inner();
-        return Ok((record, res.map(StepUpBody::new)));
-    }
-    let res = rewrite_response(&step_up, &exchange, &mut record, res, &mut held).await;
-    Ok((record, res))
-}
-
-/// The answer to an injected request: read (bounded by the body limit) and rewritten when
-/// the engine says so; otherwise, or when it turns out larger, passed on untouched.
-async fn rewrite_response<B>(
-    step_up: &StepUp,
-    exchange: &Exchange,
-    record: &mut Record,
-    res: Response<B>,
-    held: &mut Held,
-) -> Response<StepUpBody<B>>
-where
-    B: Body<Data = Bytes>,
-{
-    let (mut parts, body) = res.into_parts();
-    record.answer_head(&parts.headers);
-    if let ResponsePlan::Keep(reason) =
-        step_up.response_plan(exchange, parts.status, &parts.headers)
-    {
-        record.kept(reason);
-        engine::mark_passthrough(&mut parts.headers);
-        let length = body.size_hint().exact();
-        if !step_up.reads_error(parts.status, &parts.headers, length) {
-            return Response::from_parts(parts, StepUpBody::new(body));
-        }
-        // A small Klarna error: read for its error_id (logs, record), passed on untouched.
-        let mut body = Box::pin(body);
-        let mut raw = bytes::BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else {
-                return refuse(record, &Refusal::upstream_unreachable());
-            };
-            if let Ok(data) = frame.into_data() {
-                raw.extend_from_slice(&data);
-            }
-            if raw.len() > step_up.body_limit() {
-                // Longer than it said: not read further, passed on as it comes.
-                return Response::from_parts(parts, StepUpBody::prefixed(raw.freeze(), body));
-            }
-        }
-        record.klarna_error(step_up.klarna_error_id(&raw));
-        return Response::from_parts(parts, StepUpBody::full(raw.freeze()));
-    }
-    let limit = step_up.body_limit();
-    // Pinned on the heap: if the answer turns out too large, the rest of it is passed on.
-    let mut body = Box::pin(body);
-    let mut raw = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            let r = Refusal::upstream_unreachable();
-            return refuse(record, &r);
-        };
-        if let Ok(data) = frame.into_data() {
-            raw.extend_from_slice(&data);
-            held.grow_to(raw.len());
-        }
-        if raw.len() > limit {
-            // Too large to be an answer we rewrite: what was read, then the rest, untouched.
-            record.read_response(raw.len());
-            record.kept(crate::KeepReason::TooLarge);
-            engine::mark_passthrough(&mut parts.headers);
-            return Response::from_parts(parts, StepUpBody::prefixed(raw.freeze(), body));
-        }
-    }
-    let raw = raw.freeze();
-    record.read_response(raw.len());
-    let verdict =
-        record.timed(|| step_up.rewrite_response(exchange, parts.status, &parts.headers, &raw));
-    match verdict {
-        ResponseVerdict::Rewritten {
-            body,
-            result,
-            payment_request_id,
-        } => {
-            record.rewritten(result, payment_request_id);
-            engine::mark_rewritten(&mut parts.headers);
-            parts
-                .headers
-                .insert(CONTENT_LENGTH, http::HeaderValue::from(body.len()));
-            Response::from_parts(parts, StepUpBody::full(body))
-        }
-        ResponseVerdict::Keep(reason) => {
-            record.kept(reason);
-            engine::mark_passthrough(&mut parts.headers);
-            Response::from_parts(parts, StepUpBody::full(raw))
-        }
-    }
 }
 
 /// The body of a small answer, when it reads to its end within `limit` bytes.
@@ -523,72 +378,6 @@ async fn read_small<B: Body<Data = Bytes>>(body: B, limit: usize) -> Option<Byte
         }
     }
     Some(raw.freeze())
-}
-
-/// Reads a request body within `limit`: 413 beyond it (declared or counted), 408 when the
-/// body's error is a timeout (an `io::Error` of kind `TimedOut` among its causes, as a body
-/// read timeout of the server gives), 400 when it cannot be read otherwise. With `held`, the
-/// bytes held are charged to the buffer budget as they come: 503 `overloaded` when it is
-/// spent.
-async fn read_body<B>(
-    headers: &HeaderMap,
-    body: B,
-    limit: usize,
-    mut held: Option<&mut Held>,
-) -> Result<Bytes, Refusal>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    if engine::content_length(headers).is_some_and(|n| n > limit as u64) {
-        return Err(Refusal::too_large(limit));
-    }
-    // Frame by frame into one buffer of the declared size: the body is held once, not
-    // once in frames and again when joined. (Of a large buffer, only the pages written to
-    // are resident: what is charged is what arrived.)
-    let declared = engine::content_length(headers).map_or(0, |n| n as usize);
-    let mut body = std::pin::pin!(body);
-    let mut first: Option<Bytes> = None;
-    let mut joined = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let data = match frame {
-            Ok(frame) => match frame.into_data() {
-                Ok(data) => data,
-                Err(_) => continue,
-            },
-            Err(e) => {
-                let e: BoxError = e.into();
-                return Err(if timed_out(&*e) {
-                    Refusal::request_timeout()
-                } else {
-                    Refusal::unreadable_body()
-                });
-            }
-        };
-        let len = first.as_ref().map_or(0, Bytes::len) + joined.len() + data.len();
-        if len > limit {
-            return Err(Refusal::too_large(limit));
-        }
-        if let Some(held) = held.as_deref_mut() {
-            if !held.try_grow_to(len) {
-                return Err(Refusal::overloaded());
-            }
-        }
-        // A body in one frame (the usual case) is taken as it is, without a copy.
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            prev => {
-                if joined.is_empty() {
-                    joined.reserve(declared.max(len));
-                }
-                if let Some(prev) = prev {
-                    joined.extend_from_slice(&prev);
-                }
-                joined.extend_from_slice(&data);
-            }
-        }
-    }
-    Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
 /// Whether `e` or one of its causes satisfies `test`.
@@ -612,17 +401,4 @@ pub(super) fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
     })
-}
-
-/// Whether the inner service answered without taking the body it was handed (`taken`):
-/// its own answer, not the payment API's. A proxy's own error answer (it carries its
-/// [`Refusal`]) is not: that request failed upstream.
-fn answered_by_inner<B>(taken: &std::sync::atomic::AtomicBool, res: &Response<B>) -> bool {
-    !taken.load(Ordering::Relaxed) && res.extensions().get::<Refusal>().is_none()
-}
-
-/// Step-up's own answer, recorded.
-fn refuse<B>(record: &mut Record, r: &Refusal) -> Response<StepUpBody<B>> {
-    record.refused(r);
-    r.to_response().map(StepUpBody::full)
 }
