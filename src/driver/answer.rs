@@ -324,6 +324,19 @@ impl Driver {
         }
     }
 
+    /// Whether the answer's body is fed to [`on_response_body`](Self::on_response_body)
+    /// (read, counted, or stopped); an adapter that passes every part through a filter may
+    /// skip the call otherwise.
+    pub fn reads_answer(&self) -> bool {
+        matches!(
+            self.answer,
+            AnswerStep::Counting { .. }
+                | AnswerStep::ReadingError { .. }
+                | AnswerStep::Reading { .. }
+                | AnswerStep::Aborted
+        )
+    }
+
     /// Whether the answer was stopped ([`ResponseAction::Abort`]).
     pub fn aborted(&self) -> bool {
         matches!(self.answer, AnswerStep::Aborted)

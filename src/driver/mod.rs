@@ -70,6 +70,14 @@ pub use crate::engine::Head;
 pub use answer::{AnswerHead, ResponseAction, ResponseHead};
 pub use own_routes::Notified;
 
+/// A request head that carries its method and target: see [`Driver::start_head`].
+pub trait RequestHead: Head {
+    /// The request's method.
+    fn method(&self) -> &Method;
+    /// The request's target.
+    fn uri(&self) -> &Uri;
+}
+
 /// How much of a candidate's body the adapter can hold before its upstream request must go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -178,6 +186,14 @@ impl Answer {
         match &self.0 {
             AnswerKind::Refusal(r) => r.to_response(),
             AnswerKind::Redirect(r) => r.to_response(),
+        }
+    }
+
+    /// The answer's status.
+    pub fn status(&self) -> StatusCode {
+        match &self.0 {
+            AnswerKind::Refusal(r) => r.status,
+            AnswerKind::Redirect(_) => StatusCode::SEE_OTHER,
         }
     }
 
@@ -328,14 +344,29 @@ impl Driver {
         head: &mut impl Head,
     ) -> Option<Driver> {
         engine::strip_forged_headers(head);
-        let uri = uri?;
-        let (route, request) = match step_up.classify(method, uri, head.headers()) {
+        Driver::classify(step_up, method, uri?, head.headers())
+    }
+
+    /// [`start`](Self::start) for a head that carries its own method and target (Pingora's
+    /// `RequestHeader`), read as they are.
+    pub fn start_head(step_up: &StepUp, head: &mut impl RequestHead) -> Option<Driver> {
+        engine::strip_forged_headers(head);
+        Driver::classify(step_up, head.method(), head.uri(), head.headers())
+    }
+
+    fn classify(
+        step_up: &StepUp,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Option<Driver> {
+        let (route, request) = match step_up.classify(method, uri, headers) {
             Route::Candidate(candidate) => {
                 let pattern = step_up.candidate_pattern(candidate);
                 let mut d = Driver::acting(step_up, pattern, Outcome::NotKlarna);
                 d.record.candidate(&candidate);
                 d.request = RequestStep::Candidate(candidate);
-                d.declared = engine::content_length(head.headers());
+                d.declared = engine::content_length(headers);
                 return Some(d);
             }
             Route::Refused(refused) => {
@@ -349,12 +380,12 @@ impl Driver {
                 RequestStep::Return {
                     resolved: step_up.resolve_return(uri, engine::unix_now()),
                     method: method.clone(),
-                    host: head.headers().get(http::header::HOST).cloned(),
+                    host: headers.get(http::header::HOST).cloned(),
                 },
             ),
             // Its signature is checked over the body with the head's key id: the head is
             // kept until then.
-            Route::Webhook => ("webhook", RequestStep::Webhook(head.headers().clone())),
+            Route::Webhook => ("webhook", RequestStep::Webhook(headers.clone())),
             Route::RelayPathFromOutside => (
                 "webhook_relay_path",
                 RequestStep::Refused(Refusal::not_found()),
@@ -363,29 +394,41 @@ impl Driver {
         };
         let mut d = Driver::acting(step_up, route, Outcome::NotCandidate);
         d.request = request;
-        d.declared = engine::content_length(head.headers());
+        d.declared = engine::content_length(headers);
         Some(d)
     }
 
-    /// Checks a request head before anything else looks at it, as the binary's server does
-    /// (see [`HeadLimits`]): the request target's form (`raw_target` as it came on the
-    /// wire), at most one `Host` (and one in HTTP/1.1), one `Content-Length` (identical
-    /// listed values are made one), and the size bounds. `Some` driver, whose
-    /// [`begin`](Self::begin) answers the refusal, when the head does not hold.
+    /// Checks a request target as it came on the wire (`raw_target`), before anything
+    /// else looks at the request: a path, an absolute URL, `*` for `OPTIONS`, or
+    /// `CONNECT`'s authority (a parser that takes a malformed request line would hand the
+    /// payment API a path no route check saw for what it is). `Some` driver, whose
+    /// [`begin`](Self::begin) answers the 400, when it does not hold; then check the rest
+    /// of the head with [`check_head`](Self::check_head).
+    pub fn check_target(step_up: &StepUp, method: &Method, raw_target: &[u8]) -> Option<Driver> {
+        let refusal = engine::check_request_target(method, raw_target).err()?;
+        Some(Driver::refused_head(step_up, refusal))
+    }
+
+    /// Checks a request head as the binary's server does (see [`HeadLimits`]): at most one
+    /// `Host` (and one in HTTP/1.1), one `Content-Length` (identical listed values are made
+    /// one), and the size bounds (`target_len`: the request target's length). `Some`
+    /// driver, whose [`begin`](Self::begin) answers the refusal, when the head does not
+    /// hold.
     pub fn check_head(
         step_up: &StepUp,
-        method: &Method,
-        raw_target: &[u8],
-        version: http::Version,
         head: &mut impl Head,
+        version: http::Version,
+        target_len: usize,
         limits: HeadLimits,
     ) -> Option<Driver> {
-        let checked = engine::check_request_target(method, raw_target)
-            .and_then(|()| engine::check_request_head(head, version, raw_target.len(), limits));
-        let refusal = checked.err()?;
+        let refusal = engine::check_request_head(head, version, target_len, limits).err()?;
+        Some(Driver::refused_head(step_up, refusal))
+    }
+
+    fn refused_head(step_up: &StepUp, refusal: Refusal) -> Driver {
         let mut d = Driver::acting(step_up, "request_head", Outcome::NotCandidate);
         d.request = RequestStep::Refused(refusal);
-        Some(d)
+        d
     }
 
     fn acting(step_up: &StepUp, route: &str, outcome: Outcome) -> Driver {

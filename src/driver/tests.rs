@@ -269,19 +269,27 @@ fn refused_heads_and_the_relay_path_are_answered_at_once() {
         415
     );
     let mut head = HeaderMap::new();
-    let d = Driver::check_head(
-        &step_up,
-        &Method::POST,
-        b"%20/payments",
-        http::Version::HTTP_11,
-        &mut head,
-        HeadLimits::default(),
-    );
+    assert!(Driver::check_target(&step_up, &Method::POST, b"/payments").is_none());
+    let d = Driver::check_target(&step_up, &Method::POST, b"%20/payments");
     let mut d = d.expect("a refused head");
     assert!(d.refuses_head());
     assert_eq!(
         refusal(d.begin(&BufferBudget::default(), Holding::Whole)).code,
         "bad_request_head"
+    );
+    let d = Driver::check_head(
+        &step_up,
+        &mut head,
+        http::Version::HTTP_11,
+        9,
+        HeadLimits::default(),
+    );
+    let mut d = d.expect("no Host in HTTP/1.1");
+    assert_eq!(
+        refusal(d.begin(&BufferBudget::default(), Holding::Whole))
+            .param
+            .as_deref(),
+        Some("Host")
     );
 }
 

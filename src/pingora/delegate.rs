@@ -108,7 +108,7 @@ where
         if self.inner.request_filter(session, &mut ctx.inner).await? {
             if ctx.step_up.acts() {
                 // Before step-up read or answered anything: the inner proxy's own answer.
-                ctx.step_up.record.answered_by_inner();
+                ctx.step_up.driver.on_inner_answer();
             }
             return Ok(true);
         }

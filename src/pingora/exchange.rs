@@ -30,11 +30,10 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::Result;
 
-use super::ctx::{Req, StepUpCtx};
+use super::ctx::StepUpCtx;
 use super::phases::StepUpPhases;
 use super::proxy::{StepUpProxy, StepUpProxyCtx};
-use crate::engine;
-use crate::{KeepReason, ResponsePlan, ResponseVerdict};
+use crate::driver::{ResponseAction, ResponseHead};
 
 /// Request headers that belong to one connection (RFC 9110 §7.6.1), not to the exchange.
 const HOP_BY_HOP: [header::HeaderName; 6] = [
@@ -173,7 +172,9 @@ where
             .request_body_filter(session, &mut body, true, &mut ctx.inner)
             .await?;
         let body = body.unwrap_or_default();
-        engine::injected_request(&mut req, body.len());
+        ctx.step_up
+            .driver
+            .upstream_request_head_for(&mut req, body.len());
 
         // Errors of the connection are the upstream's (502/504); a filter's are its own.
         conn.write_request_header(Box::new(req)).await.map_err(up)?;
@@ -247,14 +248,9 @@ where
         self.inner
             .upstream_response_body_filter(session, &mut raw, end, &mut ctx.inner)?;
         let raw = raw.unwrap_or_default();
-        let body = if end {
-            self.phases
-                .direct_answer(session, &mut head, raw, &mut ctx.step_up)
-        } else {
-            self.phases
-                .direct_too_large(session, &mut head, &mut ctx.step_up);
-            raw
-        };
+        let body = self
+            .phases
+            .direct_answer(session, &mut head, raw, end, &mut ctx.step_up);
         self.inner
             .response_filter(session, &mut head, &mut ctx.inner)
             .await?;
@@ -297,76 +293,39 @@ where
 /// The body of an injected Klarna request read whole in `request_filter`: an exchange
 /// [`StepUpProxy`] may carry out by itself.
 fn direct_body(ctx: &StepUpCtx) -> Option<Bytes> {
-    match (&ctx.req, &ctx.exchange) {
-        (Req::Buffered(body), Some(_)) => Some(body.clone()),
-        _ => None,
-    }
+    ctx.driver.forward_body().cloned()
 }
 
 impl StepUpPhases {
-    /// The direct exchange's answer when it is larger than `body_limit`: it passes through
-    /// untouched, streamed (chunked unless the upstream gave its length).
-    fn direct_too_large(
-        &self,
-        session: &mut Session,
-        head: &mut ResponseHeader,
-        ctx: &mut StepUpCtx,
-    ) {
-        ctx.record.kept(KeepReason::TooLarge);
-        self.passthrough_head(session, head, ctx);
-        if !head.headers.contains_key(header::CONTENT_LENGTH) {
-            let _ = head.insert_header(header::TRANSFER_ENCODING, "chunked");
-        }
-    }
-
-    /// The direct exchange's answer, read whole: rewritten when the engine says so, else the
-    /// upstream's bytes untouched. Edits `head` to match (the caller sets the framing) and
-    /// returns the body.
+    /// The direct exchange's answer, as read (`whole`, or past the body limit with the rest
+    /// still to come): what the driver makes of it. Edits `head` to match (the caller sets
+    /// the framing of a whole answer) and returns the body, or what goes before the rest.
     fn direct_answer(
         &self,
         session: &mut Session,
         head: &mut ResponseHeader,
         raw: Bytes,
+        whole: bool,
         ctx: &mut StepUpCtx,
     ) -> Bytes {
-        ctx.record.read_response(raw.len());
-        let Some(exchange) = &ctx.exchange else {
-            return raw;
+        let d = &mut ctx.driver;
+        let length = whole.then_some(raw.len() as u64);
+        let read = ResponseHead::new(head.status, &head.headers).length(length);
+        let body = match d.on_response_head(read) {
+            ResponseAction::Read { .. } => match d.on_response_body(raw.clone(), whole) {
+                ResponseAction::Send(body) | ResponseAction::SendThenStream(body) => body,
+                _ => raw,
+            },
+            _ => raw,
         };
-        ctx.record.answer_head(&head.headers);
-        if self
-            .step_up
-            .reads_error(head.status, &head.headers, Some(raw.len() as u64))
-        {
-            ctx.record.klarna_error(self.step_up.klarna_error_id(&raw));
+        if !d.response_head(head).body_is_step_ups() {
+            self.compression_off(session, ctx);
         }
-        let reason = match self
-            .step_up
-            .response_plan(exchange, head.status, &head.headers)
-        {
-            ResponsePlan::Keep(reason) => reason,
-            ResponsePlan::Read => {
-                let verdict = ctx.record.timed(|| {
-                    self.step_up
-                        .rewrite_response(exchange, head.status, &head.headers, &raw)
-                });
-                match verdict {
-                    ResponseVerdict::Rewritten {
-                        body,
-                        result,
-                        payment_request_id,
-                    } => {
-                        ctx.record.rewritten(result, payment_request_id);
-                        engine::mark_rewritten(&mut *head);
-                        return Bytes::from(body);
-                    }
-                    ResponseVerdict::Keep(reason) => reason,
-                }
-            }
-        };
-        ctx.record.kept(reason);
-        self.passthrough_head(session, head, ctx);
-        raw
+        if !whole && !head.headers.contains_key(header::CONTENT_LENGTH) {
+            // Too large to rewrite: passed on as it comes.
+            let _ = head.insert_header(header::TRANSFER_ENCODING, "chunked");
+        }
+        body
     }
 }
 

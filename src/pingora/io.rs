@@ -1,14 +1,14 @@
 //! Reading and writing through a Pingora `Session`, and the engine's head edits on Pingora's
 //! header types.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::engine::Head;
+use crate::driver::{Answer, Head, RequestHead};
 use crate::Refusal;
 
 /// The engine's head edits on Pingora's two header types (they share their header API but
@@ -34,51 +34,14 @@ macro_rules! impl_head {
 
 impl_head!(RequestHeader, ResponseHeader);
 
-/// What [`read_retry_buffered`] read.
-pub(super) enum Read {
-    /// The whole body.
-    Whole(Bytes),
-    /// More than the bound: what was read so far (the rest is still to come).
-    Over(Bytes),
-    /// The client's body could not be read.
-    Failed,
-    /// The client did not send its body in time.
-    TimedOut,
-}
-
-/// Reads the request body into Pingora's retry buffer (turned on first: only then do the
-/// bytes read here reach the upstream, replayed into `request_body_filter`), stopping once
-/// more than `stop_over` bytes are in. A body that arrives in one chunk is not copied.
-pub(super) async fn read_retry_buffered(session: &mut Session, stop_over: usize) -> Read {
-    session.enable_retry_buffering();
-    let mut first: Option<Bytes> = None;
-    let mut acc = BytesMut::new();
-    loop {
-        let chunk = match session.read_request_body().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(e) if e.etype() == &ErrorType::ReadTimedout => return Read::TimedOut,
-            Err(_) => return Read::Failed,
-        };
-        let read = match first.take() {
-            None if acc.is_empty() => {
-                let n = chunk.len();
-                first = Some(chunk);
-                n
-            }
-            held => {
-                if let Some(held) = held {
-                    acc.extend_from_slice(&held);
-                }
-                acc.extend_from_slice(&chunk);
-                acc.len()
-            }
-        };
-        if read > stop_over {
-            return Read::Over(first.unwrap_or_else(|| acc.freeze()));
-        }
+impl RequestHead for RequestHeader {
+    fn method(&self) -> &http::Method {
+        &self.method
     }
-    Read::Whole(first.unwrap_or_else(|| acc.freeze()))
+
+    fn uri(&self) -> &http::Uri {
+        &self.uri
+    }
 }
 
 /// The 502/504 answer for a proxy error that the upstream caused: a timeout gives
@@ -110,17 +73,20 @@ pub fn client_timeout_refusal(e: &Error) -> Option<Refusal> {
 /// adapter ([`Refusal::to_response`]); the connection is not kept alive when the refusal
 /// says so ([`Refusal::closes_connection`]: Pingora then writes `Connection: close`).
 pub async fn respond(session: &mut Session, refusal: &Refusal) -> Result<()> {
-    if refusal.closes_connection() {
+    write_answer(session, &Answer::from(refusal.clone())).await
+}
+
+/// Writes step-up's own answer as the complete response; the connection is not kept alive
+/// when the answer says so.
+pub(super) async fn write_answer(session: &mut Session, answer: &Answer) -> Result<()> {
+    if answer.closes_connection() {
         session.set_keepalive(None);
     }
-    write_response(session, refusal.to_response()).await
+    write_response(session, answer.to_response()).await
 }
 
 /// Writes `res` as the complete response.
-pub(super) async fn write_response(
-    session: &mut Session,
-    res: http::Response<Vec<u8>>,
-) -> Result<()> {
+async fn write_response(session: &mut Session, res: http::Response<Vec<u8>>) -> Result<()> {
     let mut head = ResponseHeader::build(res.status(), Some(res.headers().len()))?;
     for (name, value) in res.headers() {
         head.append_header(name.clone(), value.clone())?;

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use bytes::Bytes;
+use http::header;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::compression::ResponseCompression;
@@ -14,12 +14,12 @@ use pingora::server::configuration::ServerConf;
 use pingora::{Error, ErrorType, OrErr, Result};
 
 use super::client::UpstreamClient;
-use super::ctx::{Own, Req, Resp, StepUpCtx};
-use super::io::{client_timeout_refusal, read_retry_buffered, respond, upstream_refusal, Read};
+use super::ctx::StepUpCtx;
+use super::io::{client_timeout_refusal, upstream_refusal, write_answer};
 use crate::budget::BufferBudget;
-use crate::engine::{self, unix_now, Candidate, HeadLimits};
-use crate::observe::{Outcome, Record};
-use crate::{KeepReason, Refusal, RequestVerdict, ResponsePlan, ResponseVerdict, Route, StepUp};
+use crate::driver::{Action, Answer, Driver, Holding, ResponseAction, ResponseHead};
+use crate::engine::HeadLimits;
+use crate::StepUp;
 
 /// Pingora's retry buffer: a body read in `request_filter` reaches the upstream only if it
 /// fits (`BODY_BUF_LIMIT` in pingora-core). Candidate bodies up to this size take the
@@ -32,8 +32,7 @@ const REFUSED: ErrorType = ErrorType::Custom("klarna_stepup_refused");
 
 /// The error `response_filter` returns after it answered a webhook the payment API did not
 /// accept (the 503 is already written; this only stops the upstream answer).
-pub(super) const WEBHOOK_ANSWERED: ErrorType =
-    ErrorType::Custom("klarna_stepup_webhook_not_accepted");
+const WEBHOOK_ANSWERED: ErrorType = ErrorType::Custom("klarna_stepup_webhook_not_accepted");
 
 /// The level the client-facing compression module uses for rewritten Klarna answers.
 const COMPRESSION_LEVEL: u32 = 6;
@@ -79,7 +78,7 @@ impl StepUpPhases {
     }
 
     /// Bounds on a request head (default: 32 KiB and 100 fields, as the binary's server):
-    /// a larger head gets 431 [`Refusal::headers_too_large`] before anything else runs.
+    /// a larger head gets 431 [`Refusal::headers_too_large`](crate::Refusal::headers_too_large) before anything else runs.
     /// Pingora's own parser takes up to 1 MiB and 256 fields.
     pub fn head_limits(mut self, limits: HeadLimits) -> Self {
         self.head_limits = limits;
@@ -109,7 +108,7 @@ impl StepUpPhases {
     }
 
     /// The process-wide budget of buffered candidate bytes (default 64 MiB, its own): past
-    /// it, new candidates get 503 [`Refusal::overloaded`]. Pass clones of one budget to
+    /// it, new candidates get 503 [`Refusal::overloaded`](crate::Refusal::overloaded). Pass clones of one budget to
     /// share it between services.
     pub fn buffer_budget(mut self, budget: BufferBudget) -> Self {
         self.budget = budget;
@@ -135,39 +134,26 @@ impl StepUpPhases {
     /// [`head_limits`](Self::head_limits). Such a request is answered 400 or 431 by
     /// `request_filter`, with the same JSON as the binary.
     pub fn early_request_filter(&self, session: &mut Session, ctx: &mut StepUpCtx) {
-        if let Err(refusal) = self.check_head(session.req_header_mut()) {
-            ctx.own = Own::BadHead(refusal);
-            ctx.record = Record::acting("request_head", Outcome::NotCandidate);
+        let req = session.req_header_mut();
+        let step_up = &self.step_up;
+        let refused = Driver::check_target(step_up, &req.method, req.raw_path()).or_else(|| {
+            let (version, target_len) = (req.version, req.raw_path().len());
+            Driver::check_head(step_up, req, version, target_len, self.head_limits)
+        });
+        if let Some(driver) = refused {
+            ctx.driver = driver;
             return;
         }
-        engine::strip_forged_headers(session.req_header_mut());
-        let req = session.req_header();
-        let candidate = match self.step_up.classify(&req.method, &req.uri, &req.headers) {
-            Route::Candidate(candidate) => candidate,
-            Route::Return => {
-                let resolved = self.step_up.resolve_return(&req.uri, unix_now());
-                return own(ctx, Own::Return(resolved), "acquirer_return");
-            }
-            Route::Webhook => return own(ctx, Own::Webhook(None), "webhook"),
-            Route::RelayPathFromOutside => {
-                return own(ctx, Own::RelayPathFromOutside, "webhook_relay_path")
-            }
-            Route::Refused(refused) => {
-                let pattern = self.step_up.candidate_pattern(refused.candidate());
-                ctx.own = Own::Refused(refused.refusal());
-                ctx.record = Record::acting(pattern, Outcome::NotKlarna);
-                return;
-            }
-            _ => return,
+        let Some(driver) = Driver::start_head(step_up, req) else {
+            return;
         };
-        ctx.req = Req::Candidate(candidate);
-        ctx.record = Record::acting(
-            self.step_up.candidate_pattern(candidate),
-            Outcome::NotKlarna,
-        );
-        ctx.record.candidate(&candidate);
+        ctx.driver = driver;
+        if !ctx.driver.is_candidate() {
+            return;
+        }
         // Only clients that ask for an encoding need the compression module armed.
-        let wants_encoding = req
+        let wants_encoding = session
+            .req_header()
             .headers
             .get(header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok())
@@ -191,82 +177,51 @@ impl StepUpPhases {
     /// relay path (404) itself; reads and verifies a webhook (400 when the signature does not
     /// hold). `Ok(true)` means the response was sent: return `Ok(true)` too.
     pub async fn request_filter(&self, session: &mut Session, ctx: &mut StepUpCtx) -> Result<bool> {
-        match &ctx.own {
-            Own::None => {}
-            Own::RelayPathFromOutside => {
-                return self.refuse(session, ctx, Refusal::not_found()).await
-            }
-            Own::Refused(r) | Own::BadHead(r) => {
-                let r = r.clone();
-                return self.refuse(session, ctx, r).await;
-            }
-            Own::Return(_) => return self.acquirer_return(session, ctx).await,
-            Own::Webhook(_) => return self.webhook(session, ctx).await,
-        }
-        let Req::Candidate(candidate) = ctx.req else {
-            return Ok(false);
-        };
-        let limit = self.step_up.body_limit();
-        let declared = engine::content_length(&session.req_header().headers);
-        if declared.is_some_and(|n| n > limit as u64) {
-            return self.refuse(session, ctx, Refusal::too_large(limit)).await;
-        }
-        // What this candidate is about to buffer in this phase: the retry buffer's size at
-        // most (its declared length when shorter). A larger body is charged as its bytes
-        // arrive (`request_body_filter`), so a slow client that declares much holds little;
-        // its answer is counted as it arrives.
-        let reserve = declared.map_or(RETRY_BUFFER_LIMIT, |n| (n as usize).min(RETRY_BUFFER_LIMIT));
-        match self.budget.admit(reserve) {
-            Some(held) => ctx.held = Some(held),
-            None => return self.refuse(session, ctx, Refusal::overloaded()).await,
-        }
-        let large = declared.is_some_and(|n| n > RETRY_BUFFER_LIMIT as u64);
-        let too_large_to_buffer = || Refusal::too_large(RETRY_BUFFER_LIMIT.min(limit));
-        if large && self.large_bodies == LargeBodies::Reject {
-            return self.refuse(session, ctx, too_large_to_buffer()).await;
-        }
-        if large {
-            // Nothing read yet: the whole body streams through request_body_filter.
-            self.start_streaming(session, ctx, candidate, Bytes::new());
+        if !ctx.driver.acts() {
             return Ok(false);
         }
-        let body = match read_retry_buffered(session, limit.min(RETRY_BUFFER_LIMIT)).await {
-            Read::Whole(body) => body,
-            Read::Failed => return self.refuse(session, ctx, Refusal::unreadable_body()).await,
-            Read::TimedOut => return self.refuse(session, ctx, Refusal::request_timeout()).await,
-            Read::Over(body) if body.len() > limit => {
-                return self.refuse(session, ctx, Refusal::too_large(limit)).await
-            }
-            // A chunked body over the retry buffer: what was read is ours to forward.
-            Read::Over(_) if self.large_bodies == LargeBodies::Reject => {
-                return self.refuse(session, ctx, too_large_to_buffer()).await
-            }
-            Read::Over(prefix) => {
-                self.start_streaming(session, ctx, candidate, prefix);
-                return Ok(false);
-            }
+        let holding = match self.large_bodies {
+            LargeBodies::Stream => Holding::ThenStream(RETRY_BUFFER_LIMIT),
+            LargeBodies::Reject => Holding::ThenRefuse(RETRY_BUFFER_LIMIT),
         };
-        ctx.record.read_request(body.len());
-        let verdict = ctx
-            .record
-            .timed(|| self.step_up.rewrite_request(candidate, &body, unix_now()));
-        match verdict {
-            RequestVerdict::NotKlarna => {
-                // Replayed untouched from the retry buffer.
-                ctx.req = Req::Untouched;
-                Ok(false)
-            }
-            RequestVerdict::Refused(r) => self.refuse(session, ctx, r).await,
-            RequestVerdict::Injected { body, exchange } => {
-                ctx.record.injected(&exchange);
-                ctx.exchange = Some(exchange);
-                // Must be on before Pingora parses the upstream answer (after
-                // upstream_request_filter); on the pipeline it decodes the answer before our
-                // response filters.
-                session.upstream_compression.adjust_decompression(true);
-                ctx.req = Req::Buffered(Bytes::from(body));
-                Ok(false)
-            }
+        let mut action = ctx.driver.begin(&self.budget, holding);
+        loop {
+            action = match action {
+                Action::ReadBody { .. } | Action::ReadMore => {
+                    // Into Pingora's retry buffer: only then do the bytes read here reach the
+                    // upstream, replayed into `request_body_filter`.
+                    session.enable_retry_buffering();
+                    match session.read_request_body().await {
+                        Ok(Some(part)) => ctx.driver.on_request_body(part, false),
+                        Ok(None) => ctx.driver.on_request_body(Bytes::new(), true),
+                        Err(e) => ctx
+                            .driver
+                            .on_request_body_error(e.etype() == &ErrorType::ReadTimedout),
+                    }
+                }
+                Action::Notify {
+                    request,
+                    timeout,
+                    answer_limit,
+                } => self.notify(ctx, request, timeout, answer_limit).await,
+                Action::Forward(forward) => {
+                    if forward.rewritten() {
+                        // Must be on before Pingora parses the upstream answer (after
+                        // upstream_request_filter); on the pipeline it decodes the answer
+                        // before our response filters.
+                        session.upstream_compression.adjust_decompression(true);
+                    }
+                    return Ok(false);
+                }
+                Action::StreamBody => {
+                    // Whether this is Klarna is known only at the end of the body, after the
+                    // upstream request went out: decode any answer, in case it is.
+                    session.upstream_compression.adjust_decompression(true);
+                    return Ok(false);
+                }
+                Action::Answer(answer) => return self.answer(session, ctx, &answer).await,
+                _ => return Ok(false),
+            };
         }
     }
 
@@ -278,27 +233,13 @@ impl StepUpPhases {
         upstream_request: &mut RequestHeader,
         ctx: &mut StepUpCtx,
     ) -> Result<()> {
-        match &mut ctx.req {
-            Req::Buffered(body) => engine::injected_request(upstream_request, body.len()),
-            Req::Streaming { prefix, acc, .. } => {
-                acc.clear();
-                acc.extend_from_slice(prefix);
-                upstream_request.remove_header(&header::CONTENT_LENGTH);
-                upstream_request.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-                // Whether this is Klarna is known only at the end of the body: the answer is
-                // asked for plain in case it is, as for an injected request.
-                upstream_request.insert_header(header::ACCEPT_ENCODING, "identity")?;
-            }
-            Req::Untouched | Req::Candidate(_) => {}
-        }
-        if let Own::Webhook(Some(event)) = &ctx.own {
-            let path = self.step_up.webhook_relay_path();
+        ctx.driver.upstream_request_head(upstream_request);
+        if let Some(path) = ctx.driver.upstream_path() {
             let uri = http::Uri::try_from(path).or_err(
                 ErrorType::InternalError,
                 "webhook relay path is not a valid URI",
             )?;
             upstream_request.set_uri(uri);
-            engine::relay_request(upstream_request, event);
         }
         Ok(())
     }
@@ -312,92 +253,43 @@ impl StepUpPhases {
         end_of_stream: bool,
         ctx: &mut StepUpCtx,
     ) -> Result<()> {
-        match &mut ctx.req {
-            Req::Buffered(new) => {
+        let d = &mut ctx.driver;
+        if d.streams_body() {
+            let part = body.take().unwrap_or_default();
+            match d.on_request_body(part, end_of_stream) {
+                Action::Forward(forward) => *body = Some(forward.into_body()),
+                Action::Answer(_) => {
+                    return Error::e_explain(REFUSED, "candidate body refused");
+                }
                 // Non-final: `Some(empty)` is "nothing now"; `None` would end the body.
-                *body = Some(if end_of_stream {
-                    new.clone()
-                } else {
-                    Bytes::new()
-                });
+                _ => *body = Some(Bytes::new()),
             }
-            Req::Streaming { candidate, acc, .. } => {
-                let candidate = *candidate;
-                if let Some(b) = body.take() {
-                    acc.extend_from_slice(&b);
-                }
-                let limit = self.step_up.body_limit();
-                if acc.len() > limit {
-                    ctx.pending = Some(Refusal::too_large(limit));
-                    return Error::e_explain(REFUSED, "candidate body over the limit");
-                }
-                // Charged as it arrives, within the budget: a body without a length cannot
-                // go past it unseen.
-                if !ctx.held.as_mut().is_none_or(|h| h.try_grow_to(acc.len())) {
-                    ctx.pending = Some(Refusal::overloaded());
-                    return Error::e_explain(REFUSED, "buffer budget spent");
-                }
-                if !end_of_stream {
-                    *body = Some(Bytes::new());
-                    return Ok(());
-                }
-                let whole = std::mem::take(acc).freeze();
-                ctx.record.read_request(whole.len());
-                let verdict = ctx
-                    .record
-                    .timed(|| self.step_up.rewrite_request(candidate, &whole, unix_now()));
-                *body = Some(match verdict {
-                    RequestVerdict::Injected { body, exchange } => {
-                        ctx.record.injected(&exchange);
-                        ctx.exchange = Some(exchange);
-                        Bytes::from(body)
-                    }
-                    RequestVerdict::Refused(r) => {
-                        ctx.pending = Some(r);
-                        return Error::e_explain(REFUSED, "candidate body refused");
-                    }
-                    RequestVerdict::NotKlarna => whole,
-                });
-            }
-            Req::Untouched | Req::Candidate(_) => {}
+        } else if let Some(new) = d.forward_body() {
+            *body = Some(if end_of_stream {
+                new.clone()
+            } else {
+                Bytes::new()
+            });
         }
         Ok(())
     }
 
-    /// `upstream_response_filter` (the header Pingora already decompressed): asks the engine
-    /// whether the answer to a Klarna exchange is read and rewritten.
+    /// `upstream_response_filter` (the header Pingora already decompressed): tells the
+    /// driver of the answer's head (whether the answer to a Klarna exchange is read and
+    /// rewritten, whether a relayed webhook was accepted).
     pub fn upstream_response_filter(
         &self,
         upstream_response: &ResponseHeader,
         ctx: &mut StepUpCtx,
     ) {
-        let Some(exchange) = &ctx.exchange else {
-            return;
-        };
-        let status = upstream_response.status;
-        if status.is_informational() {
+        if upstream_response.status.is_informational() {
             return;
         }
-        let headers = &upstream_response.headers;
-        ctx.record.answer_head(headers);
-        match self.step_up.response_plan(exchange, status, headers) {
-            ResponsePlan::Read => {
-                // The engine reads the answer's Content-Type and Content-Encoding only: keep
-                // those, not a copy of every header.
-                let mut kept = HeaderMap::with_capacity(2);
-                for name in [header::CONTENT_TYPE, header::CONTENT_ENCODING] {
-                    if let Some(v) = headers.get(&name) {
-                        kept.insert(name, v.clone());
-                    }
-                }
-                let capacity = engine::content_length(headers).map_or(0, |n| n as usize);
-                ctx.resp = Resp::Buffering {
-                    status,
-                    headers: kept,
-                    acc: BytesMut::with_capacity(capacity),
-                };
-            }
-            ResponsePlan::Keep(reason) => ctx.record.kept(reason),
+        let head = ResponseHead::new(upstream_response.status, &upstream_response.headers)
+            .head_first()
+            .decoded(ctx.decoded_by_pingora);
+        if let ResponseAction::Answer(answer) = ctx.driver.on_response_head(head) {
+            ctx.answer = Some(answer);
         }
     }
 
@@ -405,11 +297,11 @@ impl StepUpPhases {
     /// header goes out before the body is read, so it carries only what holds whatever the
     /// engine then decides: chunked, no length, encoding or validators (the body is sent
     /// rewritten, or as the upstream's bytes decoded), and no marker (the verdict is in the
-    /// log line and the [`Record`]). An answer not read: marked `passthrough`, compression
-    /// left off.
+    /// log line and the [`Record`](crate::Record)). An answer not read: marked
+    /// `passthrough`, compression left off.
     ///
     /// For a relayed webhook: a 2xx goes to Klarna marked `relayed`; anything else is
-    /// answered here with the 503 [`Refusal::webhook_not_accepted`] (exact
+    /// answered here with the 503 [`Refusal::webhook_not_accepted`](crate::Refusal::webhook_not_accepted) (exact
     /// `Content-Length`, connection closed), and an `Err` stops the upstream answer: hand it
     /// to [`fail_to_proxy`](Self::fail_to_proxy) as usual, which then writes nothing more.
     pub async fn response_filter(
@@ -421,22 +313,16 @@ impl StepUpPhases {
         if response.status.is_informational() {
             return Ok(());
         }
-        if ctx.relayed_webhook() {
-            return self.webhook_answer(session, response, ctx).await;
+        if let Some(answer) = ctx.answer.take() {
+            // Pingora writes this header with the upstream's framing, and an upstream answer
+            // without a body ends with its header (no body filter runs): the answer is
+            // written here, whole, and an error stops the upstream answer.
+            session.set_keepalive(None);
+            write_answer(session, &answer).await?;
+            return Error::e_explain(WEBHOOK_ANSWERED, "payment API did not accept the webhook");
         }
-        if ctx.exchange.is_none() {
+        if !ctx.driver.response_head(response).body_is_step_ups() {
             self.compression_off(session, ctx);
-            return Ok(());
-        }
-        if let Resp::Buffering { .. } = ctx.resp {
-            for name in &engine::STALE_RESPONSE_HEADERS {
-                if response.headers.contains_key(name) {
-                    response.remove_header(name);
-                }
-            }
-            response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-        } else {
-            self.passthrough_head(session, response, ctx);
         }
         Ok(())
     }
@@ -449,94 +335,17 @@ impl StepUpPhases {
         end_of_stream: bool,
         ctx: &mut StepUpCtx,
     ) {
-        let limit = self.step_up.body_limit();
-        if let Resp::Aborted = ctx.resp {
-            *body = None;
+        if !ctx.driver.reads_answer() {
             return;
         }
-        let Resp::Buffering { acc, headers, .. } = &mut ctx.resp else {
-            if ctx.decoded_by_pingora && ctx.exchange.is_some() {
-                // An answer step-up passes on that Pingora decodes (decompression is on
-                // for every Klarna exchange): bounded too, or 1 MB of gzip reaches the
-                // client as 1 GiB.
-                ctx.decoded_passed += body.as_ref().map_or(0, Bytes::len);
-                if ctx.decoded_passed > limit {
-                    *body = None;
-                    ctx.resp = Resp::Aborted;
-                }
+        let part = body.clone().unwrap_or_default();
+        match ctx.driver.on_response_body(part, end_of_stream) {
+            ResponseAction::Send(bytes) | ResponseAction::SendThenStream(bytes) => {
+                *body = Some(bytes)
             }
-            return;
-        };
-        if let Some(b) = body.take() {
-            acc.extend_from_slice(&b);
-        }
-        if let Some(held) = &mut ctx.held {
-            held.grow_to(acc.len());
-        }
-        // Decoded by Pingora past the limit (an inflation, not a Klarna answer), or still
-        // encoded and too large to decode within it (its header went out without its
-        // `Content-Encoding`, so its bytes cannot follow): stopped, the client sees the
-        // answer cut short.
-        let encoded = headers.contains_key(header::CONTENT_ENCODING);
-        if acc.len() > limit && (ctx.decoded_by_pingora || encoded) {
-            ctx.record.read_response(acc.len());
-            ctx.record.kept(KeepReason::TooLarge);
-            ctx.resp = Resp::Aborted;
-            return;
-        }
-        if acc.len() > limit {
-            // Too large to be a Klarna answer we rewrite: send what we hold, stream the rest.
-            ctx.record.read_response(acc.len());
-            *body = Some(std::mem::take(acc).freeze());
-            ctx.resp = Resp::Flushed;
-            ctx.record.kept(KeepReason::TooLarge);
-            return;
-        }
-        if !end_of_stream {
-            return; // `None`: nothing is written now
-        }
-        let Resp::Buffering {
-            status,
-            headers,
-            acc,
-        } = std::mem::take(&mut ctx.resp)
-        else {
-            return;
-        };
-        let raw = acc.freeze();
-        ctx.record.read_response(raw.len());
-        let Some(exchange) = &ctx.exchange else {
-            *body = Some(raw);
-            return;
-        };
-        let verdict = ctx.record.timed(|| {
-            self.step_up
-                .rewrite_response(exchange, status, &headers, &raw)
-        });
-        match verdict {
-            ResponseVerdict::Rewritten {
-                body: new,
-                result,
-                payment_request_id,
-            } => {
-                ctx.record.rewritten(result, payment_request_id);
-                *body = Some(Bytes::from(new));
-            }
-            ResponseVerdict::Keep(reason) => {
-                ctx.record.kept(reason);
-                // The header already went out without `Content-Encoding` (Pingora writes it
-                // before any body filter runs): an answer still encoded goes out decoded, or
-                // not at all.
-                let encoding = headers.get(header::CONTENT_ENCODING);
-                if encoding.is_none() {
-                    *body = Some(raw);
-                    return;
-                }
-                match engine::decode::decode(encoding, &raw, limit) {
-                    Some(plain) => *body = Some(Bytes::copy_from_slice(&plain)),
-                    None => ctx.resp = Resp::Aborted,
-                }
-            }
+            // `None`: nothing is written now.
+            ResponseAction::ReadMore | ResponseAction::Abort => *body = None,
+            _ => {}
         }
     }
 
@@ -547,7 +356,7 @@ impl StepUpPhases {
     /// ([`StepUpProxy`](super::StepUpProxy) does), so that the client sees the answer cut
     /// short rather than complete.
     pub fn response_aborted(&self, ctx: &StepUpCtx) -> bool {
-        matches!(ctx.resp, Resp::Aborted)
+        ctx.driver.aborted()
     }
 
     /// `upstream_response_filter`'s companion for hand-written proxies: tells step-up whether
@@ -566,46 +375,20 @@ impl StepUpPhases {
         e: &Error,
         ctx: &mut StepUpCtx,
     ) -> Option<u16> {
-        if !ctx.acts() {
-            return None;
+        let failure = client_timeout_refusal(e).or_else(|| upstream_refusal(e));
+        let unanswered = session.response_written().is_none();
+        let answer = ctx.driver.on_upstream_error(failure, unanswered)?;
+        if unanswered {
+            let _ = self.answer(session, ctx, &answer).await;
         }
-        let refusal = match ctx.pending.take() {
-            Some(r) => r,
-            None if ctx.relayed_webhook() => {
-                // Whatever went wrong (unreachable, timeout, not accepted), Klarna must retry.
-                if e.etype() != &WEBHOOK_ANSWERED {
-                    ctx.record.not_relayed(None);
-                }
-                Refusal::webhook_not_accepted()
-            }
-            None => client_timeout_refusal(e).or_else(|| upstream_refusal(e))?,
-        };
-        let code = refusal.status.as_u16();
-        if session.response_written().is_none() {
-            let _ = self.refuse(session, ctx, refusal).await;
-        } else {
-            ctx.record.failed_upstream(&refusal);
-        }
-        Some(code)
+        Some(answer.status().as_u16())
     }
 
     /// `logging`: closes the request's record with its outcome.
     pub fn logging(&self, session: &Session, e: Option<&Error>, ctx: &mut StepUpCtx) {
-        if let (
-            Some(e),
-            Outcome::NotCandidate
-            | Outcome::Rewritten
-            | Outcome::Passthrough
-            | Outcome::NotKlarna
-            | Outcome::Relayed,
-        ) = (e, ctx.outcome())
-        {
-            if let Some(r) = upstream_refusal(e) {
-                ctx.record.failed_upstream(&r);
-            }
-        }
         let status = session.response_written().map(|r| r.status.as_u16());
-        ctx.record.done(status);
+        let failure = e.and_then(upstream_refusal);
+        ctx.driver.finish(status, failure.as_ref());
     }
 
     /// Whether Pingora's error log line for `e` is noise: the webhook 503 that
@@ -614,48 +397,7 @@ impl StepUpPhases {
         e.etype() == &WEBHOOK_ANSWERED
     }
 
-    /// The binary's head rules, through the engine: the request target's form, then `Host`,
-    /// `Content-Length` and the size bounds.
-    fn check_head(&self, head: &mut RequestHeader) -> std::result::Result<(), Refusal> {
-        let target = head.raw_path();
-        engine::check_request_target(&head.method, target)?;
-        let (version, target_len) = (head.version, target.len());
-        engine::check_request_head(head, version, target_len, self.head_limits)
-    }
-
-    fn start_streaming(
-        &self,
-        session: &mut Session,
-        ctx: &mut StepUpCtx,
-        candidate: Candidate,
-        prefix: Bytes,
-    ) {
-        ctx.record.span().in_scope(|| {
-            tracing::debug!(read = prefix.len(), "large candidate body: streaming path");
-        });
-        // Whether this is Klarna is known only at the end of the body, after the upstream
-        // request went out: decode any answer, in case it is.
-        session.upstream_compression.adjust_decompression(true);
-        ctx.req = Req::Streaming {
-            candidate,
-            acc: BytesMut::from(&prefix[..]),
-            prefix,
-        };
-    }
-
-    /// The head of an answer to a Klarna exchange that goes out untouched: marked
-    /// `passthrough`, and not compressed by us (the upstream's encoding, if any, stays).
-    pub(super) fn passthrough_head(
-        &self,
-        session: &mut Session,
-        head: &mut ResponseHeader,
-        ctx: &mut StepUpCtx,
-    ) {
-        self.compression_off(session, ctx);
-        engine::mark_passthrough(head);
-    }
-
-    fn compression_off(&self, session: &mut Session, ctx: &mut StepUpCtx) {
+    pub(super) fn compression_off(&self, session: &mut Session, ctx: &mut StepUpCtx) {
         if !ctx.compression_enabled_by_us {
             return;
         }
@@ -670,26 +412,19 @@ impl StepUpPhases {
         }
     }
 
-    /// Sends `refusal` as the whole response and records it.
-    pub(super) async fn refuse(
+    /// Sends step-up's own answer as the whole response.
+    pub(super) async fn answer(
         &self,
         session: &mut Session,
         ctx: &mut StepUpCtx,
-        refusal: Refusal,
+        answer: &Answer,
     ) -> Result<bool> {
-        ctx.record.refused(&refusal);
         self.compression_off(session, ctx);
         if !session.is_body_done() {
             // The rest of the body is not read: the connection cannot carry another request.
             session.set_keepalive(None);
         }
-        respond(session, &refusal).await?;
+        write_answer(session, answer).await?;
         Ok(true)
     }
-}
-
-/// Marks the request as one of step-up's own routes.
-fn own(ctx: &mut StepUpCtx, own: Own, route: &'static str) {
-    ctx.own = own;
-    ctx.record = Record::acting(route, Outcome::NotCandidate);
 }
