@@ -1,10 +1,12 @@
-//! The fixture table run through the engine directly.
+//! The fixture table run through the engine directly, and through the exchange driver.
 
 mod common;
 
+use bytes::Bytes;
 use common::fixtures::{self, Forwarded};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use klarna_stepup::{RequestVerdict, ResponseVerdict, Route, StepUp};
+use klarna_stepup::driver::{Action, Driver, Holding, ResponseAction, ResponseHead};
+use klarna_stepup::{BufferBudget, RequestVerdict, ResponseVerdict, Route, StepUp};
 
 fn headers(list: &[(String, String)]) -> HeaderMap {
     list.iter()
@@ -78,6 +80,115 @@ fn every_fixture_through_the_engine() {
             f.name
         );
     }
+}
+
+/// The fixture table fed to the exchange driver step by step, as an adapter's I/O loop does
+/// (bodies in parts), once holding whole bodies (as the tower adapter) and once streaming
+/// past a few bytes (as Pingora past its retry buffer): the same bytes, heads and codes as
+/// the engine and every adapter.
+#[test]
+fn every_fixture_through_the_driver() {
+    for holding in [Holding::Whole, Holding::ThenStream(16)] {
+        for f in fixtures::all() {
+            let name = format!("{} ({holding:?})", f.name);
+            through_the_driver(&f, holding, &name);
+        }
+    }
+}
+
+/// `body` in two parts, then the end.
+fn parts(body: &[u8]) -> [(Bytes, bool); 3] {
+    let (a, b) = body.split_at(body.len() / 2);
+    [
+        (Bytes::copy_from_slice(a), false),
+        (Bytes::copy_from_slice(b), false),
+        (Bytes::new(), true),
+    ]
+}
+
+fn through_the_driver(f: &fixtures::Fixture, holding: Holding, name: &str) {
+    let engine = StepUp::from_toml(&f.config).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let budget = BufferBudget::default();
+    let method: Method = f.method.parse().unwrap();
+    let uri = f.path.parse().unwrap();
+    let mut head = headers(&f.headers);
+    let up = f.upstream.as_ref();
+    let Some(mut d) = Driver::start(&engine, &method, Some(&uri), &mut head) else {
+        assert_eq!(f.forwarded, Forwarded::Untouched, "{name}: passed through");
+        assert_eq!(f.expect.marker, None, "{name}");
+        assert_eq!(show(&up.unwrap().body), show(&f.expect.body), "{name}");
+        return;
+    };
+    let mut action = d.begin(&budget, holding);
+    let mut body = parts(&f.body).into_iter();
+    let forward = loop {
+        action = match action {
+            Action::ReadBody { .. } | Action::ReadMore | Action::StreamBody => {
+                let (part, end) = body.next().expect("the driver asks past the end");
+                d.on_request_body(part, end)
+            }
+            Action::Forward(forward) => break forward,
+            Action::Answer(a) => {
+                assert_eq!(f.forwarded, Forwarded::None, "{name}: refused");
+                let res = a.to_response();
+                assert_eq!(res.status().as_u16(), f.expect.status, "{name}");
+                let marker = res.headers().get("x-klarna-stepup");
+                let marker = marker.map(|v| v.to_str().unwrap().to_owned());
+                assert_eq!(marker, f.expect.marker, "{name}");
+                assert_eq!(show(res.body()), show(&f.expect.body), "{name}");
+                return;
+            }
+            other => panic!("{name}: {other:?}"),
+        };
+    };
+    match &f.forwarded {
+        Forwarded::Body(want) => {
+            assert_eq!(show(forward.body()), show(want), "{name}: forwarded")
+        }
+        Forwarded::Untouched => {
+            assert_eq!(show(forward.body()), show(&f.body), "{name}: forwarded")
+        }
+        Forwarded::None => panic!("{name}: forwarded, must be refused"),
+    }
+    d.upstream_request_head(&mut head);
+    if forward.rewritten() && holding == Holding::Whole {
+        let length = forward.body().len().to_string();
+        assert_eq!(head["content-length"], length.as_str(), "{name}");
+        assert_eq!(head["accept-encoding"], "identity", "{name}");
+    }
+    let up = up.expect("upstream");
+    let status = StatusCode::from_u16(up.status).unwrap();
+    let mut answer = headers(&up.headers);
+    let length = Some(up.body.len() as u64);
+    let action = d.on_response_head(ResponseHead::new(status, &answer).length(length));
+    let sent = match action {
+        ResponseAction::Stream => up.body.clone(),
+        ResponseAction::Read { .. } => {
+            let mut sent = None;
+            for (part, end) in parts(&up.body) {
+                match d.on_response_body(part, end) {
+                    ResponseAction::ReadMore => {}
+                    ResponseAction::Send(body) => sent = Some(body.to_vec()),
+                    other => panic!("{name}: {other:?}"),
+                }
+            }
+            sent.expect("the whole answer")
+        }
+        other => panic!("{name}: {other:?}"),
+    };
+    d.response_head(&mut answer);
+    let marker = answer
+        .get("x-klarna-stepup")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(marker, f.expect.marker, "{name}: marker");
+    assert_eq!(status.as_u16(), f.expect.status, "{name}");
+    assert_eq!(show(&sent), show(&f.expect.body), "{name}: partner body");
+    if marker.as_deref() == Some("rewritten") {
+        let length = sent.len().to_string();
+        assert_eq!(answer["content-length"], length.as_str(), "{name}");
+    }
+    drop(d);
+    assert_eq!(budget.used(), 0, "{name}: the budget is given back");
 }
 
 const SECRET: &str = "return-key-0123456789-0123456789-0123456789";
