@@ -72,7 +72,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             _ = term.recv() => {}
         }
     };
-    let step_up = if bare { None } else { Some(StepUp::from_toml("")?) };
+    let step_up = if bare {
+        None
+    } else {
+        Some(StepUp::from_toml("")?)
+    };
     serve(listener, upstream, step_up, stop).await
 }
 
