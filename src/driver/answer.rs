@@ -286,6 +286,19 @@ impl Driver {
         };
         let raw = body.take();
         self.record.read_response(raw.len());
+        self.rewrite_answer(status, &headers, raw, head_first, limit)
+    }
+
+    /// The whole answer, read: rewritten when the engine says so, else passed on (decoded,
+    /// when its head went out without its encoding).
+    fn rewrite_answer(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        raw: Bytes,
+        head_first: bool,
+        limit: usize,
+    ) -> ResponseAction {
         let step_up = self.step_up().clone();
         let Some(exchange) = &self.exchange else {
             self.answer = AnswerStep::Kept;
@@ -293,7 +306,7 @@ impl Driver {
         };
         let verdict = self
             .record
-            .timed(|| step_up.rewrite_response(exchange, status, &headers, &raw));
+            .timed(|| step_up.rewrite_response(exchange, status, headers, &raw));
         match verdict {
             ResponseVerdict::Rewritten {
                 body,

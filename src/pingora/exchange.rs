@@ -152,18 +152,7 @@ where
             .connected_to_upstream(session, reused, peer, fd, digest, &mut ctx.inner)
             .await?;
 
-        let mut req = session.req_header().clone();
-        req.set_version(http::Version::HTTP_11);
-        for name in HOP_BY_HOP {
-            if req.headers.contains_key(&name) {
-                req.remove_header(&name);
-            }
-        }
-        if !req.headers.contains_key(header::HOST) {
-            if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_owned()) {
-                req.insert_header(header::HOST, authority)?;
-            }
-        }
+        let mut req = upstream_head(session)?;
         self.inner
             .upstream_request_filter(session, &mut req, &mut ctx.inner)
             .await?;
@@ -288,6 +277,24 @@ where
             }
         }
     }
+}
+
+/// The client's request head as an HTTP/1.1 upstream request: without the headers of its
+/// own connection, with a `Host`.
+fn upstream_head(session: &Session) -> Result<pingora::http::RequestHeader> {
+    let mut req = session.req_header().clone();
+    req.set_version(http::Version::HTTP_11);
+    for name in HOP_BY_HOP {
+        if req.headers.contains_key(&name) {
+            req.remove_header(&name);
+        }
+    }
+    if !req.headers.contains_key(header::HOST) {
+        if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_owned()) {
+            req.insert_header(header::HOST, authority)?;
+        }
+    }
+    Ok(req)
 }
 
 /// The body of an injected Klarna request read whole in `request_filter`: an exchange

@@ -30,6 +30,41 @@ const INTERACTION_KEYS: [&str; 4] = [
     "interaction_expiry",
 ];
 
+/// A Klarna payment with `step_up_config` spliced in: what [`StepUp::rewrite_request`]
+/// makes its [`RequestVerdict::Injected`] of.
+struct Injection {
+    /// The body to forward.
+    body: Vec<u8>,
+    /// The `payment_request_reference` sent to Klarna.
+    reference: String,
+    /// The partner's return URL (before any signing).
+    return_url: String,
+    /// How long the Payment Request may live, when the partner or the configuration set it.
+    request_secs: Option<u64>,
+}
+
+/// Where `step_up_config` goes in a request, and what the caller already put there.
+struct Site<'a> {
+    /// The object it goes in; `None`: the request's root.
+    target: Option<Object<'a>>,
+    /// How many objects at the end of `inject_at` are missing (created around it).
+    missing: usize,
+    /// The caller's own `step_up_config`.
+    suc: Option<Object<'a>>,
+    /// The caller's own `customer_interaction_config` in it.
+    cic: Option<Object<'a>>,
+}
+
+/// What a Klarna request is sent with, validated.
+struct Chosen<'a> {
+    reference: Cow<'a, str>,
+    return_url: Cow<'a, str>,
+    /// Where the return URL came from (a field name, or `defaults.return_url`).
+    return_param: String,
+    app_return_url: Option<Cow<'a, str>>,
+    request_secs: Option<u64>,
+}
+
 /// What the request side hands to the response side of one Klarna exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
@@ -126,15 +161,15 @@ impl StepUp {
             return RequestVerdict::NotKlarna;
         }
         match e.inject(body, &root, candidate, now, policy, partner.as_ref()) {
-            Ok((body, reference, return_url, request_secs)) => RequestVerdict::Injected {
-                body,
+            Ok(injection) => RequestVerdict::Injected {
+                body: injection.body,
                 exchange: Exchange {
                     route: candidate.route,
-                    reference,
-                    return_url,
+                    reference: injection.reference,
+                    return_url: injection.return_url,
                     partner: partner.map(|p| p.as_str().to_owned()),
                     minted_at: now,
-                    request_secs,
+                    request_secs: injection.request_secs,
                 },
             },
             Err(refusal) => RequestVerdict::Refused(refusal),
@@ -330,17 +365,35 @@ impl Engine {
         named || detect.authorize_shape && root.get("request_payment_transaction").is_some()
     }
 
+    /// Splices `step_up_config` into a Klarna payment's bytes: where it goes
+    /// ([`locate`](Self::locate)), what it says ([`choose`](Self::choose),
+    /// [`interaction_members`](Self::interaction_members)), and the edits
+    /// ([`splice`](Self::splice)).
     fn inject<'a>(
         &'a self,
         body: &[u8],
-        root: &Object<'_>,
+        root: &Object<'a>,
         candidate: Candidate,
         now: u64,
         policy: PolicyView<'a>,
         partner: Option<&PartnerId>,
-    ) -> Result<(Vec<u8>, String, String, Option<u64>), Refusal> {
-        // Where step_up_config goes: walk inject_at; objects missing on the way are created.
-        let mut target = None;
+    ) -> Result<Injection, Refusal> {
+        let site = self.locate(root)?;
+        let chosen = self.choose(body, root, &site, candidate, policy, partner)?;
+        let interaction = self.interaction_members(&site, &chosen, policy, partner, now)?;
+        let out = self.splice(body, root, &site, &chosen.reference, &interaction, partner);
+        Ok(Injection {
+            body: out,
+            reference: chosen.reference.into_owned(),
+            return_url: chosen.return_url.into_owned(),
+            request_secs: chosen.request_secs,
+        })
+    }
+
+    /// Where `step_up_config` goes (walking `inject_at`; objects missing on the way are
+    /// created), and what the caller already put there.
+    fn locate<'a>(&self, root: &Object<'a>) -> Result<Site<'a>, Refusal> {
+        let mut target: Option<Object<'a>> = None;
         let mut depth = 0;
         for (i, seg) in self.inject_at.iter().enumerate() {
             let parent = target.as_ref().unwrap_or(root);
@@ -362,50 +415,64 @@ impl Engine {
                 _ => break,
             }
         }
-        let target = target.as_ref().unwrap_or(root);
-        let missing = &self.inject_at[depth..];
-        let prefix = |name: &str| {
-            let mut p = self.inject_at.join(".");
-            if !p.is_empty() {
-                p.push('.');
-            }
-            p.push_str(name);
-            p
-        };
-
+        let missing = self.inject_at.len() - depth;
         // What the caller already sent in step_up_config.
-        let existing = if missing.is_empty() {
-            target.get("step_up_config").filter(|v| *v != "null")
-        } else {
-            None
+        let existing = match (missing, target.as_ref().unwrap_or(root)) {
+            (0, at) => at.get("step_up_config").filter(|v| *v != "null"),
+            _ => None,
+        };
+        let not_an_object = |name: &str| {
+            Refusal::invalid(
+                "invalid_step_up_config",
+                self.config_param(name),
+                "must be an object",
+            )
         };
         let suc = match existing {
-            Some(v) => Some(Object::from_raw(v).ok_or_else(|| {
-                Refusal::invalid(
-                    "invalid_step_up_config",
-                    prefix("step_up_config"),
-                    "must be an object",
-                )
-            })?),
+            Some(v) => Some(Object::from_raw(v).ok_or_else(|| not_an_object("step_up_config"))?),
             None => None,
         };
         let cic = match suc
             .as_ref()
             .and_then(|s| s.get("customer_interaction_config"))
         {
-            Some(v) if v != "null" => Some(Object::from_raw(v).ok_or_else(|| {
-                Refusal::invalid(
-                    "invalid_step_up_config",
-                    prefix("step_up_config.customer_interaction_config"),
-                    "must be an object",
-                )
-            })?),
+            Some(v) if v != "null" => Some(
+                Object::from_raw(v)
+                    .ok_or_else(|| not_an_object("step_up_config.customer_interaction_config"))?,
+            ),
             _ => None,
         };
+        Ok(Site {
+            target,
+            missing,
+            suc,
+            cic,
+        })
+    }
+
+    /// `name` (a key under `step_up_config`'s place) as the request spells its path.
+    fn config_param(&self, name: &str) -> String {
+        let mut p = self.inject_at.join(".");
+        if !p.is_empty() {
+            p.push('.');
+        }
+        p.push_str(name);
+        p
+    }
+
+    /// The reference (namespaced by partner), the return URLs and the Payment Request's
+    /// lifetime the request is sent with, each validated.
+    fn choose<'a>(
+        &'a self,
+        body: &[u8],
+        root: &Object<'a>,
+        site: &Site<'a>,
+        candidate: Candidate,
+        policy: PolicyView<'a>,
+        partner: Option<&PartnerId>,
+    ) -> Result<Chosen<'a>, Refusal> {
         let (reference, reference_param) =
-            self.choose_reference(root, suc.as_ref(), &prefix, || {
-                candidate.key.reference(body)
-            })?;
+            self.choose_reference(root, site.suc.as_ref(), || candidate.key.reference(body))?;
         // Unique across partners: `<partner>:<reference>`, within Klarna's limit.
         let reference: Cow<'_, str> = match partner {
             None => reference,
@@ -423,65 +490,58 @@ impl Engine {
                 })?,
             ),
         };
+        let fields = &self.config.partner_fields.return_url;
         let (return_url, return_param) = self
-            .choose_url(root, cic.as_ref(), &prefix, false, policy)?
+            .choose_url(root, site.cic.as_ref(), false, policy)?
             .ok_or_else(|| {
-                Refusal::invalid(
-                    "missing_return_url",
-                    self.config
-                        .partner_fields
-                        .return_url
-                        .first()
-                        .cloned()
-                        .unwrap_or_default(),
-                    format!(
-                        "a return URL is required: send {}",
-                        self.config.partner_fields.return_url.join(" or ")
-                    ),
-                )
-            })?;
+            Refusal::invalid(
+                "missing_return_url",
+                fields.first().cloned().unwrap_or_default(),
+                format!("a return URL is required: send {}", fields.join(" or ")),
+            )
+        })?;
         let app_return_url = self
-            .choose_url(root, cic.as_ref(), &prefix, true, policy)?
+            .choose_url(root, site.cic.as_ref(), true, policy)?
             .map(|(url, _)| url);
-        let request_secs = self.request_secs(cic.as_ref(), policy);
+        Ok(Chosen {
+            reference,
+            return_url,
+            return_param,
+            app_return_url,
+            request_secs: self.request_secs(site.cic.as_ref(), policy),
+        })
+    }
 
-        // The members to add, serialized once.
-        let mut cic_members = Vec::with_capacity(256);
-        let has = |key: &str| cic.as_ref().is_some_and(|c| c.get(key).is_some());
+    /// The `customer_interaction_config` members the caller did not send, serialized once:
+    /// the method, the return URL Klarna gets (with the acquirer return on, the layer's own
+    /// endpoint, the partner's URL signed inside it), the app return URL, the expiry.
+    fn interaction_members(
+        &self,
+        site: &Site<'_>,
+        chosen: &Chosen<'_>,
+        policy: PolicyView<'_>,
+        partner: Option<&PartnerId>,
+        now: u64,
+    ) -> Result<Vec<u8>, Refusal> {
+        let mut members = Vec::with_capacity(256);
+        let has = |key: &str| site.cic.as_ref().is_some_and(|c| c.get(key).is_some());
         if !has("method") {
-            json::write_member(&mut cic_members, "method", "HANDOVER");
+            json::write_member(&mut members, "method", "HANDOVER");
         }
         if !has("return_url") {
-            // With the acquirer return on, Klarna gets the layer's own endpoint; the partner's
-            // URL travels signed inside it. A return_url the caller set itself is left alone.
-            match &self.acquirer_return {
-                Some(r) => {
-                    let url = r.return_url_for(
-                        partner.map(PartnerId::as_str),
-                        &return_url,
-                        &reference,
-                        request_secs,
-                        now,
-                    );
-                    if url.len() > MAX_SIGNED_RETURN_URL {
-                        return Err(Refusal::invalid(
-                            "invalid_return_url",
-                            return_param,
-                            format!(
-                                "is too long: signed for the acquirer return, the URL sent to \
-                                 Klarna would be {} bytes, over the {MAX_SIGNED_RETURN_URL} \
-                                 bytes Klarna takes",
-                                url.len()
-                            ),
-                        ));
-                    }
-                    json::write_member(&mut cic_members, "return_url", &url);
-                }
-                None => json::write_member(&mut cic_members, "return_url", &return_url),
-            }
+            // A return_url the caller set itself is left alone.
+            let url = match &self.acquirer_return {
+                Some(r) => Cow::Owned(self.signed_return_url(r, chosen, partner, now)?),
+                None => Cow::Borrowed(&*chosen.return_url),
+            };
+            json::write_member(&mut members, "return_url", &url);
         }
-        if let Some(app) = app_return_url.as_ref().filter(|_| !has("app_return_url")) {
-            json::write_member(&mut cic_members, "app_return_url", app);
+        if let Some(app) = chosen
+            .app_return_url
+            .as_ref()
+            .filter(|_| !has("app_return_url"))
+        {
+            json::write_member(&mut members, "app_return_url", app);
         }
         if let Some(expiry) = policy
             .interaction_expiry
@@ -489,98 +549,106 @@ impl Engine {
         {
             let mut duration = Vec::with_capacity(expiry.len() + 16);
             json::write_member(&mut duration, "duration", expiry);
-            json::write_raw_member(&mut cic_members, "interaction_expiry", &object(&duration));
+            json::write_raw_member(&mut members, "interaction_expiry", &object(&duration));
         }
+        Ok(members)
+    }
 
+    /// The acquirer return's URL for Klarna, the partner's URL signed inside it; refused
+    /// when longer than Klarna takes.
+    fn signed_return_url(
+        &self,
+        r: &super::acquirer_return::ReturnEndpoint,
+        chosen: &Chosen<'_>,
+        partner: Option<&PartnerId>,
+        now: u64,
+    ) -> Result<String, Refusal> {
+        let url = r.return_url_for(
+            partner.map(PartnerId::as_str),
+            &chosen.return_url,
+            &chosen.reference,
+            chosen.request_secs,
+            now,
+        );
+        if url.len() > MAX_SIGNED_RETURN_URL {
+            return Err(Refusal::invalid(
+                "invalid_return_url",
+                chosen.return_param.clone(),
+                format!(
+                    "is too long: signed for the acquirer return, the URL sent to Klarna would \
+                     be {} bytes, over the {MAX_SIGNED_RETURN_URL} bytes Klarna takes",
+                    url.len()
+                ),
+            ));
+        }
+        Ok(url)
+    }
+
+    /// The edits: stripped fields removed, what is missing filled innermost first (an
+    /// explicit null replaced in place, so that no key is ever sent twice).
+    fn splice(
+        &self,
+        body: &[u8],
+        root: &Object<'_>,
+        site: &Site<'_>,
+        reference: &str,
+        interaction: &[u8],
+        partner: Option<&PartnerId>,
+    ) -> Vec<u8> {
         let mut edits = Edits::default();
         let stripped = self.strip_indices(root);
         json::remove_members(body, root, &stripped, &mut edits);
         self.strip_nested(body, root, &mut edits);
-        let target_has_members = if std::ptr::eq(target, root) {
-            root.members.len() > stripped.len()
-        } else {
-            !target.members.is_empty()
+        let target_has_members = match &site.target {
+            None => root.members.len() > stripped.len(),
+            Some(target) => !target.members.is_empty(),
         };
-
-        // Fill what is missing, innermost first; an explicit null is replaced in place so
-        // that no key is ever sent twice.
-        let mut suc_add = Vec::with_capacity(cic_members.len() + 96);
-        match suc
+        let mut suc_add = Vec::with_capacity(interaction.len() + 96);
+        match site
+            .suc
             .as_ref()
             .and_then(|s| s.get("payment_request_reference"))
         {
-            None => json::write_member(&mut suc_add, "payment_request_reference", &reference),
+            None => json::write_member(&mut suc_add, "payment_request_reference", reference),
             // The caller's own reference, namespaced in place.
             Some(raw) if partner.is_some() => {
                 let mut value = Vec::with_capacity(reference.len() + 2);
-                json::write_str(&mut value, &reference);
+                json::write_str(&mut value, reference);
                 edits.replace(json::span(body, raw), value);
             }
             Some(_) => {}
         }
-        match (&cic, &suc) {
-            (Some(cic), _) if !cic_members.is_empty() => {
-                json::append_members(
-                    body,
-                    cic.raw,
-                    !cic.members.is_empty(),
-                    &cic_members,
-                    &mut edits,
-                );
+        match (&site.cic, &site.suc) {
+            (Some(cic), _) if !interaction.is_empty() => {
+                let has_members = !cic.members.is_empty();
+                json::append_members(body, cic.raw, has_members, interaction, &mut edits);
             }
             (Some(_), _) => {}
             (None, Some(suc)) => place(
                 body,
                 suc,
                 "customer_interaction_config",
-                object(&cic_members),
+                object(interaction),
                 &mut suc_add,
                 &mut edits,
             ),
             (None, None) => {
-                json::write_object_member(&mut suc_add, "customer_interaction_config", &cic_members)
+                json::write_object_member(&mut suc_add, "customer_interaction_config", interaction)
             }
         }
-        match &suc {
+        match &site.suc {
             Some(suc) if !suc_add.is_empty() => {
                 json::append_members(body, suc.raw, !suc.members.is_empty(), &suc_add, &mut edits);
             }
             Some(_) => {}
             None => {
-                // Objects missing on the inject_at path wrap step_up_config: `members` ends as
-                // the members of the object `key` gets.
-                let mut members = suc_add;
-                let mut key = "step_up_config";
-                for seg in missing.iter().rev() {
-                    let mut m = Vec::with_capacity(members.len() + key.len() + 8);
-                    json::write_object_member(&mut m, key, &members);
-                    members = m;
-                    key = seg;
-                }
-                match target.get(key) {
-                    // An explicit null is replaced in place.
-                    Some(null) => edits.replace(json::span(body, null), object(&members)),
-                    None => {
-                        let mut add = Vec::with_capacity(members.len() + key.len() + 8);
-                        json::write_object_member(&mut add, key, &members);
-                        json::append_members(
-                            body,
-                            target.raw,
-                            target_has_members,
-                            &add,
-                            &mut edits,
-                        );
-                    }
-                }
+                let target = site.target.as_ref().unwrap_or(root);
+                let missing = &self.inject_at[self.inject_at.len() - site.missing..];
+                let at = (target, target_has_members);
+                place_step_up_config(body, at, missing, suc_add, &mut edits);
             }
         }
-        let out = edits.apply(body);
-        Ok((
-            out,
-            reference.into_owned(),
-            return_url.into_owned(),
-            request_secs,
-        ))
+        edits.apply(body)
     }
 
     /// `payment_request_reference`: the caller's, else the partner field, else `derived()`:
@@ -589,11 +657,13 @@ impl Engine {
         &self,
         root: &Object<'a>,
         suc: Option<&Object<'a>>,
-        prefix: &dyn Fn(&str) -> String,
         derived: impl FnOnce() -> String,
     ) -> Result<(Cow<'a, str>, Option<String>), Refusal> {
         let found = match suc.and_then(|s| s.get("payment_request_reference")) {
-            Some(v) => Some((v, prefix("step_up_config.payment_request_reference"))),
+            Some(v) => Some((
+                v,
+                self.config_param("step_up_config.payment_request_reference"),
+            )),
             None => first_field(root, &self.config.partner_fields.reference)
                 .map(|(name, v)| (v, name.to_owned())),
         };
@@ -610,7 +680,6 @@ impl Engine {
         &'a self,
         root: &Object<'a>,
         cic: Option<&Object<'a>>,
-        prefix: &dyn Fn(&str) -> String,
         app: bool,
         policy: PolicyView<'a>,
     ) -> Result<Option<(Cow<'a, str>, String)>, Refusal> {
@@ -629,7 +698,8 @@ impl Engine {
         };
         let mut chosen = match cic.and_then(|c| c.get(key)) {
             Some(v) => {
-                let param = prefix(&format!("step_up_config.customer_interaction_config.{key}"));
+                let param =
+                    self.config_param(&format!("step_up_config.customer_interaction_config.{key}"));
                 Some((check_url(v, param.clone(), app, policy)?, param))
             }
             None => None,
@@ -878,6 +948,35 @@ fn place(
     match parent.get(key) {
         Some(null) => edits.replace(json::span(body, null), value),
         None => json::write_raw_member(add, key, &value),
+    }
+}
+
+/// A new `step_up_config` (its members `suc_members`) in `target` (the object at the end of
+/// `inject_at` that exists, and whether it has members), wrapped in the objects `missing`
+/// on the way: `members` ends as the members of the object `key` gets.
+fn place_step_up_config(
+    body: &[u8],
+    (target, target_has_members): (&Object<'_>, bool),
+    missing: &[String],
+    suc_members: Vec<u8>,
+    edits: &mut Edits,
+) {
+    let mut members = suc_members;
+    let mut key = "step_up_config";
+    for seg in missing.iter().rev() {
+        let mut m = Vec::with_capacity(members.len() + key.len() + 8);
+        json::write_object_member(&mut m, key, &members);
+        members = m;
+        key = seg;
+    }
+    match target.get(key) {
+        // An explicit null is replaced in place.
+        Some(null) => edits.replace(json::span(body, null), object(&members)),
+        None => {
+            let mut add = Vec::with_capacity(members.len() + key.len() + 8);
+            json::write_object_member(&mut add, key, &members);
+            json::append_members(body, target.raw, target_has_members, &add, edits);
+        }
     }
 }
 
