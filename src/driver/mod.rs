@@ -17,7 +17,7 @@
 //! finish(status, failure)            → the Record (outcome, sizes, partner, ids, timings)
 //! ```
 //!
-//! The driver holds the request's share of the [`BufferBudget`], its [`Record`] and its
+//! The driver holds the request's share of the [`BufferBudget`](crate::BufferBudget), its [`Record`] and its
 //! [`Exchange`]; it owns the acquirer return (resolve, notify, confirm) and the webhook
 //! (verify, relay, accepted?) as well as the candidate exchange. Bodies are passed as
 //! [`Bytes`] and handed back without a copy when they go on unchanged.
