@@ -96,6 +96,7 @@ pub struct Record {
     klarna_correlation_id: Option<String>,
     klarna_error_id: Option<String>,
     partner: Option<String>,
+    mode: crate::config::Mode,
     route: String,
     reference: Option<String>,
     span: tracing::Span,
@@ -127,6 +128,7 @@ impl Default for Record {
             klarna_correlation_id: None,
             klarna_error_id: None,
             partner: None,
+            mode: crate::config::Mode::Enforce,
             route: String::new(),
             reference: None,
             span: tracing::Span::none(),
@@ -195,6 +197,19 @@ impl Record {
     /// alone).
     pub fn span(&self) -> &tracing::Span {
         &self.span
+    }
+
+    /// The mode step-up ran the request in (`mode`, or its partner's). In
+    /// [`Mode::Shadow`](crate::config::Mode::Shadow) the [`outcome`](Self::outcome) is what
+    /// step-up would have done (`rewritten`: it would have injected the request and rewritten
+    /// the answer; `passthrough`: injected it and passed the answer on; `refused` with the
+    /// code it would have answered), and nothing was changed.
+    pub fn mode(&self) -> crate::config::Mode {
+        self.mode
+    }
+
+    pub(crate) fn set_mode(&mut self, mode: crate::config::Mode) {
+        self.mode = mode;
     }
 
     /// A request on one of step-up's routes (`route`: the candidate route's pattern, or
@@ -304,6 +319,7 @@ impl Record {
         self.outcome = Outcome::of(refusal);
         self.span.in_scope(|| {
             tracing::info!(
+                mode = self.mode.label(),
                 code = refusal.code,
                 param = refusal.param.as_deref(),
                 status = refusal.status.as_u16(),
@@ -416,6 +432,7 @@ impl Record {
                     payment_request_reference = self.reference.as_deref(),
                     payment_request_id = self.payment_request_id.as_deref(),
                     partner = self.partner.as_deref(),
+                    mode = self.mode.label(),
                     klarna_correlation_id = self.klarna_correlation_id.as_deref(),
                     klarna_error_id = self.klarna_error_id.as_deref(),
                     outcome = outcome.label(),

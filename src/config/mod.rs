@@ -4,6 +4,7 @@
 //! An empty configuration is valid; every field documents its default.
 //!
 //! ```toml
+//! mode = "enforce"                     # or "shadow" (judge and record, change nothing), "answers_only"
 //! body_limit = 1048576                 # bytes; larger candidate bodies get 413
 //! inject_at = ""                       # dot path of the object that gets step_up_config ("" = top level)
 //! klarna_answer_at = ""                # dot path of Klarna's answer in the upstream body ("" = whole body)
@@ -53,6 +54,7 @@
 //! [[partners.entries]]                 # each key left out is the global one
 //! id = "shop-a"
 //! allowed_hosts = ["shop-a.example"]
+//! mode = "shadow"                      # this partner's requests judged and recorded only
 //! ```
 
 use std::fmt;
@@ -84,6 +86,9 @@ pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct StepUpConfig {
+    /// What step-up does on candidate routes (default [`Mode::Enforce`]); a partner's entry
+    /// may say otherwise (`partners.entries[].mode`).
+    pub mode: Mode,
     /// Largest candidate request body that is buffered, in bytes (default 1 MiB).
     pub body_limit: usize,
     /// Dot path of the JSON object of the forwarded body that receives `step_up_config`
@@ -121,6 +126,7 @@ pub struct StepUpConfig {
 impl Default for StepUpConfig {
     fn default() -> Self {
         StepUpConfig {
+            mode: Mode::Enforce,
             body_limit: DEFAULT_BODY_LIMIT,
             inject_at: String::new(),
             klarna_answer_at: String::new(),
@@ -142,6 +148,12 @@ impl Default for StepUpConfig {
 /// Builder methods: each sets one key and returns the configuration, as tower-http's
 /// builders do. Validation happens once, in [`StepUp::new`](crate::StepUp::new).
 impl StepUpConfig {
+    /// `mode`: what step-up does on candidate routes (a partner's entry may say otherwise).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
     /// `body_limit`: the largest candidate body buffered, in bytes.
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
@@ -469,6 +481,38 @@ pub enum UnknownPartner {
     Global,
 }
 
+/// What step-up does on candidate routes: `mode = "enforce" | "shadow" | "answers_only"`, at
+/// the top level and per partner (`partners.entries[].mode`, overriding it), for rolling it
+/// out step by step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Mode {
+    /// Requests are checked and injected, answers rewritten (the default).
+    #[default]
+    Enforce,
+    /// Every verdict is computed and recorded (outcome, refusal code, would-inject,
+    /// would-rewrite: in the log line and the [`Record`](crate::Record), whose
+    /// [`mode`](crate::Record::mode) says `shadow`), and nothing is changed: request and
+    /// answer bytes and headers reach the payment API and the partner exactly as without
+    /// step-up. Bodies are read up to the body limit to judge them, as in `enforce`.
+    Shadow,
+    /// Requests go to the payment API untouched (it sends its own `step_up_config`); its
+    /// answers to them are rewritten as in `enforce`.
+    AnswersOnly,
+}
+
+impl Mode {
+    /// The configuration's spelling: `enforce`, `shadow` or `answers_only`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+            Mode::AnswersOnly => "answers_only",
+        }
+    }
+}
+
 /// One partner's policy: `[[partners.entries]]`. Each key left out is the global one
 /// (`return_url_policy.*`, `defaults.*`); `check-config` prints every entry with the values
 /// it inherits spelled out.
@@ -491,6 +535,8 @@ pub struct PartnerEntry {
     pub app_return_url: Option<String>,
     /// Interaction expiry, PT15M ..= PT48H (`defaults.interaction_expiry` when left out).
     pub interaction_expiry: Option<String>,
+    /// What step-up does for this partner's requests (the top-level `mode` when left out).
+    pub mode: Option<Mode>,
 }
 
 impl PartnerEntry {

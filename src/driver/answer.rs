@@ -6,6 +6,7 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, StatusCode};
 
 use super::{Answer, AnswerStep, Driver, Gathered, RequestStep, Upstream};
+use crate::config::Mode;
 use crate::engine::{self, Head};
 use crate::{KeepReason, Refusal, ResponsePlan, ResponseVerdict};
 
@@ -163,9 +164,13 @@ impl Driver {
         let limit = step_up.body_limit();
         self.record.answer_head(head.headers);
         match step_up.response_plan(exchange, head.status, head.headers) {
+            ResponsePlan::Keep(reason) if !self.klarnas(reason) => ResponseAction::Stream,
             ResponsePlan::Keep(reason) => {
                 self.record.kept(reason);
                 self.answer = AnswerStep::Kept;
+                if self.mode == Mode::Shadow {
+                    return ResponseAction::Stream;
+                }
                 if head.head_first {
                     if head.decoded {
                         self.answer = AnswerStep::Counting { passed: 0 };
@@ -201,6 +206,19 @@ impl Driver {
                 ResponseAction::Read { limit }
             }
         }
+    }
+
+    /// Whether an answer kept for `reason` is one to mark and count as a Klarna answer
+    /// passed through. In `answers_only` mode step-up does not know whether the request
+    /// was Klarna's: only an answer in Klarna's shape is (one it could not rewrite).
+    fn klarnas(&self, reason: KeepReason) -> bool {
+        self.mode != Mode::AnswersOnly
+            || matches!(
+                reason,
+                KeepReason::UnknownResult
+                    | KeepReason::MissingField(_)
+                    | KeepReason::UntrustedPaymentRequestUrl
+            )
     }
 
     /// The next part of the answer (`end`: the answer ends with it).
@@ -255,6 +273,7 @@ impl Driver {
         if let Some(held) = &mut self.held {
             held.grow_to(len);
         }
+        let shadow = self.mode == Mode::Shadow;
         if len > limit {
             // Too large to be an answer step-up rewrites.
             let stopped =
@@ -262,7 +281,12 @@ impl Driver {
             let prefix = body.take();
             self.record.read_response(len);
             self.record.kept(KeepReason::TooLarge);
-            if stopped {
+            if shadow && *head_first {
+                // Watched as it passed: it goes on as it is.
+                self.answer = AnswerStep::Kept;
+                return ResponseAction::Pass;
+            }
+            if stopped && !shadow {
                 // Decoded past the limit (an inflation, not a Klarna answer), or still
                 // encoded after its head left without its encoding: cut short.
                 self.answer = AnswerStep::Aborted;
@@ -272,7 +296,10 @@ impl Driver {
             return ResponseAction::SendThenStream(prefix);
         }
         if !end {
-            return ResponseAction::ReadMore;
+            return match shadow && *head_first {
+                true => ResponseAction::Pass,
+                false => ResponseAction::ReadMore,
+            };
         }
         let AnswerStep::Reading {
             status,
@@ -286,7 +313,16 @@ impl Driver {
         };
         let raw = body.take();
         self.record.read_response(raw.len());
-        self.rewrite_answer(status, &headers, raw, head_first, limit)
+        if !shadow {
+            return self.rewrite_answer(status, &headers, raw, head_first, limit);
+        }
+        // What step-up would have done is recorded; the answer goes on as it came.
+        let _ = self.rewrite_answer(status, &headers, raw.clone(), head_first, limit);
+        self.answer = AnswerStep::Kept;
+        match head_first {
+            true => ResponseAction::Pass,
+            false => ResponseAction::SendThenStream(raw),
+        }
     }
 
     /// The whole answer, read: rewritten when the engine says so, else passed on (decoded,
@@ -318,8 +354,11 @@ impl Driver {
                 ResponseAction::Send(Bytes::from(body))
             }
             ResponseVerdict::Keep(reason) => {
-                self.record.kept(reason);
-                self.answer = AnswerStep::Kept;
+                self.answer = AnswerStep::Untouched;
+                if self.klarnas(reason) {
+                    self.record.kept(reason);
+                    self.answer = AnswerStep::Kept;
+                }
                 let encoding = headers.get(header::CONTENT_ENCODING);
                 if !head_first || encoding.is_none() {
                     return ResponseAction::Send(raw);
@@ -359,6 +398,9 @@ impl Driver {
     /// requires: `rewritten` with the new length, `passthrough`, `relayed`, a proxy error's
     /// code, or (sent before the body is read) only what holds either way.
     pub fn response_head(&mut self, head: &mut impl Head) -> AnswerHead {
+        if self.mode == Mode::Shadow {
+            return AnswerHead::Untouched;
+        }
         match &self.answer {
             AnswerStep::ProxyError(code) => {
                 engine::mark_code(head, code);

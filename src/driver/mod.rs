@@ -62,6 +62,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use crate::budget::Held;
+use crate::config::Mode;
 use crate::engine::{self, Candidate, Exchange, HeadLimits, ReturnRedirect, Route, WebhookEvent};
 use crate::observe::{Outcome, Record};
 use crate::{Refusal, StepUp};
@@ -133,6 +134,17 @@ pub enum Action {
     },
     /// Send the request upstream with this body, after [`Driver::upstream_request_head`].
     Forward(Forward),
+    /// Send the request upstream untouched: these bytes (what was read of its body), then
+    /// the rest of its body as it comes. Step-up changes nothing (`shadow` mode, which
+    /// records what it would have done).
+    Release(Bytes),
+    /// Let the request go upstream untouched as it comes, and feed every part of its body to
+    /// [`Driver::on_request_body`] as it passes (a copy is kept, up to the body limit, to
+    /// judge it): `shadow` mode for an adapter that cannot hold a body ([`Holding`] other
+    /// than `Whole`).
+    Watch,
+    /// Leave this part of the body as it is (a watched body).
+    Pass,
     /// Answer the client with this, and send nothing (more) upstream. After
     /// [`Action::StreamBody`] the upstream request is under way: abort it, then answer.
     Answer(Answer),
@@ -245,6 +257,8 @@ enum RequestStep {
         limit: usize,
         /// Streaming upstream (the head went first): what had been read when it began.
         streamed: Option<Bytes>,
+        /// Passing upstream untouched as it comes ([`Action::Watch`]): a copy is judged.
+        watching: bool,
     },
     /// The request went upstream (or is about to).
     Forwarded(Upstream),
@@ -325,6 +339,8 @@ pub struct Driver {
     holding: Holding,
     /// The upstream request's head went before its body was known ([`Action::StreamBody`]).
     upstream_started: bool,
+    /// The candidate's mode (its partner's, or the top-level one).
+    mode: Mode,
     /// A refusal decided after the upstream request went out (a streamed body): answered
     /// when the adapter reports the aborted upstream ([`Driver::on_upstream_error`]).
     pending: Option<Answer>,
@@ -365,6 +381,7 @@ impl Driver {
                 let pattern = step_up.candidate_pattern(candidate);
                 let mut d = Driver::acting(step_up, pattern, Outcome::NotKlarna);
                 d.record.candidate(&candidate);
+                d.set_mode(step_up.mode(candidate));
                 d.request = RequestStep::Candidate(candidate);
                 d.declared = engine::content_length(headers);
                 return Some(d);
@@ -372,7 +389,12 @@ impl Driver {
             Route::Refused(refused) => {
                 let pattern = step_up.candidate_pattern(refused.candidate());
                 let mut d = Driver::acting(step_up, pattern, Outcome::NotKlarna);
-                d.request = RequestStep::Refused(refused.refusal());
+                d.set_mode(step_up.mode(refused.candidate()));
+                d.request = match d.mode {
+                    // The payment API reads the request: nothing to refuse.
+                    Mode::AnswersOnly => RequestStep::Idle,
+                    _ => RequestStep::Refused(refused.refusal()),
+                };
                 return Some(d);
             }
             Route::Return => (
@@ -429,6 +451,23 @@ impl Driver {
         let mut d = Driver::acting(step_up, "request_head", Outcome::NotCandidate);
         d.request = RequestStep::Refused(refusal);
         d
+    }
+
+    fn set_mode(&mut self, mode: Mode) {
+        self.mode = mode;
+        self.record.set_mode(mode);
+    }
+
+    /// The mode the request is served in ([`Mode`]: a candidate's partner's, or the
+    /// top-level one; `enforce` for step-up's own routes).
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Whether step-up may change the answer's bytes (not in `shadow` mode): an adapter
+    /// that compresses rewritten answers for the client arms its compression only then.
+    pub fn may_change_answer(&self) -> bool {
+        self.mode != Mode::Shadow
     }
 
     fn acting(step_up: &StepUp, route: &str, outcome: Outcome) -> Driver {
@@ -557,6 +596,10 @@ impl Driver {
     /// Answers `refusal` (recorded); kept for [`on_upstream_error`](Self::on_upstream_error)
     /// when the upstream request is already under way.
     fn refuse(&mut self, refusal: Refusal) -> Action {
+        if self.mode == Mode::Shadow {
+            self.record.refused(&refusal);
+            return self.let_go();
+        }
         self.record.refused(&refusal);
         let answer = Answer(AnswerKind::Refusal(refusal));
         if self.upstream_started {
@@ -565,6 +608,24 @@ impl Driver {
         self.request = RequestStep::Answered;
         self.answer = AnswerStep::Answered;
         Action::Answer(answer)
+    }
+}
+
+// === impl Driver: shadow mode ===
+
+impl Driver {
+    /// Lets the request go on untouched, with what was read of its body (`shadow`: what
+    /// step-up would have done is recorded already).
+    fn let_go(&mut self) -> Action {
+        let step = std::mem::replace(
+            &mut self.request,
+            RequestStep::Forwarded(Upstream::Untouched),
+        );
+        match step {
+            RequestStep::Reading { watching: true, .. } => Action::Pass,
+            RequestStep::Reading { mut body, .. } => Action::Release(body.take()),
+            _ => Action::PassThrough,
+        }
     }
 }
 

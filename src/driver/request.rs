@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use super::{Action, Driver, Forward, Gathered, Holding, Reading, RequestStep, Upstream};
 use crate::budget::BufferBudget;
+use crate::config::Mode;
 use crate::engine::{self, Head};
 use crate::{Refusal, RequestVerdict};
 
@@ -49,6 +50,16 @@ impl Driver {
         budget: &BufferBudget,
         holding: Holding,
     ) -> Action {
+        if self.mode == Mode::AnswersOnly {
+            // The payment API sends its own step_up_config: the request goes on unread, its
+            // answer is read as a Klarna exchange's.
+            let exchange = self
+                .step_up()
+                .unread_exchange(candidate, engine::unix_now());
+            self.exchange = Some(exchange);
+            self.request = RequestStep::Forwarded(Upstream::Untouched);
+            return Action::PassThrough;
+        }
         let limit = self.step_up().body_limit();
         if self.declared.is_some_and(|n| n > limit as u64) {
             return self.refuse(Refusal::too_large(limit));
@@ -64,6 +75,14 @@ impl Driver {
         let Some(bound) = holding.bound() else {
             return self.reading(Reading::Candidate(candidate), limit);
         };
+        if self.mode == Mode::Shadow {
+            // Nothing is held: the body passes as it comes, a copy is judged.
+            self.reading(Reading::Candidate(candidate), limit);
+            if let RequestStep::Reading { watching, .. } = &mut self.request {
+                *watching = true;
+            }
+            return Action::Watch;
+        }
         let large = self.declared.is_some_and(|n| n > bound as u64);
         match holding {
             Holding::ThenRefuse(_) if large => self.refuse(Refusal::too_large(bound.min(limit))),
@@ -82,6 +101,7 @@ impl Driver {
             body: Gathered::default(),
             limit,
             streamed: None,
+            watching: false,
         };
         Action::ReadBody { limit }
     }
@@ -111,14 +131,17 @@ impl Driver {
             body,
             limit,
             streamed,
+            watching,
         } = &mut self.request
         else {
-            return Action::PassThrough;
+            // A body step-up let go of (`shadow`) passes as it is.
+            return Action::Pass;
         };
-        let (webhook, limit, streaming) = (
+        let (webhook, limit, streaming, watching) = (
             matches!(what, Reading::Webhook(_)),
             *limit,
             streamed.is_some(),
+            *watching,
         );
         let expected = self.declared.map_or(0, |n| n as usize).min(limit);
         body.push(part, expected);
@@ -134,7 +157,7 @@ impl Driver {
                 if !self.held.as_mut().is_none_or(|h| h.try_grow_to(len)) {
                     return self.refuse(Refusal::overloaded());
                 }
-                if !streaming && len > limit {
+                if !streaming && !watching && len > limit {
                     // More than the adapter can hold before the upstream request goes.
                     return match self.holding {
                         Holding::ThenStream(_) => {
@@ -150,7 +173,10 @@ impl Driver {
             }
         }
         if !end {
-            return Action::ReadMore;
+            return match watching {
+                true => Action::Pass,
+                false => Action::ReadMore,
+            };
         }
         let RequestStep::Reading { what, mut body, .. } = std::mem::take(&mut self.request) else {
             unreachable!("reading")
@@ -158,6 +184,9 @@ impl Driver {
         let whole = body.take();
         self.record.read_request(whole.len());
         match what {
+            Reading::Candidate(candidate) if self.mode == Mode::Shadow => {
+                self.judge_shadow(candidate, whole, watching)
+            }
             Reading::Candidate(candidate) => self.judge(candidate, whole, streaming),
             Reading::Webhook(head) => self.verify_webhook(whole, &head),
         }
@@ -215,6 +244,33 @@ impl Driver {
         }
     }
 
+    /// `shadow`: the verdict recorded (would-refuse, would-inject: the exchange is kept to
+    /// judge the answer), the caller's bytes let go untouched.
+    fn judge_shadow(
+        &mut self,
+        candidate: crate::Candidate,
+        whole: Bytes,
+        watching: bool,
+    ) -> Action {
+        let step_up = self.step_up().clone();
+        let verdict = self
+            .record
+            .timed(|| step_up.rewrite_request(candidate, &whole, engine::unix_now()));
+        match verdict {
+            RequestVerdict::NotKlarna => {}
+            RequestVerdict::Injected { exchange, .. } => {
+                self.record.injected(&exchange);
+                self.exchange = Some(exchange);
+            }
+            RequestVerdict::Refused(r) => self.record.refused(&r),
+        }
+        self.request = RequestStep::Forwarded(Upstream::Untouched);
+        match watching {
+            true => Action::Pass,
+            false => Action::Release(whole),
+        }
+    }
+
     /// The body the upstream gets instead of the caller's, when step-up holds one whole: a
     /// rewritten Klarna request (its head has an exact length).
     pub fn forward_body(&self) -> Option<&Bytes> {
@@ -224,8 +280,8 @@ impl Driver {
         }
     }
 
-    /// Whether the body streams upstream as it arrives ([`Action::StreamBody`]): feed every
-    /// part to [`on_request_body`](Self::on_request_body).
+    /// Whether the body streams upstream as it arrives ([`Action::StreamBody`],
+    /// [`Action::Watch`]): feed every part to [`on_request_body`](Self::on_request_body).
     pub fn streams_body(&self) -> bool {
         matches!(
             self.request,

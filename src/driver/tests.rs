@@ -5,6 +5,7 @@ use http::{HeaderMap, Method, StatusCode};
 
 use super::*;
 use crate::budget::BufferBudget;
+use crate::config::Mode;
 use crate::observe::Outcome;
 
 const KLARNA: &[u8] =
@@ -424,4 +425,52 @@ fn a_webhook_is_verified_relayed_and_accepted_or_answered_503() {
         d.finish(Some(503), None).outcome(),
         Outcome::UpstreamError("webhook_not_accepted")
     );
+}
+
+#[test]
+fn a_partners_mode_overrides_the_top_level_one() {
+    let step_up = engine(
+        r#"
+        [partners]
+        header = "X-Partner-Id"
+        unknown = "global"
+        [[partners.entries]]
+        id = "shop-a"
+        mode = "shadow"
+        [[partners.entries]]
+        id = "shop-b"
+        "#,
+    );
+    for (partner, mode) in [
+        ("shop-a", Mode::Shadow),
+        ("shop-b", Mode::Enforce),
+        ("shop-z", Mode::Enforce),
+    ] {
+        let mut head = json_head();
+        head.insert("x-partner-id", partner.parse().unwrap());
+        let mut d = candidate(&step_up, &mut head);
+        assert_eq!(d.mode(), mode, "{partner}");
+        d.begin(&BufferBudget::default(), Holding::Whole);
+        let body = Bytes::from_static(KLARNA);
+        match d.on_request_body(body.clone(), true) {
+            // Shadow: judged (would inject), let go untouched.
+            Action::Release(read) if mode == Mode::Shadow => {
+                assert_eq!(read, body);
+                assert_eq!(d.outcome(), Outcome::Passthrough, "would inject");
+                assert_eq!(d.record().mode(), Mode::Shadow);
+            }
+            Action::Forward(f) if mode == Mode::Enforce => assert!(f.rewritten()),
+            other => panic!("{partner}: {other:?}"),
+        }
+    }
+    let step_up = engine("mode = \"answers_only\"");
+    let mut head = json_head();
+    let mut d = candidate(&step_up, &mut head);
+    assert!(matches!(
+        d.begin(&BufferBudget::default(), Holding::Whole),
+        Action::PassThrough
+    ));
+    d.upstream_request_head(&mut head);
+    assert!(!head.contains_key("accept-encoding"), "untouched");
+    assert!(d.exchange().is_some(), "its answer is read");
 }

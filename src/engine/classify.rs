@@ -209,6 +209,17 @@ impl StepUp {
             .map_or("", |r| &r.pattern)
     }
 
+    /// The mode a candidate is served in: its partner's entry's `mode`, else the top-level
+    /// one.
+    pub fn mode(&self, candidate: Candidate) -> crate::config::Mode {
+        match (&self.inner.partners, candidate.partner) {
+            (Some(p), partners::PartnerRef::Listed { entry, .. }) => {
+                p.policies[entry as usize].mode
+            }
+            _ => self.inner.config.mode,
+        }
+    }
+
     /// The path pattern of a candidate's route (as configured, e.g.
     /// `/v2/accounts/{id}/payment/authorize`), for logs and metrics before there is an
     /// exchange.

@@ -97,6 +97,8 @@ pub(crate) struct Partners {
 /// One partner's effective policy (what its entry leaves out is the global one).
 pub(crate) struct Policy {
     pub urls: ReturnUrlPolicy,
+    /// What step-up does for the partner's requests (its entry's `mode`, else the global).
+    pub mode: crate::config::Mode,
     pub return_url: Option<String>,
     pub app_return_url: Option<String>,
     pub interaction_expiry: Option<String>,
@@ -274,6 +276,7 @@ pub(crate) fn compile(
             }
         }
         let policy = Policy {
+            mode: e.mode.unwrap_or(c.mode),
             return_url: e.return_url.clone().or_else(|| defaults.return_url.clone()),
             app_return_url: e
                 .app_return_url
@@ -313,6 +316,7 @@ pub(crate) fn compile(
             return_url: policy.return_url.clone(),
             app_return_url: policy.app_return_url.clone(),
             interaction_expiry: policy.interaction_expiry.clone(),
+            mode: Some(policy.mode),
         });
         policies.push(policy);
     }

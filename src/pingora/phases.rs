@@ -148,7 +148,7 @@ impl StepUpPhases {
             return;
         };
         ctx.driver = driver;
-        if !ctx.driver.is_candidate() {
+        if !ctx.driver.is_candidate() || !ctx.driver.may_change_answer() {
             return;
         }
         // Only clients that ask for an encoding need the compression module armed.
@@ -255,12 +255,14 @@ impl StepUpPhases {
     ) -> Result<()> {
         let d = &mut ctx.driver;
         if d.streams_body() {
-            let part = body.take().unwrap_or_default();
+            let part = body.clone().unwrap_or_default();
             match d.on_request_body(part, end_of_stream) {
                 Action::Forward(forward) => *body = Some(forward.into_body()),
                 Action::Answer(_) => {
                     return Error::e_explain(REFUSED, "candidate body refused");
                 }
+                // Watched as it passes (`shadow`): left as it is.
+                Action::Pass => {}
                 // Non-final: `Some(empty)` is "nothing now"; `None` would end the body.
                 _ => *body = Some(Bytes::new()),
             }

@@ -14,7 +14,15 @@ use tracing::Instrument;
 use super::mount::{Local, Mount};
 use super::{ResponseFuture, StepUpBody};
 use crate::budget::BufferBudget;
-use crate::driver::{Action, Driver, Holding, Notified, ResponseAction, ResponseHead};
+use crate::driver::{Action, Driver, Forward, Holding, Notified, ResponseAction, ResponseHead};
+
+/// What goes to the wrapped service.
+enum Sending {
+    /// The body the driver gives (the caller's bytes, or its rewrite).
+    Forward(Forward),
+    /// The caller's body untouched: what was read, then the rest.
+    Untouched(Bytes),
+}
 use crate::observe::{Observer, Record};
 use crate::{Refusal, StepUp};
 
@@ -204,7 +212,8 @@ impl<S> Exchange<S> {
         ResB: Body<Data = Bytes>,
     {
         let (mut parts, body) = req.into_parts();
-        let mut body = std::pin::pin!(body);
+        // On the heap: a body step-up lets go of (`shadow`) goes on after what was read.
+        let mut body = Box::pin(body);
         let d = &mut self.driver;
         let mut action = d.begin(&self.budget, Holding::Whole);
         let forward = loop {
@@ -237,7 +246,9 @@ impl<S> Exchange<S> {
                         Told::TimedOut => d.on_notified(Notified::TimedOut),
                     }
                 }
-                Action::Forward(forward) => break forward,
+                Action::Forward(forward) => break Sending::Forward(forward),
+                Action::Release(read) => break Sending::Untouched(read),
+                Action::PassThrough => break Sending::Untouched(Bytes::new()),
                 Action::Answer(a) => return Ok((self.driver, answer(&a))),
                 other => unreachable!("{other:?}: the tower adapter holds whole bodies"),
             };
@@ -246,8 +257,15 @@ impl<S> Exchange<S> {
         if let Some(path) = d.upstream_path() {
             parts.uri = with_path(&parts.uri, &self.mount.outer(path));
         }
-        let timeout = forward.timeout();
-        let (body, taken) = StepUpBody::watched(forward.into_body());
+        let (body, taken, timeout) = match forward {
+            Sending::Forward(forward) => {
+                let timeout = forward.timeout();
+                let (body, taken) = StepUpBody::watched(forward.into_body());
+                (body, Some(taken), timeout)
+            }
+            // Untouched: what was read, then the rest as it comes.
+            Sending::Untouched(read) => (StepUpBody::prefixed(read, body), None, None),
+        };
         let call = self.inner.call(Request::from_parts(parts, body));
         let called = match timeout {
             None => Some(call.await),
@@ -266,12 +284,16 @@ impl<S> Exchange<S> {
                 return Ok((self.driver, answer(&a.unwrap_or(timed_out.into()))));
             }
         };
-        let res = self.respond(res, &taken).await;
+        let res = self.respond(res, taken.as_deref()).await;
         Ok((self.driver, res))
     }
 
     /// The answer, as the driver has it passed on, read, rewritten or replaced.
-    async fn respond<B>(&mut self, res: Response<B>, taken: &AtomicBool) -> Response<StepUpBody<B>>
+    async fn respond<B>(
+        &mut self,
+        res: Response<B>,
+        taken: Option<&AtomicBool>,
+    ) -> Response<StepUpBody<B>>
     where
         B: Body<Data = Bytes>,
     {
@@ -280,7 +302,7 @@ impl<S> Exchange<S> {
         let head = ResponseHead::new(parts.status, &parts.headers)
             .length(body.size_hint().exact())
             .proxy_error(parts.extensions.get::<Refusal>())
-            .inner_answered(!taken.load(Ordering::Relaxed));
+            .inner_answered(taken.is_some_and(|t| !t.load(Ordering::Relaxed)));
         match d.on_response_head(head) {
             ResponseAction::Read { .. } => {}
             ResponseAction::Answer(a) => return answer(&a),

@@ -177,6 +177,22 @@ impl StepUp {
     }
 }
 
+impl StepUp {
+    /// The exchange of a candidate whose request is not read (`answers_only`: the payment
+    /// API sends its own `step_up_config`): its answer is rewritten with what Klarna's
+    /// answer says (the reference it names).
+    pub(crate) fn unread_exchange(&self, candidate: Candidate, now: u64) -> Exchange {
+        Exchange {
+            route: candidate.route,
+            reference: String::new(),
+            return_url: String::new(),
+            partner: candidate.partner().map(str::to_owned),
+            minted_at: now,
+            request_secs: None,
+        }
+    }
+}
+
 impl Engine {
     /// The policy a candidate is served with, and its partner when partners are on; or the
     /// refusal of a partner that is missing, malformed or not served.

@@ -57,6 +57,9 @@ pub struct PaymentRequest<'a> {
     /// Fallback location of the URL.
     #[serde(borrow)]
     pub payment_request_url: Option<Cow<'a, str>>,
+    /// The reference the Payment Request was made with.
+    #[serde(borrow)]
+    pub payment_request_reference: Option<Cow<'a, str>>,
     /// The canonical place of id and URL.
     #[serde(borrow)]
     pub state_context: Option<StateContext<'a>>,

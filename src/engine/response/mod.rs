@@ -340,14 +340,15 @@ impl Engine {
             Some(d) => JsonText::Text(Cow::Borrowed(d.get())),
             None => JsonText::Text(Cow::Owned(minimal_payment_request_data(id))),
         };
-        let pay = self.acquirer_return.as_ref().and_then(|r| {
-            r.pay_url(
-                &exchange.reference,
-                url,
-                exchange.request_secs,
-                exchange.minted_at,
-            )
-        });
+        // A request step-up did not read (`answers_only`): the reference Klarna names.
+        let reference = match exchange.reference.as_str() {
+            "" => pr.payment_request_reference.as_deref().unwrap_or(""),
+            reference => reference,
+        };
+        let pay = self
+            .acquirer_return
+            .as_ref()
+            .and_then(|r| r.pay_url(reference, url, exchange.request_secs, exchange.minted_at));
         let mut redirect = String::with_capacity(url.len() + 32);
         for part in pay
             .is_none()
@@ -360,7 +361,7 @@ impl Engine {
                 TemplatePart::Url => redirect.push_str(url),
                 TemplatePart::Id => redirect.extend(utf8_percent_encode(id, TEMPLATE_ESCAPE)),
                 TemplatePart::Reference => {
-                    redirect.extend(utf8_percent_encode(&exchange.reference, TEMPLATE_ESCAPE))
+                    redirect.extend(utf8_percent_encode(reference, TEMPLATE_ESCAPE))
                 }
             }
         }
