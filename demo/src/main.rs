@@ -3,14 +3,15 @@
 //! API: one command shows the whole flow in a browser.
 //!
 //! A workspace member of its own so that the production binary and the library carry no
-//! sandbox: it joins the sandbox crate (`klarna-stepup-sandbox`) and `klarna_stepup::server`.
+//! sandbox: it joins the sandbox crate (`klarna-stepup-sandbox`) and the server crate
+//! (`klarna-stepup-server`).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use klarna_stepup::server::{init_logging, serve, LogFormat, ProxyConfig};
 use klarna_stepup::{StepUp, StepUpConfig};
+use klarna_stepup_server::{init_logging, serve, LogFormat, ProxyConfig};
 use klarna_stepup_sandbox::{self as sandbox, DemoPorts};
 
 /// The whole Klarna step-up flow on 127.0.0.1: a local Klarna, a demo payment API with a
@@ -102,7 +103,7 @@ fn run(ports: Ports) -> Result<(), String> {
         klarna = backends.klarna_addr,
         api = backends.payment_api_addr,
     );
-    let served = serve(config);
+    let served = serve(config).map_err(|e| e.to_string());
     drop(backends);
     runtime.shutdown_background();
     served

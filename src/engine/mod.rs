@@ -47,12 +47,12 @@ use routes::RoutePattern;
 use webhook::Webhooks;
 
 pub use crate::config::DEFAULT_BODY_LIMIT;
-// Used by the binary's server and the Pingora adapter.
-#[cfg_attr(not(any(feature = "cli", feature = "pingora")), allow(unused_imports))]
-pub(crate) use head::{check_request_head, check_request_target};
-// `Head` is named only by the Pingora adapter (tower edits `http::HeaderMap`s through it).
+// The request head check of the Pingora adapter and of the server crate
+// (klarna-stepup-server, which pins this crate's exact version): not part of the public API.
+#[doc(hidden)]
+pub use head::{check_request_head, Head};
 #[cfg_attr(not(feature = "pingora"), allow(unused_imports))]
-pub(crate) use head::Head;
+pub(crate) use head::check_request_target;
 #[cfg_attr(
     not(any(feature = "tower", feature = "pingora")),
     allow(unused_imports)

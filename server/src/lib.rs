@@ -1,16 +1,17 @@
-//! The server the `klarna-stepup` binary runs (feature `cli`): a proxy with step-up in front
-//! of a payment API, described by one configuration file. It is the [tower
-//! layer](crate::tower) on hyper: one single-threaded runtime per worker thread, each with
-//! its own `SO_REUSEPORT` listener and connection pool (chosen by measurement against
-//! Pingora; see the README's performance section).
+//! The ready Klarna step-up proxy: the server the `klarna-stepup` binary runs, a proxy with
+//! step-up in front of a payment API, described by one configuration file. It is the
+//! [tower layer](klarna_stepup::tower) of the `klarna-stepup` crate on hyper: one
+//! single-threaded runtime per worker thread, each with its own `SO_REUSEPORT` listener and
+//! connection pool (chosen by measurement against Pingora; see the README's performance
+//! section).
 //!
-//! The binary is a thin command line over this module; the demo (`./x demo`) runs the same
-//! server in front of the local sandbox. Use it to embed the ready proxy in a program of your
-//! own; to add step-up to a Pingora proxy you already have, use
-//! [`StepUpProxy`](crate::pingora::StepUpProxy) instead.
+//! The binary is a thin command line over this crate (`cargo install klarna-stepup-server`
+//! installs it); the demo (`./x demo`) runs the same server in front of the local sandbox.
+//! Use it to embed the ready proxy in a program of your own; to add step-up to a Pingora
+//! proxy you already have, use the `klarna-stepup` crate's `pingora::StepUpProxy` instead.
 //!
 //! ```no_run
-//! use klarna_stepup::server::{init_logging, serve, LogFormat, ProxyConfig};
+//! use klarna_stepup_server::{init_logging, serve, LogFormat, ProxyConfig};
 //!
 //! let _logs = init_logging(LogFormat::Text);
 //! let config = ProxyConfig::load("klarna-stepup.toml".as_ref()).unwrap_or_else(|errors| {
@@ -21,28 +22,39 @@
 //! serve(config).unwrap();
 //! ```
 //!
-//! The file holds the library's [`StepUpConfig`](crate::StepUpConfig) keys at the top level
-//! and a `[server]` table ([`ServerConfig`]); `klarna-stepup check-config FILE` prints the
-//! effective configuration with every default.
+//! The file holds the library's [`StepUpConfig`](klarna_stepup::StepUpConfig) keys at the
+//! top level and a `[server]` table ([`ServerConfig`]); `klarna-stepup check-config FILE`
+//! prints the effective configuration with every default.
 //!
 //! The listener's TLS (HTTP/2 by ALPN) and the TLS to the payment API use rustls.
+//!
+//! Under systemd (`Type=notify`), the server says `READY=1` once it serves and `STOPPING=1`
+//! when it begins to drain; a successor started with `serve --upgrade` says
+//! `MAINPID=<its pid>` with its `READY=1`, so that systemd follows it (give the unit
+//! `NotifyAccess=all`: the successor is not the main process when it says so).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod admin;
 mod balance;
 mod config;
+mod error;
 mod limits;
 mod metrics;
+mod notify;
 mod pool;
 mod serve;
 mod timed;
 mod tls;
 mod upgrade;
 mod upstream;
+mod worker;
 
-pub use crate::ConfigError;
+pub use klarna_stepup::ConfigError;
 pub use config::{
     HealthCheckConfig, ListenerTls, ProxyConfig, ServerConfig, UpstreamTls, Upstreams,
 };
+pub use error::{Error, UpgradeError};
 pub use serve::{serve, serve_upgrade};
 
 /// How log lines are written.

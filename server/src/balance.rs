@@ -1,10 +1,12 @@
 //! Which payment API instance a request goes to: `pingora-load-balancing`'s round robin over
 //! the healthy backends, its active health checks (a TCP or TLS connect, or an HTTP `GET` of
 //! `[server.health_check] path`), and its service discovery fed by DNS: the `upstream` names
-//! are resolved again every `dns_refresh_secs`.
+//! are resolved again every `dns_refresh_secs`. Its own background loop
+//! (`LoadBalancer::run`) runs both on their schedules.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backend, LoadBalancer};
 
 use super::config::HealthCheckConfig;
+use super::error::Error as ServeError;
 use super::upstream::Connector;
 
 /// The payment API's instances, as discovered and health-checked.
@@ -78,13 +81,26 @@ pub(crate) fn any_healthy(lb: &Balancer) -> bool {
 }
 
 /// The `upstream` entries (`host:port`), resolved anew at each discovery.
-struct Dns(Vec<String>);
+struct Dns {
+    names: Vec<String>,
+    /// Some name resolved once: a failure from now on keeps the last set (and says so).
+    resolved: AtomicBool,
+}
+
+impl Dns {
+    fn new(names: Vec<String>) -> Self {
+        Dns {
+            names,
+            resolved: AtomicBool::new(false),
+        }
+    }
+}
 
 #[async_trait]
 impl ServiceDiscovery for Dns {
     async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
         let mut found = BTreeSet::new();
-        for name in &self.0 {
+        for name in &self.names {
             match tokio::net::lookup_host(name.as_str()).await {
                 Ok(addrs) => {
                     for a in addrs {
@@ -96,11 +112,15 @@ impl ServiceDiscovery for Dns {
             }
         }
         if found.is_empty() {
-            return Err(Error::explain(
-                ErrorType::ConnectNoRoute,
-                "no upstream name resolved",
-            ));
+            let e = Error::explain(ErrorType::ConnectNoRoute, "no upstream name resolved");
+            // At the start, the error stops the server (`server.upstream: cannot resolve`);
+            // later, the balancer's loop keeps the last set without a word.
+            if self.resolved.load(Ordering::Relaxed) {
+                tracing::warn!(error = %e, "upstream discovery failed; keeping the last set");
+            }
+            return Err(e);
         }
+        self.resolved.store(true, Ordering::Relaxed);
         Ok((found, HashMap::new()))
     }
 }
@@ -174,43 +194,38 @@ impl HealthCheck for Probe {
     }
 }
 
-/// The balancer for `upstream`, resolved once (an error names what could not be resolved).
+/// The balancer for `upstream`, resolved once (an error names what could not be resolved),
+/// set to resolve the names again every `dns_refresh` and to check every address every
+/// `config.interval_ms` once its loop runs ([`maintain`]).
 pub(crate) async fn balancer(
     upstreams: Vec<String>,
     connector: Connector,
     config: HealthCheckConfig,
-) -> std::result::Result<Arc<Balancer>, String> {
+    dns_refresh: Duration,
+) -> std::result::Result<Arc<Balancer>, ServeError> {
     let host = upstreams.first().cloned().unwrap_or_default();
-    let mut lb = Balancer::from_backends(pingora_load_balancing::Backends::new(Box::new(Dns(
-        upstreams,
-    ))));
+    let mut lb =
+        Balancer::from_backends(pingora_load_balancing::Backends::new(Box::new(Dns::new(
+            upstreams,
+        ))));
+    lb.health_check_frequency = Some(Duration::from_millis(config.interval_ms));
+    lb.update_frequency = Some(dns_refresh);
     lb.set_health_check(Box::new(Probe {
         connector,
         config,
         host,
     }));
     lb.parallel_health_check = true;
-    lb.update()
-        .await
-        .map_err(|e| format!("server.upstream: cannot resolve: {e}"))?;
+    lb.update().await.map_err(|e| ServeError::Resolve {
+        source: Box::new(e),
+    })?;
     Ok(Arc::new(lb))
 }
 
-/// Runs discovery every `dns_refresh` and the health checks every `interval`, forever.
-pub(crate) async fn maintain(lb: Arc<Balancer>, interval: Duration, dns_refresh: Duration) {
-    let mut checks = tokio::time::interval(interval);
-    let mut discovery = tokio::time::interval(dns_refresh);
-    discovery.tick().await;
-    loop {
-        tokio::select! {
-            _ = checks.tick() => lb.backends().run_health_check(true).await,
-            _ = discovery.tick() => {
-                if let Err(e) = lb.update().await {
-                    tracing::warn!(error = %e, "upstream discovery failed; keeping the last set");
-                }
-            }
-        }
-    }
+/// Runs discovery and the health checks on their schedules until `stop` says `true`: the
+/// balancer's own loop.
+pub(crate) async fn maintain(lb: Arc<Balancer>, stop: tokio::sync::watch::Receiver<bool>) {
+    lb.run(stop, None).await;
 }
 
 #[cfg(test)]
@@ -240,19 +255,22 @@ mod tests {
             ],
             AtomicUsize::new(0),
         );
-        let lb =
+        let mut lb =
             Balancer::from_backends(pingora_load_balancing::Backends::new(Box::new(discovery)));
+        lb.health_check_frequency = Some(Duration::from_secs(60));
+        lb.update_frequency = Some(Duration::from_millis(50));
         lb.update().await.unwrap();
         let lb = Arc::new(lb);
         assert_eq!(pick(&lb), Some("127.0.0.1:1001".parse().unwrap()));
-        let task = tokio::spawn(maintain(
-            lb.clone(),
-            Duration::from_secs(60),
-            Duration::from_millis(50),
-        ));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(maintain(lb.clone(), stopped));
         tokio::time::sleep(Duration::from_millis(200)).await;
         let seen: BTreeSet<SocketAddr> = (0..4).filter_map(|_| pick(&lb)).collect();
-        task.abort();
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the loop stops when told")
+            .unwrap();
         let want: BTreeSet<SocketAddr> = ["127.0.0.1:1002", "127.0.0.1:1003"]
             .iter()
             .map(|a| a.parse().unwrap())
@@ -263,7 +281,7 @@ mod tests {
 
     #[tokio::test]
     async fn names_are_resolved_and_a_failed_resolution_keeps_the_last_set() {
-        let dns = Dns(vec![
+        let dns = Dns::new(vec![
             "localhost:1004".into(),
             "no-such-host.invalid:1".into(),
         ]);
@@ -271,7 +289,7 @@ mod tests {
         assert!(found
             .iter()
             .any(|b| b.to_socket_addrs().unwrap().next().unwrap().port() == 1004));
-        let none = Dns(vec!["no-such-host.invalid:1".into()]);
+        let none = Dns::new(vec!["no-such-host.invalid:1".into()]);
         assert!(
             none.discover().await.is_err(),
             "an empty set would drop every backend"

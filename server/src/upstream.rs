@@ -19,6 +19,56 @@ use tokio_rustls::TlsConnector;
 
 use super::balance::{others, Balancer};
 use super::config::UpstreamTls;
+use super::error::Error;
+
+/// A deadline on the connection to the payment API that passed: the error an
+/// [`UpstreamIo`] or [`Connector::connect`] fails with is an `io::Error` of kind `TimedOut`
+/// carrying this (hyper passes transport errors on as `io::Error`s), and the server answers
+/// 504 for it ([`UpstreamTimeout::caused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpstreamTimeout {
+    /// TCP and TLS connect, per address tried (`connect_timeout_ms`).
+    Connect,
+    /// The next bytes of the answer (`read_timeout_ms`).
+    Read,
+    /// A write the payment API does not take (`write_timeout_ms`).
+    Write,
+}
+
+impl std::fmt::Display for UpstreamTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpstreamTimeout::Connect => "connect timeout",
+            UpstreamTimeout::Read => "upstream read timeout",
+            UpstreamTimeout::Write => "upstream write timeout",
+        })
+    }
+}
+
+impl std::error::Error for UpstreamTimeout {}
+
+impl UpstreamTimeout {
+    /// As the `io::Error` the connection fails with.
+    fn error(self) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, self)
+    }
+
+    /// The system's own timeout on the socket (`ETIMEDOUT`: the peer stopped acknowledging)
+    /// is this deadline's too: typed here, where the socket is read, so that nothing above
+    /// tells errors apart by their kind.
+    fn of_system(self, e: io::Error) -> io::Error {
+        if e.kind() == io::ErrorKind::TimedOut && e.get_ref().is_none() {
+            self.error()
+        } else {
+            e
+        }
+    }
+
+    /// Whether `e` or one of its causes is a deadline on the payment API's connection.
+    pub(crate) fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
+        super::error::causes(e).any(|c| c.is::<UpstreamTimeout>())
+    }
+}
 
 /// How the proxy opens a connection to one payment API address: TCP, then TLS when
 /// configured, within the connect timeout. Shared by the dialer and the health checks.
@@ -36,12 +86,12 @@ impl Connector {
         connect_timeout: Duration,
         read_timeout: Duration,
         write_timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Error> {
         let tls = match tls {
             None => None,
             Some(t) => {
                 let name = ServerName::try_from(t.sni.clone())
-                    .map_err(|e| format!("server.upstream_tls.sni: {e}"))?;
+                    .map_err(|e| Error::tls("server.upstream_tls.sni", e))?;
                 Some((TlsConnector::from(Arc::new(client_config(t)?)), name))
             }
         };
@@ -56,8 +106,8 @@ impl Connector {
     /// A connection to `addr`, TCP and TLS within the connect timeout.
     pub(crate) async fn connect(&self, addr: SocketAddr) -> io::Result<UpstreamIo> {
         match tokio::time::timeout(self.connect_timeout, self.open(addr)).await {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
+            Ok(r) => r.map_err(|e| UpstreamTimeout::Connect.of_system(e)),
+            Err(_) => Err(UpstreamTimeout::Connect.error()),
         }
     }
 
@@ -113,31 +163,31 @@ impl Dialer {
 
 /// rustls for the payment API: the private CA of `ca` or the system's roots, the client
 /// certificate for mTLS, or no verification at all when `verify = false`.
-fn client_config(t: &UpstreamTls) -> Result<rustls::ClientConfig, String> {
+fn client_config(t: &UpstreamTls) -> Result<rustls::ClientConfig, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("server.upstream_tls: {e}"))?;
+        .map_err(|e| Error::tls("server.upstream_tls", e))?;
     let builder = if t.verify {
         let mut roots = rustls::RootCertStore::empty();
         match &t.ca {
             Some(ca) => {
-                let pem = std::fs::read(ca).map_err(|e| format!("server.upstream_tls.ca: {e}"))?;
-                let certs = super::tls::pem_certs(&pem)
-                    .ok_or("server.upstream_tls.ca: no PEM certificate found")?;
+                let pem = std::fs::read(ca).map_err(Error::file("server.upstream_tls.ca"))?;
+                let certs = super::tls::pem_certs(&pem).ok_or(Error::Pem {
+                    key: "server.upstream_tls.ca",
+                    missing: "certificate",
+                })?;
                 for c in certs {
                     roots
                         .add(c)
-                        .map_err(|e| format!("server.upstream_tls.ca: {e}"))?;
+                        .map_err(|e| Error::tls("server.upstream_tls.ca", e))?;
                 }
             }
             None => {
                 let found = rustls_native_certs::load_native_certs();
                 roots.add_parsable_certificates(found.certs);
                 if roots.is_empty() {
-                    return Err("server.upstream_tls: no system root certificates found; \
-                                name a CA file in server.upstream_tls.ca"
-                        .into());
+                    return Err(Error::NoSystemRoots);
                 }
             }
         }
@@ -150,7 +200,7 @@ fn client_config(t: &UpstreamTls) -> Result<rustls::ClientConfig, String> {
     let mut config = match super::tls::client_cert(t)? {
         Some((chain, key)) => builder
             .with_client_auth_cert(chain, key)
-            .map_err(|e| format!("server.upstream_tls.client_cert: {e}"))?,
+            .map_err(|e| Error::tls("server.upstream_tls.client_cert", e))?,
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -231,14 +281,14 @@ impl Deadline {
 
     /// The stream said `Pending`: wait on, unless the deadline (armed at the first wait
     /// since the last progress) has passed.
-    fn waiting(&mut self, cx: &mut Context<'_>, what: &'static str) -> Poll<io::Error> {
+    fn waiting(&mut self, cx: &mut Context<'_>, what: UpstreamTimeout) -> Poll<io::Error> {
         if !self.armed {
             self.armed = true;
             let at = Instant::now() + self.timeout;
             self.sleep.as_mut().reset(at);
         }
         ready!(self.sleep.as_mut().poll(cx));
-        Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what))
+        Poll::Ready(what.error())
     }
 
     fn progress(&mut self) {
@@ -248,7 +298,7 @@ impl Deadline {
 
 /// A connection to the payment API, each direction on its own deadline: a read that waits
 /// longer than the read timeout, or a write (or flush) longer than the write timeout, fails
-/// with `TimedOut` (504 for the request on it).
+/// with an [`UpstreamTimeout`] (504 for the request on it).
 ///
 /// The read deadline runs from the last bytes received or sent, whichever is later: the
 /// payment API cannot answer a request before it has it, so the wait for an answer starts
@@ -278,10 +328,10 @@ impl UpstreamIo {
         polled: Poll<io::Result<()>>,
     ) -> Poll<io::Result<()>> {
         match polled {
-            Poll::Pending => self.read.waiting(cx, "upstream read timeout").map(Err),
-            done => {
+            Poll::Pending => self.read.waiting(cx, UpstreamTimeout::Read).map(Err),
+            Poll::Ready(r) => {
                 self.read.progress();
-                done
+                Poll::Ready(r.map_err(|e| UpstreamTimeout::Read.of_system(e)))
             }
         }
     }
@@ -295,8 +345,9 @@ impl UpstreamIo {
         moved: impl Fn(&T) -> bool,
     ) -> Poll<io::Result<T>> {
         match polled {
-            Poll::Pending => self.write.waiting(cx, "upstream write timeout").map(Err),
+            Poll::Pending => self.write.waiting(cx, UpstreamTimeout::Write).map(Err),
             Poll::Ready(r) => {
+                let r = r.map_err(|e| UpstreamTimeout::Write.of_system(e));
                 self.write.progress();
                 if r.as_ref().is_ok_and(&moved) {
                     self.read.progress();

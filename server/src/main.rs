@@ -1,5 +1,5 @@
 //! `klarna-stepup`: the ready Klarna step-up proxy (the tower layer on hyper). A command line over
-//! [`klarna_stepup::server`]; the demo is `./x demo` (the `klarna-stepup-demo` binary of the
+//! [`klarna_stepup_server`]; the demo is `./x demo` (the `klarna-stepup-demo` binary of the
 //! `demo/` workspace member), so this binary carries no sandbox.
 //!
 //! ```text
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use klarna_stepup::server::{init_logging, serve, serve_upgrade, LogFormat, ProxyConfig};
+use klarna_stepup_server::{init_logging, serve, serve_upgrade, LogFormat, ProxyConfig};
 
 /// Klarna step-up in front of a payment API: a proxy that adds Klarna's step_up_config to the
 /// partners' Klarna payments and turns Klarna's STEP_UP_REQUIRED answers into the partner

@@ -8,6 +8,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls;
 
 use super::config::{ListenerTls, UpstreamTls};
+use super::error::Error;
 
 /// The `CERTIFICATE` entries of a PEM file.
 pub(super) fn pem_certs(pem: &[u8]) -> Option<Vec<CertificateDer<'static>>> {
@@ -27,40 +28,57 @@ type ClientCert = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
 /// The upstream client certificate and key, if configured (the key from a file or from the
 /// environment variable the file names).
-pub(super) fn client_cert(t: &UpstreamTls) -> Result<Option<ClientCert>, String> {
+pub(super) fn client_cert(t: &UpstreamTls) -> Result<Option<ClientCert>, Error> {
     let Some(cert) = &t.client_cert else {
         return Ok(None);
     };
-    let chain = std::fs::read(cert).map_err(|e| format!("server.upstream_tls.client_cert: {e}"))?;
+    let chain = std::fs::read(cert).map_err(Error::file("server.upstream_tls.client_cert"))?;
     let key_pem = match (&t.client_key, &t.client_key_env) {
         (Some(path), _) => {
-            std::fs::read(path).map_err(|e| format!("server.upstream_tls.client_key: {e}"))?
+            std::fs::read(path).map_err(Error::file("server.upstream_tls.client_key"))?
         }
         (None, Some(var)) => std::env::var(var)
-            .map_err(|_| format!("server.upstream_tls.client_key_env: {var} is not set"))?
+            .map_err(|_| Error::EnvNotSet {
+                key: "server.upstream_tls.client_key_env",
+                var: var.clone(),
+            })?
             .into_bytes(),
-        (None, None) => return Err("server.upstream_tls.client_key: missing".into()),
+        (None, None) => {
+            return Err(Error::MissingKey {
+                key: "server.upstream_tls.client_key",
+            })
+        }
     };
-    let certs =
-        pem_certs(&chain).ok_or("server.upstream_tls.client_cert: no PEM certificate found")?;
-    let key =
-        pem_key(&key_pem).ok_or("server.upstream_tls.client_key: no PEM private key found")?;
+    let certs = pem_certs(&chain).ok_or(Error::Pem {
+        key: "server.upstream_tls.client_cert",
+        missing: "certificate",
+    })?;
+    let key = pem_key(&key_pem).ok_or(Error::Pem {
+        key: "server.upstream_tls.client_key",
+        missing: "private key",
+    })?;
     Ok(Some((certs, key)))
 }
 
 /// The listener's TLS: TLS 1.2 and 1.3, ALPN `h2` (when enabled) and `http/1.1`.
-pub(super) fn server_config(tls: &ListenerTls) -> Result<Arc<rustls::ServerConfig>, String> {
-    let cert = std::fs::read(&tls.cert).map_err(|e| format!("server.tls.cert: {e}"))?;
-    let key = std::fs::read(&tls.key).map_err(|e| format!("server.tls.key: {e}"))?;
-    let certs = pem_certs(&cert).ok_or("server.tls.cert: no PEM certificate found")?;
-    let key = pem_key(&key).ok_or("server.tls.key: no PEM private key found")?;
+pub(super) fn server_config(tls: &ListenerTls) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let cert = std::fs::read(&tls.cert).map_err(Error::file("server.tls.cert"))?;
+    let key = std::fs::read(&tls.key).map_err(Error::file("server.tls.key"))?;
+    let certs = pem_certs(&cert).ok_or(Error::Pem {
+        key: "server.tls.cert",
+        missing: "certificate",
+    })?;
+    let key = pem_key(&key).ok_or(Error::Pem {
+        key: "server.tls.key",
+        missing: "private key",
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("server.tls: {e}"))?
+        .map_err(|e| Error::tls("server.tls", e))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("server.tls: {e}"))?;
+        .map_err(|e| Error::tls("server.tls", e))?;
     config.alpn_protocols = if tls.h2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {

@@ -46,7 +46,8 @@ use rustix::net::{
 };
 use tokio::sync::mpsc::UnboundedSender;
 
-const KEY: &str = "server.upgrade_socket";
+use super::error::UpgradeError;
+
 /// The successor's request.
 const REQUEST: &[u8] = b"upgrade\n";
 /// How long the running instance waits for its successor to say it is ready.
@@ -68,13 +69,16 @@ pub(super) struct Socket {
 
 impl Socket {
     /// Binds the upgrade socket under its temporary name, private to the user.
-    pub(super) fn bind(path: &Path) -> Result<Socket, String> {
+    pub(super) fn bind(path: &Path) -> Result<Socket, UpgradeError> {
         let mut temp = path.as_os_str().to_owned();
         temp.push(format!(".{}", std::process::id()));
         let temp = PathBuf::from(temp);
         // Our pid is ours alone: a file of this name was left by a crashed process.
         let _ = std::fs::remove_file(&temp);
-        let fail = |e: std::io::Error| format!("{KEY}: cannot listen on {}: {e}", temp.display());
+        let fail = |source| UpgradeError::Bind {
+            path: temp.clone(),
+            source,
+        };
         let listener = UnixListener::bind(&temp).map_err(fail)?;
         std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
         let uid = std::fs::metadata(&temp).map_err(fail)?.uid();
@@ -88,11 +92,14 @@ impl Socket {
     }
 
     /// Gives it its configured name, replacing a predecessor's.
-    pub(super) fn publish(&mut self) -> Result<(), String> {
+    pub(super) fn publish(&mut self) -> Result<(), UpgradeError> {
         std::fs::rename(&self.temp, &self.path)
             .and_then(|()| std::fs::metadata(&self.path))
             .map(|m| self.published = Some((m.dev(), m.ino())))
-            .map_err(|e| format!("{KEY}: cannot name it {}: {e}", self.path.display()))
+            .map_err(|source| UpgradeError::Publish {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// The listener to serve, once published, and the user it serves.
@@ -118,29 +125,36 @@ impl Drop for Socket {
 
 /// For a start without `--upgrade`: `path` must be free. A socket nobody listens on (left by
 /// a crashed instance) is removed; one a running instance listens on is an error.
-pub(super) fn clear_stale(path: &Path) -> Result<(), String> {
-    let shown = path.display();
+pub(super) fn clear_stale(path: &Path) -> Result<(), UpgradeError> {
+    let path_buf = || path.to_owned();
     let meta = match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("{KEY}: cannot inspect {shown}: {e}")),
+        Err(source) => {
+            return Err(UpgradeError::Inspect {
+                path: path_buf(),
+                source,
+            })
+        }
         Ok(m) => m,
     };
     if !meta.file_type().is_socket() {
-        return Err(format!("{KEY}: {shown} exists and is not a socket"));
+        return Err(UpgradeError::NotASocket { path: path_buf() });
     }
     match UnixStream::connect(path) {
         // A probe: it sends no request, so the instance there hands nothing over.
-        Ok(_) => Err(format!(
-            "{KEY}: a running instance listens on {shown}: start with --upgrade to take \
-             over from it, or stop it first"
-        )),
+        Ok(_) => Err(UpgradeError::Running { path: path_buf() }),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            std::fs::remove_file(path)
-                .map_err(|e| format!("{KEY}: cannot remove the stale {shown}: {e}"))?;
-            tracing::info!(path = %shown, "removed a stale upgrade socket (nothing listened on it)");
+            std::fs::remove_file(path).map_err(|source| UpgradeError::RemoveStale {
+                path: path_buf(),
+                source,
+            })?;
+            tracing::info!(path = %path.display(), "removed a stale upgrade socket (nothing listened on it)");
             Ok(())
         }
-        Err(e) => Err(format!("{KEY}: cannot check {shown}: {e}")),
+        Err(source) => Err(UpgradeError::Check {
+            path: path_buf(),
+            source,
+        }),
     }
 }
 
@@ -308,12 +322,16 @@ pub(super) struct Inherited {
 }
 
 /// Asks the instance on `path` for its sockets.
-pub(super) fn take_over(path: &Path) -> Result<Inherited, String> {
-    let shown = path.display();
-    let conn = UnixStream::connect(path).map_err(|e| {
-        format!("{KEY}: cannot reach the running instance at {shown}: {e} (is it running, with this upgrade_socket?)")
+pub(super) fn take_over(path: &Path) -> Result<Inherited, UpgradeError> {
+    let path_buf = || path.to_owned();
+    let conn = UnixStream::connect(path).map_err(|source| UpgradeError::Unreachable {
+        path: path_buf(),
+        source,
     })?;
-    let io = |e: std::io::Error| format!("{KEY}: upgrade over {shown} failed: {e}");
+    let io = |source| UpgradeError::Exchange {
+        path: path_buf(),
+        source,
+    };
     conn.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
     conn.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
     let pid = rustix::net::sockopt::socket_peercred(&conn)
@@ -336,20 +354,16 @@ pub(super) fn take_over(path: &Path) -> Result<Inherited, String> {
             (Some(b'R'), _) => {
                 let mut why = String::new();
                 let _ = BufReader::new(&conn).take(200).read_line(&mut why);
-                return Err(format!(
-                    "{KEY}: the running instance at {shown} refused the upgrade: {}",
-                    why.trim_end()
-                ));
+                return Err(UpgradeError::Refused {
+                    path: path_buf(),
+                    reason: why.trim_end().to_owned(),
+                });
             }
-            (None, _) => {
-                return Err(format!(
-                    "{KEY}: the running instance at {shown} closed the connection"
-                ))
-            }
-            _ => return Err(format!("{KEY}: unexpected answer from {shown}")),
+            (None, _) => return Err(UpgradeError::Closed { path: path_buf() }),
+            _ => return Err(UpgradeError::Unexpected { path: path_buf() }),
         }
     }
-    Err(format!("{KEY}: unexpected answer from {shown}"))
+    Err(UpgradeError::Unexpected { path: path_buf() })
 }
 
 /// One record: its tag (none at the end of the stream) and the descriptor it carries.

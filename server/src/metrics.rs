@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts};
 
-use crate::Record;
+use klarna_stepup::Record;
 
 /// The proxy's metrics.
 #[derive(Clone)]

@@ -1,5 +1,10 @@
 //! A request body whose every next frame must arrive within a timeout, and the whole of it
 //! within a deadline (past either: 408).
+//!
+//! Not tower-http's `TimeoutBody`: that one bounds each frame only (a client sending a byte
+//! just within each timeout would hold its connection, and the budget its bytes take, for
+//! ever), and arms a timer at every frame, also for the frames that are there at once (most
+//! bodies come with their head); this one arms a timer only when the body waits.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,7 +18,8 @@ use tokio::time::{sleep_until, Instant, Sleep};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The error of a [`Timed`] body whose next bytes did not come in time: an `io::Error` of
-/// kind `TimedOut` (as the tower adapter reads it: 408 for a request body) carrying this.
+/// kind `TimedOut` (as the tower layer reads a request body's timeout: 408) carrying this,
+/// which the server looks for ([`BodyTimeout::caused`]).
 #[derive(Debug)]
 pub(crate) struct BodyTimeout;
 
@@ -28,14 +34,7 @@ impl std::error::Error for BodyTimeout {}
 impl BodyTimeout {
     /// Whether `e` or one of its causes is a body read timeout.
     pub(crate) fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
-        crate::tower::any_cause(e, |c| {
-            // An `io::Error` hides the error it carries from `source()`.
-            let carried = c
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .is_some_and(|inner| inner.is::<BodyTimeout>());
-            carried || c.is::<BodyTimeout>()
-        })
+        super::error::causes(e).any(|c| c.is::<BodyTimeout>())
     }
 }
 

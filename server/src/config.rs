@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::read;
-use crate::{ConfigError, ConfigErrors, StepUp, StepUpConfig};
+use klarna_stepup::config::read;
+use klarna_stepup::{ConfigError, ConfigErrors, StepUp, StepUpConfig};
 
 /// `[server]`: where to listen, where to proxy to, and how.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -289,7 +289,7 @@ impl ProxyConfig {
     /// Parses and validates a file's text; every error found, each with its key.
     pub fn parse(text: &str) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
-        let toml::Value::Table(mut table) = crate::config::parse_toml(text)? else {
+        let toml::Value::Table(mut table) = klarna_stepup::config::parse_toml(text)? else {
             unreachable!("a TOML document is a table")
         };
         let server = match table.remove("server") {
@@ -338,7 +338,7 @@ impl ProxyConfig {
         // With partners on and unlisted ones refused, the global list serves no partner (the
         // engine warns of each open entry itself).
         let global_serves =
-            !c.partners.enabled() || c.partners.unknown == crate::config::UnknownPartner::Global;
+            !c.partners.enabled() || c.partners.unknown == klarna_stepup::config::UnknownPartner::Global;
         if global_serves && c.return_url_policy.allowed_hosts.is_empty() {
             out.push(err(
                 "return_url_policy.allowed_hosts",
