@@ -525,10 +525,17 @@ mod tests {
             .unwrap()
             .err()
             .unwrap();
-        assert!(e.contains("refused the upgrade: draining"), "{e}");
+        assert!(
+            matches!(&e, UpgradeError::Refused { reason, .. } if reason == "draining"),
+            "{e}"
+        );
         drop(socket);
         assert!(!path.exists());
-        let e = take_over(&path).err().unwrap();
-        assert!(e.starts_with("server.upgrade_socket: cannot reach"), "{e}");
+        let e = super::super::Error::from(take_over(&path).err().unwrap());
+        assert!(
+            e.to_string()
+                .starts_with("server.upgrade_socket: cannot reach"),
+            "{e}"
+        );
     }
 }

@@ -4,9 +4,6 @@
 //! bounded by a whole-body deadline, one `serve` per address, the open-file limit, and an
 //! outage of the payment API that is not an outage of the proxy. Loopback only; every wait
 //! and every loop is bounded; only processes started here are stopped, by PID.
-#![cfg(feature = "cli")]
-
-mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,11 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::binary::{exited, free_addr, ok_answer, read_one, serve_with, start_serve, stop_ok};
-use common::blocking::{exchange, wait_listening};
-use common::fixtures;
-use common::raw_http::send_fixture;
-use common::upstream;
+use crate::support::binary::{exited, free_addr, ok_answer, read_one, serve_with, start_serve, stop_ok};
+use crate::common::blocking::{exchange, wait_listening};
+use crate::common::fixtures;
+use crate::common::raw_http::send_fixture;
+use crate::common::upstream;
 
 /// A payment API that accepts connections and never reads nor answers; it holds at most
 /// 64 of them, for at most a minute.
@@ -165,7 +162,7 @@ async fn serve_marks_its_own_502_and_504_with_their_code_for_klarna_payments_too
 
 #[tokio::test]
 async fn tower_marks_the_proxys_own_502_and_504_with_their_code_for_klarna_payments() {
-    use common::tower_proxy::{serve_until, Timeouts};
+    use crate::common::tower_proxy::{serve_until, Timeouts};
     use klarna_stepup::StepUp;
     let f = fixtures::by_name("step_up_required");
     let timeouts = Timeouts {
@@ -433,15 +430,15 @@ async fn a_second_serve_on_a_served_address_exits_1_naming_it() {
 
 /// `serve` under the open-file limits `soft` and `hard` (set by bash's `ulimit` before it
 /// becomes the proxy).
-fn serve_limited(config: &str, soft: u64, hard: u64) -> common::binary::Served {
-    let path = common::binary::write_config(&format!("nofile-{soft}-{hard}.toml"), config);
-    common::binary::Served(
+fn serve_limited(config: &str, soft: u64, hard: u64) -> crate::support::binary::Served {
+    let path = crate::support::binary::write_config(&format!("nofile-{soft}-{hard}.toml"), config);
+    crate::support::binary::Served(
         std::process::Command::new("bash")
             .arg("-c")
             .arg(format!(
                 "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" serve --config \"$1\""
             ))
-            .arg(common::binary::BIN)
+            .arg(crate::support::binary::BIN)
             .arg(&path)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
@@ -557,11 +554,10 @@ async fn serve_tries_unhealthy_upstreams_when_none_is_healthy_and_stays_ready() 
     stop_ok(&mut child, "-TERM");
 }
 
-#[cfg(feature = "pingora")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pingora_charges_chunked_candidate_bodies_to_the_budget_as_they_arrive() {
-    use common::pingora_proxy::{start_pingora, PaymentApi};
-    use common::raw_http::{raw_request, ReqBody};
+    use crate::common::pingora_proxy::{start_pingora, PaymentApi};
+    use crate::common::raw_http::{raw_request, ReqBody};
     use klarna_stepup::pingora::StepUpProxy;
     use klarna_stepup::{BufferBudget, StepUp};
     let up = upstream::start().await;
@@ -616,10 +612,9 @@ async fn pingora_charges_chunked_candidate_bodies_to_the_budget_as_they_arrive()
     }
 }
 
-#[cfg(feature = "pingora")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pingora_marks_its_own_502_and_504_with_their_code_on_both_body_paths() {
-    use common::pingora_proxy::{start_pingora, PaymentApi};
+    use crate::common::pingora_proxy::{start_pingora, PaymentApi};
     use klarna_stepup::pingora::StepUpProxy;
     use klarna_stepup::StepUp;
     let small = fixtures::by_name("step_up_required");

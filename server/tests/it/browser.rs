@@ -12,9 +12,6 @@
 //! ```sh
 //! cargo test --features cli --test browser
 //! ```
-#![cfg(feature = "cli")]
-
-mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::demo_stack::DemoStack;
+use crate::support::demo_stack::DemoStack;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
@@ -169,7 +166,7 @@ async fn journey_test(choice: Choice) {
         return;
     };
     let started = Instant::now();
-    let stack = common::demo_stack::start_binary().await;
+    let stack = crate::support::demo_stack::start_binary().await;
     if let Choice::ApproveWebhookDelayed = choice {
         stack.klarna.set_webhook_delay(Duration::from_secs(60));
     }

@@ -2,8 +2,6 @@
 //! sandbox → purchase journey → the acquirer return endpoint → the partner's page, and the
 //! signed webhook verified by the proxy and relayed to the payment API.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,7 +34,7 @@ async fn call(
 }
 
 /// `action`: the customer's button in the purchase journey (`approve`, `decline`, `cancel`).
-async fn pay(stack: common::demo_stack::DemoStack, action: &str) -> (String, String) {
+async fn pay(stack: crate::support::demo_stack::DemoStack, action: &str) -> (String, String) {
     let proxy = stack.proxy_url.clone();
     let reference = format!("order-flow-{action}");
     let partner = serde_json::json!({
@@ -137,27 +135,25 @@ async fn pay(stack: common::demo_stack::DemoStack, action: &str) -> (String, Str
 
 #[tokio::test]
 async fn tower_approve_flow_ends_authorized() {
-    let (state, _) = pay(common::demo_stack::start().await, "approve").await;
+    let (state, _) = pay(crate::support::demo_stack::start().await, "approve").await;
     assert_eq!(state, "AUTHORIZED");
 }
 
 #[tokio::test]
 async fn tower_decline_flow_ends_declined() {
-    let (state, _) = pay(common::demo_stack::start().await, "decline").await;
+    let (state, _) = pay(crate::support::demo_stack::start().await, "decline").await;
     assert_eq!(state, "DECLINED");
 }
 
-#[cfg(feature = "cli")]
 #[tokio::test]
 async fn binary_approve_flow_ends_authorized() {
-    let (state, _) = pay(common::demo_stack::start_binary().await, "approve").await;
+    let (state, _) = pay(crate::support::demo_stack::start_binary().await, "approve").await;
     assert_eq!(state, "AUTHORIZED");
 }
 
-#[cfg(feature = "cli")]
 #[tokio::test]
 async fn binary_decline_flow_ends_declined() {
-    let (state, _) = pay(common::demo_stack::start_binary().await, "decline").await;
+    let (state, _) = pay(crate::support::demo_stack::start_binary().await, "decline").await;
     assert_eq!(state, "DECLINED");
 }
 
@@ -165,14 +161,13 @@ async fn binary_decline_flow_ends_declined() {
 /// `state=CANCELED`, and the order ends CANCELED by the webhook.
 #[tokio::test]
 async fn tower_abort_flow_ends_canceled() {
-    let (state, _) = pay(common::demo_stack::start().await, "cancel").await;
+    let (state, _) = pay(crate::support::demo_stack::start().await, "cancel").await;
     assert_eq!(state, "CANCELED");
 }
 
-#[cfg(feature = "cli")]
 #[tokio::test]
 async fn binary_abort_flow_ends_canceled() {
-    let (state, _) = pay(common::demo_stack::start_binary().await, "cancel").await;
+    let (state, _) = pay(crate::support::demo_stack::start_binary().await, "cancel").await;
     assert_eq!(state, "CANCELED");
 }
 
@@ -180,16 +175,15 @@ async fn binary_abort_flow_ends_canceled() {
 /// completes the order, through the layer's signed notification.
 #[tokio::test]
 async fn tower_the_return_alone_completes_the_order_when_the_webhook_is_lost() {
-    let stack = common::demo_stack::start().await;
+    let stack = crate::support::demo_stack::start().await;
     stack.klarna.set_lose_webhooks(true);
     let (state, _) = pay(stack, "approve").await;
     assert_eq!(state, "AUTHORIZED");
 }
 
-#[cfg(feature = "cli")]
 #[tokio::test]
 async fn binary_the_return_alone_completes_the_order_when_the_webhook_is_lost() {
-    let stack = common::demo_stack::start_binary().await;
+    let stack = crate::support::demo_stack::start_binary().await;
     stack.klarna.set_lose_webhooks(true);
     let (state, _) = pay(stack, "approve").await;
     assert_eq!(state, "AUTHORIZED");
@@ -198,7 +192,7 @@ async fn binary_the_return_alone_completes_the_order_when_the_webhook_is_lost() 
 /// A partner that retries (a timeout on its side) gets the same Payment Request back: the
 /// proxy forwards the same bytes, so the payment API's fixed `Klarna-Idempotency-Key` replays
 /// Klarna's answer instead of meeting "already used with a different request body".
-async fn retry(stack: common::demo_stack::DemoStack) {
+async fn retry(stack: crate::support::demo_stack::DemoStack) {
     let proxy = stack.proxy_url.clone();
     let reference = "order-retried";
     let partner = serde_json::json!({
@@ -231,11 +225,10 @@ async fn retry(stack: common::demo_stack::DemoStack) {
 
 #[tokio::test]
 async fn tower_a_retried_payment_gets_the_same_payment_request() {
-    retry(common::demo_stack::start().await).await;
+    retry(crate::support::demo_stack::start().await).await;
 }
 
-#[cfg(feature = "cli")]
 #[tokio::test]
 async fn binary_a_retried_payment_gets_the_same_payment_request() {
-    retry(common::demo_stack::start_binary().await).await;
+    retry(crate::support::demo_stack::start_binary().await).await;
 }

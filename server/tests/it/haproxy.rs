@@ -4,9 +4,6 @@
 //! instance drained (SIGTERM) and restarted loses no request, one killed (SIGKILL) loses at
 //! most its requests in flight. Skipped, with a notice, when `haproxy` is not installed
 //! (`./x test` and `./x haproxy` install it). Run it alone: `./x haproxy`.
-#![cfg(feature = "cli")]
-
-mod common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -14,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::blocking::{exchange, wait_listening};
-use common::fixtures;
-use common::load::{self, Mode, Req};
-use common::return_webhook::{signature, COMPLETED, RETURN_KEY, WEBHOOK_KEY};
-use common::upstream::{self, Answer};
+use crate::common::blocking::{exchange, wait_listening};
+use crate::common::fixtures;
+use crate::common::load::{self, Mode, Req};
+use crate::common::return_webhook::{signature, COMPLETED, RETURN_KEY, WEBHOOK_KEY};
+use crate::common::upstream::{self, Answer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_klarna-stepup");
 

@@ -1,14 +1,11 @@
 //! With `[partners]` on, the proxy's request and refusal counters carry a `partner` label:
 //! the configured ids, `other` for a partner without an entry, `none` for no partner. A
 //! refused request counts for the partner it named.
-#![cfg(feature = "cli")]
 
-mod common;
-
-use common::binary::{free_addr, serve_with, stop_ok};
-use common::blocking::{exchange, wait_listening};
-use common::fixtures;
-use common::upstream::{self, Answer};
+use crate::support::binary::{free_addr, serve_with, stop_ok};
+use crate::common::blocking::{exchange, wait_listening};
+use crate::common::fixtures;
+use crate::common::upstream::{self, Answer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_and_refusal_counters_are_labelled_by_partner() {

@@ -9,19 +9,16 @@
 //! `tests/stacks/setup.sh` installs the stacks (`./x test` runs it). A stack that is not set up
 //! is skipped, saying why, unless `KLARNA_STEPUP_STACKS` (comma-separated) names it: then the
 //! test fails.
-#![cfg(all(feature = "tower", feature = "pingora", feature = "cli"))]
-
-mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::blocking::wait_listening;
-use common::pingora_proxy::{free_addr, start_pingora, PaymentApi};
-use common::raw_http::{raw_request, RawResponse, ReqBody};
-use common::return_webhook::{signature, COMPLETED, WEBHOOK_KEY};
+use crate::common::blocking::wait_listening;
+use crate::common::pingora_proxy::{free_addr, start_pingora, PaymentApi};
+use crate::common::raw_http::{raw_request, RawResponse, ReqBody};
+use crate::common::return_webhook::{signature, COMPLETED, WEBHOOK_KEY};
 use klarna_stepup::pingora::StepUpProxy;
 use klarna_stepup::{StepUp, StepUpConfig};
 use serde_json::Value;
@@ -989,7 +986,7 @@ async fn hostile_corpus_through_every_adapter_to_every_stack() {
         cells.push((
             "tower",
             i,
-            common::tower_proxy::start(engine(), stub.addr).await,
+            crate::common::tower_proxy::start(engine(), stub.addr).await,
         ));
         let pingora = start_pingora(StepUpProxy::new(
             PaymentApi {

@@ -30,7 +30,7 @@ mod tls {
     use tokio_rustls::rustls::server::WebPkiClientVerifier;
     use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 
-    use super::common::upstream::Answer;
+    use crate::common::upstream::Answer;
 
     /// A test CA and what it signed: a server certificate for `localhost` and a client one.
     pub struct Pki {

@@ -54,7 +54,7 @@ fn not_candidate_count(admin: SocketAddr) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_upgrade_hands_the_sockets_over_under_load_and_loses_no_request() {
-    use common::load::{self, Mode, Req};
+    use crate::common::load::{self, Mode, Req};
     let up = upstream::start().await;
     let mut answer = ok_answer();
     answer.delay = Some(Duration::from_millis(5));

@@ -1,14 +1,13 @@
 //! The `klarna-stepup` binary as a child process on loopback: its configuration file, its
 //! start and stop, and raw HTTP/1.1 exchanges with it.
-#![allow(dead_code)]
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::blocking::{wait_exit, wait_exit_within, wait_listening};
-use super::upstream::Answer;
+use crate::common::blocking::{wait_exit, wait_exit_within, wait_listening};
+use crate::common::upstream::Answer;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_klarna-stepup");

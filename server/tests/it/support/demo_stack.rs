@@ -13,9 +13,7 @@
 //! - [`start`]: the tower layer in an in-process hyper reverse proxy;
 //! - [`start_binary`]: the shipped `klarna-stepup serve` as a child process, with
 //!   the demo's configuration file and keys, as `./x demo` runs it.
-#![allow(dead_code)] // each test binary uses a part
 
-#[cfg(feature = "cli")]
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,7 +24,6 @@ use klarna_stepup::{StepUp, StepUpConfig};
 use klarna_stepup_sandbox::{
     demo_secret, demo_step_up_toml, start_demo_backends, DemoBackends, DemoPorts,
 };
-#[cfg(feature = "cli")]
 use klarna_stepup_sandbox::{DEMO_RETURN_KEY_ENV, DEMO_WEBHOOK_KEY_ENV};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -105,7 +102,7 @@ pub async fn start() -> DemoStack {
     let config =
         StepUpConfig::from_toml(&demo_step_up_toml(&proxy_url)).expect("demo configuration");
     let step_up = StepUp::with_secrets(config, demo_secret).expect("demo configuration");
-    let proxy = super::tower_proxy::serve(step_up, listener, backends.payment_api_addr);
+    let proxy = crate::common::tower_proxy::serve(step_up, listener, backends.payment_api_addr);
     backends
         .klarna
         .set_webhook_url(Some(format!("{proxy_url}/klarna/webhooks")));
@@ -125,7 +122,6 @@ pub async fn start() -> DemoStack {
 /// production binary `klarna-stepup serve` in front of them as a child process, with the
 /// demo's configuration file and keys (what `./x demo` runs, in two processes); free ports;
 /// returns once the shop answers through the proxy.
-#[cfg(feature = "cli")]
 pub async fn start_binary() -> DemoStack {
     let port = || {
         std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,1 @@
+//! systemd's readiness protocol: placeholder.
