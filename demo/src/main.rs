@@ -11,8 +11,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use klarna_stepup::{StepUp, StepUpConfig};
-use klarna_stepup_server::{init_logging, serve, LogFormat, ProxyConfig};
 use klarna_stepup_sandbox::{self as sandbox, DemoPorts};
+use klarna_stepup_server::{init_logging, serve, LogFormat, ProxyConfig};
 
 /// The whole Klarna step-up flow on 127.0.0.1: a local Klarna, a demo payment API with a
 /// shop, and the klarna-stepup proxy in front of it. Open the printed shop URL in a browser.

@@ -204,10 +204,9 @@ pub(crate) async fn balancer(
     dns_refresh: Duration,
 ) -> std::result::Result<Arc<Balancer>, ServeError> {
     let host = upstreams.first().cloned().unwrap_or_default();
-    let mut lb =
-        Balancer::from_backends(pingora_load_balancing::Backends::new(Box::new(Dns::new(
-            upstreams,
-        ))));
+    let mut lb = Balancer::from_backends(pingora_load_balancing::Backends::new(Box::new(
+        Dns::new(upstreams),
+    )));
     lb.health_check_frequency = Some(Duration::from_millis(config.interval_ms));
     lb.update_frequency = Some(dns_refresh);
     lb.set_health_check(Box::new(Probe {

@@ -337,8 +337,8 @@ impl ProxyConfig {
         let c = self.step_up.config();
         // With partners on and unlisted ones refused, the global list serves no partner (the
         // engine warns of each open entry itself).
-        let global_serves =
-            !c.partners.enabled() || c.partners.unknown == klarna_stepup::config::UnknownPartner::Global;
+        let global_serves = !c.partners.enabled()
+            || c.partners.unknown == klarna_stepup::config::UnknownPartner::Global;
         if global_serves && c.return_url_policy.allowed_hosts.is_empty() {
             out.push(err(
                 "return_url_policy.allowed_hosts",

@@ -112,7 +112,10 @@ impl Error {
         }
     }
 
-    pub(crate) fn tls(key: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub(crate) fn tls(
+        key: &'static str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         Error::Tls {
             key,
             source: Box::new(e),
@@ -123,7 +126,10 @@ impl Error {
         move |source| Error::File { key, source }
     }
 
-    pub(crate) fn start(key: Option<&'static str>, what: &'static str) -> impl FnOnce(io::Error) -> Self {
+    pub(crate) fn start(
+        key: Option<&'static str>,
+        what: &'static str,
+    ) -> impl FnOnce(io::Error) -> Self {
         move |source| Error::Start { key, what, source }
     }
 }
@@ -359,10 +365,12 @@ mod tests {
             "server.upgrade_socket: the running instance at /run/u.sock refused the upgrade: \
              draining"
         );
-        let thread = Error::start(Some("server.threads"), "cannot start a thread")(
-            io::Error::other("no"),
+        let thread =
+            Error::start(Some("server.threads"), "cannot start a thread")(io::Error::other("no"));
+        assert_eq!(
+            thread.to_string(),
+            "server.threads: cannot start a thread: no"
         );
-        assert_eq!(thread.to_string(), "server.threads: cannot start a thread: no");
     }
 
     #[test]

@@ -50,11 +50,11 @@ mod upgrade;
 mod upstream;
 mod worker;
 
-pub use klarna_stepup::ConfigError;
 pub use config::{
     HealthCheckConfig, ListenerTls, ProxyConfig, ServerConfig, UpstreamTls, Upstreams,
 };
 pub use error::{Error, UpgradeError};
+pub use klarna_stepup::ConfigError;
 pub use serve::{serve, serve_upgrade};
 
 /// How log lines are written.

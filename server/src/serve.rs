@@ -69,7 +69,13 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), Error> {
     }
     // Everything that can fail is done before the running instance is asked for anything.
     let mut sockets = Sockets::open(s, &addresses, upgrade)?;
-    let shared = Shared::new(&config, dialer, balancer.clone(), tls, sockets.admin.is_some());
+    let shared = Shared::new(
+        &config,
+        dialer,
+        balancer.clone(),
+        tls,
+        sockets.admin.is_some(),
+    );
     let shared = Arc::new(shared);
     let (stop, stopped) = watch::channel(false);
     let workers = start_workers(std::mem::take(&mut sockets.per_worker), &shared, stopped)?;
@@ -137,8 +143,13 @@ async fn checked_balancer(
     upgrade: bool,
 ) -> Result<Arc<Balancer>, Error> {
     let dns_refresh = Duration::from_secs(s.dns_refresh_secs);
-    let lb = balance::balancer(s.upstream.list(), connector, s.health_check.clone(), dns_refresh)
-        .await?;
+    let lb = balance::balancer(
+        s.upstream.list(),
+        connector,
+        s.health_check.clone(),
+        dns_refresh,
+    )
+    .await?;
     let rounds = if upgrade { s.health_check.fails } else { 1 };
     for _ in 0..rounds.max(1) {
         lb.backends().run_health_check(true).await;
@@ -295,12 +306,17 @@ fn start_workers(
     let mut workers = Vec::with_capacity(per_worker.len());
     for (i, listeners) in per_worker.into_iter().enumerate() {
         let (shared, stopped) = (shared.clone(), stopped.clone());
-        let runtime =
-            runtime().map_err(Error::start(Some("server.threads"), "cannot start a runtime"))?;
+        let runtime = runtime().map_err(Error::start(
+            Some("server.threads"),
+            "cannot start a runtime",
+        ))?;
         let handle = std::thread::Builder::new()
             .name(format!("klarna-stepup-{i}"))
             .spawn(move || runtime.block_on(worker(listeners, shared, stopped)))
-            .map_err(Error::start(Some("server.threads"), "cannot start a thread"))?;
+            .map_err(Error::start(
+                Some("server.threads"),
+                "cannot start a thread",
+            ))?;
         workers.push(handle);
     }
     Ok(workers)
@@ -325,7 +341,12 @@ async fn supervise(mut c: Control) {
     let mut signals = Signals::install();
     let (maintaining, maintained) = watch::channel(false);
     tokio::spawn(balance::maintain(c.balancer.clone(), maintained));
-    let admin = match c.sockets.admin.take().map(tokio::net::TcpListener::from_std) {
+    let admin = match c
+        .sockets
+        .admin
+        .take()
+        .map(tokio::net::TcpListener::from_std)
+    {
         None => None,
         Some(Ok(l)) => Some(tokio::spawn(admin::serve(l, c.health.clone()))),
         Some(Err(e)) => {
@@ -382,7 +403,12 @@ fn serve_upgrade_socket(sockets: &mut Sockets) -> impl std::future::Future<Outpu
     let (ready, mut successor) = mpsc::unbounded_channel();
     if let (Some(u), Some(h)) = (sockets.upgrade_socket.as_mut(), &sockets.handover) {
         if let Some((listener, uid)) = u.take_listener() {
-            drop(tokio::spawn(upgrade::serve(listener, uid, h.clone(), ready)));
+            drop(tokio::spawn(upgrade::serve(
+                listener,
+                uid,
+                h.clone(),
+                ready,
+            )));
         }
     }
     async move {

@@ -409,7 +409,12 @@ impl Conn {
     }
 
     /// Serves one connection to its end (see [`until_stopped`]).
-    async fn serve(self, stream: tokio::net::TcpStream, stop: watch::Receiver<bool>, watcher: Watcher) {
+    async fn serve(
+        self,
+        stream: tokio::net::TcpStream,
+        stop: watch::Receiver<bool>,
+        watcher: Watcher,
+    ) {
         let Some(acceptor) = self.tls else {
             let (io, seen) = Seen::new(stream);
             let conn = self.http1.serve_connection(TokioIo::new(io), self.front);

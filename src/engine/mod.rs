@@ -49,10 +49,10 @@ use webhook::Webhooks;
 pub use crate::config::DEFAULT_BODY_LIMIT;
 // The request head check of the Pingora adapter and of the server crate
 // (klarna-stepup-server, which pins this crate's exact version): not part of the public API.
-#[doc(hidden)]
-pub use head::{check_request_head, Head};
 #[cfg_attr(not(feature = "pingora"), allow(unused_imports))]
 pub(crate) use head::check_request_target;
+#[doc(hidden)]
+pub use head::{check_request_head, Head};
 #[cfg_attr(
     not(any(feature = "tower", feature = "pingora")),
     allow(unused_imports)

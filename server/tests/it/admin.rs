@@ -1,17 +1,13 @@
 //! The admin endpoint: health, readiness, and unready while draining.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
 
 use crate::common::blocking::{exchange, wait_exit, wait_listening};
-use crate::common::fixtures;
-use crate::common::upstream::{self, Answer};
-use crate::support::binary::{
-    closed_within, exited, free_addr, ok_answer, read_one, serve_with, spawn_serve, start_serve,
-    start_serve_args, stop, stop_ok, write_config, Served, BIN,
-};
+use crate::common::upstream::{self};
+use crate::support::binary::{free_addr, ok_answer, read_one, serve_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_admin_endpoint_reports_health_and_turns_unready_when_draining() {

@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::binary::{exited, free_addr, ok_answer, read_one, serve_with, start_serve, stop_ok};
 use crate::common::blocking::{exchange, wait_listening};
 use crate::common::fixtures;
 use crate::common::raw_http::send_fixture;
 use crate::common::upstream;
+use crate::support::binary::{
+    exited, free_addr, ok_answer, read_one, serve_with, start_serve, stop_ok,
+};
 
 /// A payment API that accepts connections and never reads nor answers; it holds at most
 /// 64 of them, for at most a minute.

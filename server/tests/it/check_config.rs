@@ -1,18 +1,9 @@
 //! `klarna-stepup check-config`: the effective configuration printed, every error named
 //! with its key, warnings, exit codes.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use crate::common::blocking::{exchange, wait_exit, wait_listening};
-use crate::common::fixtures;
-use crate::common::upstream::{self, Answer};
-use crate::support::binary::{
-    closed_within, exited, free_addr, ok_answer, read_one, serve_with, spawn_serve, start_serve,
-    start_serve_args, stop, stop_ok, write_config, Served, BIN,
-};
+use crate::support::binary::{write_config, BIN};
 
 #[test]
 fn check_config_prints_the_effective_configuration() {

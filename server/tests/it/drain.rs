@@ -2,17 +2,13 @@
 //! listeners stay open for `drain_delay_ms` while `/readyz` says 503.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
 
 use crate::common::blocking::{exchange, wait_exit, wait_listening};
-use crate::common::fixtures;
-use crate::common::upstream::{self, Answer};
-use crate::support::binary::{
-    closed_within, exited, free_addr, ok_answer, read_one, serve_with, spawn_serve, start_serve,
-    start_serve_args, stop, stop_ok, write_config, Served, BIN,
-};
+use crate::common::upstream::{self};
+use crate::support::binary::{closed_within, free_addr, ok_answer, read_one, serve_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_a_request_accepted_before_the_drain_with_connection_close() {

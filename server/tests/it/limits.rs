@@ -2,17 +2,13 @@
 //! bounded.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::common::blocking::{exchange, wait_exit, wait_listening};
+use crate::common::blocking::exchange;
 use crate::common::fixtures;
 use crate::common::upstream::{self, Answer};
-use crate::support::binary::{
-    closed_within, exited, free_addr, ok_answer, read_one, serve_with, spawn_serve, start_serve,
-    start_serve_args, stop, stop_ok, write_config, Served, BIN,
-};
+use crate::support::binary::{closed_within, free_addr, ok_answer, read_one, serve_with, stop_ok};
 
 // ---------------------------------------------------------------------------------------
 // Issue 13 points 4 and 6: connections bounded, answers honest, HTTP/1 edge cases

@@ -2,10 +2,10 @@
 //! the configured ids, `other` for a partner without an entry, `none` for no partner. A
 //! refused request counts for the partner it named.
 
-use crate::support::binary::{free_addr, serve_with, stop_ok};
 use crate::common::blocking::{exchange, wait_listening};
 use crate::common::fixtures;
 use crate::common::upstream::{self, Answer};
+use crate::support::binary::{free_addr, serve_with, stop_ok};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_and_refusal_counters_are_labelled_by_partner() {

@@ -1,18 +1,13 @@
 //! `serve` as a process: a busy port named at once, SIGHUP ignored, JSON logs, and no secret
 //! in the logs at `RUST_LOG=trace`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::blocking::{exchange, wait_exit, wait_listening};
+use crate::common::blocking::{exchange, wait_listening};
 use crate::common::fixtures;
 use crate::common::upstream::{self, Answer};
-use crate::support::binary::{
-    closed_within, exited, free_addr, ok_answer, read_one, serve_with, spawn_serve, start_serve,
-    start_serve_args, stop, stop_ok, write_config, Served, BIN,
-};
+use crate::support::binary::{free_addr, spawn_serve, stop_ok, write_config, Served, BIN};
 
 #[test]
 fn serve_on_a_busy_port_names_the_address_and_exits_at_once() {

@@ -1,19 +1,11 @@
 //! TLS: the listener, and mTLS to the payment API with a private CA, over loopback.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use crate::common::blocking::{exchange, wait_exit, wait_listening};
+use crate::common::blocking::{exchange, wait_listening};
 use crate::common::fixtures;
-use crate::common::upstream::{self, Answer};
-use crate::support::binary::{
-    closed_within, exited, free_addr, ok_answer, read_one, serve_with, spawn_serve, start_serve,
-    start_serve_args, stop, stop_ok, write_config, Served, BIN,
-};
+use crate::common::upstream::Answer;
+use crate::support::binary::{free_addr, start_serve, write_config};
 
-mod tls {
+mod peers {
     use std::convert::Infallible;
     use std::net::SocketAddr;
     use std::sync::Arc;
@@ -207,9 +199,9 @@ mod tls {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_over_tls_with_mtls_to_a_payment_api_behind_a_private_ca() {
-    let pki = tls::pki();
+    let pki = peers::pki();
     let f = fixtures::by_name("step_up_required");
-    let (up, seen) = tls::start_upstream(&pki, Answer::of(&f)).await;
+    let (up, seen) = peers::start_upstream(&pki, Answer::of(&f)).await;
     let file = |name: &str, text: &str| write_config(name, text).display().to_string();
     let ca = file("ca.pem", &pki.ca_pem);
     let (cert, key) = (
@@ -241,7 +233,7 @@ async fn serve_over_tls_with_mtls_to_a_payment_api_behind_a_private_ca() {
     };
 
     // TLS in, mTLS out, verified against the private CA: the Klarna answer is rewritten...
-    let res = tls::exchange(
+    let res = peers::exchange(
         with_cert,
         &pki,
         &head("POST", "/payments", f.body.len()),
@@ -260,7 +252,7 @@ async fn serve_over_tls_with_mtls_to_a_payment_api_behind_a_private_ca() {
     );
     // The same over HTTP/2 from the partner (HTTP/1.1 to the payment API).
     let (status, version, marker, body) =
-        tls::post_h2(with_cert, &pki, "/payments", f.body.clone()).await;
+        peers::post_h2(with_cert, &pki, "/payments", f.body.clone()).await;
     assert_eq!((status, version), (200, http::Version::HTTP_2));
     assert_eq!(marker.as_deref(), Some("rewritten"));
     assert_eq!(
@@ -274,7 +266,7 @@ async fn serve_over_tls_with_mtls_to_a_payment_api_behind_a_private_ca() {
         Some(&*format!("localhost:{}", with_cert.port()))
     );
     // ...and a request step-up leaves alone goes through Pingora's own connector the same way.
-    let res = tls::exchange(with_cert, &pki, &head("POST", "/refunds", 2), b"{}").await;
+    let res = peers::exchange(with_cert, &pki, &head("POST", "/refunds", 2), b"{}").await;
     assert!(res.starts_with("HTTP/1.1 200"), "{res}");
     assert!(
         !res.to_ascii_lowercase().contains("x-klarna-stepup"),

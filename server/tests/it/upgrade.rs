@@ -1,17 +1,15 @@
 //! `serve --upgrade`: the listening sockets handed over under load with no request lost,
 //! and every refusal leaving the running instance serving.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::blocking::{exchange, wait_exit, wait_listening};
-use crate::common::fixtures;
-use crate::common::upstream::{self, Answer};
+use crate::common::blocking::{exchange, wait_listening};
+use crate::common::upstream::{self};
 use crate::support::binary::{
-    closed_within, exited, free_addr, ok_answer, read_one, serve_with, spawn_serve, start_serve,
-    start_serve_args, stop, stop_ok, write_config, Served, BIN,
+    exited, free_addr, ok_answer, read_one, start_serve, start_serve_args, stop,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -19,14 +17,14 @@ use crate::support::binary::{
 // ---------------------------------------------------------------------------------------
 
 /// A per-test directory for upgrade sockets (short: a socket path is at most 107 bytes).
-fn socket_dir(name: &str) -> std::path::PathBuf {
+pub(crate) fn socket_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("ks-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-fn upgradable(
+pub(crate) fn upgradable(
     listen: SocketAddr,
     admin: SocketAddr,
     up: SocketAddr,

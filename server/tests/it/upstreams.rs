@@ -3,15 +3,13 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::common::blocking::{exchange, wait_exit, wait_listening};
+use crate::common::blocking::{exchange, wait_listening};
 use crate::common::fixtures;
 use crate::common::upstream::{self, Answer};
 use crate::support::binary::{
-    closed_within, exited, free_addr, ok_answer, read_one, serve_with, spawn_serve, start_serve,
-    start_serve_args, stop, stop_ok, write_config, Served, BIN,
+    free_addr, ok_answer, read_one, serve_with, spawn_serve, start_serve, stop_ok, write_config,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
