@@ -1,14 +1,15 @@
 //! The real-stack matrix: payment-API stubs written with the stacks acquirers run
-//! (tests/stacks/: Go, Rack, Node, Python, Java), each decoding requests the way that stack does
-//! by default and recording what *it* decoded, behind the proxy binary, the tower layer and the
-//! Pingora adapter. A hostile corpus goes through every (adapter, stack) pair: each cell is
-//! either refused by the layer (nothing reaches the stub) or the stub decoded no hostile return
-//! URL, no relay header the layer did not set, no partner but the one the layer's policy was
-//! chosen for, and no request on the relay path. Benign payments must reach every stub as sent.
+//! (server/tests/stacks/: Go, Rack, Node, Python, Java), each decoding requests the way that
+//! stack does by default and recording what *it* decoded, behind the proxy binary, the tower
+//! layer and the Pingora adapter. A hostile corpus goes through every (adapter, stack) pair:
+//! each cell is either refused by the layer (nothing reaches the stub) or the stub decoded no
+//! hostile return URL, no relay header the layer did not set, no partner but the one the
+//! layer's policy was chosen for, and no request on the relay path. Benign payments must
+//! reach every stub as sent.
 //!
-//! `tests/stacks/setup.sh` installs the stacks (`./x test` runs it). A stack that is not set up
-//! is skipped, saying why, unless `KLARNA_STEPUP_STACKS` (comma-separated) names it: then the
-//! test fails.
+//! `server/tests/stacks/setup.sh` installs the stacks (`./x test` runs it). A stack that is
+//! not set up is skipped, saying why, unless `KLARNA_STEPUP_STACKS` (comma-separated) names
+//! it: then the test fails.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -97,7 +98,7 @@ fn log_dir() -> PathBuf {
 /// How to start stack `name` on `port`, or why it cannot run here.
 fn command(name: &str, port: u16) -> Result<Command, String> {
     let dir = stacks_dir();
-    let setup = "run tests/stacks/setup.sh";
+    let setup = "run server/tests/stacks/setup.sh";
     let on_path = |p: &str| {
         std::env::var_os("PATH")
             .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))

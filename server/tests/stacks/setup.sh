@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the payment-API stubs under tests/stacks/ need (only what is missing) and builds
-# the Go stub; quick when everything is there. tests/stacks.rs runs them. A stack whose toolchain
-# cannot be installed is reported here and skipped by the test, saying why.
+# Installs what the payment-API stubs under server/tests/stacks/ need (only what is missing)
+# and builds the Go stub; quick when everything is there. server/tests/it/stacks.rs runs them.
+# A stack whose toolchain cannot be installed is reported here and skipped by the test,
+# saying why.
 set -uo pipefail
 cd "$(dirname "$0")"
 
@@ -50,6 +51,6 @@ fi
 { command -v java >/dev/null || need_apt default-jdk-headless; } && need_apt libjackson2-databind-java || failed+=(java)
 
 if [ ${#failed[@]} -gt 0 ]; then
-  echo "tests/stacks/setup.sh: could not set up: ${failed[*]} (tests/stacks.rs skips them, saying so)"
+  echo "server/tests/stacks/setup.sh: could not set up: ${failed[*]} (server/tests/it/stacks.rs skips them, saying so)"
 fi
 exit 0
