@@ -10,7 +10,7 @@
 //! `$CARGO_TARGET_DIR/browser-screenshots/` (default `target/browser-screenshots/`).
 //!
 //! ```sh
-//! cargo test --features cli --test browser
+//! cargo test -p klarna-stepup-server --test it browser::
 //! ```
 
 use std::io::Write;
