@@ -24,7 +24,7 @@ pub(crate) fn stopping() {
 }
 
 fn send(states: &[NotifyState]) {
-    // The variable stays set: a successor started from this process's environment needs it.
+    // `false`: NOTIFY_SOCKET is left set, for the next notification.
     if let Err(e) = sd_notify::notify(false, states) {
         tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
     }
