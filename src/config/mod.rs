@@ -46,6 +46,9 @@
 //! declined = "declined"
 //! redirect_url = "{payment_request_url}"  # or "https://pay.acquirer.example/r/{payment_request_id}"
 //! placement = "in_place"               # or "top_level": beside the payment API's own members
+//! key_style = "snake_case"             # or "camelCase": redirectUrl, paymentRequestId, …
+//! keys = { redirect_url = "stepUpUrl" }  # any key's own name, by the guide's name
+//! http_status = { step_up_required = 403 }  # per result; default: the payment API's status
 //!
 //! [partners]                           # many partners behind one acquirer (off by default)
 //! header = "X-Partner-Id"              # or path_param = "partner" (routes with {partner})

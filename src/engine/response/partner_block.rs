@@ -249,7 +249,7 @@ mod tests {
             );
             // Under other names (quotes and backslashes in them too), the same block: each
             // member renamed, in the same order, with the same value bytes.
-            let renamed = keys_from(&strings);
+            let renamed = keys_from(strings[0].len());
             let got = String::from_utf8(block.to_json(&renamed)).unwrap();
             let want = rename(&block.to_json(&BlockKeys::default()), &renamed);
             proptest::prop_assert_eq!(got, want);
@@ -280,7 +280,7 @@ mod tests {
                 String::from_utf8(plain.clone()).unwrap(),
                 serde_json::to_string(&block).unwrap()
             );
-            let renamed = keys_from(&[word.clone()]);
+            let renamed = keys_from(word.len());
             proptest::prop_assert_eq!(
                 String::from_utf8(block.to_json(&renamed)).unwrap(),
                 rename(&plain, &renamed)
@@ -289,8 +289,8 @@ mod tests {
     }
 
     /// Key names that differ from the guide's, some with characters JSON escapes.
-    fn keys_from(seed: &[String]) -> BlockKeys {
-        let tag = seed.first().map_or(0, String::len) % 3;
+    fn keys_from(seed: usize) -> BlockKeys {
+        let tag = seed % 3;
         let k = |s: &str| format!("{s}\"\\{tag}");
         BlockKeys {
             status: k("Status"),
