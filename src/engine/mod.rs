@@ -35,6 +35,7 @@ mod wire;
 use request::reference;
 pub(crate) use request::return_url;
 use response::partner_block;
+pub use wire::trace;
 pub(crate) use wire::{decode, json};
 use wire::{head, routes};
 
