@@ -329,6 +329,7 @@ impl Record {
 
     /// The rewritten answer's configured status could not be sent (on Pingora's pipeline
     /// the header leaves before the body is read): the answer is cut short.
+    #[cfg(feature = "pingora")]
     pub(crate) fn status_not_sent(&mut self, status: http::StatusCode) {
         self.span.in_scope(|| {
             tracing::warn!(

@@ -108,8 +108,8 @@
 //! [`Outcome`](crate::Outcome). An answer not read for a rewrite (not a 2xx JSON answer,
 //! declared too large) is marked `passthrough` as usual. For the same reason the pipeline
 //! cannot send a status configured in `partner_response.http_status`: a rewritten answer
-//! whose configured status differs from the payment API's is cut short (an error status or
-//! a truncated answer, and a warning in the log), never sent under the status that already
+//! whose configured status differs from the payment API's is cut short (a failed request: a
+//! 5xx, or the connection closed; a warning in the log), never sent under the status that already
 //! left, which could read as a success. With `http_status` set, keep Klarna requests on the
 //! direct exchange, which sends it.
 //!
