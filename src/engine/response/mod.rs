@@ -89,8 +89,8 @@ pub enum ResponsePlan {
 /// [`RequestVerdict`](super::RequestVerdict)).
 #[derive(Debug)]
 pub enum ResponseVerdict {
-    /// Send `body` instead, with `status`, [`STALE_RESPONSE_HEADERS`](super::STALE_RESPONSE_HEADERS)
-    /// removed and the new length.
+    /// Send `body` under `status` instead, with
+    /// [`STALE_RESPONSE_HEADERS`](super::STALE_RESPONSE_HEADERS) removed and the new length.
     Rewritten {
         /// The partner-facing body.
         body: Vec<u8>,
