@@ -1,7 +1,7 @@
 //! Compiling a [`StepUpConfig`] into the engine: every check, every error named by its key,
 //! done once at start.
 
-use super::return_token::ReturnEndpoint;
+use super::acquirer_return::ReturnEndpoint;
 use super::return_url::{PurchaseJourney, ReturnUrlPolicy};
 use super::routes::RoutePattern;
 use super::webhook::Webhooks;
@@ -175,7 +175,7 @@ pub(super) fn compile(
         for (key, url) in defaults {
             if url
                 .as_deref()
-                .is_some_and(super::return_token::asks_for_token)
+                .is_some_and(super::acquirer_return::asks_for_token)
             {
                 warnings.add(
                     key,

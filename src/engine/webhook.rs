@@ -280,6 +280,63 @@ pub(crate) fn parse(body: &[u8]) -> Result<WebhookEvent, Refusal> {
     })
 }
 
+// === impl StepUp: Klarna's webhooks ===
+
+impl super::StepUp {
+    /// Whether the payment API accepted a relayed webhook (any 2xx). Anything else must be
+    /// answered to Klarna with [`Refusal::webhook_not_accepted`], so that Klarna retries.
+    pub fn webhook_accepted(&self, status: http::StatusCode) -> Result<(), Refusal> {
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(Refusal::webhook_not_accepted())
+        }
+    }
+
+    /// Verifies a webhook (`Route::Webhook`): the signature over the raw body, with the key
+    /// named by `Klarna-Signing-Key-Id`; then reads its fields. A signed body with a
+    /// duplicate key where the fields are read (the envelope, `metadata`, `payload`,
+    /// `payload.state_context`) is refused, 400 `duplicate_key`: never relayed with headers
+    /// that may not say what the payment API reads in the body.
+    pub fn verify_webhook(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<WebhookEvent, Refusal> {
+        let w = self
+            .inner
+            .webhooks
+            .as_ref()
+            .ok_or_else(Refusal::not_found)?;
+        verify(&w.keys, headers, body)?;
+        let mut event = parse(body)?;
+        if self.inner.partners.is_some() {
+            event.partner = event
+                .reference
+                .as_deref()
+                .and_then(super::partners::of_reference)
+                .map(str::to_owned);
+        }
+        Ok(event)
+    }
+
+    /// The payment API's path for verified webhooks.
+    pub fn webhook_relay_path(&self) -> &str {
+        self.inner.webhooks.as_ref().map_or("", |w| &w.relay_path)
+    }
+
+    /// How long a relayed webhook may wait for the payment API (`webhooks.relay_timeout_ms`;
+    /// the tower adapter's bound, Pingora's relay has the proxy's upstream timeouts).
+    pub fn webhook_relay_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.inner.config.webhooks.relay_timeout_ms)
+    }
+
+    /// The largest webhook body accepted.
+    pub fn webhook_body_limit(&self) -> usize {
+        self.inner.webhooks.as_ref().map_or(0, |w| w.body_limit)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

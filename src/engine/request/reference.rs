@@ -19,7 +19,7 @@ const DOMAIN: &[u8] = b"klarna-stepup payment_request_reference v1\0";
 const HEX_DIGITS: usize = 32;
 
 /// What the head of a candidate request says about its identity: captured by
-/// [`StepUp::classify`](super::StepUp::classify), used when the body is read.
+/// [`StepUp::classify`](crate::engine::StepUp::classify), used when the body is read.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RequestKey {
     /// SHA-256 over the path and, when present, the idempotency key.

@@ -9,16 +9,21 @@ use http::Method;
 use crate::config::Problems;
 
 #[derive(Debug)]
-pub(super) struct RoutePattern {
+pub(in crate::engine) struct RoutePattern {
     method: Method,
-    pub(super) pattern: String,
+    pub(in crate::engine) pattern: String,
     segments: Vec<Option<String>>,
     /// The names of the `{name}` segments, by segment index.
     params: Vec<(usize, String)>,
 }
 
 impl RoutePattern {
-    pub(super) fn parse(method: &str, path: &str, key: &str, p: &mut Problems) -> Option<Self> {
+    pub(in crate::engine) fn parse(
+        method: &str,
+        path: &str,
+        key: &str,
+        p: &mut Problems,
+    ) -> Option<Self> {
         let method = match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
             Ok(m) => m,
             Err(_) => {
@@ -65,31 +70,31 @@ impl RoutePattern {
     }
 
     /// Whether the pattern has the parameter `{name}`.
-    pub(super) fn has_param(&self, name: &str) -> bool {
+    pub(in crate::engine) fn has_param(&self, name: &str) -> bool {
         self.params.iter().any(|(_, n)| n == name)
     }
 
     /// The segment of `path` (which [`matches`](Self::matches) this route) that the
     /// parameter `{name}` matched.
-    pub(super) fn param<'p>(&self, path: &'p [u8], name: &str) -> Option<&'p [u8]> {
+    pub(in crate::engine) fn param<'p>(&self, path: &'p [u8], name: &str) -> Option<&'p [u8]> {
         let (index, _) = self.params.iter().find(|(_, n)| n == name)?;
         path.strip_prefix(b"/")?.split(|&b| b == b'/').nth(*index)
     }
 
     /// The exact match: same method, literal segments byte for byte.
-    pub(super) fn matches(&self, method: &Method, path: &[u8]) -> bool {
+    pub(in crate::engine) fn matches(&self, method: &Method, path: &[u8]) -> bool {
         *method == self.method && self.matches_path(path, |a, b| a == b)
     }
 
     /// The loose match of an ambiguous form: the method and literal segments compared
     /// without regard to ASCII case, on a [`canonical`] path.
-    pub(super) fn matches_loosely(&self, method: &Method, canonical: &[u8]) -> bool {
+    pub(in crate::engine) fn matches_loosely(&self, method: &Method, canonical: &[u8]) -> bool {
         (*method == self.method || method.as_str().eq_ignore_ascii_case(self.method.as_str()))
             && self.matches_path(canonical, |a, b| a.eq_ignore_ascii_case(b))
     }
 
     /// Whether `method` could name this route's method in some spelling.
-    pub(super) fn loose_method(&self, method: &Method) -> bool {
+    pub(in crate::engine) fn loose_method(&self, method: &Method) -> bool {
         *method == self.method || method.as_str().eq_ignore_ascii_case(self.method.as_str())
     }
 
@@ -112,7 +117,7 @@ impl RoutePattern {
 /// Whether `path` is already in the form [`canonical`] gives (up to ASCII case): no
 /// percent sign, `;` or backslash, no empty, `.` or `..` segment, no trailing `/`. One pass
 /// over the bytes; the usual path is, and costs nothing more.
-pub(super) fn is_canonical(path: &[u8]) -> bool {
+pub(in crate::engine) fn is_canonical(path: &[u8]) -> bool {
     let Some(rest) = path.strip_prefix(b"/") else {
         return false;
     };
@@ -132,7 +137,7 @@ pub(super) fn is_canonical(path: &[u8]) -> bool {
 /// double encoding is seen through), `\` taken as `/`, `;parameters` dropped from each
 /// segment, empty and `.` segments dropped, `..` resolved, no trailing `/`. Case is kept:
 /// compare it without regard to ASCII case.
-pub(super) fn canonical(path: &[u8]) -> Cow<'_, [u8]> {
+pub(in crate::engine) fn canonical(path: &[u8]) -> Cow<'_, [u8]> {
     if is_canonical(path) {
         return Cow::Borrowed(path);
     }
@@ -177,7 +182,7 @@ pub(super) fn canonical(path: &[u8]) -> Cow<'_, [u8]> {
 ///
 /// Each reading comes also [`loosened`], when that differs: a format suffix dropped, as
 /// Rails routes `/payments.json` to `/payments`.
-pub(super) fn readings(path: &[u8]) -> impl Iterator<Item = Cow<'_, [u8]>> {
+pub(in crate::engine) fn readings(path: &[u8]) -> impl Iterator<Item = Cow<'_, [u8]>> {
     let first = canonical(path);
     let second = (!is_canonical(path)).then(|| canonical(&dots_first(path)).into_owned());
     let second = second.filter(|s| *s != *first);
@@ -194,7 +199,7 @@ pub(super) fn readings(path: &[u8]) -> impl Iterator<Item = Cow<'_, [u8]>> {
 /// the last one cut at its first dot (a format suffix: Rails, Sinatra and others route
 /// `/payments.json` as `/payments`). `None` when that changes nothing (the usual path has
 /// no dot, NUL or space, and costs one scan).
-pub(super) fn loosened(path: &[u8]) -> Option<Vec<u8>> {
+pub(in crate::engine) fn loosened(path: &[u8]) -> Option<Vec<u8>> {
     if !path
         .iter()
         .any(|&b| b == b'.' || b == 0 || b.is_ascii_whitespace())
@@ -231,7 +236,7 @@ pub(super) fn loosened(path: &[u8]) -> Option<Vec<u8>> {
 /// (Rack 2), `+` and percent-escapes undone (repeatedly), leading brackets dropped and the
 /// name cut at its first `[` (`a[b][c]=` is `a`, for Rack, `qs` and PHP), at a NUL, and with
 /// `.` and spaces read as `_` (PHP). A query without `=`-less oddities costs one split.
-pub(super) fn query_names(query: &str) -> impl Iterator<Item = Cow<'_, str>> {
+pub(in crate::engine) fn query_names(query: &str) -> impl Iterator<Item = Cow<'_, str>> {
     query.split(['&', ';']).filter_map(|pair| {
         let raw = pair.split('=').next().unwrap_or_default();
         let mut name: Cow<'_, str> = Cow::Borrowed(raw);
@@ -266,7 +271,7 @@ pub(super) fn query_names(query: &str) -> impl Iterator<Item = Cow<'_, str>> {
 /// Whether `path` (as received) names `canonical` (a canonical path) in any spelling a
 /// router may read as it: ASCII case, escapes, dot segments, format suffixes, trailing
 /// dots, spaces or NULs. The exact, usual miss costs a length comparison and one scan.
-pub(super) fn names(path: &[u8], canonical: &[u8]) -> bool {
+pub(in crate::engine) fn names(path: &[u8], canonical: &[u8]) -> bool {
     let maybe = path.len() == canonical.len() || path.contains(&b'.') || !is_canonical(path);
     maybe && readings(path).any(|r| r.eq_ignore_ascii_case(canonical))
 }

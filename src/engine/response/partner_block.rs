@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::json;
+use crate::engine::json;
 
 /// The answer to a `STEP_UP_REQUIRED`.
 #[derive(Debug, Serialize)]

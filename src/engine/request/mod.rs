@@ -1,11 +1,14 @@
 //! Request side: recognize a Klarna payment and splice `step_up_config` into its bytes.
 
+pub(crate) mod reference;
+pub(crate) mod return_url;
+
 use std::borrow::Cow;
 
 use super::compile::iso_duration_secs;
 use super::json::{self, Edits, Object};
 use super::partners::{self, PartnerId, PartnerRef, PolicyView};
-use super::{Candidate, Engine, Exchange, Refusal, RequestVerdict, StepUp};
+use super::{Candidate, Engine, Refusal, StepUp};
 
 /// Longest `payment_request_reference` Klarna takes.
 const MAX_REFERENCE: usize = 255;
@@ -26,6 +29,58 @@ const INTERACTION_KEYS: [&str; 4] = [
     "app_return_url",
     "interaction_expiry",
 ];
+
+/// What the request side hands to the response side of one Klarna exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub(super) route: u16,
+    pub(super) reference: String,
+    pub(super) return_url: String,
+    pub(super) partner: Option<String>,
+    /// When the request was read (unix seconds), and how long its Payment Request may live
+    /// when the partner or the configuration set it: the acquirer's redirect token expires
+    /// with it.
+    pub(super) minted_at: u64,
+    pub(super) request_secs: Option<u64>,
+}
+
+impl Exchange {
+    /// The `payment_request_reference` sent to Klarna.
+    pub fn reference(&self) -> &str {
+        &self.reference
+    }
+
+    /// The return URL sent to Klarna.
+    pub fn return_url(&self) -> &str {
+        &self.return_url
+    }
+
+    /// The partner the request came from, when `[partners]` is on.
+    pub fn partner(&self) -> Option<&str> {
+        self.partner.as_deref()
+    }
+}
+
+/// The engine's verdict on a candidate request body.
+///
+/// Exhaustive on purpose, as is [`ResponseVerdict`](super::ResponseVerdict): a new verdict is a breaking change, so
+/// that no caller can silently treat it as something else (the other public enums are
+/// `#[non_exhaustive]`).
+#[derive(Debug)]
+pub enum RequestVerdict {
+    /// One strict JSON object that is not a Klarna payment (any `step_up_config` in it
+    /// validated): forward the original bytes untouched.
+    NotKlarna,
+    /// A Klarna payment: forward `body` instead, and keep `exchange` for the response.
+    Injected {
+        /// The body to forward: the original bytes with `step_up_config` spliced in.
+        body: Vec<u8>,
+        /// The record the response side needs.
+        exchange: Exchange,
+    },
+    /// Refused: answer with it, and send nothing upstream.
+    Refused(Refusal),
+}
 
 impl StepUp {
     /// Reads a candidate body; for a Klarna payment, splices in `step_up_config`. `now` is

@@ -583,6 +583,97 @@ impl<'a> Reader<'a> {
     }
 }
 
+// === impl StepUp: the acquirer return ===
+
+impl super::StepUp {
+    /// Verifies an acquirer return (`Route::Return`) and says where the customer goes. `now`
+    /// is the current time in unix seconds.
+    ///
+    /// The same route serves the acquirer's own redirect (`[acquirer_redirect]`): its
+    /// verified token answers with Klarna's `payment_request_url`, still on a Purchase
+    /// Journey host ([`ReturnRedirect::is_return`] is false for it: nothing to notify).
+    pub fn resolve_return(&self, uri: &Uri, now: u64) -> Result<ReturnRedirect, Refusal> {
+        let Some(r) = &self.inner.acquirer_return else {
+            return Err(Refusal::not_found());
+        };
+        let redirect = r.resolve(uri, now)?;
+        if !redirect.is_return() && !self.inner.journey.allows(&redirect.location) {
+            return Err(Refusal::invalid(
+                "invalid_return_token",
+                "token",
+                "the return link is invalid",
+            ));
+        }
+        Ok(redirect)
+    }
+
+    /// A return with the state the payment API confirmed in place of the browser's claim:
+    /// `answer` is the body of the payment API's 2xx answer to the
+    /// [notification](Self::return_notification) (its `state` member is taken when it is a
+    /// state word), `None` when it did not answer 2xx in time: the partner's URL then gets
+    /// the state [`UNCONFIRMED`], never the browser's claim as if confirmed.
+    pub fn confirm_return(
+        &self,
+        redirect: &ReturnRedirect,
+        answer: Option<&[u8]>,
+    ) -> Result<ReturnRedirect, Refusal> {
+        let Some(r) = &self.inner.acquirer_return else {
+            return Ok(redirect.clone());
+        };
+        let root = answer.and_then(super::json::Object::parse);
+        let state = root.as_ref().and_then(|o| o.get_str("state"));
+        r.confirm(redirect, state.as_deref())
+    }
+
+    /// Whether returns are told to the payment API (a notification path is configured).
+    pub fn notifies_returns(&self) -> bool {
+        self.inner
+            .acquirer_return
+            .as_ref()
+            .is_some_and(|r| r.notify_path.is_some())
+    }
+
+    /// The request that tells the payment API of a return, and how long the redirect may
+    /// wait for its answer, when a notification path is configured and the customer's
+    /// request is a `GET` of a return (a `HEAD`, a link preview say, tells nothing): `POST`
+    /// of [`ReturnRedirect::notification`] as JSON, with the client's `Host`, signed in
+    /// `X-Klarna-Stepup-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`
+    /// with the first `acquirer_return` key, so that the payment API can tell it from
+    /// anything else (the path itself answers 404 from outside). `now` is the current time
+    /// in unix seconds. Feed the answer to [`confirm_return`](Self::confirm_return).
+    pub fn return_notification(
+        &self,
+        method: &http::Method,
+        redirect: &ReturnRedirect,
+        host: Option<&HeaderValue>,
+        now: u64,
+    ) -> Option<(http::Request<Vec<u8>>, std::time::Duration)> {
+        let r = self.inner.acquirer_return.as_ref()?;
+        let path = r.notify_path.as_deref()?;
+        if *method != http::Method::GET || !redirect.is_return() {
+            return None;
+        }
+        let body = redirect.notification();
+        let mut req = http::Request::new(Vec::new());
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = Uri::try_from(path).ok()?;
+        let h = req.headers_mut();
+        if let Some(host) = host {
+            h.insert(http::header::HOST, host.clone());
+        }
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let mut signature = r.notification_signature(&body, now);
+        signature.set_sensitive(true);
+        h.insert(super::NOTIFICATION_SIGNATURE_HEADER, signature);
+        *req.body_mut() = body;
+        Some((req, std::time::Duration::from_millis(r.notify_timeout_ms)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

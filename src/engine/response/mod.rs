@@ -1,5 +1,8 @@
 //! Response side: turn Klarna's authorize answer into the partner-facing block.
 
+pub(super) mod klarna;
+pub(super) mod partner_block;
+
 use std::borrow::Cow;
 use std::fmt;
 
@@ -8,10 +11,10 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::head::{content_length, is_json_or_absent};
 use super::json::{self, Edits, Object};
-use super::klarna::{self, AuthorizeAnswer, PaymentRequest};
-use super::partner::{Declined, FinalResponse, JsonText, PendingKlarna, PendingResponse};
-use super::{decode, AuthorizeResult, Engine, Exchange, ResponseVerdict, StepUp, TemplatePart};
+use super::partner_block::{Declined, FinalResponse, JsonText, PendingKlarna, PendingResponse};
+use super::{decode, Engine, Exchange, StepUp, TemplatePart};
 use crate::config::Placement;
+use klarna::{AuthorizeAnswer, PaymentRequest};
 
 /// Characters escaped when an id is put into a `redirect_url` template.
 const TEMPLATE_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
@@ -80,6 +83,46 @@ pub enum ResponsePlan {
     Read,
     /// Stream it through untouched, marked `passthrough`, for this reason.
     Keep(KeepReason),
+}
+
+/// The engine's verdict on a response to a Klarna exchange (exhaustive on purpose, see
+/// [`RequestVerdict`](super::RequestVerdict)).
+#[derive(Debug)]
+pub enum ResponseVerdict {
+    /// Send `body` instead, with [`STALE_RESPONSE_HEADERS`](super::STALE_RESPONSE_HEADERS) removed and the new length.
+    Rewritten {
+        /// The partner-facing body.
+        body: Vec<u8>,
+        /// Which Klarna answer it was.
+        result: AuthorizeResult,
+        /// The Payment Request's id, on `STEP_UP_REQUIRED` (for logs and metrics).
+        payment_request_id: Option<String>,
+    },
+    /// Send the upstream's bytes untouched, marked `passthrough`.
+    Keep(KeepReason),
+}
+
+/// Klarna's authorize result that a rewritten answer carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthorizeResult {
+    /// `STEP_UP_REQUIRED`: the partner got the `pending` block.
+    StepUpRequired,
+    /// `APPROVED`.
+    Approved,
+    /// `DECLINED`.
+    Declined,
+}
+
+impl AuthorizeResult {
+    /// Klarna's name: `STEP_UP_REQUIRED`, `APPROVED` or `DECLINED`.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthorizeResult::StepUpRequired => klarna::STEP_UP_REQUIRED,
+            AuthorizeResult::Approved => klarna::APPROVED,
+            AuthorizeResult::Declined => klarna::DECLINED,
+        }
+    }
 }
 
 impl StepUp {

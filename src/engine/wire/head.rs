@@ -10,8 +10,8 @@
 use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
-use super::webhook::{relay_headers, WebhookEvent};
-use super::{HeadReason, Refusal};
+use crate::engine::webhook::{relay_headers, WebhookEvent};
+use crate::engine::{HeadReason, Refusal};
 
 /// The response header that tells an operator what the layer did: `rewritten`,
 /// `passthrough`, `relayed`, `return`, or the error code of an answer the layer gave itself.
