@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::client::HttpClient;
 use super::clock::{parse_iso8601_duration, parse_rfc3339, rfc3339_nanos, Clock};
 use super::timeline::{Journal, Kind, Step, Subject};
-use super::{format_minor_units, html_escape, percent_encode};
+use super::{format_minor_units, html_escape, lock, percent_encode};
 
 const REQUEST_KRN: &str = "krn:payment:eu1:request:";
 const TRANSACTION_KRN: &str = "krn:payment:eu1:transaction:";
@@ -337,13 +337,6 @@ impl Event {
             occurred_at: now,
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves plain data behind; keep serving it.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl KlarnaSandbox {

@@ -333,6 +333,13 @@ pub(crate) fn percent_encode(value: &str) -> String {
     out
 }
 
+/// Locks `mutex`. A panic while holding the lock leaves plain data behind; keep serving it.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Escapes text for HTML element content and quoted attribute values.
 pub(crate) fn html_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -42,7 +42,7 @@
 //! `CANCELED`, `FAILED` (Klarna answered an error).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
@@ -57,7 +57,7 @@ use uuid::Uuid;
 use super::client::HttpClient;
 use super::klarna::sign_webhook;
 use super::timeline::{self, Journal, Kind, Step, Subject};
-use super::{html_escape, percent_encode};
+use super::{html_escape, lock, percent_encode};
 
 /// Configuration of the demo [`PaymentApi`].
 #[derive(Clone)]
@@ -179,12 +179,6 @@ impl std::fmt::Debug for PaymentApi {
             .field("config", &self.shared.config)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl PaymentApi {

@@ -11,12 +11,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use super::html_escape;
+use super::{html_escape, lock};
 
 /// How much of one body a step keeps.
 const MAX_PART_BYTES: usize = 8 * 1024;
@@ -53,12 +53,6 @@ struct Entries {
 pub(crate) enum Subject {
     Order(String),
     PaymentRequest(String),
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Journal {

@@ -950,6 +950,17 @@ async fn payment_api_takes_only_signed_return_notifications() {
     demo.payment_api_task.abort();
 }
 
+/// The shop's Pay button (its step-up choice).
+async fn shop_checkout(api: &str) -> Answer {
+    send(
+        Method::POST,
+        &format!("{api}/shop/checkout"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "scenario=step-up",
+    )
+    .await
+}
+
 #[tokio::test]
 async fn demo_backends_record_a_decline_and_serve_the_shop() {
     let demo = start_demo_backends(DemoPorts::default())
@@ -968,13 +979,7 @@ async fn demo_backends_record_a_decline_and_serve_the_shop() {
     assert!(shop.text().contains(r#"id="pay""#));
     assert!(shop.text().contains(r#"action="/shop/checkout""#));
     // Not put behind a proxy: the shop cannot take payments, and says so.
-    let checkout = send(
-        Method::POST,
-        &format!("{api}/shop/checkout"),
-        &[("content-type", "application/x-www-form-urlencoded")],
-        "scenario=step-up",
-    )
-    .await;
+    let checkout = shop_checkout(&api).await;
     assert_eq!(checkout.status, StatusCode::BAD_GATEWAY);
     assert!(checkout.text().contains("Payment not started"));
     let confirmation = get(&format!("{api}/shop/confirmation?reference=x")).await;
@@ -992,13 +997,7 @@ async fn the_timeline_shows_a_payment_that_skipped_the_layer() {
         .expect("demo");
     let api = format!("http://{}", demo.payment_api_addr);
     demo.payment_api.set_public_base_url(Some(api.clone()));
-    let checkout = send(
-        Method::POST,
-        &format!("{api}/shop/checkout"),
-        &[("content-type", "application/x-www-form-urlencoded")],
-        "scenario=step-up",
-    )
-    .await;
+    let checkout = shop_checkout(&api).await;
     // Klarna's own answer reached the shop, which does not know it: no payment.
     assert_eq!(checkout.status, StatusCode::BAD_GATEWAY);
     assert!(checkout
