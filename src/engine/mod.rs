@@ -125,6 +125,10 @@ struct Engine {
     policy: ReturnUrlPolicy,
     journey: PurchaseJourney,
     redirect_template: Vec<TemplatePart>,
+    /// The partner block's key names (`partner_response.keys`, `key_style`).
+    block_keys: partner_block::BlockKeys,
+    /// The HTTP status of each rewritten answer (`partner_response.http_status`).
+    http_status: partner_block::HttpStatus,
     acquirer_return: Option<ReturnEndpoint>,
     webhooks: Option<Webhooks>,
     /// The partner's idempotency key header (`partner_fields.idempotency_header`).

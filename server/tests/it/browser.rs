@@ -1,13 +1,16 @@
 //! End to end in a real browser: Debian's Chromium, headless, driven over WebDriver by
 //! chromedriver. The shop (through the step-up proxy) → Pay → Klarna's purchase journey →
 //! Approve, Decline or Cancel → back to the shop's confirmation page, which must show the final
-//! state; also with Klarna's webhook delayed, with the return lost, and with a forged return.
+//! state; also with Klarna's webhook delayed, with the return lost, and with a forged return;
+//! and from there the order's timeline, for a step-up order and an order approved at once.
 //!
 //! Needs `chromium` and `chromedriver` (Debian packages `chromium`, `chromium-driver`;
 //! `./x test` installs them). Without them the tests print a SKIP
 //! line and pass, unless `CI` is set: then they fail. Screenshots of the purchase journey and
-//! of the confirmation page (`approve-journey.png`, `approve.png`, …) go to
-//! `$CARGO_TARGET_DIR/browser-screenshots/` (default `target/browser-screenshots/`).
+//! of the confirmation page (`approve-journey.png`, `approve.png`, …) and of the timelines
+//! (`timeline-step-up.png`, `timeline-approved-at-once.png`, the whole page) go to
+//! `$CARGO_TARGET_DIR/browser-screenshots/` (default `target/browser-screenshots/`); each
+//! test prints its screenshot's path.
 //!
 //! ```sh
 //! cargo test -p klarna-stepup-server --test it browser::
@@ -19,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::support::demo_stack::DemoStack;
+use crate::support::demo_stack::{check_timeline, DemoStack, Timeline};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
@@ -71,6 +74,23 @@ async fn a_forged_return_is_not_believed() {
     journey_test(Choice::ForgedReturn).await;
 }
 
+/// The confirmation page's link to the order's timeline, which shows each step of the
+/// step-up flow: the partner's request, what reached the payment API (the injected
+/// `step_up_config` marked), Klarna's `STEP_UP_REQUIRED`, the partner block with its redirect
+/// URL, the return, the webhook, with times.
+#[tokio::test]
+async fn the_timeline_of_a_step_up_order_shows_every_step() {
+    journey_test(Choice::Timeline(Timeline::StepUpApproved)).await;
+}
+
+/// The shop's "approved at once" choice: no purchase journey; the timeline shows the request,
+/// the injected config, Klarna's `APPROVED` and the partner's `authorized` block, and no
+/// return or webhook.
+#[tokio::test]
+async fn the_timeline_of_an_order_approved_at_once_shows_every_step() {
+    journey_test(Choice::Timeline(Timeline::ApprovedAtOnce)).await;
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Choice {
     Approve,
@@ -79,6 +99,8 @@ enum Choice {
     ApproveWebhookDelayed,
     ApproveReturnLost,
     ForgedReturn,
+    /// The order (approved) and then its timeline.
+    Timeline(Timeline),
 }
 
 impl Choice {
@@ -91,14 +113,17 @@ impl Choice {
             Choice::ApproveWebhookDelayed => "approve-webhook-delayed",
             Choice::ApproveReturnLost => "approve-return-lost",
             Choice::ForgedReturn => "forged-return",
+            Choice::Timeline(Timeline::StepUpApproved) => "timeline-step-up",
+            Choice::Timeline(Timeline::ApprovedAtOnce) => "timeline-approved-at-once",
         }
     }
     /// Id of the purchase journey's button the customer presses.
     fn button(self) -> &'static str {
         match self {
-            Choice::Approve | Choice::ApproveWebhookDelayed | Choice::ApproveReturnLost => {
-                "approve"
-            }
+            Choice::Approve
+            | Choice::ApproveWebhookDelayed
+            | Choice::ApproveReturnLost
+            | Choice::Timeline(_) => "approve",
             Choice::Decline | Choice::ForgedReturn => "decline",
             Choice::Abort => "cancel",
         }
@@ -107,9 +132,10 @@ impl Choice {
     /// (the state the payment API confirmed).
     fn order_state(self) -> &'static str {
         match self {
-            Choice::Approve | Choice::ApproveWebhookDelayed | Choice::ApproveReturnLost => {
-                "AUTHORIZED"
-            }
+            Choice::Approve
+            | Choice::ApproveWebhookDelayed
+            | Choice::ApproveReturnLost
+            | Choice::Timeline(_) => "AUTHORIZED",
             Choice::Decline | Choice::ForgedReturn => "DECLINED",
             Choice::Abort => "CANCELED",
         }
@@ -197,7 +223,9 @@ async fn journey_test(choice: Choice) {
             "{name}: {error}\nscreenshot: {shot}\n{diagnostics}\nchromedriver log (tail):\n{driver_log}"
         );
     }
-    eprintln!(
+    // Straight to stderr, past the harness's capture: the path is shown on every run.
+    let _ = writeln!(
+        std::io::stderr(),
         "{name}: passed in {:.1?}, screenshot {shot}",
         started.elapsed()
     );
@@ -214,9 +242,34 @@ async fn journey(client: &Client, stack: &DemoStack, choice: Choice) -> Result<(
     if price != "118.00 USD" {
         return Err(format!("shop price: got {price:?}"));
     }
+    if let Choice::Timeline(kind) = choice {
+        let option = format!("#scenario option[value='{}']", kind.scenario());
+        client
+            .find(Locator::Css(&option))
+            .await
+            .map_err(|e| format!("find {option}: {e}"))?
+            .click()
+            .await
+            .map_err(|e| format!("choose the sandbox's outcome: {e}"))?;
+    }
     pay.click().await.map_err(|e| format!("click Pay: {e}"))?;
+    if !matches!(choice, Choice::Timeline(Timeline::ApprovedAtOnce)) {
+        purchase_journey(client, stack, choice).await?;
+    }
+    confirmation(client, stack, choice).await?;
+    if let Choice::Timeline(kind) = choice {
+        timeline(client, stack, kind).await?;
+    }
+    Ok(())
+}
 
-    // The shop's script creates the payment through the proxy and follows `redirect_url`.
+/// The purchase journey the shop sent the customer to, and the customer's `choice` there.
+async fn purchase_journey(
+    client: &Client,
+    stack: &DemoStack,
+    choice: Choice,
+) -> Result<(), String> {
+    // The shop created the payment through the proxy and sent the browser to `redirect_url`.
     let phone = match wait_for(client, Locator::Id("phone"), "the purchase journey page").await {
         Ok(phone) => phone,
         // The shop shows why it did not redirect.
@@ -275,7 +328,12 @@ async fn journey(client: &Client, stack: &DemoStack, choice: Choice) -> Result<(
             .await
             .map_err(|e| format!("click #{}: {e}", choice.button()))?,
     }
+    Ok(())
+}
 
+/// The shop's confirmation page, reached through the return (or straight from the shop when
+/// Klarna decided at once), showing the order's final state.
+async fn confirmation(client: &Client, stack: &DemoStack, choice: Choice) -> Result<(), String> {
     // Klarna answers 303 to the return URL: the shop's confirmation page, through the proxy.
     let confirmation_prefix = format!("{}/shop/confirmation?", stack.proxy_url);
     let url = poll(
@@ -289,7 +347,11 @@ async fn journey(client: &Client, stack: &DemoStack, choice: Choice) -> Result<(
     .await?;
     // Through the return, the partner's page is told the state the payment API confirmed.
     let expected_param = format!("state={}", choice.order_state());
-    if !matches!(choice, Choice::ApproveReturnLost) && !url.contains(&expected_param) {
+    let return_skipped = matches!(
+        choice,
+        Choice::ApproveReturnLost | Choice::Timeline(Timeline::ApprovedAtOnce)
+    );
+    if !return_skipped && !url.contains(&expected_param) {
         return Err(format!(
             "the return URL should carry {expected_param}: {url}"
         ));
@@ -321,6 +383,59 @@ async fn journey(client: &Client, stack: &DemoStack, choice: Choice) -> Result<(
         ));
     }
     Ok(())
+}
+
+/// From the confirmation page, the order's timeline: reloaded until it shows every step of
+/// `kind` (webhooks come a second or so after the customer); then the window is made as tall
+/// as the page, for a screenshot of all of it.
+async fn timeline(client: &Client, stack: &DemoStack, kind: Timeline) -> Result<(), String> {
+    wait_for(
+        client,
+        Locator::Id("timeline"),
+        "the link to the order's timeline",
+    )
+    .await?
+    .click()
+    .await
+    .map_err(|e| format!("click #timeline: {e}"))?;
+    let last = std::cell::RefCell::new(String::new());
+    poll(FINAL_STATE_TIMEOUT, "every step on the timeline", || {
+        let last = &last;
+        async move {
+            let page = client
+                .source()
+                .await
+                .map_err(|e| format!("read the page: {e}"))?;
+            if !page.contains(r#"<ol class="timeline">"#) {
+                *last.borrow_mut() = "not the timeline page yet".into();
+                return Ok(None);
+            }
+            if let Err(e) = check_timeline(&page, kind, &stack.klarna_url) {
+                *last.borrow_mut() = e;
+                client
+                    .refresh()
+                    .await
+                    .map_err(|e| format!("reload the timeline: {e}"))?;
+                return Ok(None);
+            }
+            Ok(Some(()))
+        }
+    })
+    .await
+    .map_err(|e| format!("{e} (last: {})", last.borrow()))?;
+    let height = client
+        .execute("return document.documentElement.scrollHeight", Vec::new())
+        .await
+        .ok()
+        .and_then(|h| h.as_u64())
+        .unwrap_or(768);
+    client
+        .set_window_size(
+            1024,
+            u32::try_from(height.clamp(768, 6000)).unwrap_or(768) + 200,
+        )
+        .await
+        .map_err(|e| format!("resize the window to the page: {e}"))
 }
 
 async fn wait_for(

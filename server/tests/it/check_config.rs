@@ -100,7 +100,7 @@ client_key_env = "KLARNA_STEPUP_TEST_UNSET_KEY"
 }
 
 /// `klarna-stepup check-config FILE`, run to its end.
-fn check_config(path: impl AsRef<std::ffi::OsStr>) -> std::process::Output {
+pub(crate) fn check_config(path: impl AsRef<std::ffi::OsStr>) -> std::process::Output {
     Command::new(BIN)
         .arg("check-config")
         .arg(path)

@@ -1,37 +1,11 @@
 //! The whole demo flow over HTTP, without a browser: partner → proxy → payment API → Klarna
 //! sandbox → purchase journey → the acquirer return endpoint → the partner's page, and the
-//! signed webhook verified by the proxy and relayed to the payment API.
+//! signed webhook verified by the proxy and relayed to the payment API; and each order's
+//! timeline, as the demo shows it.
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-
-async fn call(
-    method: &str,
-    url: &str,
-    content_type: &str,
-    body: String,
-) -> (StatusCode, http::HeaderMap, String) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", content_type)
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let res = client.request(req).await.unwrap();
-    let (parts, body) = res.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
-}
+use crate::support::demo_stack::{call, Timeline};
 
 /// `action`: the customer's button in the purchase journey (`approve`, `decline`, `cancel`).
 async fn pay(stack: crate::support::demo_stack::DemoStack, action: &str) -> (String, String) {
@@ -231,4 +205,61 @@ async fn tower_a_retried_payment_gets_the_same_payment_request() {
 #[tokio::test]
 async fn binary_a_retried_payment_gets_the_same_payment_request() {
     retry(crate::support::demo_stack::start_binary().await).await;
+}
+
+/// An order through the demo shop: its timeline shows every step of `kind` (see
+/// `check_timeline`), and the index of recent orders links to it.
+async fn timeline(stack: crate::support::demo_stack::DemoStack, kind: Timeline) {
+    let reference = stack.shop_order(kind).await;
+    stack.complete_timeline(&reference, kind).await;
+    let (status, _, index) = call(
+        "GET",
+        &format!("{}/demo/orders", stack.proxy_url),
+        "text/html",
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        index.contains(&format!(
+            r#"<a href="/demo/orders/{reference}">{reference}</a>"#
+        )),
+        "{index}"
+    );
+}
+
+#[tokio::test]
+async fn tower_the_timeline_of_a_step_up_order_shows_every_step() {
+    timeline(
+        crate::support::demo_stack::start().await,
+        Timeline::StepUpApproved,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn tower_the_timeline_of_an_order_approved_at_once_shows_every_step() {
+    timeline(
+        crate::support::demo_stack::start().await,
+        Timeline::ApprovedAtOnce,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn binary_the_timeline_of_a_step_up_order_shows_every_step() {
+    timeline(
+        crate::support::demo_stack::start_binary().await,
+        Timeline::StepUpApproved,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn binary_the_timeline_of_an_order_approved_at_once_shows_every_step() {
+    timeline(
+        crate::support::demo_stack::start_binary().await,
+        Timeline::ApprovedAtOnce,
+    )
+    .await;
 }

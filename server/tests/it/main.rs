@@ -21,6 +21,7 @@ mod admin;
 mod bounds;
 mod browser;
 mod check_config;
+mod contract;
 mod demo_flow;
 mod drain;
 mod haproxy;
