@@ -514,10 +514,11 @@ async fn screenshot(client: &Client, name: &str) -> String {
     }
 }
 
+/// Under the workspace's target directory (this crate is a member one level down).
 fn screenshot_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     target.join("browser-screenshots")
 }
 
