@@ -13,8 +13,6 @@ pub mod fuzz_logic;
 pub mod observe;
 #[cfg(feature = "pingora")]
 pub mod pingora;
-#[cfg(feature = "cli")]
-pub mod server;
 #[cfg(feature = "tower")]
 pub mod tower;
 

@@ -10,7 +10,7 @@ use super::ConfigError;
 /// Deserializes `value` (the table at `prefix`, e.g. `server`; empty for the whole file) into
 /// `T`. On errors, every wrong key is reported: after each error the offending key is taken
 /// out and the rest read again, so one file shows all its mistakes at once.
-pub(crate) fn deserialize_all<T: DeserializeOwned>(
+pub fn deserialize_all<T: DeserializeOwned>(
     mut value: toml::Value,
     prefix: &str,
     errors: &mut Vec<ConfigError>,

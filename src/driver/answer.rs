@@ -346,11 +346,23 @@ impl Driver {
         match verdict {
             ResponseVerdict::Rewritten {
                 body,
+                status: configured,
                 result,
                 payment_request_id,
             } => {
                 self.record.rewritten(result, payment_request_id);
-                self.answer = AnswerStep::Rewritten(body.len());
+                if head_first && configured != status && self.mode != Mode::Shadow {
+                    // `partner_response.http_status` asks for another status than the one
+                    // whose head already left: never a step-up or a decline under the status
+                    // of a success. Cut short, the client sees a failed answer.
+                    self.record.status_not_sent(configured);
+                    self.answer = AnswerStep::Aborted;
+                    return ResponseAction::Abort;
+                }
+                self.answer = AnswerStep::Rewritten {
+                    len: body.len(),
+                    status: configured,
+                };
                 ResponseAction::Send(Bytes::from(body))
             }
             ResponseVerdict::Keep(reason) => {
@@ -389,6 +401,16 @@ impl Driver {
         )
     }
 
+    /// The status the client gets instead of the upstream's, when step-up says one: a
+    /// rewritten answer's (`partner_response.http_status`). Set it with the head's edits.
+    pub fn answer_status(&self) -> Option<StatusCode> {
+        match (&self.answer, self.mode) {
+            (_, Mode::Shadow) => None,
+            (AnswerStep::Rewritten { status, .. }, _) => Some(*status),
+            _ => None,
+        }
+    }
+
     /// Whether the answer was stopped ([`ResponseAction::Abort`]).
     pub fn aborted(&self) -> bool {
         matches!(self.answer, AnswerStep::Aborted)
@@ -414,7 +436,7 @@ impl Driver {
                 engine::mark_passthrough(head);
                 AnswerHead::Passthrough
             }
-            AnswerStep::Rewritten(len) => {
+            AnswerStep::Rewritten { len, .. } => {
                 engine::mark_rewritten(head);
                 head.set(header::CONTENT_LENGTH, HeaderValue::from(*len));
                 AnswerHead::Rewritten

@@ -314,8 +314,8 @@ enum AnswerStep {
         /// The adapter decodes the body ([`ResponseHead::decoded`]).
         decoded: bool,
     },
-    /// Rewritten: the new body's length.
-    Rewritten(usize),
+    /// Rewritten: the new body's length, and the status it goes with.
+    Rewritten { len: usize, status: StatusCode },
     /// A relayed webhook the payment API accepted.
     Relayed,
     /// Stopped: the client sees the answer cut short.

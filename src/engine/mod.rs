@@ -49,12 +49,15 @@ use routes::RoutePattern;
 use webhook::Webhooks;
 
 pub use crate::config::DEFAULT_BODY_LIMIT;
-pub(crate) use head::{check_request_head, check_request_target};
-// `Head` is named only by the Pingora adapter (tower edits `http::HeaderMap`s through it).
 pub use acquirer_return::{ReturnRedirect, UNCONFIRMED};
 pub(crate) use classify::HeadReason;
 pub use classify::{Candidate, HeadRefusal, Route};
+pub(crate) use head::check_request_target;
 pub use head::Head;
+// The request head check of the server crate (klarna-stepup-server, which pins this crate's
+// exact version): not part of the public API.
+#[doc(hidden)]
+pub use head::check_request_head;
 pub(crate) use head::{
     answer_being_read, content_length, injected_request, mark_code, mark_passthrough, mark_relayed,
     mark_rewritten, relay_request, streamed_request, strip_forged_headers,
@@ -118,6 +121,10 @@ struct Engine {
     policy: ReturnUrlPolicy,
     journey: PurchaseJourney,
     redirect_template: Vec<TemplatePart>,
+    /// The partner block's key names (`partner_response.keys`, `key_style`).
+    block_keys: partner_block::BlockKeys,
+    /// The HTTP status of each rewritten answer (`partner_response.http_status`).
+    http_status: partner_block::HttpStatus,
     acquirer_return: Option<ReturnEndpoint>,
     webhooks: Option<Webhooks>,
     /// The partner's idempotency key header (`partner_fields.idempotency_header`).

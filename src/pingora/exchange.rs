@@ -325,6 +325,9 @@ impl StepUpPhases {
             },
             _ => raw,
         };
+        if let Some(status) = d.answer_status() {
+            let _ = head.set_status(status);
+        }
         if !d.response_head(head).body_is_step_ups() {
             self.compression_off(session, ctx);
         }

@@ -334,6 +334,9 @@ impl<S> Exchange<S> {
                 other => unreachable!("{other:?}: the tower adapter holds the head"),
             };
             d.response_head(&mut parts.headers);
+            if let Some(status) = d.answer_status() {
+                parts.status = status;
+            }
             return Response::from_parts(parts, body);
         }
     }

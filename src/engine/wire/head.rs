@@ -324,7 +324,7 @@ impl Default for HeadLimits {
 /// request with more than one (400 [`Refusal::bad_request_head`], RFC 9112 section 3.2); a
 /// `Content-Length` given as a list: identical values (`5, 5`) are replaced by one value
 /// before the request goes anywhere, differing ones refused (RFC 9110 section 8.6).
-pub(crate) fn check_request_head(
+pub fn check_request_head(
     head: &mut impl Head,
     version: http::Version,
     target_len: usize,
