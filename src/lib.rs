@@ -20,7 +20,7 @@ pub mod tower;
 pub use budget::BufferBudget;
 pub use config::{ConfigError, ConfigErrors, StepUpConfig};
 pub use engine::{
-    AuthorizeResult, Candidate, Exchange, HeadRefusal, KeepReason, Refusal, RequestVerdict,
-    ResponsePlan, ResponseVerdict, ReturnRedirect, Route, StepUp, WebhookEvent,
+    AuthorizeResult, Candidate, Exchange, HeadRefusal, KeepReason, Refusal, RefusalCode,
+    RequestVerdict, ResponsePlan, ResponseVerdict, ReturnRedirect, Route, StepUp, WebhookEvent,
 };
 pub use observe::{Outcome, Record};

@@ -771,9 +771,35 @@ impl ConfigErrors {
     }
 }
 
-/// Every error found in a configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Every error found in a configuration, each naming its key.
+///
+/// Both `{}` and `{:?}` print one error a line, as `key: reason (line L, column C)`, so that
+/// a `main` returning it with `?` shows them readably (`{:#?}` shows the structures):
+///
+/// ```
+/// use klarna_stepup::StepUp;
+///
+/// let err = StepUp::from_toml("body_limit = \"1MB\"\n[return_url_policy]\nmax_length = -1\n")
+///     .unwrap_err();
+/// assert_eq!(
+///     format!("{err:?}"),
+///     "body_limit: invalid type: string \"1MB\", expected usize (line 1, column 1)\n\
+///      return_url_policy.max_length: invalid value: integer `-1`, expected usize \
+///      (line 3, column 1)"
+/// );
+/// ```
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Debug for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            f.debug_tuple("ConfigErrors").field(&self.0).finish()
+        } else {
+            fmt::Display::fmt(self, f)
+        }
+    }
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -802,6 +828,8 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+impl std::error::Error for ConfigError {}
 
 /// Collects errors while validating.
 #[derive(Default)]

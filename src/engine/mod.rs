@@ -66,7 +66,7 @@ pub(crate) use head::{
     relay_request, strip_forged_headers,
 };
 pub use head::{strip_hop_by_hop, HeadLimits, MARKER_HEADER, STALE_RESPONSE_HEADERS};
-pub use refusal::Refusal;
+pub use refusal::{Refusal, RefusalCode};
 pub use request::{Exchange, RequestVerdict};
 pub use response::{AuthorizeResult, ResponseVerdict};
 pub use response::{KeepReason, ResponsePlan};

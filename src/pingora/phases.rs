@@ -580,7 +580,7 @@ impl StepUpPhases {
             }
             None => client_timeout_refusal(e).or_else(|| upstream_refusal(e))?,
         };
-        let code = refusal.status.as_u16();
+        let code = refusal.status().as_u16();
         if session.response_written().is_none() {
             let _ = self.refuse(session, ctx, refusal).await;
         } else {

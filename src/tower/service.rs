@@ -409,7 +409,7 @@ where
         let (mut parts, body) = res.into_parts();
         parts.headers.insert(
             engine::MARKER_HEADER,
-            http::HeaderValue::from_static(r.code),
+            http::HeaderValue::from_static(r.code().as_str()),
         );
         return Ok((record, Response::from_parts(parts, StepUpBody::new(body))));
     }
