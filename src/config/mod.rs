@@ -57,7 +57,10 @@
 
 use std::fmt;
 
-pub(crate) mod read;
+// Also the server crate's reader of its `[server]` table (klarna-stepup-server, which pins this
+// crate's exact version): not part of the public API.
+#[doc(hidden)]
+pub mod read;
 
 use serde::{Deserialize, Serialize};
 
@@ -842,7 +845,8 @@ impl Problems {
 }
 
 /// `text` as a TOML value; a syntax error names its line and column.
-pub(crate) fn parse_toml(text: &str) -> Result<toml::Value, ConfigErrors> {
+#[doc(hidden)]
+pub fn parse_toml(text: &str) -> Result<toml::Value, ConfigErrors> {
     toml::from_str::<toml::Table>(text)
         .map(toml::Value::Table)
         .map_err(|e| {
