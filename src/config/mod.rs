@@ -57,6 +57,7 @@
 
 use std::fmt;
 
+mod builder;
 // Also the server crate's reader of its `[server]` table (klarna-stepup-server, which pins this
 // crate's exact version): not part of the public API.
 #[doc(hidden)]
@@ -139,104 +140,6 @@ impl Default for StepUpConfig {
             webhooks: WebhooksConfig::default(),
             partners: PartnersConfig::default(),
         }
-    }
-}
-
-/// Builder methods: each sets one key and returns the configuration, as tower-http's
-/// builders do. Validation happens once, in [`StepUp::new`](crate::StepUp::new).
-impl StepUpConfig {
-    /// `body_limit`: the largest candidate body buffered, in bytes.
-    pub fn body_limit(mut self, bytes: usize) -> Self {
-        self.body_limit = bytes;
-        self
-    }
-
-    /// `routes`: the candidate routes, replacing the default ones.
-    pub fn routes(mut self, routes: impl IntoIterator<Item = RouteConfig>) -> Self {
-        self.routes = routes.into_iter().collect();
-        self
-    }
-
-    /// `inject_at`: dot path of the object that receives `step_up_config`.
-    pub fn inject_at(mut self, path: impl Into<String>) -> Self {
-        self.inject_at = path.into();
-        self
-    }
-
-    /// `klarna_answer_at`: dot path of Klarna's answer in the payment API's answer.
-    pub fn klarna_answer_at(mut self, path: impl Into<String>) -> Self {
-        self.klarna_answer_at = path.into();
-        self
-    }
-
-    /// `defaults.return_url`: the return URL when the partner gives none.
-    pub fn default_return_url(mut self, url: impl Into<String>) -> Self {
-        self.defaults.return_url = Some(url.into());
-        self
-    }
-
-    /// `defaults.app_return_url`: the app return URL when the partner gives none.
-    pub fn default_app_return_url(mut self, url: impl Into<String>) -> Self {
-        self.defaults.app_return_url = Some(url.into());
-        self
-    }
-
-    /// `defaults.interaction_expiry`: an ISO 8601 duration, 15 minutes ..= 48 hours.
-    pub fn interaction_expiry(mut self, duration: impl Into<String>) -> Self {
-        self.defaults.interaction_expiry = Some(duration.into());
-        self
-    }
-
-    /// `return_url_policy.allowed_hosts`: exact hosts or `*.example.com`.
-    pub fn allowed_hosts<I, S>(mut self, hosts: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.return_url_policy.allowed_hosts = hosts.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// `return_url_policy.http_hosts`: hosts for which plain `http` is allowed too.
-    pub fn http_hosts<I, S>(mut self, hosts: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.return_url_policy.http_hosts = hosts.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// `detect.payment_method`: the values of `payment_method` that mean Klarna.
-    pub fn detect_payment_method<I, S>(mut self, values: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.detect.payment_method = values.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// `[acquirer_redirect]`: the partner's `redirect_url` is the layer's own signed link to
-    /// Klarna's Purchase Journey, at `path` (needs [`acquirer_return`](Self::acquirer_return)).
-    pub fn acquirer_redirect(mut self, path: impl Into<String>) -> Self {
-        self.acquirer_redirect = AcquirerRedirectConfig {
-            enabled: true,
-            path: path.into(),
-        };
-        self
-    }
-
-    /// `[acquirer_return]`: turns the acquirer-controlled return on.
-    pub fn acquirer_return(mut self, acquirer_return: AcquirerReturnConfig) -> Self {
-        self.acquirer_return = acquirer_return;
-        self
-    }
-
-    /// `[webhooks]`: turns the verified webhook relay on.
-    pub fn webhooks(mut self, webhooks: WebhooksConfig) -> Self {
-        self.webhooks = webhooks;
-        self
     }
 }
 
@@ -333,18 +236,6 @@ impl AcquirerReturnConfig {
         }
         .key(key_id, env)
     }
-
-    /// Adds a key (verifies tokens; signs only if it is the first).
-    pub fn key(mut self, id: impl Into<String>, env: impl Into<String>) -> Self {
-        self.keys.push(KeyConfig::new(id, env));
-        self
-    }
-
-    /// POST each return to this path of the payment API.
-    pub fn notify_path(mut self, path: impl Into<String>) -> Self {
-        self.notify_path = Some(path.into());
-        self
-    }
 }
 
 impl Default for AcquirerReturnConfig {
@@ -393,12 +284,6 @@ impl WebhooksConfig {
             ..Self::default()
         }
         .key(key_id, env)
-    }
-
-    /// Adds a signing key.
-    pub fn key(mut self, id: impl Into<String>, env: impl Into<String>) -> Self {
-        self.keys.push(KeyConfig::new(id, env));
-        self
     }
 }
 

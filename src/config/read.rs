@@ -211,6 +211,145 @@ pub fn step_up(table: toml::Value, errors: &mut Vec<ConfigError>) -> Option<crat
     }
 }
 
+/// Every key a configuration reader takes under the table `root` (`""` for the whole file),
+/// found by asking it: `parse` reads a TOML text and gives its errors. Each table is asked
+/// for an unknown key, whose error lists the table's keys; each key is then asked whether it
+/// is a table or an array of tables. Keys are dotted, an array of tables without its index
+/// (`partners.entries.id`): the form the configuration reference uses, and
+/// [`keys_set`] gives.
+pub fn accepted_keys(
+    parse: &dyn Fn(&str) -> Vec<ConfigError>,
+    root: &str,
+) -> std::collections::BTreeSet<String> {
+    const PROBE: &str = "zz_probe";
+    /// The keys a probe's error lists, if the probe went into a table of `path`.
+    fn listed(
+        parse: &dyn Fn(&str) -> Vec<ConfigError>,
+        path: &[(String, bool)],
+        array: bool,
+    ) -> Option<Vec<String>> {
+        let mut text = String::new();
+        for (i, (_, is_array)) in path.iter().enumerate() {
+            let name = path[..=i]
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(".");
+            let last = i + 1 == path.len();
+            if last && array || !last && *is_array {
+                text.push_str(&format!("[[{name}]]\n"));
+            } else if last {
+                text.push_str(&format!("[{name}]\n"));
+            }
+        }
+        text.push_str(&format!("{PROBE} = 1\n"));
+        // Probing `a.b`, the error must be of `a.b.zz_probe` (or `a.b[0].zz_probe`), not of
+        // `a.zz_probe` (when `b` is no table).
+        let want = path
+            .iter()
+            .map(|(n, _)| format!("{n}."))
+            .chain([PROBE.to_owned()])
+            .collect::<String>();
+        let lead = format!("unknown field `{PROBE}`");
+        let error = parse(&text)
+            .into_iter()
+            .find(|e| e.reason.starts_with(&lead) && without_indices(&e.key) == want)?;
+        let expected = error.reason.split_once("expected")?.1;
+        Some(
+            expected
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+    /// `a.b[0].c[1]` without its indices.
+    fn without_indices(key: &str) -> String {
+        let mut out = String::new();
+        let mut depth = 0;
+        for c in key.chars() {
+            match c {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                c if depth == 0 => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    }
+    fn walk(
+        parse: &dyn Fn(&str) -> Vec<ConfigError>,
+        path: &mut Vec<(String, bool)>,
+        array: bool,
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        let Some(fields) = listed(parse, path, array) else {
+            return;
+        };
+        if let Some(last) = path.last_mut() {
+            last.1 = array;
+        }
+        for field in fields {
+            path.push((field, false));
+            // Bounded: configuration types nest a few tables deep.
+            if path.len() <= 8 && listed(parse, path, false).is_some() {
+                walk(parse, path, false, out);
+            } else if path.len() <= 8 && listed(parse, path, true).is_some() {
+                walk(parse, path, true, out);
+            } else {
+                out.insert(
+                    path.iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join("."),
+                );
+            }
+            path.pop();
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    let mut path: Vec<(String, bool)> = root
+        .split('.')
+        .filter(|s| !s.is_empty())
+        .map(|s| (s.to_owned(), false))
+        .collect();
+    walk(parse, &mut path, false, &mut out);
+    out
+}
+
+/// The keys `value` (a TOML document) sets, in the form of [`accepted_keys`]: dotted, an
+/// array of tables without its index.
+pub fn keys_set(value: &toml::Value) -> std::collections::BTreeSet<String> {
+    fn walk(value: &toml::Value, key: &str, out: &mut std::collections::BTreeSet<String>) {
+        let join = |k: &str| {
+            if key.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{key}.{k}")
+            }
+        };
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    walk(v, &join(k), out);
+                }
+            }
+            toml::Value::Array(a) if !a.is_empty() && a.iter().all(toml::Value::is_table) => {
+                for v in a {
+                    walk(v, key, out);
+                }
+            }
+            _ => {
+                out.insert(key.to_owned());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(value, "", &mut out);
+    out
+}
+
 /// The field named in a serde message such as "unknown field `x`, expected …".
 fn field_in<'m>(message: &'m str, lead: &str) -> Option<&'m str> {
     message.strip_prefix(lead)?.split('`').next()
