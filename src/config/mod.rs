@@ -1,59 +1,9 @@
 //! The configuration: plain serde types (TOML in files), validated once into a
 //! [`StepUp`](crate::StepUp) engine. Every validation error names its key.
 //!
-//! An empty configuration is valid; every field documents its default.
-//!
-//! ```toml
-//! body_limit = 1048576                 # bytes; larger candidate bodies get 413
-//! inject_at = ""                       # dot path of the object that gets step_up_config ("" = top level)
-//! klarna_answer_at = ""                # dot path of Klarna's answer in the upstream body ("" = whole body)
-//!
-//! [[routes]]                           # default: POST /payments, /v1/payments,
-//! method = "POST"                      #   /v2/accounts/{id}/payment/authorize
-//! path = "/payments"
-//!
-//! [detect]
-//! payment_method = ["klarna"]          # payment_method == v, or payment_method.type == v
-//! authorize_shape = true               # request_payment_transaction present
-//!
-//! [partner_fields]
-//! return_url = ["klarna_return_url", "return_url"]
-//! app_return_url = ["klarna_app_return_url", "app_return_url"]
-//! reference = ["reference"]              # else derived from the request (stable across retries)
-//! idempotency_header = "Idempotency-Key"  # "" = derive from the body only
-//! strip = ["klarna_return_url", "klarna_app_return_url"]   # removed before forwarding
-//!
-//! [defaults]
-//! return_url = "https://pay.acquirer.example/klarna/return"   # when the partner gives none
-//! app_return_url = "acquirerapp://klarna"
-//! interaction_expiry = "PT30M"         # 15 min ..= 48 h
-//!
-//! [return_url_policy]
-//! schemes = ["https"]
-//! http_hosts = ["localhost"]           # hosts for which plain http is allowed
-//! allowed_hosts = ["*.partner.example"] # empty = any host
-//! max_length = 2000
-//! extra_placeholders = []              # e.g. ["{klarna.payment_request.locale}"]
-//! app_schemes = []                     # default: any app scheme that opens no browser
-//!
-//! [klarna]
-//! purchase_journey_hosts = ["pay.klarna.com", "*.klarna.com"]  # hosts a payment_request_url may have (https)
-//! purchase_journey_http_loopback = false   # also http:// on a listed loopback host (local sandboxes)
-//!
-//! [partner_response]
-//! pending = "pending"
-//! authorized = "authorized"
-//! declined = "declined"
-//! redirect_url = "{payment_request_url}"  # or "https://pay.acquirer.example/r/{payment_request_id}"
-//! placement = "in_place"               # or "top_level": beside the payment API's own members
-//!
-//! [partners]                           # many partners behind one acquirer (off by default)
-//! header = "X-Partner-Id"              # or path_param = "partner" (routes with {partner})
-//! unknown = "refuse"                   # or "global"
-//! [[partners.entries]]                 # each key left out is the global one
-//! id = "shop-a"
-//! allowed_hosts = ["shop-a.example"]
-//! ```
+//! An empty configuration is valid; every field documents its default. Every key, with its
+//! default and meaning: the [configuration reference](crate::guide::configuration). In Rust,
+//! every key has a builder method named as the key (see [`StepUpConfig`]).
 
 use std::fmt;
 

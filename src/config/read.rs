@@ -318,6 +318,42 @@ pub fn accepted_keys(
     out
 }
 
+/// The keys a configuration reference in markdown names, in the form of [`accepted_keys`]: a
+/// heading naming a table in code (`` ## `[partners]` ``, `` ### `[[partners.entries]]` ``)
+/// or the top level (`## Top-level keys`) starts a table, whose keys are the table rows
+/// beginning with a key in code (`` | `header` | … ``); any other heading ends it.
+pub fn documented_keys(markdown: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut table: Option<String> = None;
+    let mut fenced = false;
+    for line in markdown.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        }
+        if fenced {
+            continue;
+        }
+        if line.starts_with('#') {
+            table = if line.contains("Top-level keys") {
+                Some(String::new())
+            } else {
+                line.split('`')
+                    .nth(1)
+                    .filter(|t| t.starts_with('['))
+                    .map(|t| t.trim_matches(['[', ']']).to_owned())
+            };
+        } else if let (Some(table), Some(row)) = (&table, line.strip_prefix("| `")) {
+            let key = row.split('`').next().unwrap_or("");
+            out.insert(if table.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{table}.{key}")
+            });
+        }
+    }
+    out
+}
+
 /// The keys `value` (a TOML document) sets, in the form of [`accepted_keys`]: dotted, an
 /// array of tables without its index.
 pub fn keys_set(value: &toml::Value) -> std::collections::BTreeSet<String> {

@@ -21,11 +21,11 @@ use super::MARKER_HEADER;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RefusalCode {
-    /// 400 `invalid_step_up_config`: the partner's own `step_up_config` is not one the layer
-    /// can complete (not an object, or with members it would overwrite).
+    /// 400 `invalid_step_up_config`: the caller's own `step_up_config`, or its
+    /// `customer_interaction_config`, is not an object.
     InvalidStepUpConfig,
-    /// 400 `invalid_request_body`: the object that receives `step_up_config` is missing or not
-    /// an object.
+    /// 400 `invalid_request_body`: a member on the `inject_at` path is there but not an
+    /// object.
     InvalidRequestBody,
     /// 400 `invalid_reference`: the payment request reference is not a string of 1 to 255
     /// characters.
@@ -173,7 +173,8 @@ impl fmt::Display for RefusalCode {
 /// use klarna_stepup::{Refusal, RefusalCode};
 ///
 /// let r = Refusal::upstream_timeout();
-/// assert_eq!((r.status(), r.code()), (504, RefusalCode::UpstreamTimeout));
+/// assert_eq!(r.status(), 504);
+/// assert_eq!(r.code(), RefusalCode::UpstreamTimeout);
 /// assert_eq!(r.to_string(), "504 upstream_timeout: the payment API did not answer in time");
 /// let e: Box<dyn std::error::Error> = Box::new(r);
 /// # drop(e);
@@ -545,8 +546,14 @@ mod tests {
             RefusalCode::UpstreamTimeout,
             RefusalCode::Overloaded,
         ];
+        let guide = include_str!("../../docs/partner-contract.md");
         let mut seen = std::collections::HashSet::new();
         for &code in ALL {
+            let row = format!("| `{code}` | {} |", code.status().as_u16());
+            assert!(
+                guide.contains(&row),
+                "docs/partner-contract.md lacks the row {row}"
+            );
             let s = code.as_str();
             assert!(seen.insert(s), "{s} twice");
             assert!(

@@ -578,6 +578,30 @@ fn err(key: &str, reason: &str) -> ConfigError {
 mod tests {
     use super::*;
 
+    /// The configuration reference names every key of `[server]`, and no other.
+    #[test]
+    fn the_configuration_reference_names_every_server_key() {
+        use crate::config::read::{accepted_keys, documented_keys};
+        let parse = |text: &str| match ProxyConfig::parse(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        };
+        let accepted = accepted_keys(&parse, "server");
+        assert!(
+            accepted.contains("server.upstream_tls.client_key_env"),
+            "{accepted:?}"
+        );
+        let documented: std::collections::BTreeSet<String> =
+            documented_keys(include_str!("../../docs/configuration.md"))
+                .into_iter()
+                .filter(|k| k.starts_with("server."))
+                .collect();
+        assert_eq!(
+            documented, accepted,
+            "docs/configuration.md: the [server] keys"
+        );
+    }
+
     #[test]
     fn two_keys_are_enough() {
         let c = ProxyConfig::parse(

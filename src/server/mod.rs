@@ -2,7 +2,7 @@
 //! of a payment API, described by one configuration file. It is the [tower
 //! layer](crate::tower) on hyper: one single-threaded runtime per worker thread, each with
 //! its own `SO_REUSEPORT` listener and connection pool (chosen by measurement against
-//! Pingora; see the README's performance section).
+//! Pingora; see `benches/RESULTS.md`).
 //!
 //! The binary is a thin command line over this module; the demo (`./x demo`) runs the same
 //! server in front of the local sandbox. Use it to embed the ready proxy in a program of your
