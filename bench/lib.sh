@@ -11,8 +11,8 @@ resolve_stepup() {
     if [[ -z ${STEPUP_BIN:-} ]]; then
       STEPUP_BIN=$TARGET_DIR/release/klarna-stepup
       if [[ ${NO_BUILD:-0} != 1 ]]; then
-        echo "== cargo build --release --features cli --bin klarna-stepup"
-        (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --features cli --bin klarna-stepup)
+        echo "== cargo build --release -p klarna-stepup-server --bin klarna-stepup"
+        (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p klarna-stepup-server --bin klarna-stepup)
       fi
     fi
     [[ -x $STEPUP_BIN ]] || die "no binary at $STEPUP_BIN"

@@ -4,6 +4,9 @@
 //! cargo run --example hyper_proxy -- 127.0.0.1:8080 127.0.0.1:9000   # listen, upstream
 //! ```
 //!
+//! With `--bare` as a third argument it is the same proxy without the layer: the
+//! framework's own cost, for comparison (`bench/peer/adapters.sh`).
+//!
 //! Everything that is not a Klarna payment streams through untouched. A real proxy's
 //! duties are here too: upstream connect and read timeouts answered with step-up's JSON
 //! 502/504 (`Connection: close`), hop-by-hop headers stripped both ways
@@ -29,6 +32,7 @@ use hyper_util::service::TowerToHyperService;
 use klarna_stepup::engine::strip_hop_by_hop;
 use klarna_stepup::tower::{upstream_refusal, KlarnaStepUpLayer, StepUpBody};
 use klarna_stepup::{Refusal, StepUp};
+use tower::util::Either;
 use tower::ServiceBuilder;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -57,6 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:8080".into());
     let upstream = args.next().unwrap_or_else(|| "127.0.0.1:9000".into());
+    let bare = args.next().as_deref() == Some("--bare");
 
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("proxy on http://{}", listener.local_addr()?);
@@ -67,15 +72,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             _ = term.recv() => {}
         }
     };
-    serve(listener, upstream, StepUp::from_toml("")?, stop).await
+    let step_up = if bare {
+        None
+    } else {
+        Some(StepUp::from_toml("")?)
+    };
+    serve(listener, upstream, step_up, stop).await
 }
 
 /// Serves the proxy on `listener` in front of `upstream` (`host:port`) until `stop`
-/// completes, then lets the requests in flight finish (at most the grace period).
+/// completes, then lets the requests in flight finish (at most the grace period). Without
+/// `step_up`, the same proxy without the layer.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     upstream: String,
-    step_up: StepUp,
+    step_up: Option<StepUp>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut connector = HttpConnector::new();
@@ -112,9 +123,20 @@ pub async fn serve(
         }
     });
     // Step-up sees the partner's request first and the payment API's answer last.
-    let proxy = ServiceBuilder::new()
-        .layer(KlarnaStepUpLayer::new(step_up))
-        .service(forward);
+    let proxy = match step_up {
+        Some(step_up) => Either::Left(
+            ServiceBuilder::new()
+                .layer(KlarnaStepUpLayer::new(step_up))
+                .service(forward),
+        ),
+        // The same proxy without the layer (its body types only wrapped, as the layer does).
+        None => Either::Right(
+            ServiceBuilder::new()
+                .map_request(|req: Request<Incoming>| req.map(StepUpBody::new))
+                .map_response(|res: Response<ProxyBody>| res.map(StepUpBody::new))
+                .service(forward),
+        ),
+    };
 
     let server = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();

@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! cargo run --example pingora_existing_proxy --features pingora
-//! # payment API on 127.0.0.1:9000, the proxy on 127.0.0.1:8080
+//! # payment API on 127.0.0.1:9000, the proxy on 127.0.0.1:8080; or give them:
+//! cargo run --example pingora_existing_proxy --features pingora -- 127.0.0.1:8080 127.0.0.1:9000
 //! ```
+//!
+//! With `--bare` as a third argument it runs the existing proxy alone: the framework's own
+//! cost, for comparison (`bench/peer/adapters.sh`).
 
 use async_trait::async_trait;
 use klarna_stepup::pingora::StepUpProxy;
@@ -36,15 +40,23 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         return_url = "https://pay.acquirer.example/klarna/return"
         "#,
     )?;
+    let mut args = std::env::args().skip(1);
+    let listen = args.next().unwrap_or_else(|| "127.0.0.1:8080".into());
     let existing = PaymentApiProxy {
-        upstream: "127.0.0.1:9000".into(),
+        upstream: args.next().unwrap_or_else(|| "127.0.0.1:9000".into()),
     };
 
     let mut server = Server::new(None)?;
     server.bootstrap();
-    let proxy = StepUpProxy::new(existing, step_up); // <- the one line
-    let mut service = http_proxy_service(&server.configuration, proxy);
-    service.add_tcp("127.0.0.1:8080");
-    server.add_service(service);
+    if args.next().as_deref() == Some("--bare") {
+        let mut service = http_proxy_service(&server.configuration, existing);
+        service.add_tcp(&listen);
+        server.add_service(service);
+    } else {
+        let proxy = StepUpProxy::new(existing, step_up); // <- the one line
+        let mut service = http_proxy_service(&server.configuration, proxy);
+        service.add_tcp(&listen);
+        server.add_service(service);
+    }
     server.run_forever()
 }

@@ -21,8 +21,6 @@ pub mod guide;
 pub mod observe;
 #[cfg(feature = "pingora")]
 pub mod pingora;
-#[cfg(feature = "cli")]
-pub mod server;
 #[cfg(feature = "tower")]
 pub mod tower;
 

@@ -328,6 +328,19 @@ impl Record {
         });
     }
 
+    /// The rewritten answer's configured status could not be sent (on Pingora's pipeline
+    /// the header leaves before the body is read): the answer is cut short.
+    #[cfg(feature = "pingora")]
+    pub(crate) fn status_not_sent(&mut self, status: http::StatusCode) {
+        self.span.in_scope(|| {
+            tracing::warn!(
+                status = status.as_u16(),
+                "the configured status of a rewritten klarna answer cannot be sent once the \
+                 header left (Pingora's pipeline): answer cut short"
+            );
+        });
+    }
+
     /// The answer to a Klarna request passes through untouched.
     pub(crate) fn kept(&mut self, reason: KeepReason) {
         self.outcome = Outcome::Passthrough;

@@ -61,16 +61,20 @@ fn every_fixture_through_the_engine() {
         }
         let up = f.upstream.as_ref().expect("upstream");
         let status = StatusCode::from_u16(up.status).unwrap();
-        let (body, marker) = match exchange {
-            None => (up.body.clone(), None),
+        let (body, marker, status) = match exchange {
+            None => (up.body.clone(), None, status),
             Some(ex) => match engine.rewrite_response(&ex, status, &headers(&up.headers), &up.body)
             {
-                ResponseVerdict::Rewritten { body, .. } => (body, Some("rewritten".to_string())),
-                ResponseVerdict::Keep(_) => (up.body.clone(), Some("passthrough".to_string())),
+                ResponseVerdict::Rewritten {
+                    body, status: to, ..
+                } => (body, Some("rewritten".to_string()), to),
+                ResponseVerdict::Keep(_) => {
+                    (up.body.clone(), Some("passthrough".to_string()), status)
+                }
             },
         };
         assert_eq!(marker, f.expect.marker, "{}: marker", f.name);
-        assert_eq!(status.as_u16(), f.expect.status, "{}", f.name);
+        assert_eq!(status.as_u16(), f.expect.status, "{}: status", f.name);
         assert_eq!(
             show(&body),
             show(&f.expect.body),

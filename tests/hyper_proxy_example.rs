@@ -31,7 +31,7 @@ async fn the_example_serves_http1_and_h2c_end_to_end() {
     let proxy = tokio::spawn(hyper_proxy::serve(
         listener,
         up.addr.to_string(),
-        StepUp::from_toml(&f.config).unwrap(),
+        Some(StepUp::from_toml(&f.config).unwrap()),
         async move {
             let _ = stopped.await;
         },

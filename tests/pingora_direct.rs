@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use common::fixtures::{self, Fixture};
 use common::pingora_proxy::start_pingora;
-use common::raw_http::{send_fixture, RawResponse};
+use common::raw_http::{raw_request, send_fixture, RawResponse, ReqBody};
 use common::upstream::{self, Answer};
 use klarna_stepup::pingora::StepUpProxy;
 use klarna_stepup::StepUp;
@@ -169,6 +169,58 @@ async fn the_pipeline_gives_the_same_bytes_chunked() {
     assert_eq!(d.header("x-inner"), p.header("x-inner"));
     assert_eq!(p.header("transfer-encoding"), Some("chunked"));
     assert!(d.header("content-length").is_some());
+}
+
+/// A configured status (`partner_response.http_status`): the direct exchange sends it with
+/// the rewritten block; the pipeline, whose header leaves before the verdict, cuts the answer
+/// short rather than send the block under the payment API's 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_status_is_sent_by_the_direct_exchange_and_never_replaced_on_the_pipeline() {
+    let up = upstream::start().await;
+    let f = fixtures::by_name("paytrail_step_up");
+    up.set_answer(Answer::of(&f));
+    let step_up = StepUp::from_toml(&f.config).unwrap();
+    let direct = start_pingora(StepUpProxy::new(inner(up.addr, ALPN::H1), step_up.clone()));
+    let piped =
+        start_pingora(StepUpProxy::new(inner(up.addr, ALPN::H1), step_up).direct_exchange(false));
+
+    let d = send(direct, &f).await;
+    assert_eq!(d.status, 403);
+    assert_eq!(d.body, f.expect.body);
+    assert_eq!(d.header("x-klarna-stepup"), Some("rewritten"));
+    assert_eq!(
+        d.header("x-inner"),
+        Some("seen"),
+        "the inner response_filter ran"
+    );
+    let length = f.expect.body.len().to_string();
+    assert_eq!(d.header("content-length"), Some(length.as_str()));
+
+    let headers: Vec<(&str, &str)> = f
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let p = raw_request(
+        piped,
+        &f.method,
+        &f.path,
+        &headers,
+        ReqBody::Length(&f.body),
+        LIMIT,
+    )
+    .await;
+    if let Ok(p) = &p {
+        assert!(p.status >= 500, "{p:?}");
+        assert_ne!(p.body, f.expect.body);
+    }
+    let seen = up.take_received();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[1].body,
+        f.forwarded_body().unwrap(),
+        "the pipeline forwarded it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,15 +3,16 @@
 //! API: one command shows the whole flow in a browser.
 //!
 //! A workspace member of its own so that the production binary and the library carry no
-//! sandbox: it joins the sandbox crate (`klarna-stepup-sandbox`) and `klarna_stepup::server`.
+//! sandbox: it joins the sandbox crate (`klarna-stepup-sandbox`) and the server crate
+//! (`klarna-stepup-server`).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use klarna_stepup::server::{init_logging, serve, LogFormat, ProxyConfig};
 use klarna_stepup::{StepUp, StepUpConfig};
 use klarna_stepup_sandbox::{self as sandbox, DemoPorts};
+use klarna_stepup_server::{init_logging, serve, LogFormat, ProxyConfig};
 
 /// The whole Klarna step-up flow on 127.0.0.1: a local Klarna, a demo payment API with a
 /// shop, and the klarna-stepup proxy in front of it. Open the printed shop URL in a browser.
@@ -76,10 +77,9 @@ fn run(ports: Ports) -> Result<(), String> {
             payment_api: ports.payment_api,
         }))
         .map_err(|e| format!("cannot start the demo backends: {e}"))?;
-    // Klarna's webhooks go through the proxy, which verifies them and relays them on.
-    backends
-        .klarna
-        .set_webhook_url(Some(format!("{proxy_url}/klarna/webhooks")));
+    // Klarna's webhooks go through the proxy, which verifies them and relays them on; the
+    // shop sends its payments through it.
+    backends.put_behind(&proxy_url);
 
     let mut config = ProxyConfig::parse(&format!(
         "[server]\nlisten = \"127.0.0.1:{}\"\nupstream = \"{}\"\ngrace_period_secs = 1\n",
@@ -91,10 +91,13 @@ fn run(ports: Ports) -> Result<(), String> {
     println!(
         "\nklarna-stepup demo\n\
          \n  shop (through the proxy)  {proxy_url}/shop\
+         \n  each order's timeline     {proxy_url}/demo/orders\
          \n  Klarna sandbox            http://{klarna}\
          \n  payment API (behind)      http://{api}\
          \n\nOpen the shop, pay with Klarna, approve in the purchase journey: the confirmation\n\
-         page shows the payment AUTHORIZED. Or from a terminal:\n\
+         page shows the payment AUTHORIZED, and links to the order's timeline: what the shop\n\
+         sent and got, what reached the payment API, Klarna's answers, the return and the\n\
+         webhooks. Or from a terminal:\n\
          \n  curl -s {proxy_url}/payments -H 'content-type: application/json' \\\n    \
          -d '{{\"payment_method\":\"klarna\",\"amount\":11800,\"currency\":\"USD\",\"reference\":\"order-1\",\
          \"return_url\":\"{proxy_url}/shop/confirmation?reference=order-1\"}}'\n\
@@ -102,7 +105,7 @@ fn run(ports: Ports) -> Result<(), String> {
         klarna = backends.klarna_addr,
         api = backends.payment_api_addr,
     );
-    let served = serve(config);
+    let served = serve(config).map_err(|e| e.to_string());
     drop(backends);
     runtime.shutdown_background();
     served

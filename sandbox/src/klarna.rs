@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
@@ -20,7 +20,8 @@ use uuid::Uuid;
 
 use super::client::HttpClient;
 use super::clock::{parse_iso8601_duration, parse_rfc3339, rfc3339_nanos, Clock};
-use super::{format_minor_units, html_escape};
+use super::timeline::{Journal, Kind, Step, Subject};
+use super::{format_minor_units, html_escape, lock, percent_encode};
 
 const REQUEST_KRN: &str = "krn:payment:eu1:request:";
 const TRANSACTION_KRN: &str = "krn:payment:eu1:transaction:";
@@ -77,6 +78,9 @@ pub struct KlarnaSandboxConfig {
     /// When true, webhooks are lost: none is sent (a test of a partner that must cope
     /// without one). Can be changed later with [`KlarnaSandbox::set_lose_webhooks`].
     pub lose_webhooks: bool,
+    /// Where each webhook, as sent, and how it was answered are written down for the demo's
+    /// timelines; `None` (the default) keeps nothing.
+    pub journal: Option<Journal>,
 }
 
 impl std::fmt::Debug for KlarnaSandboxConfig {
@@ -90,6 +94,7 @@ impl std::fmt::Debug for KlarnaSandboxConfig {
             .field("max_requests", &self.max_requests)
             .field("webhook_delay", &self.webhook_delay)
             .field("lose_webhooks", &self.lose_webhooks)
+            .field("journal", &self.journal)
             .finish_non_exhaustive()
     }
 }
@@ -112,6 +117,7 @@ impl KlarnaSandboxConfig {
             webhook_timeout: Duration::from_secs(3),
             webhook_delay: Duration::from_secs(1),
             lose_webhooks: false,
+            journal: None,
         }
     }
 }
@@ -333,13 +339,6 @@ impl Event {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves plain data behind; keep serving it.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl KlarnaSandbox {
     /// A sandbox with empty state.
     pub fn new(config: KlarnaSandboxConfig) -> Self {
@@ -481,8 +480,19 @@ impl KlarnaSandbox {
             return;
         };
         let event_type = event.state.event_type();
+        let journal = self.shared.config.journal.clone();
+        let subject = Subject::PaymentRequest(event.request.id());
         if self.shared.lose_webhooks.load(Ordering::SeqCst) {
             tracing::info!(event_type, "sandbox webhook lost (on purpose)");
+            if let Some(journal) = journal {
+                let summary = format!(
+                    "<code>{event_type}</code>: <strong>not sent</strong> (the sandbox loses webhooks on purpose)"
+                );
+                journal.record(
+                    subject,
+                    Step::new(Kind::Webhook, SystemTime::now(), summary),
+                );
+            }
             return;
         }
         let delay = *lock(&self.shared.webhook_delay);
@@ -523,6 +533,8 @@ impl KlarnaSandbox {
         let mut backoff = config.webhook_backoff;
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
+            let (sent_at, sent) = (SystemTime::now(), std::time::Instant::now());
+            let mut answers = Vec::new();
             for attempt in 1..=attempts {
                 let headers = [
                     ("content-type", "application/json"),
@@ -532,24 +544,53 @@ impl KlarnaSandbox {
                 let outcome = client
                     .send(Method::POST, &url, &headers, body.clone())
                     .await;
+                let delivered = matches!(outcome, Ok((status, _)) if status.is_success());
                 match outcome {
                     Ok((status, _)) if status.is_success() => {
                         tracing::debug!(event_type, attempt, %status, "sandbox webhook delivered");
-                        return;
+                        answers.push(status.as_u16().to_string());
                     }
                     Ok((status, _)) => {
-                        tracing::info!(event_type, attempt, %status, "sandbox webhook refused")
+                        tracing::info!(event_type, attempt, %status, "sandbox webhook refused");
+                        answers.push(status.as_u16().to_string());
                     }
                     Err(error) => {
-                        tracing::info!(event_type, attempt, %error, "sandbox webhook failed")
+                        tracing::info!(event_type, attempt, %error, "sandbox webhook failed");
+                        answers.push(error);
                     }
+                }
+                if delivered {
+                    break;
                 }
                 if attempt < attempts {
                     tokio::time::sleep(backoff).await;
                     backoff = backoff.saturating_mul(2);
                 }
             }
+            if let Some(journal) = journal {
+                let summary = format!(
+                    "<code>{event_type}</code>, signed; answered <strong>{}</strong>{}",
+                    html_escape(&answers.join(", then ")),
+                    if answers.len() > 1 {
+                        format!(" ({} attempts)", answers.len())
+                    } else {
+                        String::new()
+                    }
+                );
+                let step = Step::new(Kind::Webhook, sent_at, summary)
+                    .took(sent.elapsed())
+                    .part("Webhook body", &body);
+                journal.record(subject, step);
+            }
         });
+    }
+
+    /// Writes down, for the demo's timelines, what the customer did in the purchase journey.
+    fn record_journey(&self, request: &PaymentRequest, summary: String) {
+        if let Some(journal) = &self.shared.config.journal {
+            let step = Step::new(Kind::Journey, SystemTime::now(), summary);
+            journal.record(Subject::PaymentRequest(request.id()), step);
+        }
     }
 
     /// Emits every event, in order.
@@ -1230,7 +1271,10 @@ async fn open_journey(State(sandbox): State<KlarnaSandbox>, Path(uuid): Path<Str
         );
     };
     match request.state {
-        PaymentRequestState::InProgress => journey_page(&request),
+        PaymentRequestState::InProgress => {
+            sandbox.record_journey(&request, "the customer opened the purchase journey".into());
+            journey_page(&request)
+        }
         state => closed_page(state),
     }
 }
@@ -1298,6 +1342,18 @@ async fn finish_journey(
             "<p>This payment request has no app to return to.</p>",
         ),
         Some(Ok(request)) => {
+            sandbox.record_journey(
+                &request,
+                format!(
+                    "the customer chose <strong>{}</strong>; Klarna sends them to the return URL{}",
+                    match target {
+                        PaymentRequestState::Completed => "approve",
+                        PaymentRequestState::Declined => "decline",
+                        _ => "cancel",
+                    },
+                    if to_app { " of the app" } else { "" }
+                ),
+            );
             let url = match (&request.app_return_url, to_app) {
                 (Some(app), true) => app,
                 _ => &request.return_url,
@@ -1350,19 +1406,6 @@ fn fill_return_url(request: &PaymentRequest, url: &str) -> String {
         }
     }
     url
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,9 +7,12 @@
 //!   page at `payment_request_url` (`{public_base_url}/pay/{uuid}`) and sends signed webhooks.
 //!   State lives in memory, bounded.
 //! - [`payment_api`]: the acquirer's "existing payment API" that the step-up layer wraps
-//!   (`POST /payments`, `POST /webhooks/klarna`, `GET /payments/{reference}`) and a shop
-//!   (`GET /shop`, `GET /shop/confirmation`).
-//! - [`start_demo_backends`]: both on loopback, wired to each other.
+//!   (`POST /payments`, `POST /webhooks/klarna`, `GET /payments/{reference}`), a shop
+//!   (`GET /shop`, `POST /shop/checkout`, `GET /shop/confirmation`) that plays the partner,
+//!   and each order's timeline (`GET /demo/orders`, `GET /demo/orders/{reference}`).
+//! - [`timeline`]: the record behind those timelines, which each part of the demo keeps on its
+//!   own side, in memory.
+//! - [`start_demo_backends`]: both on loopback, wired to each other and to one journal.
 //!
 //! # How the sandbox decides an authorize call
 //!
@@ -137,6 +140,7 @@ mod client;
 mod clock;
 pub mod klarna;
 pub mod payment_api;
+pub mod timeline;
 
 use std::net::SocketAddr;
 
@@ -145,6 +149,7 @@ use tokio::task::JoinHandle;
 
 pub use klarna::{sign_webhook, KlarnaSandbox, KlarnaSandboxConfig, PaymentRequestState};
 pub use payment_api::{PaymentApi, PaymentApiConfig};
+pub use timeline::Journal;
 
 /// Ports to bind on 127.0.0.1 for [`start_demo_backends`]; 0 picks a free one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -172,6 +177,22 @@ pub struct DemoBackends {
     /// The payment API's server task.
     pub payment_api_task: JoinHandle<std::io::Result<()>>,
 }
+
+impl DemoBackends {
+    /// Puts the backends behind the step-up proxy at `proxy_url` (its base URL, no trailing
+    /// slash) as the demo configuration ([`demo_step_up_toml`]) expects: Klarna's webhooks go
+    /// to the proxy's `/klarna/webhooks`, and the shop sends its payments to the proxy and
+    /// builds its return URLs on it (see [`PaymentApi::set_public_base_url`]).
+    pub fn put_behind(&self, proxy_url: &str) {
+        self.klarna
+            .set_webhook_url(Some(format!("{proxy_url}/klarna/webhooks")));
+        self.payment_api
+            .set_public_base_url(Some(proxy_url.to_owned()));
+    }
+}
+
+/// How many orders the demo's timelines keep (see [`Journal::new`]).
+pub const DEMO_TIMELINE_ORDERS: usize = 50;
 
 /// API key shared by the demo backends (not a secret).
 pub const DEMO_API_KEY: &str = "sandbox-api-key";
@@ -235,7 +256,9 @@ pub const DEMO_SIGNING_KEY: &[u8] = b"klarna-sandbox-signing-key";
 /// The payment API calls the sandbox with [`DEMO_API_KEY`] and [`DEMO_PARTNER_ACCOUNT_ID`] and
 /// trusts its webhook caller (no signing key: the step-up proxy in front verifies). Webhooks
 /// go straight to the payment API's `/webhooks/klarna` until
-/// [`KlarnaSandbox::set_webhook_url`] points them elsewhere, e.g. at the proxy.
+/// [`KlarnaSandbox::set_webhook_url`] points them elsewhere, e.g. at the proxy
+/// ([`DemoBackends::put_behind`]). Both record what they see in one [`Journal`] of the last
+/// [`DEMO_TIMELINE_ORDERS`] orders, which the payment API shows as each order's timeline.
 pub async fn start_demo_backends(ports: DemoPorts) -> std::io::Result<DemoBackends> {
     let klarna_listener = TcpListener::bind(("127.0.0.1", ports.klarna)).await?;
     let payment_listener = TcpListener::bind(("127.0.0.1", ports.payment_api)).await?;
@@ -252,6 +275,8 @@ pub async fn start_demo_backends_on(
     let mut klarna_config = KlarnaSandboxConfig::new(DEMO_API_KEY, format!("http://{klarna_addr}"));
     klarna_config.partner_account_id = Some(DEMO_PARTNER_ACCOUNT_ID.to_owned());
     klarna_config.webhook_url = Some(format!("http://{payment_api_addr}/webhooks/klarna"));
+    let journal = Journal::new(DEMO_TIMELINE_ORDERS);
+    klarna_config.journal = Some(journal.clone());
     let klarna = KlarnaSandbox::new(klarna_config);
     let mut payment_api_config = PaymentApiConfig::new(
         format!("http://{klarna_addr}"),
@@ -261,6 +286,7 @@ pub async fn start_demo_backends_on(
     // The layer's return notifications are signed with the demo's return key.
     payment_api_config.return_notification_key =
         demo_secret(DEMO_RETURN_KEY_ENV).map(String::into_bytes);
+    payment_api_config.journal = Some(journal);
     let payment_api = PaymentApi::new(payment_api_config);
     let klarna_task = tokio::spawn(klarna.clone().serve(klarna_listener));
     let payment_api_task = tokio::spawn(payment_api.clone().serve(payment_api_listener));
@@ -292,6 +318,26 @@ pub(crate) fn format_minor_units(amount: u64, currency: &str) -> String {
         amount % unit,
         width = decimals as usize
     )
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+pub(crate) fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Locks `mutex`. A panic while holding the lock leaves plain data behind; keep serving it.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Escapes text for HTML element content and quoted attribute values.

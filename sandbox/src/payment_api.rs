@@ -27,26 +27,37 @@
 //!   whichever comes second replays), and the answer `{"state": …}` is the order's stored
 //!   state, which the layer hands to the partner's page instead of the browser's claim.
 //! - `GET /payments/{reference}`: `{"reference", "state", "payment_transaction_id"?}`.
-//! - `GET /shop`, `GET /shop/confirmation?reference=…`: the demo shop.
+//! - `GET /shop`, `POST /shop/checkout`, `GET /shop/confirmation?reference=…`: the demo shop.
+//!   It plays the partner: its checkout sends the payment, server to server, to the step-up
+//!   proxy set with [`PaymentApi::set_public_base_url`] and sends the customer on to the
+//!   partner block's `redirect_url` (or straight to the confirmation page when Klarna
+//!   decided at once). Its form picks the sandbox's outcome: step-up (the reference as is),
+//!   approved or declined at once (the reference starts with `approve-` or `decline-`).
+//! - `GET /demo/orders`, `GET /demo/orders/{reference}`: the recent orders and each one's
+//!   timeline, from the [`Journal`] set in [`PaymentApiConfig::journal`] (404 without one):
+//!   what the shop sent and got, what reached the payment API (shown as a diff against what
+//!   the shop sent), Klarna's answers, the return and the sandbox's webhooks, with times.
 //!
 //! Order states: `CREATED`, `PENDING_STEP_UP`, `AUTHORIZED`, `DECLINED`, `EXPIRED`,
 //! `CANCELED`, `FAILED` (Klarna answered an error).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Form, Router};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::client::HttpClient;
 use super::klarna::sign_webhook;
+use super::timeline::{self, Journal, Kind, Step, Subject};
+use super::{html_escape, lock, percent_encode};
 
 /// Configuration of the demo [`PaymentApi`].
 #[derive(Clone)]
@@ -67,6 +78,10 @@ pub struct PaymentApiConfig {
     /// must carry a valid `X-Klarna-Stepup-Signature` made with this key, at most five
     /// minutes old (answered 401 otherwise). `None`: the route is off (404).
     pub return_notification_key: Option<Vec<u8>>,
+    /// Where the shop and the payment API write down what they send and get, for the
+    /// demo's timelines (`GET /demo/orders`); `None` (the default) keeps nothing and serves
+    /// no timelines.
+    pub journal: Option<Journal>,
 }
 
 impl std::fmt::Debug for PaymentApiConfig {
@@ -76,6 +91,7 @@ impl std::fmt::Debug for PaymentApiConfig {
             .field("partner_account_id", &self.partner_account_id)
             .field("verifies_webhooks", &self.webhook_signing_key.is_some())
             .field("max_orders", &self.max_orders)
+            .field("journal", &self.journal)
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +110,7 @@ impl PaymentApiConfig {
             webhook_signing_key: None,
             max_orders: 10_000,
             return_notification_key: None,
+            journal: None,
         }
     }
 }
@@ -146,6 +163,8 @@ struct Shared {
     config: PaymentApiConfig,
     orders: Mutex<Orders>,
     client: HttpClient,
+    /// Where the shop sends its payments (the step-up proxy), if set.
+    public_base_url: Mutex<Option<String>>,
 }
 
 /// The demo payment API's shared state; cheap to clone. [`PaymentApi::router`] serves it.
@@ -162,12 +181,6 @@ impl std::fmt::Debug for PaymentApi {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl PaymentApi {
     /// A payment API with no orders.
     pub fn new(config: PaymentApiConfig) -> Self {
@@ -176,6 +189,7 @@ impl PaymentApi {
                 config,
                 orders: Mutex::new(Orders::default()),
                 client: HttpClient::new(Duration::from_secs(10)),
+                public_base_url: Mutex::new(None),
             }),
         }
     }
@@ -188,7 +202,14 @@ impl PaymentApi {
             .map(|order| order.state.to_owned())
     }
 
-    /// The axum router with the API and the shop pages.
+    /// Sets the base URL (no trailing slash) of the step-up proxy in front: the shop sends
+    /// its payments to `{url}/payments` and builds its return URLs on it. Unset, the shop
+    /// cannot take payments.
+    pub fn set_public_base_url(&self, url: Option<String>) {
+        *lock(&self.shared.public_base_url) = url;
+    }
+
+    /// The axum router with the API, the shop pages and the timelines.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/payments", post(create_payment))
@@ -196,8 +217,18 @@ impl PaymentApi {
             .route("/webhooks/klarna", post(receive_webhook))
             .route("/payments/klarna-return", post(receive_return))
             .route("/shop", get(shop_page))
+            .route("/shop/checkout", post(checkout))
             .route("/shop/confirmation", get(confirmation_page))
+            .route("/demo/orders", get(orders_page))
+            .route("/demo/orders/{reference}", get(order_timeline))
             .with_state(self.clone())
+    }
+
+    /// Writes `step` down for the order `reference`, when there is a journal.
+    fn record(&self, reference: &str, step: Step) {
+        if let Some(journal) = &self.shared.config.journal {
+            journal.record(Subject::Order(reference.to_owned()), step);
+        }
     }
 
     /// Serves the payment API on `listener` until the task is dropped or fails.
@@ -241,6 +272,55 @@ impl PaymentApi {
 }
 
 impl PaymentApi {
+    /// Writes down Klarna's answer to an authorize call sent at `sent` (`what`: a few
+    /// words on why it was made, HTML), and the body sent when given.
+    fn record_klarna_answer(
+        &self,
+        reference: &str,
+        kind: Kind,
+        sent: Instant,
+        answer: &Result<(StatusCode, Bytes), String>,
+        what: &str,
+        request: Option<&Bytes>,
+    ) {
+        let mut step = match answer {
+            Ok((status, body)) => {
+                let parsed: Option<Value> = serde_json::from_slice(body).ok();
+                let text = |pointer| {
+                    parsed
+                        .as_ref()
+                        .and_then(|v: &Value| v.pointer(pointer))
+                        .and_then(Value::as_str)
+                        .map(html_escape)
+                };
+                let summary = match (
+                    text("/payment_transaction_response/result"),
+                    text("/payment_transaction_response/result_reason"),
+                    text("/error_code"),
+                ) {
+                    (Some(result), Some(reason), _) => {
+                        format!("{what}result <strong>{result}</strong> ({reason})")
+                    }
+                    (Some(result), None, _) => format!("{what}result <strong>{result}</strong>"),
+                    (None, _, Some(code)) => {
+                        format!("{what}<strong>HTTP {}</strong> {code}", status.as_u16())
+                    }
+                    (None, _, None) => format!("{what}<strong>HTTP {}</strong>", status.as_u16()),
+                };
+                Step::new(kind, SystemTime::now(), summary).part("Klarna's answer", body)
+            }
+            Err(_) => Step::new(
+                kind,
+                SystemTime::now(),
+                format!("{what}<strong>Klarna could not be reached</strong>"),
+            ),
+        };
+        if let Some(request) = request {
+            step = step.part("What the payment API sent Klarna", request);
+        }
+        self.record(reference, step.took(sent.elapsed()));
+    }
+
     /// The order of a Payment Request, by its id, else its `payment_request_reference`, else
     /// that reference as the order's own.
     fn find_order(&self, request_id: Option<&str>, reference: Option<&str>) -> Option<Order> {
@@ -349,6 +429,7 @@ fn json_bytes(status: StatusCode, body: Bytes) -> Response {
 }
 
 async fn create_payment(State(api): State<PaymentApi>, body: Bytes) -> Response {
+    let arrived = SystemTime::now();
     let Ok(Value::Object(partner)) = serde_json::from_slice::<Value>(&body) else {
         return api_error(StatusCode::BAD_REQUEST, "the body must be a JSON object");
     };
@@ -362,6 +443,21 @@ async fn create_payment(State(api): State<PaymentApi>, body: Bytes) -> Response 
             )
         }
     };
+    let summary = match partner
+        .get("step_up_config")
+        .and_then(|s| s.get("payment_request_reference"))
+    {
+        Some(reference) => format!(
+            "klarna-stepup added <strong>step_up_config</strong> (payment_request_reference <code>{}</code>)",
+            html_escape(&reference.to_string())
+        ),
+        None => "no <strong>step_up_config</strong>: klarna-stepup did not mark this payment"
+            .to_owned(),
+    };
+    api.record(
+        &reference,
+        Step::new(Kind::ReachedApi, arrived, summary).part("The request as received", &body),
+    );
     let mut klarna = Map::new();
     klarna.insert(
         "currency".into(),
@@ -442,7 +538,17 @@ async fn create_payment(State(api): State<PaymentApi>, body: Bytes) -> Response 
         }
     };
 
-    match api.authorize(first_body, &first_key, None).await {
+    let sent = Instant::now();
+    let authorized = api.authorize(first_body.clone(), &first_key, None).await;
+    api.record_klarna_answer(
+        &reference,
+        Kind::KlarnaAnswer,
+        sent,
+        &authorized,
+        "",
+        Some(&first_body),
+    );
+    match authorized {
         Ok((status, answer)) => {
             let (state, parsed) = outcome(status, &answer);
             api.update(&reference, |order| {
@@ -557,7 +663,7 @@ async fn receive_webhook(
             "the completed webhook has no token",
         );
     };
-    match finalize(&api, &order, token).await {
+    match finalize(&api, &order, token, "completed webhook").await {
         Ok(_) => StatusCode::OK.into_response(),
         Err(response) => response,
     }
@@ -566,12 +672,26 @@ async fn receive_webhook(
 /// The final authorize call with the token: the order's new state once stored, or the 502 to
 /// answer when Klarna could not be asked (so that the sender retries). Both the webhook and
 /// the return notification finalize; the same idempotency key makes the second a replay.
-async fn finalize(api: &PaymentApi, order: &Order, token: &str) -> Result<&'static str, Response> {
+async fn finalize(
+    api: &PaymentApi,
+    order: &Order,
+    token: &str,
+    via: &str,
+) -> Result<&'static str, Response> {
     let final_key = idempotency_key(&order.reference, "finalize", order.attempt);
-    match api
+    let sent = Instant::now();
+    let authorized = api
         .authorize(order.final_body.clone(), &final_key, Some(token))
-        .await
-    {
+        .await;
+    api.record_klarna_answer(
+        &order.reference,
+        Kind::FinalAuthorize,
+        sent,
+        &authorized,
+        &format!("on the {via}: "),
+        None,
+    );
+    match authorized {
         Ok((status, answer)) if !status.is_server_error() => {
             let (state, parsed) = outcome(status, &answer);
             api.update(&order.reference, |o| {
@@ -644,6 +764,7 @@ async fn receive_return(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let (arrived, started) = (SystemTime::now(), Instant::now());
     let Some(key) = &api.shared.config.return_notification_key else {
         return api_error(StatusCode::NOT_FOUND, "not found");
     };
@@ -668,10 +789,12 @@ async fn receive_return(
     let token = text("klarna_network_session_token").filter(|t| !t.is_empty());
     let state = match (order.state, text("state"), token) {
         (state, _, _) if is_final(state) => state,
-        (_, Some("COMPLETED"), Some(token)) => match finalize(&api, &order, token).await {
-            Ok(state) => state,
-            Err(response) => return response,
-        },
+        (_, Some("COMPLETED"), Some(token)) => {
+            match finalize(&api, &order, token, "return").await {
+                Ok(state) => state,
+                Err(response) => return response,
+            }
+        }
         // Any other claim is checked with Klarna itself: the Payment Request's own state.
         (state, _, _) => match api.payment_request_state(&order).await {
             Some(ended @ ("DECLINED" | "EXPIRED" | "CANCELED")) => {
@@ -681,7 +804,19 @@ async fn receive_return(
             _ => state,
         },
     };
-    axum::Json(json!({ "state": state })).into_response()
+    let answer = json!({ "state": state });
+    let summary = format!(
+        "the customer is back from Klarna, which says <code>{}</code>; the payment API answered <strong>{state}</strong>, the state klarna-stepup puts in the shop's URL",
+        html_escape(text("state").unwrap_or("nothing"))
+    );
+    api.record(
+        &order.reference,
+        Step::new(Kind::Return, arrived, summary)
+            .took(started.elapsed())
+            .part("klarna-stepup's return notification", &body)
+            .part("The payment API's answer", answer.to_string().as_bytes()),
+    );
+    axum::Json(answer).into_response()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -692,11 +827,16 @@ body { font-family: system-ui, sans-serif; background: #fafafa; margin: 0; }
 main { max-width: 28rem; margin: 3rem auto; background: #fff; padding: 2rem; border-radius: 1rem; box-shadow: 0 1px 4px #0002; }
 .price { font-size: 1.6rem; font-weight: bold; }
 button { padding: .8rem 1.2rem; font-size: 1rem; border: 0; border-radius: .5rem; background: #ffb3c7; cursor: pointer; }
+label, select { display: block; margin: .3rem 0 1rem; }
+.small { font-size: .85rem; color: #666; }
 #error { color: #b00020; }
 </style>"#;
 
-async fn shop_page() -> Html<String> {
-    Html(format!(
+/// The product the shop sells, in minor units of USD.
+const PRICE: u64 = 11800;
+
+fn shop_html(error: &str) -> String {
+    format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -704,51 +844,183 @@ async fn shop_page() -> Html<String> {
 <body><main>
 <h1>Demo shop</h1>
 <p id="product">Espresso machine</p>
-<p class="price" id="price">118.00 USD</p>
-<button id="pay" type="button">Pay with Klarna</button>
-<p id="error" role="alert"></p>
-</main>
-<script>
-document.getElementById("pay").addEventListener("click", async () => {{
-  const button = document.getElementById("pay");
-  const error = document.getElementById("error");
-  button.disabled = true;
-  error.textContent = "";
-  const reference = "order-" + Math.random().toString(36).slice(2, 12);
-  const body = {{
-    payment_method: "klarna",
-    amount: 11800,
-    currency: "USD",
-    reference,
-    return_url: location.origin + "/shop/confirmation?reference=" + encodeURIComponent(reference)
-      + "&state={{klarna.payment_request.state}}",
-    line_items: [{{ name: "Espresso machine", quantity: 1, unit_price: 11800, total_amount: 11800 }}],
-  }};
-  try {{
-    const response = await fetch("/payments", {{
-      method: "POST",
-      headers: {{ "Content-Type": "application/json" }},
-      body: JSON.stringify(body),
-    }});
-    const answer = await response.json().catch(() => ({{}}));
-    if (answer.status === "pending" && answer.redirect_url) {{
-      location = answer.redirect_url;
-      return;
-    }}
-    error.textContent = "Payment not started: " + JSON.stringify(answer);
-  }} catch (e) {{
-    error.textContent = "Payment not started: " + e;
-  }}
-  button.disabled = false;
-}});
-</script>
-</body></html>
-"#
-    ))
+<p class="price" id="price">{price}</p>
+<form method="post" action="/shop/checkout">
+<label for="scenario" class="small">Klarna sandbox outcome</label>
+<select id="scenario" name="scenario">
+<option value="step-up" selected>step-up: the customer approves at Klarna</option>
+<option value="approve">approved at once (no step-up)</option>
+<option value="decline">declined at once</option>
+</select>
+<button id="pay" type="submit">Pay with Klarna</button>
+</form>
+<p id="error" role="alert">{error}</p>
+<p class="small"><a id="orders" href="/demo/orders">What happened to each order: the timelines</a></p>
+</main></body></html>
+"#,
+        price = super::format_minor_units(PRICE, "USD"),
+        error = html_escape(error),
+    )
 }
 
-async fn confirmation_page() -> Html<String> {
-    Html(format!(
+async fn shop_page() -> Html<String> {
+    Html(shop_html(""))
+}
+
+/// The shop's checkout form.
+#[derive(serde::Deserialize)]
+struct Checkout {
+    #[serde(default)]
+    scenario: String,
+}
+
+/// The shop as the partner: sends the payment to the step-up proxy, server to server, writes
+/// down what it sent and got, and sends the customer on.
+async fn checkout(State(api): State<PaymentApi>, Form(form): Form<Checkout>) -> Response {
+    let not_started = |why: String| {
+        (
+            StatusCode::BAD_GATEWAY,
+            Html(shop_html(&format!("Payment not started: {why}"))),
+        )
+            .into_response()
+    };
+    let Some(base) = lock(&api.shared.public_base_url).clone() else {
+        return not_started("the shop does not know where the payment API is".to_owned());
+    };
+    let prefix = match form.scenario.as_str() {
+        "approve" => "approve-",
+        "decline" => "decline-",
+        _ => "",
+    };
+    let reference = format!(
+        "{prefix}order-{}",
+        &Uuid::new_v4().simple().to_string()[..10]
+    );
+    let confirmation = format!(
+        "{base}/shop/confirmation?reference={}",
+        percent_encode(&reference)
+    );
+    let request = Bytes::from(
+        json!({
+            "payment_method": "klarna",
+            "amount": PRICE,
+            "currency": "USD",
+            "reference": reference,
+            "return_url": format!("{confirmation}&state={{klarna.payment_request.state}}"),
+            "line_items": [{ "name": "Espresso machine", "quantity": 1, "unit_price": PRICE, "total_amount": PRICE }],
+        })
+        .to_string(),
+    );
+    api.record(
+        &reference,
+        Step::new(
+            Kind::PartnerRequest,
+            SystemTime::now(),
+            format!(
+                "a Klarna payment of {}, back to the shop's confirmation page",
+                super::format_minor_units(PRICE, "USD")
+            ),
+        )
+        .part("The request as sent", &request),
+    );
+    let sent = Instant::now();
+    let answer = api
+        .shared
+        .client
+        .exchange(
+            Method::POST,
+            &format!("{base}/payments"),
+            &[("content-type", "application/json")],
+            request,
+        )
+        .await;
+    let (status, headers, body) = match answer {
+        Ok(answer) => answer,
+        Err(error) => {
+            api.record(
+                &reference,
+                Step::new(
+                    Kind::PartnerBlock,
+                    SystemTime::now(),
+                    "<strong>no answer</strong>",
+                )
+                .took(sent.elapsed()),
+            );
+            return not_started(error);
+        }
+    };
+    let block: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let text = |key: &str| block.get(key).and_then(Value::as_str);
+    let marked = headers
+        .get("x-klarna-stepup")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| format!(" · <code>x-klarna-stepup: {}</code>", html_escape(v)))
+        .unwrap_or_default();
+    let summary = match (text("status"), text("redirect_url")) {
+        (Some(state), Some(url)) => format!(
+            "HTTP {} · status <strong>{}</strong> · redirect_url <strong>{}</strong>{marked}",
+            status.as_u16(),
+            html_escape(state),
+            html_escape(url)
+        ),
+        (Some(state), None) => format!(
+            "HTTP {} · status <strong>{}</strong>{marked}",
+            status.as_u16(),
+            html_escape(state)
+        ),
+        _ => format!("<strong>HTTP {}</strong>{marked}", status.as_u16()),
+    };
+    api.record(
+        &reference,
+        Step::new(Kind::PartnerBlock, SystemTime::now(), summary)
+            .took(sent.elapsed())
+            .part("The answer as received", &body),
+    );
+    let next = match (status.is_success(), text("status"), text("redirect_url")) {
+        (true, Some("pending"), Some(url)) => url.to_owned(),
+        (true, Some("authorized" | "declined"), _) => confirmation,
+        _ => {
+            return not_started(format!(
+                "HTTP {}: {}",
+                status.as_u16(),
+                String::from_utf8_lossy(&body)
+            ))
+        }
+    };
+    match HeaderValue::from_str(&next) {
+        Ok(location) => (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response(),
+        Err(_) => not_started("the redirect URL cannot be used".to_owned()),
+    }
+}
+
+async fn confirmation_page(
+    State(api): State<PaymentApi>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let reference = query.get("reference").map(String::as_str).unwrap_or("");
+    if let (Some(journal), false) = (&api.shared.config.journal, reference.is_empty()) {
+        let summary = match query.get("state") {
+            Some(state) => format!(
+                "the shop's page got <strong>state={}</strong>",
+                html_escape(state)
+            ),
+            None => "the shop's page, without a state: the shop sent the customer there itself"
+                .to_owned(),
+        };
+        journal.append(
+            Subject::Order(reference.to_owned()),
+            Step::new(Kind::CustomerBack, SystemTime::now(), summary),
+        );
+    }
+    let timeline = if api.shared.config.journal.is_some() && !reference.is_empty() {
+        format!(
+            r#"<p class="small"><a id="timeline" href="{}">What happened: this order's timeline</a></p>"#,
+            timeline::order_href(reference)
+        )
+    } else {
+        String::new()
+    };
+    let html = format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -757,6 +1029,7 @@ async fn confirmation_page() -> Html<String> {
 <h1>Your order</h1>
 <p>Reference: <span id="reference"></span></p>
 <p>Payment: <strong id="state">checking…</strong></p>
+{timeline}
 </main>
 <script>
 const reference = new URLSearchParams(location.search).get("reference") || "";
@@ -776,5 +1049,46 @@ poll();
 </script>
 </body></html>
 "#
+    );
+    Html(html).into_response()
+}
+
+// ---------------------------------------------------------------------------------------
+// Timelines
+
+/// A page that is never cached (it changes as the flow goes on).
+fn fresh_page(html: String) -> Response {
+    let mut response = Html(html).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn orders_page(State(api): State<PaymentApi>) -> Response {
+    let Some(journal) = &api.shared.config.journal else {
+        return api_error(StatusCode::NOT_FOUND, "no timelines are kept");
+    };
+    fresh_page(timeline::index_page(&journal.orders(), |reference| {
+        api.order_state(reference)
+    }))
+}
+
+async fn order_timeline(State(api): State<PaymentApi>, Path(reference): Path<String>) -> Response {
+    let Some(journal) = &api.shared.config.journal else {
+        return api_error(StatusCode::NOT_FOUND, "no timelines are kept");
+    };
+    let order = lock(&api.shared.orders)
+        .by_reference
+        .get(&reference)
+        .cloned();
+    let mut subjects = vec![Subject::Order(reference.clone())];
+    if let Some(id) = order.as_ref().and_then(|o| o.payment_request_id.clone()) {
+        subjects.push(Subject::PaymentRequest(id));
+    }
+    fresh_page(timeline::order_page(
+        &reference,
+        order.map(|o| o.state),
+        &journal.steps(&subjects),
     ))
 }

@@ -950,6 +950,17 @@ async fn payment_api_takes_only_signed_return_notifications() {
     demo.payment_api_task.abort();
 }
 
+/// The shop's Pay button (its step-up choice).
+async fn shop_checkout(api: &str) -> Answer {
+    send(
+        Method::POST,
+        &format!("{api}/shop/checkout"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "scenario=step-up",
+    )
+    .await
+}
+
 #[tokio::test]
 async fn demo_backends_record_a_decline_and_serve_the_shop() {
     let demo = start_demo_backends(DemoPorts::default())
@@ -966,9 +977,54 @@ async fn demo_backends_record_a_decline_and_serve_the_shop() {
     let shop = get(&format!("{api}/shop")).await;
     assert_eq!(shop.status, StatusCode::OK);
     assert!(shop.text().contains(r#"id="pay""#));
-    assert!(shop.text().contains("{klarna.payment_request.state}"));
+    assert!(shop.text().contains(r#"action="/shop/checkout""#));
+    // Not put behind a proxy: the shop cannot take payments, and says so.
+    let checkout = shop_checkout(&api).await;
+    assert_eq!(checkout.status, StatusCode::BAD_GATEWAY);
+    assert!(checkout.text().contains("Payment not started"));
     let confirmation = get(&format!("{api}/shop/confirmation?reference=x")).await;
     assert!(confirmation.text().contains(r#"id="state""#));
+    demo.klarna_task.abort();
+    demo.payment_api_task.abort();
+}
+
+/// Without the step-up layer (the shop sends its payment straight to the payment API), the
+/// timeline shows why Klarna declines: nothing added the `step_up_config`.
+#[tokio::test]
+async fn the_timeline_shows_a_payment_that_skipped_the_layer() {
+    let demo = start_demo_backends(DemoPorts::default())
+        .await
+        .expect("demo");
+    let api = format!("http://{}", demo.payment_api_addr);
+    demo.payment_api.set_public_base_url(Some(api.clone()));
+    let checkout = shop_checkout(&api).await;
+    // Klarna's own answer reached the shop, which does not know it: no payment.
+    assert_eq!(checkout.status, StatusCode::BAD_GATEWAY);
+    assert!(checkout
+        .text()
+        .contains("STEP_UP_REQUIRED_BUT_NOT_CONFIGURED"));
+    let orders = get(&format!("{api}/demo/orders")).await.text();
+    let reference = orders
+        .split(r#"<a href="/demo/orders/"#)
+        .nth(1)
+        .and_then(|link| link.split('"').next())
+        .unwrap_or_else(|| panic!("no order listed: {orders}"))
+        .to_owned();
+    let page = get(&format!("{api}/demo/orders/{reference}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let page = page.text();
+    for shown in [
+        "step-partner-request",
+        "no <strong>step_up_config</strong>: klarna-stepup did not mark this payment",
+        "result <strong>DECLINED</strong> (STEP_UP_REQUIRED_BUT_NOT_CONFIGURED)",
+        "step-partner-block",
+        r#"id="no-step-up""#,
+    ] {
+        assert!(page.contains(shown), "{shown}: {page}");
+    }
+    // Nothing changed the request on its way.
+    assert!(page.contains(r#"id="unchanged""#), "{page}");
+    assert!(!page.contains(r#"<pre class="diff""#), "{page}");
     demo.klarna_task.abort();
     demo.payment_api_task.abort();
 }

@@ -5,9 +5,10 @@
 //! Validation happens once, in [`StepUp::new`](crate::StepUp::new).
 
 use super::{
-    AcquirerRedirectConfig, AcquirerReturnConfig, DefaultsConfig, DetectConfig, KeyConfig,
-    KlarnaConfig, PartnerEntry, PartnerFieldsConfig, PartnerResponseConfig, PartnersConfig,
-    Placement, ReturnUrlPolicyConfig, RouteConfig, StepUpConfig, UnknownPartner, WebhooksConfig,
+    AcquirerRedirectConfig, AcquirerReturnConfig, DefaultsConfig, DetectConfig, HttpStatusConfig,
+    KeyConfig, KeyStyle, KlarnaConfig, PartnerEntry, PartnerFieldsConfig, PartnerKeysConfig,
+    PartnerResponseConfig, PartnersConfig, Placement, ReturnUrlPolicyConfig, RouteConfig,
+    StepUpConfig, UnknownPartner, WebhooksConfig,
 };
 
 /// The strings of a list key.
@@ -20,8 +21,8 @@ where
 }
 
 /// Setters named as their keys: `string` (any `Into<String>`), `strings` (any list of them),
-/// `some_string` and `some_strings` (the same, for keys that may be left out) and `value`
-/// (the key's own type).
+/// `some_string` and `some_strings` (the same, for keys that may be left out), `value` (the
+/// key's own type) and `some_value` (the same, for a key that may be left out).
 macro_rules! setters {
     ($ty:ty { $($(#[$doc:meta])* $name:ident: $kind:ident $(<$t:ty>)?,)* }) => {
         impl $ty {
@@ -61,6 +62,13 @@ macro_rules! setters {
             S: Into<String>,
         {
             self.$name = Some(strings(values));
+            self
+        }
+    };
+    (@one $(#[$doc:meta])* $name:ident some_value $t:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $t) -> Self {
+            self.$name = Some(value);
             self
         }
     };
@@ -261,6 +269,44 @@ setters!(PartnerResponseConfig {
     redirect_url: string,
     /// `partner_response.placement`: where the partner block goes.
     placement: value<Placement>,
+    /// `partner_response.key_style`: how the block's keys are spelled.
+    key_style: value<KeyStyle>,
+    /// `[partner_response.keys]`, the whole table: the block's key names.
+    keys: value<PartnerKeysConfig>,
+    /// `[partner_response.http_status]`, the whole table: the status of each result.
+    http_status: value<HttpStatusConfig>,
+});
+
+setters!(PartnerKeysConfig {
+    /// `partner_response.keys.status`: the name of the block's `status`.
+    status: some_string,
+    /// `partner_response.keys.redirect_url`: the name of `redirect_url`.
+    redirect_url: some_string,
+    /// `partner_response.keys.klarna`: the name of the `klarna` object.
+    klarna: some_string,
+    /// `partner_response.keys.payment_request_id`: the name of `klarna.payment_request_id`.
+    payment_request_id: some_string,
+    /// `partner_response.keys.payment_request_url`: the name of `klarna.payment_request_url`.
+    payment_request_url: some_string,
+    /// `partner_response.keys.payment_request_data`: the name of
+    /// `klarna.payment_request_data`.
+    payment_request_data: some_string,
+    /// `partner_response.keys.expires_at`: the name of `klarna.expires_at`.
+    expires_at: some_string,
+    /// `partner_response.keys.klarna_network_response_data`: the name of
+    /// `klarna.klarna_network_response_data`.
+    klarna_network_response_data: some_string,
+    /// `partner_response.keys.result_reason`: the name of `klarna.result_reason`.
+    result_reason: some_string,
+});
+
+setters!(HttpStatusConfig {
+    /// `partner_response.http_status.step_up_required`: the status of the pending block.
+    step_up_required: some_value<u16>,
+    /// `partner_response.http_status.approved`: the status of the authorized block.
+    approved: some_value<u16>,
+    /// `partner_response.http_status.declined`: the status of the declined block.
+    declined: some_value<u16>,
 });
 
 setters!(AcquirerReturnConfig {
@@ -402,6 +448,23 @@ authorized = "succeeded"
 declined = "failed"
 redirect_url = "https://pay.acquirer.example/r/{payment_request_id}"
 placement = "top_level"
+key_style = "camelCase"
+
+[partner_response.keys]
+status = "state"
+redirect_url = "stepUpUrl"
+klarna = "provider"
+payment_request_id = "requestId"
+payment_request_url = "requestUrl"
+payment_request_data = "requestData"
+expires_at = "validUntil"
+klarna_network_response_data = "networkData"
+result_reason = "reason"
+
+[partner_response.http_status]
+step_up_required = 403
+approved = 201
+declined = 402
 
 [acquirer_return]
 enabled = true
@@ -503,7 +566,26 @@ id = "shop-b"
                     .authorized("succeeded")
                     .declined("failed")
                     .redirect_url("https://pay.acquirer.example/r/{payment_request_id}")
-                    .placement(Placement::TopLevel),
+                    .placement(Placement::TopLevel)
+                    .key_style(KeyStyle::CamelCase)
+                    .keys(
+                        PartnerKeysConfig::default()
+                            .status("state")
+                            .redirect_url("stepUpUrl")
+                            .klarna("provider")
+                            .payment_request_id("requestId")
+                            .payment_request_url("requestUrl")
+                            .payment_request_data("requestData")
+                            .expires_at("validUntil")
+                            .klarna_network_response_data("networkData")
+                            .result_reason("reason"),
+                    )
+                    .http_status(
+                        HttpStatusConfig::default()
+                            .step_up_required(403)
+                            .approved(201)
+                            .declined(402),
+                    ),
             )
             .acquirer_return(
                 AcquirerReturnConfig::new("https://pay.acquirer.example", "k2", "RETURN_KEY_2")

@@ -520,6 +520,142 @@ pub struct PartnerResponseConfig {
     /// Where the partner block goes in the payment API's answer (default
     /// [`Placement::InPlace`]).
     pub placement: Placement,
+    /// How the block's keys are spelled unless [`keys`](Self::keys) names one (default
+    /// [`KeyStyle::SnakeCase`], the guide's names).
+    pub key_style: KeyStyle,
+    /// The name of each key of the block, by the guide's name: `redirect_url = "stepUpUrl"`.
+    /// A key left out is spelled as [`key_style`](Self::key_style) says. Once validated, the
+    /// effective configuration ([`StepUp::config`](crate::StepUp::config), `check-config`)
+    /// names every key.
+    pub keys: PartnerKeysConfig,
+    /// The HTTP status of each rewritten answer, by Klarna's result (default: none, the
+    /// payment API's own status).
+    pub http_status: HttpStatusConfig,
+}
+
+/// How the partner block's keys are spelled: `partner_response.key_style`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum KeyStyle {
+    /// `"snake_case"` (the default): the guide's names, `redirect_url`, `payment_request_id`.
+    #[default]
+    #[serde(rename = "snake_case")]
+    SnakeCase,
+    /// `"camelCase"`: `redirectUrl`, `paymentRequestId`, `expiresAt`.
+    #[serde(rename = "camelCase")]
+    CamelCase,
+}
+
+impl KeyStyle {
+    /// `name` (one of the guide's snake_case names) in this style.
+    pub fn spell(self, name: &str) -> String {
+        match self {
+            KeyStyle::SnakeCase => name.to_owned(),
+            KeyStyle::CamelCase => {
+                let mut out = String::with_capacity(name.len());
+                let mut upper = false;
+                for c in name.chars() {
+                    match c {
+                        '_' => upper = true,
+                        c if upper => {
+                            out.extend(c.to_uppercase());
+                            upper = false;
+                        }
+                        c => out.push(c),
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// The names of the partner block's keys, each by the guide's name:
+/// `partner_response.keys`. A key left out (`None`) is spelled as
+/// `partner_response.key_style` says. Names are 1 to 64 characters, none a control
+/// character, and differ (in any case) from the other keys of the same object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PartnerKeysConfig {
+    /// The block's `status` (every result).
+    pub status: Option<String>,
+    /// `redirect_url` (`STEP_UP_REQUIRED`): where the partner sends the customer.
+    pub redirect_url: Option<String>,
+    /// The `klarna` object (every result).
+    pub klarna: Option<String>,
+    /// `klarna.payment_request_id` (`STEP_UP_REQUIRED`).
+    pub payment_request_id: Option<String>,
+    /// `klarna.payment_request_url` (`STEP_UP_REQUIRED`).
+    pub payment_request_url: Option<String>,
+    /// `klarna.payment_request_data` (`STEP_UP_REQUIRED`).
+    pub payment_request_data: Option<String>,
+    /// `klarna.expires_at` (`STEP_UP_REQUIRED`, when Klarna gave one).
+    pub expires_at: Option<String>,
+    /// `klarna.klarna_network_response_data` (every result, when Klarna sent some).
+    pub klarna_network_response_data: Option<String>,
+    /// `klarna.result_reason` (`DECLINED`, when Klarna gave one).
+    pub result_reason: Option<String>,
+}
+
+impl PartnerKeysConfig {
+    /// Each key's guide name and its configured name: the top-level keys first (`status`,
+    /// `redirect_url`, `klarna`), then those of the `klarna` object.
+    pub(crate) fn entries(&self) -> [(&'static str, &Option<String>); 9] {
+        [
+            ("status", &self.status),
+            ("redirect_url", &self.redirect_url),
+            ("klarna", &self.klarna),
+            ("payment_request_id", &self.payment_request_id),
+            ("payment_request_url", &self.payment_request_url),
+            ("payment_request_data", &self.payment_request_data),
+            ("expires_at", &self.expires_at),
+            (
+                "klarna_network_response_data",
+                &self.klarna_network_response_data,
+            ),
+            ("result_reason", &self.result_reason),
+        ]
+    }
+
+    fn entries_mut(&mut self) -> [&mut Option<String>; 9] {
+        [
+            &mut self.status,
+            &mut self.redirect_url,
+            &mut self.klarna,
+            &mut self.payment_request_id,
+            &mut self.payment_request_url,
+            &mut self.payment_request_data,
+            &mut self.expires_at,
+            &mut self.klarna_network_response_data,
+            &mut self.result_reason,
+        ]
+    }
+
+    /// Every key named: those left out spelled in `style`.
+    pub(crate) fn resolve(&mut self, style: KeyStyle) {
+        let guide = self.entries().map(|(g, _)| g);
+        for (slot, g) in self.entries_mut().into_iter().zip(guide) {
+            if slot.is_none() {
+                *slot = Some(style.spell(g));
+            }
+        }
+    }
+}
+
+/// The HTTP status of each rewritten answer, by Klarna's result:
+/// `partner_response.http_status`. A result left out keeps the payment API's status. Each
+/// is a 2xx that carries a body (not 204, 205 or 206) or a 4xx.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HttpStatusConfig {
+    /// For `STEP_UP_REQUIRED` (the pending block), e.g. 403.
+    pub step_up_required: Option<u16>,
+    /// For `APPROVED`, e.g. 201.
+    pub approved: Option<u16>,
+    /// For `DECLINED`, e.g. 402.
+    pub declined: Option<u16>,
 }
 
 /// Where the partner block goes in the payment API's answer: `partner_response.placement`.
@@ -546,6 +682,9 @@ impl Default for PartnerResponseConfig {
             declined: "declined".into(),
             redirect_url: "{payment_request_url}".into(),
             placement: Placement::InPlace,
+            key_style: KeyStyle::SnakeCase,
+            keys: PartnerKeysConfig::default(),
+            http_status: HttpStatusConfig::default(),
         }
     }
 }

@@ -2,11 +2,14 @@
 //! done once at start.
 
 use super::acquirer_return::ReturnEndpoint;
+use super::partner_block::{BlockKeys, HttpStatus};
 use super::return_url::{PurchaseJourney, ReturnUrlPolicy};
 use super::routes::RoutePattern;
 use super::webhook::Webhooks;
 use super::Engine;
-use crate::config::{ConfigErrors, Placement, Problems, StepUpConfig};
+use crate::config::{
+    ConfigErrors, HttpStatusConfig, PartnerResponseConfig, Placement, Problems, StepUpConfig,
+};
 
 /// The checks below that read keys besides their own, as
 /// [`checkable`](crate::config::read::checkable) takes them: the key (or table) of an error,
@@ -18,6 +21,10 @@ pub(crate) const CROSS_KEY_CHECKS: &[(&str, &[&str])] = &[
     ("defaults.return_url", &["return_url_policy"]),
     ("defaults.app_return_url", &["return_url_policy"]),
     ("partner_response.placement", &["klarna_answer_at"]),
+    (
+        "partner_response.keys",
+        &["partner_response.keys", "partner_response.key_style"],
+    ),
     (
         "acquirer_return",
         &["return_url_policy", "acquirer_redirect", "partner_response"],
@@ -155,6 +162,8 @@ pub(super) fn compile(
             "\"top_level\" needs klarna_answer_at (the place of Klarna's answer to remove)",
         );
     }
+    let block_keys = block_keys(&mut c.partner_response, &mut p);
+    let http_status = http_status(&c.partner_response.http_status, &mut p);
     let expiry = c
         .defaults
         .interaction_expiry
@@ -238,6 +247,8 @@ pub(super) fn compile(
         policy,
         journey,
         redirect_template,
+        block_keys,
+        http_status,
         acquirer_return,
         webhooks,
         idempotency_header,
@@ -401,6 +412,88 @@ fn webhooks(
     })
 }
 
+/// The partner block's key names (`partner_response.keys`, else `key_style`), each checked,
+/// written back into the configuration so that it names every key.
+fn block_keys(c: &mut PartnerResponseConfig, p: &mut Problems) -> BlockKeys {
+    for (guide, name) in c.keys.entries() {
+        if let Some(name) = name {
+            if !(1..=64).contains(&name.len()) || !name.bytes().all(|b| b.is_ascii_graphic()) {
+                p.add(
+                    format!("partner_response.keys.{guide}"),
+                    "must be 1 to 64 visible ASCII characters",
+                );
+            }
+        }
+    }
+    let configured: Vec<bool> = c.keys.entries().iter().map(|(_, n)| n.is_some()).collect();
+    c.keys.resolve(c.key_style);
+    let entries = c.keys.entries();
+    let names: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|(guide, name)| (*guide, name.as_deref().unwrap_or(guide)))
+        .collect();
+    // One object must not have two members a partner may read as one: the top level
+    // (`status`, `redirect_url`, `klarna`) and the `klarna` object, compared in any case
+    // (a Go partner reads `Status` as `status`).
+    for group in [0..3, 3..names.len()] {
+        for j in group.clone() {
+            for i in group.start..j {
+                if !names[i].1.eq_ignore_ascii_case(names[j].1) {
+                    continue;
+                }
+                // Named where the configuration set it (the other may be key_style's).
+                let (at, other) = if configured[j] { (j, i) } else { (i, j) };
+                p.add(
+                    format!("partner_response.keys.{}", names[at].0),
+                    format!(
+                        "{:?} is also the name of partner_response.keys.{} ({:?}): one object \
+                         of the block would have two members a partner may read as one \
+                         (compared in any case)",
+                        names[at].1, names[other].0, names[other].1
+                    ),
+                );
+            }
+        }
+    }
+    let name = |i: usize| names[i].1.to_owned();
+    BlockKeys {
+        status: name(0),
+        redirect_url: name(1),
+        klarna: name(2),
+        payment_request_id: name(3),
+        payment_request_url: name(4),
+        payment_request_data: name(5),
+        expires_at: name(6),
+        klarna_network_response_data: name(7),
+        result_reason: name(8),
+    }
+}
+
+/// The HTTP status of each rewritten answer (`partner_response.http_status`): a 2xx that
+/// carries a body or a 4xx. A redirect needs a `Location`, a 5xx says the service failed (a
+/// partner may retry it, or alert), and 204, 205 and 206 cannot carry the block.
+fn http_status(c: &HttpStatusConfig, p: &mut Problems) -> HttpStatus {
+    let mut check = |key: &str, code: Option<u16>| {
+        let code = code?;
+        let fits = matches!(code, 200..=203 | 207..=299 | 400..=499);
+        match http::StatusCode::from_u16(code) {
+            Ok(status) if fits => Some(status),
+            _ => {
+                p.add(
+                    format!("partner_response.http_status.{key}"),
+                    "must be a 2xx that carries a body (not 204, 205 or 206) or a 4xx",
+                );
+                None
+            }
+        }
+    };
+    HttpStatus {
+        step_up_required: check("step_up_required", c.step_up_required),
+        approved: check("approved", c.approved),
+        declined: check("declined", c.declined),
+    }
+}
+
 fn dot_path(key: &str, path: &str, p: &mut Problems) -> Vec<String> {
     if path.is_empty() {
         return Vec::new();
@@ -494,6 +587,232 @@ impl TemplatePart {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::StepUp;
+
+    /// Every error of `toml` as `key: reason`.
+    fn errors(toml: &str) -> Vec<(String, String)> {
+        StepUp::from_toml(toml)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| (e.key, e.reason))
+            .collect()
+    }
+
+    #[test]
+    fn block_key_names_are_checked_by_key() {
+        let errs = errors(
+            r#"
+            [partner_response.keys]
+            redirect_url = ""
+            klarna = "klarna block"
+            payment_request_id = "x\ty"
+            expires_at = "é"
+            result_reason = "rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr"
+            "#,
+        );
+        let keys: Vec<&str> = errs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "partner_response.keys.redirect_url",
+                "partner_response.keys.klarna",
+                "partner_response.keys.payment_request_id",
+                "partner_response.keys.expires_at",
+                "partner_response.keys.result_reason",
+            ],
+            "{errs:?}"
+        );
+        assert!(errs
+            .iter()
+            .all(|(_, r)| r == "must be 1 to 64 visible ASCII characters"));
+    }
+
+    #[test]
+    fn an_unknown_block_key_is_named_with_its_place() {
+        let text = "[partner_response]
+key_style = \"camelCase\"
+\
+                    keys = { redirct_url = \"stepUpUrl\" }
+";
+        let err = StepUp::from_toml(text).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!(err.0[0].key, "partner_response.keys.redirct_url");
+        assert_eq!(err.0[0].location, Some((3, 10)));
+        let reason = &err.0[0].reason;
+        assert!(
+            reason.starts_with("unknown field `redirct_url`"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("`redirect_url`"),
+            "names the keys: {reason}"
+        );
+
+        let err = StepUp::from_toml(
+            "[partner_response]
+key_style = \"kebab-case\"
+",
+        )
+        .unwrap_err();
+        assert_eq!(err.0[0].key, "partner_response.key_style");
+        assert!(err.0[0].reason.contains("camelCase"), "{err}");
+    }
+
+    #[test]
+    fn two_members_of_one_object_under_one_name_are_refused() {
+        // The top level: configured against configured, in any case.
+        assert_eq!(
+            errors(
+                "[partner_response.keys]
+status = \"state\"
+klarna = \"State\"
+"
+            ),
+            [(
+                "partner_response.keys.klarna".to_owned(),
+                "\"State\" is also the name of partner_response.keys.status (\"state\"): one \
+                 object of the block would have two members a partner may read as one \
+                 (compared in any case)"
+                    .to_owned()
+            )]
+        );
+        // Against a name key_style gave: the error is where the configuration set one,
+        // even when that key comes first.
+        let errs = errors(
+            "[partner_response]
+key_style = \"camelCase\"
+\
+             keys = { payment_request_id = \"expiresAt\", status = \"redirectUrl\" }
+",
+        );
+        let keys: Vec<&str> = errs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "partner_response.keys.status",
+                "partner_response.keys.payment_request_id",
+            ],
+            "{errs:?}"
+        );
+        assert!(
+            errs[1]
+                .1
+                .contains("partner_response.keys.expires_at (\"expiresAt\")"),
+            "{errs:?}"
+        );
+        // Members of different objects may share a name.
+        StepUp::from_toml(
+            "[partner_response.keys]
+status = \"result_reason\"
+",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_effective_configuration_names_every_block_key() {
+        let step_up = StepUp::from_toml(
+            "[partner_response]
+key_style = \"camelCase\"
+keys = { redirect_url = \"stepUpUrl\" }
+",
+        )
+        .unwrap();
+        let keys = &step_up.config().partner_response.keys;
+        let named: Vec<(&str, &str)> = keys
+            .entries()
+            .iter()
+            .map(|(g, n)| (*g, n.as_deref().unwrap()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("status", "status"),
+                ("redirect_url", "stepUpUrl"),
+                ("klarna", "klarna"),
+                ("payment_request_id", "paymentRequestId"),
+                ("payment_request_url", "paymentRequestUrl"),
+                ("payment_request_data", "paymentRequestData"),
+                ("expires_at", "expiresAt"),
+                ("klarna_network_response_data", "klarnaNetworkResponseData"),
+                ("result_reason", "resultReason"),
+            ]
+        );
+        // Read back, the spelled-out configuration is the same.
+        let again =
+            crate::StepUpConfig::from_toml(&toml::to_string(step_up.config()).unwrap()).unwrap();
+        assert_eq!(StepUp::new(again).unwrap().config(), step_up.config());
+        // The default names every key by the guide's name.
+        let default = StepUp::from_toml("").unwrap();
+        for (guide, name) in default.config().partner_response.keys.entries() {
+            assert_eq!(name.as_deref(), Some(guide));
+        }
+    }
+
+    #[test]
+    fn http_statuses_are_a_2xx_with_a_body_or_a_4xx() {
+        for ok in [200, 201, 202, 207, 400, 402, 403, 409, 422, 499] {
+            let toml = format!(
+                "[partner_response.http_status]
+step_up_required = {ok}
+"
+            );
+            let s = StepUp::from_toml(&toml).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(
+                s.inner.http_status.step_up_required.map(|s| s.as_u16()),
+                Some(ok)
+            );
+        }
+        for bad in [0, 99, 100, 101, 204, 205, 206, 301, 303, 500, 503, 600, 999] {
+            let toml = format!(
+                "[partner_response.http_status]
+declined = {bad}
+"
+            );
+            assert_eq!(
+                errors(&toml),
+                [(
+                    "partner_response.http_status.declined".to_owned(),
+                    "must be a 2xx that carries a body (not 204, 205 or 206) or a 4xx".to_owned()
+                )],
+                "{bad}"
+            );
+        }
+        let err = StepUp::from_toml(
+            "[partner_response.http_status]
+pending = 403
+",
+        )
+        .unwrap_err();
+        assert_eq!(err.0[0].key, "partner_response.http_status.pending");
+        assert!(err.0[0].reason.contains("`step_up_required`"), "{err}");
+        let err = StepUp::from_toml(
+            "[partner_response.http_status]
+approved = 70000
+",
+        )
+        .unwrap_err();
+        assert_eq!(err.0[0].key, "partner_response.http_status.approved");
+    }
+
+    #[test]
+    fn key_styles_spell_the_guide_names() {
+        use crate::config::KeyStyle;
+        assert_eq!(
+            KeyStyle::SnakeCase.spell("payment_request_id"),
+            "payment_request_id"
+        );
+        assert_eq!(
+            KeyStyle::CamelCase.spell("payment_request_id"),
+            "paymentRequestId"
+        );
+        assert_eq!(KeyStyle::CamelCase.spell("status"), "status");
+        assert_eq!(
+            KeyStyle::CamelCase.spell("klarna_network_response_data"),
+            "klarnaNetworkResponseData"
+        );
+    }
 
     #[test]
     fn iso_durations() {

@@ -35,6 +35,7 @@ mod wire;
 use request::reference;
 pub(crate) use request::return_url;
 use response::partner_block;
+pub use wire::trace;
 pub(crate) use wire::{decode, json};
 use wire::{head, routes};
 
@@ -49,15 +50,15 @@ use routes::RoutePattern;
 use webhook::Webhooks;
 
 pub use crate::config::DEFAULT_BODY_LIMIT;
-// Used by the binary's server and the Pingora adapter.
-#[cfg_attr(not(any(feature = "cli", feature = "pingora")), allow(unused_imports))]
-pub(crate) use head::{check_request_head, check_request_target};
-// `Head` is named only by the Pingora adapter (tower edits `http::HeaderMap`s through it).
 pub use acquirer_return::{ReturnRedirect, UNCONFIRMED};
 pub(crate) use classify::HeadReason;
 pub use classify::{Candidate, HeadRefusal, Route};
+// The request head check of the Pingora adapter and of the server crate
+// (klarna-stepup-server, which pins this crate's exact version): not part of the public API.
 #[cfg_attr(not(feature = "pingora"), allow(unused_imports))]
-pub(crate) use head::Head;
+pub(crate) use head::check_request_target;
+#[doc(hidden)]
+pub use head::{check_request_head, Head};
 #[cfg_attr(
     not(any(feature = "tower", feature = "pingora")),
     allow(unused_imports)
@@ -125,6 +126,10 @@ struct Engine {
     policy: ReturnUrlPolicy,
     journey: PurchaseJourney,
     redirect_template: Vec<TemplatePart>,
+    /// The partner block's key names (`partner_response.keys`, `key_style`).
+    block_keys: partner_block::BlockKeys,
+    /// The HTTP status of each rewritten answer (`partner_response.http_status`).
+    http_status: partner_block::HttpStatus,
     acquirer_return: Option<ReturnEndpoint>,
     webhooks: Option<Webhooks>,
     /// The partner's idempotency key header (`partner_fields.idempotency_header`).

@@ -443,7 +443,7 @@ where
         if self.phases.response_aborted(&ctx.step_up) {
             return Error::e_explain(
                 pingora::ErrorType::Custom("klarna_stepup_inflated"),
-                "answer decoded past the body limit",
+                "answer stopped: it cannot be sent as its header announced it",
             );
         }
         self.inner

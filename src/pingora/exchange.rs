@@ -353,10 +353,12 @@ impl StepUpPhases {
                 match verdict {
                     ResponseVerdict::Rewritten {
                         body,
+                        status,
                         result,
                         payment_request_id,
                     } => {
                         ctx.record.rewritten(result, payment_request_id);
+                        head.set_status(status).ok();
                         engine::mark_rewritten(&mut *head);
                         return Bytes::from(body);
                     }

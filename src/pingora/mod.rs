@@ -106,7 +106,12 @@
 //! answer that cannot be decoded within `body_limit` is cut short). What the engine decided
 //! is in the `request done` log line and the [`Record`](crate::Record)'s
 //! [`Outcome`](crate::Outcome). An answer not read for a rewrite (not a 2xx JSON answer,
-//! declared too large) is marked `passthrough` as usual.
+//! declared too large) is marked `passthrough` as usual. For the same reason the pipeline
+//! cannot send a status configured in `partner_response.http_status`: a rewritten answer
+//! whose configured status differs from the payment API's is cut short (a failed request: a
+//! 5xx, or the connection closed; a warning in the log), never sent under the status that
+//! already left, which could read as a success. With `http_status` set, keep Klarna requests
+//! on the direct exchange, which sends it.
 //!
 //! # Calling step-up from your own filters
 //!

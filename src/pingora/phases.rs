@@ -516,10 +516,19 @@ impl StepUpPhases {
         match verdict {
             ResponseVerdict::Rewritten {
                 body: new,
+                status: configured,
                 result,
                 payment_request_id,
             } => {
                 ctx.record.rewritten(result, payment_request_id);
+                if configured != status {
+                    // `partner_response.http_status` asks for another status than the one
+                    // whose header already left: never a step-up or a decline under the
+                    // status of a success. Cut short, the client sees a failed answer.
+                    ctx.record.status_not_sent(configured);
+                    ctx.resp = Resp::Aborted;
+                    return;
+                }
                 *body = Some(Bytes::from(new));
             }
             ResponseVerdict::Keep(reason) => {

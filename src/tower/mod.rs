@@ -115,8 +115,6 @@ mod service;
 pub use body::StepUpBody;
 pub use future::ResponseFuture;
 pub use layer::KlarnaStepUpLayer;
-#[cfg(feature = "cli")]
-pub(crate) use service::any_cause;
 pub use service::KlarnaStepUp;
 
 /// The JSON answer for a request the payment API did not answer, for a tower-based proxy's

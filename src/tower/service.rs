@@ -492,10 +492,12 @@ where
     match verdict {
         ResponseVerdict::Rewritten {
             body,
+            status,
             result,
             payment_request_id,
         } => {
             record.rewritten(result, payment_request_id);
+            parts.status = status;
             engine::mark_rewritten(&mut parts.headers);
             parts
                 .headers

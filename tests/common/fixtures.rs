@@ -62,8 +62,16 @@ impl Fixture {
     }
 }
 
+/// `tests/fixtures` of the library, also from the server crate's tests (`server/`, a
+/// workspace member in the library's directory).
 pub fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixtures = here.join("tests/fixtures");
+    if fixtures.is_dir() {
+        fixtures
+    } else {
+        here.join("../tests/fixtures")
+    }
 }
 
 /// Every fixture, sorted by name.

@@ -1,9 +1,7 @@
 //! What the integration tests share: the fixture table, a recording upstream, a raw HTTP
-//! client, a bounded load client, the tower adapter as a proxy, and the demo stack.
-#[cfg(feature = "cli")]
-pub mod binary;
+//! client, a bounded load client, the tower adapter and the Pingora adapter as proxies. The server
+//! crate's test binary (`server/tests/it`) mounts them too.
 pub mod blocking;
-pub mod demo_stack;
 pub mod fixtures;
 pub mod load;
 #[cfg(feature = "pingora")]

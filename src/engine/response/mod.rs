@@ -89,10 +89,14 @@ pub enum ResponsePlan {
 /// [`RequestVerdict`](super::RequestVerdict)).
 #[derive(Debug)]
 pub enum ResponseVerdict {
-    /// Send `body` instead, with [`STALE_RESPONSE_HEADERS`](super::STALE_RESPONSE_HEADERS) removed and the new length.
+    /// Send `body` under `status` instead, with
+    /// [`STALE_RESPONSE_HEADERS`](super::STALE_RESPONSE_HEADERS) removed and the new length.
     Rewritten {
         /// The partner-facing body.
         body: Vec<u8>,
+        /// The status to send: `partner_response.http_status` for this result when set,
+        /// else the payment API's.
+        status: StatusCode,
         /// Which Klarna answer it was.
         result: AuthorizeResult,
         /// The Payment Request's id, on `STEP_UP_REQUIRED` (for logs and metrics).
@@ -217,6 +221,7 @@ impl StepUp {
         match self.inner.rewrite(exchange, &body) {
             Ok((body, result, payment_request_id)) => ResponseVerdict::Rewritten {
                 body,
+                status: self.inner.status_for(result).unwrap_or(status),
                 result,
                 payment_request_id,
             },
@@ -237,6 +242,16 @@ struct Nested<'a> {
 }
 
 impl Engine {
+    /// The configured status of a rewritten answer to `result`, if any.
+    fn status_for(&self, result: AuthorizeResult) -> Option<StatusCode> {
+        let s = &self.http_status;
+        match result {
+            AuthorizeResult::StepUpRequired => s.step_up_required,
+            AuthorizeResult::Approved => s.approved,
+            AuthorizeResult::Declined => s.declined,
+        }
+    }
+
     fn rewrite(
         &self,
         exchange: &Exchange,
@@ -375,7 +390,7 @@ impl Engine {
                 klarna_network_response_data: answer.klarna_network_response_data,
             },
         };
-        Ok(block.to_json())
+        Ok(block.to_json(&self.block_keys))
     }
 
     fn approved_block(&self, answer: &AuthorizeAnswer<'_>) -> Result<Vec<u8>, KeepReason> {
@@ -388,19 +403,22 @@ impl Engine {
                 "payment_transaction_response.payment_transaction",
             ))?;
         let tx = tx.get().as_bytes();
-        // `{"status":…,"klarna":` and Klarna's transaction (the writers put a comma before a
-        // member once the buffer holds one, so the brace comes first after them).
+        let keys = &self.block_keys;
+        // `{"status":…,"klarna":` and Klarna's transaction.
         let mut out = Vec::with_capacity(64 + tx.len());
-        json::write_member(&mut out, "status", &self.config.partner_response.authorized);
-        json::write_raw_member(&mut out, "klarna", b"");
-        out.insert(0, b'{');
+        out.push(b'{');
+        json::write_str(&mut out, &keys.status);
+        out.push(b':');
+        json::write_str(&mut out, &self.config.partner_response.authorized);
+        json::write_raw_member(&mut out, &keys.klarna, b"");
         // Klarna's reverse pass-through data goes beside the transaction, as in the pending
         // block; the transaction's own bytes stay as received.
         let tx_obj = std::str::from_utf8(tx).ok().and_then(Object::from_raw);
+        let knrd = &keys.klarna_network_response_data;
         match (answer.klarna_network_response_data, tx_obj) {
-            (Some(data), Some(obj)) if obj.get(KNRD).is_none() => {
+            (Some(data), Some(obj)) if obj.get(knrd).is_none() => {
                 let mut member = Vec::with_capacity(data.get().len() + 32);
-                json::write_raw_member(&mut member, KNRD, data.get().as_bytes());
+                json::write_raw_member(&mut member, knrd, data.get().as_bytes());
                 let mut edits = Edits::default();
                 json::append_members(tx, obj.raw, !obj.members.is_empty(), &member, &mut edits);
                 out.extend_from_slice(&edits.apply(tx));
@@ -423,12 +441,9 @@ impl Engine {
                 klarna_network_response_data: answer.klarna_network_response_data,
             },
         };
-        to_json(&block, 128)
+        block.to_json(&self.block_keys)
     }
 }
-
-/// `klarna_network_response_data`.
-const KNRD: &str = "klarna_network_response_data";
 
 /// The payment API's answer with Klarna's answer removed and the partner block's members
 /// (`status`, `redirect_url`, `klarna`) set at its top level: in place where the answer
@@ -472,14 +487,6 @@ fn top_level(body: &[u8], n: &Nested<'_>, block: &[u8], answer_at: &[String]) ->
         json::append_members(body, root.raw, has_members, &add, &mut edits);
     }
     Some(edits.apply(body))
-}
-
-/// `value` as JSON, into a buffer of `capacity` to start with (a good guess saves the
-/// reallocations of `serde_json::to_vec`, which starts small).
-fn to_json(value: &impl serde::Serialize, capacity: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(capacity);
-    serde_json::to_writer(&mut out, value).expect("serializing strings and raw JSON cannot fail");
-    out
 }
 
 /// The documented minimal `payment_request_data`, built from the id when Klarna sent none.

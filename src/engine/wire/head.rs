@@ -28,7 +28,7 @@ pub const STALE_RESPONSE_HEADERS: [HeaderName; 6] = [
 ];
 
 /// A message head that step-up edits.
-pub(crate) trait Head {
+pub trait Head {
     /// The head's headers, to read.
     fn headers(&self) -> &HeaderMap;
     /// Sets `name` to `value`, replacing what was there.
@@ -292,8 +292,7 @@ impl Default for HeadLimits {
 /// request with more than one (400 [`Refusal::bad_request_head`], RFC 9112 section 3.2); a
 /// `Content-Length` given as a list: identical values (`5, 5`) are replaced by one value
 /// before the request goes anywhere, differing ones refused (RFC 9110 section 8.6).
-#[cfg_attr(not(any(feature = "cli", feature = "pingora")), allow(dead_code))]
-pub(crate) fn check_request_head(
+pub fn check_request_head(
     head: &mut impl Head,
     version: http::Version,
     target_len: usize,

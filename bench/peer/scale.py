@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Helpers for bench/peer/scale.sh (Python 3 standard library only, loopback only).
+
+  scale.py body --bytes N --out FILE
+      The harness's Klarna payment (request.json) with line items added until it is about
+      N bytes (within one line item); the answer the upstream gives is the same for every
+      size. Prints the size written.
+
+  scale.py idle --target HOST:PORT --conns N --pids P[,P...] [--hold SECS]
+      Opens N keep-alive connections to the target, each sends one `GET /health` and reads
+      its answer (so every connection is accepted, served and then idle), holds them all
+      open for --hold seconds (default 3), and reads the summed VmRSS of the PIDs (the
+      proxy's processes) after one such connection and with all N held. Then closes them.
+      Prints one JSON object: {"conns", "open", "rss_one_kb", "rss_all_kb",
+      "bytes_per_conn"}.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def body(size, out):
+    with open(os.path.join(HERE, "request.json")) as f:
+        doc = json.load(f)
+    items = doc["supplementary_purchase_data"]["line_items"]
+    template = items[0]
+    n = 0
+    while len(json.dumps(doc, separators=(",", ":")).encode()) < size:
+        n += 1
+        item = dict(template)
+        item["name"] = f"{template['name']} #{n}"
+        item["reference"] = f"order-1234-line-extra-{n}"
+        item["product_identifier"] = f"SKU-X{n:06d}"
+        items.append(item)
+    data = json.dumps(doc, separators=(",", ":")).encode()
+    with open(out, "wb") as f:
+        f.write(data)
+    print(len(data))
+
+
+def rss_kb(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+async def hold_one(host, port, ready, release, opened):
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+    except (OSError, asyncio.TimeoutError):
+        ready.release()
+        return
+    try:
+        writer.write(f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await asyncio.wait_for(reader.readexactly(length), 10)
+        opened.append(1)
+        ready.release()
+        await release.wait()
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+        ready.release()
+    finally:
+        writer.close()
+
+
+async def idle(target, conns, pids, hold):
+    host, port = target.rsplit(":", 1)
+    port = int(port)
+    release = asyncio.Event()
+    opened = []
+    # One connection first: the proxy's memory with a connection served, before the rest.
+    first = asyncio.Semaphore(0)
+    tasks = [asyncio.create_task(hold_one(host, port, first, release, opened))]
+    await asyncio.wait_for(first.acquire(), 15)
+    time.sleep(0.5)
+    rss_one = rss_kb(pids)
+    ready = asyncio.Semaphore(0)
+    deadline = time.monotonic() + 60
+    # Opened in batches, so that the listen backlog never overflows.
+    for start in range(1, conns, 500):
+        batch = range(start, min(conns, start + 500))
+        for _ in batch:
+            tasks.append(asyncio.create_task(hold_one(host, port, ready, release, opened)))
+        for _ in batch:
+            await asyncio.wait_for(ready.acquire(), max(1, deadline - time.monotonic()))
+    time.sleep(hold)
+    rss_all = rss_kb(pids)
+    release.set()
+    await asyncio.gather(*tasks)
+    extra = len(opened) - 1
+    per = (rss_all - rss_one) * 1024 / extra if extra > 0 else None
+    print(json.dumps({"conns": conns, "open": len(opened), "rss_one_kb": rss_one,
+                      "rss_all_kb": rss_all,
+                      "bytes_per_conn": None if per is None else round(per)}))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("body")
+    b.add_argument("--bytes", type=int, required=True)
+    b.add_argument("--out", required=True)
+    i = sub.add_parser("idle")
+    i.add_argument("--target", required=True)
+    i.add_argument("--conns", type=int, required=True)
+    i.add_argument("--pids", required=True)
+    i.add_argument("--hold", type=float, default=3)
+    a = p.parse_args()
+    if a.cmd == "body":
+        body(a.bytes, a.out)
+    else:
+        host = a.target.rsplit(":", 1)[0]
+        if host not in ("127.0.0.1", "localhost", "[::1]"):
+            sys.exit("scale.py: loopback targets only")
+        if not 1 <= a.hold <= 30 or not 1 <= a.conns <= 20000:
+            sys.exit("scale.py: --hold 1..30 s, --conns 1..20000")
+        pids = [int(x) for x in a.pids.split(",") if x]
+        asyncio.run(idle(a.target, a.conns, pids, a.hold))
+
+
+if __name__ == "__main__":
+    main()
