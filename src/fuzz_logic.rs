@@ -71,7 +71,7 @@ pub fn request(data: &[u8]) {
             assert_forwardable(&body);
         }
         RequestVerdict::NotKlarna => assert_forwardable(data),
-        RequestVerdict::Refused(r) => assert!(r.status.is_client_error(), "{r:?}"),
+        RequestVerdict::Refused(r) => assert!(r.status().is_client_error(), "{r:?}"),
     }
     route(data);
     head(data);

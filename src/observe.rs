@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::engine::{AuthorizeResult, Exchange, KeepReason, Refusal, ReturnRedirect};
+use crate::engine::{AuthorizeResult, Exchange, KeepReason, Refusal, RefusalCode, ReturnRedirect};
 
 /// What step-up did with one request; see [`Record::outcome`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,10 +25,10 @@ pub enum Outcome {
     /// 2xx JSON answer, or too large). The one to alert on when it is a 2xx.
     Passthrough,
     /// Answered by step-up itself (4xx) with this code.
-    Refused(&'static str),
+    Refused(RefusalCode),
     /// The upstream could not be reached or timed out (502/504 with this code); for a
     /// webhook, also a payment API that did not accept it (503 `webhook_not_accepted`).
-    UpstreamError(&'static str),
+    UpstreamError(RefusalCode),
     /// An acquirer return answered with its 303 redirect.
     Redirected,
     /// A verified webhook relayed to the payment API, which accepted it (2xx).
@@ -58,8 +58,9 @@ impl Outcome {
         }
     }
 
-    /// The refusal or upstream error code, if the outcome has one.
-    pub fn code(self) -> Option<&'static str> {
+    /// The refusal or upstream error code, if the outcome has one (its
+    /// [`as_str`](RefusalCode::as_str) is the metric label).
+    pub fn code(self) -> Option<RefusalCode> {
         match self {
             Outcome::Refused(code) | Outcome::UpstreamError(code) => Some(code),
             _ => None,
@@ -67,10 +68,10 @@ impl Outcome {
     }
 
     fn of(refusal: &Refusal) -> Outcome {
-        if refusal.status.is_server_error() {
-            Outcome::UpstreamError(refusal.code)
+        if refusal.status().is_server_error() {
+            Outcome::UpstreamError(refusal.code())
         } else {
-            Outcome::Refused(refusal.code)
+            Outcome::Refused(refusal.code())
         }
     }
 }
@@ -320,9 +321,9 @@ impl Record {
         self.span.in_scope(|| {
             tracing::info!(
                 mode = self.mode.label(),
-                code = refusal.code,
-                param = refusal.param.as_deref(),
-                status = refusal.status.as_u16(),
+                code = refusal.code().as_str(),
+                param = refusal.param(),
+                status = refusal.status().as_u16(),
                 "request refused"
             );
         });
@@ -448,7 +449,7 @@ impl Record {
                     klarna_correlation_id = self.klarna_correlation_id.as_deref(),
                     klarna_error_id = self.klarna_error_id.as_deref(),
                     outcome = outcome.label(),
-                    code = outcome.code(),
+                    code = outcome.code().map(RefusalCode::as_str),
                     status,
                     engine_us = self.engine_time.as_micros() as u64,
                     "request done"

@@ -222,18 +222,22 @@ fn tampered_truncated_expired_and_unknown_key_tokens_are_refused() {
     refused.push(format!("/klarna/return/{token}/extra"));
     for p in &refused {
         let err = e.resolve_return(&p.parse().unwrap(), now()).unwrap_err();
-        assert_eq!(err.status, 400, "{p}");
-        assert_eq!(err.code, "invalid_return_token", "{p}");
+        assert_eq!(err.status(), 400, "{p}");
+        assert_eq!(err.code().as_str(), "invalid_return_token", "{p}");
     }
     let expired = e.resolve_return(&uri, now() + 5 * 3600).unwrap_err();
-    assert_eq!(expired.code, "expired_return_token");
+    assert_eq!(expired.code().as_str(), "expired_return_token");
     assert!(
         e.resolve_return(&uri, now() + 3 * 3600).is_ok(),
         "valid for the request lifetime"
     );
     let other = engine(&[("k2", KEY_NEW)]);
     assert_eq!(
-        other.resolve_return(&uri, now()).unwrap_err().code,
+        other
+            .resolve_return(&uri, now())
+            .unwrap_err()
+            .code()
+            .as_str(),
         "invalid_return_token"
     );
     let same_id_other_key = engine(&[("k1", KEY_NEW)]);
@@ -241,7 +245,8 @@ fn tampered_truncated_expired_and_unknown_key_tokens_are_refused() {
         same_id_other_key
             .resolve_return(&uri, now())
             .unwrap_err()
-            .code,
+            .code()
+            .as_str(),
         "invalid_return_token"
     );
 }

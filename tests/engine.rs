@@ -39,8 +39,8 @@ fn every_fixture_through_the_engine() {
                 }
                 RequestVerdict::Refused(r) => {
                     assert_eq!(f.forwarded, Forwarded::None, "{}: refused: {r:?}", f.name);
-                    assert_eq!(r.status.as_u16(), f.expect.status, "{}", f.name);
-                    assert_eq!(Some(r.code.to_string()), f.expect.marker, "{}", f.name);
+                    assert_eq!(r.status().as_u16(), f.expect.status, "{}", f.name);
+                    assert_eq!(Some(r.code().to_string()), f.expect.marker, "{}", f.name);
                     assert_eq!(show(&r.to_json()), show(&f.expect.body), "{}", f.name);
                     continue;
                 }
@@ -48,8 +48,8 @@ fn every_fixture_through_the_engine() {
             Route::Refused(refused) => {
                 let r = refused.refusal();
                 assert_eq!(f.forwarded, Forwarded::None, "{}: refused: {r:?}", f.name);
-                assert_eq!(r.status.as_u16(), f.expect.status, "{}", f.name);
-                assert_eq!(Some(r.code.to_string()), f.expect.marker, "{}", f.name);
+                assert_eq!(r.status().as_u16(), f.expect.status, "{}", f.name);
+                assert_eq!(Some(r.code().to_string()), f.expect.marker, "{}", f.name);
                 assert_eq!(show(&r.to_json()), show(&f.expect.body), "{}", f.name);
                 continue;
             }

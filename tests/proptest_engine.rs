@@ -164,12 +164,12 @@ proptest! {
             }
             match (&verdict, object) {
                 (RequestVerdict::Injected { .. }, _) => prop_assert!(false, "injected: {:?}", verdict),
-                (RequestVerdict::Refused(r), None) => prop_assert_eq!(r.code, "unreadable_json"),
+                (RequestVerdict::Refused(r), None) => prop_assert_eq!(r.code().as_str(), "unreadable_json"),
                 (RequestVerdict::NotKlarna, None) => prop_assert!(false, "forwarded unread"),
                 // Refused only for a duplicate of a key the layer reads, or a step_up_config
                 // of its own that does not hold.
                 (RequestVerdict::Refused(r), Some(o)) => prop_assert!(
-                    r.code == "duplicate_key" || o.contains_key("step_up_config"),
+                    r.code().as_str() == "duplicate_key" || o.contains_key("step_up_config"),
                     "{:?}", r
                 ),
                 (RequestVerdict::NotKlarna, Some(_)) => {}

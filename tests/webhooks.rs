@@ -132,10 +132,10 @@ fn signature_vectors() {
     ];
     for (name, h, body) in cases {
         let err = e.verify_webhook(&h, body).expect_err(name);
-        assert_eq!(err.status, 400, "{name}");
-        assert_eq!(err.code, "invalid_signature", "{name}");
+        assert_eq!(err.status(), 400, "{name}");
+        assert_eq!(err.code().as_str(), "invalid_signature", "{name}");
         assert!(
-            !err.message.contains(&good[..16]),
+            !err.message().contains(&good[..16]),
             "{name}: signature echoed"
         );
     }

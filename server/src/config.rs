@@ -292,25 +292,25 @@ impl ProxyConfig {
         let toml::Value::Table(mut table) = klarna_stepup::config::parse_toml(text)? else {
             unreachable!("a TOML document is a table")
         };
+        // Every error in one round: misspelt keys, wrong values and failed checks of both
+        // parts (but the checks a wrong value makes unsound).
         let server = match table.remove("server") {
             None => {
                 errors.push(err("server", "missing table (needs listen and upstream)"));
                 None
             }
-            Some(v) => read::deserialize_all::<ServerConfig>(v, "server", &mut errors),
+            Some(v) => Some(read::deserialize_lenient::<ServerConfig>(
+                v,
+                "server",
+                &mut errors,
+            )),
         };
-        let step_up =
-            read::deserialize_all::<StepUpConfig>(toml::Value::Table(table), "", &mut errors)
-                .and_then(|c| match StepUp::new(c) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        errors.extend(e.0);
-                        None
-                    }
-                });
-        if let Some(s) = &server {
-            errors.extend(s.problems());
-        }
+        let step_up = read::step_up(toml::Value::Table(table), &mut errors);
+        let server = server.and_then(|read| {
+            let checked = read.value.as_ref()?.problems();
+            read.add_checked(checked, SERVER_CROSS_KEY_CHECKS, &mut errors);
+            read.value
+        });
         match (step_up, server) {
             (Some(step_up), Some(server)) if errors.is_empty() => {
                 Ok(ProxyConfig { step_up, server })
@@ -364,6 +364,15 @@ impl ProxyConfig {
         .unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
     }
 }
+
+/// The checks of [`ServerConfig::problems`] that read keys besides their own (see
+/// [`read::checkable`]).
+const SERVER_CROSS_KEY_CHECKS: &[(&str, &[&str])] = &[
+    ("server.admin", &["server.listen", "server.metrics"]),
+    ("server.metrics", &["server.listen", "server.admin"]),
+    ("server.health_check", &["server.health_check"]),
+    ("server.upstream_tls", &["server.upstream_tls"]),
+];
 
 impl ServerConfig {
     fn problems(&self) -> Vec<ConfigError> {
@@ -568,6 +577,30 @@ fn err(key: &str, reason: &str) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The configuration reference names every key of `[server]`, and no other.
+    #[test]
+    fn the_configuration_reference_names_every_server_key() {
+        use klarna_stepup::config::read::{accepted_keys, documented_keys};
+        let parse = |text: &str| match ProxyConfig::parse(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        };
+        let accepted = accepted_keys(&parse, "server");
+        assert!(
+            accepted.contains("server.upstream_tls.client_key_env"),
+            "{accepted:?}"
+        );
+        let documented: std::collections::BTreeSet<String> =
+            documented_keys(include_str!("../../docs/configuration.md"))
+                .into_iter()
+                .filter(|k| k.starts_with("server."))
+                .collect();
+        assert_eq!(
+            documented, accepted,
+            "docs/configuration.md: the [server] keys"
+        );
+    }
 
     #[test]
     fn two_keys_are_enough() {

@@ -2,8 +2,8 @@
 //! step-up in front of a payment API, described by one configuration file. It is the
 //! [tower layer](klarna_stepup::tower) of the `klarna-stepup` crate on hyper: one
 //! single-threaded runtime per worker thread, each with its own `SO_REUSEPORT` listener and
-//! connection pool (chosen by measurement against Pingora; see the README's performance
-//! section).
+//! connection pool (chosen by measurement against Pingora; see the repository's
+//! `benches/RESULTS.md`).
 //!
 //! The binary is a thin command line over this crate (`cargo install klarna-stepup-server`
 //! installs it); the demo (`./x demo`) runs the same server in front of the local sandbox.

@@ -154,7 +154,7 @@ impl Metrics {
             None => {
                 self.requests.with_label_values(&[outcome.label()]).inc();
                 if let Some(code) = outcome.code() {
-                    self.refusals.with_label_values(&[code]).inc();
+                    self.refusals.with_label_values(&[code.as_str()]).inc();
                 }
             }
             Some(known) => {
@@ -169,7 +169,9 @@ impl Metrics {
                     .with_label_values(&[outcome.label(), partner])
                     .inc();
                 if let Some(code) = outcome.code() {
-                    self.refusals.with_label_values(&[code, partner]).inc();
+                    self.refusals
+                        .with_label_values(&[code.as_str(), partner])
+                        .inc();
                 }
             }
         }

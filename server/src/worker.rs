@@ -61,7 +61,7 @@ impl Forward {
     fn unreachable(&self) -> Response<UpBody> {
         let r = Refusal::upstream_unreachable();
         if let Some(m) = &self.metrics {
-            m.upstream_failed(r.code);
+            m.upstream_failed(r.code().as_str());
         }
         let mut res = r.to_response().map(StepUpBody::full);
         res.extensions_mut().insert(r);
@@ -126,7 +126,7 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
                             Refusal::upstream_unreachable()
                         };
                         if let Some(m) = &metrics {
-                            m.upstream_failed(r.code);
+                            m.upstream_failed(r.code().as_str());
                         }
                         r
                     };

@@ -1,67 +1,13 @@
 //! The configuration: plain serde types (TOML in files), validated once into a
 //! [`StepUp`](crate::StepUp) engine. Every validation error names its key.
 //!
-//! An empty configuration is valid; every field documents its default.
-//!
-//! ```toml
-//! mode = "enforce"                     # or "shadow" (judge and record, change nothing), "answers_only"
-//! body_limit = 1048576                 # bytes; larger candidate bodies get 413
-//! inject_at = ""                       # dot path of the object that gets step_up_config ("" = top level)
-//! klarna_answer_at = ""                # dot path of Klarna's answer in the upstream body ("" = whole body)
-//!
-//! [[routes]]                           # default: POST /payments, /v1/payments,
-//! method = "POST"                      #   /v2/accounts/{id}/payment/authorize
-//! path = "/payments"
-//!
-//! [detect]
-//! payment_method = ["klarna"]          # payment_method == v, or payment_method.type == v
-//! authorize_shape = true               # request_payment_transaction present
-//!
-//! [partner_fields]
-//! return_url = ["klarna_return_url", "return_url"]
-//! app_return_url = ["klarna_app_return_url", "app_return_url"]
-//! reference = ["reference"]              # else derived from the request (stable across retries)
-//! idempotency_header = "Idempotency-Key"  # "" = derive from the body only
-//! strip = ["klarna_return_url", "klarna_app_return_url"]   # removed before forwarding
-//!
-//! [defaults]
-//! return_url = "https://pay.acquirer.example/klarna/return"   # when the partner gives none
-//! app_return_url = "acquirerapp://klarna"
-//! interaction_expiry = "PT30M"         # 15 min ..= 48 h
-//!
-//! [return_url_policy]
-//! schemes = ["https"]
-//! http_hosts = ["localhost"]           # hosts for which plain http is allowed
-//! allowed_hosts = ["*.partner.example"] # empty = any host
-//! max_length = 2000
-//! extra_placeholders = []              # e.g. ["{klarna.payment_request.locale}"]
-//! app_schemes = []                     # default: any app scheme that opens no browser
-//!
-//! [klarna]
-//! purchase_journey_hosts = ["pay.klarna.com", "*.klarna.com"]  # hosts a payment_request_url may have (https)
-//! purchase_journey_http_loopback = false   # also http:// on a listed loopback host (local sandboxes)
-//!
-//! [partner_response]
-//! pending = "pending"
-//! authorized = "authorized"
-//! declined = "declined"
-//! redirect_url = "{payment_request_url}"  # or "https://pay.acquirer.example/r/{payment_request_id}"
-//! placement = "in_place"               # or "top_level": beside the payment API's own members
-//! key_style = "snake_case"             # or "camelCase": redirectUrl, paymentRequestId, …
-//! keys = { redirect_url = "stepUpUrl" }  # any key's own name, by the guide's name
-//! http_status = { step_up_required = 403 }  # per result; default: the payment API's status
-//!
-//! [partners]                           # many partners behind one acquirer (off by default)
-//! header = "X-Partner-Id"              # or path_param = "partner" (routes with {partner})
-//! unknown = "refuse"                   # or "global"
-//! [[partners.entries]]                 # each key left out is the global one
-//! id = "shop-a"
-//! allowed_hosts = ["shop-a.example"]
-//! mode = "shadow"                      # this partner's requests judged and recorded only
-//! ```
+//! An empty configuration is valid; every field documents its default. Every key, with its
+//! default and meaning: the [configuration reference](crate::guide::configuration). In Rust,
+//! every key has a builder method named as the key (see [`StepUpConfig`]).
 
 use std::fmt;
 
+mod builder;
 // Also the server crate's reader of its `[server]` table (klarna-stepup-server, which pins this
 // crate's exact version): not part of the public API.
 #[doc(hidden)]
@@ -148,110 +94,6 @@ impl Default for StepUpConfig {
             webhooks: WebhooksConfig::default(),
             partners: PartnersConfig::default(),
         }
-    }
-}
-
-/// Builder methods: each sets one key and returns the configuration, as tower-http's
-/// builders do. Validation happens once, in [`StepUp::new`](crate::StepUp::new).
-impl StepUpConfig {
-    /// `mode`: what step-up does on candidate routes (a partner's entry may say otherwise).
-    pub fn mode(mut self, mode: Mode) -> Self {
-        self.mode = mode;
-        self
-    }
-
-    /// `body_limit`: the largest candidate body buffered, in bytes.
-    pub fn body_limit(mut self, bytes: usize) -> Self {
-        self.body_limit = bytes;
-        self
-    }
-
-    /// `routes`: the candidate routes, replacing the default ones.
-    pub fn routes(mut self, routes: impl IntoIterator<Item = RouteConfig>) -> Self {
-        self.routes = routes.into_iter().collect();
-        self
-    }
-
-    /// `inject_at`: dot path of the object that receives `step_up_config`.
-    pub fn inject_at(mut self, path: impl Into<String>) -> Self {
-        self.inject_at = path.into();
-        self
-    }
-
-    /// `klarna_answer_at`: dot path of Klarna's answer in the payment API's answer.
-    pub fn klarna_answer_at(mut self, path: impl Into<String>) -> Self {
-        self.klarna_answer_at = path.into();
-        self
-    }
-
-    /// `defaults.return_url`: the return URL when the partner gives none.
-    pub fn default_return_url(mut self, url: impl Into<String>) -> Self {
-        self.defaults.return_url = Some(url.into());
-        self
-    }
-
-    /// `defaults.app_return_url`: the app return URL when the partner gives none.
-    pub fn default_app_return_url(mut self, url: impl Into<String>) -> Self {
-        self.defaults.app_return_url = Some(url.into());
-        self
-    }
-
-    /// `defaults.interaction_expiry`: an ISO 8601 duration, 15 minutes ..= 48 hours.
-    pub fn interaction_expiry(mut self, duration: impl Into<String>) -> Self {
-        self.defaults.interaction_expiry = Some(duration.into());
-        self
-    }
-
-    /// `return_url_policy.allowed_hosts`: exact hosts or `*.example.com`.
-    pub fn allowed_hosts<I, S>(mut self, hosts: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.return_url_policy.allowed_hosts = hosts.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// `return_url_policy.http_hosts`: hosts for which plain `http` is allowed too.
-    pub fn http_hosts<I, S>(mut self, hosts: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.return_url_policy.http_hosts = hosts.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// `detect.payment_method`: the values of `payment_method` that mean Klarna.
-    pub fn detect_payment_method<I, S>(mut self, values: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.detect.payment_method = values.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// `[acquirer_redirect]`: the partner's `redirect_url` is the layer's own signed link to
-    /// Klarna's Purchase Journey, at `path` (needs [`acquirer_return`](Self::acquirer_return)).
-    pub fn acquirer_redirect(mut self, path: impl Into<String>) -> Self {
-        self.acquirer_redirect = AcquirerRedirectConfig {
-            enabled: true,
-            path: path.into(),
-        };
-        self
-    }
-
-    /// `[acquirer_return]`: turns the acquirer-controlled return on.
-    pub fn acquirer_return(mut self, acquirer_return: AcquirerReturnConfig) -> Self {
-        self.acquirer_return = acquirer_return;
-        self
-    }
-
-    /// `[webhooks]`: turns the verified webhook relay on.
-    pub fn webhooks(mut self, webhooks: WebhooksConfig) -> Self {
-        self.webhooks = webhooks;
-        self
     }
 }
 
@@ -348,18 +190,6 @@ impl AcquirerReturnConfig {
         }
         .key(key_id, env)
     }
-
-    /// Adds a key (verifies tokens; signs only if it is the first).
-    pub fn key(mut self, id: impl Into<String>, env: impl Into<String>) -> Self {
-        self.keys.push(KeyConfig::new(id, env));
-        self
-    }
-
-    /// POST each return to this path of the payment API.
-    pub fn notify_path(mut self, path: impl Into<String>) -> Self {
-        self.notify_path = Some(path.into());
-        self
-    }
 }
 
 impl Default for AcquirerReturnConfig {
@@ -408,12 +238,6 @@ impl WebhooksConfig {
             ..Self::default()
         }
         .key(key_id, env)
-    }
-
-    /// Adds a signing key.
-    pub fn key(mut self, id: impl Into<String>, env: impl Into<String>) -> Self {
-        self.keys.push(KeyConfig::new(id, env));
-        self
     }
 }
 
@@ -962,9 +786,35 @@ impl ConfigErrors {
     }
 }
 
-/// Every error found in a configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Every error found in a configuration, each naming its key.
+///
+/// Both `{}` and `{:?}` print one error a line, as `key: reason (line L, column C)`, so that
+/// a `main` returning it with `?` shows them readably (`{:#?}` shows the structures):
+///
+/// ```
+/// use klarna_stepup::StepUp;
+///
+/// let err = StepUp::from_toml("body_limit = \"1MB\"\n[return_url_policy]\nmax_length = -1\n")
+///     .unwrap_err();
+/// assert_eq!(
+///     format!("{err:?}"),
+///     "body_limit: invalid type: string \"1MB\", expected usize (line 1, column 1)\n\
+///      return_url_policy.max_length: invalid value: integer `-1`, expected usize \
+///      (line 3, column 1)"
+/// );
+/// ```
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Debug for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            f.debug_tuple("ConfigErrors").field(&self.0).finish()
+        } else {
+            fmt::Display::fmt(self, f)
+        }
+    }
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -993,6 +843,8 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+impl std::error::Error for ConfigError {}
 
 /// Collects errors while validating.
 #[derive(Default)]

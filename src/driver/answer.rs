@@ -150,7 +150,7 @@ impl Driver {
             if self.exchange.is_some() {
                 // Not Klarna's answer: neither rewritten nor marked `passthrough`.
                 self.record.refused(r);
-                self.answer = AnswerStep::ProxyError(r.code);
+                self.answer = AnswerStep::ProxyError(r.code().as_str());
             }
             return ResponseAction::Stream;
         }

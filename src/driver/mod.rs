@@ -204,7 +204,7 @@ impl Answer {
     /// The answer's status.
     pub fn status(&self) -> StatusCode {
         match &self.0 {
-            AnswerKind::Refusal(r) => r.status,
+            AnswerKind::Refusal(r) => r.status(),
             AnswerKind::Redirect(_) => StatusCode::SEE_OTHER,
         }
     }

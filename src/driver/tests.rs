@@ -137,17 +137,20 @@ fn bodies_past_the_limit_or_the_budget_are_refused() {
     head.insert("content-length", "41".parse().unwrap());
     let mut d = candidate(&step_up, &mut head);
     assert_eq!(
-        refusal(d.begin(&BufferBudget::default(), Holding::Whole)).status,
+        refusal(d.begin(&BufferBudget::default(), Holding::Whole)).status(),
         413
     );
     // Counted too large.
     let mut d = candidate(&step_up, &mut json_head());
     d.begin(&BufferBudget::default(), Holding::Whole);
     let r = refusal(d.on_request_body(Bytes::from(vec![b' '; 41]), false));
-    assert_eq!((r.status.as_u16(), r.code), (413, "body_too_large"));
+    assert_eq!(
+        (r.status().as_u16(), r.code().as_str()),
+        (413, "body_too_large")
+    );
     assert_eq!(
         d.finish(Some(413), None).outcome(),
-        Outcome::Refused("body_too_large")
+        Outcome::Refused(crate::RefusalCode::BodyTooLarge)
     );
     // Past the budget as it arrives.
     let budget = BufferBudget::new(10);
@@ -158,7 +161,9 @@ fn bodies_past_the_limit_or_the_budget_are_refused() {
         Action::ReadMore
     ));
     assert_eq!(
-        refusal(d.on_request_body(Bytes::from(vec![b' '; 9]), false)).code,
+        refusal(d.on_request_body(Bytes::from(vec![b' '; 9]), false))
+            .code()
+            .as_str(),
         "overloaded"
     );
     drop(d);
@@ -190,7 +195,7 @@ fn past_what_the_adapter_holds_the_body_streams_or_is_refused() {
     let mut d = candidate(&step_up, &mut json_head());
     d.begin(&BufferBudget::default(), Holding::ThenRefuse(16));
     let r = refusal(d.on_request_body(Bytes::from_static(KLARNA), true));
-    assert_eq!(r.status, 413);
+    assert_eq!(r.status(), 413);
 
     // A refusal after the upstream request went: kept for the aborted upstream's report.
     let mut d = candidate(&step_up, &mut json_head());
@@ -200,11 +205,11 @@ fn past_what_the_adapter_holds_the_body_streams_or_is_refused() {
         Action::StreamBody
     ));
     let r = refusal(d.on_request_body(Bytes::from_static(b":\"klarna\",,}"), true));
-    assert_eq!(r.code, "unreadable_json");
+    assert_eq!(r.code().as_str(), "unreadable_json");
     let again = d
         .on_upstream_error(None, true)
         .expect("the pending refusal");
-    assert_eq!(again.refusal().unwrap().code, "unreadable_json");
+    assert_eq!(again.refusal().unwrap().code().as_str(), "unreadable_json");
 }
 
 #[test]
@@ -266,7 +271,7 @@ fn refused_heads_and_the_relay_path_are_answered_at_once() {
     head.insert("content-type", "text/plain".parse().unwrap());
     let mut d = candidate(&step_up, &mut head);
     assert_eq!(
-        refusal(d.begin(&BufferBudget::default(), Holding::Whole)).status,
+        refusal(d.begin(&BufferBudget::default(), Holding::Whole)).status(),
         415
     );
     let mut head = HeaderMap::new();
@@ -275,7 +280,9 @@ fn refused_heads_and_the_relay_path_are_answered_at_once() {
     let mut d = d.expect("a refused head");
     assert!(d.refuses_head());
     assert_eq!(
-        refusal(d.begin(&BufferBudget::default(), Holding::Whole)).code,
+        refusal(d.begin(&BufferBudget::default(), Holding::Whole))
+            .code()
+            .as_str(),
         "bad_request_head"
     );
     let d = Driver::check_head(
@@ -287,9 +294,7 @@ fn refused_heads_and_the_relay_path_are_answered_at_once() {
     );
     let mut d = d.expect("no Host in HTTP/1.1");
     assert_eq!(
-        refusal(d.begin(&BufferBudget::default(), Holding::Whole))
-            .param
-            .as_deref(),
+        refusal(d.begin(&BufferBudget::default(), Holding::Whole)).param(),
         Some("Host")
     );
 }
@@ -406,7 +411,7 @@ fn a_webhook_is_verified_relayed_and_accepted_or_answered_503() {
             ResponseAction::Stream => assert!(accepted),
             ResponseAction::Answer(a) => {
                 assert!(!accepted);
-                assert_eq!(a.refusal().unwrap().code, "webhook_not_accepted");
+                assert_eq!(a.refusal().unwrap().code().as_str(), "webhook_not_accepted");
             }
             other => panic!("{other:?}"),
         }
@@ -420,10 +425,10 @@ fn a_webhook_is_verified_relayed_and_accepted_or_answered_503() {
     d.begin(&BufferBudget::default(), Holding::Whole);
     d.on_request_body(Bytes::from_static(body), true);
     let a = d.on_upstream_error(None, true).expect("503");
-    assert_eq!(a.refusal().unwrap().status, 503);
+    assert_eq!(a.refusal().unwrap().status(), 503);
     assert_eq!(
         d.finish(Some(503), None).outcome(),
-        Outcome::UpstreamError("webhook_not_accepted")
+        Outcome::UpstreamError(crate::RefusalCode::WebhookNotAccepted)
     );
 }
 

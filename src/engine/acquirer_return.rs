@@ -26,7 +26,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::Sha256;
 
 use super::return_url::PLACEHOLDERS;
-use super::{Refusal, MARKER_HEADER};
+use super::{Refusal, RefusalCode, MARKER_HEADER};
 
 const VERSION: u8 = 1;
 /// The version that carries the partner.
@@ -201,7 +201,7 @@ impl ReturnRedirect {
 
 fn invalid() -> Refusal {
     Refusal::invalid(
-        "invalid_return_token",
+        RefusalCode::InvalidReturnToken,
         "token",
         "the return link is invalid",
     )
@@ -473,7 +473,7 @@ impl ReturnEndpoint {
         let url = std::str::from_utf8(r.0).map_err(|_| invalid())?;
         if now > expiry {
             return Err(Refusal::invalid(
-                "expired_return_token",
+                RefusalCode::ExpiredReturnToken,
                 "token",
                 "the return link has expired",
             ));
@@ -598,11 +598,7 @@ impl super::StepUp {
         };
         let redirect = r.resolve(uri, now)?;
         if !redirect.is_return() && !self.inner.journey.allows(&redirect.location) {
-            return Err(Refusal::invalid(
-                "invalid_return_token",
-                "token",
-                "the return link is invalid",
-            ));
+            return Err(invalid());
         }
         Ok(redirect)
     }
@@ -857,7 +853,10 @@ mod tests {
         tampered.push('A');
         assert!(e.resolve(&tampered.parse().unwrap(), 0).is_err());
         assert_eq!(
-            e.resolve(&path.parse().unwrap(), 3601).unwrap_err().code,
+            e.resolve(&path.parse().unwrap(), 3601)
+                .unwrap_err()
+                .code()
+                .as_str(),
             "expired_return_token"
         );
         let as_return = path.replace("/klarna/pay/", "/klarna/return/");

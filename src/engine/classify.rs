@@ -304,14 +304,17 @@ mod tests {
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
         let r = refused(&h);
-        assert_eq!((r.status.as_u16(), r.code), (415, "unsupported_media_type"));
+        assert_eq!(
+            (r.status().as_u16(), r.code().as_str()),
+            (415, "unsupported_media_type")
+        );
         h.insert("content-type", HeaderValue::from_static("text/plain"));
-        assert_eq!(refused(&h).code, "unsupported_media_type");
+        assert_eq!(refused(&h).code().as_str(), "unsupported_media_type");
         h.remove("content-type");
         h.insert("content-encoding", HeaderValue::from_static("gzip"));
         let r = refused(&h);
         assert_eq!(
-            (r.status.as_u16(), r.code),
+            (r.status().as_u16(), r.code().as_str()),
             (415, "unsupported_content_encoding")
         );
         // Not a candidate: nothing is refused, whatever the head.
@@ -353,7 +356,10 @@ mod tests {
             match e.classify(&Method::POST, &path.parse().unwrap(), &h) {
                 Route::Refused(r) => {
                     let r = r.refusal();
-                    assert_eq!((r.status.as_u16(), r.code), (400, "non_canonical_path"));
+                    assert_eq!(
+                        (r.status().as_u16(), r.code().as_str()),
+                        (400, "non_canonical_path")
+                    );
                 }
                 other => panic!("{path}: {other:?}"),
             }
@@ -473,8 +479,12 @@ mod tests {
             match e.classify(&Method::POST, &uri, &h) {
                 Route::Refused(r) => {
                     let r = r.refusal();
-                    assert_eq!((r.status.as_u16(), r.code), (400, "query_field"), "{query}");
-                    assert_eq!(r.param.as_deref(), Some("query"));
+                    assert_eq!(
+                        (r.status().as_u16(), r.code().as_str()),
+                        (400, "query_field"),
+                        "{query}"
+                    );
+                    assert_eq!(r.param(), Some("query"));
                 }
                 other => panic!("{query}: {other:?}"),
             }

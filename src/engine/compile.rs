@@ -11,6 +11,36 @@ use crate::config::{
     ConfigErrors, HttpStatusConfig, PartnerResponseConfig, Placement, Problems, StepUpConfig,
 };
 
+/// The checks below that read keys besides their own, as
+/// [`checkable`](crate::config::read::checkable) takes them: the key (or table) of an error,
+/// and the keys (or tables) its check reads too. When one of those has a wrong value (read
+/// as its default), such an error is not reported.
+pub(crate) const CROSS_KEY_CHECKS: &[(&str, &[&str])] = &[
+    ("inject_at", &["partner_fields.strip"]),
+    ("partner_fields.strip", &["partner_fields.strip"]),
+    ("defaults.return_url", &["return_url_policy"]),
+    ("defaults.app_return_url", &["return_url_policy"]),
+    ("partner_response.placement", &["klarna_answer_at"]),
+    (
+        "partner_response.keys",
+        &["partner_response.keys", "partner_response.key_style"],
+    ),
+    (
+        "acquirer_return",
+        &["return_url_policy", "acquirer_redirect", "partner_response"],
+    ),
+    (
+        "acquirer_redirect",
+        &["acquirer_return", "partner_response.redirect_url"],
+    ),
+    ("webhooks.relay_path", &["webhooks.path"]),
+    ("routes", &["partners"]),
+    (
+        "partners",
+        &["partners", "routes", "return_url_policy", "defaults"],
+    ),
+];
+
 /// Validates `c` into an engine; secret keys are read through `secret(env_var_name)`.
 pub(super) fn compile(
     mut c: StepUpConfig,

@@ -44,6 +44,7 @@ use std::sync::Arc;
 use crate::config::{ConfigError, ConfigErrors, StepUpConfig};
 use acquirer_return::ReturnEndpoint;
 use compile::TemplatePart;
+pub(crate) use compile::CROSS_KEY_CHECKS;
 use return_url::{PurchaseJourney, ReturnUrlPolicy};
 use routes::RoutePattern;
 use webhook::Webhooks;
@@ -63,7 +64,7 @@ pub(crate) use head::{
     mark_rewritten, relay_request, streamed_request, strip_forged_headers,
 };
 pub use head::{strip_hop_by_hop, HeadLimits, MARKER_HEADER, STALE_RESPONSE_HEADERS};
-pub use refusal::Refusal;
+pub use refusal::{Refusal, RefusalCode};
 pub use request::{Exchange, RequestVerdict};
 pub use response::{AuthorizeResult, ResponseVerdict};
 pub use response::{KeepReason, ResponsePlan};
@@ -185,8 +186,9 @@ impl StepUp {
         })
     }
 
-    /// Parses and validates a TOML configuration; every error names its key, and its line
-    /// and column in `text`.
+    /// Parses and validates a TOML configuration. Every error is reported at once (misspelt
+    /// keys, values of the wrong type and failed checks; a check that reads a value of the
+    /// wrong type is skipped), each naming its key, and its line and column in `text`.
     ///
     /// ```
     /// use klarna_stepup::StepUp;
@@ -204,7 +206,9 @@ impl StepUp {
     /// # Ok::<(), klarna_stepup::ConfigErrors>(())
     /// ```
     pub fn from_toml(text: &str) -> Result<Self, ConfigErrors> {
-        Self::new(StepUpConfig::from_toml(text)?).map_err(|e| e.located(text))
+        let mut errors = Vec::new();
+        crate::config::read::step_up(crate::config::parse_toml(text)?, &mut errors)
+            .ok_or_else(|| ConfigErrors(errors).located(text))
     }
 
     /// The effective configuration, defaults spelled out.

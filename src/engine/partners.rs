@@ -8,7 +8,7 @@ use http::header::HeaderName;
 
 use super::compile::iso_duration_secs;
 use super::return_url::ReturnUrlPolicy;
-use super::Refusal;
+use super::{Refusal, RefusalCode};
 use crate::config::{PartnerEntry, Problems, ReturnUrlPolicyConfig, StepUpConfig, UnknownPartner};
 
 /// Longest partner id.
@@ -147,17 +147,17 @@ impl Partners {
             PartnerRef::Off | PartnerRef::Listed { .. } => None,
             PartnerRef::Unlisted(_) if self.unknown == UnknownPartner::Global => None,
             PartnerRef::Missing => Some(Refusal::invalid(
-                "invalid_partner",
+                RefusalCode::InvalidPartner,
                 field,
                 "is required: the partner is not identified",
             )),
             PartnerRef::Invalid => Some(Refusal::invalid(
-                "invalid_partner",
+                RefusalCode::InvalidPartner,
                 field,
                 format!("must be 1 to {MAX_ID} ASCII letters, digits, '-', '_' or '.'"),
             )),
             PartnerRef::Ambiguous => Some(Refusal::invalid(
-                "invalid_partner",
+                RefusalCode::InvalidPartner,
                 field,
                 "must be sent once, under this one name (not with '_' for '-'), and not be \
                  named in Connection",
@@ -392,8 +392,8 @@ mod tests {
                 panic!("{extra:?}")
             };
             let r = refused(e.rewrite_request(c, body.as_bytes(), 0));
-            assert_eq!(r.code, "invalid_partner", "{extra:?}");
-            assert!(r.message.contains("once"), "{}", r.message);
+            assert_eq!(r.code().as_str(), "invalid_partner", "{extra:?}");
+            assert!(r.message().contains("once"), "{}", r.message());
         }
         // Alone under the other spelling, too: Rack would read it, Go would not.
         let mut h = HeaderMap::new();
@@ -403,7 +403,9 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            refused(e.rewrite_request(c, body.as_bytes(), 0)).code,
+            refused(e.rewrite_request(c, body.as_bytes(), 0))
+                .code()
+                .as_str(),
             "invalid_partner"
         );
     }
@@ -459,7 +461,7 @@ mod tests {
         ] {
             let r = refused(send(&e, "/payments", Some(p), &body(url)));
             assert_eq!(
-                (r.status.as_u16(), r.code),
+                (r.status().as_u16(), r.code().as_str()),
                 (400, "invalid_return_url"),
                 "{p}"
             );
@@ -492,8 +494,12 @@ mod tests {
             (Some("shop-c"), 403, "unknown_partner"),
         ] {
             let r = refused(send(&e, "/payments", partner, body));
-            assert_eq!((r.status.as_u16(), r.code), (status, code), "{partner:?}");
-            assert_eq!(r.param.as_deref(), Some("X-Partner-Id"));
+            assert_eq!(
+                (r.status().as_u16(), r.code().as_str()),
+                (status, code),
+                "{partner:?}"
+            );
+            assert_eq!(r.param(), Some("X-Partner-Id"));
         }
         // Two values of the header: refused, whichever the payment API would read.
         let mut h = HeaderMap::new();
@@ -504,7 +510,9 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            refused(e.rewrite_request(c, body.as_bytes(), 0)).code,
+            refused(e.rewrite_request(c, body.as_bytes(), 0))
+                .code()
+                .as_str(),
             "invalid_partner"
         );
         // unknown = "global": the global policy, still namespaced.
@@ -530,7 +538,7 @@ mod tests {
             ),
         ));
         assert_eq!(
-            (r.code, r.param.as_deref()),
+            (r.code().as_str(), r.param()),
             ("invalid_reference", Some("reference"))
         );
         let (b, ex) = injected(send(
@@ -565,7 +573,7 @@ mod tests {
         assert_eq!(ex.reference(), "shop-a:o");
         let r = refused(send(&e, "/partners/shop%20a/payments", None, body));
         assert_eq!(
-            (r.code, r.param.as_deref()),
+            (r.code().as_str(), r.param()),
             ("invalid_partner", Some("{partner}"))
         );
     }

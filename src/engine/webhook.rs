@@ -8,7 +8,7 @@ use http::HeaderMap;
 use serde::Deserialize;
 use sha2::Sha256;
 
-use super::Refusal;
+use super::{Refusal, RefusalCode};
 
 /// Klarna's signature header: HMAC-SHA256 of the raw body, hex (or base64) encoded.
 pub const SIGNATURE_HEADER: HeaderName = HeaderName::from_static("klarna-signature");
@@ -117,8 +117,9 @@ impl WebhookEvent {
     }
 }
 
-fn refused(code: &'static str, param: &str, message: &str) -> Refusal {
-    Refusal::invalid(code, param, message)
+/// A 400 `invalid_signature` about `param` (a signature header).
+fn bad_signature(param: &str, message: &str) -> Refusal {
+    Refusal::invalid(RefusalCode::InvalidSignature, param, message)
 }
 
 /// Verifies `Klarna-Signature` over `body` with the key named by `Klarna-Signing-Key-Id`.
@@ -130,36 +131,23 @@ pub(crate) fn verify(
     let key_id = headers
         .get(SIGNING_KEY_ID_HEADER)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| refused("invalid_signature", "Klarna-Signing-Key-Id", "is missing"))?;
-    let (_, key) = keys.iter().find(|(id, _)| id == key_id).ok_or_else(|| {
-        refused(
-            "invalid_signature",
-            "Klarna-Signing-Key-Id",
-            "names no known key",
-        )
-    })?;
+        .ok_or_else(|| bad_signature("Klarna-Signing-Key-Id", "is missing"))?;
+    let (_, key) = keys
+        .iter()
+        .find(|(id, _)| id == key_id)
+        .ok_or_else(|| bad_signature("Klarna-Signing-Key-Id", "names no known key"))?;
     let signature = headers
         .get(SIGNATURE_HEADER)
         .map(|v| v.as_bytes())
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| refused("invalid_signature", "Klarna-Signature", "is missing"))?;
-    let signature = decode_signature(signature.trim_ascii()).ok_or_else(|| {
-        refused(
-            "invalid_signature",
-            "Klarna-Signature",
-            "is neither hex nor base64",
-        )
-    })?;
+        .ok_or_else(|| bad_signature("Klarna-Signature", "is missing"))?;
+    let signature = decode_signature(signature.trim_ascii())
+        .ok_or_else(|| bad_signature("Klarna-Signature", "is neither hex nor base64"))?;
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(body);
     // verify_slice compares in constant time and refuses any other length.
-    mac.verify_slice(&signature).map_err(|_| {
-        refused(
-            "invalid_signature",
-            "Klarna-Signature",
-            "does not match the body",
-        )
-    })
+    mac.verify_slice(&signature)
+        .map_err(|_| bad_signature("Klarna-Signature", "does not match the body"))
 }
 
 /// A signature as Klarna may send it: hex (its documented form), or base64 (standard or
@@ -375,7 +363,7 @@ mod tests {
             ("not a signature!".to_owned(), "neither hex nor base64"),
         ] {
             let r = check(&bad).expect_err(&bad);
-            assert!(r.message.contains(why), "{bad}: {}", r.message);
+            assert!(r.message().contains(why), "{bad}: {}", r.message());
         }
     }
 
@@ -397,8 +385,11 @@ mod tests {
             ),
         ] {
             let r = parse(body.as_bytes()).expect_err(body);
-            assert_eq!((r.status.as_u16(), r.code), (400, "duplicate_key"));
-            assert_eq!(r.param.as_deref(), Some(param), "{body}");
+            assert_eq!(
+                (r.status().as_u16(), r.code().as_str()),
+                (400, "duplicate_key")
+            );
+            assert_eq!(r.param(), Some(param), "{body}");
         }
         // Deeper duplicates are not read, and not the layer's business; nor is a body that
         // is not the envelope (relayed with fewer fields).

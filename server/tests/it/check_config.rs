@@ -109,6 +109,79 @@ pub(crate) fn check_config(path: impl AsRef<std::ffi::OsStr>) -> std::process::O
 }
 
 #[test]
+fn check_config_reports_every_error_in_one_round() {
+    // One misspelt key among wrong values and failed checks, in both parts of the file.
+    let path = write_config(
+        "many.toml",
+        r#"
+body_limit = 0
+inject_at = "a..b"
+[[routes]]
+method = "PO ST"
+path = "/x"
+[[routes]]
+path = "/y"
+[[routes]]
+method = "POST"
+path = "no-slash"
+[return_url_policy]
+max_lenght = 3000
+schemes = ["ftp"]
+max_length = "long"
+[defaults]
+return_url = "http://partner.example/r"
+interaction_expiry = "PT5M"
+[partner_response]
+pending = ""
+placement = "top_level"
+redirect_url = "https://acq.example/{nope}"
+[server]
+listen = "nope"
+upstream = "127.0.0.1:9000"
+max_headers = "many"
+admin = "also-nope"
+threads = 0
+[server.health_check]
+interval_ms = "often"
+timeout_ms = 5000
+"#,
+    );
+    let out = check_config(&path);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8(out.stderr).unwrap();
+    let keys: Vec<_> = err
+        .lines()
+        .map(|l| l.split(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "server.health_check.interval_ms",
+            "server.max_headers",
+            "return_url_policy.max_lenght",
+            "return_url_policy.max_length",
+            "routes[1].method",
+            "body_limit",
+            "routes[0].method",
+            "routes[2].path",
+            "inject_at",
+            "return_url_policy.schemes[0]",
+            "defaults.interaction_expiry",
+            "partner_response.pending",
+            "partner_response.redirect_url",
+            "partner_response.placement",
+            "server.listen",
+            "server.threads",
+            "server.admin",
+        ],
+        "{err}"
+    );
+    // Every line says where its key is.
+    assert!(err.lines().all(|l| l.ends_with(')')), "{err}");
+}
+
+#[test]
 fn check_config_validates_and_prints_the_partner_table() {
     let ok = write_config(
         "partners.toml",

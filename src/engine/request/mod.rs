@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use super::compile::iso_duration_secs;
 use super::json::{self, Edits, Object};
 use super::partners::{self, PartnerId, PartnerRef, PolicyView};
-use super::{Candidate, Engine, Refusal, StepUp};
+use super::{Candidate, Engine, Refusal, RefusalCode, StepUp};
 
 /// Longest `payment_request_reference` Klarna takes.
 const MAX_REFERENCE: usize = 255;
@@ -342,7 +342,11 @@ impl Engine {
         }
         let param = |name: &str| format!("{prefix}step_up_config{name}");
         let suc = Object::from_raw(raw).ok_or_else(|| {
-            Refusal::invalid("invalid_step_up_config", param(""), "must be an object")
+            Refusal::invalid(
+                RefusalCode::InvalidStepUpConfig,
+                param(""),
+                "must be an object",
+            )
         })?;
         if let Some(r) = suc.get("payment_request_reference") {
             check_reference(r, param(".payment_request_reference"))?;
@@ -351,7 +355,7 @@ impl Engine {
             None | Some("null") => return Ok(()),
             Some(c) => Object::from_raw(c).ok_or_else(|| {
                 Refusal::invalid(
-                    "invalid_step_up_config",
+                    RefusalCode::InvalidStepUpConfig,
                     param(".customer_interaction_config"),
                     "must be an object",
                 )
@@ -422,7 +426,7 @@ impl Engine {
                     None => {
                         let param = self.inject_at[..=i].join(".");
                         return Err(Refusal::invalid(
-                            "invalid_request_body",
+                            RefusalCode::InvalidRequestBody,
                             param,
                             "must be an object",
                         ));
@@ -439,7 +443,7 @@ impl Engine {
         };
         let not_an_object = |name: &str| {
             Refusal::invalid(
-                "invalid_step_up_config",
+                RefusalCode::InvalidStepUpConfig,
                 self.config_param(name),
                 "must be an object",
             )
@@ -495,7 +499,7 @@ impl Engine {
             Some(id) => Cow::Owned(
                 partners::namespaced(id, &reference, MAX_REFERENCE).ok_or_else(|| {
                     Refusal::invalid(
-                        "invalid_reference",
+                        RefusalCode::InvalidReference,
                         reference_param.unwrap_or_default(),
                         format!(
                             "is too long: with the partner prefix \"{}:\" it must be at most \
@@ -511,7 +515,7 @@ impl Engine {
             .choose_url(root, site.cic.as_ref(), false, policy)?
             .ok_or_else(|| {
             Refusal::invalid(
-                "missing_return_url",
+                RefusalCode::MissingReturnUrl,
                 fields.first().cloned().unwrap_or_default(),
                 format!("a return URL is required: send {}", fields.join(" or ")),
             )
@@ -588,7 +592,7 @@ impl Engine {
         );
         if url.len() > MAX_SIGNED_RETURN_URL {
             return Err(Refusal::invalid(
-                "invalid_return_url",
+                RefusalCode::InvalidReturnUrl,
                 chosen.return_param.clone(),
                 format!(
                     "is too long: signed for the acquirer return, the URL sent to Klarna would \
@@ -866,9 +870,9 @@ fn check_url<'a>(
     policy: PolicyView<'_>,
 ) -> Result<Cow<'a, str>, Refusal> {
     let code = if app {
-        "invalid_app_return_url"
+        RefusalCode::InvalidAppReturnUrl
     } else {
-        "invalid_return_url"
+        RefusalCode::InvalidReturnUrl
     };
     let value =
         json::as_str(raw).ok_or_else(|| Refusal::invalid(code, &param, "must be a string"))?;
@@ -885,11 +889,12 @@ fn check_url<'a>(
 
 /// A `payment_request_reference` as the caller sent it: a string of 1 to 255 characters.
 fn check_reference(raw: &str, param: String) -> Result<Cow<'_, str>, Refusal> {
-    let value = json::as_str(raw)
-        .ok_or_else(|| Refusal::invalid("invalid_reference", &param, "must be a string"))?;
+    let value = json::as_str(raw).ok_or_else(|| {
+        Refusal::invalid(RefusalCode::InvalidReference, &param, "must be a string")
+    })?;
     if value.is_empty() || value.chars().count() > MAX_REFERENCE {
         return Err(Refusal::invalid(
-            "invalid_reference",
+            RefusalCode::InvalidReference,
             param,
             format!("must be 1 to {MAX_REFERENCE} characters long"),
         ));
@@ -1083,14 +1088,17 @@ mod tests {
         ];
         for (body, why) in cases {
             let r = refused(&e, &body);
-            assert_eq!((r.status.as_u16(), r.code), (400, "unreadable_json"));
+            assert_eq!(
+                (r.status().as_u16(), r.code().as_str()),
+                (400, "unreadable_json")
+            );
             assert!(
-                r.message.contains(why),
+                r.message().contains(why),
                 "{:?}: {}",
                 String::from_utf8_lossy(&body),
-                r.message
+                r.message()
             );
-            assert!(!r.message.contains("javascript"), "{}", r.message);
+            assert!(!r.message().contains("javascript"), "{}", r.message());
         }
     }
 
@@ -1189,11 +1197,11 @@ mod tests {
         for (body, param) in cases {
             let r = refused(&e, body.as_bytes());
             assert_eq!(
-                (r.status.as_u16(), r.code),
+                (r.status().as_u16(), r.code().as_str()),
                 (400, "duplicate_key"),
                 "{body}"
             );
-            assert_eq!(r.param.as_deref(), Some(param), "{body}");
+            assert_eq!(r.param(), Some(param), "{body}");
         }
         // Keys the engine does not read may repeat (not its business).
         let ok = format!(r#"{{"payment_method":"klarna",{url},"amount":1,"amount":2}}"#);
@@ -1209,9 +1217,9 @@ mod tests {
         for pm in [r#"" klarna""#, r#""card""#, r#"{"type":"klarna "}"#, "null"] {
             let body = format!(r#"{{"payment_method":{pm},{HOSTILE}}}"#);
             let r = refused(&e, body.as_bytes());
-            assert_eq!(r.code, "invalid_return_url", "{body}");
+            assert_eq!(r.code().as_str(), "invalid_return_url", "{body}");
             assert_eq!(
-                r.param.as_deref(),
+                r.param(),
                 Some("step_up_config.customer_interaction_config.return_url")
             );
         }
@@ -1237,7 +1245,7 @@ mod tests {
                 "invalid_return_url",
             ),
         ] {
-            assert_eq!(refused(&e, body.as_bytes()).code, code, "{body}");
+            assert_eq!(refused(&e, body.as_bytes()).code().as_str(), code, "{body}");
         }
         // A good one on a card payment goes through untouched.
         let body = br#"{"payment_method":"card","step_up_config":{"customer_interaction_config":{"return_url":"https://a.example/r"}}}"#;
@@ -1247,11 +1255,14 @@ mod tests {
         let body = format!(
             r#"{{"payment_method":"klarna","return_url":"https://a.example/r",{HOSTILE}}}"#
         );
-        assert_eq!(refused(&e, body.as_bytes()).code, "invalid_return_url");
+        assert_eq!(
+            refused(&e, body.as_bytes()).code().as_str(),
+            "invalid_return_url"
+        );
         let body = format!(r#"{{"payment_method":"card","payment":{{{HOSTILE}}}}}"#);
         let r = refused(&e, body.as_bytes());
         assert_eq!(
-            r.param.as_deref(),
+            r.param(),
             Some("payment.step_up_config.customer_interaction_config.return_url")
         );
     }
@@ -1295,8 +1306,8 @@ mod tests {
             ),
         ] {
             let r = refused(&e, body.as_bytes());
-            assert!(r.code.starts_with("invalid_"), "{body}: {r:?}");
-            assert_eq!(r.param.as_deref(), Some(param), "{body}");
+            assert!(r.code().as_str().starts_with("invalid_"), "{body}: {r:?}");
+            assert_eq!(r.param(), Some(param), "{body}");
         }
         // Two spellings of one key are a duplicate.
         for (body, param) in [
@@ -1322,8 +1333,8 @@ mod tests {
             ),
         ] {
             let r = refused(&e, body.as_bytes());
-            assert_eq!(r.code, "duplicate_key", "{body}");
-            assert_eq!(r.param.as_deref(), Some(param), "{body}");
+            assert_eq!(r.code().as_str(), "duplicate_key", "{body}");
+            assert_eq!(r.param(), Some(param), "{body}");
         }
         // The payment method in any case, Kelvin sign included, is Klarna's.
         for pm in [r#""KLARNA""#, r#""Klarna""#, r#"{"Type":"Klarna"}"#] {
@@ -1400,7 +1411,11 @@ mod tests {
             ),
         ] {
             let r = refused(&e, body.as_bytes());
-            assert_eq!((r.code, r.param.as_deref()), (code, Some(param)), "{body}");
+            assert_eq!(
+                (r.code().as_str(), r.param()),
+                (code, Some(param)),
+                "{body}"
+            );
         }
         let Route::Refused(r) = e.classify(
             &Method::POST,
@@ -1409,7 +1424,7 @@ mod tests {
         ) else {
             panic!()
         };
-        assert_eq!(r.refusal().code, "query_field");
+        assert_eq!(r.refusal().code().as_str(), "query_field");
         // Paths with an empty segment, and a stripped field inside another, are config errors.
         let err = StepUp::from_toml(
             "[partner_fields]\nreturn_url = [\"a..b\"]\nstrip = [\"a\", \"a.b\"]\n",
@@ -1441,7 +1456,7 @@ mod tests {
             r#"{"payment_method":"card","x":"&step_up_config[customer_interaction_config][return_url]=x"}"#,
         ] {
             match untyped(body) {
-                RequestVerdict::Refused(r) => assert_eq!(r.code, "form_field", "{body}"),
+                RequestVerdict::Refused(r) => assert_eq!(r.code().as_str(), "form_field", "{body}"),
                 other => panic!("{body}: {other:?}"),
             }
         }
@@ -1495,8 +1510,8 @@ mod tests {
             RequestVerdict::Injected { .. }
         ));
         let r = refused(&e, body(1500).as_bytes());
-        assert_eq!(r.code, "invalid_return_url");
-        assert_eq!(r.param.as_deref(), Some("klarna_return_url"));
-        assert!(r.message.contains("2000"), "{}", r.message);
+        assert_eq!(r.code().as_str(), "invalid_return_url");
+        assert_eq!(r.param(), Some("klarna_return_url"));
+        assert!(r.message().contains("2000"), "{}", r.message());
     }
 }

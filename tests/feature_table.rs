@@ -1,4 +1,4 @@
-//! The README's feature table says what `Cargo.toml` says: one row per feature, `(default)`
+//! The feature table of the adapters guide (`docs/adapters.md`) says what `Cargo.toml` says: one row per feature, `(default)`
 //! exactly on the default ones, and every optional dependency a row claims to pull in is
 //! one its feature enables (the codecs flate2, brotli and zstd named wherever enabled).
 
@@ -59,14 +59,14 @@ fn enabled_deps(m: &Manifest, feature: &str) -> BTreeSet<String> {
     deps
 }
 
-/// The rows of the README's feature table: (feature, marked default, what it pulls in).
+/// The rows of the guide's feature table: (feature, marked default, what it pulls in).
 fn table() -> Vec<(String, bool, String)> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme
+    let guide =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/adapters.md")).unwrap();
+    let start = guide
         .find("| feature | what you get | what it pulls in |")
         .expect("the feature table");
-    readme[start..]
+    guide[start..]
         .lines()
         .skip(2)
         .take_while(|l| l.starts_with('|'))
@@ -87,7 +87,7 @@ fn table() -> Vec<(String, bool, String)> {
 }
 
 #[test]
-fn the_readme_feature_table_matches_the_manifest() {
+fn the_feature_table_matches_the_manifest() {
     let m = manifest();
     let rows = table();
     let documented: BTreeSet<&str> = rows.iter().map(|(n, ..)| n.as_str()).collect();
@@ -113,14 +113,14 @@ fn the_readme_feature_table_matches_the_manifest() {
         for dep in &named {
             assert!(
                 deps.contains(*dep),
-                "{name}: the README says it pulls in {dep}; it does not"
+                "{name}: the guide says it pulls in {dep}; it does not"
             );
         }
         for codec in CODECS {
             assert_eq!(
                 deps.contains(codec),
                 named.contains(codec),
-                "{name}: enables {codec} in Cargo.toml, the README must say so (and only then)"
+                "{name}: enables {codec} in Cargo.toml, the guide must say so (and only then)"
             );
         }
     }
