@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts};
 
+use klarna_stepup::config::Mode;
 use klarna_stepup::Record;
 
 /// The proxy's metrics.
@@ -12,6 +13,10 @@ use klarna_stepup::Record;
 pub(crate) struct Metrics {
     requests: IntCounterVec,
     refusals: IntCounterVec,
+    /// What step-up would have done with the requests of partners (or a configuration) in
+    /// `shadow` mode: counted apart, as nothing was done.
+    shadow_requests: IntCounterVec,
+    shadow_refusals: IntCounterVec,
     /// With `[partners]` on: the configured partner ids, the only `partner` label values
     /// besides [`OTHER_PARTNER`] and [`NO_PARTNER`] (so that callers cannot grow the series).
     partners: Option<std::sync::Arc<[String]>>,
@@ -65,6 +70,24 @@ impl Metrics {
                     "klarna_stepup_refusals_total",
                     "Answers step-up gave itself (outcomes refused and upstream_error), by code \
                      (and partner, with partners on)",
+                ),
+                &by_partner(&["code"]),
+            )
+            .expect("static metric definition"),
+            shadow_requests: IntCounterVec::new(
+                Opts::new(
+                    "klarna_stepup_shadow_requests_total",
+                    "Requests in shadow mode (changed in nothing), by the outcome step-up would \
+                     have had (and partner, with partners on)",
+                ),
+                &by_partner(&["outcome"]),
+            )
+            .expect("static metric definition"),
+            shadow_refusals: IntCounterVec::new(
+                Opts::new(
+                    "klarna_stepup_shadow_refusals_total",
+                    "Requests in shadow mode step-up would have refused, by code (and partner, \
+                     with partners on)",
                 ),
                 &by_partner(&["code"]),
             )
@@ -132,6 +155,8 @@ impl Metrics {
         for c in [
             Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.refusals.clone()),
+            Box::new(m.shadow_requests.clone()),
+            Box::new(m.shadow_refusals.clone()),
             Box::new(m.duration.clone()),
             Box::new(m.upstream_duration.clone()),
             Box::new(m.upstream_responses.clone()),
@@ -150,11 +175,15 @@ impl Metrics {
     /// Records one finished request.
     pub fn record(&self, r: &Record) {
         let outcome = r.outcome();
+        let (requests, refusals) = match r.mode() {
+            Mode::Shadow => (&self.shadow_requests, &self.shadow_refusals),
+            _ => (&self.requests, &self.refusals),
+        };
         match &self.partners {
             None => {
-                self.requests.with_label_values(&[outcome.label()]).inc();
+                requests.with_label_values(&[outcome.label()]).inc();
                 if let Some(code) = outcome.code() {
-                    self.refusals.with_label_values(&[code.as_str()]).inc();
+                    refusals.with_label_values(&[code.as_str()]).inc();
                 }
             }
             Some(known) => {
@@ -165,13 +194,11 @@ impl Metrics {
                         .find(|k| *k == p)
                         .map_or(OTHER_PARTNER, String::as_str),
                 };
-                self.requests
+                requests
                     .with_label_values(&[outcome.label(), partner])
                     .inc();
                 if let Some(code) = outcome.code() {
-                    self.refusals
-                        .with_label_values(&[code.as_str(), partner])
-                        .inc();
+                    refusals.with_label_values(&[code.as_str(), partner]).inc();
                 }
             }
         }
