@@ -100,6 +100,7 @@ pub struct Record {
     mode: crate::config::Mode,
     route: String,
     reference: Option<String>,
+    trace: Option<crate::engine::trace::TraceContext>,
     span: tracing::Span,
 }
 
@@ -132,6 +133,7 @@ impl Default for Record {
             mode: crate::config::Mode::Enforce,
             route: String::new(),
             reference: None,
+            trace: None,
             span: tracing::Span::none(),
         }
     }
@@ -231,14 +233,34 @@ impl Record {
                 klarna_error_id = tracing::field::Empty,
                 partner = tracing::field::Empty,
                 outcome = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
             ),
             ..Record::default()
         }
     }
 
-    /// The route this record is for (`""` when step-up does not act on the request).
-    pub(crate) fn route(&self) -> &str {
+    /// The route step-up served the request on: a candidate route's pattern, or
+    /// `acquirer_return`, `webhook`, `webhook_relay_path`, `request_head` (`""` when step-up
+    /// does not act on the request).
+    pub fn route(&self) -> &str {
         &self.route
+    }
+
+    /// The `payment_request_reference` sent to Klarna, once known.
+    pub fn payment_request_reference(&self) -> Option<&str> {
+        self.reference.as_deref()
+    }
+
+    /// The W3C trace context step-up gave the payment API (`[trace_context] propagate`).
+    pub fn trace(&self) -> Option<&crate::engine::trace::TraceContext> {
+        self.trace.as_ref()
+    }
+
+    pub(crate) fn set_trace(&mut self, trace: crate::engine::trace::TraceContext) {
+        self.span.record("trace_id", trace.trace_id().as_str());
+        self.span.record("span_id", trace.span_id().as_str());
+        self.trace = Some(trace);
     }
 
     /// Whether step-up acts on this request.
@@ -448,6 +470,7 @@ impl Record {
                     mode = self.mode.label(),
                     klarna_correlation_id = self.klarna_correlation_id.as_deref(),
                     klarna_error_id = self.klarna_error_id.as_deref(),
+                    trace_id = self.trace.as_ref().map(|t| tracing::field::display(t.trace_id())),
                     outcome = outcome.label(),
                     code = outcome.code().map(RefusalCode::as_str),
                     status,

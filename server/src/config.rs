@@ -117,6 +117,80 @@ pub struct ServerConfig {
     /// TLS to the upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_tls: Option<UpstreamTls>,
+    /// OpenTelemetry export of step-up's spans over OTLP/HTTP (default: none). With it, the
+    /// layer continues (or starts) the W3C trace context of the requests it acts on and
+    /// passes its own span to the payment API in `traceparent`, as `[trace_context]
+    /// propagate = true` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<TelemetryConfig>,
+}
+
+/// `[server.telemetry]`: where step-up's spans go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP traces endpoint, `http://host:port/v1/traces` (the spans are
+    /// sent JSON-encoded; for TLS, export to a local collector or agent).
+    pub otlp_endpoint: String,
+    /// The `service.name` resource attribute (default `klarna-stepup`).
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Spans waiting for export at most (default 4096); beyond, new ones are dropped.
+    #[serde(default = "default_span_queue")]
+    pub queue: usize,
+    /// How often waiting spans are sent, in milliseconds (default 1000), or when 512 wait.
+    #[serde(default = "default_export_interval_ms")]
+    pub interval_ms: u64,
+    /// How long one export may take, connect included, in milliseconds (default 5000).
+    #[serde(default = "default_export_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn telemetry_problems(p: &mut Vec<ConfigError>, t: &TelemetryConfig) {
+    let endpoint = t.otlp_endpoint.parse::<http::Uri>().ok();
+    let fit = endpoint.as_ref().is_some_and(|u| {
+        u.scheme_str() == Some("http")
+            && u.host().is_some_and(|h| !h.is_empty())
+            && u.query().is_none()
+    });
+    if !fit {
+        p.push(err(
+            "server.telemetry.otlp_endpoint",
+            "must be an http:// URL such as http://127.0.0.1:4318/v1/traces",
+        ));
+    }
+    if t.service_name.is_empty() {
+        p.push(err("server.telemetry.service_name", "must not be empty"));
+    }
+    if !(1..=1_000_000).contains(&t.queue) {
+        p.push(err(
+            "server.telemetry.queue",
+            "must be between 1 and 1000000",
+        ));
+    }
+    if t.interval_ms == 0 {
+        p.push(err("server.telemetry.interval_ms", "must be at least 1"));
+    }
+    if t.timeout_ms == 0 {
+        p.push(err("server.telemetry.timeout_ms", "must be at least 1"));
+    }
+}
+
+fn default_service_name() -> String {
+    "klarna-stepup".to_owned()
+}
+
+fn default_span_queue() -> usize {
+    4096
+}
+
+fn default_export_interval_ms() -> u64 {
+    1000
+}
+
+fn default_export_timeout_ms() -> u64 {
+    5000
 }
 
 fn default_threads() -> usize {
@@ -305,6 +379,19 @@ impl ProxyConfig {
                 &mut errors,
             )),
         };
+        // Exported spans are the payment API's parents: with `[server.telemetry]`, the trace
+        // goes on (`[trace_context] propagate`, shown so in the effective configuration).
+        let exports = server
+            .as_ref()
+            .is_some_and(|s| s.value.as_ref().is_some_and(|s| s.telemetry.is_some()));
+        if exports {
+            if let toml::Value::Table(t) = table
+                .entry("trace_context")
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+            {
+                t.insert("propagate".into(), toml::Value::Boolean(true));
+            }
+        }
         let step_up = read::step_up(toml::Value::Table(table), &mut errors);
         let server = server.and_then(|read| {
             let checked = read.value.as_ref()?.problems();
@@ -524,6 +611,9 @@ impl ServerConfig {
                     ));
                 }
             }
+        }
+        if let Some(t) = &self.telemetry {
+            telemetry_problems(&mut p, t);
         }
         p
     }

@@ -44,6 +44,7 @@ mod metrics;
 mod notify;
 mod pool;
 mod serve;
+mod telemetry;
 mod timed;
 mod tls;
 mod upgrade;
@@ -51,7 +52,8 @@ mod upstream;
 mod worker;
 
 pub use config::{
-    HealthCheckConfig, ListenerTls, ProxyConfig, ServerConfig, UpstreamTls, Upstreams,
+    HealthCheckConfig, ListenerTls, ProxyConfig, ServerConfig, TelemetryConfig, UpstreamTls,
+    Upstreams,
 };
 pub use error::{Error, UpgradeError};
 pub use klarna_stepup::ConfigError;

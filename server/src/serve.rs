@@ -22,6 +22,7 @@ use super::notify;
 use super::upgrade;
 use super::upstream::{Connector, Dialer};
 use super::worker::{worker, Shared};
+use crate::telemetry::Telemetry;
 
 /// Builds the server the configuration describes and runs it until SIGTERM or SIGINT; then
 /// `/readyz` answers 503 at once, the listeners close (after `server.drain_delay_ms`), and
@@ -69,12 +70,22 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), Error> {
     }
     // Everything that can fail is done before the running instance is asked for anything.
     let mut sockets = Sockets::open(s, &addresses, upgrade)?;
+    let telemetry = s
+        .telemetry
+        .as_ref()
+        .map(Telemetry::start)
+        .transpose()
+        .map_err(Error::start(
+            Some("server.telemetry"),
+            "cannot start the span exporter",
+        ))?;
     let shared = Shared::new(
         &config,
         dialer,
         balancer.clone(),
         tls,
         sockets.admin.is_some(),
+        telemetry,
     );
     let shared = Arc::new(shared);
     let (stop, stopped) = watch::channel(false);

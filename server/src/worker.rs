@@ -29,6 +29,8 @@ use klarna_stepup::engine::{check_request_head, strip_hop_by_hop, HeadLimits};
 use klarna_stepup::tower::{KlarnaStepUp, StepUpBody};
 use klarna_stepup::{BufferBudget, Record, Refusal, StepUp};
 
+use crate::telemetry::Telemetry;
+
 /// A request's body as the layer and the client see it: each wait bounded.
 type ReqBody = StepUpBody<Timed<Incoming>>;
 /// The payment API's answer as the layer sees it.
@@ -228,6 +230,7 @@ pub(super) struct Shared {
     dialer: Dialer,
     balancer: Arc<Balancer>,
     metrics: Option<Metrics>,
+    telemetry: Option<Telemetry>,
     budget: BufferBudget,
     tls: Option<TlsAcceptor>,
     connections: Arc<Semaphore>,
@@ -247,6 +250,7 @@ impl Shared {
         balancer: Arc<Balancer>,
         tls: Option<TlsAcceptor>,
         metrics: bool,
+        telemetry: Option<Telemetry>,
     ) -> Self {
         let s = &config.server;
         Shared {
@@ -261,6 +265,7 @@ impl Shared {
                         .then(|| partners.entries.iter().map(|e| e.id.clone()).collect()),
                 )
             }),
+            telemetry,
             budget: BufferBudget::new(s.buffer_budget_bytes),
             tls,
             connections: Arc::new(Semaphore::new(super::limits::open_files_for(
@@ -287,8 +292,16 @@ impl Shared {
         }));
         let mut stack =
             KlarnaStepUp::new(forward, self.step_up.clone()).buffer_budget(self.budget.clone());
-        if let Some(m) = self.metrics.clone() {
-            stack = stack.observe(move |r: &Record| m.record(r));
+        let (metrics, telemetry) = (self.metrics.clone(), self.telemetry.clone());
+        if metrics.is_some() || telemetry.is_some() {
+            stack = stack.observe(move |r: &Record| {
+                if let Some(m) = &metrics {
+                    m.record(r);
+                }
+                if let Some(t) = &telemetry {
+                    t.record(r);
+                }
+            });
         }
         Front {
             stack,

@@ -8,7 +8,7 @@ use super::{
     AcquirerRedirectConfig, AcquirerReturnConfig, DefaultsConfig, DetectConfig, HttpStatusConfig,
     KeyConfig, KeyStyle, KlarnaConfig, Mode, PartnerEntry, PartnerFieldsConfig, PartnerKeysConfig,
     PartnerResponseConfig, PartnersConfig, Placement, ReturnUrlPolicyConfig, RouteConfig,
-    StepUpConfig, UnknownPartner, WebhooksConfig,
+    StepUpConfig, TraceContextConfig, UnknownPartner, WebhooksConfig,
 };
 
 /// The strings of a list key.
@@ -109,6 +109,8 @@ setters!(StepUpConfig {
     acquirer_return: value<AcquirerReturnConfig>,
     /// `[webhooks]`, the whole table: turns the verified webhook relay on.
     webhooks: value<WebhooksConfig>,
+    /// `[trace_context]`, the whole table: W3C trace context on step-up's requests.
+    trace_context: value<TraceContextConfig>,
     /// `[partners]`, the whole table: many partners behind one acquirer.
     ///
     /// ```
@@ -205,6 +207,12 @@ impl StepUpConfig {
 }
 
 // === impl the tables ===
+
+setters!(TraceContextConfig {
+    /// `trace_context.propagate`: continue (or start) the W3C trace of the requests step-up
+    /// acts on, with its own span as the payment API's parent.
+    propagate: value<bool>,
+});
 
 setters!(DetectConfig {
     /// `detect.payment_method`: the values of the payment method that mean Klarna.
@@ -504,6 +512,9 @@ relay_timeout_ms = 5000
 id = "klarna-key-1"
 env = "KLARNA_WEBHOOK_KEY"
 
+[trace_context]
+propagate = true
+
 [partners]
 header = "X-Partner-Id"
 path_param = "partner"
@@ -612,6 +623,7 @@ id = "shop-b"
                     .body_limit(32_768)
                     .relay_timeout_ms(5000),
             )
+            .trace_context(TraceContextConfig::default().propagate(true))
             .partners(
                 PartnersConfig::default()
                     .header("X-Partner-Id")

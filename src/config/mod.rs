@@ -73,6 +73,8 @@ pub struct StepUpConfig {
     pub webhooks: WebhooksConfig,
     /// Many partners behind one acquirer (off by default).
     pub partners: PartnersConfig,
+    /// W3C trace context on the requests step-up acts on (off by default).
+    pub trace_context: TraceContextConfig,
 }
 
 impl Default for StepUpConfig {
@@ -93,8 +95,24 @@ impl Default for StepUpConfig {
             acquirer_redirect: AcquirerRedirectConfig::default(),
             webhooks: WebhooksConfig::default(),
             partners: PartnersConfig::default(),
+            trace_context: TraceContextConfig::default(),
         }
     }
+}
+
+/// `[trace_context]`: the W3C `traceparent` of the requests step-up acts on (candidate
+/// routes, the webhook relay, the return notification). On, the partner's valid
+/// `traceparent` is continued (anything else starts a new trace) with step-up's own span as
+/// the parent the payment API sees; the trace and span ids go into the request's tracing
+/// span and its [`Record`](crate::Record). Other requests pass with their headers
+/// untouched, and in `shadow` mode nothing is changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TraceContextConfig {
+    /// Off by default (the forwarded heads are then as they came); the proxy binary turns it
+    /// on when it exports spans (`[server.telemetry]`).
+    pub propagate: bool,
 }
 
 /// A secret key: its id, and the environment variable that holds it. Keys never appear in

@@ -360,14 +360,38 @@ impl Driver {
         head: &mut impl Head,
     ) -> Option<Driver> {
         engine::strip_forged_headers(head);
-        Driver::classify(step_up, method, uri?, head.headers())
+        let mut d = Driver::classify(step_up, method, uri?, head.headers())?;
+        d.trace(step_up, head.headers());
+        Some(d)
     }
 
     /// [`start`](Self::start) for a head that carries its own method and target (Pingora's
     /// `RequestHeader`), read as they are.
     pub fn start_head(step_up: &StepUp, head: &mut impl RequestHead) -> Option<Driver> {
         engine::strip_forged_headers(head);
-        Driver::classify(step_up, head.method(), head.uri(), head.headers())
+        let mut d = Driver::classify(step_up, head.method(), head.uri(), head.headers())?;
+        d.trace(step_up, head.headers());
+        Some(d)
+    }
+
+    /// The W3C trace context of a request step-up acts on, with `[trace_context]
+    /// propagate` on: continued from the partner's `traceparent`, or new.
+    fn trace(&mut self, step_up: &StepUp, headers: &HeaderMap) {
+        if step_up.config().trace_context.propagate {
+            let mut random = [0u8; 24];
+            random[..16].copy_from_slice(&fastrand::u128(..).to_le_bytes());
+            random[16..].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+            self.record
+                .set_trace(engine::trace::TraceContext::of_request(headers, random));
+        }
+    }
+
+    /// Puts the trace context on a request step-up sends to the payment API (never in
+    /// `shadow` mode: nothing is changed there).
+    fn pass_trace(&self, head: &mut impl Head) {
+        if let (Some(t), false) = (self.record.trace(), self.mode == Mode::Shadow) {
+            t.apply(head);
+        }
     }
 
     fn classify(

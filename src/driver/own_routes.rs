@@ -45,9 +45,10 @@ impl Driver {
         let notification =
             self.step_up()
                 .return_notification(method, &redirect, host, engine::unix_now());
-        let Some((request, timeout)) = notification else {
+        let Some((mut request, timeout)) = notification else {
             return self.redirect(redirect);
         };
+        self.pass_trace(request.headers_mut());
         self.request = RequestStep::Notifying(redirect);
         Action::Notify {
             request,

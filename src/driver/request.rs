@@ -297,6 +297,7 @@ impl Driver {
     /// body that streams, step-up's own headers for a relayed webhook. Nothing for other
     /// requests.
     pub fn upstream_request_head(&mut self, head: &mut impl Head) {
+        self.pass_trace(head);
         match &mut self.request {
             RequestStep::Forwarded(Upstream::Injected(body)) => {
                 engine::injected_request(head, body.len())
@@ -322,6 +323,7 @@ impl Driver {
     pub fn upstream_request_head_for(&mut self, head: &mut impl Head, body_len: usize) {
         match &self.request {
             RequestStep::Forwarded(Upstream::Injected(_)) => {
+                self.pass_trace(head);
                 engine::injected_request(head, body_len)
             }
             _ => self.upstream_request_head(head),

@@ -30,6 +30,7 @@ mod partner_metrics;
 mod process;
 mod stacks;
 mod systemd;
+mod telemetry;
 mod tls;
 mod upgrade;
 mod upstreams;

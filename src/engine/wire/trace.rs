@@ -95,10 +95,10 @@ impl TraceContext {
 
     /// Puts the context on a request going to the payment API: `traceparent` replaced, and
     /// `tracestate` removed when the trace was started here.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert(TRACEPARENT, self.traceparent());
+    pub fn apply(&self, head: &mut impl super::head::Head) {
+        head.set(TRACEPARENT, self.traceparent());
         if !self.continued() {
-            headers.remove(TRACESTATE);
+            head.remove(&TRACESTATE);
         }
     }
 }
