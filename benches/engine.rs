@@ -10,7 +10,9 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use http::{HeaderMap, Method, StatusCode};
 use klarna_stepup::{Candidate, RequestVerdict, ResponseVerdict, Route, StepUp};
 
+/// The tests' fixture table (the benchmarks read a part of it).
 #[path = "../tests/common/fixtures.rs"]
+#[allow(dead_code)]
 mod fixtures;
 
 /// The clock the engine is asked at (unix seconds).

@@ -1,9 +1,10 @@
 //! `klarna-stepup-demo` itself (what `./x demo` runs): an order paid in its shop has a
 //! timeline, with the partner's request, the injected `step_up_config` marked against it,
 //! Klarna's answer and the partner block. (The whole flow, step-up included, is tested against
-//! the same stack in the main crate's tests/demo_flow.rs and tests/browser.rs.)
+//! the same stack in the server crate's tests (server/tests/it/demo_flow.rs and browser.rs).)
 
 #[path = "../../tests/common/blocking.rs"]
+#[allow(dead_code)] // a part of the shared helpers
 mod blocking;
 
 use std::net::SocketAddr;

@@ -118,7 +118,7 @@
 //! If you would rather not wrap your proxy, keep a [`StepUpCtx`] in your `CTX` and call the
 //! [`StepUpPhases`] method of each phase (plus [`respond`] and [`upstream_refusal`] if you
 //! answer errors yourself). This runs on Pingora's pipeline, without the direct exchange;
-//! `tests/pingora_phases.rs` runs the whole fixture table through this recipe:
+//! `tests/it/pingora_phases.rs` runs the whole fixture table through this recipe:
 //!
 //! ```no_run
 //! use async_trait::async_trait;

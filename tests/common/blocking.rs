@@ -1,5 +1,4 @@
 //! Blocking loopback helpers for the tests that drive the proxy binary from plain threads.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

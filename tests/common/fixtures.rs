@@ -4,7 +4,6 @@
 //! A body in a fixture is either a JSON string (the bytes are its contents) or any other JSON
 //! value, whose bytes are exactly its text in the file: whitespace, key order, number formats
 //! and escapes included.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 

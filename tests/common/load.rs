@@ -1,7 +1,6 @@
 //! A bounded load client over loopback: blocking threads, each sending requests one after
 //! another (on a fresh connection each, or on one kept alive), counting answers with the
 //! expected status and failures, until told to stop, a request count or a deadline.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

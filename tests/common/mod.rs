@@ -1,12 +1,14 @@
 //! What the integration tests share: the fixture table, a recording upstream, a raw HTTP
-//! client, a bounded load client, the tower adapter and the Pingora adapter as proxies. The server
-//! crate's test binary (`server/tests/it`) mounts them too.
-pub mod blocking;
+//! client, the tower adapter and the Pingora adapter as proxies. The server crate's test
+//! binary (`server/tests/it`) mounts them too, and `blocking.rs` and `load.rs` beside them
+//! (blocking clients and a bounded load client, for the binary's tests).
 pub mod fixtures;
-pub mod load;
 #[cfg(feature = "pingora")]
 pub mod pingora_proxy;
+// Parts of these serve only the modules that need the Pingora adapter.
+#[cfg_attr(not(feature = "pingora"), allow(dead_code))]
 pub mod raw_http;
 pub mod return_webhook;
 pub mod tower_proxy;
+#[cfg_attr(not(feature = "pingora"), allow(dead_code))]
 pub mod upstream;

@@ -1,6 +1,5 @@
 //! Pingora servers for tests: an "existing" acquirer proxy in front of one upstream, run in a
 //! thread on a free loopback port.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

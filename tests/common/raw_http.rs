@@ -1,6 +1,5 @@
 //! A raw HTTP/1.1 client over loopback: shows the exact framing a proxy sends (chunked or
 //! `Content-Length`, which headers), where a high-level client would hide it.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

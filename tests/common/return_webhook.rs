@@ -1,6 +1,5 @@
 //! The acquirer return and webhook relay, as both adapters' tests configure them: one
 //! engine with both on, its keys, a signed `completed` webhook, and minted return paths.
-#![allow(dead_code)]
 
 use hmac::{Hmac, Mac};
 use klarna_stepup::{RequestVerdict, Route, StepUp, StepUpConfig};

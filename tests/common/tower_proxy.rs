@@ -2,7 +2,6 @@
 //! hyper-util client to the upstream, served by hyper (the shape of examples/hyper_proxy.rs):
 //! upstream connect and read timeouts answered with the engine's JSON 502/504, hop-by-hop
 //! headers stripped both ways, graceful shutdown that finishes in-flight requests.
-#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,6 +1,5 @@
 //! A recording upstream on 127.0.0.1: answers every request with a scripted answer and keeps
 //! what it received, so tests can check the exact bytes that reached the "payment API".
-#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

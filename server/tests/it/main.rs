@@ -3,8 +3,10 @@
 //! only; every wait and every loop is bounded; only processes started here are stopped, by
 //! PID.
 
-/// The helpers shared with the library's tests (one copy, in its `tests/common/`).
+/// The helpers shared with the library's tests (one copy, in its `tests/common/`): the server
+/// uses a part of each.
 #[path = "../../../tests/common"]
+#[allow(dead_code)]
 mod common {
     pub mod blocking;
     pub mod fixtures;

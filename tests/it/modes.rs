@@ -2,7 +2,7 @@
 //! with the same stack without step-up, byte for byte, through the tower layer and Pingora);
 //! `answers_only` leaves requests untouched and rewrites answers.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

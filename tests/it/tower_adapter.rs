@@ -1,7 +1,7 @@
 //! The tower adapter: the fixture table through `service_fn` + `oneshot`, and real sockets.
 #![cfg(feature = "tower")]
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::io::Write;

@@ -2,7 +2,7 @@
 //! as the tower adapter (tests/tower_return_webhook.rs).
 #![cfg(feature = "pingora")]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! The fixture table run through the engine directly, and through the exchange driver.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::fixtures::{self, Forwarded};

@@ -7,7 +7,7 @@
 //! reaches partners: an ASCII `Location`, webhooks with duplicate keys refused).
 #![cfg(all(feature = "tower", feature = "pingora"))]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! refuses the request heads the binary refuses.
 #![cfg(all(feature = "tower", feature = "pingora"))]
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -2,10 +2,10 @@
 //! rewritten for an HTTP/1.1 client and for an HTTP/2 (h2c) client alike, the payment API
 //! reached in HTTP/1.1 both times.
 
-mod common;
+use crate::common;
 
 #[allow(dead_code)]
-#[path = "../examples/hyper_proxy.rs"]
+#[path = "../../examples/hyper_proxy.rs"]
 mod hyper_proxy;
 
 use std::time::Duration;

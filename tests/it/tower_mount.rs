@@ -2,7 +2,7 @@
 //! router it needs nothing; around the outer router it is told the prefix with
 //! `mounted_at("/api")` (and without it, sees no candidate route).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

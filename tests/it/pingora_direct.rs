@@ -3,7 +3,7 @@
 //! Pingora's pipeline; HTTP/2-capable peers and answers over the limit take the other roads.
 #![cfg(feature = "pingora")]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,7 +3,7 @@
 //! answers a 303 to Klarna's Purchase Journey; a tampered or foreign token gets a 400.
 #![cfg(all(feature = "tower", feature = "pingora"))]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The tower adapter's acquirer return and webhook relay, in-process and over loopback.
 #![cfg(feature = "tower")]
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,7 @@
 //! of examples/hyper_proxy.rs): JSON 502/504 on upstream failures, hop-by-hop headers
 //! stripped both ways, graceful shutdown that finishes in-flight requests. Loopback only.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! fixture, passthrough fidelity, both body paths, refusals, upstream failures, compression.
 #![cfg(feature = "pingora")]
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;

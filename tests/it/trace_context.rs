@@ -4,7 +4,7 @@
 //! every request in `shadow` mode, keeps its headers as they came.
 #![cfg(all(feature = "tower", feature = "pingora"))]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! notification; a relayed webhook names the partner of its namespaced reference.
 #![cfg(all(feature = "tower", feature = "pingora"))]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

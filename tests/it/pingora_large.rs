@@ -5,7 +5,7 @@
 //! chunked upload (a Klarna payment and a card payment).
 #![cfg(feature = "pingora")]
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::SocketAddr;

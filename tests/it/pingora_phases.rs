@@ -7,7 +7,7 @@
 //! is cut short, never sent under the status that already left.
 #![cfg(feature = "pingora")]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

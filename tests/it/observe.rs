@@ -3,7 +3,7 @@
 //! and the outcome says what the fixture expects.
 #![cfg(all(feature = "tower", feature = "pingora"))]
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
