@@ -24,8 +24,8 @@ RUN=${PEER_RUN_DIR:-$TARGET_DIR/peer-bench}
 mkdir -p "$RUN/scale"
 
 RUNS=${RUNS:-1}
-CONNS_LIST=${CONNS_LIST:-50 1000 5000}
-BODY_LIST=${BODY_LIST:-16384 262144}
+CONNS_LIST=${CONNS_LIST-50 1000 5000}
+BODY_LIST=${BODY_LIST-16384 262144}
 IDLE_N=${IDLE_CONNS:-9800}
 unset IDLE_CONNS   # the load points must not see it
 [[ $RUNS =~ ^[0-9]+$ ]] && (( RUNS >= 1 && RUNS <= 9 )) || die "RUNS must be 1..9"
