@@ -15,7 +15,7 @@ use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::admin::Health;
@@ -360,11 +360,7 @@ pub(super) async fn worker(
             _ = stop.changed() => (None, true),
         };
         let _ = stream.set_nodelay(true);
-        let (conn, stop, watcher) = (conn.clone(), stop.clone(), graceful.watcher());
-        tokio::spawn(async move {
-            let _permit = permit;
-            conn.serve(stream, stop, watcher).await;
-        });
+        conn.spawn(stream, permit, stop.clone(), graceful.watcher());
         if stopping {
             break;
         }
@@ -421,18 +417,43 @@ impl Conn {
         }
     }
 
-    /// Serves one connection to its end (see [`until_stopped`]).
-    async fn serve(
-        self,
+    /// Spawns the task that serves `stream` to its end (see [`until_stopped`]), holding
+    /// its place (`permit`) until then.
+    ///
+    /// An idle connection's memory is its task's state (the size of the largest thing the
+    /// task ever holds, copies included) and hyper's buffers. So a plain connection's task
+    /// holds hyper's connection on the heap, once, and little else; a TLS connection (the
+    /// handshake, rustls' state, HTTP/2) has a task type of its own.
+    fn spawn(
+        &self,
         stream: tokio::net::TcpStream,
+        permit: Option<OwnedSemaphorePermit>,
         stop: watch::Receiver<bool>,
         watcher: Watcher,
     ) {
-        let Some(acceptor) = self.tls else {
+        let Some(acceptor) = &self.tls else {
             let (io, seen) = Seen::new(stream);
-            let conn = self.http1.serve_connection(TokioIo::new(io), self.front);
-            return until_stopped(conn, stop, &seen, watcher).await;
+            let conn = self
+                .http1
+                .serve_connection(TokioIo::new(io), self.front.clone());
+            tokio::spawn(until_stopped(Box::new(conn), stop, seen, watcher, permit));
+            return;
         };
+        tokio::spawn(
+            self.clone()
+                .serve_tls(acceptor.clone(), stream, stop, watcher, permit),
+        );
+    }
+
+    /// Serves one TLS connection to its end.
+    async fn serve_tls(
+        self,
+        acceptor: TlsAcceptor,
+        stream: tokio::net::TcpStream,
+        stop: watch::Receiver<bool>,
+        watcher: Watcher,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let Ok(Ok(stream)) =
             tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await
         else {
@@ -443,10 +464,10 @@ impl Conn {
         let io = TokioIo::new(io);
         if h2 {
             let conn = self.http2.serve_connection(io, self.front);
-            until_stopped(conn, stop, &seen, watcher).await;
+            until_stopped(Box::new(conn), stop, seen, watcher, permit).await;
         } else {
             let conn = self.http1.serve_connection(io, self.front);
-            until_stopped(conn, stop, &seen, watcher).await;
+            until_stopped(Box::new(conn), stop, seen, watcher, permit).await;
         }
     }
 }
@@ -466,16 +487,27 @@ const LATE_FIRST_BYTES: Duration = Duration::from_millis(250);
 /// waits for every connection); a connection is watched only from then on, as
 /// `GracefulConnection` is sealed and cannot be wrapped to wait for the first bytes itself.
 async fn until_stopped<C: GracefulConnection + Unpin>(
-    mut conn: C,
+    mut conn: Box<C>,
     mut stop: watch::Receiver<bool>,
-    seen: &AtomicBool,
+    seen: Arc<AtomicBool>,
     watcher: Watcher,
+    _permit: Option<OwnedSemaphorePermit>,
 ) {
     tokio::select! {
         biased;
-        _ = &mut conn => return,
+        _ = &mut *conn => return,
         _ = stop.wait_for(|stopped| *stopped) => {}
     }
+    // The drain's state (its timer, the watched connection) on the heap too.
+    Box::pin(drain(*conn, seen, watcher)).await;
+}
+
+/// [`until_stopped`] once the worker stops.
+async fn drain<C: GracefulConnection + Unpin>(
+    mut conn: C,
+    seen: Arc<AtomicBool>,
+    watcher: Watcher,
+) {
     // Polled on: hyper reads the first bytes as they come (and answers them).
     let first_bytes = std::future::poll_fn(|cx| {
         if Pin::new(&mut conn).poll(cx).is_ready() {
@@ -579,4 +611,42 @@ fn accept_any<'a>(
         }
         Poll::Pending
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::Empty;
+
+    /// An idle connection costs its task's state: the task of a plain connection holds
+    /// hyper's connection boxed (once, whatever its size) and little else.
+    #[tokio::test]
+    async fn a_connection_task_holds_its_connection_once_and_little_else() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let service = hyper::service::service_fn(|_: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service);
+        let conn_size = std::mem::size_of_val(&conn);
+        let (_stop_tx, stop) = watch::channel(false);
+        let graceful = GracefulShutdown::new();
+        let task = until_stopped(
+            Box::new(conn),
+            stop,
+            Arc::new(AtomicBool::new(false)),
+            graceful.watcher(),
+            None,
+        );
+        let task_size = std::mem::size_of_val(&task);
+        assert!(
+            task_size <= 512 && task_size < conn_size,
+            "a connection's task is {task_size} bytes (its connection {conn_size})"
+        );
+    }
 }

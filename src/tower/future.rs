@@ -25,8 +25,10 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F, B, E> {
         // Not a candidate: the inner future, its body wrapped on the way out; the observer
-        // (if any) hears of it once the head is ready.
-        Passthrough { #[pin] future: F, observer: Option<(Observer, Driver)> },
+        // (if any) hears of it once the head is ready. The driver (its record) is boxed: the
+        // future is moved per request (a server keeps it in its connection), and small
+        // unless somebody observes.
+        Passthrough { #[pin] future: F, observer: Option<(Observer, Box<Driver>)> },
         // A candidate: body reading, the inner call and the rewrite, in one boxed future. The
         // box is one allocation on a path that buffers bodies anyway.
         StepUp { future: BoxFuture<Result<Response<StepUpBody<B>>, E>> },
@@ -36,7 +38,7 @@ pin_project! {
 impl<F, B, E> ResponseFuture<F, B, E> {
     pub(super) fn passthrough(future: F, observer: Option<Observer>) -> Self {
         // The record (its clock) is made only when someone observes.
-        let observer = observer.map(|o| (o, Driver::default()));
+        let observer = observer.map(|o| (o, Box::default()));
         ResponseFuture {
             kind: Kind::Passthrough { future, observer },
         }
@@ -67,5 +69,24 @@ where
             }
             KindProj::StepUp { future } => future.as_mut().poll(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::future::Ready;
+
+    type Body = http_body_util::Empty<bytes::Bytes>;
+
+    /// Servers keep the future and move it per request: what passes through is small (the
+    /// record boxed, made only when observed).
+    #[test]
+    fn the_passthrough_future_is_small() {
+        type Inner = Ready<Result<Response<Body>, Infallible>>;
+        let size = std::mem::size_of::<ResponseFuture<Inner, Body, Infallible>>();
+        let inner = std::mem::size_of::<Inner>();
+        assert!(size <= inner + 64, "{size} bytes around {inner}");
     }
 }

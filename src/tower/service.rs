@@ -161,33 +161,33 @@ where
             return ResponseFuture::passthrough(self.inner.call(req), self.observer.clone());
         };
         let span = driver.span().clone();
-        let exchange = Exchange {
+        let mut exchange = Exchange {
             driver,
             inner: self.take_ready(),
             budget: self.budget.clone(),
             mount: self.mount.clone(),
         };
-        let fut = exchange.run(Request::from_parts(parts, body));
-        let fut = observed(fut, self.observer.clone()).instrument(span);
-        ResponseFuture::step_up(Box::pin(fut))
+        let req = Request::from_parts(parts, body);
+        let observer = self.observer.clone();
+        // One future, moved whole into its box: it is large (the driver, the exchange's
+        // state), and each wrapper around it would be one more copy per request.
+        let fut = async move {
+            let res = exchange.run(req).await?;
+            // The route's end: its record closed and handed to the observer.
+            let status = res.status().as_u16();
+            let record = exchange
+                .driver
+                .finish(Some(status), res.extensions().get::<Refusal>());
+            if let Some(observe) = &observer {
+                observe(record);
+            }
+            Ok(res)
+        };
+        ResponseFuture::step_up(Box::pin(fut.instrument(span)))
     }
 }
 
-type Answer<B, E> = Result<(Driver, Response<StepUpBody<B>>), E>;
-
-/// Runs a step-up route's future, then closes its record and hands it to the observer.
-async fn observed<B, E>(
-    route: impl std::future::Future<Output = Answer<B, E>>,
-    observer: Option<Observer>,
-) -> Result<Response<StepUpBody<B>>, E> {
-    let (mut driver, res) = route.await?;
-    let status = res.status().as_u16();
-    let record = driver.finish(Some(status), res.extensions().get::<Refusal>());
-    if let Some(observe) = &observer {
-        observe(record);
-    }
-    Ok(res)
-}
+type Answer<B, E> = Result<Response<StepUpBody<B>>, E>;
 
 /// One request step-up acts on: an I/O loop over its [`Driver`], which decides.
 struct Exchange<S> {
@@ -204,7 +204,7 @@ fn answer<B>(a: &crate::driver::Answer) -> Response<StepUpBody<B>> {
 
 impl<S> Exchange<S> {
     /// Reads the request as the driver asks, forwards it, and hands the answer back.
-    async fn run<ReqB, ResB>(mut self, req: Request<ReqB>) -> Answer<ResB, S::Error>
+    async fn run<ReqB, ResB>(&mut self, req: Request<ReqB>) -> Answer<ResB, S::Error>
     where
         S: Service<Request<StepUpBody<ReqB>>, Response = Response<ResB>>,
         ReqB: Body<Data = Bytes>,
@@ -249,7 +249,7 @@ impl<S> Exchange<S> {
                 Action::Forward(forward) => break Sending::Forward(forward),
                 Action::Release(read) => break Sending::Untouched(read),
                 Action::PassThrough => break Sending::Untouched(Bytes::new()),
-                Action::Answer(a) => return Ok((self.driver, answer(&a))),
+                Action::Answer(a) => return Ok(answer(&a)),
                 other => unreachable!("{other:?}: the tower adapter holds whole bodies"),
             };
         };
@@ -275,17 +275,16 @@ impl<S> Exchange<S> {
         let res = match called {
             Some(Ok(res)) => res,
             Some(Err(e)) => match d.on_upstream_error(None, true) {
-                Some(a) => return Ok((self.driver, answer(&a))),
+                Some(a) => return Ok(answer(&a)),
                 None => return Err(e),
             },
             None => {
                 let timed_out = Refusal::upstream_timeout();
                 let a = d.on_upstream_error(Some(timed_out.clone()), true);
-                return Ok((self.driver, answer(&a.unwrap_or(timed_out.into()))));
+                return Ok(answer(&a.unwrap_or(timed_out.into())));
             }
         };
-        let res = self.respond(res, taken.as_deref()).await;
-        Ok((self.driver, res))
+        Ok(self.respond(res, taken.as_deref()).await)
     }
 
     /// The answer, as the driver has it passed on, read, rewritten or replaced.
