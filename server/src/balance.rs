@@ -39,6 +39,12 @@ fn inet(b: &Backend) -> Option<SocketAddr> {
 /// API that has just restarted, must not fail every request while the addresses may well
 /// answer. `None` only when no address is known.
 pub(crate) fn pick(lb: &Balancer) -> Option<SocketAddr> {
+    // One address (the usual case): the answer whether it is healthy or not, without the
+    // selector's bookkeeping (it hashes every candidate it looks at).
+    let all = lb.backends().get_backend();
+    if all.len() == 1 {
+        return all.first().and_then(inet);
+    }
     lb.select(b"", MAX_TRIES)
         .or_else(|| lb.select_with(b"", MAX_TRIES, |_, _| true))
         .as_ref()

@@ -270,33 +270,45 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// `Transfer-Encoding`, `Upgrade`, and every `Proxy-*` header. For a proxy built on the
 /// tower adapter (Pingora does this itself); the framing is the server's and client's own.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Every header `Connection` names, removed by name as written (the map lowercases it,
-    // and takes no invalid name): nothing is allocated on the way. Each value is cloned out
-    // (a reference count) so that the map can change under the loop; `Connection` itself
-    // stays until the end, so every one of its values is read.
+    // Most heads carry none of them: one look at each name (no hashing) tells.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    // Every header `Connection` names. Each value is cloned out (a reference count) so that
+    // the map can change under the loop; `Connection` itself stays until the end, so every
+    // one of its values is read. A name is looked for among the map's names (lowercase; no
+    // hashing, nothing allocated) and removed only when there: the usual `keep-alive` and
+    // `close` name no header at all.
     let mut i = 0;
     while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(i).cloned() {
         i += 1;
         for name in value.to_str().into_iter().flat_map(|v| v.split(',')) {
             let name = name.trim();
             // `Host` is never hop-by-hop: a client cannot have the proxy drop it.
-            if !name.eq_ignore_ascii_case(header::CONNECTION.as_str())
-                && !name.eq_ignore_ascii_case(header::HOST.as_str())
+            if name.eq_ignore_ascii_case(header::CONNECTION.as_str())
+                || name.eq_ignore_ascii_case(header::HOST.as_str())
             {
-                headers.remove(name);
+                continue;
+            }
+            if let Some(named) = headers
+                .keys()
+                .find(|k| k.as_str().eq_ignore_ascii_case(name))
+                .cloned()
+            {
+                headers.remove(named);
             }
         }
     }
-    for name in HOP_BY_HOP {
+    // The fixed ones and every `Proxy-*`, those that are there.
+    while let Some(name) = headers.keys().find(|n| is_hop_by_hop(n)).cloned() {
         headers.remove(name);
     }
-    while let Some(name) = headers
-        .keys()
-        .find(|n| n.as_str().starts_with("proxy-"))
-        .cloned()
-    {
-        headers.remove(name);
-    }
+}
+
+/// Whether a header is hop-by-hop whatever `Connection` says (a name `Connection` lists
+/// is one only because `Connection` is there, which this finds).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
 }
 
 /// Bounds on a request head that the framework's own parser does not enforce tightly
