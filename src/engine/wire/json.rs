@@ -89,7 +89,8 @@ pub(crate) fn same_name(key: &str, name: &str) -> bool {
         // All ASCII, or not equal (a folded letter is longer than the ASCII it reads as).
         return key.eq_ignore_ascii_case(name);
     }
-    if key.is_ascii() {
+    // A folded letter is longer than the ASCII it reads as, never shorter.
+    if key.len() < name.len() || key.is_ascii() {
         return false;
     }
     let mut names = name.bytes();
@@ -593,6 +594,39 @@ pub(crate) fn assert_parses_as_serde(src: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+
+    proptest::proptest! {
+        /// `same_name` against Go's folding written plainly: every character folded onto
+        /// ASCII (the four non-ASCII ones Go folds, ASCII lower-cased), then compared.
+        #[test]
+        fn same_name_is_go_folding(
+            key in proptest::collection::vec(
+                proptest::sample::select(vec!['s', 'S', 'k', 'K', 'i', 'I', '_', 'e',
+                    '\u{17F}', '\u{212A}', '\u{130}', '\u{131}', '\u{e9}']),
+                0..8,
+            ),
+            name in proptest::sample::select(vec!["", "s", "k", "i", "sk", "is", "ski",
+                "kiss", "e_s", "skies", "sssssss", "kkkkkkk", "iiiiiiii"]),
+        ) {
+            let key: String = key.into_iter().collect();
+            let folded: Option<String> = key
+                .chars()
+                .map(|c| match c {
+                    '\u{17F}' => Some('s'),
+                    '\u{212A}' => Some('k'),
+                    '\u{130}' | '\u{131}' => Some('i'),
+                    c if c.is_ascii() => Some(c.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect();
+            proptest::prop_assert_eq!(
+                super::same_name(&key, name),
+                folded.as_deref() == Some(name),
+                "{:?} as {:?}", key, name
+            );
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 
