@@ -68,6 +68,13 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), Error> {
     if upgrade && !balance::any_healthy(&balancer) {
         return Err(Error::NoHealthyUpstream);
     }
+    // Caught from before the listening sockets are open (the kernel completes connections
+    // from then on): a SIGHUP then (a reload out of habit) must not stop the proxy, and a
+    // SIGTERM drains it once it serves.
+    let signals = {
+        let _runtime = control.enter();
+        Signals::install()
+    };
     // Everything that can fail is done before the running instance is asked for anything.
     let mut sockets = Sockets::open(s, &addresses, upgrade)?;
     let telemetry = s
@@ -100,14 +107,17 @@ fn run(config: ProxyConfig, upgrade: bool) -> Result<(), Error> {
         upgraded_from = sockets.inherited.as_ref().map(|i| i.pid()),
         "klarna-stepup serving"
     );
-    control.block_on(supervise(Control {
-        balancer,
-        health: shared.health.clone(),
-        sockets,
-        workers,
-        stop,
-        drain_delay: Duration::from_millis(s.drain_delay_ms),
-    }));
+    control.block_on(supervise(
+        Control {
+            balancer,
+            health: shared.health.clone(),
+            sockets,
+            workers,
+            stop,
+            drain_delay: Duration::from_millis(s.drain_delay_ms),
+        },
+        signals,
+    ));
     tracing::info!("stopped");
     Ok(())
 }
@@ -347,9 +357,9 @@ struct Control {
 /// From serving to stopped: the balancer's loop and the admin endpoint run, the running
 /// instance (after an upgrade) is told to drain, the upgrade socket is served; a signal or
 /// a successor's take-over starts the drain.
-async fn supervise(mut c: Control) {
-    // Caught from now on: a signal during the take-over drains once it is done.
-    let mut signals = Signals::install();
+async fn supervise(mut c: Control, mut signals: Option<Signals>) {
+    // Signals are caught from before the workers start (see `run`): one during the
+    // take-over drains once it is done.
     let (maintaining, maintained) = watch::channel(false);
     tokio::spawn(balance::maintain(c.balancer.clone(), maintained));
     let admin = match c
