@@ -62,14 +62,19 @@ where
             KindProj::Passthrough { future, observer } => {
                 let res = ready!(future.poll(cx))?;
                 if let Some((observe, mut driver)) = observer.take() {
-                    let failed = res.extensions().get::<crate::Refusal>();
-                    observe(driver.finish(Some(res.status().as_u16()), failed));
+                    observe(finish(&mut driver, &res));
                 }
                 Poll::Ready(Ok(res.map(StepUpBody::new)))
             }
             KindProj::StepUp { future } => future.as_mut().poll(cx),
         }
     }
+}
+
+/// The route's record, closed with its answer (status, and the refusal it carries if any).
+pub(super) fn finish<'d, B>(driver: &'d mut Driver, res: &Response<B>) -> &'d crate::Record {
+    let refusal = res.extensions().get::<crate::Refusal>();
+    driver.finish(Some(res.status().as_u16()), refusal)
 }
 
 #[cfg(test)]

@@ -174,10 +174,7 @@ where
         let fut = async move {
             let res = exchange.run(req).await?;
             // The route's end: its record closed and handed to the observer.
-            let status = res.status().as_u16();
-            let record = exchange
-                .driver
-                .finish(Some(status), res.extensions().get::<Refusal>());
+            let record = super::future::finish(&mut exchange.driver, &res);
             if let Some(observe) = &observer {
                 observe(record);
             }
