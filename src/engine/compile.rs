@@ -242,6 +242,7 @@ pub(super) fn compile(
     Ok(Engine {
         internal_paths,
         routes,
+        top_level_reads: super::request::top_level_reads(&c, &inject_at),
         inject_at,
         answer_at,
         policy,

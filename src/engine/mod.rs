@@ -118,6 +118,8 @@ struct Engine {
     config: StepUpConfig,
     routes: Vec<RoutePattern>,
     inject_at: Vec<String>,
+    /// The top-level keys a candidate body is read at (duplicates of them are refused).
+    top_level_reads: Vec<String>,
     answer_at: Vec<String>,
     policy: ReturnUrlPolicy,
     journey: PurchaseJourney,

@@ -9,6 +9,7 @@ use super::compile::iso_duration_secs;
 use super::json::{self, Edits, Object};
 use super::partners::{self, PartnerId, PartnerRef, PolicyView};
 use super::{Candidate, Engine, Refusal, RefusalCode, StepUp};
+use crate::config::StepUpConfig;
 
 /// Longest `payment_request_reference` Klarna takes.
 const MAX_REFERENCE: usize = 255;
@@ -55,12 +56,16 @@ struct Site<'a> {
     cic: Option<Object<'a>>,
 }
 
+/// A return URL as chosen, and the name of where it came from (a field name, or
+/// `defaults.return_url`).
+type ChosenUrl<'a> = (Cow<'a, str>, Cow<'a, str>);
+
 /// What a Klarna request is sent with, validated.
 struct Chosen<'a> {
     reference: Cow<'a, str>,
     return_url: Cow<'a, str>,
     /// Where the return URL came from (a field name, or `defaults.return_url`).
-    return_param: String,
+    return_param: Cow<'a, str>,
     app_return_url: Option<Cow<'a, str>>,
     request_secs: Option<u64>,
 }
@@ -222,26 +227,16 @@ impl Engine {
     }
 
     /// The top-level keys of a candidate body the engine reads (its payment method, the
-    /// authorize shape, `step_up_config`, the first `inject_at` segment, the partner fields).
+    /// authorize shape, `step_up_config`, the first `inject_at` segment, the partner fields),
+    /// each once; listed when the engine is built.
     fn top_level_reads(&self) -> impl Iterator<Item = &str> {
-        ["request_payment_transaction", "step_up_config"]
-            .into_iter()
-            .chain(self.inject_at.first().map(String::as_str))
-            .chain(self.read_paths().filter_map(|path| path.split('.').next()))
+        self.top_level_reads.iter().map(String::as_str)
     }
 
     /// Every dot path the engine reads a partner's value at: the payment method and the
     /// partner fields.
     fn read_paths(&self) -> impl Iterator<Item = &str> {
-        let fields = &self.config.partner_fields;
-        self.config
-            .detect
-            .payment_method_at
-            .iter()
-            .chain(&fields.return_url)
-            .chain(&fields.app_return_url)
-            .chain(&fields.reference)
-            .map(String::as_str)
+        read_paths(&self.config)
     }
 
     /// Whether `name` (a query parameter's name, as a framework files it) is one of the
@@ -364,7 +359,7 @@ impl Engine {
         for (key, app) in [("return_url", false), ("app_return_url", true)] {
             if let Some(v) = cic.get(key) {
                 let p = param(&format!(".customer_interaction_config.{key}"));
-                check_url(v, p, app, policy)?;
+                check_url(v, &p, app, policy)?;
             }
         }
         Ok(())
@@ -593,7 +588,7 @@ impl Engine {
         if url.len() > MAX_SIGNED_RETURN_URL {
             return Err(Refusal::invalid(
                 RefusalCode::InvalidReturnUrl,
-                chosen.return_param.clone(),
+                chosen.return_param.as_ref(),
                 format!(
                     "is too long: signed for the acquirer return, the URL sent to Klarna would \
                      be {} bytes, over the {MAX_SIGNED_RETURN_URL} bytes Klarna takes",
@@ -702,7 +697,7 @@ impl Engine {
         cic: Option<&Object<'a>>,
         app: bool,
         policy: PolicyView<'a>,
-    ) -> Result<Option<(Cow<'a, str>, String)>, Refusal> {
+    ) -> Result<Option<ChosenUrl<'a>>, Refusal> {
         let (key, fields, default) = if app {
             (
                 "app_return_url",
@@ -720,7 +715,7 @@ impl Engine {
             Some(v) => {
                 let param =
                     self.config_param(&format!("step_up_config.customer_interaction_config.{key}"));
-                Some((check_url(v, param.clone(), app, policy)?, param))
+                Some((check_url(v, &param, app, policy)?, Cow::Owned(param)))
             }
             None => None,
         };
@@ -728,12 +723,13 @@ impl Engine {
         // may read another (for its own redirect, say).
         for name in fields {
             if let Some(v) = value_at(root, name).filter(|v| *v != "null") {
-                let value = check_url(v, name.clone(), app, policy)?;
-                chosen.get_or_insert((value, name.clone()));
+                let value = check_url(v, name, app, policy)?;
+                chosen.get_or_insert((value, Cow::Borrowed(name.as_str())));
             }
         }
         // Defaults were validated with the configuration.
-        Ok(chosen.or_else(|| default.map(|d| (Cow::Borrowed(d), format!("defaults.{key}")))))
+        Ok(chosen
+            .or_else(|| default.map(|d| (Cow::Borrowed(d), Cow::Owned(format!("defaults.{key}"))))))
     }
 
     /// How long the Payment Request can live, when the partner (its own
@@ -776,7 +772,7 @@ impl Engine {
                 .filter(|(_, m)| {
                     strip.iter().any(|p| {
                         p.rsplit_once('.')
-                            .is_some_and(|(pp, key)| pp == parent && json::same_name(&m.key, key))
+                            .is_some_and(|(pp, key)| pp == parent && m.names(key))
                     })
                 })
                 .map(|(i, _)| i)
@@ -798,7 +794,7 @@ impl Engine {
                     .partner_fields
                     .strip
                     .iter()
-                    .any(|s| !s.contains('.') && json::same_name(&m.key, s))
+                    .any(|s| !s.contains('.') && m.names(s))
             })
             .map(|(i, _)| i)
             .collect()
@@ -837,7 +833,7 @@ fn no_duplicates<'n>(
     prefix: &str,
 ) -> Result<(), Refusal> {
     for name in names {
-        let mut copies = obj.members.iter().filter(|m| json::same_name(&m.key, name));
+        let mut copies = obj.members.iter().filter(|m| m.names(name));
         if copies.next().is_some() && copies.next().is_some() {
             return Err(Refusal::duplicate_key(format!("{prefix}{name}")));
         }
@@ -862,10 +858,43 @@ fn step_up_config_keys(raw: &str, prefix: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Every dot path `config` reads a partner's value at: the payment method and the partner
+/// fields.
+fn read_paths(config: &StepUpConfig) -> impl Iterator<Item = &str> {
+    let fields = &config.partner_fields;
+    config
+        .detect
+        .payment_method_at
+        .iter()
+        .chain(&fields.return_url)
+        .chain(&fields.app_return_url)
+        .chain(&fields.reference)
+        .map(String::as_str)
+}
+
+/// The top-level keys `config` makes the engine read in a candidate body, each once, in the
+/// order duplicates are looked for.
+pub(in crate::engine) fn top_level_reads(
+    config: &StepUpConfig,
+    inject_at: &[String],
+) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    let all = ["request_payment_transaction", "step_up_config"]
+        .into_iter()
+        .chain(inject_at.first().map(String::as_str))
+        .chain(read_paths(config).filter_map(|path| path.split('.').next()));
+    for key in all {
+        if !keys.iter().any(|k| k == key) {
+            keys.push(key.to_owned());
+        }
+    }
+    keys
+}
+
 /// A return URL (web, or app when `app`) as the caller sent it, checked by the policy.
 fn check_url<'a>(
     raw: &'a str,
-    param: String,
+    param: &str,
     app: bool,
     policy: PolicyView<'_>,
 ) -> Result<Cow<'a, str>, Refusal> {
@@ -875,7 +904,7 @@ fn check_url<'a>(
         RefusalCode::InvalidReturnUrl
     };
     let value =
-        json::as_str(raw).ok_or_else(|| Refusal::invalid(code, &param, "must be a string"))?;
+        json::as_str(raw).ok_or_else(|| Refusal::invalid(code, param, "must be a string"))?;
     let checked = if app {
         policy.urls.check_app_return_url(&value)
     } else {

@@ -6,8 +6,10 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
+
+use crate::engine::wire::json::BorrowedStr;
 
 /// `payment_transaction_response.result` for a step-up.
 pub const STEP_UP_REQUIRED: &str = "STEP_UP_REQUIRED";
@@ -38,7 +40,7 @@ pub struct AuthorizeAnswer<'a> {
 #[derive(Debug, Deserialize)]
 pub struct TransactionResponse<'a> {
     /// `APPROVED`, `DECLINED`, `STEP_UP_REQUIRED`, or something newer.
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub result: Option<Cow<'a, str>>,
     /// On `APPROVED`: the transaction.
     #[serde(borrow)]
@@ -52,13 +54,13 @@ pub struct TransactionResponse<'a> {
 #[derive(Debug, Deserialize)]
 pub struct PaymentRequest<'a> {
     /// Fallback location of the id.
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub payment_request_id: Option<Cow<'a, str>>,
     /// Fallback location of the URL.
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub payment_request_url: Option<Cow<'a, str>>,
     /// The reference the Payment Request was made with.
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub payment_request_reference: Option<Cow<'a, str>>,
     /// The canonical place of id and URL.
     #[serde(borrow)]
@@ -83,11 +85,17 @@ pub struct StateContext<'a> {
 #[derive(Debug, Deserialize)]
 pub struct CustomerInteraction<'a> {
     /// The id, for Klarna's SDKs.
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub payment_request_id: Option<Cow<'a, str>>,
     /// Where the customer goes for the Purchase Journey.
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub payment_request_url: Option<Cow<'a, str>>,
+}
+
+/// An optional string, borrowed from the answer when it has no escapes (serde's own
+/// `Option<Cow<str>>` always copies).
+fn borrowed<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    Ok(Option::<BorrowedStr<'de>>::deserialize(d)?.map(|s| s.0))
 }
 
 impl<'a> PaymentRequest<'a> {

@@ -285,7 +285,7 @@ impl Engine {
             let index = holder
                 .members
                 .iter()
-                .rposition(|m| json::same_name(&m.key, last))
+                .rposition(|m| m.names(last))
                 .ok_or(KeepReason::NoAnswer)?;
             let answer = holder.members[index].value;
             let parsed = serde_json::from_str(answer).map_err(|_| KeepReason::NoAnswer)?;

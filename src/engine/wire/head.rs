@@ -255,7 +255,9 @@ pub(crate) fn is_json_or_absent(headers: &HeaderMap) -> bool {
     }
 }
 
-/// The hop-by-hop headers RFC 9110 section 7.6.1 names, besides those `Connection` names.
+/// The hop-by-hop headers RFC 9110 section 7.6.1 names, besides those `Connection` names
+/// (what [`fixed_hop_by_hop`] matches).
+#[cfg(test)]
 const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -270,45 +272,71 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// `Transfer-Encoding`, `Upgrade`, and every `Proxy-*` header. For a proxy built on the
 /// tower adapter (Pingora does this itself); the framing is the server's and client's own.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most heads carry none of them: one look at each name (no hashing) tells.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    // Every header `Connection` names. Each value is cloned out (a reference count) so that
-    // the map can change under the loop; `Connection` itself stays until the end, so every
-    // one of its values is read. A name is looked for among the map's names (lowercase; no
-    // hashing, nothing allocated) and removed only when there: the usual `keep-alive` and
-    // `close` name no header at all.
-    let mut i = 0;
-    while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(i).cloned() {
-        i += 1;
-        for name in value.to_str().into_iter().flat_map(|v| v.split(',')) {
-            let name = name.trim();
-            // `Host` is never hop-by-hop: a client cannot have the proxy drop it.
-            if name.eq_ignore_ascii_case(header::CONNECTION.as_str())
-                || name.eq_ignore_ascii_case(header::HOST.as_str())
-            {
-                continue;
-            }
-            if let Some(named) = headers
-                .keys()
-                .find(|k| k.as_str().eq_ignore_ascii_case(name))
-                .cloned()
-            {
-                headers.remove(named);
-            }
+    // Most heads carry none of them, and most of the rest only `Connection`: one look at
+    // each name (no hashing) tells.
+    let (mut connection, mut others) = (false, false);
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if is_hop_by_hop(name) {
+            others = true;
         }
     }
-    // The fixed ones and every `Proxy-*`, those that are there.
-    while let Some(name) = headers.keys().find(|n| is_hop_by_hop(n)).cloned() {
-        headers.remove(name);
+    if connection {
+        // Every header `Connection` names. Each value is cloned out (a reference count) so
+        // that the map can change under the loop; `Connection` itself stays until every one
+        // of its values is read. A name is looked for among the map's names (lowercase; no
+        // hashing, nothing allocated) and removed only when there: the usual `keep-alive`
+        // and `close` name no header at all.
+        let mut i = 0;
+        while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(i).cloned() {
+            i += 1;
+            for name in value.to_str().into_iter().flat_map(|v| v.split(',')) {
+                let name = name.trim();
+                // `Host` is never hop-by-hop: a client cannot have the proxy drop it. The
+                // fixed ones (the usual `keep-alive`) go below anyway.
+                if name.eq_ignore_ascii_case(header::HOST.as_str()) || fixed_hop_by_hop(name) {
+                    continue;
+                }
+                if let Some(named) = headers
+                    .keys()
+                    .find(|k| k.as_str().eq_ignore_ascii_case(name))
+                    .cloned()
+                {
+                    headers.remove(named);
+                }
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    // The other fixed ones and every `Proxy-*`, those that are there.
+    if others {
+        while let Some(name) = headers.keys().find(|n| is_hop_by_hop(n)).cloned() {
+            headers.remove(name);
+        }
     }
 }
 
 /// Whether a header is hop-by-hop whatever `Connection` says (a name `Connection` lists
 /// is one only because `Connection` is there, which this finds).
+#[inline]
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
+    let name = name.as_str();
+    fixed_hop_by_hop(name) || name.starts_with("proxy-")
+}
+
+/// Whether `name` is one of the hop-by-hop headers RFC 9110 section 7.6.1 names (besides
+/// those `Connection` names), in any case: `Connection`, `Keep-Alive`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, `Upgrade`. A string match: cheaper than comparing header names.
+#[inline]
+fn fixed_hop_by_hop(name: &str) -> bool {
+    match name.len() {
+        2 => name.eq_ignore_ascii_case("te"),
+        7 => name.eq_ignore_ascii_case("trailer") || name.eq_ignore_ascii_case("upgrade"),
+        10 => name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("keep-alive"),
+        17 => name.eq_ignore_ascii_case("transfer-encoding"),
+        _ => false,
+    }
 }
 
 /// Bounds on a request head that the framework's own parser does not enforce tightly
@@ -450,6 +478,24 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["content-length", "content-type", "host"]);
+    }
+
+    #[test]
+    fn fixed_hop_by_hop_is_the_list_in_any_case() {
+        for name in super::HOP_BY_HOP {
+            assert!(super::fixed_hop_by_hop(name.as_str()));
+            assert!(super::fixed_hop_by_hop(&name.as_str().to_ascii_uppercase()));
+        }
+        for name in [
+            "host",
+            "t",
+            "tee",
+            "upgrades",
+            "content-length",
+            "proxy-connection",
+        ] {
+            assert!(!super::fixed_hop_by_hop(name), "{name}");
+        }
     }
 
     /// The former `strip_hop_by_hop`, which collected the names to remove first: the

@@ -19,6 +19,20 @@ use serde::de::{Deserialize, Deserializer, Visitor};
 pub(crate) struct Member<'a> {
     pub key: Cow<'a, str>,
     pub value: &'a str,
+    /// Whether the key is all ASCII (then only a key as long as a name can name it).
+    ascii: bool,
+}
+
+impl Member<'_> {
+    /// Whether this member's key names `name` (ASCII), as [`same_name`] compares; the key's
+    /// ASCII-ness is known from the scan, not looked up again for each name.
+    #[inline]
+    pub fn names(&self, name: &str) -> bool {
+        if self.key.len() == name.len() {
+            return self.key.eq_ignore_ascii_case(name);
+        }
+        !self.ascii && self.key.len() > name.len() && same_name_folded(&self.key, name)
+    }
 }
 
 /// The members of one JSON object, in document order, duplicates included.
@@ -69,7 +83,7 @@ impl<'a> Object<'a> {
         self.members
             .iter()
             .rev()
-            .find(|m| same_name(&m.key, key))
+            .find(|m| m.names(key))
             .map(|m| m.value)
     }
 
@@ -84,13 +98,19 @@ impl<'a> Object<'a> {
 /// ASCII ones read as those (`ſ` U+017F as `s`, the Kelvin sign U+212A as `k`, `İ` U+0130
 /// and `ı` U+0131 as `i`). Go matches a JSON name to a struct field this way, so a payment
 /// API written in Go reads `Return_Url` or `ſtep_up_config` as the field the layer checks.
+#[inline]
 pub(crate) fn same_name(key: &str, name: &str) -> bool {
     if key.len() == name.len() {
         // All ASCII, or not equal (a folded letter is longer than the ASCII it reads as).
         return key.eq_ignore_ascii_case(name);
     }
     // A folded letter is longer than the ASCII it reads as, never shorter.
-    if key.len() < name.len() || key.is_ascii() {
+    key.len() > name.len() && same_name_folded(key, name)
+}
+
+/// [`same_name`] for a key longer than the name: equal only through folded letters.
+fn same_name_folded(key: &str, name: &str) -> bool {
+    if key.is_ascii() {
         return false;
     }
     let mut names = name.bytes();
@@ -205,6 +225,7 @@ impl<'a> Scanner<'a> {
             let start = self.at;
             self.value()?;
             members.push(Member {
+                ascii: key.is_ascii(),
                 key,
                 value: &self.text[start..self.at],
             });
@@ -623,6 +644,14 @@ mod tests {
                 super::same_name(&key, name),
                 folded.as_deref() == Some(name),
                 "{:?} as {:?}", key, name
+            );
+            // A member of a parsed object compares as `same_name` does.
+            let doc = serde_json::json!({ key.clone(): 0 }).to_string();
+            let obj = super::Object::parse(doc.as_bytes()).expect("an object");
+            proptest::prop_assert_eq!(
+                obj.members[0].names(name),
+                super::same_name(&key, name),
+                "member {:?} as {:?}", key, name
             );
         }
     }
