@@ -14,7 +14,6 @@
 //! spawned task per request, and an uncontended lock (hyper-util's pool spawns a task per
 //! request to watch a used connection become ready again).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -35,13 +34,14 @@ pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 /// in use by a request of this worker, so this only bites after a burst.
 const MAX_IDLE: usize = 256;
 /// Backends with idle connections remembered; should DNS hand out ever new addresses, the
-/// ones without a live idle connection are forgotten.
+/// ones without a live idle connection are forgotten. Looked up by a scan: a payment API
+/// has a handful of addresses, and a scan of those costs less than hashing one.
 const MAX_BACKENDS: usize = 256;
 
 /// A worker's connections to the payment API.
 pub(crate) struct Pool<B> {
     dialer: Dialer,
-    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<B>>>>,
+    idle: Mutex<Vec<(SocketAddr, Vec<SendRequest<B>>)>>,
 }
 
 impl<B> Pool<B>
@@ -92,7 +92,7 @@ impl<B> Pool<B> {
     /// A ready idle connection to `addr`, the most recently used first; closed ones go.
     fn take(&self, addr: SocketAddr) -> Option<SendRequest<B>> {
         let mut idle = self.idle.lock().ok()?;
-        let list = idle.get_mut(&addr)?;
+        let (_, list) = idle.iter_mut().find(|(a, _)| *a == addr)?;
         while let Some(i) = list.iter().rposition(|s| s.is_ready() || s.is_closed()) {
             let sender = list.swap_remove(i);
             if !sender.is_closed() {
@@ -110,16 +110,23 @@ impl<B> Pool<B> {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        if idle.len() >= MAX_BACKENDS && !idle.contains_key(&addr) {
-            idle.retain(|_, list| {
-                list.retain(|s| !s.is_closed());
-                !list.is_empty()
-            });
-            if idle.len() >= MAX_BACKENDS {
-                return;
+        let i = match idle.iter().position(|(a, _)| *a == addr) {
+            Some(i) => i,
+            None => {
+                if idle.len() >= MAX_BACKENDS {
+                    idle.retain_mut(|(_, list)| {
+                        list.retain(|s| !s.is_closed());
+                        !list.is_empty()
+                    });
+                    if idle.len() >= MAX_BACKENDS {
+                        return;
+                    }
+                }
+                idle.push((addr, Vec::new()));
+                idle.len() - 1
             }
-        }
-        let list = idle.entry(addr).or_default();
+        };
+        let list = &mut idle[i].1;
         if list.len() < MAX_IDLE {
             list.push(sender);
         }

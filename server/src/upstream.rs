@@ -264,10 +264,15 @@ enum Stream {
 
 /// A deadline that runs while one direction of the connection waits, and is cleared by
 /// that direction's progress.
+///
+/// The timer is not moved at each wait: a timer set for an earlier wait fires early, and is
+/// then set for the deadline of the wait at hand. A connection in steady use moves its timer
+/// once per timeout, not once per request.
 struct Deadline {
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
-    armed: bool,
+    /// The deadline of the wait at hand, when waiting.
+    at: Option<Instant>,
 }
 
 impl Deadline {
@@ -275,24 +280,32 @@ impl Deadline {
         Deadline {
             timeout,
             sleep: Box::pin(tokio::time::sleep(timeout)),
-            armed: false,
+            at: None,
         }
     }
 
-    /// The stream said `Pending`: wait on, unless the deadline (armed at the first wait
-    /// since the last progress) has passed.
+    /// The stream said `Pending`: wait on, unless the deadline (set at the first wait since
+    /// the last progress) has passed.
     fn waiting(&mut self, cx: &mut Context<'_>, what: UpstreamTimeout) -> Poll<io::Error> {
-        if !self.armed {
-            self.armed = true;
+        let at = *self.at.get_or_insert_with(|| {
             let at = Instant::now() + self.timeout;
+            if self.sleep.is_elapsed() || self.sleep.deadline() > at {
+                self.sleep.as_mut().reset(at);
+            }
+            at
+        });
+        loop {
+            ready!(self.sleep.as_mut().poll(cx));
+            if self.sleep.deadline() >= at {
+                return Poll::Ready(what.error());
+            }
+            // Set for an earlier wait.
             self.sleep.as_mut().reset(at);
         }
-        ready!(self.sleep.as_mut().poll(cx));
-        Poll::Ready(what.error())
     }
 
     fn progress(&mut self) {
-        self.armed = false;
+        self.at = None;
     }
 }
 
