@@ -431,3 +431,44 @@ impl Write for UpstreamIo {
         with_stream!(this, s => Pin::new(s).poll_shutdown(cx))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One poll of `d.waiting`: whether it timed out.
+    fn timed_out(d: &mut Deadline) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        d.waiting(&mut cx, UpstreamTimeout::Read).is_ready()
+    }
+
+    /// The deadline runs from the wait at hand, though the timer set for an earlier wait
+    /// is left where it was: it fires early, and is set again.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_runs_from_the_wait_at_hand_not_an_earlier_one() {
+        let t = Duration::from_secs(10);
+        let mut d = Deadline::new(t);
+        assert!(!timed_out(&mut d));
+        tokio::time::advance(Duration::from_secs(8)).await;
+        d.progress();
+        // A second wait, 8 s in: its deadline is 18 s, the timer still says 10 s.
+        assert!(!timed_out(&mut d));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(
+            !timed_out(&mut d),
+            "11 s: the first wait's deadline, not this one's"
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(!timed_out(&mut d), "17 s: 9 s into the second wait");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(timed_out(&mut d), "19 s: 11 s into the second wait");
+        // After a timeout, a new wait starts a new deadline.
+        d.progress();
+        assert!(!timed_out(&mut d));
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(!timed_out(&mut d));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(timed_out(&mut d));
+    }
+}
