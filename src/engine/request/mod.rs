@@ -233,12 +233,6 @@ impl Engine {
         self.top_level_reads.iter().map(String::as_str)
     }
 
-    /// Every dot path the engine reads a partner's value at: the payment method and the
-    /// partner fields.
-    fn read_paths(&self) -> impl Iterator<Item = &str> {
-        read_paths(&self.config)
-    }
-
     /// Whether `name` (a query parameter's name, as a framework files it) is one of the
     /// [top-level keys](Self::top_level_reads) the engine reads, as [`json::same_name`]
     /// compares.
@@ -252,7 +246,7 @@ impl Engine {
     /// payment API).
     fn check_read_keys(&self, root: &Object<'_>) -> Result<(), Refusal> {
         no_duplicates(root, self.top_level_reads(), "")?;
-        for path in self.read_paths().filter(|p| p.contains('.')) {
+        for path in read_paths(&self.config).filter(|p| p.contains('.')) {
             no_duplicates_along(root, path)?;
         }
         if let Some(suc) = root.get("step_up_config") {
