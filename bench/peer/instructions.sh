@@ -64,22 +64,25 @@ nginx -p "$RUN/upstream/" -c "$RUN/conf/upstream.conf" -g "worker_processes 1;" 
 for _ in $(seq 50); do port_busy "$BASE" && break; sleep 0.1; done
 UP_PID=$(cat "$RUN/upstream/nginx.pid")
 
+# Sets `cmd` to CASE's command line.
 command_of() {
   case $1 in
-    klarna-stepup) echo "$BIN serve --config $RUN/klarna-stepup.toml" ;;
-    nginx) echo "nginx -p $RUN/nginx/ -c $RUN/conf/peer-pass.conf -g 'worker_processes 1; daemon off; master_process off;'" ;;
-    hyper-bare) echo "$EX/hyper_proxy 127.0.0.1:$PORT $UP --bare" ;;
-    hyper-stepup) echo "$EX/hyper_proxy 127.0.0.1:$PORT $UP" ;;
-    pingora-bare) echo "$EX/pingora_existing_proxy 127.0.0.1:$PORT $UP --bare" ;;
-    pingora-stepup) echo "$EX/pingora_existing_proxy 127.0.0.1:$PORT $UP" ;;
+    klarna-stepup) cmd=("$BIN" serve --config "$RUN/klarna-stepup.toml") ;;
+    nginx) cmd=(nginx -p "$RUN/nginx/" -c "$RUN/conf/peer-pass.conf" -g "worker_processes 1; daemon off; master_process off;") ;;
+    hyper-bare) cmd=("$EX/hyper_proxy" "127.0.0.1:$PORT" "$UP" --bare) ;;
+    hyper-stepup) cmd=("$EX/hyper_proxy" "127.0.0.1:$PORT" "$UP") ;;
+    pingora-bare) cmd=("$EX/pingora_existing_proxy" "127.0.0.1:$PORT" "$UP" --bare) ;;
+    pingora-stepup) cmd=("$EX/pingora_existing_proxy" "127.0.0.1:$PORT" "$UP") ;;
     *) die "unknown case $1" ;;
   esac
 }
 
 # measure CASE PATH [wrk script] -> instructions per request
 measure() {
-  local case=$1 path=$2 script=${3:-} out reqs ir f x
-  eval "valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$RUN/cg.out.%p $(command_of "$case")" \
+  local case=$1 path=$2 script=${3:-} out reqs ir f x cmd
+  command_of "$case"
+  # Started directly (no subshell), so that $! is valgrind's own PID.
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$RUN/cg.out.%p" "${cmd[@]}" \
     > "$RUN/$case.log" 2>&1 &
   VG_PID=$!
   for _ in $(seq 300); do port_busy "$PORT" && break; sleep 0.2; done
