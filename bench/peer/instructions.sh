@@ -10,8 +10,9 @@
 # Writes <target>/peer-bench/instructions/instructions.md: per case, GET /health and the
 # Klarna POST /payments, instructions per request and the ratio to nginx passthrough's.
 #
-# Env: CASES (default "klarna-stepup nginx hyper-bare hyper-stepup pingora-bare
-# pingora-stepup"), STEPUP_BIN (default: the release build), NO_BUILD=1, DURATION (s,
+# Env: CASES (default "klarna-stepup nginx floor hyper-bare hyper-stepup pingora-bare
+# pingora-stepup"; floor is server/examples/floor_proxy.rs, an HTTP/1.1 passthrough on tokio
+# and httparse alone: what the sockets and the runtime cost), STEPUP_BIN (default: the release build), NO_BUILD=1, DURATION (s,
 # default 6), PEER_PORT_BASE (default 18080; the measured proxy listens on base + 17).
 set -euo pipefail
 die() { echo "instructions.sh: $*" >&2; exit 1; }
@@ -20,7 +21,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET_DIR == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
 RUN=$TARGET_DIR/peer-bench/instructions
-CASES=${CASES:-klarna-stepup nginx hyper-bare hyper-stepup pingora-bare pingora-stepup}
+CASES=${CASES:-klarna-stepup nginx floor hyper-bare hyper-stepup pingora-bare pingora-stepup}
 DURATION=${DURATION:-6}
 [[ $DURATION =~ ^[0-9]+$ ]] && (( DURATION >= 1 && DURATION <= 60 )) || die "DURATION must be 1..60"
 BASE=${PEER_PORT_BASE:-18080}
@@ -36,7 +37,8 @@ if [[ ${NO_BUILD:-0} != 1 ]]; then
   echo "== cargo build --release (the binary and the adapters' examples)"
   (cd "$ROOT" && cargo build --release -p klarna-stepup-server --bin klarna-stepup \
     && cargo build --release --example hyper_proxy \
-    && cargo build --release --features pingora --example pingora_existing_proxy)
+    && cargo build --release --features pingora --example pingora_existing_proxy \
+    && cargo build --release -p klarna-stepup-server --example floor_proxy)
 fi
 BIN=${STEPUP_BIN:-$TARGET_DIR/release/klarna-stepup}
 EX=$TARGET_DIR/release/examples
@@ -69,6 +71,7 @@ command_of() {
   case $1 in
     klarna-stepup) cmd=("$BIN" serve --config "$RUN/klarna-stepup.toml") ;;
     nginx) cmd=(nginx -p "$RUN/nginx/" -c "$RUN/conf/peer-pass.conf" -g "worker_processes 1; daemon off; master_process off;") ;;
+    floor) cmd=("$EX/floor_proxy" "127.0.0.1:$PORT" "$UP") ;;
     hyper-bare) cmd=("$EX/hyper_proxy" "127.0.0.1:$PORT" "$UP" --bare) ;;
     hyper-stepup) cmd=("$EX/hyper_proxy" "127.0.0.1:$PORT" "$UP") ;;
     pingora-bare) cmd=("$EX/pingora_existing_proxy" "127.0.0.1:$PORT" "$UP" --bare) ;;
