@@ -9,10 +9,10 @@ resolve_stepup() {
     what="command: $STEPUP_CMD"
   else
     if [[ -z ${STEPUP_BIN:-} ]]; then
-      STEPUP_BIN=$TARGET_DIR/release/klarna-stepup
+      STEPUP_BIN=$TARGET_DIR/production/klarna-stepup
       if [[ ${NO_BUILD:-0} != 1 ]]; then
-        echo "== cargo build --release -p klarna-stepup-server --bin klarna-stepup"
-        (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p klarna-stepup-server --bin klarna-stepup)
+        echo "== cargo build --profile production -p klarna-stepup-server --bin klarna-stepup"
+        (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --profile production -p klarna-stepup-server --bin klarna-stepup)
       fi
     fi
     [[ -x $STEPUP_BIN ]] || die "no binary at $STEPUP_BIN"

@@ -12,7 +12,7 @@
 #
 # Env: CASES (default "klarna-stepup nginx floor hyper-bare hyper-stepup pingora-bare
 # pingora-stepup"; floor is server/examples/floor_proxy.rs, an HTTP/1.1 passthrough on tokio
-# and httparse alone: what the sockets and the runtime cost), STEPUP_BIN (default: the release build), NO_BUILD=1, DURATION (s,
+# and httparse alone: what the sockets and the runtime cost), STEPUP_BIN (default: the production build), NO_BUILD=1, DURATION (s,
 # default 6), PEER_PORT_BASE (default 18080; the measured proxy listens on base + 17).
 set -euo pipefail
 die() { echo "instructions.sh: $*" >&2; exit 1; }
@@ -34,13 +34,13 @@ done
 source "$ROOT/bench/lib.sh"
 
 if [[ ${NO_BUILD:-0} != 1 ]]; then
-  echo "== cargo build --release (the binary and the adapters' examples)"
-  (cd "$ROOT" && cargo build --release -p klarna-stepup-server --bin klarna-stepup \
+  echo "== cargo build (the binary as shipped, the examples in release)"
+  (cd "$ROOT" && cargo build --profile production -p klarna-stepup-server --bin klarna-stepup \
     && cargo build --release --example hyper_proxy \
     && cargo build --release --features pingora --example pingora_existing_proxy \
     && cargo build --release -p klarna-stepup-server --example floor_proxy)
 fi
-BIN=${STEPUP_BIN:-$TARGET_DIR/release/klarna-stepup}
+BIN=${STEPUP_BIN:-$TARGET_DIR/production/klarna-stepup}
 EX=$TARGET_DIR/release/examples
 mkdir -p "$RUN/upstream/logs" "$RUN/upstream/tmp" "$RUN/nginx/logs" "$RUN/nginx/tmp" "$RUN/conf"
 rm -f "$RUN"/cg.out.*

@@ -8,7 +8,7 @@
 #
 # Env knobs:
 #   STEPUP_BIN=<path>    measure this binary (no build). Default: build
-#                        `cargo build --release -p klarna-stepup-server --bin klarna-stepup`.
+#                        `cargo build --profile production -p klarna-stepup-server --bin klarna-stepup`.
 #   STEPUP_CMD='<cmd>'   or this command line (no build), run with bash; it sees $LISTEN
 #                        (127.0.0.1:18090), $UPSTREAM (127.0.0.1:18080) and $CONFIG (the
 #                        config file written here). E.g. another engine:
