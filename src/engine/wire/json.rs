@@ -28,10 +28,7 @@ impl Member<'_> {
     /// ASCII-ness is known from the scan, not looked up again for each name.
     #[inline]
     pub fn names(&self, name: &str) -> bool {
-        if self.key.len() == name.len() {
-            return self.key.eq_ignore_ascii_case(name);
-        }
-        !self.ascii && self.key.len() > name.len() && same_name_folded(&self.key, name)
+        names_as(&self.key, self.ascii, name)
     }
 }
 
@@ -100,12 +97,19 @@ impl<'a> Object<'a> {
 /// API written in Go reads `Return_Url` or `ſtep_up_config` as the field the layer checks.
 #[inline]
 pub(crate) fn same_name(key: &str, name: &str) -> bool {
+    names_as(key, false, name)
+}
+
+/// [`same_name`], told whether `key` is known to be all ASCII (then only a key as long as
+/// the name can name it).
+#[inline]
+fn names_as(key: &str, ascii: bool, name: &str) -> bool {
     if key.len() == name.len() {
         // All ASCII, or not equal (a folded letter is longer than the ASCII it reads as).
         return key.eq_ignore_ascii_case(name);
     }
     // A folded letter is longer than the ASCII it reads as, never shorter.
-    key.len() > name.len() && same_name_folded(key, name)
+    !ascii && key.len() > name.len() && same_name_folded(key, name)
 }
 
 /// [`same_name`] for a key longer than the name: equal only through folded letters.
