@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::blocking::{exchange, wait_exit, wait_listening};
+use crate::common::blocking::{exchange, wait_exit, wait_ready};
 use crate::common::upstream::{self};
 use crate::support::binary::{free_addr, ok_answer, read_one, serve_with};
 
@@ -13,11 +13,11 @@ use crate::support::binary::{free_addr, ok_answer, read_one, serve_with};
 async fn serve_admin_endpoint_reports_health_and_turns_unready_when_draining() {
     let up = upstream::start().await;
     let mut slow = ok_answer();
-    slow.delay = Some(Duration::from_millis(1000));
+    slow.delay = Some(Duration::from_millis(2000));
     up.set_answer(slow);
     let admin = free_addr();
     let (mut child, listen) = serve_with(&format!("admin = \"{admin}\"\n"), up.addr);
-    wait_listening(admin);
+    wait_ready(admin);
     let pid = child.id();
     let get = move |path: &str| {
         exchange(
@@ -43,9 +43,17 @@ async fn serve_admin_endpoint_reports_health_and_turns_unready_when_draining() {
             .status()
             .unwrap();
         assert!(kill.success());
-        std::thread::sleep(Duration::from_millis(100));
-        // Unready at once, alive still, while the request in flight is answered.
-        let during = [get("/readyz"), get("/healthz")];
+        // Unready as soon as the signal is handled, alive still, while the request in flight
+        // (two seconds at the payment API) is answered.
+        let since = std::time::Instant::now();
+        let unready = loop {
+            let r = get("/readyz");
+            if !r.starts_with("HTTP/1.1 200") || since.elapsed() > Duration::from_millis(1500) {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let during = [unready, get("/healthz")];
         (before, during, read_one(&mut s))
     })
     .await

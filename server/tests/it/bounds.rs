@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::blocking::{exchange, wait_listening};
+use crate::common::blocking::{exchange, wait_listening, wait_ready};
 use crate::common::fixtures;
 use crate::common::raw_http::send_fixture;
 use crate::common::upstream;
@@ -520,7 +520,7 @@ async fn serve_tries_unhealthy_upstreams_when_none_is_healthy_and_stays_ready() 
          [server.health_check]\ninterval_ms = 60000\ntimeout_ms = 1000\nfails = 1\n"
     ));
     wait_listening(listen);
-    wait_listening(admin);
+    wait_ready(admin);
     let get = move |addr: SocketAddr, path: &'static str| {
         tokio::task::spawn_blocking(move || {
             exchange(

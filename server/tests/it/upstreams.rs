@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::common::blocking::{exchange, wait_listening};
+use crate::common::blocking::{exchange, wait_listening, wait_ready};
 use crate::common::fixtures;
 use crate::common::upstream::{self, Answer};
 use crate::support::binary::{
@@ -199,6 +199,7 @@ async fn serve_skips_unhealthy_upstreams_until_they_recover_and_tries_them_all_w
         b.addr.port()
     ));
     wait_listening(listen);
+    wait_ready(admin);
     let get = move |addr: SocketAddr, path: &str| {
         exchange(
             addr,
