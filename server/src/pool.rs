@@ -75,6 +75,17 @@ where
                 },
             },
         };
+        // Boxed: the dial (connect, TLS handshake) is the largest state of this future, and
+        // the future of a request on a pooled connection, moved as it is built, stays small.
+        Box::pin(self.send_on_new(backend, req)).await
+    }
+
+    /// `req` on a new connection to `backend` (or another healthy one).
+    async fn send_on_new(
+        self: Arc<Self>,
+        backend: SocketAddr,
+        req: Request<B>,
+    ) -> Result<Response<Pooled<B>>, Error> {
         let (addr, io) = self.dialer.dial(backend).await?;
         let (mut sender, conn) = http1::handshake(io).await?;
         // The connection's own task: it ends when the connection closes, and its error, if
@@ -202,5 +213,32 @@ impl<B> Body for Pooled<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::Empty;
+
+    use super::*;
+    use crate::balance::Balancer;
+    use crate::upstream::Connector;
+
+    /// A request's future is built, then moved (into the forwarding future, onto the heap)
+    /// before it runs: each move copies all of it. A new connection's dial, by far its
+    /// largest state, is boxed apart, so that what is moved for a request on a pooled
+    /// connection is small.
+    #[test]
+    fn a_request_future_is_small_to_move() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let balancer = Arc::new(Balancer::try_from_iter([addr]).unwrap());
+        let t = Duration::from_secs(1);
+        let connector = Connector::new(None, t, t, t).unwrap();
+        let pool = Pool::<Empty<Bytes>>::new(Dialer::new(connector, balancer));
+        let send = pool.send(addr, Request::new(Empty::new()));
+        let size = std::mem::size_of_val(&send);
+        assert!(size <= 1024, "a request's future is {size} bytes");
     }
 }
