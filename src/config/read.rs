@@ -523,35 +523,10 @@ mod tests {
 
     /// One misspelt key, wrong values and failed checks: every error in one round, each
     /// under its key in the file, but the checks that read a wrong value.
-    pub(crate) const MANY_ERRORS: &str = r#"
-body_limit = 0
-inject_at = "a..b"
-[[routes]]
-method = "PO ST"
-path = "/x"
-[[routes]]
-path = "/y"
-[[routes]]
-method = "POST"
-path = "no-slash"
-[return_url_policy]
-max_lenght = 3000
-schemes = ["ftp"]
-max_length = "long"
-[defaults]
-return_url = "http://partner.example/r"
-interaction_expiry = "PT5M"
-[partner_response]
-pending = ""
-placement = "top_level"
-redirect_url = "https://acq.example/{nope}"
-[webhooks]
-enabled = "yes"
-path = "relay"
-"#;
+    const MANY_ERRORS: &str = include_str!("many-errors.toml");
 
     /// The keys of [`MANY_ERRORS`]'s errors, as `StepUp::from_toml` reports them.
-    pub(crate) const MANY_ERRORS_KEYS: &[&str] = &[
+    const MANY_ERRORS_KEYS: &[&str] = &[
         "return_url_policy.max_lenght",
         "return_url_policy.max_length",
         "routes[1].method",

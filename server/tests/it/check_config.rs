@@ -111,31 +111,11 @@ pub(crate) fn check_config(path: impl AsRef<std::ffi::OsStr>) -> std::process::O
 #[test]
 fn check_config_reports_every_error_in_one_round() {
     // One misspelt key among wrong values and failed checks, in both parts of the file.
-    let path = write_config(
-        "many.toml",
-        r#"
-body_limit = 0
-inject_at = "a..b"
-[[routes]]
-method = "PO ST"
-path = "/x"
-[[routes]]
-path = "/y"
-[[routes]]
-method = "POST"
-path = "no-slash"
-[return_url_policy]
-max_lenght = 3000
-schemes = ["ftp"]
-max_length = "long"
-[defaults]
-return_url = "http://partner.example/r"
-interaction_expiry = "PT5M"
-[partner_response]
-pending = ""
-placement = "top_level"
-redirect_url = "https://acq.example/{nope}"
-[server]
+    // The library's errors (its configuration tests read the same file), then the server's.
+    let text = format!(
+        "{}{}",
+        include_str!("../../../src/config/many-errors.toml"),
+        r#"[server]
 listen = "nope"
 upstream = "127.0.0.1:9000"
 max_headers = "many"
@@ -144,8 +124,9 @@ threads = 0
 [server.health_check]
 interval_ms = "often"
 timeout_ms = 5000
-"#,
+"#
     );
+    let path = write_config("many.toml", &text);
     let out = check_config(&path);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
@@ -162,6 +143,7 @@ timeout_ms = 5000
             "return_url_policy.max_lenght",
             "return_url_policy.max_length",
             "routes[1].method",
+            "webhooks.enabled",
             "body_limit",
             "routes[0].method",
             "routes[2].path",
