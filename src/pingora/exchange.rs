@@ -34,16 +34,7 @@ use super::ctx::StepUpCtx;
 use super::phases::StepUpPhases;
 use super::proxy::{StepUpProxy, StepUpProxyCtx};
 use crate::driver::{ResponseAction, ResponseHead};
-
-/// Request headers that belong to one connection (RFC 9110 §7.6.1), not to the exchange.
-const HOP_BY_HOP: [header::HeaderName; 6] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::HeaderName::from_static("keep-alive"),
-];
+use crate::engine::hop_by_hop_names;
 
 /// What one attempt brought back: the answer's head and body, and whether that body is
 /// whole. It is not when the answer is larger than `body_limit`: the rest is still to be read
@@ -280,14 +271,13 @@ where
 }
 
 /// The client's request head as an HTTP/1.1 upstream request: without the headers of its
-/// own connection, with a `Host`.
+/// own connection (those the tower adapter strips, see [`crate::engine::strip_hop_by_hop`]),
+/// with a `Host`.
 fn upstream_head(session: &Session) -> Result<pingora::http::RequestHeader> {
     let mut req = session.req_header().clone();
     req.set_version(http::Version::HTTP_11);
-    for name in HOP_BY_HOP {
-        if req.headers.contains_key(&name) {
-            req.remove_header(&name);
-        }
+    for name in hop_by_hop_names(&req.headers) {
+        req.remove_header(&name);
     }
     if !req.headers.contains_key(header::HOST) {
         if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_owned()) {

@@ -250,6 +250,55 @@ async fn klarna_request_injected_with_exact_content_length_chunked_upload_too() 
     }
 }
 
+/// A Klarna request's hop-by-hop headers (`Connection` and what it names, `Keep-Alive`,
+/// `TE`, `Trailer`, every `Proxy-*`) reach the payment API through neither adapter: the
+/// Pingora adapter sends the injected request itself, and strips what the tower one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_klarna_requests_hop_by_hop_headers_stop_at_either_adapter() {
+    let up = upstream::start().await;
+    let (f, answer) = step_up_answer();
+    up.set_answer(answer);
+    let step_up = StepUp::from_toml("").unwrap();
+    let tower = common::tower_proxy::start(step_up.clone(), up.addr).await;
+    let pingora = pingora_step_up(step_up, up.addr, LIMIT);
+    for proxy in [tower, pingora] {
+        let res = send_fixture(
+            proxy,
+            &f,
+            &[
+                ("X-Secret", "1"),
+                ("Connection", "x-secret"),
+                ("Keep-Alive", "timeout=5"),
+                ("TE", "trailers"),
+                ("Trailer", "x-t"),
+                ("Proxy-Authorization", "Basic c2VjcmV0"),
+                ("Proxy-Connection", "keep-alive"),
+                ("X-End", "kept"),
+            ],
+        )
+        .await;
+        assert_eq!(res.status, 200, "{}", show(&res.body));
+        assert_eq!(res.header("x-klarna-stepup"), Some("rewritten"));
+        let got = up.take_received();
+        assert_eq!(got.len(), 1);
+        let h = &got[0].headers;
+        for gone in [
+            "x-secret",
+            "keep-alive",
+            "te",
+            "trailer",
+            "proxy-authorization",
+            "proxy-connection",
+        ] {
+            assert!(
+                h.get(gone).is_none(),
+                "{gone} reached the payment API via {proxy}: {h:?}"
+            );
+        }
+        assert_eq!(h["x-end"], "kept");
+    }
+}
+
 /// The step_up_required request, padded to about `size` bytes with an extra field.
 fn padded_klarna_request(size: usize) -> Vec<u8> {
     let f = fixtures::by_name("step_up_required");
