@@ -213,11 +213,10 @@ where
             body: raw,
             whole: end,
         } = answer;
-        for name in [
-            header::CONNECTION,
-            header::HeaderName::from_static("keep-alive"),
-        ] {
-            if head.headers.contains_key(&name) {
+        // The hop-by-hop headers the tower adapter strips, but `Transfer-Encoding`: the
+        // framing below reads it (and drops it where it sets a length).
+        for name in hop_by_hop_names(&head.headers) {
+            if name != header::TRANSFER_ENCODING {
                 head.remove_header(&name);
             }
         }
