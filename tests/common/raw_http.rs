@@ -25,6 +25,56 @@ impl RawResponse {
     }
 }
 
+/// Hop-by-hop request headers a proxy must not forward (RFC 9110 section 7.6.1: `Connection`
+/// and what it names, `Keep-Alive`, `TE`, `Trailer`, every `Proxy-*`), and `X-End`, which
+/// it must.
+pub const HOP_BY_HOP_REQUEST: &[(&str, &str)] = &[
+    ("X-Secret", "1"),
+    ("Connection", "x-secret"),
+    ("Keep-Alive", "timeout=5"),
+    ("TE", "trailers"),
+    ("Trailer", "x-t"),
+    ("Proxy-Authorization", "Basic c2VjcmV0"),
+    ("Proxy-Connection", "keep-alive"),
+    ("X-End", "kept"),
+];
+
+/// The same in an answer, as the upstream sends it.
+pub const HOP_BY_HOP_ANSWER: &[(&str, &str)] = &[
+    ("connection", "x-hop"),
+    ("x-hop", "secret"),
+    ("keep-alive", "timeout=99"),
+    ("proxy-authenticate", "Basic"),
+    ("x-end", "kept"),
+];
+
+/// Asserts that of [`HOP_BY_HOP_REQUEST`] only `X-End` reached the upstream (`forwarded`:
+/// the head it received), and of [`HOP_BY_HOP_ANSWER`] only `x-end` the client.
+pub fn assert_hop_by_hop_stopped(forwarded: &http::HeaderMap, answer: &RawResponse, via: &str) {
+    for gone in ["x-hop", "proxy-authenticate"] {
+        assert!(
+            answer.header(gone).is_none(),
+            "{gone} reached the client via {via}: {answer:?}"
+        );
+    }
+    assert_ne!(answer.header("keep-alive"), Some("timeout=99"), "via {via}");
+    assert_eq!(answer.header("x-end"), Some("kept"), "via {via}");
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
+        assert!(
+            forwarded.get(gone).is_none(),
+            "{gone} reached the upstream via {via}: {forwarded:?}"
+        );
+    }
+    assert_eq!(forwarded["x-end"], "kept", "via {via}");
+}
+
 pub enum ReqBody<'a> {
     None,
     Length(&'a [u8]),
