@@ -59,10 +59,11 @@ pub use head::Head;
 // exact version): not part of the public API.
 #[doc(hidden)]
 pub use head::check_request_head;
+#[cfg(feature = "pingora")]
+pub(crate) use head::hop_by_hop_names;
 pub(crate) use head::{
-    answer_being_read, content_length, hop_by_hop_names, injected_request, mark_code,
-    mark_passthrough, mark_relayed, mark_rewritten, relay_request, streamed_request,
-    strip_forged_headers,
+    answer_being_read, content_length, injected_request, mark_code, mark_passthrough, mark_relayed,
+    mark_rewritten, relay_request, streamed_request, strip_forged_headers,
 };
 pub use head::{strip_hop_by_hop, HeadLimits, MARKER_HEADER, STALE_RESPONSE_HEADERS};
 pub use refusal::{Refusal, RefusalCode};

@@ -319,6 +319,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The names of the headers [`strip_hop_by_hop`] removes from `headers`, each once: for a
 /// head that removes its own fields (Pingora's, which keeps each name's case beside the map).
+#[cfg(any(test, feature = "pingora"))]
 pub(crate) fn hop_by_hop_names(headers: &HeaderMap) -> Vec<HeaderName> {
     let named: Vec<&str> = headers
         .get_all(header::CONNECTION)
