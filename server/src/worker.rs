@@ -105,11 +105,12 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         *req.uri_mut() = http::Uri::from(target);
         *req.version_mut() = http::Version::HTTP_11;
-        let answer = self.pool.clone().send(backend, req);
+        let pool = self.pool.clone();
         let metrics = self.metrics.clone();
+        // The pool's future is built where it runs, not moved in.
         Box::pin(async move {
             let since = metrics.as_ref().map(|_| Instant::now());
-            let res = match answer.await {
+            let res = match pool.send(backend, req).await {
                 Ok(res) => {
                     if let (Some(m), Some(since)) = (&metrics, since) {
                         m.upstream_answered(res.status().as_u16(), since.elapsed());
