@@ -110,11 +110,13 @@ pub(crate) fn streamed_request(head: &mut impl Head) {
 
 /// The head of an answer that leaves before its body is read for a rewrite: only what holds
 /// whatever the rewrite then decides (chunked; no length, encoding or validators; no
-/// marker).
+/// marker, the upstream's own `x-klarna-stepup` included: the client would read it as
+/// step-up's verdict).
 pub(crate) fn answer_being_read(head: &mut impl Head) {
     for name in &STALE_RESPONSE_HEADERS {
         remove_present(head, name);
     }
+    remove_present(head, &MARKER_HEADER);
     head.set(
         header::TRANSFER_ENCODING,
         HeaderValue::from_static("chunked"),
@@ -694,6 +696,16 @@ mod tests {
         assert_eq!(h["content-type"], "application/json");
         assert_eq!(h[MARKER_HEADER], "rewritten");
         assert_eq!(h["x-request-id"], "1");
+    }
+
+    #[test]
+    fn an_answer_being_read_keeps_no_marker_of_the_upstream() {
+        let mut h = HeaderMap::new();
+        h.insert(MARKER_HEADER, HeaderValue::from_static("passthrough"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        answer_being_read(&mut h);
+        assert!(!h.contains_key(MARKER_HEADER), "{h:?}");
+        assert_eq!(h[header::TRANSFER_ENCODING], "chunked");
     }
 
     #[test]
