@@ -10,6 +10,7 @@ mod common;
 mod acquirer_redirect;
 mod acquirer_return;
 mod adapter_edges;
+mod adapter_parity;
 mod engine;
 mod fail_closed;
 mod feature_table;
