@@ -417,12 +417,15 @@ impl Driver {
     }
 
     /// Edits the client-facing head of the upstream's answer as step-up's handling of it
-    /// requires: `rewritten` with the new length, `passthrough`, `relayed`, a proxy error's
-    /// code, or (sent before the body is read) only what holds either way.
+    /// requires: its hop-by-hop headers out (as the request's, see
+    /// [`upstream_request_head`](Self::upstream_request_head)), then `rewritten` with the new
+    /// length, `passthrough`, `relayed`, a proxy error's code, or (sent before the body is
+    /// read) only what holds either way.
     pub fn response_head(&mut self, head: &mut impl Head) -> AnswerHead {
         if self.mode == Mode::Shadow {
             return AnswerHead::Untouched;
         }
+        self.strip_connection(head);
         match &self.answer {
             AnswerStep::ProxyError(code) => {
                 engine::mark_code(head, code);

@@ -388,6 +388,15 @@ impl Driver {
 
     /// Puts the trace context on a request step-up sends to the payment API (never in
     /// `shadow` mode: nothing is changed there).
+    /// The hop-by-hop headers of a head step-up edits (see
+    /// [`upstream_request_head`](Self::upstream_request_head) and
+    /// [`response_head`](Self::response_head)); in shadow mode nothing is edited.
+    fn strip_connection(&self, head: &mut impl Head) {
+        if self.mode != Mode::Shadow {
+            engine::strip_connection_headers(head);
+        }
+    }
+
     fn pass_trace(&self, head: &mut impl Head) {
         if let (Some(t), false) = (self.record.trace(), self.mode == Mode::Shadow) {
             t.apply(head);

@@ -292,11 +292,13 @@ impl Driver {
         )
     }
 
-    /// Edits the head of the upstream request (call it for each attempt): an exact length
-    /// and the answer asked for plain for a rewritten Klarna request, chunked framing for a
-    /// body that streams, step-up's own headers for a relayed webhook. Nothing for other
-    /// requests.
+    /// Edits the head of the upstream request (call it for each attempt): the client's
+    /// hop-by-hop headers out (`Connection` and what it names, `Keep-Alive`, `TE`,
+    /// `Trailer`, `Upgrade`, every `Proxy-*`; `Transfer-Encoding` is the adapter's framing),
+    /// then an exact length and the answer asked for plain for a rewritten Klarna request,
+    /// chunked framing for a body that streams, step-up's own headers for a relayed webhook.
     pub fn upstream_request_head(&mut self, head: &mut impl Head) {
+        self.strip_connection(head);
         self.pass_trace(head);
         match &mut self.request {
             RequestStep::Forwarded(Upstream::Injected(body)) => {
@@ -323,6 +325,7 @@ impl Driver {
     pub fn upstream_request_head_for(&mut self, head: &mut impl Head, body_len: usize) {
         match &self.request {
             RequestStep::Forwarded(Upstream::Injected(_)) => {
+                self.strip_connection(head);
                 self.pass_trace(head);
                 engine::injected_request(head, body_len)
             }

@@ -63,7 +63,8 @@ pub use head::check_request_head;
 pub(crate) use head::hop_by_hop_names;
 pub(crate) use head::{
     answer_being_read, content_length, injected_request, mark_code, mark_passthrough, mark_relayed,
-    mark_rewritten, relay_request, streamed_request, strip_forged_headers,
+    mark_rewritten, relay_request, streamed_request, strip_connection_headers,
+    strip_forged_headers,
 };
 pub use head::{strip_hop_by_hop, HeadLimits, MARKER_HEADER, STALE_RESPONSE_HEADERS};
 pub use refusal::{Refusal, RefusalCode};

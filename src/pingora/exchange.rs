@@ -213,13 +213,6 @@ where
             body: raw,
             whole: end,
         } = answer;
-        // The hop-by-hop headers the tower adapter strips, but `Transfer-Encoding`: the
-        // framing below reads it (and drops it where it sets a length).
-        for name in hop_by_hop_names(&head.headers) {
-            if name != header::TRANSFER_ENCODING {
-                head.remove_header(&name);
-            }
-        }
         self.inner
             .upstream_response_filter(session, &mut head, &mut ctx.inner)
             .await?;

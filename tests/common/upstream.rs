@@ -17,9 +17,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 pub struct Received {
     pub method: String,
     pub path: String,
-    /// The request target as it came (origin-form `/p?q`, or absolute-form with its
-    /// authority).
-    pub target: String,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
 }
@@ -104,7 +101,6 @@ pub async fn start_on(addr: SocketAddr) -> Upstream {
                         state.received.lock().unwrap().push(Received {
                             method: parts.method.to_string(),
                             path: parts.uri.path().to_string(),
-                            target: parts.uri.to_string(),
                             headers: parts.headers,
                             body: body.to_vec(),
                         });

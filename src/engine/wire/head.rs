@@ -260,18 +260,19 @@ pub(crate) fn is_json_or_absent(headers: &HeaderMap) -> bool {
 /// The hop-by-hop headers RFC 9110 section 7.6.1 names, besides those `Connection` names
 /// (what [`fixed_hop_by_hop`] matches).
 #[cfg(test)]
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Removes the hop-by-hop headers a proxy must not forward (RFC 9110 section 7.6.1), in
 /// either direction: `Connection` and every header it names, `Keep-Alive`, `TE`, `Trailer`,
-/// `Transfer-Encoding`, `Upgrade`, and every `Proxy-*` header. For a proxy built on the
+/// `Transfer-Encoding`, `Upgrade`, `HTTP2-Settings`, and every `Proxy-*` header. For a proxy built on the
 /// tower adapter (Pingora does this itself); the framing is the server's and client's own.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most heads carry none of them, and most of the rest only `Connection`: one look at
@@ -319,9 +320,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes from a head step-up edits the hop-by-hop headers [`strip_hop_by_hop`] removes,
+/// but `Transfer-Encoding`: the adapter's framing reads it (and the edits that set a length
+/// drop it). On the request before step-up's own edits, so that a client cannot name them
+/// away in `Connection`; on the answer, so that no adapter passes the payment API's on.
+pub(crate) fn strip_connection_headers(head: &mut impl Head) {
+    for name in hop_by_hop_names(head.headers()) {
+        if name != header::TRANSFER_ENCODING {
+            head.remove(&name);
+        }
+    }
+}
+
 /// The names of the headers [`strip_hop_by_hop`] removes from `headers`, each once: for a
 /// head that removes its own fields (Pingora's, which keeps each name's case beside the map).
-#[cfg(any(test, feature = "pingora"))]
 pub(crate) fn hop_by_hop_names(headers: &HeaderMap) -> Vec<HeaderName> {
     let named: Vec<&str> = headers
         .get_all(header::CONNECTION)
@@ -348,13 +360,16 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Whether `name` is one of the hop-by-hop headers RFC 9110 section 7.6.1 names (besides
 /// those `Connection` names), in any case: `Connection`, `Keep-Alive`, `TE`, `Trailer`,
-/// `Transfer-Encoding`, `Upgrade`. A string match: cheaper than comparing header names.
+/// `Transfer-Encoding`, `Upgrade`, and `HTTP2-Settings`. A string match: cheaper than
+/// comparing header names.
 #[inline]
 fn fixed_hop_by_hop(name: &str) -> bool {
     match name.len() {
         2 => name.eq_ignore_ascii_case("te"),
         7 => name.eq_ignore_ascii_case("trailer") || name.eq_ignore_ascii_case("upgrade"),
         10 => name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("keep-alive"),
+        // HTTP/2's upgrade from HTTP/1.1 (RFC 7540 section 3.2.1): the connection's own.
+        14 => name.eq_ignore_ascii_case("http2-settings"),
         17 => name.eq_ignore_ascii_case("transfer-encoding"),
         _ => false,
     }
