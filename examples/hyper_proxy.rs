@@ -98,12 +98,11 @@ pub async fn serve(
         let (client, upstream) = (client.clone(), upstream.clone());
         async move {
             strip_hop_by_hop(req.headers_mut());
-            // An HTTP/2 request names its host in the URI, not in `Host`; the payment API is
-            // spoken to in HTTP/1.1.
-            if !req.headers().contains_key(http::header::HOST) {
-                if let Some(host) = req.uri().authority().and_then(|a| a.as_str().parse().ok()) {
-                    req.headers_mut().insert(http::header::HOST, host);
-                }
+            // A request target with an authority (HTTP/2's, or an absolute URL) names the
+            // host, whatever `Host` says; the payment API is spoken to in HTTP/1.1, in origin
+            // form, so the authority goes in `Host`.
+            if let Some(host) = req.uri().authority().and_then(|a| a.as_str().parse().ok()) {
+                req.headers_mut().insert(http::header::HOST, host);
             }
             *req.version_mut() = http::Version::HTTP_11;
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());

@@ -82,15 +82,15 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         strip_hop_by_hop(req.headers_mut());
-        // An HTTP/2 request names its host in the URI: HTTP/1.1 upstream wants `Host`.
-        if !req.headers().contains_key(header::HOST) {
-            if let Some(host) = req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                req.headers_mut().insert(header::HOST, host);
-            }
+        // A request target with an authority (HTTP/2's, or an absolute URL) names the host,
+        // whatever `Host` says (RFC 9112 section 3.2.2, RFC 9113 section 8.3.1): the
+        // upstream request, in origin form, carries it as its `Host`.
+        if let Some(host) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, host);
         }
         // The backend for this request (its address is the pool's key).
         let Some(backend) = balance::pick(&self.balancer) else {

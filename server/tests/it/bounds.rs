@@ -669,3 +669,30 @@ async fn pingora_marks_its_own_502_and_504_with_their_code_on_both_body_paths() 
         }
     }
 }
+
+/// An absolute-form request target names the host (RFC 9112 section 3.2.2): the payment API
+/// gets it as `Host`, whatever `Host` the client sent, so that what routed the request by
+/// its URL and what the payment API reads agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_sends_the_host_an_absolute_target_names() {
+    let up = upstream::start().await;
+    up.set_answer(ok_answer());
+    let (mut child, listen) = serve_with("", up.addr);
+    let answers = tokio::task::spawn_blocking(move || {
+        [
+            "GET http://other.example/orders HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n",
+            "GET /orders HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n",
+        ]
+        .map(|head| exchange(listen, head, b""))
+    })
+    .await
+    .unwrap();
+    for a in &answers {
+        assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    }
+    let got = up.take_received();
+    let hosts: Vec<_> = got.iter().map(|r| r.headers["host"].clone()).collect();
+    assert_eq!(hosts, ["other.example", "example.test"]);
+    assert!(got.iter().all(|r| r.path == "/orders"));
+    stop_ok(&mut child, "-TERM");
+}
