@@ -386,17 +386,18 @@ impl Driver {
         }
     }
 
-    /// Puts the trace context on a request step-up sends to the payment API (never in
-    /// `shadow` mode: nothing is changed there).
-    /// The hop-by-hop headers of a head step-up edits (see
+    /// Strips the hop-by-hop headers of a head step-up edits (see
     /// [`upstream_request_head`](Self::upstream_request_head) and
-    /// [`response_head`](Self::response_head)); in shadow mode nothing is edited.
+    /// [`response_head`](Self::response_head)); never in `shadow` mode: nothing is changed
+    /// there.
     fn strip_connection(&self, head: &mut impl Head) {
         if self.mode != Mode::Shadow {
             engine::strip_connection_headers(head);
         }
     }
 
+    /// Puts the trace context on a request step-up sends to the payment API (never in
+    /// `shadow` mode: nothing is changed there).
     fn pass_trace(&self, head: &mut impl Head) {
         if let (Some(t), false) = (self.record.trace(), self.mode == Mode::Shadow) {
             t.apply(head);

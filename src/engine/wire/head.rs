@@ -272,8 +272,9 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes the hop-by-hop headers a proxy must not forward (RFC 9110 section 7.6.1), in
 /// either direction: `Connection` and every header it names, `Keep-Alive`, `TE`, `Trailer`,
-/// `Transfer-Encoding`, `Upgrade`, `HTTP2-Settings`, and every `Proxy-*` header. For a proxy built on the
-/// tower adapter (Pingora does this itself); the framing is the server's and client's own.
+/// `Transfer-Encoding`, `Upgrade`, `HTTP2-Settings`, and every `Proxy-*` header. For a proxy
+/// built on the tower adapter, on every request (step-up strips those of the requests it
+/// handles itself, through either adapter); the framing is the server's and client's own.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most heads carry none of them, and most of the rest only `Connection`: one look at
     // each name (no hashing) tells.
