@@ -59,8 +59,6 @@ pub use head::Head;
 // exact version): not part of the public API.
 #[doc(hidden)]
 pub use head::check_request_head;
-#[cfg(feature = "pingora")]
-pub(crate) use head::hop_by_hop_names;
 pub(crate) use head::{
     answer_being_read, content_length, injected_request, mark_code, mark_passthrough, mark_relayed,
     mark_rewritten, relay_request, streamed_request, strip_connection_headers,

@@ -34,7 +34,7 @@ use super::ctx::StepUpCtx;
 use super::phases::StepUpPhases;
 use super::proxy::{StepUpProxy, StepUpProxyCtx};
 use crate::driver::{ResponseAction, ResponseHead};
-use crate::engine::hop_by_hop_names;
+use crate::engine::strip_connection_headers;
 
 /// What one attempt brought back: the answer's head and body, and whether that body is
 /// whole. It is not when the answer is larger than `body_limit`: the rest is still to be read
@@ -263,14 +263,12 @@ where
 }
 
 /// The client's request head as an HTTP/1.1 upstream request: without the headers of its
-/// own connection (those the tower adapter strips, see [`crate::engine::strip_hop_by_hop`]),
-/// with a `Host`.
+/// own connection (stripped as the driver strips them, before your proxy's
+/// `upstream_request_filter` sees the head, as on Pingora's pipeline), with a `Host`.
 fn upstream_head(session: &Session) -> Result<pingora::http::RequestHeader> {
     let mut req = session.req_header().clone();
     req.set_version(http::Version::HTTP_11);
-    for name in hop_by_hop_names(&req.headers) {
-        req.remove_header(&name);
-    }
+    strip_connection_headers(&mut req);
     if !req.headers.contains_key(header::HOST) {
         if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_owned()) {
             req.insert_header(header::HOST, authority)?;

@@ -335,7 +335,7 @@ pub(crate) fn strip_connection_headers(head: &mut impl Head) {
 
 /// The names of the headers [`strip_hop_by_hop`] removes from `headers`, each once: for a
 /// head that removes its own fields (Pingora's, which keeps each name's case beside the map).
-pub(crate) fn hop_by_hop_names(headers: &HeaderMap) -> Vec<HeaderName> {
+fn hop_by_hop_names(headers: &HeaderMap) -> Vec<HeaderName> {
     let named: Vec<&str> = headers
         .get_all(header::CONNECTION)
         .iter()
