@@ -93,7 +93,8 @@ pub struct ServerConfig {
     /// connections wait in the listen backlog until one closes. At start the proxy raises
     /// its open-file limit (`RLIMIT_NOFILE`, soft) to what this takes (two descriptors a
     /// connection, plus 256); where the hard limit is lower, it serves fewer and says so in a
-    /// warning.
+    /// warning. The pools of connections to the payment API keep a used one only while at
+    /// most this many are open.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// The admin endpoint, e.g. `127.0.0.1:9100` (default: none): `/metrics` (Prometheus),

@@ -16,6 +16,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
@@ -30,18 +31,66 @@ use super::upstream::Dialer;
 /// Why a request got no answer from the payment API.
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// Idle connections kept per backend; more are closed once used. Each idle connection was
-/// in use by a request of this worker, so this only bites after a burst.
-const MAX_IDLE: usize = 256;
 /// Backends with idle connections remembered; should DNS hand out ever new addresses, the
 /// ones without a live idle connection are forgotten. Looked up by a scan: a payment API
 /// has a handful of addresses, and a scan of those costs less than hashing one.
 const MAX_BACKENDS: usize = 256;
 
+/// The process's open connections to the payment API, in use or idle, over every worker's
+/// pool. A used connection goes back to its pool only while there are at most `keep` of
+/// them: the open-file budget gives each client connection one upstream connection.
+///
+/// A fixed number of idle connections per pool would close connections a sustained load
+/// needs (thousands of clients, answers coming back in batches) only to dial them again;
+/// this bound keeps what the load uses, no more than the descriptors allow. Idle
+/// connections close at the upstream read timeout, so the pools shrink when the load does.
+pub(crate) struct OpenConnections {
+    open: AtomicUsize,
+    keep: usize,
+}
+
+impl OpenConnections {
+    /// At most `keep` connections kept (the client connections the server serves).
+    pub(crate) fn new(keep: usize) -> Arc<Self> {
+        Arc::new(OpenConnections {
+            open: AtomicUsize::new(0),
+            keep,
+        })
+    }
+
+    /// Counts one connection open until the guard drops.
+    fn opened(self: &Arc<Self>) -> Counted {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Counted(self.clone())
+    }
+
+    /// More connections open than may be kept.
+    fn over(&self) -> bool {
+        self.open.load(Ordering::Relaxed) > self.keep
+    }
+}
+
+/// One open connection, counted as long as it is held (in use or idle).
+struct Counted(Arc<OpenConnections>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A worker's connections to the payment API.
 pub(crate) struct Pool<B> {
     dialer: Dialer,
-    idle: Mutex<Vec<(SocketAddr, Vec<SendRequest<B>>)>>,
+    open: Arc<OpenConnections>,
+    idle: Mutex<Vec<(SocketAddr, Vec<Conn<B>>)>>,
+}
+
+/// A connection to the payment API, counted among the open ones while it is held: once
+/// dropped (given up, found closed), its task ends.
+struct Conn<B> {
+    sender: SendRequest<B>,
+    _open: Counted,
 }
 
 impl<B> Pool<B>
@@ -50,9 +99,10 @@ where
     B::Data: Send,
     B::Error: Into<Error>,
 {
-    pub(crate) fn new(dialer: Dialer) -> Arc<Self> {
+    pub(crate) fn new(dialer: Dialer, open: Arc<OpenConnections>) -> Arc<Self> {
         Arc::new(Pool {
             dialer,
+            open,
             idle: Mutex::default(),
         })
     }
@@ -66,8 +116,8 @@ where
     ) -> Result<Response<Pooled<B>>, Error> {
         let req = match self.take(backend) {
             None => req,
-            Some(mut sender) => match sender.try_send_request(req).await {
-                Ok(res) => return Ok(self.hold(backend, sender, res)),
+            Some(mut conn) => match conn.sender.try_send_request(req).await {
+                Ok(res) => return Ok(self.hold(backend, conn, res)),
                 // Not sent at all: the connection had closed meanwhile.
                 Err(mut e) => match e.take_message() {
                     Some(req) => req,
@@ -88,34 +138,43 @@ where
     ) -> Result<Response<Pooled<B>>, Error> {
         let (addr, io) = self.dialer.dial(backend).await?;
         let (mut sender, conn) = http1::handshake(io).await?;
-        // The connection's own task: it ends when the connection closes, and its error, if
-        // any, is the request's.
+        // The connection's own task: it ends when the connection closes or its
+        // `SendRequest` is dropped, and its error, if any, is the request's.
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        let open = self.open.opened();
         let res = sender.send_request(req).await?;
-        Ok(self.hold(addr, sender, res))
+        let conn = Conn {
+            sender,
+            _open: open,
+        };
+        Ok(self.hold(addr, conn, res))
     }
 }
 
 /// The pool's bookkeeping: nothing here needs to know what a request body is.
 impl<B> Pool<B> {
     /// A ready idle connection to `addr`, the most recently used first; closed ones go.
-    fn take(&self, addr: SocketAddr) -> Option<SendRequest<B>> {
+    fn take(&self, addr: SocketAddr) -> Option<Conn<B>> {
         let mut idle = self.idle.lock().ok()?;
         let (_, list) = idle.iter_mut().find(|(a, _)| *a == addr)?;
-        while let Some(i) = list.iter().rposition(|s| s.is_ready() || s.is_closed()) {
-            let sender = list.swap_remove(i);
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(i) = list
+            .iter()
+            .rposition(|c| c.sender.is_ready() || c.sender.is_closed())
+        {
+            let conn = list.swap_remove(i);
+            if !conn.sender.is_closed() {
+                return Some(conn);
             }
         }
         None
     }
 
-    /// The connection back in the pool, unless it is closed or the pool is full.
-    fn put(&self, addr: SocketAddr, sender: SendRequest<B>) {
-        if sender.is_closed() {
+    /// The connection back in the pool, unless it is closed or more are open than may be
+    /// kept (then it closes).
+    fn put(&self, addr: SocketAddr, conn: Conn<B>) {
+        if conn.sender.is_closed() || self.open.over() {
             return;
         }
         let Ok(mut idle) = self.idle.lock() else {
@@ -126,7 +185,7 @@ impl<B> Pool<B> {
             None => {
                 if idle.len() >= MAX_BACKENDS {
                     idle.retain_mut(|(_, list)| {
-                        list.retain(|s| !s.is_closed());
+                        list.retain(|c| !c.sender.is_closed());
                         !list.is_empty()
                     });
                     if idle.len() >= MAX_BACKENDS {
@@ -137,27 +196,24 @@ impl<B> Pool<B> {
                 idle.len() - 1
             }
         };
-        let list = &mut idle[i].1;
-        if list.len() < MAX_IDLE {
-            list.push(sender);
-        }
+        idle[i].1.push(conn);
     }
 
     /// The answer, its body holding the connection until its end.
     fn hold(
         self: &Arc<Self>,
         addr: SocketAddr,
-        sender: SendRequest<B>,
+        conn: Conn<B>,
         res: Response<Incoming>,
     ) -> Response<Pooled<B>> {
         let giver = if res.body().is_end_stream() {
-            self.put(addr, sender);
+            self.put(addr, conn);
             None
         } else {
             Some(GiveBack {
                 pool: self.clone(),
                 addr,
-                sender,
+                conn,
             })
         };
         res.map(|body| Pooled { body, giver })
@@ -168,7 +224,7 @@ impl<B> Pool<B> {
 struct GiveBack<B> {
     pool: Arc<Pool<B>>,
     addr: SocketAddr,
-    sender: SendRequest<B>,
+    conn: Conn<B>,
 }
 
 /// An answer's body from a pooled connection: at its end, the connection goes back.
@@ -180,7 +236,7 @@ pub(crate) struct Pooled<B> {
 impl<B> Pooled<B> {
     fn give_back(&mut self) {
         if let Some(g) = self.giver.take() {
-            g.pool.put(g.addr, g.sender);
+            g.pool.put(g.addr, g.conn);
         }
     }
 }
@@ -236,9 +292,118 @@ mod tests {
         let balancer = Arc::new(Balancer::try_from_iter([addr]).unwrap());
         let t = Duration::from_secs(1);
         let connector = Connector::new(None, t, t, t).unwrap();
-        let pool = Pool::<Empty<Bytes>>::new(Dialer::new(connector, balancer));
+        let open = OpenConnections::new(1);
+        let pool = Pool::<Empty<Bytes>>::new(Dialer::new(connector, balancer), open);
         let send = pool.send(addr, Request::new(Empty::new()));
         let size = std::mem::size_of_val(&send);
         assert!(size <= 1024, "a request's future is {size} bytes");
+    }
+
+    /// An upstream on loopback answering `ok` to each request, the first answer of each of
+    /// its first `at_once` connections held until all of them are in (that many in use at
+    /// once);
+    /// the connections it accepted, and a pool to it keeping at most `keep` open.
+    async fn burst_upstream(
+        at_once: usize,
+        keep: usize,
+    ) -> (SocketAddr, Arc<AtomicUsize>, Arc<Pool<Empty<Bytes>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (count, all_in) = (
+            accepted.clone(),
+            Arc::new(tokio::sync::Barrier::new(at_once)),
+        );
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                // Only the first `at_once` connections wait (a later one would wait forever).
+                let mut first = count.fetch_add(1, Ordering::SeqCst) < at_once;
+                let all_in = all_in.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n @ 1..) = s.read(&mut buf).await {
+                        assert!(buf[..n].ends_with(b"\r\n\r\n"));
+                        if std::mem::take(&mut first) {
+                            all_in.wait().await;
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let balancer = Arc::new(Balancer::try_from_iter([addr]).unwrap());
+        let t = Duration::from_secs(5);
+        let connector = Connector::new(None, t, t, t).unwrap();
+        let pool = Pool::new(Dialer::new(connector, balancer), OpenConnections::new(keep));
+        (addr, accepted, pool)
+    }
+
+    /// `n` requests through `pool` at once, each answer read to its end.
+    async fn requests(pool: &Arc<Pool<Empty<Bytes>>>, addr: SocketAddr, n: usize) {
+        use http_body_util::BodyExt;
+        let all: Vec<_> = (0..n)
+            .map(|_| {
+                let req = Request::builder()
+                    .uri("/")
+                    .header("host", "x")
+                    .body(Empty::new())
+                    .unwrap();
+                let send = pool.clone().send(addr, req);
+                tokio::spawn(async move {
+                    let body = send.await.unwrap().into_body();
+                    assert_eq!(body.collect().await.unwrap().to_bytes(), "ok");
+                })
+            })
+            .collect();
+        for r in all {
+            r.await.unwrap();
+        }
+    }
+
+    fn idle<B>(pool: &Pool<B>) -> usize {
+        pool.idle.lock().unwrap().iter().map(|(_, l)| l.len()).sum()
+    }
+
+    /// Five requests at once on five new connections, with room for three: the pool keeps
+    /// three of them once the answers are read, the other two close; the next request takes
+    /// a kept one.
+    #[tokio::test]
+    async fn a_pool_keeps_no_more_connections_than_may_be_open() {
+        let (addr, accepted, pool) = burst_upstream(5, 3).await;
+        requests(&pool, addr, 5).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+        assert_eq!(idle(&pool), 3, "connections kept");
+        assert_eq!(
+            pool.open.open.load(Ordering::Relaxed),
+            3,
+            "connections open"
+        );
+        requests(&pool, addr, 1).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 5, "a kept one was used");
+        assert_eq!(idle(&pool), 3);
+    }
+
+    /// A burst of many requests at once (a sustained load's answers come back in such
+    /// batches): every connection is kept, and the next burst dials none.
+    #[tokio::test]
+    async fn a_pool_keeps_what_a_burst_used() {
+        const AT_ONCE: usize = 300;
+        let (addr, accepted, pool) = burst_upstream(AT_ONCE, 10_000).await;
+        requests(&pool, addr, AT_ONCE).await;
+        assert_eq!(idle(&pool), AT_ONCE, "connections kept");
+        // Kept connections turn ready to send once their tasks have seen the answer's end.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        requests(&pool, addr, AT_ONCE).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            AT_ONCE,
+            "connections dialed"
+        );
     }
 }

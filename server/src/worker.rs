@@ -22,7 +22,7 @@ use super::admin::Health;
 use super::balance::{self, Balancer};
 use super::config::ProxyConfig;
 use super::metrics::Metrics;
-use super::pool::{Pool, Pooled};
+use super::pool::{OpenConnections, Pool, Pooled};
 use super::timed::{BodyTimeout, Timed};
 use super::upstream::{Dialer, UpstreamTimeout};
 use klarna_stepup::engine::{check_request_head, strip_hop_by_hop, HeadLimits};
@@ -235,6 +235,7 @@ pub(super) struct Shared {
     budget: BufferBudget,
     tls: Option<TlsAcceptor>,
     connections: Arc<Semaphore>,
+    upstream_connections: Arc<OpenConnections>,
     limits: HeadLimits,
     body_timeout: Duration,
     body_deadline: Duration,
@@ -254,6 +255,7 @@ impl Shared {
         telemetry: Option<Telemetry>,
     ) -> Self {
         let s = &config.server;
+        let max_connections = super::limits::open_files_for(s.max_connections);
         Shared {
             step_up: config.step_up.clone(),
             dialer,
@@ -269,9 +271,8 @@ impl Shared {
             telemetry,
             budget: BufferBudget::new(s.buffer_budget_bytes),
             tls,
-            connections: Arc::new(Semaphore::new(super::limits::open_files_for(
-                s.max_connections,
-            ))),
+            connections: Arc::new(Semaphore::new(max_connections)),
+            upstream_connections: OpenConnections::new(max_connections),
             limits: HeadLimits {
                 max_bytes: s.max_header_bytes,
                 max_count: s.max_headers,
@@ -287,7 +288,7 @@ impl Shared {
     /// A worker's own stack: its own connection pool over the shared dialer.
     fn front(&self) -> Front {
         let forward = Forward(Arc::new(ForwardParts {
-            pool: Pool::new(self.dialer.clone()),
+            pool: Pool::new(self.dialer.clone(), self.upstream_connections.clone()),
             balancer: self.balancer.clone(),
             metrics: self.metrics.clone(),
         }));
