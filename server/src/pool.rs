@@ -16,7 +16,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
@@ -58,10 +58,13 @@ impl OpenConnections {
         })
     }
 
-    /// Counts one connection open until the guard drops.
+    /// Counts one connection open until the first of the guard's clones drops.
     fn opened(self: &Arc<Self>) -> Counted {
         self.open.fetch_add(1, Ordering::Relaxed);
-        Counted(self.clone())
+        Counted(Arc::new(Count {
+            open: self.clone(),
+            counted: AtomicBool::new(true),
+        }))
     }
 
     /// More connections open than may be kept.
@@ -70,12 +73,21 @@ impl OpenConnections {
     }
 }
 
-/// One open connection, counted as long as it is held (in use or idle).
-struct Counted(Arc<OpenConnections>);
+/// One open connection, counted until the first of its holders lets go: the pool (the
+/// connection is given up) or the connection's task (it closed, idle or not).
+#[derive(Clone)]
+struct Counted(Arc<Count>);
+
+struct Count {
+    open: Arc<OpenConnections>,
+    counted: AtomicBool,
+}
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        if self.0.counted.swap(false, Ordering::Relaxed) {
+            self.0.open.open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -86,8 +98,8 @@ pub(crate) struct Pool<B> {
     idle: Mutex<Vec<(SocketAddr, Vec<Conn<B>>)>>,
 }
 
-/// A connection to the payment API, counted among the open ones while it is held: once
-/// dropped (given up, found closed), its task ends.
+/// A connection to the payment API, counted among the open ones while it is held and open:
+/// once dropped (given up, found closed), its task ends.
 struct Conn<B> {
     sender: SendRequest<B>,
     _open: Counted,
@@ -140,10 +152,12 @@ where
         let (mut sender, conn) = http1::handshake(io).await?;
         // The connection's own task: it ends when the connection closes or its
         // `SendRequest` is dropped, and its error, if any, is the request's.
+        let open = self.open.opened();
+        let closed = open.clone();
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(closed);
         });
-        let open = self.open.opened();
         let res = sender.send_request(req).await?;
         let conn = Conn {
             sender,
@@ -299,29 +313,34 @@ mod tests {
         assert!(size <= 1024, "a request's future is {size} bytes");
     }
 
+    /// What [`burst_upstream`] hands back.
+    struct Burst {
+        addr: SocketAddr,
+        /// The connections the upstream accepted.
+        accepted: Arc<AtomicUsize>,
+        pool: Arc<Pool<Empty<Bytes>>>,
+        /// Tells the upstream to close the connection that carried a `/close` request.
+        close: Arc<tokio::sync::Notify>,
+    }
+
     /// An upstream on loopback answering `ok` to each request, the first answer of each of
     /// its first `at_once` connections held until all of them are in (that many in use at
-    /// once);
-    /// the connections it accepted, and a pool to it keeping at most `keep` open.
-    async fn burst_upstream(
-        at_once: usize,
-        keep: usize,
-    ) -> (SocketAddr, Arc<AtomicUsize>, Arc<Pool<Empty<Bytes>>>) {
+    /// once), and a pool to it keeping at most `keep` connections open.
+    async fn burst_upstream(at_once: usize, keep: usize) -> Burst {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let (count, all_in) = (
-            accepted.clone(),
-            Arc::new(tokio::sync::Barrier::new(at_once)),
-        );
+        let close = Arc::new(tokio::sync::Notify::new());
+        let all_in = Arc::new(tokio::sync::Barrier::new(at_once));
+        let (count, close_one) = (accepted.clone(), close.clone());
         tokio::spawn(async move {
             loop {
                 let (mut s, _) = listener.accept().await.unwrap();
                 // Only the first `at_once` connections wait (a later one would wait forever).
                 let mut first = count.fetch_add(1, Ordering::SeqCst) < at_once;
-                let all_in = all_in.clone();
+                let (all_in, close_one) = (all_in.clone(), close_one.clone());
                 tokio::spawn(async move {
                     let mut buf = [0u8; 1024];
                     while let Ok(n @ 1..) = s.read(&mut buf).await {
@@ -333,6 +352,10 @@ mod tests {
                         if s.write_all(ok).await.is_err() {
                             return;
                         }
+                        if buf.starts_with(b"GET /close ") {
+                            close_one.notified().await;
+                            return;
+                        }
                     }
                 });
             }
@@ -341,16 +364,21 @@ mod tests {
         let t = Duration::from_secs(5);
         let connector = Connector::new(None, t, t, t).unwrap();
         let pool = Pool::new(Dialer::new(connector, balancer), OpenConnections::new(keep));
-        (addr, accepted, pool)
+        Burst {
+            addr,
+            accepted,
+            pool,
+            close,
+        }
     }
 
-    /// `n` requests through `pool` at once, each answer read to its end.
-    async fn requests(pool: &Arc<Pool<Empty<Bytes>>>, addr: SocketAddr, n: usize) {
+    /// `n` requests for `path` through `pool` at once, each answer read to its end.
+    async fn requests(pool: &Arc<Pool<Empty<Bytes>>>, addr: SocketAddr, n: usize, path: &str) {
         use http_body_util::BodyExt;
         let all: Vec<_> = (0..n)
             .map(|_| {
                 let req = Request::builder()
-                    .uri("/")
+                    .uri(path)
                     .header("host", "x")
                     .body(Empty::new())
                     .unwrap();
@@ -375,8 +403,13 @@ mod tests {
     /// a kept one.
     #[tokio::test]
     async fn a_pool_keeps_no_more_connections_than_may_be_open() {
-        let (addr, accepted, pool) = burst_upstream(5, 3).await;
-        requests(&pool, addr, 5).await;
+        let Burst {
+            addr,
+            accepted,
+            pool,
+            close,
+        } = burst_upstream(5, 3).await;
+        requests(&pool, addr, 5, "/").await;
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
         assert_eq!(idle(&pool), 3, "connections kept");
         assert_eq!(
@@ -384,9 +417,23 @@ mod tests {
             3,
             "connections open"
         );
-        requests(&pool, addr, 1).await;
+        requests(&pool, addr, 1, "/").await;
         assert_eq!(accepted.load(Ordering::SeqCst), 5, "a kept one was used");
         assert_eq!(idle(&pool), 3);
+
+        // A kept connection the payment API closes no longer counts, before a request finds
+        // it closed.
+        requests(&pool, addr, 1, "/close").await;
+        assert_eq!(idle(&pool), 3, "the connection was kept");
+        close.notify_one();
+        for _ in 0..200 {
+            if pool.open.open.load(Ordering::Relaxed) == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(pool.open.open.load(Ordering::Relaxed), 2, "open");
+        assert_eq!(idle(&pool), 3, "the closed one is still in the idle list");
     }
 
     /// A burst of many requests at once (a sustained load's answers come back in such
@@ -394,12 +441,17 @@ mod tests {
     #[tokio::test]
     async fn a_pool_keeps_what_a_burst_used() {
         const AT_ONCE: usize = 300;
-        let (addr, accepted, pool) = burst_upstream(AT_ONCE, 10_000).await;
-        requests(&pool, addr, AT_ONCE).await;
+        let Burst {
+            addr,
+            accepted,
+            pool,
+            ..
+        } = burst_upstream(AT_ONCE, 10_000).await;
+        requests(&pool, addr, AT_ONCE, "/").await;
         assert_eq!(idle(&pool), AT_ONCE, "connections kept");
         // Kept connections turn ready to send once their tasks have seen the answer's end.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        requests(&pool, addr, AT_ONCE).await;
+        requests(&pool, addr, AT_ONCE, "/").await;
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             AT_ONCE,
