@@ -30,9 +30,13 @@ IDLE_N=${IDLE_CONNS:-9800}
 unset IDLE_CONNS   # the load points must not see it
 [[ $RUNS =~ ^[0-9]+$ ]] && (( RUNS >= 1 && RUNS <= 9 )) || die "RUNS must be 1..9"
 
-# Enough nginx worker connections (and open files) for the largest point.
+# Enough nginx worker connections (and open files) for the largest point: a proxy takes two
+# a client (the client's and its request's upstream connection), the upstream takes the
+# direct cases' clients beside the proxies' kept connections. With fewer, nginx closes idle
+# keep-alive clients to make room (wrk counts read errors) and its figures are not its own.
 max=50
 for c in $CONNS_LIST; do (( c > max )) && max=$c; done
+max=$(( 2 * max ))
 (( IDLE_N > max )) && max=$IDLE_N
 export WORKER_CONNECTIONS=$(( max + 512 ))
 # The proxy under test is built once, then reused.
