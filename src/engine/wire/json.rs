@@ -209,6 +209,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    #[inline(always)]
     fn eat(&mut self, b: u8) -> Option<()> {
         self.ws();
         (self.peek()? == b).then(|| self.at += 1)
@@ -334,8 +335,16 @@ impl<'a> Scanner<'a> {
     /// One value at the cursor, skipped and validated.
     fn value(&mut self) -> Option<()> {
         match self.peek()? {
-            b'"' => self.string().map(drop),
             b'{' | b'[' => self.container(),
+            _ => self.scalar(),
+        }
+    }
+
+    /// A value that is not an object or array at the cursor, skipped and validated.
+    #[inline(always)]
+    fn scalar(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(drop),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
@@ -372,7 +381,7 @@ impl<'a> Scanner<'a> {
                         continue;
                     }
                 }
-                _ => self.value()?,
+                _ => self.scalar()?,
             }
             // After a value: close what ends here, then find the next value.
             loop {
