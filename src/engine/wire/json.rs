@@ -101,15 +101,24 @@ pub(crate) fn same_name(key: &str, name: &str) -> bool {
 }
 
 /// [`same_name`], told whether `key` is known to be all ASCII (then only a key as long as
-/// the name can name it).
-#[inline]
+/// the name can name it). A key of another length is told apart here, inline: most of
+/// the keys a body is searched through for a name.
+#[inline(always)]
 fn names_as(key: &str, ascii: bool, name: &str) -> bool {
+    if key.len() < name.len() || ascii && key.len() != name.len() {
+        return false;
+    }
+    names_as_same_or_longer(key, name)
+}
+
+/// [`names_as`] for a key as long as the name, or longer and not all ASCII.
+fn names_as_same_or_longer(key: &str, name: &str) -> bool {
     if key.len() == name.len() {
         // All ASCII, or not equal (a folded letter is longer than the ASCII it reads as).
         return key.eq_ignore_ascii_case(name);
     }
-    // A folded letter is longer than the ASCII it reads as, never shorter.
-    !ascii && key.len() > name.len() && same_name_folded(key, name)
+    // Longer: equal only through folded letters (longer than the ASCII they read as).
+    same_name_folded(key, name)
 }
 
 /// [`same_name`] for a key longer than the name: equal only through folded letters.
