@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use super::balance::{health as health_of, Balancer};
+use super::pool::OpenConnections;
 
 /// What `/readyz` answers from.
 pub(super) struct Health {
@@ -30,15 +31,22 @@ pub(super) struct Health {
     pub workers: usize,
     /// The upstreams and their health.
     balancer: Arc<Balancer>,
+    /// The connections to the payment API open, over all threads.
+    upstream_connections: Arc<OpenConnections>,
 }
 
 impl Health {
-    pub(super) fn new(workers: usize, balancer: Arc<Balancer>) -> Self {
+    pub(super) fn new(
+        workers: usize,
+        balancer: Arc<Balancer>,
+        upstream_connections: Arc<OpenConnections>,
+    ) -> Self {
         Health {
             draining: AtomicBool::new(false),
             workers_up: AtomicUsize::new(0),
             workers,
             balancer,
+            upstream_connections,
         }
     }
 
@@ -67,10 +75,18 @@ impl Health {
     }
 }
 
-/// `klarna_stepup_upstreams{state}`: the upstream addresses by health, as `/upstreamz`
-/// says, set at each scrape.
-fn upstream_gauge() -> Option<prometheus::IntGaugeVec> {
-    let g = prometheus::IntGaugeVec::new(
+/// The gauges set at each scrape.
+#[derive(Clone)]
+struct Gauges {
+    /// `klarna_stepup_upstreams{state}`: the upstream addresses by health, as `/upstreamz`
+    /// says.
+    upstreams: prometheus::IntGaugeVec,
+    /// `klarna_stepup_upstream_connections`: the connections to the payment API open.
+    connections: prometheus::IntGauge,
+}
+
+fn gauges() -> Option<Gauges> {
+    let upstreams = prometheus::IntGaugeVec::new(
         prometheus::Opts::new(
             "klarna_stepup_upstreams",
             "Upstream addresses by health check state: healthy, unhealthy (with none healthy, \
@@ -79,10 +95,19 @@ fn upstream_gauge() -> Option<prometheus::IntGaugeVec> {
         &["state"],
     )
     .ok()?;
-    prometheus::default_registry()
-        .register(Box::new(g.clone()))
-        .ok()?;
-    Some(g)
+    let connections = prometheus::IntGauge::new(
+        "klarna_stepup_upstream_connections",
+        "Connections to the payment API open, in use or idle, over all threads (kept up to \
+         server.max_connections)",
+    )
+    .ok()?;
+    let r = prometheus::default_registry();
+    r.register(Box::new(upstreams.clone())).ok()?;
+    r.register(Box::new(connections.clone())).ok()?;
+    Some(Gauges {
+        upstreams,
+        connections,
+    })
 }
 
 /// Serves the admin endpoint until the process ends.
@@ -90,15 +115,15 @@ pub(super) async fn serve(listener: TcpListener, health: Arc<Health>) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(10));
-    let gauge = upstream_gauge();
+    let gauges = gauges();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let (health, gauge) = (health.clone(), gauge.clone());
+        let (health, gauges) = (health.clone(), gauges.clone());
         let svc = hyper::service::service_fn(move |req| {
-            std::future::ready(Ok::<_, Infallible>(answer(&req, &health, gauge.as_ref())))
+            std::future::ready(Ok::<_, Infallible>(answer(&req, &health, gauges.as_ref())))
         });
         let conn = http.serve_connection(TokioIo::new(stream), svc);
         tokio::spawn(async move {
@@ -110,16 +135,21 @@ pub(super) async fn serve(listener: TcpListener, health: Arc<Health>) {
 fn answer(
     req: &Request<Incoming>,
     health: &Health,
-    gauge: Option<&prometheus::IntGaugeVec>,
+    gauges: Option<&Gauges>,
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => {
-            if let Some(g) = gauge {
+            if let Some(g) = gauges {
                 let all = health_of(&health.balancer);
                 let healthy = all.iter().filter(|(_, h)| *h).count();
-                g.with_label_values(&["healthy"]).set(healthy as i64);
-                g.with_label_values(&["unhealthy"])
+                g.upstreams
+                    .with_label_values(&["healthy"])
+                    .set(healthy as i64);
+                g.upstreams
+                    .with_label_values(&["unhealthy"])
                     .set((all.len() - healthy) as i64);
+                let open = health.upstream_connections.open();
+                g.connections.set(i64::try_from(open).unwrap_or(i64::MAX));
             }
             let text = prometheus::TextEncoder::new()
                 .encode_to_string(&prometheus::gather())

@@ -67,6 +67,11 @@ impl OpenConnections {
         }))
     }
 
+    /// The connections open now.
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     /// More connections open than may be kept.
     fn over(&self) -> bool {
         self.open.load(Ordering::Relaxed) > self.keep

@@ -256,6 +256,7 @@ impl Shared {
     ) -> Self {
         let s = &config.server;
         let max_connections = super::limits::open_files_for(s.max_connections);
+        let upstream_connections = OpenConnections::new(max_connections);
         Shared {
             step_up: config.step_up.clone(),
             dialer,
@@ -272,7 +273,7 @@ impl Shared {
             budget: BufferBudget::new(s.buffer_budget_bytes),
             tls,
             connections: Arc::new(Semaphore::new(max_connections)),
-            upstream_connections: OpenConnections::new(max_connections),
+            upstream_connections: upstream_connections.clone(),
             limits: HeadLimits {
                 max_bytes: s.max_header_bytes,
                 max_count: s.max_headers,
@@ -281,7 +282,7 @@ impl Shared {
             body_deadline: Duration::from_millis(s.request_body_deadline_ms),
             idle_timeout: Duration::from_secs(s.idle_timeout_secs),
             grace: Duration::from_secs(s.grace_period_secs),
-            health: Arc::new(Health::new(s.threads, balancer)),
+            health: Arc::new(Health::new(s.threads, balancer, upstream_connections)),
         }
     }
 

@@ -77,6 +77,12 @@ async fn serve_fails_over_to_the_next_upstream_counts_metrics_and_stops_on_sigin
     ] {
         assert!(page.contains(line), "{line} in {page}");
     }
+    // The connections the two answers came on, kept (one or two: one pool a worker).
+    let open = page
+        .lines()
+        .find_map(|l| l.strip_prefix("klarna_stepup_upstream_connections "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(matches!(open, Some(1 | 2)), "{open:?} in {page}");
     assert_eq!(up.take_received().len(), 2);
     stop_ok(&mut child, "-INT");
 }
