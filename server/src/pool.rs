@@ -74,7 +74,7 @@ impl OpenConnections {
 
     /// More connections open than may be kept.
     fn over(&self) -> bool {
-        self.open.load(Ordering::Relaxed) > self.keep
+        self.open() > self.keep
     }
 }
 
