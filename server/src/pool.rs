@@ -417,11 +417,7 @@ mod tests {
         requests(&pool, addr, 5, "/").await;
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
         assert_eq!(idle(&pool), 3, "connections kept");
-        assert_eq!(
-            pool.open.open.load(Ordering::Relaxed),
-            3,
-            "connections open"
-        );
+        assert_eq!(pool.open.open(), 3, "connections open");
         requests(&pool, addr, 1, "/").await;
         assert_eq!(accepted.load(Ordering::SeqCst), 5, "a kept one was used");
         assert_eq!(idle(&pool), 3);
@@ -432,12 +428,12 @@ mod tests {
         assert_eq!(idle(&pool), 3, "the connection was kept");
         close.notify_one();
         for _ in 0..200 {
-            if pool.open.open.load(Ordering::Relaxed) == 2 {
+            if pool.open.open() == 2 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(pool.open.open.load(Ordering::Relaxed), 2, "open");
+        assert_eq!(pool.open.open(), 2, "open");
         assert_eq!(idle(&pool), 3, "the closed one is still in the idle list");
     }
 
