@@ -1,0 +1,233 @@
+//! What a plain HTTP/1 connection's task knows of its exchanges, so that it can let go of
+//! hyper's connection (its two buffers, its state: about 12 KB) while the client sits idle
+//! between requests, and keep only the socket.
+//!
+//! hyper 1.x keeps a connection's read and write buffers for as long as the connection
+//! lives, and has no setting to release them. What it has is a way to hand the socket back:
+//! told to shut down while idle, a connection polled without its shutdown ends at once and
+//! gives back the socket with whatever bytes it read and did not parse. The task then waits
+//! for the socket to turn readable (which holds no buffer) and serves the next request with a
+//! new hyper connection. Which moment is idle is read from [`Activity`], and the hand-back
+//! itself is the proof: a connection that was not idle does not end at once (see the
+//! serving loop in `worker`).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+
+/// One connection's exchanges as its transport, its service and its bodies see them: one
+/// thread touches it (the connection's task), hence relaxed atomics.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    born: Instant,
+    /// Whether the current hyper connection has read any byte (see `drain` in `worker`).
+    pub(crate) seen: AtomicBool,
+    /// Reads that brought bytes, over the socket's life.
+    reads: AtomicU32,
+    /// `reads` when the last answer ended.
+    reads_at_answer: AtomicU32,
+    /// Requests begun and not yet answered to their end.
+    in_flight: AtomicU32,
+    answers: AtomicU32,
+    /// When the last answer ended, in nanoseconds since `born`.
+    answered_at: AtomicU64,
+    /// The last write or flush could not go out at once: hyper holds bytes not yet sent.
+    write_blocked: AtomicBool,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            born: Instant::now(),
+            seen: AtomicBool::new(false),
+            reads: AtomicU32::new(0),
+            reads_at_answer: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
+            answers: AtomicU32::new(0),
+            answered_at: AtomicU64::new(0),
+            write_blocked: AtomicBool::new(false),
+        })
+    }
+
+    /// A request begins; it is answered when the guard drops (with the answer's body).
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Requests begun, over the socket's life.
+    pub(crate) fn begun(&self) -> u32 {
+        self.answers
+            .load(Relaxed)
+            .wrapping_add(self.in_flight.load(Relaxed))
+    }
+
+    /// When the connection went idle: the end of its last answer, with nothing read since,
+    /// nothing in flight and nothing waiting to be written; `Err` with when to look again
+    /// (at `now + every`, or when the last answer is `after` old).
+    pub(crate) fn idle_since(&self, now: Instant, after: Duration) -> Result<Instant, Instant> {
+        let busy = self.answers.load(Relaxed) == 0
+            || self.in_flight.load(Relaxed) != 0
+            || self.reads.load(Relaxed) != self.reads_at_answer.load(Relaxed)
+            || self.write_blocked.load(Relaxed);
+        if busy {
+            return Err(now + after);
+        }
+        let at = self.born + Duration::from_nanos(self.answered_at.load(Relaxed));
+        if now >= at + after {
+            Ok(at)
+        } else {
+            Err(at + after)
+        }
+    }
+
+    fn answered(&self) {
+        let nanos = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.answered_at.store(nanos, Relaxed);
+        self.reads_at_answer
+            .store(self.reads.load(Relaxed), Relaxed);
+        self.answers.fetch_add(1, Relaxed);
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A request in flight, from the service's call to the end of its answer's body.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.answered();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An answer's body, holding its request's [`InFlight`] until hyper lets go of it (at
+    /// its end).
+    pub(crate) struct Tracked<B> {
+        #[pin]
+        body: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B> Tracked<B> {
+    pub(crate) fn new(body: B, in_flight: Option<InFlight>) -> Self {
+        Tracked { body, in_flight }
+    }
+}
+
+impl<B: Body> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    #[inline(always)]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    #[inline(always)]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline(always)]
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's transport as hyper gets it: the bytes a former hyper connection read
+    /// and did not parse first, and every read and write noted in the [`Activity`].
+    pub(crate) struct Seen<T> {
+        #[pin]
+        pub(crate) io: T,
+        pub(crate) unread: Bytes,
+        pub(crate) activity: Arc<Activity>,
+    }
+}
+
+impl<T> Seen<T> {
+    pub(crate) fn new(io: T, activity: Arc<Activity>) -> Self {
+        Seen {
+            io,
+            unread: Bytes::new(),
+            activity,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Seen<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = if this.unread.is_empty() {
+            this.io.poll_read(cx, buf)
+        } else {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread[..n]);
+            this.unread.advance(n);
+            Poll::Ready(Ok(()))
+        };
+        if buf.filled().len() > before {
+            this.activity.seen.store(true, Relaxed);
+            this.activity.reads.fetch_add(1, Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> Seen<T> {
+    /// `r`, a write's outcome, noted: pending means hyper still holds bytes to send.
+    #[inline(always)]
+    fn wrote<R>(activity: &Activity, r: Poll<R>) -> Poll<R> {
+        activity.write_blocked.store(r.is_pending(), Relaxed);
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Seen<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        Self::wrote(this.activity, this.io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        Self::wrote(this.activity, this.io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        Self::wrote(this.activity, this.io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
