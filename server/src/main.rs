@@ -80,7 +80,9 @@ enum Format {
 
 /// jemalloc (the default `jemalloc` feature): fewer instructions per allocation than glibc's
 /// malloc, and the untouched pages of an allocation (hyper's buffers on a connection that
-/// has sent nothing) stay out of memory; figures in `benches/RESULTS.md`.
+/// has sent nothing) stay out of memory; with its background thread, what is freed (the
+/// buffers of connections gone idle) goes back to the system also while nothing else is
+/// allocated. Figures in `benches/RESULTS.md`.
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
