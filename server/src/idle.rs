@@ -29,12 +29,14 @@ pub(crate) struct Activity {
     pub(crate) seen: AtomicBool,
     /// Reads that brought bytes, over the socket's life.
     reads: AtomicU32,
-    /// `reads` when the last answer ended.
+    /// `reads` when the last exchange ended.
     reads_at_answer: AtomicU32,
-    /// Requests begun and not yet answered to their end.
+    /// Requests begun, over the socket's life.
+    begun: AtomicU32,
+    /// Halves of exchanges not yet ended: a request's body until it is read to its end or
+    /// let go, its answer's body until hyper lets go of it (with the end written, or not).
     in_flight: AtomicU32,
-    answers: AtomicU32,
-    /// When the last answer ended, in nanoseconds since `born`.
+    /// When the last exchange ended, in nanoseconds since `born`.
     answered_at: AtomicU64,
     /// The last write or flush could not go out at once: hyper holds bytes not yet sent.
     write_blocked: AtomicBool,
@@ -47,31 +49,33 @@ impl Activity {
             seen: AtomicBool::new(false),
             reads: AtomicU32::new(0),
             reads_at_answer: AtomicU32::new(0),
+            begun: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
-            answers: AtomicU32::new(0),
             answered_at: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
         })
     }
 
-    /// A request begins; it is answered when the guard drops (with the answer's body).
-    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Relaxed);
-        InFlight(self.clone())
+    /// A request begins: its exchange ends when both guards have dropped, the one with the
+    /// request's body and the one with its answer's. Until then hyper is not between two
+    /// messages, whatever else it says: an answer can end before its request's body (a
+    /// payment API that answers early), and bytes of that body are not the next request.
+    pub(crate) fn begin(self: &Arc<Self>) -> (InFlight, InFlight) {
+        self.begun.fetch_add(1, Relaxed);
+        self.in_flight.fetch_add(2, Relaxed);
+        (InFlight(self.clone()), InFlight(self.clone()))
     }
 
     /// Requests begun, over the socket's life.
     pub(crate) fn begun(&self) -> u32 {
-        self.answers
-            .load(Relaxed)
-            .wrapping_add(self.in_flight.load(Relaxed))
+        self.begun.load(Relaxed)
     }
 
     /// When the connection went idle: the end of its last answer, with nothing read since,
     /// nothing in flight and nothing waiting to be written; `Err` with when to look again
     /// (at `now + every`, or when the last answer is `after` old).
     pub(crate) fn idle_since(&self, now: Instant, after: Duration) -> Result<Instant, Instant> {
-        let busy = self.answers.load(Relaxed) == 0
+        let busy = self.begun.load(Relaxed) == 0
             || self.in_flight.load(Relaxed) != 0
             || self.reads.load(Relaxed) != self.reads_at_answer.load(Relaxed)
             || self.write_blocked.load(Relaxed);
@@ -86,29 +90,30 @@ impl Activity {
         }
     }
 
-    fn answered(&self) {
-        let nanos = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.answered_at.store(nanos, Relaxed);
-        self.reads_at_answer
-            .store(self.reads.load(Relaxed), Relaxed);
-        self.answers.fetch_add(1, Relaxed);
-        self.in_flight.fetch_sub(1, Relaxed);
+    fn ended(&self) {
+        if self.in_flight.fetch_sub(1, Relaxed) == 1 {
+            let nanos = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.answered_at.store(nanos, Relaxed);
+            self.reads_at_answer
+                .store(self.reads.load(Relaxed), Relaxed);
+        }
     }
 }
 
-/// A request in flight, from the service's call to the end of its answer's body.
+/// Half of an exchange in flight, from the service's call to the end of the request's body
+/// or of its answer's.
 #[derive(Debug)]
 pub(crate) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.answered();
+        self.0.ended();
     }
 }
 
 pin_project_lite::pin_project! {
-    /// An answer's body, holding its request's [`InFlight`] until hyper lets go of it (at
-    /// its end).
+    /// A body (a request's, an answer's) holding its half of the exchange's [`InFlight`]
+    /// until it is let go of (at its end, or given up).
     pub(crate) struct Tracked<B> {
         #[pin]
         body: B,
@@ -180,6 +185,10 @@ impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Seen<T> {
             let n = this.unread.len().min(buf.remaining());
             buf.put_slice(&this.unread[..n]);
             this.unread.advance(n);
+            if this.unread.is_empty() {
+                // The buffer those bytes were read into goes with them.
+                *this.unread = Bytes::new();
+            }
             Poll::Ready(Ok(()))
         };
         if buf.filled().len() > before {

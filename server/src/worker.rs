@@ -33,7 +33,7 @@ use klarna_stepup::{BufferBudget, Record, Refusal, StepUp};
 use crate::telemetry::Telemetry;
 
 /// A request's body as the layer and the client see it: each wait bounded.
-type ReqBody = StepUpBody<Timed<Incoming>>;
+type ReqBody = StepUpBody<Timed<Tracked<Incoming>>>;
 /// The payment API's answer as the layer sees it.
 type UpBody = StepUpBody<Pooled<ReqBody>>;
 /// The answer as the layer gives it.
@@ -169,11 +169,17 @@ impl hyper::service::Service<Request<Incoming>> for Front {
     type Response = Response<ClientBody>;
     type Error = Infallible;
     type Future = FrontFuture<
-        <KlarnaStepUp<Forward> as tower_service::Service<Request<Timed<Incoming>>>>::Future,
+        <KlarnaStepUp<Forward> as tower_service::Service<Request<Timed<Tracked<Incoming>>>>>::Future,
     >;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let in_flight = self.activity.as_ref().map(Activity::begin);
+        let (reading, in_flight) = match &self.activity {
+            Some(a) => {
+                let (reading, answering) = a.begin();
+                (Some(reading), Some(answering))
+            }
+            None => (None, None),
+        };
         let (mut parts, body) = req.into_parts();
         let target = parts.uri.path_and_query().map_or(0, |p| p.as_str().len())
             + parts.uri.authority().map_or(0, |a| a.as_str().len());
@@ -189,7 +195,11 @@ impl hyper::service::Service<Request<Incoming>> for Front {
         let http1 = parts.version < http::Version::HTTP_2;
         let req = Request::from_parts(
             parts,
-            Timed::new(body, self.body_timeout, self.body_deadline),
+            Timed::new(
+                Tracked::new(body, reading),
+                self.body_timeout,
+                self.body_deadline,
+            ),
         );
         // `Forward` is always ready, and so is the layer over it.
         let mut stack = self.stack.clone();
@@ -762,13 +772,25 @@ mod tests {
     /// How long `/big` answers are.
     const BIG: usize = 48 << 10;
 
-    /// A payment API answering `200 ok`, or [`BIG`] bytes to `/big`.
+    /// A payment API answering `200 ok`, or [`BIG`] bytes to `/big`; to `/early` before it
+    /// has read the request's body.
     async fn upstream() -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
                 let ok = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    if req.uri().path() == "/early" {
+                        // Answered at once; the request's body is held, unread, a while.
+                        let held = req.into_body();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            drop(held);
+                        });
+                        return Ok(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"ok"),
+                        )));
+                    }
                     let body = if req.uri().path() == "/big" {
                         Bytes::from(vec![b'a'; BIG])
                     } else {
@@ -956,10 +978,13 @@ mod tests {
         );
     }
 
-    /// A parked connection closes at the idle timeout from its last answer.
+    /// A connection whose request's body has not all come is not between two requests,
+    /// even once its answer has ended: it is not let go (what comes next is body, not a
+    /// request), here with the answer the last one (`Connection: close`) and the client
+    /// sending nothing more for longer than the wait.
     #[tokio::test]
-    async fn a_parked_connection_closes_at_the_idle_timeout() {
-        let (_shared, conn) = worker_for(upstream().await, "idle_timeout_secs = 1\n");
+    async fn a_request_body_still_to_come_keeps_the_connection_in_its_exchange() {
+        let (shared, conn) = worker_for(upstream().await, "idle_timeout_secs = 4\n");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -967,6 +992,44 @@ mod tests {
         let (stream, _) = listener.accept().await.unwrap();
         let (_stop_tx, stop) = watch::channel(false);
         let graceful = GracefulShutdown::new();
+        let without = Arc::strong_count(&shared.health);
+        let io = Seen::new(stream, Activity::new());
+        let _task = tokio::spawn(serve_plain(
+            conn.clone(),
+            io,
+            stop,
+            graceful.watcher(),
+            None,
+        ));
+        let head = "POST /early HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                    Content-Length: 100000\r\n\r\n";
+        client
+            .write_all(&[head.as_bytes(), &[b'a'; 1000]].concat())
+            .await
+            .unwrap();
+        let r = read_answers(&mut client, 1).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        tokio::time::sleep(conn.park_after() * 2).await;
+        assert_eq!(
+            Arc::strong_count(&shared.health) - without,
+            1,
+            "let go in the middle of a request's body"
+        );
+    }
+
+    /// A parked connection closes at the idle timeout from its last answer.
+    #[tokio::test]
+    async fn a_parked_connection_closes_at_the_idle_timeout() {
+        let (shared, conn) = worker_for(upstream().await, "idle_timeout_secs = 1\n");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        let graceful = GracefulShutdown::new();
+        let without = Arc::strong_count(&shared.health);
+        let park_after = conn.park_after();
         let task = tokio::spawn(serve_plain(
             conn,
             Seen::new(stream, Activity::new()),
@@ -981,6 +1044,8 @@ mod tests {
         let r = read_answers(&mut client, 1).await;
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         let answered = Instant::now();
+        tokio::time::sleep(park_after + Duration::from_millis(200)).await;
+        assert_eq!(Arc::strong_count(&shared.health), without, "parked");
         let rest = read_answers(&mut client, 1).await;
         let closed = answered.elapsed();
         assert!(rest.is_empty(), "{rest}");
