@@ -7,9 +7,17 @@
 //! told to shut down while idle, a connection polled without its shutdown ends at once and
 //! gives back the socket with whatever bytes it read and did not parse. The task then waits
 //! for the socket to turn readable (which holds no buffer) and serves the next request with a
-//! new hyper connection. Which moment is idle is read from [`Activity`], and the hand-back
-//! itself is the proof: a connection that was not idle does not end at once (see the
-//! serving loop in `worker`).
+//! new hyper connection.
+//!
+//! Which moment is idle is read from [`Activity`]: both halves of the last exchange (the
+//! request's body, the answer's) let go of a while ago, nothing read since, no write
+//! waiting. hyper is then polled once more (so that it has seen whatever ended, a request's
+//! body given up among them), told to shut down, and polled once without the shutdown: an
+//! idle connection ends at once; one that does not was in an exchange after all, and closes
+//! after it rather than be let go (see `serve_plain` in `worker`). Ending at once alone does
+//! not prove a message boundary: a connection whose answer was its last ends at once also
+//! while it still reads a request's body, which is why the request's body holds half of the
+//! exchange.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};

@@ -572,6 +572,7 @@ fn serve_plain(
             // than the rest of the loop).
             let (mut armed, mut waiting) = (false, false);
             let idle_since = loop {
+                let looking = parkable || head_by.is_some();
                 let woke = std::future::poll_fn(|cx| {
                     if Pin::new(&mut *served).poll(cx).is_ready() {
                         return Poll::Ready(Woke::Ended);
@@ -582,7 +583,7 @@ fn serve_plain(
                             return Poll::Ready(Woke::Stopped);
                         }
                     }
-                    if parkable || head_by.is_some() {
+                    if looking {
                         if !armed {
                             armed = true;
                             if check.as_mut().poll(cx).is_ready() {
@@ -599,11 +600,10 @@ fn serve_plain(
                     Woke::Stopped => break None,
                     Woke::Look => armed = false,
                 }
-                let now = Instant::now();
                 if let Some(by) = head_by {
                     if activity.begun() != begun {
                         head_by = None;
-                    } else if now >= by {
+                    } else if Instant::now() >= by {
                         // No head in time since the last answer (hyper, for a connection it
                         // kept, says nothing either).
                         return;
@@ -615,9 +615,24 @@ fn serve_plain(
                     }
                     continue;
                 }
-                match activity.idle_since(now, conn.park_after()) {
+                match activity.idle_since(Instant::now(), conn.park_after()) {
                     Err(at) => check.as_mut().reset(look(at, head_by).into()),
-                    Ok(at) => {
+                    Ok(_) => {
+                        // hyper polled once more first: whatever it has not seen yet (a
+                        // request's body given up, which closes its reading) it sees now,
+                        // before it is asked to let go.
+                        let again =
+                            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *served).poll(cx)));
+                        if again.await.is_ready() {
+                            return;
+                        }
+                        let at = match activity.idle_since(Instant::now(), conn.park_after()) {
+                            Ok(at) => at,
+                            Err(at) => {
+                                check.as_mut().reset(look(at, head_by).into());
+                                continue;
+                            }
+                        };
                         Pin::new(&mut *served).graceful_shutdown();
                         let once = std::future::poll_fn(|cx| {
                             Poll::Ready(served.poll_without_shutdown(cx))
@@ -665,6 +680,8 @@ fn serve_plain(
                     return;
                 }
             } else {
+                // hyper waits for bytes only once it has read all of `unread`.
+                debug_assert!(io.unread.is_empty());
                 io.unread = read_buf;
             }
         }
