@@ -38,7 +38,7 @@ type ReqBody = StepUpBody<Timed<Tracked<Incoming>>>;
 type UpBody = StepUpBody<Pooled<ReqBody>>;
 /// The answer as the layer gives it.
 type ResBody = StepUpBody<UpBody>;
-/// The answer as the client gets it: its end ends its request's [`InFlight`].
+/// The answer as the client gets it, holding its half of the exchange's [`InFlight`].
 type ClientBody = Tracked<ResBody>;
 
 /// The payment API's side of the stack: the request pointed at the upstream, hop-by-hop
@@ -512,16 +512,17 @@ const PARK_AFTER: Duration = Duration::from_secs(1);
 /// An idle connection's memory is its task's state (the size of the largest thing the task
 /// ever holds) and what the task holds: hyper's connection keeps two buffers and its state
 /// (about 12 KB) for as long as it lives. So once the client has sent nothing for
-/// [`PARK_AFTER`] since its last answer, the task lets go of hyper's connection and keeps
-/// the socket alone (see [`crate::idle`]), until it turns readable (a new hyper connection
-/// serves the next request, its head due by the same deadline as before: the previous
-/// answer's end plus the idle timeout), the idle timeout passes, or the worker stops (an
-/// idle connection closes, as hyper closes its idle ones).
+/// [`Conn::park_after`] since its last exchange ended (its request's body and its answer's
+/// both let go of), the task lets go of hyper's connection and keeps the socket alone (see
+/// [`crate::idle`]), until it turns readable (a new hyper connection serves the next
+/// request, its head due by the same deadline as before: the exchange's end plus the idle
+/// timeout), the idle timeout passes, or the worker stops (an idle connection closes, as
+/// hyper closes its idle ones).
 ///
-/// hyper's connection is let go only when it proves idle: told to shut down, an idle
-/// connection ends at once, without a shutdown, and hands back the socket and any bytes it
-/// read and did not parse (served first by the next one); one that does not end at once was
-/// in an exchange after all, finishes it as told (closing after it) and is not let go.
+/// hyper's connection, polled once more, is told to shut down and polled once without the
+/// shutdown: an idle one ends at once and hands back the socket and any bytes it read and
+/// did not parse (served first by the next one); one that does not end at once was in an
+/// exchange after all, finishes it as told (closing after it) and is not let go.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice in its state"
