@@ -33,8 +33,6 @@ use http_body::{Body, Frame, SizeHint};
 #[derive(Debug)]
 pub(crate) struct Activity {
     born: Instant,
-    /// Whether the current hyper connection has read any byte (see `drain` in `worker`).
-    pub(crate) seen: AtomicBool,
     /// Reads that brought bytes, over the socket's life.
     reads: AtomicU32,
     /// `reads` when the last exchange ended.
@@ -54,7 +52,6 @@ impl Activity {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Activity {
             born: Instant::now(),
-            seen: AtomicBool::new(false),
             reads: AtomicU32::new(0),
             reads_at_answer: AtomicU32::new(0),
             begun: AtomicU32::new(0),
@@ -72,6 +69,12 @@ impl Activity {
         self.begun.fetch_add(1, Relaxed);
         self.in_flight.fetch_add(2, Relaxed);
         (InFlight(self.clone()), InFlight(self.clone()))
+    }
+
+    /// Reads that brought bytes, over the socket's life: one that differs from an earlier
+    /// look says bytes came since (see `drain` in `worker`).
+    pub(crate) fn reads(&self) -> u32 {
+        self.reads.load(Relaxed)
     }
 
     /// Requests begun, over the socket's life.
@@ -200,7 +203,6 @@ impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Seen<T> {
             Poll::Ready(Ok(()))
         };
         if buf.filled().len() > before {
-            this.activity.seen.store(true, Relaxed);
             this.activity.reads.fetch_add(1, Relaxed);
         }
         r

@@ -555,7 +555,8 @@ fn serve_plain(
         // (hyper's own bound is for the heads after it, from each answer's end).
         let mut head_by: Option<Instant> = None;
         loop {
-            activity.seen.store(false, Ordering::Relaxed);
+            // What this hyper connection reads, the drain looks for.
+            let reads = activity.reads();
             let begun = activity.begun();
             let front = Front {
                 activity: Some(activity.clone()),
@@ -649,7 +650,7 @@ fn serve_plain(
             };
             let Some(idle_since) = idle_since else {
                 // The drain's state (its timer, the watched connection) on the heap too.
-                return Box::pin(drain(*served, activity, watcher)).await;
+                return Box::pin(drain(*served, activity, reads, watcher)).await;
             };
             // The rest of hyper's connection (its service, and the box it was in) goes here.
             let hyper::server::conn::http1::Parts {
@@ -710,13 +711,14 @@ async fn until_stopped<C: GracefulConnection + Unpin>(
     watcher: Watcher,
     _permit: Option<OwnedSemaphorePermit>,
 ) {
+    let reads = activity.reads();
     tokio::select! {
         biased;
         _ = &mut *conn => return,
         _ = stop.wait_for(|stopped| *stopped) => {}
     }
     // The drain's state (its timer, the watched connection) on the heap too.
-    Box::pin(drain(*conn, activity, watcher)).await;
+    Box::pin(drain(*conn, activity, reads, watcher)).await;
 }
 
 /// Why [`serve_plain`]'s connection woke it.
@@ -736,10 +738,12 @@ fn unbox<T>(b: Box<T>) -> T {
     *b
 }
 
-/// [`until_stopped`] once the worker stops.
+/// [`until_stopped`] once the worker stops; `conn` began when `activity` had counted
+/// `reads`.
 async fn drain<C: GracefulConnection + Unpin>(
     mut conn: C,
     activity: Arc<Activity>,
+    reads: u32,
     watcher: Watcher,
 ) {
     // Polled on: hyper reads the first bytes as they come (and answers them).
@@ -747,7 +751,7 @@ async fn drain<C: GracefulConnection + Unpin>(
         if Pin::new(&mut conn).poll(cx).is_ready() {
             return Poll::Ready(true);
         }
-        if activity.seen.load(Ordering::Relaxed) {
+        if activity.reads() != reads {
             Poll::Ready(false)
         } else {
             Poll::Pending
@@ -921,6 +925,19 @@ mod tests {
             self.stream.write_all(bytes).await.unwrap();
         }
 
+        /// The connection closes, answering nothing, at a second's idle timeout from
+        /// `answered` (give or take the test's slack), and its task ends.
+        async fn closes_a_second_after(&mut self, answered: Instant) {
+            let rest = read_answers(&mut self.stream, 1).await;
+            let closed = answered.elapsed();
+            assert!(rest.is_empty(), "{rest}");
+            assert!(
+                closed >= Duration::from_millis(900) && closed < Duration::from_millis(1500),
+                "closed {closed:?} after the last answer"
+            );
+            (&mut self.task).await.unwrap();
+        }
+
         /// Past the wait before an idle connection is let go.
         async fn idle(&self) {
             tokio::time::sleep(self.conn.park_after() + Duration::from_millis(200)).await;
@@ -970,14 +987,7 @@ mod tests {
         c.idle().await;
         assert_eq!(c.hyper_connections(), 0);
         c.send(&GET[..10]).await;
-        let r = read_answers(&mut c.stream, 1).await;
-        let closed = answered.elapsed();
-        assert!(r.is_empty(), "{r}");
-        assert!(
-            closed >= Duration::from_millis(900) && closed < Duration::from_millis(1500),
-            "the head was cut off {closed:?} after the last answer"
-        );
-        (&mut c.task).await.unwrap();
+        c.closes_a_second_after(answered).await;
         assert_eq!(c.hyper_connections(), 0);
     }
 
@@ -1050,14 +1060,7 @@ mod tests {
         let answered = Instant::now();
         c.idle().await;
         assert_eq!(c.hyper_connections(), 0, "parked");
-        let rest = read_answers(&mut c.stream, 1).await;
-        let closed = answered.elapsed();
-        assert!(rest.is_empty(), "{rest}");
-        assert!(
-            closed >= Duration::from_millis(900) && closed < Duration::from_millis(1500),
-            "closed {closed:?} after the last answer"
-        );
-        (&mut c.task).await.unwrap();
+        c.closes_a_second_after(answered).await;
     }
 
     /// An idle connection costs its task's state: the task of a plain connection holds
