@@ -43,6 +43,7 @@ mod idle;
 mod limits;
 mod metrics;
 mod notify;
+mod park;
 mod pool;
 mod serve;
 mod telemetry;

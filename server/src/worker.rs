@@ -23,6 +23,7 @@ use super::balance::{self, Balancer};
 use super::config::ProxyConfig;
 use super::idle::{Activity, InFlight, Seen, Tracked};
 use super::metrics::Metrics;
+use super::park::{Lot, Parked};
 use super::pool::{OpenConnections, Pool, Pooled};
 use super::timed::{BodyTimeout, Timed};
 use super::upstream::{Dialer, UpstreamTimeout};
@@ -361,14 +362,21 @@ pub(super) async fn worker(
         Err(e) => return tracing::error!(error = %e, "cannot register the listener"),
     };
     let mut next = 0;
+    let conn = match Conn::new(&shared) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return tracing::error!(error = %e, "cannot watch parked connections"),
+    };
     shared.health.workers_up.fetch_add(1, Ordering::Relaxed);
-    let conn = Arc::new(Conn::new(&shared));
     // Every connection is watched: told to finish when the worker stops, and waited for.
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {
             biased;
             _ = stop.changed() => break,
+            parked = std::future::poll_fn(|cx| conn.lot.poll_ready(cx)) => {
+                conn.resume(parked, stop.clone(), graceful.watcher());
+                continue;
+            }
             accepted = accept_any(&listeners, &mut next) => match accepted {
                 Ok(s) => s,
                 Err(e) => {
@@ -396,8 +404,10 @@ pub(super) async fn worker(
             break;
         }
     }
-    // No new connections; answers on the open ones from now on close them.
+    // No new connections; answers on the open ones from now on close them, and the idle
+    // ones close.
     drop(listeners);
+    conn.lot.close();
     if tokio::time::timeout(shared.grace, graceful.shutdown())
         .await
         .is_err()
@@ -407,8 +417,7 @@ pub(super) async fn worker(
 }
 
 /// How a worker serves each connection: its stack, hyper's HTTP/1 and HTTP/2 settings, the
-/// listener's TLS.
-#[derive(Clone)]
+/// listener's TLS, its parked connections.
 struct Conn {
     front: Front,
     http1: hyper::server::conn::http1::Builder,
@@ -417,10 +426,13 @@ struct Conn {
     /// `idle_timeout_secs`: the head's bound, from the connection's start or the last
     /// answer's end, and the TLS handshake's.
     idle_timeout: Duration,
+    /// Plain HTTP/1 connections idle between requests, held by their socket alone.
+    lot: Lot,
 }
 
 impl Conn {
-    fn new(shared: &Shared) -> Self {
+    /// A worker's, on its runtime.
+    fn new(shared: &Shared) -> std::io::Result<Self> {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
@@ -440,13 +452,14 @@ impl Conn {
         http2
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(shared.limits.max_bytes * 2).unwrap_or(u32::MAX));
-        Conn {
+        Ok(Conn {
             front: shared.front(),
             http1,
             http2,
             tls: shared.tls.clone(),
             idle_timeout: shared.idle_timeout,
-        }
+            lot: Lot::new()?,
+        })
     }
 
     /// Spawns the task that serves `stream` to its end, holding its place (`permit`) until
@@ -461,13 +474,30 @@ impl Conn {
     ) {
         let Some(acceptor) = &self.tls else {
             let io = Seen::new(stream, Activity::new());
-            tokio::spawn(serve_plain(self.clone(), io, stop, watcher, permit));
+            tokio::spawn(serve_plain(self.clone(), io, stop, watcher, permit, None));
             return;
         };
         tokio::spawn(
             self.clone()
                 .serve_tls(acceptor.clone(), stream, stop, watcher, permit),
         );
+    }
+
+    /// Serves a parked connection that turned readable, its head due as it was.
+    fn resume(self: &Arc<Self>, parked: Parked, stop: watch::Receiver<bool>, watcher: Watcher) {
+        let Ok(stream) = tokio::net::TcpStream::from_std(parked.stream) else {
+            return;
+        };
+        let io = Seen::new(stream, Activity::new());
+        let head_by = Some(parked.head_by);
+        tokio::spawn(serve_plain(
+            self.clone(),
+            io,
+            stop,
+            watcher,
+            parked.permit,
+            head_by,
+        ));
     }
 
     /// How long a plain HTTP/1 connection sits idle after an answer before its task lets go
@@ -509,20 +539,20 @@ const PARK_AFTER: Duration = Duration::from_secs(1);
 /// Serves a plain HTTP/1 connection to its end (once the worker stops, as
 /// [`until_stopped`]).
 ///
-/// An idle connection's memory is its task's state (the size of the largest thing the task
-/// ever holds) and what the task holds: hyper's connection keeps two buffers and its state
-/// (about 12 KB) for as long as it lives. So once the client has sent nothing for
-/// [`Conn::park_after`] since its last exchange ended (its request's body and its answer's
-/// both let go of), the task lets go of hyper's connection and keeps the socket alone (see
-/// [`crate::idle`]), until it turns readable (a new hyper connection serves the next
-/// request, its head due by the same deadline as before: the exchange's end plus the idle
-/// timeout), the idle timeout passes, or the worker stops (an idle connection closes, as
-/// hyper closes its idle ones).
+/// An idle connection's memory would be its task's state and what the task holds: hyper's
+/// connection keeps two buffers and its state (about 12 KB) for as long as it lives. So
+/// once the client has sent nothing for [`Conn::park_after`] since its last exchange ended
+/// (its request's body and its answer's both let go of), the task lets go of hyper's
+/// connection (see [`crate::idle`]), parks the socket in the worker's [`Lot`] and ends. When
+/// the socket turns readable, the worker serves it with a new task (`head_by`: its head due
+/// by the same deadline as before, the exchange's end plus the idle timeout); when that
+/// passes, or the worker stops, it closes (as hyper closes its idle connections).
 ///
 /// hyper's connection, polled once more, is told to shut down and polled once without the
 /// shutdown: an idle one ends at once and hands back the socket and any bytes it read and
-/// did not parse (served first by the next one); one that does not end at once was in an
-/// exchange after all, finishes it as told (closing after it) and is not let go.
+/// did not parse (served at once by a new one, the socket not parked); one that does not end
+/// at once was in an exchange after all, finishes it as told (closing after it) and is not
+/// let go.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice in its state"
@@ -533,6 +563,7 @@ fn serve_plain(
     mut stop: watch::Receiver<bool>,
     watcher: Watcher,
     permit: Option<OwnedSemaphorePermit>,
+    mut head_by: Option<Instant>,
 ) -> impl Future<Output = ()> + Send {
     // An `async` block rather than an `async fn`: an `async fn` keeps its arguments twice in
     // its state, as it received them and as its locals.
@@ -551,9 +582,8 @@ fn serve_plain(
             }
         };
         tokio::pin!(check, stopped);
-        // Once a hyper connection has been let go: when the next head is due, until one comes
-        // (hyper's own bound is for the heads after it, from each answer's end).
-        let mut head_by: Option<Instant> = None;
+        // `head_by`, once a hyper connection has been let go: when the next head is due, until
+        // one comes (hyper's own bound is for the heads after it, from each answer's end).
         loop {
             // What this hyper connection reads, the drain looks for.
             let reads = activity.reads();
@@ -662,25 +692,8 @@ fn serve_plain(
             let by = idle_since + conn.idle_timeout;
             head_by = Some(by);
             if read_buf.is_empty() {
-                // Parked: the socket alone (hyper's read buffer goes here too), until it turns
-                // readable (or closed: the next hyper connection finds out), the idle timeout
-                // passes or the worker stops.
-                drop(read_buf);
-                check.as_mut().reset(by.into());
-                let resume = std::future::poll_fn(|cx| {
-                    if io.io.poll_read_ready(cx).is_ready() {
-                        Poll::Ready(true)
-                    } else if check.as_mut().poll(cx).is_ready()
-                        || stopped.as_mut().poll(cx).is_ready()
-                    {
-                        Poll::Ready(false)
-                    } else {
-                        Poll::Pending
-                    }
-                });
-                if !resume.await {
-                    return;
-                }
+                // Parked: the socket alone, this task's state with it.
+                return conn.lot.park(io.io, permit, by);
             } else {
                 // hyper waits for bytes only once it has read all of `unread`.
                 debug_assert!(io.unread.is_empty());
@@ -795,7 +808,7 @@ mod tests {
     const BIG: usize = 48 << 10;
 
     /// A payment API answering `200 ok`, or [`BIG`] bytes to `/big`; to `/early` before it
-    /// has read the request's body.
+    /// has read the request's body, to `/slow` after a second and a half.
     async fn upstream() -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -812,6 +825,9 @@ mod tests {
                         return Ok(Response::new(http_body_util::Full::new(
                             Bytes::from_static(b"ok"),
                         )));
+                    }
+                    if req.uri().path() == "/slow" {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
                     }
                     let body = if req.uri().path() == "/big" {
                         Bytes::from(vec![b'a'; BIG])
@@ -839,7 +855,7 @@ mod tests {
         let t = Duration::from_secs(2);
         let dialer = Dialer::new(Connector::new(None, t, t, t).unwrap(), balancer.clone());
         let shared = Arc::new(Shared::new(&config, dialer, balancer, None, false, None));
-        let conn = Arc::new(Conn::new(&shared));
+        let conn = Arc::new(Conn::new(&shared).unwrap());
         (shared, conn)
     }
 
@@ -869,9 +885,9 @@ mod tests {
         /// The worker's health's holders but the hyper connections serving this client
         /// (each holds a clone of the worker's service, and with it the health).
         without: usize,
+        /// The task that served the connection first.
         task: tokio::task::JoinHandle<()>,
         _stop: watch::Sender<bool>,
-        _graceful: GracefulShutdown,
     }
 
     impl Client {
@@ -901,10 +917,19 @@ mod tests {
             let task = tokio::spawn(serve_plain(
                 conn.clone(),
                 io,
-                stop,
+                stop.clone(),
                 graceful.watcher(),
                 None,
+                None,
             ));
+            // The worker's part: parked connections that turn readable are served.
+            let lot = conn.clone();
+            tokio::spawn(async move {
+                loop {
+                    let parked = std::future::poll_fn(|cx| lot.lot.poll_ready(cx)).await;
+                    lot.resume(parked, stop.clone(), graceful.watcher());
+                }
+            });
             Client {
                 stream,
                 conn,
@@ -912,7 +937,6 @@ mod tests {
                 without,
                 task,
                 _stop: stop_tx,
-                _graceful: graceful,
             }
         }
 
@@ -926,7 +950,7 @@ mod tests {
         }
 
         /// The connection closes, answering nothing, at a second's idle timeout from
-        /// `answered` (give or take the test's slack), and its task ends.
+        /// `answered` (give or take the test's slack), and nothing of it is left.
         async fn closes_a_second_after(&mut self, answered: Instant) {
             let rest = read_answers(&mut self.stream, 1).await;
             let closed = answered.elapsed();
@@ -935,7 +959,13 @@ mod tests {
                 closed >= Duration::from_millis(900) && closed < Duration::from_millis(1500),
                 "closed {closed:?} after the last answer"
             );
-            (&mut self.task).await.unwrap();
+            assert_eq!(self.hyper_connections(), 0);
+            assert_eq!(self.conn.lot.len(), 0);
+        }
+
+        /// Parked: no hyper connection, no task, the socket in the worker's lot.
+        fn parked(&self) -> bool {
+            self.hyper_connections() == 0 && self.task.is_finished() && self.conn.lot.len() == 1
         }
 
         /// Past the wait before an idle connection is let go.
@@ -958,17 +988,17 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         assert_eq!(c.hyper_connections(), 1, "served by a hyper connection");
         c.idle().await;
-        assert_eq!(
-            c.hyper_connections(),
-            0,
-            "hyper's connection let go while idle"
+        assert!(
+            c.parked(),
+            "hyper's connection and the task let go while idle"
         );
 
-        // Two requests in one write, answered by the new hyper connection.
+        // Two requests in one write, answered by a new task and hyper connection.
         c.send(&[GET, GET].concat()).await;
         let r = read_answers(&mut c.stream, 2).await;
         assert_eq!(r.matches("HTTP/1.1 200").count(), 2, "{r}");
         assert_eq!(c.hyper_connections(), 1);
+        assert_eq!(c.conn.lot.len(), 0);
 
         // A request and the start of the next in one write: the start is read with the
         // first and handed over when its hyper connection goes; the rest is the same head.
@@ -985,10 +1015,9 @@ mod tests {
         // kept).
         let answered = Instant::now();
         c.idle().await;
-        assert_eq!(c.hyper_connections(), 0);
+        assert_eq!(c.conn.lot.len(), 1, "parked");
         c.send(&GET[..10]).await;
         c.closes_a_second_after(answered).await;
-        assert_eq!(c.hyper_connections(), 0);
     }
 
     /// An answer the client is slow to read keeps its connection: while hyper holds bytes
@@ -1022,7 +1051,7 @@ mod tests {
         let r = read_answers(&mut c.stream, 1).await;
         assert!(r.starts_with("HTTP/1.1 200"), "kept alive: {r}");
         c.idle().await;
-        assert_eq!(c.hyper_connections(), 0, "let go once idle");
+        assert!(c.parked(), "let go once idle");
     }
 
     /// A connection whose request's body has not all come is not between two requests,
@@ -1059,8 +1088,60 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         let answered = Instant::now();
         c.idle().await;
-        assert_eq!(c.hyper_connections(), 0, "parked");
+        assert!(c.parked());
         c.closes_a_second_after(answered).await;
+    }
+
+    /// Through a worker's own loop: a parked connection keeps its place among the worker's
+    /// connections, is served again when its next request comes, and closes at once when
+    /// the worker stops (as an idle connection does), not when the worker is done (here
+    /// after a request in flight).
+    #[tokio::test]
+    async fn a_worker_serves_its_parked_connections_and_closes_them_when_it_stops() {
+        let (shared, _) = worker_for(upstream().await, "idle_timeout_secs = 4\n");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let all = shared.connections.available_permits();
+        let (stop_tx, stop) = watch::channel(false);
+        let worker = tokio::spawn(worker(vec![listener], shared.clone(), stop));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let park_after = PARK_AFTER.min(Duration::from_secs(4) / 2);
+        for _ in 0..2 {
+            s.write_all(GET).await.unwrap();
+            let r = read_answers(&mut s, 1).await;
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+            tokio::time::sleep(park_after + Duration::from_millis(300)).await;
+            assert_eq!(
+                shared.connections.available_permits(),
+                all - 1,
+                "a parked connection keeps its place"
+            );
+        }
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stopped = Instant::now();
+        stop_tx.send(true).unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf))
+            .await
+            .expect("closed when the worker stops")
+            .unwrap();
+        assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+        let r = read_answers(&mut slow, 1).await;
+        assert!(
+            r.starts_with("HTTP/1.1 200"),
+            "the request in flight answered: {r}"
+        );
+        tokio::time::timeout(Duration::from_secs(3), worker)
+            .await
+            .expect("the worker done")
+            .unwrap();
+        assert!(stopped.elapsed() < Duration::from_secs(3));
+        assert_eq!(shared.connections.available_permits(), all);
     }
 
     /// An idle connection costs its task's state: the task of a plain connection holds
@@ -1083,6 +1164,7 @@ mod tests {
             Seen::new(stream, Activity::new()),
             stop,
             graceful.watcher(),
+            None,
             None,
         );
         let task_size = std::mem::size_of_val(&task);
