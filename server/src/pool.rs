@@ -7,8 +7,9 @@
 //! the layer refused it) closes its connection, as what is left of it on the wire would
 //! corrupt the next exchange. An idle connection closes at the upstream read timeout (its
 //! reads are timed, see [`super::upstream::UpstreamIo`]) and leaves the pool at the next
-//! look. A request that a reused connection could not even send (the payment API had
-//! closed it) goes once more on a fresh one.
+//! look; one that no request took for a whole [`PURGE_EVERY`] closes then (see
+//! [`Pool::purge`]). A request that a reused connection could not even send (the payment
+//! API had closed it) goes once more on a fresh one.
 //!
 //! Each worker has its own pool, only ever touched by its own thread: no task hop, no
 //! spawned task per request, and an uncontended lock (hyper-util's pool spawns a task per
@@ -17,8 +18,9 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -35,6 +37,11 @@ pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 /// ones without a live idle connection are forgotten. Looked up by a scan: a payment API
 /// has a handful of addresses, and a scan of those costs less than hashing one.
 const MAX_BACKENDS: usize = 256;
+
+/// How often each pool closes the connections no request took since the last time: a load
+/// that fell leaves its connections (and their buffers) open no longer than this, twice at
+/// most, rather than until the read timeout; a load that goes on keeps what it uses.
+pub(crate) const PURGE_EVERY: Duration = Duration::from_secs(5);
 
 /// The process's open connections to the payment API, in use or idle, over every worker's
 /// pool. A used connection goes back to its pool only while there are at most `keep` of
@@ -100,7 +107,15 @@ impl Drop for Counted {
 pub(crate) struct Pool<B> {
     dialer: Dialer,
     open: Arc<OpenConnections>,
-    idle: Mutex<Vec<(SocketAddr, Vec<Conn<B>>)>>,
+    idle: Mutex<Vec<Idle<B>>>,
+}
+
+/// The idle connections to one backend, the most recently used last.
+struct Idle<B> {
+    addr: SocketAddr,
+    conns: Vec<Conn<B>>,
+    /// The fewest idle since the last purge: that many at the bottom were not taken since.
+    untaken: usize,
 }
 
 /// A connection to the payment API, counted among the open ones while it is held and open:
@@ -122,6 +137,20 @@ where
             open,
             idle: Mutex::default(),
         })
+    }
+
+    /// Every `period`, [`Pool::purge`]s `pool` while it lasts.
+    pub(crate) async fn purge_every(pool: Weak<Self>, period: Duration) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(pool) = pool.upgrade() else {
+                return;
+            };
+            pool.purge();
+        }
     }
 
     /// `req` (origin-form URI, `Host` set) to `backend`, or to another healthy one if that
@@ -177,17 +206,32 @@ impl<B> Pool<B> {
     /// A ready idle connection to `addr`, the most recently used first; closed ones go.
     fn take(&self, addr: SocketAddr) -> Option<Conn<B>> {
         let mut idle = self.idle.lock().ok()?;
-        let (_, list) = idle.iter_mut().find(|(a, _)| *a == addr)?;
+        let backend = idle.iter_mut().find(|b| b.addr == addr)?;
+        let list = &mut backend.conns;
         while let Some(i) = list
             .iter()
             .rposition(|c| c.sender.is_ready() || c.sender.is_closed())
         {
             let conn = list.swap_remove(i);
+            backend.untaken = backend.untaken.min(list.len());
             if !conn.sender.is_closed() {
                 return Some(conn);
             }
         }
         None
+    }
+
+    /// Closes the connections no request took since the last purge (the ones at the
+    /// bottom of each list, as many as the list's fewest since then).
+    fn purge(&self) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        for backend in idle.iter_mut() {
+            let n = backend.untaken.min(backend.conns.len());
+            backend.conns.drain(..n);
+            backend.untaken = backend.conns.len();
+        }
     }
 
     /// The connection back in the pool, unless it is closed or more are open than may be
@@ -199,23 +243,27 @@ impl<B> Pool<B> {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        let i = match idle.iter().position(|(a, _)| *a == addr) {
+        let i = match idle.iter().position(|b| b.addr == addr) {
             Some(i) => i,
             None => {
                 if idle.len() >= MAX_BACKENDS {
-                    idle.retain_mut(|(_, list)| {
-                        list.retain(|c| !c.sender.is_closed());
-                        !list.is_empty()
+                    idle.retain_mut(|b| {
+                        b.conns.retain(|c| !c.sender.is_closed());
+                        !b.conns.is_empty()
                     });
                     if idle.len() >= MAX_BACKENDS {
                         return;
                     }
                 }
-                idle.push((addr, Vec::new()));
+                idle.push(Idle {
+                    addr,
+                    conns: Vec::new(),
+                    untaken: 0,
+                });
                 idle.len() - 1
             }
         };
-        idle[i].1.push(conn);
+        idle[i].conns.push(conn);
     }
 
     /// The answer, its body holding the connection until its end.
@@ -400,7 +448,19 @@ mod tests {
     }
 
     fn idle<B>(pool: &Pool<B>) -> usize {
-        pool.idle.lock().unwrap().iter().map(|(_, l)| l.len()).sum()
+        pool.idle
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b.conns.len())
+            .sum()
+    }
+
+    /// The idle connections, each by the address of its count.
+    fn idle_ones<B>(pool: &Pool<B>) -> Vec<usize> {
+        let idle = pool.idle.lock().unwrap();
+        let conns = idle.iter().flat_map(|b| b.conns.iter());
+        conns.map(|c| Arc::as_ptr(&c._open.0) as usize).collect()
     }
 
     /// Five requests at once on five new connections, with room for three: the pool keeps
@@ -435,6 +495,36 @@ mod tests {
         }
         assert_eq!(pool.open.open(), 2, "open");
         assert_eq!(idle(&pool), 3, "the closed one is still in the idle list");
+    }
+
+    /// Connections no request took for a whole purge period close; the one a load goes on
+    /// using stays (none dialed again); once the load stops, it closes too.
+    #[tokio::test]
+    async fn a_pool_closes_what_no_request_took_for_a_period() {
+        const PERIOD: Duration = Duration::from_millis(300);
+        let Burst {
+            addr,
+            accepted,
+            pool,
+            ..
+        } = burst_upstream(5, 100).await;
+        tokio::spawn(Pool::purge_every(Arc::downgrade(&pool), PERIOD));
+        requests(&pool, addr, 5, "/").await;
+        assert_eq!(idle(&pool), 5);
+        // One request at a time for three periods: one connection in use, four untaken.
+        requests(&pool, addr, 1, "/").await;
+        let used = *idle_ones(&pool).last().unwrap();
+        let until = tokio::time::Instant::now() + PERIOD * 3;
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            requests(&pool, addr, 1, "/").await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 5, "none dialed again");
+        assert_eq!(idle_ones(&pool), [used], "the one in use kept");
+        assert_eq!(pool.open.open(), 1, "connections open");
+        tokio::time::sleep(PERIOD * 2 + Duration::from_millis(100)).await;
+        assert_eq!(idle(&pool), 0);
+        assert_eq!(pool.open.open(), 0);
     }
 
     /// A burst of many requests at once (a sustained load's answers come back in such

@@ -24,7 +24,7 @@ use super::config::ProxyConfig;
 use super::idle::{Activity, InFlight, Seen, Tracked};
 use super::metrics::Metrics;
 use super::park::{Lot, Parked};
-use super::pool::{OpenConnections, Pool, Pooled};
+use super::pool::{OpenConnections, Pool, Pooled, PURGE_EVERY};
 use super::timed::{BodyTimeout, Timed};
 use super::upstream::{Dialer, UpstreamTimeout};
 use klarna_stepup::engine::{check_request_head, strip_hop_by_hop, HeadLimits};
@@ -314,10 +314,13 @@ impl Shared {
         }
     }
 
-    /// A worker's own stack: its own connection pool over the shared dialer.
+    /// A worker's own stack: its own connection pool over the shared dialer (purged on the
+    /// worker's runtime while it lasts).
     fn front(&self) -> Front {
+        let pool = Pool::new(self.dialer.clone(), self.upstream_connections.clone());
+        tokio::spawn(Pool::purge_every(Arc::downgrade(&pool), PURGE_EVERY));
         let forward = Forward(Arc::new(ForwardParts {
-            pool: Pool::new(self.dialer.clone(), self.upstream_connections.clone()),
+            pool,
             balancer: self.balancer.clone(),
             metrics: self.metrics.clone(),
         }));
@@ -847,12 +850,20 @@ mod tests {
 
     /// A worker's shared state and connection settings in front of `upstream`.
     fn worker_for(upstream: std::net::SocketAddr, more: &str) -> (Arc<Shared>, Arc<Conn>) {
+        worker_with(upstream, more, Duration::from_secs(2))
+    }
+
+    /// [`worker_for`], with `t` the payment API's connect, read and write timeouts.
+    fn worker_with(
+        upstream: std::net::SocketAddr,
+        more: &str,
+        t: Duration,
+    ) -> (Arc<Shared>, Arc<Conn>) {
         let config = ProxyConfig::parse(&format!(
             "[server]\nlisten = \"127.0.0.1:1\"\nupstream = \"{upstream}\"\n{more}"
         ))
         .unwrap();
         let balancer = Arc::new(Balancer::try_from_iter([upstream]).unwrap());
-        let t = Duration::from_secs(2);
         let dialer = Dialer::new(Connector::new(None, t, t, t).unwrap(), balancer.clone());
         let shared = Arc::new(Shared::new(&config, dialer, balancer, None, false, None));
         let conn = Arc::new(Conn::new(&shared).unwrap());
@@ -1142,6 +1153,29 @@ mod tests {
             .unwrap();
         assert!(stopped.elapsed() < Duration::from_secs(3));
         assert_eq!(shared.connections.available_permits(), all);
+    }
+
+    /// A worker's pool is purged: a connection to the payment API that no request took
+    /// for a purge period closes, long before the read timeout.
+    #[tokio::test]
+    async fn a_workers_unused_upstream_connections_close() {
+        let (shared, _) = worker_with(upstream().await, "", Duration::from_secs(60));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        tokio::spawn(worker(vec![listener], shared.clone(), stop));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(GET).await.unwrap();
+        let r = read_answers(&mut s, 1).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let open = || shared.upstream_connections.open();
+        assert_eq!(open(), 1);
+        let until = Instant::now() + PURGE_EVERY * 2 + Duration::from_secs(1);
+        while open() != 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(open(), 0, "closed within two purge periods");
     }
 
     /// An idle connection costs its task's state: the task of a plain connection holds
