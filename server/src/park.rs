@@ -10,7 +10,9 @@
 //! then costs its entry here (about 80 bytes) and the kernel's socket.
 //!
 //! When a parked socket turns readable (a request comes, or the client closes), the worker
-//! serves it with a new task; when its deadline passes, or the worker stops, it closes.
+//! serves it with a new task; when its deadline passes, or the worker stops, it closes. The
+//! worker tends its lot whatever else it waits for (`tending` in `worker`): a worker waiting
+//! for a place among its connections must not hold the places its parked ones give back.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -159,13 +161,18 @@ impl Lot {
             let Poll::Ready(Ok(mut ready)) = inner.epoll.poll_read_ready_mut(cx) else {
                 break;
             };
-            if ready
+            if let Err(e) = ready
                 .get_inner_mut()
                 .poll(&mut inner.events, Some(Duration::ZERO))
-                .is_err()
             {
-                // Interrupted: looked at again on the next turn.
-                cx.waker().wake_by_ref();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    // Looked at again on the next turn.
+                    cx.waker().wake_by_ref();
+                } else {
+                    // Not expected of an epoll instance; its sockets still close on time.
+                    tracing::warn!(error = %e, "cannot read parked connections' readiness");
+                    ready.clear_ready();
+                }
                 break;
             }
             let before = inner.readable.len();
@@ -219,9 +226,13 @@ impl Lot {
     }
 
     /// Connections parked now.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.0.lock().map_or(0, |inner| inner.parked.len())
+    }
+
+    /// No connection parked now.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

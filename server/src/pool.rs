@@ -212,7 +212,9 @@ impl<B> Pool<B> {
             .iter()
             .rposition(|c| c.sender.is_ready() || c.sender.is_closed())
         {
-            let conn = list.swap_remove(i);
+            // In order: the bottom stays the least recently used (see `purge`); `i` is
+            // near the top.
+            let conn = list.remove(i);
             backend.untaken = backend.untaken.min(list.len());
             if !conn.sender.is_closed() {
                 return Some(conn);
@@ -249,6 +251,7 @@ impl<B> Pool<B> {
                 if idle.len() >= MAX_BACKENDS {
                     idle.retain_mut(|b| {
                         b.conns.retain(|c| !c.sender.is_closed());
+                        b.untaken = b.untaken.min(b.conns.len());
                         !b.conns.is_empty()
                     });
                     if idle.len() >= MAX_BACKENDS {

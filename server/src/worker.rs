@@ -372,23 +372,26 @@ pub(super) async fn worker(
     shared.health.workers_up.fetch_add(1, Ordering::Relaxed);
     // Every connection is watched: told to finish when the worker stops, and waited for.
     let graceful = GracefulShutdown::new();
+    // What the worker's parked connections are resumed with.
+    let resumed = stop.clone();
     loop {
-        let stream = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            parked = std::future::poll_fn(|cx| conn.lot.poll_ready(cx)) => {
-                conn.resume(parked, stop.clone(), graceful.watcher());
+        let accepted = tending(&conn, &resumed, &graceful, async {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => None,
+                accepted = accept_any(&listeners, &mut next) => Some(accepted),
+            }
+        });
+        let stream = match accepted.await {
+            None => break,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                // Out of file descriptors, most likely: wait rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                let pause = tokio::time::sleep(Duration::from_millis(50));
+                tending(&conn, &resumed, &graceful, pause).await;
                 continue;
             }
-            accepted = accept_any(&listeners, &mut next) => match accepted {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of file descriptors, most likely: wait rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
         };
         // The place is taken after the accept, not before: a worker waiting on an empty
         // socket must not hold a place that a connection queued on another worker's socket
@@ -396,20 +399,28 @@ pub(super) async fn worker(
         // back until a place is free).
         // A connection accepted is answered: should the stop come while it waits for its
         // place, it is served without one (the drain answers it), and the loop ends after.
-        let (permit, stopping) = tokio::select! {
-            biased;
-            p = shared.connections.clone().acquire_owned() => (p.ok(), false),
-            _ = stop.changed() => (None, true),
-        };
+        let place = tending(&conn, &resumed, &graceful, async {
+            tokio::select! {
+                biased;
+                p = shared.connections.clone().acquire_owned() => (p.ok(), false),
+                _ = stop.changed() => (None, true),
+            }
+        });
+        let (permit, stopping) = place.await;
         let _ = stream.set_nodelay(true);
         conn.spawn(stream, permit, stop.clone(), graceful.watcher());
         if stopping {
             break;
         }
     }
-    // No new connections; answers on the open ones from now on close them, and the idle
-    // ones close.
+    // No new connections; answers on the open ones from now on close them. A parked
+    // connection whose request comes as the drain begins is served (and closed after it);
+    // the others close.
     drop(listeners);
+    if !conn.lot.is_empty() {
+        let late = tokio::time::sleep(LATE_FIRST_BYTES);
+        tending(&conn, &resumed, &graceful, late).await;
+    }
     conn.lot.close();
     if tokio::time::timeout(shared.grace, graceful.shutdown())
         .await
@@ -417,6 +428,26 @@ pub(super) async fn worker(
     {
         tracing::warn!("grace period over; stopping with requests in flight");
     }
+}
+
+/// `wait`, the worker's parked connections tended meanwhile (the readable ones served with
+/// `stop`, the ones past their deadline closed): whatever the worker waits for, a place
+/// among the connections among them, its parked connections keep their deadlines and give
+/// back their places.
+async fn tending<T>(
+    conn: &Arc<Conn>,
+    stop: &watch::Receiver<bool>,
+    graceful: &GracefulShutdown,
+    wait: impl Future<Output = T>,
+) -> T {
+    let mut wait = std::pin::pin!(wait);
+    std::future::poll_fn(|cx| {
+        while let Poll::Ready(parked) = conn.lot.poll_ready(cx) {
+            conn.resume(parked, stop.clone(), graceful.watcher());
+        }
+        wait.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// How a worker serves each connection: its stack, hyper's HTTP/1 and HTTP/2 settings, the
@@ -1104,9 +1135,9 @@ mod tests {
     }
 
     /// Through a worker's own loop: a parked connection keeps its place among the worker's
-    /// connections, is served again when its next request comes, and closes at once when
-    /// the worker stops (as an idle connection does), not when the worker is done (here
-    /// after a request in flight).
+    /// connections, is served again when its next request comes, and closes soon after the
+    /// worker stops (as an idle connection does), not when the worker is done (here after a
+    /// request in flight); one whose request comes as the worker stops is answered.
     #[tokio::test]
     async fn a_worker_serves_its_parked_connections_and_closes_them_when_it_stops() {
         let (shared, _) = worker_for(upstream().await, "idle_timeout_secs = 4\n");
@@ -1117,6 +1148,10 @@ mod tests {
         let (stop_tx, stop) = watch::channel(false);
         let worker = tokio::spawn(worker(vec![listener], shared.clone(), stop));
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut late = tokio::net::TcpStream::connect(addr).await.unwrap();
+        late.write_all(GET).await.unwrap();
+        let r = read_answers(&mut late, 1).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         let park_after = PARK_AFTER.min(Duration::from_secs(4) / 2);
         for _ in 0..2 {
             s.write_all(GET).await.unwrap();
@@ -1125,7 +1160,7 @@ mod tests {
             tokio::time::sleep(park_after + Duration::from_millis(300)).await;
             assert_eq!(
                 shared.connections.available_permits(),
-                all - 1,
+                all - 2,
                 "a parked connection keeps its place"
             );
         }
@@ -1136,6 +1171,12 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let stopped = Instant::now();
         stop_tx.send(true).unwrap();
+        late.write_all(GET).await.unwrap();
+        let r = read_answers(&mut late, 2).await;
+        assert!(
+            r.starts_with("HTTP/1.1 200"),
+            "sent as the worker stops: {r}"
+        );
         let mut buf = [0u8; 64];
         let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf))
             .await
@@ -1153,6 +1194,45 @@ mod tests {
             .unwrap();
         assert!(stopped.elapsed() < Duration::from_secs(3));
         assert_eq!(shared.connections.available_permits(), all);
+    }
+
+    /// With every place taken, a worker waiting for one for a new connection still tends
+    /// its parked ones: a request on one is answered, and one idle past its deadline
+    /// closes and gives its place to the waiting connection.
+    #[tokio::test]
+    async fn a_worker_waiting_for_a_place_tends_its_parked_connections() {
+        let more = "idle_timeout_secs = 2\nmax_connections = 1\n";
+        let (shared, _) = worker_for(upstream().await, more);
+        assert_eq!(shared.connections.available_permits(), 1);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        tokio::spawn(worker(vec![listener], shared.clone(), stop));
+        let mut parked = tokio::net::TcpStream::connect(addr).await.unwrap();
+        parked.write_all(GET).await.unwrap();
+        let r = read_answers(&mut parked, 1).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        // Accepted; the worker waits for the place the parked one holds.
+        let mut waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
+        waiting.write_all(GET).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        parked.write_all(GET).await.unwrap();
+        let r = read_answers(&mut parked, 1).await;
+        assert!(
+            r.starts_with("HTTP/1.1 200"),
+            "the parked one answered: {r}"
+        );
+        let answered = Instant::now();
+        let rest = read_answers(&mut parked, 1).await;
+        assert!(rest.is_empty(), "{rest}");
+        assert!(
+            answered.elapsed() < Duration::from_millis(2500),
+            "closed at its deadline"
+        );
+        let r = read_answers(&mut waiting, 1).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "the waiting one served: {r}");
     }
 
     /// A worker's pool is purged: a connection to the payment API that no request took
