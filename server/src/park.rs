@@ -89,6 +89,14 @@ impl Lot {
         })))
     }
 
+    /// The lot's state, even if a panic poisoned the lock: a lot that stopped working would
+    /// hold its connections, and their places, for good.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Parks `stream` until it turns readable or `head_by` passes; closes it at once if the
     /// worker has stopped (an idle connection closes then) or it cannot be watched.
     pub(crate) fn park(
@@ -100,9 +108,7 @@ impl Lot {
         let Ok(stream) = stream.into_std() else {
             return;
         };
-        let Ok(mut inner) = self.0.lock() else {
-            return;
-        };
+        let mut inner = self.lock();
         let inner = &mut *inner;
         if inner.closed {
             return;
@@ -140,9 +146,7 @@ impl Lot {
     /// The next parked connection that turned readable, taken out of the lot; meanwhile the
     /// ones whose deadline passed close.
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Parked> {
-        let Ok(mut inner) = self.0.lock() else {
-            return Poll::Pending;
-        };
+        let mut inner = self.lock();
         let inner = &mut *inner;
         if inner.closed {
             return Poll::Pending;
@@ -217,17 +221,16 @@ impl Lot {
 
     /// The worker stops: every parked connection closes, and any parked later.
     pub(crate) fn close(&self) {
-        if let Ok(mut inner) = self.0.lock() {
-            inner.closed = true;
-            inner.parked.clear();
-            inner.readable.clear();
-            inner.due.clear();
-        }
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.parked.clear();
+        inner.readable.clear();
+        inner.due.clear();
     }
 
     /// Connections parked now.
     pub(crate) fn len(&self) -> usize {
-        self.0.lock().map_or(0, |inner| inner.parked.len())
+        self.lock().parked.len()
     }
 
     /// No connection parked now.

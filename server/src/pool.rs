@@ -215,7 +215,10 @@ impl<B> Pool<B> {
             // In order: the bottom stays the least recently used (see `purge`); `i` is
             // near the top.
             let conn = list.remove(i);
-            backend.untaken = backend.untaken.min(list.len());
+            if i < backend.untaken {
+                // One of the bottom ones taken after all: one fewer untaken.
+                backend.untaken -= 1;
+            }
             if !conn.sender.is_closed() {
                 return Some(conn);
             }

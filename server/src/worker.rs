@@ -417,12 +417,13 @@ pub(super) async fn worker(
     // connection whose request comes as the drain begins is served (and closed after it);
     // the others close.
     drop(listeners);
+    let grace_over = tokio::time::Instant::now() + shared.grace;
     if !conn.lot.is_empty() {
         let late = tokio::time::sleep(LATE_FIRST_BYTES);
         tending(&conn, &resumed, &graceful, late).await;
     }
     conn.lot.close();
-    if tokio::time::timeout(shared.grace, graceful.shutdown())
+    if tokio::time::timeout_at(grace_over, graceful.shutdown())
         .await
         .is_err()
     {
