@@ -432,9 +432,9 @@ pub(super) async fn worker(
 }
 
 /// `wait`, the worker's parked connections tended meanwhile (the readable ones served with
-/// `stop`, the ones past their deadline closed): whatever the worker waits for, a place
-/// among the connections among them, its parked connections keep their deadlines and give
-/// back their places.
+/// `stop`, the ones past their deadline closed): whatever the worker waits for (a new
+/// connection, a place for one, a pause), its parked connections keep their deadlines and
+/// give back their places.
 async fn tending<T>(
     conn: &Arc<Conn>,
     stop: &watch::Receiver<bool>,
