@@ -13,6 +13,14 @@
       proxy's processes) after one such connection and with all N held. Then closes them.
       Prints one JSON object: {"conns", "open", "rss_one_kb", "rss_all_kb",
       "bytes_per_conn"}.
+
+  scale.py paced --target HOST:PORT --conns N --every SECS --seconds D --pids P[,P...]
+      N keep-alive connections, each sending one `GET /health` every SECS seconds (the
+      first at a random moment within SECS) for D seconds: a proxy that lets go of an idle
+      connection's state after less than SECS serves every request on a connection it let
+      go of. Reads the PIDs' CPU time (user and system, from /proc) over the D seconds.
+      Prints one JSON object: {"conns", "every", "requests", "user_us_per_req",
+      "sys_us_per_req"}.
 """
 
 import argparse
@@ -109,6 +117,52 @@ async def idle(target, conns, pids, hold):
                       "bytes_per_conn": None if per is None else round(per)}))
 
 
+def cpu_ticks(pids):
+    """(user, system) clock ticks used so far by the processes `pids`."""
+    u = s = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        u, s = u + int(fields[11]), s + int(fields[12])
+    return u, s
+
+
+async def paced(target, conns, every, seconds, pids):
+    import random
+    host, port = target.rsplit(":", 1)
+    req = b"GET /health HTTP/1.1\r\nHost: peer\r\n\r\n"
+    done = 0
+
+    async def one(end):
+        nonlocal done
+        r, w = await asyncio.open_connection(host, int(port))
+        await asyncio.sleep(random.random() * every)
+        while time.monotonic() < end:
+            w.write(req)
+            head = await r.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            await r.readexactly(length)
+            done += 1
+            await asyncio.sleep(every)
+        w.close()
+
+    u0, s0 = cpu_ticks(pids)
+    end = time.monotonic() + seconds
+    await asyncio.gather(*(one(end) for _ in range(conns)))
+    u1, s1 = cpu_ticks(pids)
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    print(json.dumps({
+        "conns": conns,
+        "every": every,
+        "requests": done,
+        "user_us_per_req": round((u1 - u0) * tick_us / max(done, 1), 1),
+        "sys_us_per_req": round((s1 - s0) * tick_us / max(done, 1), 1),
+    }))
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -120,16 +174,27 @@ def main():
     i.add_argument("--conns", type=int, required=True)
     i.add_argument("--pids", required=True)
     i.add_argument("--hold", type=float, default=3)
+    c = sub.add_parser("paced")
+    c.add_argument("--target", required=True)
+    c.add_argument("--conns", type=int, required=True)
+    c.add_argument("--every", type=float, required=True)
+    c.add_argument("--seconds", type=float, required=True)
+    c.add_argument("--pids", required=True)
     a = p.parse_args()
     if a.cmd == "body":
         body(a.bytes, a.out)
+        return
+    host = a.target.rsplit(":", 1)[0]
+    if host not in ("127.0.0.1", "localhost", "[::1]"):
+        sys.exit("scale.py: loopback targets only")
+    pids = [int(x) for x in a.pids.split(",") if x]
+    if a.cmd == "paced":
+        if not 0.1 <= a.every <= 30 or not 1 <= a.seconds <= 60 or not 1 <= a.conns <= 5000:
+            sys.exit("scale.py: --every 0.1..30 s, --seconds 1..60, --conns 1..5000")
+        asyncio.run(paced(a.target, a.conns, a.every, a.seconds, pids))
     else:
-        host = a.target.rsplit(":", 1)[0]
-        if host not in ("127.0.0.1", "localhost", "[::1]"):
-            sys.exit("scale.py: loopback targets only")
         if not 1 <= a.hold <= 30 or not 1 <= a.conns <= 20000:
             sys.exit("scale.py: --hold 1..30 s, --conns 1..20000")
-        pids = [int(x) for x in a.pids.split(",") if x]
         asyncio.run(idle(a.target, a.conns, pids, a.hold))
 
 
