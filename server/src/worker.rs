@@ -902,6 +902,23 @@ mod tests {
         (shared, conn)
     }
 
+    /// A worker of `shared` running on a listener of its own: its address, its stop and
+    /// its task.
+    fn running(
+        shared: &Arc<Shared>,
+    ) -> (
+        std::net::SocketAddr,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(worker(vec![listener], shared.clone(), stop));
+        (addr, stop_tx, task)
+    }
+
     /// Reads from `s` until `answers` whole `200 ok` answers came, or the connection ends.
     async fn read_answers(s: &mut tokio::net::TcpStream, answers: usize) -> String {
         let mut got = Vec::new();
@@ -1142,12 +1159,8 @@ mod tests {
     #[tokio::test]
     async fn a_worker_serves_its_parked_connections_and_closes_them_when_it_stops() {
         let (shared, _) = worker_for(upstream().await, "idle_timeout_secs = 4\n");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let all = shared.connections.available_permits();
-        let (stop_tx, stop) = watch::channel(false);
-        let worker = tokio::spawn(worker(vec![listener], shared.clone(), stop));
+        let (addr, stop_tx, worker) = running(&shared);
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut late = tokio::net::TcpStream::connect(addr).await.unwrap();
         late.write_all(GET).await.unwrap();
@@ -1205,11 +1218,7 @@ mod tests {
         let more = "idle_timeout_secs = 2\nmax_connections = 1\n";
         let (shared, _) = worker_for(upstream().await, more);
         assert_eq!(shared.connections.available_permits(), 1);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (_stop_tx, stop) = watch::channel(false);
-        tokio::spawn(worker(vec![listener], shared.clone(), stop));
+        let (addr, _stop, _) = running(&shared);
         let mut parked = tokio::net::TcpStream::connect(addr).await.unwrap();
         parked.write_all(GET).await.unwrap();
         let r = read_answers(&mut parked, 1).await;
@@ -1241,11 +1250,7 @@ mod tests {
     #[tokio::test]
     async fn a_workers_unused_upstream_connections_close() {
         let (shared, _) = worker_with(upstream().await, "", Duration::from_secs(60));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (_stop_tx, stop) = watch::channel(false);
-        tokio::spawn(worker(vec![listener], shared.clone(), stop));
+        let (addr, _stop, _) = running(&shared);
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(GET).await.unwrap();
         let r = read_answers(&mut s, 1).await;
