@@ -541,6 +541,13 @@ impl Conn {
         PARK_AFTER.min(self.idle_timeout / 2)
     }
 
+    /// How long after an answer an idle plain HTTP/1 connection, hyper's connection let go
+    /// of, moves to the worker's [`Lot`]: [`LOT_AFTER`], at most half the idle timeout
+    /// (and not before [`Conn::park_after`]).
+    fn lot_after(&self) -> Duration {
+        LOT_AFTER.min(self.idle_timeout / 2).max(self.park_after())
+    }
+
     /// Serves one TLS connection to its end.
     async fn serve_tls(
         self: Arc<Self>,
@@ -571,6 +578,10 @@ impl Conn {
 /// hyper's connection (see [`Conn::park_after`]).
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
+/// How long a plain HTTP/1 connection sits idle after an answer before its socket moves to
+/// the worker's lot (see [`Conn::lot_after`]).
+const LOT_AFTER: Duration = Duration::from_secs(10);
+
 /// Serves a plain HTTP/1 connection to its end (once the worker stops, as
 /// [`until_stopped`]).
 ///
@@ -578,10 +589,12 @@ const PARK_AFTER: Duration = Duration::from_secs(1);
 /// connection keeps two buffers and its state (about 12 KB) for as long as it lives. So
 /// once the client has sent nothing for [`Conn::park_after`] since its last exchange ended
 /// (its request's body and its answer's both let go of), the task lets go of hyper's
-/// connection (see [`crate::idle`]), parks the socket in the worker's [`Lot`] and ends. When
-/// the socket turns readable, the worker serves it with a new task (`head_by`: its head due
-/// by the same deadline as before, the exchange's end plus the idle timeout); when that
-/// passes, or the worker stops, it closes (as hyper closes its idle connections).
+/// connection (see [`crate::idle`]) and waits on the socket alone; a request that comes is
+/// served by a new hyper connection. Idle until [`Conn::lot_after`], it parks the socket in
+/// the worker's [`Lot`] and ends. When the socket turns readable, the worker serves it with
+/// a new task (`head_by`: its head due by the same deadline as before, the exchange's end
+/// plus the idle timeout); when that passes, or the worker stops, it closes (as hyper closes
+/// its idle connections).
 ///
 /// hyper's connection, polled once more, is told to shut down and polled once without the
 /// shutdown: an idle one ends at once and hands back the socket and any bytes it read and
@@ -727,8 +740,33 @@ fn serve_plain(
             let by = idle_since + conn.idle_timeout;
             head_by = Some(by);
             if read_buf.is_empty() {
-                // Parked: the socket alone, this task's state with it.
-                return conn.lot.park(io.io, permit, by);
+                drop(read_buf);
+                // The task waits on the socket a while: a client that comes back soon is
+                // served without the moves to the lot and back (two system calls each way,
+                // the task's state and tokio's registration made again). Then, or when the
+                // worker stops (the lot answers a request that comes as it does), the socket
+                // goes to the lot alone, this task's state with it.
+                check
+                    .as_mut()
+                    .reset(by.min(idle_since + conn.lot_after()).into());
+                let back = std::future::poll_fn(|cx| {
+                    if io.io.poll_read_ready(cx).is_ready() {
+                        Poll::Ready(true)
+                    } else if stopped.as_mut().poll(cx).is_ready()
+                        || check.as_mut().poll(cx).is_ready()
+                    {
+                        Poll::Ready(false)
+                    } else {
+                        Poll::Pending
+                    }
+                });
+                if !back.await {
+                    // `head_by` rather than `by`: one deadline kept across the wait, not two.
+                    match head_by {
+                        Some(by) if Instant::now() < by => return conn.lot.park(io.io, permit, by),
+                        _ => return,
+                    }
+                }
             } else {
                 // hyper waits for bytes only once it has read all of `unread`.
                 debug_assert!(io.unread.is_empty());
@@ -1111,7 +1149,33 @@ mod tests {
         let r = read_answers(&mut c.stream, 1).await;
         assert!(r.starts_with("HTTP/1.1 200"), "kept alive: {r}");
         c.idle().await;
-        assert!(c.parked(), "let go once idle");
+        assert_eq!(c.hyper_connections(), 0, "let go once idle");
+    }
+
+    /// An idle connection first keeps its task, waiting on the socket alone (a request then
+    /// is served by a new hyper connection in the same task), and moves to the lot only
+    /// once idle for [`Conn::lot_after`] (a request then is served by a new task).
+    #[tokio::test]
+    async fn an_idle_connection_moves_to_the_lot_only_after_a_while() {
+        let mut c = Client::connect("idle_timeout_secs = 6\n", false).await;
+        assert_eq!(c.conn.lot_after(), Duration::from_secs(3));
+        c.send(GET).await;
+        let r = read_answers(&mut c.stream, 1).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        c.idle().await;
+        assert_eq!(c.hyper_connections(), 0, "hyper's connection let go");
+        assert!(!c.task.is_finished(), "the task waits on the socket");
+        assert_eq!(c.conn.lot.len(), 0);
+        c.send(GET).await;
+        let r = read_answers(&mut c.stream, 1).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(!c.task.is_finished(), "served in the same task");
+        tokio::time::sleep(c.conn.lot_after() + Duration::from_millis(300)).await;
+        assert!(c.parked(), "in the lot, the task ended");
+        c.send(GET).await;
+        let r = read_answers(&mut c.stream, 1).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert_eq!(c.conn.lot.len(), 0);
     }
 
     /// A connection whose request's body has not all come is not between two requests,
