@@ -1047,6 +1047,13 @@ mod tests {
             self.stream.write_all(bytes).await.unwrap();
         }
 
+        /// A `GET`, answered `200`.
+        async fn get_ok(&mut self) {
+            self.send(GET).await;
+            let r = read_answers(&mut self.stream, 1).await;
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        }
+
         /// The connection closes, answering nothing, at a second's idle timeout from
         /// `answered` (give or take the test's slack), and nothing of it is left.
         async fn closes_a_second_after(&mut self, answered: Instant) {
@@ -1081,9 +1088,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_keeps_its_socket_and_nothing_else() {
         let mut c = Client::connect("idle_timeout_secs = 1\n", false).await;
-        c.send(GET).await;
-        let r = read_answers(&mut c.stream, 1).await;
-        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        c.get_ok().await;
         assert_eq!(c.hyper_connections(), 1, "served by a hyper connection");
         c.idle().await;
         assert!(
@@ -1145,9 +1150,7 @@ mod tests {
             }
         };
         assert_eq!(got.len(), whole, "the whole answer, and nothing more");
-        c.send(GET).await;
-        let r = read_answers(&mut c.stream, 1).await;
-        assert!(r.starts_with("HTTP/1.1 200"), "kept alive: {r}");
+        c.get_ok().await;
         c.idle().await;
         assert_eq!(c.hyper_connections(), 0, "let go once idle");
     }
@@ -1159,22 +1162,16 @@ mod tests {
     async fn an_idle_connection_moves_to_the_lot_only_after_a_while() {
         let mut c = Client::connect("idle_timeout_secs = 6\n", false).await;
         assert_eq!(c.conn.lot_after(), Duration::from_secs(3));
-        c.send(GET).await;
-        let r = read_answers(&mut c.stream, 1).await;
-        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        c.get_ok().await;
         c.idle().await;
         assert_eq!(c.hyper_connections(), 0, "hyper's connection let go");
         assert!(!c.task.is_finished(), "the task waits on the socket");
         assert_eq!(c.conn.lot.len(), 0);
-        c.send(GET).await;
-        let r = read_answers(&mut c.stream, 1).await;
-        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        c.get_ok().await;
         assert!(!c.task.is_finished(), "served in the same task");
         tokio::time::sleep(c.conn.lot_after() + Duration::from_millis(300)).await;
         assert!(c.parked(), "in the lot, the task ended");
-        c.send(GET).await;
-        let r = read_answers(&mut c.stream, 1).await;
-        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        c.get_ok().await;
         assert_eq!(c.conn.lot.len(), 0);
     }
 
@@ -1207,9 +1204,7 @@ mod tests {
     #[tokio::test]
     async fn a_parked_connection_closes_at_the_idle_timeout() {
         let mut c = Client::connect("idle_timeout_secs = 1\n", false).await;
-        c.send(GET).await;
-        let r = read_answers(&mut c.stream, 1).await;
-        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        c.get_ok().await;
         let answered = Instant::now();
         c.idle().await;
         assert!(c.parked());
