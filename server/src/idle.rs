@@ -14,7 +14,7 @@
 //! waiting. hyper is then polled once more (so that it has seen whatever ended, a request's
 //! body given up among them), told to shut down, and polled once without the shutdown: an
 //! idle connection ends at once; one that does not was in an exchange after all, and closes
-//! after it rather than be let go (see `serve_plain` in `worker`). Ending at once alone does
+//! after it rather than be let go (see `serve_http1` in `worker`). Ending at once alone does
 //! not prove a message boundary: a connection whose answer was its last ends at once also
 //! while it still reads a request's body, which is why the request's body holds half of the
 //! exchange.

@@ -1,6 +1,6 @@
 //! Plain HTTP/1 connections parked between requests: the socket alone, with no task.
 //!
-//! Once a connection's task has let go of hyper's connection (see `serve_plain` in `worker`
+//! Once a connection's task has let go of hyper's connection (see `serve_http1` in `worker`
 //! and [`crate::idle`]), what is left is the socket, its place among the worker's
 //! connections and the deadline of its next head. A task waiting on the socket still costs
 //! its state (640 bytes) and tokio's registration of the socket (about 260): more than nginx

@@ -161,8 +161,8 @@ struct Front {
     /// While it drains, HTTP/1 answers say `Connection: close`: kept-alive clients leave
     /// after their answer rather than meet the close of an idle connection.
     health: Arc<Health>,
-    /// A plain HTTP/1 connection's exchanges, told when each begins and ends (see
-    /// [`serve_plain`]).
+    /// An HTTP/1 connection's exchanges, told when each begins and ends (see
+    /// [`serve_http1`]).
     activity: Option<Arc<Activity>>,
 }
 
@@ -498,7 +498,7 @@ impl Conn {
     }
 
     /// Spawns the task that serves `stream` to its end, holding its place (`permit`) until
-    /// then: [`serve_plain`], or [`Conn::serve_tls`] (the handshake, rustls' state, HTTP/2:
+    /// then: [`serve_http1`], or [`Conn::serve_tls`] (the handshake, rustls' state, HTTP/2:
     /// a task type of its own).
     fn spawn(
         self: &Arc<Self>,
@@ -509,7 +509,7 @@ impl Conn {
     ) {
         let Some(acceptor) = &self.tls else {
             let io = Seen::new(stream, Activity::new());
-            tokio::spawn(serve_plain(self.clone(), io, stop, watcher, permit, None));
+            tokio::spawn(serve_http1(self.clone(), io, stop, watcher, permit, None));
             return;
         };
         tokio::spawn(
@@ -525,7 +525,7 @@ impl Conn {
         };
         let io = Seen::new(stream, Activity::new());
         let head_by = Some(parked.head_by);
-        tokio::spawn(serve_plain(
+        tokio::spawn(serve_http1(
             self.clone(),
             io,
             stop,
@@ -548,6 +548,27 @@ impl Conn {
         LOT_AFTER.min(self.idle_timeout / 2).max(self.park_after())
     }
 
+    /// A connection let go of, served as the worker stops: the time a connection that has
+    /// sent nothing yet gets to send a request (the lot's, for a parked one), then closed.
+    fn late_first_bytes<T: Transport>(
+        &self,
+        io: Seen<T>,
+        watcher: Watcher,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let reads = io.activity.reads();
+        let activity = io.activity.clone();
+        let front = Front {
+            activity: Some(activity.clone()),
+            ..self.front.clone()
+        };
+        let served = self.http1.serve_connection(TokioIo::new(io), front);
+        Box::pin(async move {
+            let _permit = permit;
+            drain(served, activity, reads, watcher).await;
+        })
+    }
+
     /// Serves one TLS connection to its end.
     async fn serve_tls(
         self: Arc<Self>,
@@ -561,15 +582,22 @@ impl Conn {
         else {
             return;
         };
-        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let activity = Activity::new();
-        let io = TokioIo::new(Seen::new(stream, activity.clone()));
-        if h2 {
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let io = TokioIo::new(Seen::new(stream, activity.clone()));
             let conn = self.http2.serve_connection(io, self.front.clone());
             until_stopped(Box::new(conn), stop, activity, watcher, permit).await;
         } else {
-            let conn = self.http1.serve_connection(io, self.front.clone());
-            until_stopped(Box::new(conn), stop, activity, watcher, permit).await;
+            // As a plain connection, but in this task while idle (rustls' state stays).
+            serve_http1(
+                self,
+                Seen::new(stream, activity),
+                stop,
+                watcher,
+                permit,
+                None,
+            )
+            .await;
         }
     }
 }
@@ -582,7 +610,89 @@ const PARK_AFTER: Duration = Duration::from_secs(1);
 /// the worker's lot (see [`Conn::lot_after`]).
 const LOT_AFTER: Duration = Duration::from_secs(10);
 
-/// Serves a plain HTTP/1 connection to its end (once the worker stops, as
+/// What an HTTP/1 connection's task needs of its transport to let go of hyper's connection
+/// while the client is idle (see [`serve_http1`]): plain TCP, or TLS over it.
+trait Transport: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {
+    /// Ready once the client has sent something (or closed, or failed).
+    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+
+    /// The socket alone, for the worker's [`Lot`], when nothing else of the connection needs
+    /// keeping; else the transport back.
+    fn into_socket(self) -> Result<tokio::net::TcpStream, Self>
+    where
+        Self: Sized;
+
+    /// Closes an idle connection.
+    fn close(self)
+    where
+        Self: Sized,
+    {
+    }
+}
+
+impl Transport for tokio::net::TcpStream {
+    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_read_ready(cx).map(drop)
+    }
+
+    fn into_socket(self) -> Result<tokio::net::TcpStream, Self> {
+        Ok(self)
+    }
+}
+
+/// rustls' state (keys, sequence numbers) is the connection's own: it stays with its task.
+impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let (tcp, tls) = self.get_ref();
+        // Decrypted bytes not read yet, or the client's close_notify: sent already. (hyper
+        // lets go only once a read found nothing, so neither is expected here.)
+        if !tls.wants_read() {
+            return Poll::Ready(());
+        }
+        tcp.poll_read_ready(cx).map(drop)
+    }
+
+    fn into_socket(self) -> Result<tokio::net::TcpStream, Self> {
+        Err(self)
+    }
+
+    /// With its `close_notify` first, if the socket takes it at once (it is idle: nothing
+    /// else waits to be sent), so that the client reads a clean end.
+    fn close(mut self) {
+        let (tcp, tls) = self.get_mut();
+        tls.send_close_notify();
+        let _ = tls.write_tls(&mut TryWrite(tcp));
+    }
+}
+
+/// A socket as [`std::io::Write`], without waiting: what it does not take at once is not sent.
+struct TryWrite<'a>(&'a tokio::net::TcpStream);
+
+impl std::io::Write for TryWrite<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.try_write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `io`'s socket alone, if its transport can be reduced to it (see [`Transport`]).
+fn socket_alone<T: Transport>(io: Seen<T>) -> Result<tokio::net::TcpStream, Seen<T>> {
+    let Seen {
+        io,
+        unread,
+        activity,
+    } = io;
+    io.into_socket().map_err(|io| Seen {
+        io,
+        unread,
+        activity,
+    })
+}
+
+/// Serves an HTTP/1 connection, plain or TLS, to its end (once the worker stops, as
 /// [`until_stopped`]).
 ///
 /// An idle connection's memory would be its task's state and what the task holds: hyper's
@@ -590,11 +700,13 @@ const LOT_AFTER: Duration = Duration::from_secs(10);
 /// once the client has sent nothing for [`Conn::park_after`] since its last exchange ended
 /// (its request's body and its answer's both let go of), the task lets go of hyper's
 /// connection (see [`crate::idle`]) and waits on the socket alone; a request that comes is
-/// served by a new hyper connection. Idle until [`Conn::lot_after`], it parks the socket in
-/// the worker's [`Lot`] and ends. When the socket turns readable, the worker serves it with
-/// a new task (`head_by`: its head due by the same deadline as before, the exchange's end
-/// plus the idle timeout); when that passes, or the worker stops, it closes (as hyper closes
-/// its idle connections).
+/// served by a new hyper connection. Idle until [`Conn::lot_after`], a plain connection parks
+/// its socket in the worker's [`Lot`] and ends. When the socket turns readable, the worker
+/// serves it with a new task (`head_by`: its head due by the same deadline as before, the
+/// exchange's end plus the idle timeout); when that passes, or the worker stops, it closes
+/// (as hyper closes its idle connections). A TLS connection waits in its task until then
+/// (see [`Transport`]); when the worker stops, it gets the time a connection that has sent
+/// nothing yet gets to send a request (see [`drain`]).
 ///
 /// hyper's connection, polled once more, is told to shut down and polled once without the
 /// shutdown: an idle one ends at once and hands back the socket and any bytes it read and
@@ -605,9 +717,9 @@ const LOT_AFTER: Duration = Duration::from_secs(10);
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice in its state"
 )]
-fn serve_plain(
+fn serve_http1<T: Transport>(
     conn: Arc<Conn>,
-    mut io: Seen<tokio::net::TcpStream>,
+    mut io: Seen<T>,
     mut stop: watch::Receiver<bool>,
     watcher: Watcher,
     permit: Option<OwnedSemaphorePermit>,
@@ -749,23 +861,38 @@ fn serve_plain(
                 check
                     .as_mut()
                     .reset(by.min(idle_since + conn.lot_after()).into());
-                let back = std::future::poll_fn(|cx| {
-                    if io.io.poll_read_ready(cx).is_ready() {
-                        Poll::Ready(true)
-                    } else if stopped.as_mut().poll(cx).is_ready()
-                        || check.as_mut().poll(cx).is_ready()
-                    {
-                        Poll::Ready(false)
-                    } else {
-                        Poll::Pending
-                    }
-                });
-                if !back.await {
+                loop {
+                    let woke = std::future::poll_fn(|cx| {
+                        if io.io.poll_sent(cx).is_ready() {
+                            Poll::Ready(Woke::Ended)
+                        } else if stopped.as_mut().poll(cx).is_ready() {
+                            Poll::Ready(Woke::Stopped)
+                        } else if check.as_mut().poll(cx).is_ready() {
+                            Poll::Ready(Woke::Look)
+                        } else {
+                            Poll::Pending
+                        }
+                    });
+                    let stopping = match woke.await {
+                        Woke::Ended => break,
+                        Woke::Stopped => true,
+                        Woke::Look => false,
+                    };
                     // `head_by` rather than `by`: one deadline kept across the wait, not two.
-                    match head_by {
-                        Some(by) if Instant::now() < by => return conn.lot.park(io.io, permit, by),
-                        _ => return,
+                    let Some(by) = head_by.filter(|&by| Instant::now() < by) else {
+                        return io.io.close();
+                    };
+                    io = match socket_alone(io) {
+                        Ok(socket) => return conn.lot.park(socket, permit, by),
+                        Err(io) => io,
+                    };
+                    if stopping {
+                        // In a task of its own: this one's state stays the size of a plain
+                        // connection's (the worker waits for it as for this one).
+                        tokio::spawn(conn.late_first_bytes(io, watcher, permit));
+                        return;
                     }
+                    check.as_mut().reset(by.into());
                 }
             } else {
                 // hyper waits for bytes only once it has read all of `unread`.
@@ -807,9 +934,9 @@ async fn until_stopped<C: GracefulConnection + Unpin>(
     Box::pin(drain(*conn, activity, reads, watcher)).await;
 }
 
-/// Why [`serve_plain`]'s connection woke it.
+/// Why [`serve_http1`]'s connection woke it.
 enum Woke {
-    /// hyper's connection ended.
+    /// hyper's connection ended (or, while it is let go of, the client sent something).
     Ended,
     /// The worker stops.
     Stopped,
@@ -958,7 +1085,7 @@ mod tests {
     }
 
     /// Reads from `s` until `answers` whole `200 ok` answers came, or the connection ends.
-    async fn read_answers(s: &mut tokio::net::TcpStream, answers: usize) -> String {
+    async fn read_answers<S: tokio::io::AsyncRead + Unpin>(s: &mut S, answers: usize) -> String {
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
         let whole = |got: &[u8]| String::from_utf8_lossy(got).matches("\r\n\r\nok").count();
@@ -1012,7 +1139,7 @@ mod tests {
             let graceful = GracefulShutdown::new();
             let without = Arc::strong_count(&shared.health);
             let io = Seen::new(served, Activity::new());
-            let task = tokio::spawn(serve_plain(
+            let task = tokio::spawn(serve_http1(
                 conn.clone(),
                 io,
                 stop.clone(),
@@ -1173,6 +1300,111 @@ mod tests {
         assert!(c.parked(), "in the lot, the task ended");
         c.get_ok().await;
         assert_eq!(c.conn.lot.len(), 0);
+    }
+
+    /// A TLS connection (HTTP/1) lets go of hyper's connection while idle as a plain one
+    /// does, but keeps rustls' state in its task rather than move to the lot: served again
+    /// after either moment, closed at the idle timeout from its last answer; when the worker
+    /// stops, one that sends a request as it does is answered, one that does not closes.
+    #[tokio::test]
+    async fn an_idle_tls_connection_lets_go_of_hyper_and_keeps_its_task() {
+        use tokio_rustls::rustls;
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(server));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+
+        let (shared, conn) = worker_for(upstream().await, "idle_timeout_secs = 4\n");
+        let without = Arc::strong_count(&shared.health);
+        let hyper_connections = || Arc::strong_count(&shared.health) - without;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (stop_tx, stop) = watch::channel(false);
+        let graceful = GracefulShutdown::new();
+        let mut tasks = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (served, _) = listener.accept().await.unwrap();
+            let task = conn.clone().serve_tls(
+                acceptor.clone(),
+                served,
+                stop.clone(),
+                graceful.watcher(),
+                None,
+            );
+            tasks.push(tokio::spawn(task));
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            clients.push(connector.connect(name, tcp).await.unwrap());
+        }
+        for c in &mut clients {
+            c.write_all(GET).await.unwrap();
+            let r = read_answers(c, 1).await;
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        }
+        assert_eq!(hyper_connections(), 2);
+        tokio::time::sleep(conn.park_after() + Duration::from_millis(300)).await;
+        assert_eq!(hyper_connections(), 0, "hyper's connections let go");
+        assert!(tasks.iter().all(|t| !t.is_finished()), "the tasks wait");
+        clients[0].write_all(GET).await.unwrap();
+        let r = read_answers(&mut clients[0], 1).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "served again: {r}");
+        let answered = Instant::now();
+        // Past the moment a plain connection moves to the lot: still in its task.
+        tokio::time::sleep(conn.lot_after() + Duration::from_millis(300)).await;
+        assert_eq!(conn.lot.len(), 0);
+        assert!(tasks.iter().all(|t| !t.is_finished()), "in their tasks");
+        assert_eq!(hyper_connections(), 0);
+        clients[1].write_all(GET).await.unwrap();
+        let r = read_answers(&mut clients[1], 1).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "served again: {r}");
+        // Idle for the whole idle timeout since its last answer: closed.
+        let rest = read_answers(&mut clients[0], 1).await;
+        assert!(rest.is_empty(), "{rest}");
+        let closed = answered.elapsed();
+        assert!(
+            closed >= Duration::from_millis(3900) && closed < Duration::from_millis(4600),
+            "closed {closed:?} after its last answer"
+        );
+        // The worker stops: a request sent as it does is answered, and the connection closed
+        // after it (cleanly, as at the idle timeout: rustls reads a missing close_notify as
+        // an error).
+        tokio::time::sleep(conn.park_after() + Duration::from_millis(300)).await;
+        assert_eq!(hyper_connections(), 0);
+        stop_tx.send(true).unwrap();
+        // As the worker does: its connections told to finish.
+        let done = tokio::spawn(graceful.shutdown());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        clients[1].write_all(GET).await.unwrap();
+        let r = read_answers(&mut clients[1], 1).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let rest = read_answers(&mut clients[1], 1).await;
+        assert!(rest.is_empty(), "{rest}");
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(2), t)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(2), done)
+            .await
+            .expect("every connection done")
+            .unwrap();
     }
 
     /// A connection whose request's body has not all come is not between two requests,
@@ -1338,7 +1570,7 @@ mod tests {
         let (stream, _) = listener.accept().await.unwrap();
         let (_stop_tx, stop) = watch::channel(false);
         let graceful = GracefulShutdown::new();
-        let task = serve_plain(
+        let task = serve_http1(
             conn,
             Seen::new(stream, Activity::new()),
             stop,
