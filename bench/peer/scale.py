@@ -6,8 +6,9 @@
       N bytes (within one line item); the answer the upstream gives is the same for every
       size. Prints the size written.
 
-  scale.py idle --target HOST:PORT --conns N --pids P[,P...] [--hold SECS]
-      Opens N keep-alive connections to the target, each sends one `GET /health` and reads
+  scale.py idle --target HOST:PORT --conns N --pids P[,P...] [--hold SECS] [--tls]
+      Opens N keep-alive connections to the target (over TLS with --tls: HTTP/1.1, the
+      certificate not checked), each sends one `GET /health` and reads
       its answer (so every connection is accepted, served and then idle), holds them all
       open for --hold seconds (default 3), and reads the summed VmRSS of the PIDs (the
       proxy's processes) after one such connection and with all N held. Then closes them.
@@ -62,9 +63,10 @@ def rss_kb(pids):
     return total
 
 
-async def hold_one(host, port, ready, release, opened):
+async def hold_one(host, port, ready, release, opened, tls=None):
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=tls, server_hostname=tls and "localhost"), 10)
     except (OSError, asyncio.TimeoutError):
         ready.release()
         return
@@ -86,14 +88,25 @@ async def hold_one(host, port, ready, release, opened):
         writer.close()
 
 
-async def idle(target, conns, pids, hold):
+def insecure_tls():
+    """A client TLS context for the loopback peers' self-signed certificates: HTTP/1.1 only."""
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+async def idle(target, conns, pids, hold, tls=False):
     host, port = target.rsplit(":", 1)
     port = int(port)
+    tls = insecure_tls() if tls else None
     release = asyncio.Event()
     opened = []
     # One connection first: the proxy's memory with a connection served, before the rest.
     first = asyncio.Semaphore(0)
-    tasks = [asyncio.create_task(hold_one(host, port, first, release, opened))]
+    tasks = [asyncio.create_task(hold_one(host, port, first, release, opened, tls))]
     await asyncio.wait_for(first.acquire(), 15)
     time.sleep(0.5)
     rss_one = rss_kb(pids)
@@ -103,7 +116,7 @@ async def idle(target, conns, pids, hold):
     for start in range(1, conns, 500):
         batch = range(start, min(conns, start + 500))
         for _ in batch:
-            tasks.append(asyncio.create_task(hold_one(host, port, ready, release, opened)))
+            tasks.append(asyncio.create_task(hold_one(host, port, ready, release, opened, tls)))
         for _ in batch:
             await asyncio.wait_for(ready.acquire(), max(1, deadline - time.monotonic()))
     time.sleep(hold)
@@ -174,6 +187,7 @@ def main():
     i.add_argument("--conns", type=int, required=True)
     i.add_argument("--pids", required=True)
     i.add_argument("--hold", type=float, default=3)
+    i.add_argument("--tls", action="store_true")
     c = sub.add_parser("paced")
     c.add_argument("--target", required=True)
     c.add_argument("--conns", type=int, required=True)
@@ -195,7 +209,7 @@ def main():
     else:
         if not 1 <= a.hold <= 30 or not 1 <= a.conns <= 20000:
             sys.exit("scale.py: --hold 1..30 s, --conns 1..20000")
-        asyncio.run(idle(a.target, a.conns, pids, a.hold))
+        asyncio.run(idle(a.target, a.conns, pids, a.hold, a.tls))
 
 
 if __name__ == "__main__":
