@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Resident memory per idle keep-alive connection over TLS (HTTP/1.1): nginx passthrough with
-# a TLS listener against the project's proxy with one (`[server.tls]`), each in front of the
-# harness's upstream, each alone while measured. A self-signed certificate is made for the
+# Resident memory per idle keep-alive connection over TLS (HTTP/1.1): nginx and HAProxy
+# passthrough with a TLS listener against the project's proxy with one (`[server.tls]`),
+# each in front of the harness's upstream, each alone while measured. A self-signed certificate is made for the
 # run (openssl). Loopback only; every step bounded; stops only what it started, by PID.
 #
 # Usage: bench/peer/idle-tls.sh [BIN...]     (default: target/production/klarna-stepup)
@@ -22,11 +22,12 @@ RUNS=${RUNS:-2}
 for b in "$@"; do [[ -x $b ]] || die "$b: not an executable (cargo build --profile production -p klarna-stepup-server --bin klarna-stepup)"; done
 command -v openssl > /dev/null || die "openssl is needed for the test certificate"
 port_busy() { [[ -n $(ss -Hltn "sport = :$1" 2>/dev/null) ]]; }
-for p in 18080 18092 18093; do port_busy $p && die "port $p is in use"; done
+for p in 18080 18092 18093 18094; do port_busy $p && die "port $p is in use"; done
+command -v haproxy > /dev/null || die "missing haproxy (run bench/peer/setup.sh)"
 NOFILE=$(ulimit -Hn); [[ $NOFILE == unlimited ]] && NOFILE=1048576
 ulimit -n "$NOFILE"
 
-mkdir -p "$RUN"/{conf,upstream/logs,upstream/tmp,pass/logs,pass/tmp}
+mkdir -p "$RUN"/{conf,upstream/logs,upstream/tmp,pass/logs,pass/tmp,haproxy}
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -keyout "$RUN/key.pem" -out "$RUN/cert.pem" -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2> /dev/null
@@ -36,6 +37,11 @@ sed -e "s/worker_connections [0-9]*;/worker_connections $more;/" \
     -e "s|listen 127.0.0.1:18082 backlog=4096;|listen 127.0.0.1:18092 ssl backlog=4096; ssl_certificate $RUN/cert.pem; ssl_certificate_key $RUN/key.pem;|" \
     "$HERE/peer-pass.conf" > "$RUN/conf/pass.conf"
 grep -q "18092 ssl" "$RUN/conf/pass.conf" || die "peer-pass.conf's listen line changed"
+cat "$RUN/cert.pem" "$RUN/key.pem" > "$RUN/both.pem"
+sed -e "s/__MAXCONN__/$(( CONNS + 1024 ))/" -e "s/__THREADS__/1/" \
+    -e "s|bind 127.0.0.1:18083 backlog 4096|bind 127.0.0.1:18094 ssl crt $RUN/both.pem alpn http/1.1 backlog 4096|" \
+    "$HERE/peer-haproxy.cfg" > "$RUN/conf/haproxy.cfg"
+grep -q "18094 ssl" "$RUN/conf/haproxy.cfg" || die "peer-haproxy.cfg's bind line changed"
 printf '[server]\nlisten = "127.0.0.1:18093"\nupstream = "127.0.0.1:18080"\n[server.tls]\ncert = "%s"\nkey = "%s"\n' \
   "$RUN/cert.pem" "$RUN/key.pem" > "$RUN/proxy.toml"
 
@@ -47,6 +53,7 @@ cleanup() {
   for n in upstream pass; do
     [[ -s $RUN/$n/nginx.pid ]] && kill -QUIT "$(cat "$RUN/$n/nginx.pid")" 2> /dev/null || true
   done
+  [[ -s $RUN/haproxy/haproxy.pid ]] && kill "$(head -1 "$RUN/haproxy/haproxy.pid")" 2> /dev/null || true
 }
 trap cleanup EXIT
 nginx_up() {  # name port -> its worker's pid
@@ -68,6 +75,12 @@ for run in $(seq "$RUNS"); do
   measure "nginx passthrough" 127.0.0.1:18092 "$pid"
   kill -QUIT "$(cat "$RUN/pass/nginx.pid")"
   for _ in $(seq 50); do port_busy 18092 || break; sleep 0.1; done
+  (cd "$RUN/haproxy" && haproxy -q -f "$RUN/conf/haproxy.cfg") || die "haproxy failed to start (run it by hand: cd $RUN/haproxy && haproxy -f $RUN/conf/haproxy.cfg)"
+  for _ in $(seq 50); do port_busy 18094 && break; sleep 0.1; done
+  measure "haproxy passthrough" 127.0.0.1:18094 "$(head -1 "$RUN/haproxy/haproxy.pid")"
+  kill "$(head -1 "$RUN/haproxy/haproxy.pid")"
+  for _ in $(seq 50); do port_busy 18094 || break; sleep 0.1; done
+  rm -f "$RUN/haproxy/haproxy.pid"
   for b in "$@"; do
     "$b" serve --config "$RUN/proxy.toml" 2> "$RUN/proxy.log" & PIDS+=($!)
     for _ in $(seq 50); do port_busy 18093 && break; sleep 0.1; done

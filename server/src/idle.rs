@@ -42,7 +42,8 @@ pub(crate) struct Activity {
     /// Halves of exchanges not yet ended: a request's body until it is read to its end or
     /// let go, its answer's body until hyper lets go of it (with the end written, or not).
     in_flight: AtomicU32,
-    /// When the last exchange ended, in nanoseconds since `born`.
+    /// When the last exchange ended, in nanoseconds since `born`: its answer let go of by
+    /// hyper, or, if later, the moment hyper's last held bytes went out.
     answered_at: AtomicU64,
     /// The last write or flush could not go out at once: hyper holds bytes not yet sent.
     write_blocked: AtomicBool,
@@ -103,11 +104,15 @@ impl Activity {
 
     fn ended(&self) {
         if self.in_flight.fetch_sub(1, Relaxed) == 1 {
-            let nanos = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.answered_at.store(nanos, Relaxed);
+            self.answered_at.store(self.nanos(), Relaxed);
             self.reads_at_answer
                 .store(self.reads.load(Relaxed), Relaxed);
         }
+    }
+
+    /// Now, in nanoseconds since `born`.
+    fn nanos(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 }
 
@@ -210,11 +215,29 @@ impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Seen<T> {
 }
 
 impl<T: tokio::io::AsyncWrite> Seen<T> {
-    /// `r`, a write's outcome, noted: pending means hyper still holds bytes to send.
+    /// `r`, a write's outcome, noted: pending means hyper still holds bytes to send. A
+    /// write that goes out after one that could not may be an answer's last bytes: hyper let
+    /// go of the answer when it took them, but a client reading slowly gets them only now,
+    /// and the idle timeout counts from then.
     #[inline(always)]
     fn wrote<R>(activity: &Activity, r: Poll<R>) -> Poll<R> {
-        activity.write_blocked.store(r.is_pending(), Relaxed);
+        let blocked = r.is_pending();
+        if activity.write_blocked.load(Relaxed) != blocked {
+            activity.write_blocked.store(blocked, Relaxed);
+            if !blocked {
+                Self::unblocked(activity);
+            }
+        }
         r
+    }
+
+    /// The moment a blocked write went out, as the last answer's end if it is later.
+    #[cold]
+    fn unblocked(activity: &Activity) {
+        let now = activity.nanos();
+        if now > activity.answered_at.load(Relaxed) {
+            activity.answered_at.store(now, Relaxed);
+        }
     }
 }
 

@@ -1006,8 +1006,10 @@ mod tests {
 
     /// How long `/big` answers are.
     const BIG: usize = 48 << 10;
+    /// How long `/huge` answers are: more than hyper and two small socket buffers hold.
+    const HUGE: usize = 128 << 10;
 
-    /// A payment API answering `200 ok`, or [`BIG`] bytes to `/big`; to `/early` before it
+    /// A payment API answering `200 ok`, or [`BIG`] bytes to `/big` ([`HUGE`] to `/huge`); to `/early` before it
     /// has read the request's body, to `/slow` after a second and a half.
     async fn upstream() -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1029,10 +1031,10 @@ mod tests {
                     if req.uri().path() == "/slow" {
                         tokio::time::sleep(Duration::from_millis(1500)).await;
                     }
-                    let body = if req.uri().path() == "/big" {
-                        Bytes::from(vec![b'a'; BIG])
-                    } else {
-                        Bytes::from_static(b"ok")
+                    let body = match req.uri().path() {
+                        "/big" => Bytes::from(vec![b'a'; BIG]),
+                        "/huge" => Bytes::from(vec![b'a'; HUGE]),
+                        _ => Bytes::from_static(b"ok"),
                     };
                     Ok::<_, Infallible>(Response::new(http_body_util::Full::new(body)))
                 });
@@ -1405,6 +1407,37 @@ mod tests {
             .await
             .expect("every connection done")
             .unwrap();
+    }
+
+    /// A client that reads a long answer slowly, for longer than the idle timeout, has the
+    /// whole idle timeout for its next request from the moment the answer's last bytes left
+    /// (not from the moment hyper took them from the payment API's answer).
+    #[tokio::test]
+    async fn a_slow_readers_next_request_has_the_whole_idle_timeout() {
+        let mut c = Client::connect("idle_timeout_secs = 2\n", true).await;
+        c.send(b"GET /huge HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let (mut got, mut buf) = (Vec::new(), [0u8; 2048]);
+        let start = Instant::now();
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(2), c.stream.read(&mut buf))
+                .await
+                .expect("bytes in time")
+                .unwrap();
+            assert!(n > 0, "closed mid-answer");
+            got.extend_from_slice(&buf[..n]);
+            let head = got.windows(4).position(|w| w == b"\r\n\r\n");
+            if head.is_some_and(|h| got.len() - h - 4 >= HUGE) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            start.elapsed() > Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.get_ok().await;
     }
 
     /// A connection whose request's body has not all come is not between two requests,
