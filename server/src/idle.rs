@@ -1,6 +1,6 @@
-//! What a plain HTTP/1 connection's task knows of its exchanges, so that it can let go of
-//! hyper's connection (its two buffers, its state: about 12 KB) while the client sits idle
-//! between requests, and keep only the socket.
+//! What an HTTP/1 connection's task knows of its exchanges, so that it can let go of hyper's
+//! connection (its two buffers, its state: about 12 KB) while the client sits idle between
+//! requests, and keep only the socket (over TLS, the socket and rustls' state).
 //!
 //! hyper 1.x keeps a connection's read and write buffers for as long as the connection
 //! lives, and has no setting to release them. What it has is a way to hand the socket back:
