@@ -20,7 +20,7 @@
 //! exchange.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -45,8 +45,9 @@ pub(crate) struct Activity {
     /// When the last exchange ended, in nanoseconds since `born`: its answer let go of by
     /// hyper, or, if later, the moment hyper's last held bytes went out.
     answered_at: AtomicU64,
-    /// The last write or flush could not go out at once: hyper holds bytes not yet sent.
-    write_blocked: AtomicBool,
+    /// Since when (nanoseconds since `born`, at least 1) hyper has held bytes the client did
+    /// not take: the last write or flush could not go out at once. 0: not blocked.
+    blocked_since: AtomicU64,
 }
 
 impl Activity {
@@ -58,7 +59,7 @@ impl Activity {
             begun: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
             answered_at: AtomicU64::new(0),
-            write_blocked: AtomicBool::new(false),
+            blocked_since: AtomicU64::new(0),
         })
     }
 
@@ -90,7 +91,7 @@ impl Activity {
         let busy = self.begun.load(Relaxed) == 0
             || self.in_flight.load(Relaxed) != 0
             || self.reads.load(Relaxed) != self.reads_at_answer.load(Relaxed)
-            || self.write_blocked.load(Relaxed);
+            || self.blocked_since.load(Relaxed) != 0;
         if busy {
             return Err(now + after);
         }
@@ -108,6 +109,13 @@ impl Activity {
             self.reads_at_answer
                 .store(self.reads.load(Relaxed), Relaxed);
         }
+    }
+
+    /// Whether the client has taken none of what hyper holds for it for `limit` (a client
+    /// that stopped reading its answer).
+    pub(crate) fn stalled(&self, now: Instant, limit: Duration) -> bool {
+        let since = self.blocked_since.load(Relaxed);
+        since != 0 && now >= self.born + Duration::from_nanos(since) + limit
     }
 
     /// Now, in nanoseconds since `born`.
@@ -222,21 +230,24 @@ impl<T: tokio::io::AsyncWrite> Seen<T> {
     #[inline(always)]
     fn wrote<R>(activity: &Activity, r: Poll<R>) -> Poll<R> {
         let blocked = r.is_pending();
-        if activity.write_blocked.load(Relaxed) != blocked {
-            activity.write_blocked.store(blocked, Relaxed);
-            if !blocked {
-                Self::unblocked(activity);
-            }
+        if (activity.blocked_since.load(Relaxed) != 0) != blocked {
+            Self::turned(activity, blocked);
         }
         r
     }
 
-    /// The moment a blocked write went out, as the last answer's end if it is later.
+    /// Writes turned blocked (from now), or went out again: that moment is the last
+    /// answer's end if it is later.
     #[cold]
-    fn unblocked(activity: &Activity) {
-        let now = activity.nanos();
-        if now > activity.answered_at.load(Relaxed) {
-            activity.answered_at.store(now, Relaxed);
+    fn turned(activity: &Activity, blocked: bool) {
+        let now = activity.nanos().max(1);
+        if blocked {
+            activity.blocked_since.store(now, Relaxed);
+        } else {
+            activity.blocked_since.store(0, Relaxed);
+            if now > activity.answered_at.load(Relaxed) {
+                activity.answered_at.store(now, Relaxed);
+            }
         }
     }
 }

@@ -753,7 +753,8 @@ fn serve_http1<T: Transport>(
                 ..conn.front.clone()
             };
             let mut served = Box::new(conn.http1.serve_connection(TokioIo::new(io), front));
-            // The next look: whether it went idle, or whether the head came in time.
+            // The next look: whether it went idle, whether the head came in time, whether the
+            // client stopped reading.
             let look = |at: Instant, head_by: Option<Instant>| head_by.map_or(at, |by| by.min(at));
             check
                 .as_mut()
@@ -764,7 +765,6 @@ fn serve_http1<T: Transport>(
             // than the rest of the loop).
             let (mut armed, mut waiting) = (false, false);
             let idle_since = loop {
-                let looking = parkable || head_by.is_some();
                 let woke = std::future::poll_fn(|cx| {
                     if Pin::new(&mut *served).poll(cx).is_ready() {
                         return Poll::Ready(Woke::Ended);
@@ -775,15 +775,13 @@ fn serve_http1<T: Transport>(
                             return Poll::Ready(Woke::Stopped);
                         }
                     }
-                    if looking {
-                        if !armed {
-                            armed = true;
-                            if check.as_mut().poll(cx).is_ready() {
-                                return Poll::Ready(Woke::Look);
-                            }
-                        } else if check.is_elapsed() {
+                    if !armed {
+                        armed = true;
+                        if check.as_mut().poll(cx).is_ready() {
                             return Poll::Ready(Woke::Look);
                         }
+                    } else if check.is_elapsed() {
+                        return Poll::Ready(Woke::Look);
                     }
                     Poll::Pending
                 });
@@ -791,6 +789,11 @@ fn serve_http1<T: Transport>(
                     Woke::Ended => return,
                     Woke::Stopped => break None,
                     Woke::Look => armed = false,
+                }
+                if activity.stalled(Instant::now(), conn.idle_timeout) {
+                    // The client took none of its answer for the idle timeout (it stopped
+                    // reading): closed, as nginx's `send_timeout` closes it.
+                    return;
                 }
                 if let Some(by) = head_by {
                     if activity.begun() != begun {
@@ -802,9 +805,11 @@ fn serve_http1<T: Transport>(
                     }
                 }
                 if !parkable {
-                    if let Some(by) = head_by {
-                        check.as_mut().reset(by.into());
-                    }
+                    // Closing after its exchange: still looked at, for a client that stops
+                    // reading.
+                    check
+                        .as_mut()
+                        .reset(look(Instant::now() + conn.park_after(), head_by).into());
                     continue;
                 }
                 match activity.idle_since(Instant::now(), conn.park_after()) {
@@ -1437,6 +1442,44 @@ mod tests {
             start.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
+        c.get_ok().await;
+    }
+
+    /// A client that stops reading its answer is closed once it has taken none of it for the
+    /// idle timeout, its place and hyper's buffers freed; one that reads with pauses shorter
+    /// than that gets the whole answer.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_closed_after_the_idle_timeout() {
+        const HUGE_GET: &[u8] = b"GET /huge HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut c = Client::connect("idle_timeout_secs = 1\n", true).await;
+        c.send(HUGE_GET).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!c.task.is_finished(), "closed too soon");
+        tokio::time::sleep(Duration::from_millis(1900)).await;
+        assert!(
+            c.task.is_finished(),
+            "a client that reads nothing is closed"
+        );
+        assert_eq!(c.hyper_connections(), 0);
+
+        let mut c = Client::connect("idle_timeout_secs = 1\n", true).await;
+        c.send(HUGE_GET).await;
+        let (mut got, mut buf) = (Vec::new(), vec![0u8; 64 << 10]);
+        let whole = |got: &[u8]| {
+            let head = got.windows(4).position(|w| w == b"\r\n\r\n");
+            head.is_some_and(|h| got.len() - h - 4 >= HUGE)
+        };
+        while !whole(&got) {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            // Whatever has come, then the next pause.
+            while let Ok(n) =
+                tokio::time::timeout(Duration::from_millis(20), c.stream.read(&mut buf)).await
+            {
+                let n = n.unwrap();
+                assert!(n > 0, "closed after {} bytes", got.len());
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
         c.get_ok().await;
     }
 
