@@ -713,6 +713,9 @@ fn socket_alone<T: Transport>(io: Seen<T>) -> Result<tokio::net::TcpStream, Seen
 /// did not parse (served at once by a new one, the socket not parked); one that does not end
 /// at once was in an exchange after all, finishes it as told (closing after it) and is not
 /// let go.
+///
+/// The same look, once a second while hyper serves, closes a connection whose client has
+/// taken none of its answer for the idle timeout (see [`Activity::stalled`]).
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice in its state"
