@@ -548,6 +548,18 @@ impl Conn {
         LOT_AFTER.min(self.idle_timeout / 2).max(self.park_after())
     }
 
+    /// A new hyper connection serving `io`, its exchanges told to `io`'s [`Activity`].
+    fn http1_connection<T: Transport>(
+        &self,
+        io: Seen<T>,
+    ) -> hyper::server::conn::http1::Connection<TokioIo<Seen<T>>, Front> {
+        let front = Front {
+            activity: Some(io.activity.clone()),
+            ..self.front.clone()
+        };
+        self.http1.serve_connection(TokioIo::new(io), front)
+    }
+
     /// A connection let go of, served as the worker stops: the time a connection that has
     /// sent nothing yet gets to send a request (the lot's, for a parked one), then closed.
     fn late_first_bytes<T: Transport>(
@@ -558,11 +570,7 @@ impl Conn {
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let reads = io.activity.reads();
         let activity = io.activity.clone();
-        let front = Front {
-            activity: Some(activity.clone()),
-            ..self.front.clone()
-        };
-        let served = self.http1.serve_connection(TokioIo::new(io), front);
+        let served = self.http1_connection(io);
         Box::pin(async move {
             let _permit = permit;
             drain(served, activity, reads, watcher).await;
@@ -751,11 +759,7 @@ fn serve_http1<T: Transport>(
             // What this hyper connection reads, the drain looks for.
             let reads = activity.reads();
             let begun = activity.begun();
-            let front = Front {
-                activity: Some(activity.clone()),
-                ..conn.front.clone()
-            };
-            let mut served = Box::new(conn.http1.serve_connection(TokioIo::new(io), front));
+            let mut served = Box::new(conn.http1_connection(io));
             // The next look: whether it went idle, whether the head came in time, whether the
             // client stopped reading.
             let look = |at: Instant, head_by: Option<Instant>| head_by.map_or(at, |by| by.min(at));
@@ -864,8 +868,9 @@ fn serve_http1<T: Transport>(
                 // The task waits on the socket a while: a client that comes back soon is
                 // served without the moves to the lot and back (two system calls each way,
                 // the task's state and tokio's registration made again). Then, or when the
-                // worker stops (the lot answers a request that comes as it does), the socket
-                // goes to the lot alone, this task's state with it.
+                // worker stops (the lot answers a request that comes as it does), a plain
+                // connection's socket goes to the lot alone, this task's state with it; a
+                // TLS connection waits on until its deadline.
                 check
                     .as_mut()
                     .reset(by.min(idle_since + conn.lot_after()).into());
