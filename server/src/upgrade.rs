@@ -517,6 +517,16 @@ mod tests {
         assert!(l[0].accept().is_ok());
         rt.block_on(rt.spawn_blocking(move || got.ready())).unwrap();
         assert_eq!(rt.block_on(rx.recv()), Some(std::process::id()));
+        // The exchange's thread ends just after it reports the successor ready: until then a
+        // request is refused as "another upgrade is under way".
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while handover.busy.load(Ordering::Acquire) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the exchange never ended"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         // Draining: refused, with the reason.
         handover.close();
         let path2 = path.clone();
