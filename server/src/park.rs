@@ -6,15 +6,16 @@
 //! its state (640 bytes) and tokio's registration of the socket (about 260): more than nginx
 //! keeps for a whole idle connection. So once the connection has sat idle a while longer
 //! (`Conn::lot_after` in `worker`: a client that comes back sooner is served without the
-//! move), the task hands the socket to the worker's [`Lot`] and ends: an epoll instance of the lot's own (mio's), which the worker's loop
-//! watches through one tokio registration, and the deadlines in a heap. A parked connection
-//! then costs its entry here and its deadline (64 bytes) and the kernel's socket.
+//! move), the task hands the socket to the worker's [`Lot`] and ends: an epoll instance of
+//! the lot's own (mio's), which the worker's loop watches through one tokio registration,
+//! and the deadlines in a heap. A parked connection then costs its entry here and its
+//! deadline (64 bytes) and the kernel's socket.
 //!
 //! When a parked socket turns readable (a request comes, or the client closes), the worker
-//! serves it with a new task; when its deadline passes, or the worker stops (after a
-//! moment in which a request that comes is still served), it closes. The
-//! worker tends its lot whatever else it waits for (`tending` in `worker`): a worker waiting
-//! for a place among its connections must not hold the places its parked ones give back.
+//! serves it with a new task; when its deadline passes, or the worker stops (after a moment
+//! in which a request that comes is still served), it closes. The worker tends its lot
+//! whatever else it waits for (`tending` in `worker`): a worker waiting for a place among
+//! its connections must not hold the places its parked ones give back.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
