@@ -18,6 +18,10 @@
 //! not prove a message boundary: a connection whose answer was its last ends at once also
 //! while it still reads a request's body, which is why the request's body holds half of the
 //! exchange.
+//!
+//! An HTTP/2 connection is never let go of (its state is shared by its streams), but the
+//! same record bounds it: its task closes it once nothing has been in flight for the idle
+//! timeout, or once its client has taken nothing for as long (see `serve_h2` in `worker`).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -29,7 +33,8 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 
 /// One connection's exchanges as its transport, its service and its bodies see them: one
-/// thread touches it (the connection's task), hence relaxed atomics.
+/// thread touches it (the worker's: the connection's task and, over HTTP/2, its streams'
+/// tasks), hence relaxed atomics.
 #[derive(Debug)]
 pub(crate) struct Activity {
     born: Instant,
@@ -111,11 +116,26 @@ impl Activity {
         }
     }
 
+    /// Since when nothing has been in flight: the last exchange's end (its answer's last
+    /// bytes out), or the connection's start; `None` while an exchange is in flight. What
+    /// the client sends besides requests (an HTTP/2 client's PINGs, SETTINGS, window
+    /// updates) does not count.
+    pub(crate) fn quiet_since(&self) -> Option<Instant> {
+        (self.in_flight.load(Relaxed) == 0)
+            .then(|| self.born + Duration::from_nanos(self.answered_at.load(Relaxed)))
+    }
+
+    /// Since when the client has taken none of what hyper holds for it, if it holds some.
+    pub(crate) fn blocked_since(&self) -> Option<Instant> {
+        let since = self.blocked_since.load(Relaxed);
+        (since != 0).then(|| self.born + Duration::from_nanos(since))
+    }
+
     /// Whether the client has taken none of what hyper holds for it for `limit` (a client
     /// that stopped reading its answer).
     pub(crate) fn stalled(&self, now: Instant, limit: Duration) -> bool {
-        let since = self.blocked_since.load(Relaxed);
-        since != 0 && now >= self.born + Duration::from_nanos(since) + limit
+        self.blocked_since()
+            .is_some_and(|since| now >= since + limit)
     }
 
     /// Now, in nanoseconds since `born`.

@@ -592,9 +592,21 @@ impl Conn {
         };
         let activity = Activity::new();
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let front = Front {
+                activity: Some(activity.clone()),
+                ..self.front.clone()
+            };
             let io = TokioIo::new(Seen::new(stream, activity.clone()));
-            let conn = self.http2.serve_connection(io, self.front.clone());
-            until_stopped(Box::new(conn), stop, activity, watcher, permit).await;
+            let conn = self.http2.serve_connection(io, front);
+            serve_h2(
+                Box::new(conn),
+                stop,
+                activity,
+                watcher,
+                permit,
+                self.idle_timeout,
+            )
+            .await;
         } else {
             // As a plain connection, but in this task while idle (rustls' state stays).
             serve_http1(
@@ -700,8 +712,8 @@ fn socket_alone<T: Transport>(io: Seen<T>) -> Result<tokio::net::TcpStream, Seen
     })
 }
 
-/// Serves an HTTP/1 connection, plain or TLS, to its end (once the worker stops, as
-/// [`until_stopped`]).
+/// Serves an HTTP/1 connection, plain or TLS, to its end (once the worker stops, see
+/// [`drain`]).
 ///
 /// An idle connection's memory would be its task's state and what the task holds: hyper's
 /// connection keeps two buffers and its state (about 12 KB) for as long as it lives. So
@@ -920,32 +932,68 @@ fn serve_http1<T: Transport>(
 /// send its first bytes.
 const LATE_FIRST_BYTES: Duration = Duration::from_millis(250);
 
-/// Serves a connection to its end; once the worker stops, it finishes what it has begun
-/// (HTTP/1: the answer in progress, with `Connection: close`; HTTP/2: GOAWAY).
+/// Serves an HTTP/2 connection to its end (once the worker stops, see [`drain`]).
 ///
-/// Told to shut down, hyper closes at once a connection it has read nothing from. So that a
-/// request sent as the drain begins (its connection accepted, its bytes on the way or not
-/// read yet) is answered rather than cut off, a connection that has sent nothing yet (see
-/// [`Seen`]) gets [`LATE_FIRST_BYTES`] to send them before hyper is told. Then hyper-util's
-/// graceful shutdown tells it (`watcher`: the worker's [`GracefulShutdown`], which also
-/// waits for every connection); a connection is watched only from then on, as
-/// `GracefulConnection` is sealed and cannot be wrapped to wait for the first bytes itself.
-async fn until_stopped<C: GracefulConnection + Unpin>(
+/// Bounded as an HTTP/1 connection is, by the idle timeout: once nothing has been in flight
+/// for it, from the connection's start or its last exchange's end (what else the client
+/// sends, PINGs, SETTINGS, window updates, does not count; see [`Activity::quiet_since`]),
+/// the client is told to go away (GOAWAY: a request it sent meanwhile is still answered),
+/// and the connection closes once it has, or once nothing has been in flight for
+/// [`GOAWAY_GRACE`] since (a client that has not sent its preface yet, or does not answer
+/// the GOAWAY's PING); a client that has taken nothing of what was written for the idle
+/// timeout is closed at once, as an HTTP/1 one is.
+async fn serve_h2<C: GracefulConnection + Unpin>(
     mut conn: Box<C>,
     mut stop: watch::Receiver<bool>,
     activity: Arc<Activity>,
     watcher: Watcher,
     _permit: Option<OwnedSemaphorePermit>,
+    idle_timeout: Duration,
 ) {
     let reads = activity.reads();
-    tokio::select! {
-        biased;
-        _ = &mut *conn => return,
-        _ = stop.wait_for(|stopped| *stopped) => {}
+    let look = tokio::time::sleep(idle_timeout);
+    tokio::pin!(look);
+    // Since when the client has been told to go away.
+    let mut going_away = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut *conn => return,
+            _ = stop.wait_for(|stopped| *stopped), if going_away.is_none() => break,
+            () = &mut look => {}
+        }
+        let now = Instant::now();
+        if activity.stalled(now, idle_timeout) {
+            return;
+        }
+        // The next look: when the quiet would have lasted long enough, or, while an exchange
+        // is in flight or writes wait, in a second (whether the client stopped reading).
+        let soon = now + PARK_AFTER.min(idle_timeout);
+        let next = match (activity.quiet_since(), going_away) {
+            (Some(at), None) if now >= at + idle_timeout => {
+                GracefulConnection::graceful_shutdown(Pin::new(&mut *conn));
+                going_away = Some(now);
+                now + GOAWAY_GRACE
+            }
+            (Some(at), None) => at + idle_timeout,
+            (Some(at), Some(since)) if now >= at.max(since) + GOAWAY_GRACE => return,
+            (Some(at), Some(since)) => at.max(since) + GOAWAY_GRACE,
+            (None, _) => soon,
+        };
+        let next = if activity.blocked_since().is_some() {
+            next.min(soon)
+        } else {
+            next
+        };
+        look.as_mut().reset(next.into());
     }
     // The drain's state (its timer, the watched connection) on the heap too.
     Box::pin(drain(*conn, activity, reads, watcher)).await;
 }
+
+/// How long an HTTP/2 connection told to go away for its idle timeout is kept once nothing
+/// is in flight (see [`serve_h2`]): a round trip for the GOAWAY's PING, with room.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// Why [`serve_http1`]'s connection woke it.
 enum Woke {
@@ -964,8 +1012,17 @@ fn unbox<T>(b: Box<T>) -> T {
     *b
 }
 
-/// [`until_stopped`] once the worker stops; `conn` began when `activity` had counted
-/// `reads`.
+/// Serves a connection once the worker stops, until it has finished what it has begun
+/// (HTTP/1: the answer in progress, with `Connection: close`; HTTP/2: GOAWAY); `conn` began
+/// when `activity` had counted `reads`.
+///
+/// Told to shut down, hyper closes at once a connection it has read nothing from. So that a
+/// request sent as the drain begins (its connection accepted, its bytes on the way or not
+/// read yet) is answered rather than cut off, a connection that has sent nothing yet (see
+/// [`Seen`]) gets [`LATE_FIRST_BYTES`] to send them before hyper is told. Then hyper-util's
+/// graceful shutdown tells it (`watcher`: the worker's [`GracefulShutdown`], which also
+/// waits for every connection); a connection is watched only from then on, as
+/// `GracefulConnection` is sealed and cannot be wrapped to wait for the first bytes itself.
 async fn drain<C: GracefulConnection + Unpin>(
     mut conn: C,
     activity: Arc<Activity>,
@@ -1021,8 +1078,10 @@ mod tests {
     const BIG: usize = 48 << 10;
     /// How long `/huge` answers are: more than hyper and two small socket buffers hold.
     const HUGE: usize = 128 << 10;
+    /// How long `/vast` answers are: more than an HTTP/2 stream's send buffer holds besides.
+    const VAST: usize = 1 << 20;
 
-    /// A payment API answering `200 ok`, or [`BIG`] bytes to `/big` ([`HUGE`] to `/huge`); to `/early` before it
+    /// A payment API answering `200 ok`, or [`BIG`] bytes to `/big` ([`HUGE`] to `/huge`, [`VAST`] to `/vast`); to `/early` before it
     /// has read the request's body, to `/slow` after a second and a half.
     async fn upstream() -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1047,6 +1106,7 @@ mod tests {
                     let body = match req.uri().path() {
                         "/big" => Bytes::from(vec![b'a'; BIG]),
                         "/huge" => Bytes::from(vec![b'a'; HUGE]),
+                        "/vast" => Bytes::from(vec![b'a'; VAST]),
                         _ => Bytes::from_static(b"ok"),
                     };
                     Ok::<_, Infallible>(Response::new(http_body_util::Full::new(body)))
@@ -1223,6 +1283,156 @@ mod tests {
 
     const GET: &[u8] = b"GET /orders HTTP/1.1\r\nHost: x\r\n\r\n";
 
+    /// A TLS server (a certificate for `localhost` made now) and a client trusting it, both
+    /// offering `alpn`.
+    fn tls_pair(alpn: &[&[u8]]) -> (TlsAcceptor, tokio_rustls::TlsConnector) {
+        use tokio_rustls::rustls;
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = server.alpn_protocols.clone();
+        (
+            TlsAcceptor::from(Arc::new(server)),
+            tokio_rustls::TlsConnector::from(Arc::new(client)),
+        )
+    }
+
+    /// An HTTP/2 client speaking frames itself (so that it can stop reading, or ping
+    /// instead of asking), to a task serving its connection as a worker's does.
+    struct H2 {
+        s: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        task: tokio::task::JoinHandle<()>,
+        _stop: watch::Sender<bool>,
+    }
+
+    impl H2 {
+        /// Frame types.
+        const DATA: u8 = 0;
+        const HEADERS: u8 = 1;
+        const PING: u8 = 6;
+        const GOAWAY: u8 = 7;
+        /// Flags.
+        const END_STREAM: u8 = 1;
+        const ACK: u8 = 1;
+
+        /// Connected (TLS, ALPN `h2`) to a worker in front of [`upstream`], with `more` in
+        /// its `[server]`; its socket's and the served one's buffers small if asked. Nothing
+        /// sent yet.
+        async fn connect(more: &str, small_buffers: bool) -> H2 {
+            let (acceptor, connector) = tls_pair(&[b"h2"]);
+            let (_, conn) = worker_for(upstream().await, more);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            if small_buffers {
+                socket.set_recv_buffer_size(8 << 10).unwrap();
+            }
+            let tcp = socket
+                .connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (served, _) = listener.accept().await.unwrap();
+            if small_buffers {
+                socket2::SockRef::from(&served)
+                    .set_send_buffer_size(8 << 10)
+                    .unwrap();
+            }
+            let (stop_tx, stop) = watch::channel(false);
+            let graceful = GracefulShutdown::new();
+            let task =
+                tokio::spawn(conn.serve_tls(acceptor, served, stop, graceful.watcher(), None));
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let s = connector.connect(name, tcp).await.unwrap();
+            assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+            H2 {
+                s,
+                task,
+                _stop: stop_tx,
+            }
+        }
+
+        async fn frame(&mut self, ty: u8, flags: u8, stream: u32, payload: &[u8]) {
+            let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+            f.extend([ty, flags]);
+            f.extend(stream.to_be_bytes());
+            f.extend(payload);
+            self.s.write_all(&f).await.unwrap();
+        }
+
+        /// The preface, with the largest windows a client may give.
+        async fn preface(&mut self) {
+            self.s
+                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap();
+            // SETTINGS_INITIAL_WINDOW_SIZE, and the connection's window raised to match.
+            let window = 0x7fff_ffffu32;
+            let mut settings = 4u16.to_be_bytes().to_vec();
+            settings.extend(window.to_be_bytes());
+            self.frame(4, 0, 0, &settings).await;
+            self.frame(8, 0, 0, &(window - 65_535).to_be_bytes()).await;
+        }
+
+        /// `GET path` on `stream`, with nothing more to come.
+        async fn get(&mut self, stream: u32, path: &str) {
+            // HPACK: :method GET, :scheme https, :path and :authority literal, not indexed.
+            let mut block = vec![0x82, 0x87, 0x04, path.len() as u8];
+            block.extend(path.as_bytes());
+            block.extend([0x01, 1, b'x']);
+            self.frame(Self::HEADERS, 0x4 | Self::END_STREAM, stream, &block)
+                .await;
+        }
+
+        /// The next frame (type, flags, stream, payload); `None` once the connection ends.
+        async fn next(&mut self) -> Option<(u8, u8, u32, Vec<u8>)> {
+            let mut head = [0u8; 9];
+            let read = tokio::time::timeout(Duration::from_secs(5), self.s.read_exact(&mut head))
+                .await
+                .expect("a frame, or the end, in time");
+            if read.is_err() {
+                return None;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0; len];
+            self.s.read_exact(&mut payload).await.ok()?;
+            Some((head[3], head[4], stream, payload))
+        }
+
+        /// Reads until `stream`'s answer has ended, answering PINGs; its body's length.
+        async fn answer(&mut self, stream: u32) -> usize {
+            let mut body = 0;
+            loop {
+                let (ty, flags, on, payload) = self.next().await.expect("the answer");
+                if ty == Self::PING && flags & Self::ACK == 0 {
+                    self.frame(Self::PING, Self::ACK, 0, &payload).await;
+                }
+                if on != stream || (ty != Self::DATA && ty != Self::HEADERS) {
+                    continue;
+                }
+                if ty == Self::DATA {
+                    body += payload.len();
+                }
+                if flags & Self::END_STREAM != 0 {
+                    return body;
+                }
+            }
+        }
+    }
+
     /// Once a kept-alive client has sent nothing for a while after its answer, its task
     /// lets go of hyper's connection (its service, buffers and state) and keeps the socket;
     /// the next request, bytes read before and all, is served by a new one, with its head
@@ -1323,26 +1533,7 @@ mod tests {
     /// stops, one that sends a request as it does is answered, one that does not closes.
     #[tokio::test]
     async fn an_idle_tls_connection_lets_go_of_hyper_and_keeps_its_task() {
-        use tokio_rustls::rustls;
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.cert.der().clone()], key)
-            .unwrap();
-        let acceptor = TlsAcceptor::from(Arc::new(server));
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.cert.der().clone()).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-
+        let (acceptor, connector) = tls_pair(&[]);
         let (shared, conn) = worker_for(upstream().await, "idle_timeout_secs = 4\n");
         let without = Arc::strong_count(&shared.health);
         let hyper_connections = || Arc::strong_count(&shared.health) - without;
@@ -1489,6 +1680,105 @@ mod tests {
             }
         }
         c.get_ok().await;
+    }
+
+    /// An HTTP/2 connection with nothing in flight for the idle timeout is told to go away
+    /// and closed, however much else its client sends (here a PING every 300 ms); one that
+    /// has not even sent its preface is closed too; a request in flight for longer than the
+    /// idle timeout is answered.
+    #[tokio::test]
+    async fn an_idle_http2_connection_is_told_to_go_away_and_closed() {
+        let mut c = H2::connect("idle_timeout_secs = 1\n", false).await;
+        c.preface().await;
+        c.get(1, "/slow").await;
+        assert_eq!(c.answer(1).await, 2, "answered after 1.5 s");
+        let answered = Instant::now();
+        c.get(3, "/orders").await;
+        assert_eq!(c.answer(3).await, 2);
+        let answered_again = Instant::now();
+        assert!(answered_again - answered < Duration::from_millis(300));
+        let mut goaway = None;
+        loop {
+            let pinged = tokio::time::timeout(Duration::from_millis(300), c.next()).await;
+            match pinged {
+                Err(_) => c.frame(H2::PING, 0, 0, b"12345678").await,
+                Ok(None) => break,
+                Ok(Some((ty, flags, _, payload))) => {
+                    if ty == H2::GOAWAY && goaway.is_none() {
+                        goaway = Some(answered_again.elapsed());
+                    }
+                    if ty == H2::PING && flags & H2::ACK == 0 {
+                        c.frame(H2::PING, H2::ACK, 0, &payload).await;
+                    }
+                }
+            }
+            assert!(
+                answered_again.elapsed() < Duration::from_secs(4),
+                "not closed"
+            );
+        }
+        let goaway = goaway.expect("told to go away first");
+        assert!(
+            goaway >= Duration::from_millis(950) && goaway < Duration::from_millis(1500),
+            "told to go away {goaway:?} after the last answer"
+        );
+        tokio::time::timeout(Duration::from_secs(1), c.task)
+            .await
+            .unwrap()
+            .unwrap();
+
+        // Nothing sent after the TLS handshake: closed once it has had the idle timeout and
+        // the GOAWAY's grace.
+        let mut c = H2::connect("idle_timeout_secs = 1\n", false).await;
+        let start = Instant::now();
+        while c.next().await.is_some() {}
+        let closed = start.elapsed();
+        assert!(
+            closed >= Duration::from_millis(950)
+                && closed < GOAWAY_GRACE + Duration::from_millis(1500),
+            "closed {closed:?} after the handshake"
+        );
+        tokio::time::timeout(Duration::from_secs(1), c.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// An HTTP/2 client that stops reading an answer larger than the connection holds for
+    /// it is closed once it has taken none of it for the idle timeout; one that reads with
+    /// pauses shorter than that gets the whole answer.
+    #[tokio::test]
+    async fn an_http2_client_that_stops_reading_is_closed_after_the_idle_timeout() {
+        let mut c = H2::connect("idle_timeout_secs = 1\n", true).await;
+        c.preface().await;
+        c.get(1, "/vast").await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!c.task.is_finished(), "closed too soon");
+        tokio::time::sleep(Duration::from_millis(5400)).await;
+        assert!(
+            c.task.is_finished(),
+            "a client that reads nothing is closed"
+        );
+
+        let mut c = H2::connect("idle_timeout_secs = 1\n", true).await;
+        c.preface().await;
+        c.get(1, "/vast").await;
+        let mut body = 0;
+        let mut ended = false;
+        while !ended {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            // Whatever has come, then the next pause.
+            while let Ok(frame) = tokio::time::timeout(Duration::from_millis(20), c.next()).await {
+                let (ty, flags, stream, payload) = frame.expect("not closed");
+                if ty == H2::DATA && stream == 1 {
+                    body += payload.len();
+                    ended = flags & H2::END_STREAM != 0;
+                }
+            }
+        }
+        assert_eq!(body, VAST);
+        c.get(3, "/orders").await;
+        assert_eq!(c.answer(3).await, 2);
     }
 
     /// A connection whose request's body has not all come is not between two requests,
