@@ -5,7 +5,7 @@ use std::io;
 use std::net::{AddrParseError, SocketAddr};
 use std::path::PathBuf;
 
-/// Why [`serve`](crate::serve) or [`serve_upgrade`](crate::serve_upgrade) returned before
+/// Why [`serve`](fn@crate::serve) or [`serve_upgrade`](crate::serve_upgrade) returned before
 /// serving: a setting the configuration checks cannot judge (a file, an address in use, an
 /// upstream name, the running instance), named by its key (`server.listen: …`).
 ///
