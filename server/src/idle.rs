@@ -24,7 +24,7 @@
 //! timeout, or once its client has taken nothing for as long (see `serve_h2` in `worker`).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -53,6 +53,15 @@ pub(crate) struct Activity {
     /// Since when (nanoseconds since `born`, at least 1) hyper has held bytes the client did
     /// not take: the last write or flush could not go out at once. 0: not blocked.
     blocked_since: AtomicU64,
+    /// Whether the last exchange's answer may still be on its way out: set as it ends,
+    /// cleared by a flush that finds everything out. Only while it may are writes that go
+    /// out again after blocked ones its end (not, say, an HTTP/2 client's PINGs answered).
+    tail: AtomicBool,
+    /// HTTP/2 answers' bodies polled, over the connection's life (see [`Tracked::answer`]).
+    answer_polls: AtomicU32,
+    /// HTTP/2 answers that handed hyper a frame and have not been polled since: hyper waits
+    /// to send it (the client's flow-control window, or the socket).
+    handed: AtomicU32,
 }
 
 impl Activity {
@@ -65,6 +74,9 @@ impl Activity {
             in_flight: AtomicU32::new(0),
             answered_at: AtomicU64::new(0),
             blocked_since: AtomicU64::new(0),
+            tail: AtomicBool::new(false),
+            answer_polls: AtomicU32::new(0),
+            handed: AtomicU32::new(0),
         })
     }
 
@@ -75,7 +87,11 @@ impl Activity {
     pub(crate) fn begin(self: &Arc<Self>) -> (InFlight, InFlight) {
         self.begun.fetch_add(1, Relaxed);
         self.in_flight.fetch_add(2, Relaxed);
-        (InFlight(self.clone()), InFlight(self.clone()))
+        let half = || InFlight {
+            activity: self.clone(),
+            answer: None,
+        };
+        (half(), half())
     }
 
     /// Reads that brought bytes, over the socket's life: one that differs from an earlier
@@ -111,6 +127,7 @@ impl Activity {
     fn ended(&self) {
         if self.in_flight.fetch_sub(1, Relaxed) == 1 {
             self.answered_at.store(self.nanos(), Relaxed);
+            self.tail.store(true, Relaxed);
             self.reads_at_answer
                 .store(self.reads.load(Relaxed), Relaxed);
         }
@@ -131,6 +148,13 @@ impl Activity {
         (since != 0).then(|| self.born + Duration::from_nanos(since))
     }
 
+    /// While an HTTP/2 answer waits for the client to take what it handed hyper: how many
+    /// times answers have been polled (a count that stands still says none has moved);
+    /// `None` when none waits.
+    pub(crate) fn waiting_on_client(&self) -> Option<u32> {
+        (self.handed.load(Relaxed) != 0).then(|| self.answer_polls.load(Relaxed))
+    }
+
     /// Whether the client has taken none of what hyper holds for it for `limit` (a client
     /// that stopped reading its answer).
     pub(crate) fn stalled(&self, now: Instant, limit: Duration) -> bool {
@@ -147,11 +171,30 @@ impl Activity {
 /// Half of an exchange in flight, from the service's call to the end of the request's body
 /// or of its answer's.
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<Activity>);
+pub(crate) struct InFlight {
+    activity: Arc<Activity>,
+    /// An HTTP/2 answer's: see [`Tracked::answer`].
+    answer: Option<Answer>,
+}
+
+/// What an HTTP/2 answer's body keeps to tell whether the client takes it.
+#[derive(Debug, Default)]
+struct Answer {
+    /// Whether it handed hyper a frame and has not been polled since.
+    handed: bool,
+    /// The rest of a chunk longer than [`PIECE`], handed on in pieces.
+    rest: Bytes,
+}
+
+/// The most an HTTP/2 answer hands hyper at once: HTTP/2's smallest largest frame.
+const PIECE: usize = 16 << 10;
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.ended();
+        if self.answer.as_ref().is_some_and(|a| a.handed) {
+            self.activity.handed.fetch_sub(1, Relaxed);
+        }
+        self.activity.ended();
     }
 }
 
@@ -169,28 +212,92 @@ impl<B> Tracked<B> {
     pub(crate) fn new(body: B, in_flight: Option<InFlight>) -> Self {
         Tracked { body, in_flight }
     }
+
+    /// An HTTP/2 answer's body, which also tells whether the client takes what it hands on
+    /// (see [`Activity::waiting_on_client`]). hyper polls an answer again once it has
+    /// flow-control window left beyond what it holds of it, i.e. once the client has taken
+    /// that (and the socket has too); so that this says something of every few frames
+    /// rather than of a chunk as long as the payment API's, it hands chunks on in pieces of
+    /// at most [`PIECE`].
+    pub(crate) fn answer(body: B, mut in_flight: Option<InFlight>) -> Self {
+        if let Some(half) = &mut in_flight {
+            half.answer = Some(Answer::default());
+        }
+        Tracked { body, in_flight }
+    }
 }
 
-impl<B: Body> Body for Tracked<B> {
-    type Data = B::Data;
+impl<B: Body<Data = Bytes>> Body for Tracked<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     #[inline(always)]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.project().body.poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let Some(InFlight {
+            activity,
+            answer: Some(answer),
+        }) = this.in_flight
+        else {
+            return this.body.poll_frame(cx);
+        };
+        // Polled again: what it handed before was taken.
+        activity.answer_polls.fetch_add(1, Relaxed);
+        if std::mem::take(&mut answer.handed) {
+            activity.handed.fetch_sub(1, Relaxed);
+        }
+        let data = if !answer.rest.is_empty() {
+            std::mem::take(&mut answer.rest)
+        } else {
+            match std::task::ready!(this.body.poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                other => return Poll::Ready(other),
+            }
+        };
+        let mut piece = data;
+        if piece.len() > PIECE {
+            answer.rest = piece.split_off(PIECE);
+        }
+        answer.handed = true;
+        activity.handed.fetch_add(1, Relaxed);
+        Poll::Ready(Some(Ok(Frame::data(piece))))
     }
 
     #[inline(always)]
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest().is_empty() && self.body.is_end_stream()
     }
 
     #[inline(always)]
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let mut hint = self.body.size_hint();
+        let rest = self.rest().len() as u64;
+        if rest != 0 {
+            hint.set_lower(hint.lower() + rest);
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + rest);
+            }
+        }
+        hint
+    }
+}
+
+impl<B> Tracked<B> {
+    /// What of an answer's chunk is still to be handed on.
+    fn rest(&self) -> &Bytes {
+        static NONE: Bytes = Bytes::new();
+        match &self.in_flight {
+            Some(InFlight {
+                answer: Some(a), ..
+            }) => &a.rest,
+            _ => &NONE,
+        }
     }
 }
 
@@ -257,7 +364,7 @@ impl<T: tokio::io::AsyncWrite> Seen<T> {
     }
 
     /// Writes turned blocked (from now), or went out again: that moment is the last
-    /// answer's end if it is later.
+    /// answer's end if it is later and the answer may still have been on its way out.
     #[cold]
     fn turned(activity: &Activity, blocked: bool) {
         let now = activity.nanos().max(1);
@@ -265,7 +372,7 @@ impl<T: tokio::io::AsyncWrite> Seen<T> {
             activity.blocked_since.store(now, Relaxed);
         } else {
             activity.blocked_since.store(0, Relaxed);
-            if now > activity.answered_at.load(Relaxed) {
+            if activity.tail.load(Relaxed) && now > activity.answered_at.load(Relaxed) {
                 activity.answered_at.store(now, Relaxed);
             }
         }
@@ -297,7 +404,11 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Seen<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.project();
-        Self::wrote(this.activity, this.io.poll_flush(cx))
+        let r = Self::wrote(this.activity, this.io.poll_flush(cx));
+        if r.is_ready() {
+            this.activity.tail.store(false, Relaxed);
+        }
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

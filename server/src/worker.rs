@@ -208,6 +208,7 @@ impl hyper::service::Service<Request<Incoming>> for Front {
             fut: tower_service::Service::call(&mut stack, req),
             draining: http1.then(|| self.health.clone()),
             in_flight,
+            http2: !http1,
         }
     }
 }
@@ -217,7 +218,13 @@ pin_project_lite::pin_project! {
     #[project = FrontProj]
     enum FrontFuture<F> {
         Answered { res: Option<Response<ClientBody>> },
-        Stack { #[pin] fut: F, draining: Option<Arc<Health>>, in_flight: Option<InFlight> },
+        Stack {
+            #[pin] fut: F,
+            draining: Option<Arc<Health>>,
+            in_flight: Option<InFlight>,
+            // Its answer watched for a client that takes none of it (see `Tracked::answer`).
+            http2: bool,
+        },
     }
 }
 
@@ -236,6 +243,7 @@ where
                 fut,
                 draining,
                 in_flight,
+                http2,
             } => {
                 let mut res = match std::task::ready!(fut.poll(cx)) {
                     Ok(res) => res,
@@ -247,7 +255,14 @@ where
                             .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     }
                 }
-                Poll::Ready(Ok(res.map(|b| Tracked::new(b, in_flight.take()))))
+                let in_flight = in_flight.take();
+                Poll::Ready(Ok(res.map(|b| {
+                    if *http2 {
+                        Tracked::answer(b, in_flight)
+                    } else {
+                        Tracked::new(b, in_flight)
+                    }
+                })))
             }
         }
     }
@@ -941,7 +956,9 @@ const LATE_FIRST_BYTES: Duration = Duration::from_millis(250);
 /// and the connection closes once it has, or once nothing has been in flight for
 /// [`GOAWAY_GRACE`] since (a client that has not sent its preface yet, or does not answer
 /// the GOAWAY's PING); a client that has taken nothing of what was written for the idle
-/// timeout is closed at once, as an HTTP/1 one is.
+/// timeout is closed at once, as an HTTP/1 one is, and so is one that has taken nothing of
+/// its answers for as long (they wait for its flow-control window; see
+/// [`Activity::waiting_on_client`]), though it may still read the socket.
 async fn serve_h2<C: GracefulConnection + Unpin>(
     mut conn: Box<C>,
     mut stop: watch::Receiver<bool>,
@@ -951,10 +968,14 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
     idle_timeout: Duration,
 ) {
     let reads = activity.reads();
-    let look = tokio::time::sleep(idle_timeout);
+    // The first look after a second: a request's answer may wait for the client by then.
+    let look = tokio::time::sleep(PARK_AFTER.min(idle_timeout));
     tokio::pin!(look);
     // Since when the client has been told to go away.
     let mut going_away = None;
+    // Since which look an answer has waited for the client, and no answer has moved: the
+    // answers' polls counted then.
+    let mut unmoved: Option<(u32, Instant)> = None;
     loop {
         tokio::select! {
             biased;
@@ -964,6 +985,16 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
         }
         let now = Instant::now();
         if activity.stalled(now, idle_timeout) {
+            return;
+        }
+        unmoved = match (activity.waiting_on_client(), unmoved) {
+            (Some(polls), Some((before, since))) if polls == before => Some((before, since)),
+            (Some(polls), _) => Some((polls, now)),
+            (None, _) => None,
+        };
+        if unmoved.is_some_and(|(_, since)| now >= since + idle_timeout) {
+            // The client took nothing of its answers for the idle timeout, though the socket
+            // would take it (it gives no flow-control window).
             return;
         }
         // The next look: when the quiet would have lasted long enough, or, while an exchange
@@ -976,7 +1007,13 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
                 now + GOAWAY_GRACE
             }
             (Some(at), None) => at + idle_timeout,
-            (Some(at), Some(since)) if now >= at.max(since) + GOAWAY_GRACE => return,
+            // Not while writes wait: the end of an answer the client still reads (one it
+            // asked for as the GOAWAY went out), until it stops reading.
+            (Some(at), Some(since))
+                if now >= at.max(since) + GOAWAY_GRACE && activity.blocked_since().is_none() =>
+            {
+                return
+            }
             (Some(at), Some(since)) => at.max(since) + GOAWAY_GRACE,
             (None, _) => soon,
         };
@@ -1070,6 +1107,7 @@ fn accept_any<'a>(
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use http_body_util::BodyExt;
 
     use crate::upstream::Connector;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1096,12 +1134,15 @@ mod tests {
                             tokio::time::sleep(Duration::from_secs(5)).await;
                             drop(held);
                         });
-                        return Ok(Response::new(http_body_util::Full::new(
-                            Bytes::from_static(b"ok"),
-                        )));
+                        return Ok(Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"ok")).boxed(),
+                        ));
                     }
                     if req.uri().path() == "/slow" {
                         tokio::time::sleep(Duration::from_millis(1500)).await;
+                    }
+                    if req.uri().path() == "/pause" {
+                        return Ok(Response::new(Paused::new().boxed()));
                     }
                     let body = match req.uri().path() {
                         "/big" => Bytes::from(vec![b'a'; BIG]),
@@ -1109,7 +1150,7 @@ mod tests {
                         "/vast" => Bytes::from(vec![b'a'; VAST]),
                         _ => Bytes::from_static(b"ok"),
                     };
-                    Ok::<_, Infallible>(Response::new(http_body_util::Full::new(body)))
+                    Ok::<_, Infallible>(Response::new(http_body_util::Full::new(body).boxed()))
                 });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
@@ -1118,6 +1159,41 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// `/pause`'s answer: [`BIG`] bytes, then, after a pause of two and a half seconds,
+    /// [`BIG`] more.
+    struct Paused {
+        pause: Pin<Box<tokio::time::Sleep>>,
+        sent: usize,
+    }
+
+    impl Paused {
+        fn new() -> Self {
+            let pause = Box::pin(tokio::time::sleep(Duration::from_millis(2500)));
+            Paused { pause, sent: 0 }
+        }
+    }
+
+    impl http_body::Body for Paused {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            match self.sent {
+                0 => {}
+                1 => std::task::ready!(self.pause.as_mut().poll(cx)),
+                _ => return Poll::Ready(None),
+            }
+            self.sent += 1;
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(vec![
+                b'a';
+                BIG
+            ])))))
+        }
     }
 
     /// A worker's shared state and connection settings in front of `upstream`.
@@ -1334,7 +1410,8 @@ mod tests {
         /// sent yet.
         async fn connect(more: &str, small_buffers: bool) -> H2 {
             let (acceptor, connector) = tls_pair(&[b"h2"]);
-            let (_, conn) = worker_for(upstream().await, more);
+            // The payment API's timeouts longer than its pauses (`/pause`).
+            let (_, conn) = worker_with(upstream().await, more, Duration::from_secs(5));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let socket = tokio::net::TcpSocket::new_v4().unwrap();
             if small_buffers {
@@ -1372,18 +1449,27 @@ mod tests {
             self.s.write_all(&f).await.unwrap();
         }
 
-        /// The preface, with the largest windows a client may give.
-        async fn preface(&mut self) {
+        /// The preface, with the largest windows a client may give, or HTTP/2's initial ones
+        /// (65,535 bytes) if not `wide`.
+        async fn preface(&mut self, wide: bool) {
             self.s
                 .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
                 .await
                 .unwrap();
+            if !wide {
+                return self.frame(4, 0, 0, &[]).await;
+            }
             // SETTINGS_INITIAL_WINDOW_SIZE, and the connection's window raised to match.
             let window = 0x7fff_ffffu32;
             let mut settings = 4u16.to_be_bytes().to_vec();
             settings.extend(window.to_be_bytes());
             self.frame(4, 0, 0, &settings).await;
-            self.frame(8, 0, 0, &(window - 65_535).to_be_bytes()).await;
+            self.grant(0, window - 65_535).await;
+        }
+
+        /// `bytes` more of flow-control window for `stream` (0: the connection).
+        async fn grant(&mut self, stream: u32, bytes: u32) {
+            self.frame(8, 0, stream, &bytes.to_be_bytes()).await;
         }
 
         /// `GET path` on `stream`, with nothing more to come.
@@ -1689,7 +1775,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_http2_connection_is_told_to_go_away_and_closed() {
         let mut c = H2::connect("idle_timeout_secs = 1\n", false).await;
-        c.preface().await;
+        c.preface(true).await;
         c.get(1, "/slow").await;
         assert_eq!(c.answer(1).await, 2, "answered after 1.5 s");
         let answered = Instant::now();
@@ -1750,7 +1836,7 @@ mod tests {
     #[tokio::test]
     async fn an_http2_client_that_stops_reading_is_closed_after_the_idle_timeout() {
         let mut c = H2::connect("idle_timeout_secs = 1\n", true).await;
-        c.preface().await;
+        c.preface(true).await;
         c.get(1, "/vast").await;
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(!c.task.is_finished(), "closed too soon");
@@ -1761,7 +1847,7 @@ mod tests {
         );
 
         let mut c = H2::connect("idle_timeout_secs = 1\n", true).await;
-        c.preface().await;
+        c.preface(true).await;
         c.get(1, "/vast").await;
         let mut body = 0;
         let mut ended = false;
@@ -1779,6 +1865,150 @@ mod tests {
         assert_eq!(body, VAST);
         c.get(3, "/orders").await;
         assert_eq!(c.answer(3).await, 2);
+    }
+
+    /// An idle HTTP/2 client that makes the server's writes block and go out again (bursts
+    /// of PINGs it reads only later) is still told to go away at the idle timeout: only an
+    /// answer's end going out counts as its end.
+    #[tokio::test]
+    async fn pings_the_client_reads_late_do_not_keep_an_http2_connection() {
+        let mut c = H2::connect("idle_timeout_secs = 1\n", true).await;
+        c.preface(true).await;
+        let mut burst = Vec::new();
+        for i in 0..6000u64 {
+            burst.extend([0, 0, 8, H2::PING, 0, 0, 0, 0, 0]);
+            burst.extend(i.to_be_bytes());
+        }
+        let start = Instant::now();
+        'bursts: loop {
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "not told to go away"
+            );
+            c.s.write_all(&burst).await.unwrap();
+            // Not read for a while: the answers block the server's writes.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            while let Ok(frame) = tokio::time::timeout(Duration::from_millis(150), c.next()).await {
+                match frame {
+                    Some((H2::GOAWAY, ..)) | None => break 'bursts,
+                    Some(_) => {}
+                }
+            }
+        }
+        let goaway = start.elapsed();
+        assert!(
+            goaway >= Duration::from_millis(950),
+            "told to go away after {goaway:?}"
+        );
+    }
+
+    /// A request sent as the GOAWAY of an idle HTTP/2 connection goes out is answered whole,
+    /// its answer read with pauses longer than the GOAWAY's grace (and shorter than the idle
+    /// timeout).
+    #[tokio::test]
+    async fn an_answer_asked_for_as_the_goaway_goes_out_is_read_whole() {
+        let mut c = H2::connect("idle_timeout_secs = 3\n", true).await;
+        c.preface(true).await;
+        // The GOAWAY goes out at three seconds (looks at one and three).
+        tokio::time::sleep(Duration::from_millis(3050)).await;
+        c.get(1, "/vast").await;
+        let (mut body, mut ended) = (0, false);
+        let start = Instant::now();
+        while !ended {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{body} bytes came"
+            );
+            let mut round = 0;
+            while round < 384 << 10 && !ended {
+                let Ok(frame) = tokio::time::timeout(Duration::from_millis(200), c.next()).await
+                else {
+                    break;
+                };
+                let (ty, flags, stream, payload) = frame.expect("not closed mid-answer");
+                if ty == H2::PING && flags & H2::ACK == 0 {
+                    c.frame(H2::PING, H2::ACK, 0, &payload).await;
+                }
+                if ty == H2::DATA && stream == 1 {
+                    round += payload.len();
+                    ended = flags & H2::END_STREAM != 0;
+                }
+            }
+            body += round;
+            if !ended {
+                // Longer than the grace by more than the time between two looks.
+                tokio::time::sleep(GOAWAY_GRACE + Duration::from_millis(1200)).await;
+            }
+        }
+        assert_eq!(body, VAST);
+    }
+
+    /// An HTTP/2 answer the payment API pauses in for longer than the idle timeout is not
+    /// taken for one the client stopped taking: it comes whole.
+    #[tokio::test]
+    async fn an_http2_answer_the_payment_api_pauses_in_comes_whole() {
+        let mut c = H2::connect("idle_timeout_secs = 1\n", false).await;
+        c.preface(true).await;
+        c.get(1, "/pause").await;
+        assert_eq!(c.answer(1).await, 2 * BIG);
+        c.get(3, "/orders").await;
+        assert_eq!(c.answer(3).await, 2);
+    }
+
+    /// An HTTP/2 client that reads the socket but gives no flow-control window for its
+    /// answer is closed once it has taken none of it for the idle timeout; one that gives
+    /// window with pauses shorter than that gets the whole answer.
+    #[tokio::test]
+    async fn an_http2_client_that_gives_no_window_is_closed_after_the_idle_timeout() {
+        for grants in [false, true] {
+            let mut c = H2::connect("idle_timeout_secs = 1\n", false).await;
+            c.preface(false).await;
+            c.get(1, "/vast").await;
+            let start = Instant::now();
+            let (mut body, mut granted) = (0, 0);
+            let ended = loop {
+                assert!(start.elapsed() < Duration::from_secs(8), "not closed");
+                let Ok(frame) = tokio::time::timeout(Duration::from_millis(600), c.next()).await
+                else {
+                    // A pause in what comes: window given, if it gives any (256 KiB more
+                    // than it had).
+                    if grants {
+                        let more = (body - granted + (256 << 10)) as u32;
+                        c.grant(0, more).await;
+                        c.grant(1, more).await;
+                        granted = body + (256 << 10);
+                    }
+                    continue;
+                };
+                let Some((ty, flags, stream, payload)) = frame else {
+                    break false;
+                };
+                if ty == H2::DATA && stream == 1 {
+                    body += payload.len();
+                    if flags & H2::END_STREAM != 0 {
+                        break true;
+                    }
+                }
+            };
+            if grants {
+                assert!(ended, "closed after {body} bytes");
+                assert_eq!(body, VAST);
+                c.get(3, "/orders").await;
+                assert_eq!(c.answer(3).await, 2);
+            } else {
+                assert!(!ended);
+                assert_eq!(body, 65_535, "what the window let through");
+                let closed = start.elapsed();
+                assert!(
+                    closed >= Duration::from_millis(950) && closed < Duration::from_secs(4),
+                    "closed {closed:?} after the request"
+                );
+                tokio::time::timeout(Duration::from_secs(1), c.task)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
     }
 
     /// A connection whose request's body has not all come is not between two requests,
