@@ -947,7 +947,7 @@ fn serve_http1<T: Transport>(
 /// send its first bytes.
 const LATE_FIRST_BYTES: Duration = Duration::from_millis(250);
 
-/// Serves an HTTP/2 connection to its end (once the worker stops, see [`drain`]).
+/// Serves an HTTP/2 connection to its end.
 ///
 /// Bounded as an HTTP/1 connection is, by the idle timeout: once nothing has been in flight
 /// for it, from the connection's start or its last exchange's end (what else the client
@@ -959,6 +959,11 @@ const LATE_FIRST_BYTES: Duration = Duration::from_millis(250);
 /// timeout is closed at once, as an HTTP/1 one is, and so is one that has taken nothing of
 /// its answers for as long (they wait for its flow-control window; see
 /// [`Activity::waiting_on_client`]), though it may still read the socket.
+///
+/// When the worker stops, the client is told to go away at once (after [`LATE_FIRST_BYTES`]
+/// if it has sent nothing yet, as in [`drain`]), and the connection closes as above: what
+/// is in flight is finished, a client that does not answer the GOAWAY's PING does not hold
+/// the worker's shutdown up.
 async fn serve_h2<C: GracefulConnection + Unpin>(
     mut conn: Box<C>,
     mut stop: watch::Receiver<bool>,
@@ -967,10 +972,13 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
     _permit: Option<OwnedSemaphorePermit>,
     idle_timeout: Duration,
 ) {
-    let reads = activity.reads();
+    // Held until the connection ends: the worker's shutdown waits for it.
+    let _watcher = watcher;
     // The first look after a second: a request's answer may wait for the client by then.
     let look = tokio::time::sleep(PARK_AFTER.min(idle_timeout));
     tokio::pin!(look);
+    // Whether the worker stops.
+    let mut stopping = false;
     // Since when the client has been told to go away.
     let mut going_away = None;
     // Since which look an answer has waited for the client, and no answer has moved: the
@@ -980,7 +988,14 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
         tokio::select! {
             biased;
             _ = &mut *conn => return,
-            _ = stop.wait_for(|stopped| *stopped), if going_away.is_none() => break,
+            _ = stop.wait_for(|stopped| *stopped), if !stopping => {
+                stopping = true;
+                if activity.reads() == 0 {
+                    // Sent nothing yet: the time to send its first bytes (see `drain`).
+                    look.as_mut().reset((Instant::now() + LATE_FIRST_BYTES).into());
+                    continue;
+                }
+            }
             () = &mut look => {}
         }
         let now = Instant::now();
@@ -1001,7 +1016,7 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
         // is in flight or writes wait, in a second (whether the client stopped reading).
         let soon = now + PARK_AFTER.min(idle_timeout);
         let next = match (activity.quiet_since(), going_away) {
-            (Some(at), None) if now >= at + idle_timeout => {
+            (quiet, None) if stopping || quiet.is_some_and(|at| now >= at + idle_timeout) => {
                 GracefulConnection::graceful_shutdown(Pin::new(&mut *conn));
                 going_away = Some(now);
                 now + GOAWAY_GRACE
@@ -1024,8 +1039,6 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
         };
         look.as_mut().reset(next.into());
     }
-    // The drain's state (its timer, the watched connection) on the heap too.
-    Box::pin(drain(*conn, activity, reads, watcher)).await;
 }
 
 /// How long an HTTP/2 connection told to go away for its idle timeout is kept once nothing
@@ -1049,9 +1062,8 @@ fn unbox<T>(b: Box<T>) -> T {
     *b
 }
 
-/// Serves a connection once the worker stops, until it has finished what it has begun
-/// (HTTP/1: the answer in progress, with `Connection: close`; HTTP/2: GOAWAY); `conn` began
-/// when `activity` had counted `reads`.
+/// Serves an HTTP/1 connection once the worker stops, until it has finished the answer in
+/// progress (with `Connection: close`); `conn` began when `activity` had counted `reads`.
 ///
 /// Told to shut down, hyper closes at once a connection it has read nothing from. So that a
 /// request sent as the drain begins (its connection accepted, its bytes on the way or not
@@ -1392,7 +1404,7 @@ mod tests {
     struct H2 {
         s: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
         task: tokio::task::JoinHandle<()>,
-        _stop: watch::Sender<bool>,
+        stop: watch::Sender<bool>,
     }
 
     impl H2 {
@@ -1437,7 +1449,7 @@ mod tests {
             H2 {
                 s,
                 task,
-                _stop: stop_tx,
+                stop: stop_tx,
             }
         }
 
@@ -1941,6 +1953,44 @@ mod tests {
             }
         }
         assert_eq!(body, VAST);
+    }
+
+    /// When the worker stops, an HTTP/2 client is told to go away: what it asked for is
+    /// answered, and one that does not answer the GOAWAY's PING, or has sent nothing, does
+    /// not keep its connection (the worker's shutdown waits for it) for long.
+    #[tokio::test]
+    async fn a_stopping_worker_tells_http2_clients_to_go_away() {
+        let mut c = H2::connect("idle_timeout_secs = 60\n", false).await;
+        c.preface(true).await;
+        c.get(1, "/slow").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.stop.send(true).unwrap();
+        let stopped = Instant::now();
+        let (mut goaway, mut answered) = (false, false);
+        while let Some((ty, flags, stream, _)) = c.next().await {
+            goaway |= ty == H2::GOAWAY;
+            answered |= ty == H2::DATA && stream == 1 && flags & H2::END_STREAM != 0;
+        }
+        assert!(goaway && answered, "GOAWAY {goaway}, answered {answered}");
+        let closed = stopped.elapsed();
+        assert!(
+            closed < Duration::from_secs(4),
+            "closed {closed:?} after the stop"
+        );
+        tokio::time::timeout(Duration::from_secs(1), c.task)
+            .await
+            .unwrap()
+            .unwrap();
+
+        let mut c = H2::connect("idle_timeout_secs = 60\n", false).await;
+        c.stop.send(true).unwrap();
+        let stopped = Instant::now();
+        while c.next().await.is_some() {}
+        let closed = stopped.elapsed();
+        assert!(
+            closed < LATE_FIRST_BYTES + GOAWAY_GRACE + Duration::from_millis(500),
+            "closed {closed:?} after the stop, having sent nothing"
+        );
     }
 
     /// An HTTP/2 answer the payment API pauses in for longer than the idle timeout is not
