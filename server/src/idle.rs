@@ -173,8 +173,9 @@ impl Activity {
 #[derive(Debug)]
 pub(crate) struct InFlight {
     activity: Arc<Activity>,
-    /// An HTTP/2 answer's: see [`Tracked::answer`].
-    answer: Option<Answer>,
+    /// An HTTP/2 answer's: see [`Tracked::answer`]. (Boxed: every exchange's halves are
+    /// moved a few times, and an HTTP/1 one's are the smaller for it.)
+    answer: Option<Box<Answer>>,
 }
 
 /// What an HTTP/2 answer's body keeps to tell whether the client takes it.
@@ -221,7 +222,7 @@ impl<B> Tracked<B> {
     /// at most [`PIECE`].
     pub(crate) fn answer(body: B, mut in_flight: Option<InFlight>) -> Self {
         if let Some(half) = &mut in_flight {
-            half.answer = Some(Answer::default());
+            half.answer = Some(Box::default());
         }
         Tracked { body, in_flight }
     }
