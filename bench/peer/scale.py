@@ -6,9 +6,9 @@
       N bytes (within one line item); the answer the upstream gives is the same for every
       size. Prints the size written.
 
-  scale.py idle --target HOST:PORT --conns N --pids P[,P...] [--hold SECS] [--tls]
-      Opens N keep-alive connections to the target (over TLS with --tls: HTTP/1.1, the
-      certificate not checked), each sends one `GET /health` and reads
+  scale.py idle --target HOST:PORT --conns N --pids P[,P...] [--hold SECS] [--tls | --h2]
+      Opens N keep-alive connections to the target (over TLS with --tls: HTTP/1.1, with
+      --h2: HTTP/2; the certificate not checked), each sends one `GET /health` and reads
       its answer (so every connection is accepted, served and then idle), holds them all
       open for --hold seconds (default 3), and reads the summed VmRSS of the PIDs (the
       proxy's processes) after one such connection and with all N held. Then closes them.
@@ -63,6 +63,32 @@ def rss_kb(pids):
     return total
 
 
+def h2_frame(ty, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([ty, flags]) + stream.to_bytes(4, "big") + payload
+
+
+async def h2_get(reader, writer, host):
+    """HTTP/2 (prior knowledge of the ALPN's choice): the preface, `GET /health` on stream 1,
+    read to its end (SETTINGS and PINGs answered on the way)."""
+    # HPACK, not indexed: :method GET, :scheme https, :path /health, :authority host.
+    block = bytes([0x82, 0x87, 0x04, 7]) + b"/health" + bytes([0x01, len(host)]) + host.encode()
+    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0) + h2_frame(1, 0x5, 1, block))
+    await writer.drain()
+    while True:
+        head = await asyncio.wait_for(reader.readexactly(9), 10)
+        payload = await asyncio.wait_for(reader.readexactly(int.from_bytes(head[:3], "big")), 10)
+        ty, flags, stream = head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+        if ty == 4 and not flags & 1:
+            writer.write(h2_frame(4, 1, 0))
+        elif ty == 6 and not flags & 1:
+            writer.write(h2_frame(6, 1, 0, payload))
+        elif ty in (7, 3):
+            raise ValueError("GOAWAY or RST_STREAM")
+        elif ty in (0, 1) and stream == 1 and flags & 1:
+            await writer.drain()
+            return
+
+
 async def hold_one(host, port, ready, release, opened, tls=None):
     try:
         reader, writer = await asyncio.wait_for(
@@ -71,14 +97,18 @@ async def hold_one(host, port, ready, release, opened, tls=None):
         ready.release()
         return
     try:
-        writer.write(f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        await asyncio.wait_for(reader.readexactly(length), 10)
+        h2 = writer.get_extra_info("ssl_object") and writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        if h2:
+            await h2_get(reader, writer, host)
+        else:
+            writer.write(f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            await asyncio.wait_for(reader.readexactly(length), 10)
         opened.append(1)
         ready.release()
         await release.wait()
@@ -88,20 +118,21 @@ async def hold_one(host, port, ready, release, opened, tls=None):
         writer.close()
 
 
-def insecure_tls():
-    """A client TLS context for the loopback peers' self-signed certificates: HTTP/1.1 only."""
+def insecure_tls(h2=False):
+    """A client TLS context for the loopback peers' self-signed certificates: HTTP/1.1 only,
+    or HTTP/2 only."""
     import ssl
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(["h2"] if h2 else ["http/1.1"])
     return ctx
 
 
-async def idle(target, conns, pids, hold, tls=False):
+async def idle(target, conns, pids, hold, tls=False, h2=False):
     host, port = target.rsplit(":", 1)
     port = int(port)
-    tls = insecure_tls() if tls else None
+    tls = insecure_tls(h2) if tls or h2 else None
     release = asyncio.Event()
     opened = []
     # One connection first: the proxy's memory with a connection served, before the rest.
@@ -188,6 +219,7 @@ def main():
     i.add_argument("--pids", required=True)
     i.add_argument("--hold", type=float, default=3)
     i.add_argument("--tls", action="store_true")
+    i.add_argument("--h2", action="store_true", help="over TLS, HTTP/2 (ALPN h2)")
     c = sub.add_parser("paced")
     c.add_argument("--target", required=True)
     c.add_argument("--conns", type=int, required=True)
@@ -209,7 +241,7 @@ def main():
     else:
         if not 1 <= a.hold <= 30 or not 1 <= a.conns <= 20000:
             sys.exit("scale.py: --hold 1..30 s, --conns 1..20000")
-        asyncio.run(idle(a.target, a.conns, pids, a.hold, a.tls))
+        asyncio.run(idle(a.target, a.conns, pids, a.hold, a.tls, a.h2))
 
 
 if __name__ == "__main__":
