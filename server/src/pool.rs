@@ -38,6 +38,13 @@ pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 /// has a handful of addresses, and a scan of those costs less than hashing one.
 const MAX_BACKENDS: usize = 256;
 
+/// The most a connection to the payment API reads ahead of what its answer's reader took
+/// (hyper's buffer, which also bounds an answer's head): a client that reads its answer
+/// slowly, or not at all, makes the proxy hold at most this much of it (hyper's default,
+/// about 400 KB, made a slow HTTP/1 reader hold about 1 MB). nginx's `proxy_buffers` are
+/// 8 × 4 KiB by default, and its head's buffer 4 KiB.
+const UPSTREAM_READ_BUFFER: usize = 64 << 10;
+
 /// How often each pool closes the connections no request took since the last time: a load
 /// that fell leaves its connections (and their buffers) open no longer than this, twice at
 /// most, rather than until the read timeout; a load that goes on keeps what it uses.
@@ -183,7 +190,10 @@ where
         req: Request<B>,
     ) -> Result<Response<Pooled<B>>, Error> {
         let (addr, io) = self.dialer.dial(backend).await?;
-        let (mut sender, conn) = http1::handshake(io).await?;
+        let (mut sender, conn) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_READ_BUFFER)
+            .handshake(io)
+            .await?;
         // The connection's own task: it ends when the connection closes or its
         // `SendRequest` is dropped, and its error, if any, is the request's.
         let open = self.open.opened();

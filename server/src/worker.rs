@@ -501,7 +501,14 @@ impl Conn {
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(shared.limits.max_bytes * 2).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(shared.limits.max_bytes * 2).unwrap_or(u32::MAX))
+            // What one connection can make the proxy hold is its streams times what each
+            // holds: an answer's bytes waiting for the client (hyper's 400 KB by default),
+            // and the payment API's chunk read meanwhile (which grows with what the stream
+            // took). A client that opens every stream and reads nothing made hyper's
+            // defaults hold some 700 KB a stream, 140 MB a connection.
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_send_buf_size(H2_SEND_BUFFER);
         Ok(Conn {
             front: shared.front(),
             http1,
@@ -636,6 +643,13 @@ impl Conn {
         }
     }
 }
+
+/// The most streams an HTTP/2 client may have open on one connection at once (HAProxy's
+/// default; nginx's is 128, hyper's 200).
+const H2_MAX_STREAMS: u32 = 100;
+
+/// The most of an answer an HTTP/2 stream holds for the client beyond what the socket took.
+const H2_SEND_BUFFER: usize = 64 << 10;
 
 /// How long a plain HTTP/1 connection sits idle after an answer before its task lets go of
 /// hyper's connection (see [`Conn::park_after`]).
@@ -1155,6 +1169,21 @@ mod tests {
                     }
                     if req.uri().path() == "/pause" {
                         return Ok(Response::new(Paused::new().boxed()));
+                    }
+                    if let Some(kb) = req.uri().path().strip_prefix("/head/") {
+                        // An answer whose head is that many KiB.
+                        let kb: usize = kb.parse().unwrap();
+                        let mut res = Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"ok")).boxed(),
+                        );
+                        let value = "a".repeat(1000);
+                        for i in 0..kb {
+                            res.headers_mut().insert(
+                                http::HeaderName::try_from(format!("x-{i}")).unwrap(),
+                                value.parse().unwrap(),
+                            );
+                        }
+                        return Ok(res);
                     }
                     let body = match req.uri().path() {
                         "/big" => Bytes::from(vec![b'a'; BIG]),
@@ -1991,6 +2020,48 @@ mod tests {
             closed < LATE_FIRST_BYTES + GOAWAY_GRACE + Duration::from_millis(500),
             "closed {closed:?} after the stop, having sent nothing"
         );
+    }
+
+    /// The payment API's answer is read at most [`crate::pool`]'s buffer ahead of its
+    /// reader, a buffer that also bounds its head: an answer with a 60 KiB head is passed
+    /// on, one with a 70 KiB head is answered 502, as nginx answers one over its buffer.
+    #[tokio::test]
+    async fn the_payment_apis_answer_head_is_bounded_by_its_read_buffer() {
+        let mut c = Client::connect("", false).await;
+        c.send(b"GET /head/60 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let r = read_answers(&mut c.stream, 1).await;
+        assert!(
+            r.starts_with("HTTP/1.1 200"),
+            "{}",
+            r.lines().next().unwrap_or("")
+        );
+        c.send(b"GET /head/70 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut got = vec![0; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.stream.read(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        let r = String::from_utf8_lossy(&got[..n]);
+        assert!(
+            r.starts_with("HTTP/1.1 502"),
+            "{}",
+            r.lines().next().unwrap_or("")
+        );
+    }
+
+    /// An HTTP/2 client may have at most [`H2_MAX_STREAMS`] streams open at once: the
+    /// server's SETTINGS say so.
+    #[tokio::test]
+    async fn an_http2_client_is_told_how_many_streams_it_may_open() {
+        let mut c = H2::connect("", false).await;
+        c.preface(false).await;
+        let (ty, _, _, settings) = c.next().await.unwrap();
+        assert_eq!(ty, 4, "SETTINGS first");
+        let max = settings
+            .chunks(6)
+            .find(|s| s[..2] == [0, 3])
+            .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
+        assert_eq!(max, Some(H2_MAX_STREAMS));
     }
 
     /// An HTTP/2 answer the payment API pauses in for longer than the idle timeout is not
