@@ -1294,6 +1294,28 @@ mod tests {
         String::from_utf8_lossy(&got).into_owned()
     }
 
+    /// A connected pair of sockets on loopback, the client's and the served one; the
+    /// client's receive buffer and the served one's send buffer small if asked (so that an
+    /// answer the client does not read soon blocks the server's writes).
+    async fn socket_pair(small_buffers: bool) -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if small_buffers {
+            socket.set_recv_buffer_size(8 << 10).unwrap();
+        }
+        let client = socket
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (served, _) = listener.accept().await.unwrap();
+        if small_buffers {
+            socket2::SockRef::from(&served)
+                .set_send_buffer_size(8 << 10)
+                .unwrap();
+        }
+        (client, served)
+    }
+
     /// A client connected to a task serving its connection as a worker's does.
     struct Client {
         stream: tokio::net::TcpStream,
@@ -1312,21 +1334,7 @@ mod tests {
         /// its socket's and the served one's buffers small if asked.
         async fn connect(more: &str, small_buffers: bool) -> Client {
             let (shared, conn) = worker_for(upstream().await, more);
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            if small_buffers {
-                socket.set_recv_buffer_size(8 << 10).unwrap();
-            }
-            let stream = socket
-                .connect(listener.local_addr().unwrap())
-                .await
-                .unwrap();
-            let (served, _) = listener.accept().await.unwrap();
-            if small_buffers {
-                socket2::SockRef::from(&served)
-                    .set_send_buffer_size(8 << 10)
-                    .unwrap();
-            }
+            let (stream, served) = socket_pair(small_buffers).await;
             let (stop_tx, stop) = watch::channel(false);
             let graceful = GracefulShutdown::new();
             let without = Arc::strong_count(&shared.health);
@@ -1453,21 +1461,7 @@ mod tests {
             let (acceptor, connector) = tls_pair(&[b"h2"]);
             // The payment API's timeouts longer than its pauses (`/pause`).
             let (_, conn) = worker_with(upstream().await, more, Duration::from_secs(5));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            if small_buffers {
-                socket.set_recv_buffer_size(8 << 10).unwrap();
-            }
-            let tcp = socket
-                .connect(listener.local_addr().unwrap())
-                .await
-                .unwrap();
-            let (served, _) = listener.accept().await.unwrap();
-            if small_buffers {
-                socket2::SockRef::from(&served)
-                    .set_send_buffer_size(8 << 10)
-                    .unwrap();
-            }
+            let (tcp, served) = socket_pair(small_buffers).await;
             let (stop_tx, stop) = watch::channel(false);
             let graceful = GracefulShutdown::new();
             let task =
@@ -1537,6 +1531,14 @@ mod tests {
             let mut payload = vec![0; len];
             self.s.read_exact(&mut payload).await.ok()?;
             Some((head[3], head[4], stream, payload))
+        }
+
+        /// The task serving the connection ends within a second.
+        async fn served_to_its_end(self) {
+            tokio::time::timeout(Duration::from_secs(1), self.task)
+                .await
+                .expect("the connection's task ended")
+                .unwrap();
         }
 
         /// Reads until `stream`'s answer has ended, answering PINGs; its body's length.
@@ -1849,10 +1851,7 @@ mod tests {
             goaway >= Duration::from_millis(950) && goaway < Duration::from_millis(1500),
             "told to go away {goaway:?} after the last answer"
         );
-        tokio::time::timeout(Duration::from_secs(1), c.task)
-            .await
-            .unwrap()
-            .unwrap();
+        c.served_to_its_end().await;
 
         // Nothing sent after the TLS handshake: closed once it has had the idle timeout and
         // the GOAWAY's grace.
@@ -1865,10 +1864,7 @@ mod tests {
                 && closed < GOAWAY_GRACE + Duration::from_millis(1500),
             "closed {closed:?} after the handshake"
         );
-        tokio::time::timeout(Duration::from_secs(1), c.task)
-            .await
-            .unwrap()
-            .unwrap();
+        c.served_to_its_end().await;
     }
 
     /// An HTTP/2 client that stops reading an answer larger than the connection holds for
@@ -2006,10 +2002,7 @@ mod tests {
             closed < Duration::from_secs(4),
             "closed {closed:?} after the stop"
         );
-        tokio::time::timeout(Duration::from_secs(1), c.task)
-            .await
-            .unwrap()
-            .unwrap();
+        c.served_to_its_end().await;
 
         let mut c = H2::connect("idle_timeout_secs = 60\n", false).await;
         c.stop.send(true).unwrap();
@@ -2124,10 +2117,7 @@ mod tests {
                     closed >= Duration::from_millis(950) && closed < Duration::from_secs(4),
                     "closed {closed:?} after the request"
                 );
-                tokio::time::timeout(Duration::from_secs(1), c.task)
-                    .await
-                    .unwrap()
-                    .unwrap();
+                c.served_to_its_end().await;
             }
         }
     }
