@@ -280,10 +280,11 @@ impl<B: Body<Data = Bytes>> Body for Tracked<B> {
         let mut hint = self.body.size_hint();
         let rest = self.rest().len() as u64;
         if rest != 0 {
-            hint.set_lower(hint.lower() + rest);
+            // The upper bound first: a lower bound above the upper one panics.
             if let Some(upper) = hint.upper() {
                 hint.set_upper(upper + rest);
             }
+            hint.set_lower(hint.lower() + rest);
         }
         hint
     }
@@ -414,5 +415,30 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Seen<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.project().io.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    /// An HTTP/2 answer handed on in pieces: the same bytes, its end and its size told
+    /// right while part of a chunk is held back.
+    #[tokio::test]
+    async fn an_answer_in_pieces_is_the_same_bytes_and_size() {
+        let activity = Activity::new();
+        let (_request, answer) = activity.begin();
+        let mut t = Tracked::answer(Full::new(Bytes::from(vec![7u8; 40_000])), Some(answer));
+        assert_eq!(t.size_hint().exact(), Some(40_000));
+        let first = t.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), PIECE);
+        assert_eq!(activity.waiting_on_client(), Some(1), "handed, not polled since");
+        assert!(!t.is_end_stream());
+        assert_eq!(t.size_hint().exact(), Some(40_000 - PIECE as u64));
+        let rest = t.collect().await.unwrap().to_bytes();
+        assert_eq!(first.len() + rest.len(), 40_000);
+        assert!(rest.iter().all(|&b| b == 7));
+        assert_eq!(activity.waiting_on_client(), None, "let go of");
     }
 }
