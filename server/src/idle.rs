@@ -226,6 +226,17 @@ impl<B> Tracked<B> {
         }
         Tracked { body, in_flight }
     }
+
+    /// What of an answer's chunk is still to be handed on.
+    fn rest(&self) -> &Bytes {
+        static NONE: Bytes = Bytes::new();
+        match &self.in_flight {
+            Some(InFlight {
+                answer: Some(a), ..
+            }) => &a.rest,
+            _ => &NONE,
+        }
+    }
 }
 
 impl<B: Body<Data = Bytes>> Body for Tracked<B> {
@@ -250,7 +261,7 @@ impl<B: Body<Data = Bytes>> Body for Tracked<B> {
         if std::mem::take(&mut answer.handed) {
             activity.handed.fetch_sub(1, Relaxed);
         }
-        let data = if !answer.rest.is_empty() {
+        let mut piece = if !answer.rest.is_empty() {
             std::mem::take(&mut answer.rest)
         } else {
             match std::task::ready!(this.body.poll_frame(cx)) {
@@ -261,7 +272,6 @@ impl<B: Body<Data = Bytes>> Body for Tracked<B> {
                 other => return Poll::Ready(other),
             }
         };
-        let mut piece = data;
         if piece.len() > PIECE {
             answer.rest = piece.split_off(PIECE);
         }
@@ -287,19 +297,6 @@ impl<B: Body<Data = Bytes>> Body for Tracked<B> {
             hint.set_lower(hint.lower() + rest);
         }
         hint
-    }
-}
-
-impl<B> Tracked<B> {
-    /// What of an answer's chunk is still to be handed on.
-    fn rest(&self) -> &Bytes {
-        static NONE: Bytes = Bytes::new();
-        match &self.in_flight {
-            Some(InFlight {
-                answer: Some(a), ..
-            }) => &a.rest,
-            _ => &NONE,
-        }
     }
 }
 
@@ -433,7 +430,11 @@ mod tests {
         assert_eq!(t.size_hint().exact(), Some(40_000));
         let first = t.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first.len(), PIECE);
-        assert_eq!(activity.waiting_on_client(), Some(1), "handed, not polled since");
+        assert_eq!(
+            activity.waiting_on_client(),
+            Some(1),
+            "handed, not polled since"
+        );
         assert!(!t.is_end_stream());
         assert_eq!(t.size_hint().exact(), Some(40_000 - PIECE as u64));
         let rest = t.collect().await.unwrap().to_bytes();

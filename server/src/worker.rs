@@ -504,9 +504,10 @@ impl Conn {
             .max_header_list_size(u32::try_from(shared.limits.max_bytes * 2).unwrap_or(u32::MAX))
             // What one connection can make the proxy hold is its streams times what each
             // holds: an answer's bytes waiting for the client (hyper's 400 KB by default),
-            // and the payment API's chunk read meanwhile (which grows with what the stream
-            // took). A client that opens every stream and reads nothing made hyper's
-            // defaults hold some 700 KB a stream, 140 MB a connection.
+            // and the payment API's chunk read meanwhile (at most the payment API
+            // connection's read buffer, see `pool`). A client that opened every stream and
+            // read nothing made hyper's defaults hold some 750 KB a stream, 150 MB a
+            // connection; now about 200 KB a stream.
             .max_concurrent_streams(H2_MAX_STREAMS)
             .max_send_buf_size(H2_SEND_BUFFER);
         Ok(Conn {
