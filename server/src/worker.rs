@@ -1057,7 +1057,9 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
 }
 
 /// How long an HTTP/2 connection told to go away for its idle timeout is kept once nothing
-/// is in flight (see [`serve_h2`]): a round trip for the GOAWAY's PING, with room.
+/// is in flight (see [`serve_h2`]): a round trip for the GOAWAY's PING, with room. (hyper
+/// names the last stream it takes only once the PING is answered: a client over a second
+/// away whose request crosses the first GOAWAY finds the connection closed without it.)
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// Why [`serve_http1`]'s connection woke it.
