@@ -57,11 +57,12 @@ pub(crate) struct Activity {
     /// cleared by a flush that finds everything out. Only while it may are writes that go
     /// out again after blocked ones its end (not, say, an HTTP/2 client's PINGs answered).
     tail: AtomicBool,
-    /// HTTP/2 answers' bodies polled, over the connection's life (see [`Tracked::answer`]).
-    answer_polls: AtomicU32,
-    /// HTTP/2 answers that handed hyper a frame and have not been polled since: hyper waits
-    /// to send it (the client's flow-control window, or the socket).
-    handed: AtomicU32,
+    /// HTTP/2 answers that handed hyper a frame and have not been polled since (hyper waits
+    /// to send it: the client's flow-control window, or the socket), by the parity of the
+    /// epoch they handed it in (see [`Activity::next_epoch`]).
+    handed: [AtomicU32; 2],
+    /// The epoch now: `serve_h2` in `worker` starts one every idle timeout.
+    epoch: AtomicU32,
 }
 
 impl Activity {
@@ -75,8 +76,8 @@ impl Activity {
             answered_at: AtomicU64::new(0),
             blocked_since: AtomicU64::new(0),
             tail: AtomicBool::new(false),
-            answer_polls: AtomicU32::new(0),
-            handed: AtomicU32::new(0),
+            handed: [AtomicU32::new(0), AtomicU32::new(0)],
+            epoch: AtomicU32::new(0),
         })
     }
 
@@ -148,11 +149,29 @@ impl Activity {
         (since != 0).then(|| self.born + Duration::from_nanos(since))
     }
 
-    /// While an HTTP/2 answer waits for the client to take what it handed hyper: how many
-    /// times answers have been polled (a count that stands still says none has moved);
-    /// `None` when none waits.
-    pub(crate) fn waiting_on_client(&self) -> Option<u32> {
-        (self.handed.load(Relaxed) != 0).then(|| self.answer_polls.load(Relaxed))
+    /// Starts a new epoch, unless an HTTP/2 answer that handed hyper a frame in the epoch
+    /// before this one has not been polled since: it has waited a whole epoch at least for
+    /// the client to take it (the client gives it no flow-control window, or reads
+    /// nothing), and `false` says so. Its bucket is the one the new epoch would reuse.
+    pub(crate) fn next_epoch(&self) -> bool {
+        let epoch = self.epoch.load(Relaxed).wrapping_add(1);
+        if self.handed[(epoch & 1) as usize].load(Relaxed) != 0 {
+            return false;
+        }
+        self.epoch.store(epoch, Relaxed);
+        true
+    }
+
+    /// An HTTP/2 answer handed hyper a frame: the epoch to give back to [`Activity::taken`].
+    fn handed(&self) -> u32 {
+        let epoch = self.epoch.load(Relaxed);
+        self.handed[(epoch & 1) as usize].fetch_add(1, Relaxed);
+        epoch
+    }
+
+    /// What an answer handed in `epoch` was taken (it is polled again, or let go of).
+    fn taken(&self, epoch: u32) {
+        self.handed[(epoch & 1) as usize].fetch_sub(1, Relaxed);
     }
 
     /// Whether the client has taken none of what hyper holds for it for `limit` (a client
@@ -181,8 +200,8 @@ pub(crate) struct InFlight {
 /// What an HTTP/2 answer's body keeps to tell whether the client takes it.
 #[derive(Debug, Default)]
 struct Answer {
-    /// Whether it handed hyper a frame and has not been polled since.
-    handed: bool,
+    /// Since which epoch it has held a frame hyper has not come back for, if it does.
+    handed: Option<u32>,
     /// The rest of a chunk longer than [`PIECE`], handed on in pieces.
     rest: Bytes,
 }
@@ -192,8 +211,8 @@ const PIECE: usize = 16 << 10;
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.answer.as_ref().is_some_and(|a| a.handed) {
-            self.activity.handed.fetch_sub(1, Relaxed);
+        if let Some(epoch) = self.answer.as_ref().and_then(|a| a.handed) {
+            self.activity.taken(epoch);
         }
         self.activity.ended();
     }
@@ -215,7 +234,7 @@ impl<B> Tracked<B> {
     }
 
     /// An HTTP/2 answer's body, which also tells whether the client takes what it hands on
-    /// (see [`Activity::waiting_on_client`]). hyper polls an answer again once it has
+    /// (see [`Activity::next_epoch`]). hyper polls an answer again once it has
     /// flow-control window left beyond what it holds of it, i.e. once the client has taken
     /// that (and the socket has too); so that this says something of every few frames
     /// rather than of a chunk as long as the payment API's, it hands chunks on in pieces of
@@ -257,9 +276,8 @@ impl<B: Body<Data = Bytes>> Body for Tracked<B> {
             return this.body.poll_frame(cx);
         };
         // Polled again: what it handed before was taken.
-        activity.answer_polls.fetch_add(1, Relaxed);
-        if std::mem::take(&mut answer.handed) {
-            activity.handed.fetch_sub(1, Relaxed);
+        if let Some(epoch) = answer.handed.take() {
+            activity.taken(epoch);
         }
         let mut piece = if !answer.rest.is_empty() {
             std::mem::take(&mut answer.rest)
@@ -275,8 +293,7 @@ impl<B: Body<Data = Bytes>> Body for Tracked<B> {
         if piece.len() > PIECE {
             answer.rest = piece.split_off(PIECE);
         }
-        answer.handed = true;
-        activity.handed.fetch_add(1, Relaxed);
+        answer.handed = Some(activity.handed());
         Poll::Ready(Some(Ok(Frame::data(piece))))
     }
 
@@ -430,16 +447,20 @@ mod tests {
         assert_eq!(t.size_hint().exact(), Some(40_000));
         let first = t.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first.len(), PIECE);
-        assert_eq!(
-            activity.waiting_on_client(),
-            Some(1),
-            "handed, not polled since"
-        );
         assert!(!t.is_end_stream());
         assert_eq!(t.size_hint().exact(), Some(40_000 - PIECE as u64));
+        // Handed, not taken: through the next epoch, and no further.
+        assert_eq!(activity.handed[0].load(Relaxed), 1);
+        assert!(activity.next_epoch());
+        assert!(!activity.next_epoch(), "waited a whole epoch");
         let rest = t.collect().await.unwrap().to_bytes();
         assert_eq!(first.len() + rest.len(), 40_000);
         assert!(rest.iter().all(|&b| b == 7));
-        assert_eq!(activity.waiting_on_client(), None, "let go of");
+        assert_eq!(
+            activity.handed.each_ref().map(|h| h.load(Relaxed)),
+            [0, 0],
+            "let go of"
+        );
+        assert!(activity.next_epoch());
     }
 }

@@ -972,8 +972,8 @@ const LATE_FIRST_BYTES: Duration = Duration::from_millis(250);
 /// [`GOAWAY_GRACE`] since (a client that has not sent its preface yet, or does not answer
 /// the GOAWAY's PING); a client that has taken nothing of what was written for the idle
 /// timeout is closed at once, as an HTTP/1 one is, and so is one that has taken nothing of
-/// its answers for as long (they wait for its flow-control window; see
-/// [`Activity::waiting_on_client`]), though it may still read the socket.
+/// one of its answers for as long (it waits for the client's flow-control window; see
+/// [`Activity::next_epoch`]), though the client may still read the socket and take others.
 ///
 /// When the worker stops, the client is told to go away at once (after [`LATE_FIRST_BYTES`]
 /// if it has sent nothing yet, as in [`drain`]), and the connection closes as above: what
@@ -996,9 +996,8 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
     let mut stopping = false;
     // Since when the client has been told to go away.
     let mut going_away = None;
-    // Since which look an answer has waited for the client, and no answer has moved: the
-    // answers' polls counted then.
-    let mut unmoved: Option<(u32, Instant)> = None;
+    // When the next epoch begins (see `Activity::next_epoch`).
+    let mut epoch_ends = Instant::now() + idle_timeout;
     loop {
         tokio::select! {
             biased;
@@ -1017,15 +1016,13 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
         if activity.stalled(now, idle_timeout) {
             return;
         }
-        unmoved = match (activity.waiting_on_client(), unmoved) {
-            (Some(polls), Some((before, since))) if polls == before => Some((before, since)),
-            (Some(polls), _) => Some((polls, now)),
-            (None, _) => None,
-        };
-        if unmoved.is_some_and(|(_, since)| now >= since + idle_timeout) {
-            // The client took nothing of its answers for the idle timeout, though the socket
-            // would take it (it gives no flow-control window).
-            return;
+        if now >= epoch_ends {
+            if !activity.next_epoch() {
+                // An answer has waited for the client for the idle timeout at least, though
+                // the socket would take it (the client gives it no flow-control window).
+                return;
+            }
+            epoch_ends = now + idle_timeout;
         }
         // The next look: when the quiet would have lasted long enough, or, while an exchange
         // is in flight or writes wait, in a second (whether the client stopped reading).
@@ -2016,6 +2013,41 @@ mod tests {
             closed < LATE_FIRST_BYTES + GOAWAY_GRACE + Duration::from_millis(500),
             "closed {closed:?} after the stop, having sent nothing"
         );
+    }
+
+    /// An HTTP/2 client that takes one answer and gives another no flow-control window is
+    /// closed once that one has waited for the idle timeout: the stream it starves holds a
+    /// connection to the payment API.
+    #[tokio::test]
+    async fn an_http2_client_that_starves_one_stream_is_closed() {
+        let mut c = H2::connect("idle_timeout_secs = 1\n", false).await;
+        c.preface(false).await;
+        c.get(1, "/vast").await;
+        c.get(3, "/vast").await;
+        let start = Instant::now();
+        let mut taken = [0, 0];
+        loop {
+            assert!(start.elapsed() < Duration::from_secs(8), "not closed");
+            let Ok(frame) = tokio::time::timeout(Duration::from_millis(300), c.next()).await else {
+                // Window for stream 3 alone, a little at a time.
+                c.grant(0, 16 << 10).await;
+                c.grant(3, 16 << 10).await;
+                continue;
+            };
+            let Some((ty, _, stream, payload)) = frame else {
+                break;
+            };
+            if ty == H2::DATA {
+                taken[(stream / 2) as usize] += payload.len();
+            }
+        }
+        let closed = start.elapsed();
+        assert!(
+            closed >= Duration::from_millis(950) && closed < Duration::from_secs(4),
+            "closed {closed:?} after the requests"
+        );
+        assert!(taken[1] > 65_535, "stream 3 moved: {taken:?}");
+        assert!(taken[1] < VAST, "stream 3 had not ended: {taken:?}");
     }
 
     /// The payment API's answer is read at most [`crate::pool`]'s buffer ahead of its
