@@ -97,8 +97,8 @@ async def hold_one(host, port, ready, release, opened, tls=None):
         ready.release()
         return
     try:
-        h2 = writer.get_extra_info("ssl_object") and writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
-        if h2:
+        tls_object = writer.get_extra_info("ssl_object")
+        if tls_object is not None and tls_object.selected_alpn_protocol() == "h2":
             await h2_get(reader, writer, host)
         else:
             writer.write(f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())

@@ -10,7 +10,9 @@ proxies started here are stopped by PID.
 
 Usage: bench/peer/slow-readers.py [--conns 100] [--streams 200] BIN...
 """
-import argparse, os, socket, ssl, subprocess, sys, tempfile, threading, time
+import argparse, socket, subprocess, sys, tempfile, threading, time
+
+from scale import h2_frame as frame, insecure_tls, rss_kb
 
 BODY = b"a" * (32 << 20)
 UP, LISTEN = 18196, 18195
@@ -40,21 +42,12 @@ def upstream():
     threading.Thread(target=accept, daemon=True).start()
 
 
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
-
-
 def tls_socket(ctx):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.settimeout(10)
     s.connect(("127.0.0.1", LISTEN))
     return ctx.wrap_socket(s, server_hostname="localhost")
-
-
-def frame(ty, flags, stream, payload=b""):
-    return len(payload).to_bytes(3, "big") + bytes([ty, flags]) + stream.to_bytes(4, "big") + payload
 
 
 def main():
@@ -73,12 +66,8 @@ def main():
         f.write(f'[server]\nlisten = "127.0.0.1:{LISTEN}"\nupstream = "127.0.0.1:{UP}"\nthreads = 1\n'
                 f'[server.tls]\ncert = "{tmp}/cert.pem"\nkey = "{tmp}/key.pem"\n')
     upstream()
-    ctx1, ctx2 = (ssl.create_default_context() for _ in range(2))
-    for c, alpn in ((ctx1, "http/1.1"), (ctx2, "h2")):
-        c.check_hostname = False
-        c.verify_mode = ssl.CERT_NONE
-        c.set_alpn_protocols([alpn])
-    def h1(pid):
+    ctx1, ctx2 = insecure_tls(), insecure_tls(h2=True)
+    def h1():
         conns = []
         for _ in range(a.conns):
             t = tls_socket(ctx1)
@@ -86,7 +75,7 @@ def main():
             conns.append(t)
         return conns
 
-    def h2(pid):
+    def h2():
         t = tls_socket(ctx2)
         window = 0x7FFFFFFF
         out = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -110,10 +99,10 @@ def main():
                 except OSError:
                     time.sleep(0.1)
             time.sleep(0.5)
-            base = rss_kb(proxy.pid)
-            held = clients(proxy.pid)
+            base = rss_kb([proxy.pid])
+            held = clients()
             time.sleep(5)
-            kb = rss_kb(proxy.pid) - base
+            kb = rss_kb([proxy.pid]) - base
             for t in held:
                 t.close()
             return kb

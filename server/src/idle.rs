@@ -117,7 +117,7 @@ impl Activity {
         if busy {
             return Err(now + after);
         }
-        let at = self.born + Duration::from_nanos(self.answered_at.load(Relaxed));
+        let at = self.answered();
         if now >= at + after {
             Ok(at)
         } else {
@@ -139,8 +139,12 @@ impl Activity {
     /// the client sends besides requests (an HTTP/2 client's PINGs, SETTINGS, window
     /// updates) does not count.
     pub(crate) fn quiet_since(&self) -> Option<Instant> {
-        (self.in_flight.load(Relaxed) == 0)
-            .then(|| self.born + Duration::from_nanos(self.answered_at.load(Relaxed)))
+        (self.in_flight.load(Relaxed) == 0).then(|| self.answered())
+    }
+
+    /// When the last exchange ended (the connection's start before one did).
+    fn answered(&self) -> Instant {
+        self.born + Duration::from_nanos(self.answered_at.load(Relaxed))
     }
 
     /// Since when the client has taken none of what hyper holds for it, if it holds some.
@@ -192,7 +196,7 @@ impl Activity {
 #[derive(Debug)]
 pub(crate) struct InFlight {
     activity: Arc<Activity>,
-    /// An HTTP/2 answer's: see [`Tracked::answer`]. (Boxed: every exchange's halves are
+    /// An HTTP/2 answer's: see [`InFlight::watched`]. (Boxed: every exchange's halves are
     /// moved a few times, and an HTTP/1 one's are the smaller for it.)
     answer: Option<Box<Answer>>,
 }
@@ -208,6 +212,19 @@ struct Answer {
 
 /// The most an HTTP/2 answer hands hyper at once: HTTP/2's smallest largest frame.
 const PIECE: usize = 16 << 10;
+
+impl InFlight {
+    /// An HTTP/2 answer's half: its body ([`Tracked`]) also tells whether the client takes
+    /// what it hands on (see [`Activity::next_epoch`]). hyper polls an answer again once it
+    /// has flow-control window left beyond what it holds of it, i.e. once the client has
+    /// taken that (and the socket has too); so that this says something of every few frames
+    /// rather than of a chunk as long as the payment API's, the body hands chunks on in
+    /// pieces of at most [`PIECE`].
+    pub(crate) fn watched(mut self) -> Self {
+        self.answer = Some(Box::default());
+        self
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -230,19 +247,6 @@ pin_project_lite::pin_project! {
 
 impl<B> Tracked<B> {
     pub(crate) fn new(body: B, in_flight: Option<InFlight>) -> Self {
-        Tracked { body, in_flight }
-    }
-
-    /// An HTTP/2 answer's body, which also tells whether the client takes what it hands on
-    /// (see [`Activity::next_epoch`]). hyper polls an answer again once it has
-    /// flow-control window left beyond what it holds of it, i.e. once the client has taken
-    /// that (and the socket has too); so that this says something of every few frames
-    /// rather than of a chunk as long as the payment API's, it hands chunks on in pieces of
-    /// at most [`PIECE`].
-    pub(crate) fn answer(body: B, mut in_flight: Option<InFlight>) -> Self {
-        if let Some(half) = &mut in_flight {
-            half.answer = Some(Box::default());
-        }
         Tracked { body, in_flight }
     }
 
@@ -443,7 +447,8 @@ mod tests {
     async fn an_answer_in_pieces_is_the_same_bytes_and_size() {
         let activity = Activity::new();
         let (_request, answer) = activity.begin();
-        let mut t = Tracked::answer(Full::new(Bytes::from(vec![7u8; 40_000])), Some(answer));
+        let body = Full::new(Bytes::from(vec![7u8; 40_000]));
+        let mut t = Tracked::new(body, Some(answer.watched()));
         assert_eq!(t.size_hint().exact(), Some(40_000));
         let first = t.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first.len(), PIECE);

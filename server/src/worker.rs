@@ -174,9 +174,16 @@ impl hyper::service::Service<Request<Incoming>> for Front {
     >;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let http1 = req.version() < http::Version::HTTP_2;
         let (reading, in_flight) = match &self.activity {
             Some(a) => {
                 let (reading, answering) = a.begin();
+                // An HTTP/2 answer is watched for a client that takes none of it.
+                let answering = if http1 {
+                    answering
+                } else {
+                    answering.watched()
+                };
                 (Some(reading), Some(answering))
             }
             None => (None, None),
@@ -193,7 +200,6 @@ impl hyper::service::Service<Request<Incoming>> for Front {
                 res: Some(res.map(|b| Tracked::new(b, in_flight))),
             };
         }
-        let http1 = parts.version < http::Version::HTTP_2;
         let req = Request::from_parts(
             parts,
             Timed::new(
@@ -208,7 +214,6 @@ impl hyper::service::Service<Request<Incoming>> for Front {
             fut: tower_service::Service::call(&mut stack, req),
             draining: http1.then(|| self.health.clone()),
             in_flight,
-            http2: !http1,
         }
     }
 }
@@ -218,13 +223,7 @@ pin_project_lite::pin_project! {
     #[project = FrontProj]
     enum FrontFuture<F> {
         Answered { res: Option<Response<ClientBody>> },
-        Stack {
-            #[pin] fut: F,
-            draining: Option<Arc<Health>>,
-            in_flight: Option<InFlight>,
-            // Its answer watched for a client that takes none of it (see `Tracked::answer`).
-            http2: bool,
-        },
+        Stack { #[pin] fut: F, draining: Option<Arc<Health>>, in_flight: Option<InFlight> },
     }
 }
 
@@ -243,7 +242,6 @@ where
                 fut,
                 draining,
                 in_flight,
-                http2,
             } => {
                 let mut res = match std::task::ready!(fut.poll(cx)) {
                     Ok(res) => res,
@@ -255,14 +253,7 @@ where
                             .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     }
                 }
-                let in_flight = in_flight.take();
-                Poll::Ready(Ok(res.map(|b| {
-                    if *http2 {
-                        Tracked::answer(b, in_flight)
-                    } else {
-                        Tracked::new(b, in_flight)
-                    }
-                })))
+                Poll::Ready(Ok(res.map(|b| Tracked::new(b, in_flight.take()))))
             }
         }
     }
@@ -571,15 +562,20 @@ impl Conn {
         LOT_AFTER.min(self.idle_timeout / 2).max(self.park_after())
     }
 
+    /// The worker's service for one connection, its exchanges told to `activity`.
+    fn front_for(&self, activity: &Arc<Activity>) -> Front {
+        Front {
+            activity: Some(activity.clone()),
+            ..self.front.clone()
+        }
+    }
+
     /// A new hyper connection serving `io`, its exchanges told to `io`'s [`Activity`].
     fn http1_connection<T: Transport>(
         &self,
         io: Seen<T>,
     ) -> hyper::server::conn::http1::Connection<TokioIo<Seen<T>>, Front> {
-        let front = Front {
-            activity: Some(io.activity.clone()),
-            ..self.front.clone()
-        };
+        let front = self.front_for(&io.activity);
         self.http1.serve_connection(TokioIo::new(io), front)
     }
 
@@ -615,10 +611,7 @@ impl Conn {
         };
         let activity = Activity::new();
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-            let front = Front {
-                activity: Some(activity.clone()),
-                ..self.front.clone()
-            };
+            let front = self.front_for(&activity);
             let io = TokioIo::new(Seen::new(stream, activity.clone()));
             let conn = self.http2.serve_connection(io, front);
             serve_h2(
@@ -1024,6 +1017,7 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
             }
             epoch_ends = now + idle_timeout;
         }
+        let blocked = activity.blocked_since().is_some();
         // The next look: when the quiet would have lasted long enough, or, while an exchange
         // is in flight or writes wait, in a second (whether the client stopped reading).
         let soon = now + PARK_AFTER.min(idle_timeout);
@@ -1036,19 +1030,11 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
             (Some(at), None) => at + idle_timeout,
             // Not while writes wait: the end of an answer the client still reads (one it
             // asked for as the GOAWAY went out), until it stops reading.
-            (Some(at), Some(since))
-                if now >= at.max(since) + GOAWAY_GRACE && activity.blocked_since().is_none() =>
-            {
-                return
-            }
+            (Some(at), Some(since)) if now >= at.max(since) + GOAWAY_GRACE && !blocked => return,
             (Some(at), Some(since)) => at.max(since) + GOAWAY_GRACE,
             (None, _) => soon,
         };
-        let next = if activity.blocked_since().is_some() {
-            next.min(soon)
-        } else {
-            next
-        };
+        let next = if blocked { next.min(soon) } else { next };
         look.as_mut().reset(next.into());
     }
 }
@@ -1145,8 +1131,10 @@ mod tests {
     /// How long `/vast` answers are: more than an HTTP/2 stream's send buffer holds besides.
     const VAST: usize = 1 << 20;
 
-    /// A payment API answering `200 ok`, or [`BIG`] bytes to `/big` ([`HUGE`] to `/huge`, [`VAST`] to `/vast`); to `/early` before it
-    /// has read the request's body, to `/slow` after a second and a half.
+    /// A payment API answering `200 ok`, or [`BIG`] bytes to `/big` ([`HUGE`] to `/huge`,
+    /// [`VAST`] to `/vast`); to `/early` before it has read the request's body, to `/slow`
+    /// after a second and a half; `/pause` in two parts (see [`Paused`]); to `/head/N` with
+    /// a head of N KiB.
     async fn upstream() -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
