@@ -129,6 +129,8 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
                     } else {
                         let r = if UpstreamTimeout::caused(&*e) {
                             Refusal::upstream_timeout()
+                        } else if crate::error::unreadable_answer(&*e) {
+                            Refusal::upstream_unreadable_answer()
                         } else {
                             Refusal::upstream_unreachable()
                         };
@@ -2063,6 +2065,8 @@ mod tests {
             "{}",
             r.lines().next().unwrap_or("")
         );
+        let said = Refusal::upstream_unreadable_answer().to_json();
+        assert!(r.ends_with(std::str::from_utf8(&said).unwrap()), "{r}");
     }
 
     /// An HTTP/2 client may have at most [`H2_MAX_STREAMS`] streams open at once: the

@@ -78,7 +78,8 @@ pub enum RefusalCode {
     HeadersTooLarge,
     /// 408 `request_timeout`: the request body did not arrive in time.
     RequestTimeout,
-    /// 502 `upstream_unreachable`: the payment API could not be reached.
+    /// 502 `upstream_unreachable`: the payment API could not be reached, broke the
+    /// connection, or answered with a head the proxy cannot read.
     UpstreamUnreachable,
     /// 504 `upstream_timeout`: the payment API did not answer in time.
     UpstreamTimeout,
@@ -343,6 +344,16 @@ impl Refusal {
             RefusalCode::UpstreamUnreachable,
             None,
             "the payment API could not be reached",
+        )
+    }
+
+    /// A 502 with the code of [`upstream_unreachable`](Self::upstream_unreachable): the
+    /// upstream answered, but with a head that is not HTTP or is over the proxy's limit.
+    pub fn upstream_unreadable_answer() -> Self {
+        Refusal::with(
+            RefusalCode::UpstreamUnreachable,
+            None,
+            "the payment API's answer head is not HTTP or is over the proxy's limit",
         )
     }
 

@@ -45,7 +45,8 @@ impl RequestHead for RequestHeader {
 }
 
 /// The 502/504 answer for a proxy error that the upstream caused: a timeout gives
-/// [`Refusal::upstream_timeout`], any other upstream failure
+/// [`Refusal::upstream_timeout`], an answer head Pingora could not read
+/// [`Refusal::upstream_unreadable_answer`], any other upstream failure
 /// [`Refusal::upstream_unreachable`]. `None` for errors of the client or of the proxy itself.
 pub fn upstream_refusal(e: &Error) -> Option<Refusal> {
     use ErrorType::*;
@@ -56,6 +57,9 @@ pub fn upstream_refusal(e: &Error) -> Option<Refusal> {
     match e.etype() {
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
             Some(Refusal::upstream_timeout())
+        }
+        InvalidHTTPHeader if *e.esource() == ErrorSource::Upstream => {
+            Some(Refusal::upstream_unreadable_answer())
         }
         _ if *e.esource() == ErrorSource::Upstream => Some(Refusal::upstream_unreachable()),
         _ => None,

@@ -123,3 +123,23 @@ pub async fn start_on(addr: SocketAddr) -> Upstream {
     });
     up
 }
+
+/// A "payment API" on an ephemeral loopback port that answers whatever it is sent with
+/// `answer` (raw bytes, e.g. something that is not HTTP) and closes; in the current tokio
+/// runtime, for at most a minute.
+pub async fn start_raw(answer: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(tokio::time::timeout(Duration::from_secs(60), async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    }));
+    addr
+}

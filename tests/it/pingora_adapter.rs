@@ -456,6 +456,17 @@ async fn upstream_down_gives_502_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answer_that_is_not_http_gives_502_json_saying_so() {
+    let up = upstream::start_raw(b"SSH-2.0-OpenSSH_9.6\r\n").await;
+    let f = fixtures::by_name("step_up_required");
+    let proxy = pingora_step_up(StepUp::from_toml("").unwrap(), up, LIMIT);
+    let res = send_fixture(proxy, &f, &[]).await;
+    assert_eq!(res.status, 502);
+    assert_eq!(res.header("x-klarna-stepup"), Some("upstream_unreachable"));
+    assert_eq!(res.body, Refusal::upstream_unreadable_answer().to_json());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_too_slow_gives_504_json() {
     let up = upstream::start().await;
     let (f, mut answer) = step_up_answer();

@@ -162,6 +162,42 @@ async fn serve_marks_its_own_502_and_504_with_their_code_for_klarna_payments_too
     assert!(!log.contains("passed through"), "{log}");
 }
 
+/// A payment API that answers with something that is not HTTP: the proxy's 502 says so
+/// rather than that it could not be reached, on a Klarna payment and on any other request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_not_http_is_a_502_that_says_so() {
+    let up = upstream::start_raw(b"SSH-2.0-OpenSSH_9.6\r\n").await;
+    let listen = free_addr();
+    let mut child = start_serve(&format!(
+        "[server]\nlisten = \"{listen}\"\nupstream = \"{up}\"\n"
+    ));
+    wait_listening(listen);
+    let f = fixtures::by_name("step_up_required");
+    let klarna = send_fixture(listen, &f, &[], Duration::from_secs(10)).await;
+    let other = tokio::task::spawn_blocking(move || {
+        exchange(
+            listen,
+            "GET /orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"",
+        )
+    })
+    .await
+    .unwrap();
+    let said = klarna_stepup::Refusal::upstream_unreadable_answer().to_json();
+    assert_eq!(klarna.status, 502);
+    assert_eq!(
+        klarna.header("x-klarna-stepup"),
+        Some("upstream_unreachable")
+    );
+    assert_eq!(klarna.body, said);
+    assert!(other.starts_with("HTTP/1.1 502"), "{other}");
+    assert!(
+        other.ends_with(std::str::from_utf8(&said).unwrap()),
+        "{other}"
+    );
+    stop_ok(&mut child, "-TERM");
+}
+
 #[tokio::test]
 async fn tower_marks_the_proxys_own_502_and_504_with_their_code_for_klarna_payments() {
     use crate::common::tower_proxy::{serve_until, Timeouts};
