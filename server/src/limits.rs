@@ -8,9 +8,8 @@ use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 /// connections, health checks, the upgrade socket, logs, each runtime's epoll and wakers.
 const RESERVE: u64 = 256;
 
-/// Descriptors `max_connections` client connections take at most: each with the upstream
-/// connection of its request in flight (a pool takes a used one back only while no more
-/// than `max_connections` are open), plus [`RESERVE`].
+/// Descriptors `max_connections` client connections take at most: as many again for the
+/// connections to the payment API (the pools open no more), plus [`RESERVE`].
 fn needed(max_connections: usize) -> u64 {
     (max_connections as u64)
         .saturating_mul(2)

@@ -58,18 +58,78 @@ pub(crate) const PURGE_EVERY: Duration = Duration::from_secs(5);
 /// needs (thousands of clients, answers coming back in batches) only to dial them again;
 /// this bound keeps what the load uses, no more than the descriptors allow. Idle
 /// connections close at the upstream read timeout, so the pools shrink when the load does.
+///
+/// And at most `most` sockets are open at all, counted until they close: an HTTP/1 client
+/// has one request in flight at a time, but an HTTP/2 client one per stream, each on a
+/// connection of its own, so a few clients sending their bodies slowly would otherwise open
+/// connections without end (and take every descriptor the process has). A request that
+/// would open one more waits for one to close (a used one then closes rather than going
+/// idle, and an idle one closes in whichever worker's pool has one), up to the connect
+/// timeout: [`Busy`].
 pub(crate) struct OpenConnections {
     open: AtomicUsize,
     keep: usize,
+    /// Sockets open: from before the dial until the connection's task ends (a connection
+    /// given up still sending a request body keeps its socket).
+    sockets: AtomicUsize,
+    most: usize,
+    /// Requests waiting for a connection to close, and their wake-up.
+    waiting: AtomicUsize,
+    closed: tokio::sync::Notify,
+    /// Every worker's pool, for a waiting request to close an idle connection of.
+    pools: Mutex<Vec<Weak<dyn CloseIdle>>>,
+}
+
+/// A pool that can close one of its idle connections.
+trait CloseIdle: Send + Sync {
+    /// Closes the least recently used idle connection, if there is one.
+    fn close_one(&self) -> bool;
 }
 
 impl OpenConnections {
-    /// At most `keep` connections kept (the client connections the server serves).
-    pub(crate) fn new(keep: usize) -> Arc<Self> {
+    /// At most `keep` connections kept, `most` open (each the client connections the server
+    /// serves).
+    pub(crate) fn new(keep: usize, most: usize) -> Arc<Self> {
         Arc::new(OpenConnections {
             open: AtomicUsize::new(0),
             keep,
+            sockets: AtomicUsize::new(0),
+            most,
+            waiting: AtomicUsize::new(0),
+            closed: tokio::sync::Notify::new(),
+            pools: Mutex::default(),
         })
+    }
+
+    /// One socket more, if fewer than `most` are open: counted until the guard drops.
+    fn try_open(self: &Arc<Self>) -> Option<Socket> {
+        self.sockets
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.most).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Socket(self.clone()))
+    }
+
+    /// [`try_open`](Self::try_open), waiting up to `wait` for a socket to close.
+    async fn open_one(self: &Arc<Self>, wait: Duration) -> Result<Socket, Busy> {
+        let _waiting = Waiting::new(&self.waiting);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            // Registered before the look: a close between the two still wakes this one.
+            closed.as_mut().enable();
+            if let Some(socket) = self.try_open() {
+                return Ok(socket);
+            }
+            // An idle connection of another worker's pool closes for this one (its task
+            // ends there, and the close wakes this request).
+            self.close_idle();
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return Err(Busy);
+            }
+        }
     }
 
     /// Counts one connection open until the first of the guard's clones drops.
@@ -79,6 +139,23 @@ impl OpenConnections {
             open: self.clone(),
             counted: AtomicBool::new(true),
         }))
+    }
+
+    /// Closes an idle connection of the first pool that has one.
+    fn close_idle(&self) {
+        let pools: Vec<_> = match self.pools.lock() {
+            Ok(mut pools) => {
+                pools.retain(|p| p.strong_count() > 0);
+                pools.iter().filter_map(Weak::upgrade).collect()
+            }
+            Err(_) => return,
+        };
+        let _ = pools.iter().any(|p| p.close_one());
+    }
+
+    /// Whether a request waits for a connection to close.
+    fn wanted(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
     }
 
     /// The connections open now.
@@ -107,6 +184,55 @@ impl Drop for Counted {
         if self.0.counted.swap(false, Ordering::Relaxed) {
             self.0.open.open.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// One socket to the payment API, counted among [`OpenConnections`]' sockets until the
+/// connection's task, which holds it, ends.
+struct Socket(Arc<OpenConnections>);
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.0.sockets.fetch_sub(1, Ordering::SeqCst);
+        if self.0.wanted() {
+            self.0.closed.notify_one();
+        }
+    }
+}
+
+/// One request counted among the ones waiting for a connection to close, while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// As many connections to the payment API open as [`OpenConnections`] allows, none closed
+/// within the connect timeout: the request is not sent.
+#[derive(Debug)]
+pub(crate) struct Busy;
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("as many connections to the payment API open as the proxy may open")
+    }
+}
+
+impl std::error::Error for Busy {}
+
+impl Busy {
+    /// Whether `e` or one of its causes is [`Busy`].
+    pub(crate) fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
+        super::error::causes(e).any(|c| c.is::<Busy>())
     }
 }
 
@@ -139,11 +265,16 @@ where
     B::Error: Into<Error>,
 {
     pub(crate) fn new(dialer: Dialer, open: Arc<OpenConnections>) -> Arc<Self> {
-        Arc::new(Pool {
+        let pool = Arc::new(Pool {
             dialer,
-            open,
+            open: open.clone(),
             idle: Mutex::default(),
-        })
+        });
+        if let Ok(mut pools) = open.pools.lock() {
+            let weak: Weak<dyn CloseIdle> = Arc::downgrade(&pool) as Weak<Pool<B>>;
+            pools.push(weak);
+        }
+        pool
     }
 
     /// Every `period`, [`Pool::purge`]s `pool` while it lasts.
@@ -189,6 +320,17 @@ where
         backend: SocketAddr,
         req: Request<B>,
     ) -> Result<Response<Pooled<B>>, Error> {
+        let socket = match self.open.try_open() {
+            Some(socket) => socket,
+            None => {
+                // One of this pool's idle connections closes to make room, if it has any.
+                CloseIdle::close_one(&*self);
+                match self.open.try_open() {
+                    Some(socket) => socket,
+                    None => self.open.open_one(self.dialer.connect_timeout()).await?,
+                }
+            }
+        };
         let (addr, io) = self.dialer.dial(backend).await?;
         let (mut sender, conn) = http1::Builder::new()
             .max_buf_size(UPSTREAM_READ_BUFFER)
@@ -201,6 +343,7 @@ where
         tokio::spawn(async move {
             let _ = conn.await;
             drop(closed);
+            drop(socket);
         });
         let res = sender.send_request(req).await?;
         let conn = Conn {
@@ -208,6 +351,20 @@ where
             _open: open,
         };
         Ok(self.hold(addr, conn, res))
+    }
+}
+
+impl<B: Send + 'static> CloseIdle for Pool<B> {
+    fn close_one(&self) -> bool {
+        let Ok(mut idle) = self.idle.lock() else {
+            return false;
+        };
+        let Some(backend) = idle.iter_mut().find(|b| !b.conns.is_empty()) else {
+            return false;
+        };
+        backend.conns.remove(0);
+        backend.untaken = backend.untaken.saturating_sub(1);
+        true
     }
 }
 
@@ -249,10 +406,10 @@ impl<B> Pool<B> {
         }
     }
 
-    /// The connection back in the pool, unless it is closed or more are open than may be
-    /// kept (then it closes).
+    /// The connection back in the pool, unless it is closed, more are open than may be
+    /// kept, or a request waits for one to close (then it closes).
     fn put(&self, addr: SocketAddr, conn: Conn<B>) {
-        if conn.sender.is_closed() || self.open.over() {
+        if conn.sender.is_closed() || self.open.over() || self.open.wanted() {
             return;
         }
         let Ok(mut idle) = self.idle.lock() else {
@@ -375,7 +532,7 @@ mod tests {
         let balancer = Arc::new(Balancer::try_from_iter([addr]).unwrap());
         let t = Duration::from_secs(1);
         let connector = Connector::new(None, t, t, t).unwrap();
-        let open = OpenConnections::new(1);
+        let open = OpenConnections::new(1, 1);
         let pool = Pool::<Empty<Bytes>>::new(Dialer::new(connector, balancer), open);
         let send = pool.send(addr, Request::new(Empty::new()));
         let size = std::mem::size_of_val(&send);
@@ -432,7 +589,10 @@ mod tests {
         let balancer = Arc::new(Balancer::try_from_iter([addr]).unwrap());
         let t = Duration::from_secs(5);
         let connector = Connector::new(None, t, t, t).unwrap();
-        let pool = Pool::new(Dialer::new(connector, balancer), OpenConnections::new(keep));
+        let pool = Pool::new(
+            Dialer::new(connector, balancer),
+            OpenConnections::new(keep, usize::MAX),
+        );
         Burst {
             addr,
             accepted,
@@ -541,6 +701,102 @@ mod tests {
         tokio::time::sleep(PERIOD * 2 + Duration::from_millis(100)).await;
         assert_eq!(idle(&pool), 0);
         assert_eq!(pool.open.open(), 0);
+    }
+
+    /// An upstream on loopback answering `ok` to each request `delay` after it came, and
+    /// the most connections it had open at once.
+    async fn paced_upstream(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let most = peak.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let open = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(open, Ordering::SeqCst);
+                let now = now.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(1..) = s.read(&mut buf).await {
+                        tokio::time::sleep(delay).await;
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            break;
+                        }
+                    }
+                    now.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (addr, peak)
+    }
+
+    /// A pool to `addr` with `connect` as its connect timeout (5 s to read and write), over
+    /// [`OpenConnections`] allowing `most` open.
+    fn pool_to(addr: SocketAddr, connect: Duration, most: usize) -> Arc<Pool<Empty<Bytes>>> {
+        let balancer = Arc::new(Balancer::try_from_iter([addr]).unwrap());
+        let t = Duration::from_secs(5);
+        let connector = Connector::new(None, connect, t, t).unwrap();
+        Pool::new(
+            Dialer::new(connector, balancer),
+            OpenConnections::new(most, most),
+        )
+    }
+
+    /// Six requests at once with room for two connections: the others wait for one to
+    /// close, and every one is answered; never more than two sockets were open (the
+    /// payment API may see a close a moment after the next connection).
+    #[tokio::test]
+    async fn a_pool_opens_no_more_connections_than_it_may() {
+        let (addr, peak) = paced_upstream(Duration::from_millis(200)).await;
+        let pool = pool_to(addr, Duration::from_secs(5), 2);
+        // The count, looked at every millisecond while the requests run.
+        let (watched, done) = (pool.clone(), Arc::new(AtomicBool::new(false)));
+        let finished = done.clone();
+        let most = tokio::spawn(async move {
+            let mut most = 0;
+            for _ in 0..5000 {
+                most = most.max(watched.open.sockets.load(Ordering::SeqCst));
+                if finished.load(Ordering::SeqCst) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            most
+        });
+        requests(&pool, addr, 6, "/").await;
+        done.store(true, Ordering::SeqCst);
+        let most = most.await.unwrap();
+        assert_eq!(most, 2, "sockets open at once");
+        assert!(peak.load(Ordering::SeqCst) <= 3, "sockets open at once");
+    }
+
+    /// With room for one connection, in use for longer than the connect timeout: the next
+    /// request is not sent, [`Busy`]; once the first is answered, a request goes again.
+    #[tokio::test]
+    async fn a_request_that_finds_no_room_within_the_connect_timeout_is_busy() {
+        let (addr, peak) = paced_upstream(Duration::from_millis(1500)).await;
+        let pool = pool_to(addr, Duration::from_millis(300), 1);
+        let first = tokio::spawn(requests_owned(pool.clone(), addr));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "x")
+            .body(Empty::new())
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let e = pool.clone().send(addr, req).await.err().expect("busy");
+        assert!(Busy::caused(&*e), "{e}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        first.await.unwrap();
+        requests(&pool, addr, 1, "/").await;
+        assert_eq!(peak.load(Ordering::SeqCst), 1);
+    }
+
+    async fn requests_owned(pool: Arc<Pool<Empty<Bytes>>>, addr: SocketAddr) {
+        requests(&pool, addr, 1, "/").await;
     }
 
     /// A burst of many requests at once (a sustained load's answers come back in such

@@ -145,6 +145,11 @@ impl Dialer {
         }
     }
 
+    /// The connect timeout (per address tried).
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.connector.connect_timeout
+    }
+
     /// A connection to `first`, or to another healthy backend: with the address it went to.
     pub(crate) async fn dial(&self, first: SocketAddr) -> io::Result<(SocketAddr, UpstreamIo)> {
         let mut last = match self.connector.connect(first).await {

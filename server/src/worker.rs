@@ -24,7 +24,7 @@ use super::config::ProxyConfig;
 use super::idle::{Activity, InFlight, Seen, Tracked};
 use super::metrics::Metrics;
 use super::park::{Lot, Parked};
-use super::pool::{OpenConnections, Pool, Pooled, PURGE_EVERY};
+use super::pool::{Busy, OpenConnections, Pool, Pooled, PURGE_EVERY};
 use super::timed::{BodyTimeout, Timed};
 use super::upstream::{Dialer, UpstreamTimeout};
 use klarna_stepup::engine::{check_request_head, strip_hop_by_hop, HeadLimits};
@@ -126,6 +126,8 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
                 Err(e) => {
                     let r = if BodyTimeout::caused(&*e) {
                         Refusal::request_timeout()
+                    } else if Busy::caused(&*e) {
+                        Refusal::overloaded()
                     } else {
                         let r = if UpstreamTimeout::caused(&*e) {
                             Refusal::upstream_timeout()
@@ -292,7 +294,7 @@ impl Shared {
     ) -> Self {
         let s = &config.server;
         let max_connections = super::limits::open_files_for(s.max_connections);
-        let upstream_connections = OpenConnections::new(max_connections);
+        let upstream_connections = OpenConnections::new(max_connections, max_connections);
         Shared {
             step_up: config.step_up.clone(),
             dialer,
@@ -1157,6 +1159,13 @@ mod tests {
                     if req.uri().path() == "/slow" {
                         tokio::time::sleep(Duration::from_millis(1500)).await;
                     }
+                    if req.uri().path() == "/read" {
+                        // Answered once the whole body is in.
+                        let _ = req.into_body().collect().await;
+                        return Ok(Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"ok")).boxed(),
+                        ));
+                    }
                     if req.uri().path() == "/pause" {
                         return Ok(Response::new(Paused::new().boxed()));
                     }
@@ -1529,6 +1538,38 @@ mod tests {
                 .await
                 .expect("the connection's task ended")
                 .unwrap();
+        }
+
+        /// Sends a PING and reads until it is answered: the streams whose answers ended
+        /// meanwhile.
+        async fn until_pinged(&mut self) -> Vec<u32> {
+            self.frame(Self::PING, 0, 0, b"until-it").await;
+            let mut ended = Vec::new();
+            loop {
+                let (ty, flags, on, payload) = self.next().await.expect("the PING's answer");
+                if ty == Self::PING && flags & Self::ACK != 0 && payload == b"until-it" {
+                    return ended;
+                }
+                if (ty == Self::DATA || ty == Self::HEADERS) && flags & Self::END_STREAM != 0 {
+                    ended.push(on);
+                }
+            }
+        }
+
+        /// Reads until `stream`'s answer has ended, answering PINGs: the streams whose
+        /// answers ended meanwhile, `stream` last.
+        async fn until_ended(&mut self, stream: u32) -> Vec<u32> {
+            let mut ended = Vec::new();
+            while ended.last() != Some(&stream) {
+                let (ty, flags, on, payload) = self.next().await.expect("the answer");
+                if ty == Self::PING && flags & Self::ACK == 0 {
+                    self.frame(Self::PING, Self::ACK, 0, &payload).await;
+                }
+                if (ty == Self::DATA || ty == Self::HEADERS) && flags & Self::END_STREAM != 0 {
+                    ended.push(on);
+                }
+            }
+            ended
         }
 
         /// Reads until `stream`'s answer has ended, answering PINGs; its body's length.
@@ -2082,6 +2123,30 @@ mod tests {
             .find(|s| s[..2] == [0, 3])
             .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
         assert_eq!(max, Some(H2_MAX_STREAMS));
+    }
+
+    /// Each HTTP/2 stream in flight takes a connection to the payment API, and those count
+    /// against `max_connections` (the descriptors are budgeted two per client connection):
+    /// with room for one, a stream whose body is still on its way keeps it, and the next
+    /// stream waits for it.
+    #[tokio::test]
+    async fn http2_streams_open_no_more_payment_api_connections_than_max_connections() {
+        let mut c = H2::connect("max_connections = 1\n", false).await;
+        c.preface(false).await;
+        // `POST /read` with `content-length: 100` (HPACK literal, name index 28), one byte
+        // of it sent: the payment API answers once it has the whole body.
+        let mut block = vec![0x83, 0x87, 0x04, 5];
+        block.extend(b"/read");
+        block.extend([0x01, 1, b'x', 0x0f, 0x0d, 3]);
+        block.extend(b"100");
+        c.frame(H2::HEADERS, 0x4, 1, &block).await;
+        c.frame(H2::DATA, 0, 1, b"a").await;
+        // A `GET /` would be answered at once, well before a PING sent 300 ms later is.
+        c.get(3, "/").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(c.until_pinged().await.is_empty(), "answered meanwhile");
+        c.frame(H2::DATA, H2::END_STREAM, 1, &[b'a'; 99]).await;
+        assert_eq!(c.until_ended(3).await, [1, 3]);
     }
 
     /// An HTTP/2 answer the payment API pauses in for longer than the idle timeout is not
