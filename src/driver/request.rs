@@ -30,6 +30,13 @@ impl Driver {
                 if self.declared.is_some_and(|n| n > limit as u64) {
                     return self.refuse(Refusal::too_large(limit));
                 }
+                // Charged to the budget as it arrives, as a candidate's body is: many
+                // clients sending webhook-sized bodies slowly would otherwise hold memory
+                // beyond it (503: Klarna retries).
+                match budget.admit(0) {
+                    Some(held) => self.held = Some(held),
+                    None => return self.refuse(Refusal::overloaded()),
+                }
                 self.reading(Reading::Webhook(head), limit)
             }
             RequestStep::Return {
@@ -149,7 +156,11 @@ impl Driver {
         let body_limit = self.step_up().body_limit();
         match webhook {
             true if len > limit => return self.refuse(Refusal::too_large(limit)),
-            true => {}
+            true => {
+                if !self.held.as_mut().is_none_or(|h| h.try_grow_to(len)) {
+                    return self.refuse(Refusal::overloaded());
+                }
+            }
             false => {
                 if len > body_limit {
                     return self.refuse(Refusal::too_large(body_limit));

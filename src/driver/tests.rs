@@ -416,6 +416,27 @@ fn a_webhook_is_verified_relayed_and_accepted_or_answered_503() {
             other => panic!("{other:?}"),
         }
     }
+    // Charged to the buffer budget as it arrives: past it, 503 (Klarna retries), and
+    // nothing stays charged.
+    let budget = BufferBudget::new(100);
+    let mut head = json_head();
+    head.insert("klarna-signature", signature.parse().unwrap());
+    head.insert("klarna-signing-key-id", "k1".parse().unwrap());
+    let uri = step_up.config().webhooks.path.parse().unwrap();
+    let mut d = Driver::start(&step_up, &Method::POST, Some(&uri), &mut head).unwrap();
+    d.begin(&budget, Holding::Whole);
+    assert!(matches!(
+        d.on_request_body(Bytes::copy_from_slice(&body[..60]), false),
+        Action::ReadMore
+    ));
+    assert_eq!(budget.used(), 60);
+    let r = refusal(d.on_request_body(Bytes::copy_from_slice(&body[60..]), true));
+    assert_eq!(
+        (r.status().as_u16(), r.code().as_str()),
+        (503, "overloaded")
+    );
+    drop(d);
+    assert_eq!(budget.used(), 0);
     // The payment API unreachable: 503 too, so that Klarna retries.
     let mut head = json_head();
     head.insert("klarna-signature", signature.parse().unwrap());
