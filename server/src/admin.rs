@@ -17,9 +17,14 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use super::balance::{health as health_of, Balancer};
 use super::pool::OpenConnections;
+
+/// Admin connections open at once (probes and scrapers: a few); more wait in the backlog.
+/// Part of the descriptors the open-file limit keeps beyond the client connections.
+pub(super) const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// What `/readyz` answers from.
 pub(super) struct Health {
@@ -114,9 +119,17 @@ fn gauges() -> Option<Gauges> {
 pub(super) async fn serve(listener: TcpListener, health: Arc<Health>) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(10));
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        // Probes and scrapers send a line or two: hyper's smallest buffer, not its 400 KB.
+        .max_buf_size(8192);
     let gauges = gauges();
+    let places = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
     loop {
+        // At the cap, new connections wait in the backlog: the descriptors the process
+        // keeps beyond its client connections are not the admin port's to take.
+        let Ok(place) = places.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
@@ -128,6 +141,7 @@ pub(super) async fn serve(listener: TcpListener, health: Arc<Health>) {
         let conn = http.serve_connection(TokioIo::new(stream), svc);
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(place);
         });
     }
 }

@@ -5,7 +5,7 @@
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 /// Descriptors beyond two per connection: listeners, the admin endpoint and its
-/// connections, health checks, the upgrade socket, logs, each runtime's epoll and wakers.
+/// connections (at most [`ADMIN_MAX_CONNECTIONS`](super::admin::ADMIN_MAX_CONNECTIONS)), health checks, the upgrade socket, logs, each runtime's epoll and wakers.
 const RESERVE: u64 = 256;
 
 /// Descriptors `max_connections` client connections take at most: as many again for the
