@@ -691,8 +691,11 @@ impl Gathered {
             None if self.joined.is_empty() => self.first = Some(part),
             prev => {
                 if self.joined.is_empty() {
+                    // The declared length once, but never more than twice what came: a
+                    // client declaring a large body and sending little makes the proxy hold
+                    // little (the buffer budget is charged by the bytes that came).
                     let len = prev.as_ref().map_or(0, Bytes::len) + part.len();
-                    self.joined.reserve(expected.max(len));
+                    self.joined.reserve(expected.min(len * 2).max(len));
                 }
                 if let Some(prev) = prev {
                     self.joined.extend_from_slice(&prev);

@@ -500,3 +500,23 @@ fn a_partners_mode_overrides_the_top_level_one() {
     assert!(!head.contains_key("accept-encoding"), "untouched");
     assert!(d.exchange().is_some(), "its answer is read");
 }
+
+/// A body gathered from parts holds about what came, whatever length was declared: the
+/// buffer budget is charged by the bytes that came, and memory must follow.
+#[test]
+fn a_gathered_body_holds_about_what_came_not_what_was_declared() {
+    let mut body = Gathered::default();
+    body.push(Bytes::from_static(b"{"), 1 << 20);
+    body.push(Bytes::from_static(b" "), 1 << 20);
+    assert!(body.joined.capacity() < 1024, "{}", body.joined.capacity());
+    for _ in 0..100 {
+        body.push(Bytes::from(vec![b' '; 1000]), 1 << 20);
+        assert!(body.joined.capacity() <= 2 * body.len() + 64);
+    }
+    // A body that comes as declared is reserved once.
+    let mut body = Gathered::default();
+    body.push(Bytes::from(vec![b'a'; 600]), 1000);
+    body.push(Bytes::from(vec![b'a'; 400]), 1000);
+    assert_eq!(body.joined.capacity(), 1000);
+    assert_eq!(body.take().len(), 1000);
+}
