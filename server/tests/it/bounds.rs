@@ -19,6 +19,19 @@ use crate::support::binary::{
     exited, free_addr, ok_answer, read_one, serve_with, start_serve, stop_ok,
 };
 
+/// `GET /orders` on a connection of its own: the answer, whole.
+async fn get_orders(addr: SocketAddr) -> String {
+    tokio::task::spawn_blocking(move || {
+        exchange(
+            addr,
+            "GET /orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"",
+        )
+    })
+    .await
+    .unwrap()
+}
+
 /// A payment API that accepts connections and never reads nor answers; it holds at most
 /// 64 of them, for at most a minute.
 fn mute_upstream() -> SocketAddr {
@@ -174,15 +187,7 @@ async fn an_answer_that_is_not_http_is_a_502_that_says_so() {
     wait_listening(listen);
     let f = fixtures::by_name("step_up_required");
     let klarna = send_fixture(listen, &f, &[], Duration::from_secs(10)).await;
-    let other = tokio::task::spawn_blocking(move || {
-        exchange(
-            listen,
-            "GET /orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            b"",
-        )
-    })
-    .await
-    .unwrap();
+    let other = get_orders(listen).await;
     let said = klarna_stepup::Refusal::upstream_unreadable_answer().to_json();
     assert_eq!(klarna.status, 502);
     assert_eq!(
@@ -449,15 +454,7 @@ async fn a_second_serve_on_a_served_address_exits_1_naming_it() {
     );
     assert!(log.contains("served already"), "{log}");
     // The first one serves on, alone.
-    let r = tokio::task::spawn_blocking(move || {
-        exchange(
-            listen,
-            "GET /orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            b"",
-        )
-    })
-    .await
-    .unwrap();
+    let r = get_orders(listen).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     stop_ok(&mut first, "-TERM");
 }
