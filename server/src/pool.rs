@@ -123,8 +123,8 @@ impl OpenConnections {
             if let Some(socket) = self.try_open() {
                 return Ok(socket);
             }
-            // An idle connection of another worker's pool closes for this one (its task
-            // ends there, and the close wakes this request).
+            // An idle connection of some worker's pool closes for this one (its task ends
+            // there, and the close wakes this request).
             self.close_idle();
             if tokio::time::timeout_at(deadline, closed).await.is_err() {
                 return Err(Busy);
@@ -322,14 +322,9 @@ where
     ) -> Result<Response<Pooled<B>>, Error> {
         let socket = match self.open.try_open() {
             Some(socket) => socket,
-            None => {
-                // One of this pool's idle connections closes to make room, if it has any.
-                CloseIdle::close_one(&*self);
-                match self.open.try_open() {
-                    Some(socket) => socket,
-                    None => self.open.open_one(self.dialer.connect_timeout()).await?,
-                }
-            }
+            // An idle connection closes to make room, if a pool has one: its socket only once
+            // its task has ended, so the request waits for that.
+            None => self.open.open_one(self.dialer.connect_timeout()).await?,
         };
         let (addr, io) = self.dialer.dial(backend).await?;
         let (mut sender, conn) = http1::Builder::new()

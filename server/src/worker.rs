@@ -1540,17 +1540,28 @@ mod tests {
                 .unwrap();
         }
 
+        /// The next frame, a PING from the server answered: (type, flags, stream,
+        /// payload, whether it ends its stream's answer).
+        async fn next_answering(&mut self) -> (u8, u8, u32, Vec<u8>, bool) {
+            let (ty, flags, on, payload) = self.next().await.expect("a frame");
+            if ty == Self::PING && flags & Self::ACK == 0 {
+                self.frame(Self::PING, Self::ACK, 0, &payload).await;
+            }
+            let ends = (ty == Self::DATA || ty == Self::HEADERS) && flags & Self::END_STREAM != 0;
+            (ty, flags, on, payload, ends)
+        }
+
         /// Sends a PING and reads until it is answered: the streams whose answers ended
         /// meanwhile.
         async fn until_pinged(&mut self) -> Vec<u32> {
             self.frame(Self::PING, 0, 0, b"until-it").await;
             let mut ended = Vec::new();
             loop {
-                let (ty, flags, on, payload) = self.next().await.expect("the PING's answer");
+                let (ty, flags, on, payload, ends) = self.next_answering().await;
                 if ty == Self::PING && flags & Self::ACK != 0 && payload == b"until-it" {
                     return ended;
                 }
-                if (ty == Self::DATA || ty == Self::HEADERS) && flags & Self::END_STREAM != 0 {
+                if ends {
                     ended.push(on);
                 }
             }
@@ -1561,11 +1572,8 @@ mod tests {
         async fn until_ended(&mut self, stream: u32) -> Vec<u32> {
             let mut ended = Vec::new();
             while ended.last() != Some(&stream) {
-                let (ty, flags, on, payload) = self.next().await.expect("the answer");
-                if ty == Self::PING && flags & Self::ACK == 0 {
-                    self.frame(Self::PING, Self::ACK, 0, &payload).await;
-                }
-                if (ty == Self::DATA || ty == Self::HEADERS) && flags & Self::END_STREAM != 0 {
+                let (.., on, _, ends) = self.next_answering().await;
+                if ends {
                     ended.push(on);
                 }
             }
@@ -1576,17 +1584,11 @@ mod tests {
         async fn answer(&mut self, stream: u32) -> usize {
             let mut body = 0;
             loop {
-                let (ty, flags, on, payload) = self.next().await.expect("the answer");
-                if ty == Self::PING && flags & Self::ACK == 0 {
-                    self.frame(Self::PING, Self::ACK, 0, &payload).await;
-                }
-                if on != stream || (ty != Self::DATA && ty != Self::HEADERS) {
-                    continue;
-                }
-                if ty == Self::DATA {
+                let (ty, _, on, payload, ends) = self.next_answering().await;
+                if on == stream && ty == Self::DATA {
                     body += payload.len();
                 }
-                if flags & Self::END_STREAM != 0 {
+                if on == stream && ends {
                     return body;
                 }
             }
