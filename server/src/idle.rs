@@ -63,7 +63,25 @@ pub(crate) struct Activity {
     handed: [AtomicU32; 2],
     /// The epoch now: `serve_h2` in `worker` starts one every idle timeout.
     epoch: AtomicU32,
+    /// HTTP/2 streams the client reset before their answer, within [`PREMATURE`] of
+    /// opening them, as a rate: the moment (nanoseconds since `born`) by which the budget
+    /// ([`RESET_BURST`] at once, one more every [`RESET_EVERY`]) would be whole again (the
+    /// generic cell rate algorithm's theoretical arrival time).
+    resets_due: AtomicU64,
+    /// Told once the client has reset more than its budget allows (see
+    /// [`Activity::too_many_resets`]).
+    resets_over: tokio::sync::Notify,
 }
+
+/// An HTTP/2 stream the client resets sooner than this after opening it, before its answer
+/// began, counts against its connection's reset budget (Varnish's and Envoy's threshold).
+pub(crate) const PREMATURE: Duration = Duration::from_secs(1);
+
+/// How many such resets a connection may make at once (Varnish's `h2_rapid_reset_limit`)...
+pub(crate) const RESET_BURST: u32 = 100;
+
+/// ...and how often one more after those (Varnish's: 100 a minute).
+pub(crate) const RESET_EVERY: Duration = Duration::from_millis(600);
 
 impl Activity {
     pub(crate) fn new() -> Arc<Self> {
@@ -78,7 +96,40 @@ impl Activity {
             tail: AtomicBool::new(false),
             handed: [AtomicU32::new(0), AtomicU32::new(0)],
             epoch: AtomicU32::new(0),
+            resets_due: AtomicU64::new(0),
+            resets_over: tokio::sync::Notify::new(),
         })
+    }
+
+    /// The client reset an HTTP/2 stream `age` after opening it, before its answer began:
+    /// if that was sooner than [`PREMATURE`], it spends the connection's reset budget, and
+    /// once it is spent, [`Activity::too_many_resets`] is told. (The rapid reset: each
+    /// stream the client opens sets off a request to the payment API, which the reset
+    /// abandons with its connection; `max_concurrent_streams` does not bound how many a
+    /// client opens one after another.)
+    pub(crate) fn reset(&self, age: Duration) {
+        if age < PREMATURE && !self.spend_reset(self.nanos()) {
+            self.resets_over.notify_one();
+        }
+    }
+
+    /// Spends one of the reset budget at `now` (nanoseconds since `born`): `false` if none
+    /// is left. The generic cell rate algorithm: one moment kept, no counting window.
+    fn spend_reset(&self, now: u64) -> bool {
+        let every = RESET_EVERY.as_nanos() as u64;
+        let slack = every * u64::from(RESET_BURST - 1);
+        self.resets_due
+            .fetch_update(Relaxed, Relaxed, |due| {
+                let due = due.max(now);
+                (due - now <= slack).then_some(due + every)
+            })
+            .is_ok()
+    }
+
+    /// Ready once the client has reset more HTTP/2 streams, soon after opening them, than
+    /// its budget allows.
+    pub(crate) async fn too_many_resets(&self) {
+        self.resets_over.notified().await;
     }
 
     /// A request begins: its exchange ends when both guards have dropped, the one with the
@@ -208,6 +259,8 @@ struct Answer {
     handed: Option<u32>,
     /// The rest of a chunk longer than [`PIECE`], handed on in pieces.
     rest: Bytes,
+    /// When its stream was opened, in nanoseconds since the connection's `born`.
+    opened: u64,
 }
 
 /// The most an HTTP/2 answer hands hyper at once: HTTP/2's smallest largest frame.
@@ -221,8 +274,21 @@ impl InFlight {
     /// rather than of a chunk as long as the payment API's, the body hands chunks on in
     /// pieces of at most [`PIECE`].
     pub(crate) fn watched(mut self) -> Self {
-        self.answer = Some(Box::default());
+        self.answer = Some(Box::new(Answer {
+            opened: self.activity.nanos(),
+            ..Answer::default()
+        }));
         self
+    }
+
+    /// The service's answer half let go of before an answer came: the client gave the
+    /// exchange up (over HTTP/2, reset its stream), which an HTTP/2 stream's tells
+    /// [`Activity::reset`].
+    pub(crate) fn unanswered(self) {
+        if let Some(a) = &self.answer {
+            let age = self.activity.nanos().saturating_sub(a.opened);
+            self.activity.reset(Duration::from_nanos(age));
+        }
     }
 }
 
@@ -440,6 +506,63 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Seen<T> {
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, Full};
+    use std::future::Future;
+
+    /// The reset budget: [`RESET_BURST`] at once, then one every [`RESET_EVERY`], no more
+    /// kept than the burst however long the connection was quiet; a reset of a stream
+    /// older than [`PREMATURE`] spends none.
+    #[test]
+    fn the_reset_budget_is_a_burst_then_a_rate() {
+        let a = Activity::new();
+        let every = RESET_EVERY.as_nanos() as u64;
+        let start = 3_600 * 1_000_000_000;
+        for i in 0..RESET_BURST {
+            assert!(a.spend_reset(start), "reset {i} of the burst");
+        }
+        assert!(!a.spend_reset(start), "past the burst");
+        assert!(!a.spend_reset(start + every - 1), "before the next comes");
+        assert!(a.spend_reset(start + every));
+        assert!(!a.spend_reset(start + every));
+        // Quiet for far longer than the burst takes to come back: the burst again, no more.
+        let later = start + 1_000 * every;
+        for _ in 0..RESET_BURST {
+            assert!(a.spend_reset(later));
+        }
+        assert!(!a.spend_reset(later));
+
+        let b = Activity::new();
+        for _ in 0..2 * RESET_BURST {
+            b.reset(PREMATURE);
+        }
+        assert!(b.spend_reset(b.nanos()), "late resets spent nothing");
+    }
+
+    /// An HTTP/2 exchange given up before its answer spends the reset budget; an HTTP/1
+    /// one (its connection closed) does not, nor does one whose answer came.
+    #[tokio::test]
+    async fn only_an_http2_stream_given_up_before_its_answer_counts_as_a_reset() {
+        let a = Activity::new();
+        for _ in 0..RESET_BURST {
+            a.begin().1.unanswered();
+            let answered = a.begin().1.watched();
+            drop(Tracked::new(Full::new(Bytes::new()), Some(answered)));
+        }
+        assert!(a.spend_reset(a.nanos()), "none of those spent it");
+        let a = Activity::new();
+        for _ in 0..RESET_BURST {
+            a.begin().1.watched().unanswered();
+        }
+        let over = a.too_many_resets();
+        let mut over = std::pin::pin!(over);
+        assert!(poll_once(over.as_mut()).is_pending(), "within the budget");
+        a.begin().1.watched().unanswered();
+        assert!(poll_once(over.as_mut()).is_ready(), "past the budget");
+    }
+
+    /// Polls `f` once.
+    fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(std::task::Waker::noop()))
+    }
 
     /// An HTTP/2 answer handed on in pieces: the same bytes, its end and its size told
     /// right while part of a chunk is held back.

@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use super::admin::Health;
 use super::balance::{self, Balancer};
 use super::config::ProxyConfig;
-use super::idle::{Activity, InFlight, Seen, Tracked};
+use super::idle::{Activity, InFlight, Seen, Tracked, RESET_BURST};
 use super::metrics::Metrics;
 use super::park::{Lot, Parked};
 use super::pool::{Busy, OpenConnections, Pool, Pooled, PURGE_EVERY};
@@ -217,7 +217,21 @@ impl hyper::service::Service<Request<Incoming>> for Front {
         FrontFuture::Stack {
             fut: tower_service::Service::call(&mut stack, req),
             draining: http1.then(|| self.health.clone()),
-            in_flight,
+            in_flight: Unanswered(in_flight),
+        }
+    }
+}
+
+/// The answer's half of an exchange while the stack works on it: let go of with no answer
+/// (hyper drops the service's future when the client resets its HTTP/2 stream), the
+/// exchange was given up, which its connection's reset budget hears of (see
+/// [`Activity::reset`]).
+struct Unanswered(Option<InFlight>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(half) = self.0.take() {
+            half.unanswered();
         }
     }
 }
@@ -227,7 +241,7 @@ pin_project_lite::pin_project! {
     #[project = FrontProj]
     enum FrontFuture<F> {
         Answered { res: Option<Response<ClientBody>> },
-        Stack { #[pin] fut: F, draining: Option<Arc<Health>>, in_flight: Option<InFlight> },
+        Stack { #[pin] fut: F, draining: Option<Arc<Health>>, in_flight: Unanswered },
     }
 }
 
@@ -257,7 +271,7 @@ where
                             .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     }
                 }
-                Poll::Ready(Ok(res.map(|b| Tracked::new(b, in_flight.take()))))
+                Poll::Ready(Ok(res.map(|b| Tracked::new(b, in_flight.0.take()))))
             }
         }
     }
@@ -999,6 +1013,14 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
         tokio::select! {
             biased;
             _ = &mut *conn => return,
+            () = activity.too_many_resets() => {
+                // The rapid reset (see `Activity::reset`): closed, as Varnish closes it;
+                // the streams it has in flight are its own.
+                tracing::warn!(
+                    "closed an HTTP/2 connection whose client reset over {RESET_BURST} streams soon after opening them"
+                );
+                return;
+            }
             _ = stop.wait_for(|stopped| *stopped), if !stopping => {
                 stopping = true;
                 if activity.reads() == 0 {
@@ -1476,11 +1498,17 @@ mod tests {
         }
 
         async fn frame(&mut self, ty: u8, flags: u8, stream: u32, payload: &[u8]) {
+            let f = Self::framed(ty, flags, stream, payload);
+            self.s.write_all(&f).await.unwrap();
+        }
+
+        /// A frame's bytes.
+        fn framed(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
             let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
             f.extend([ty, flags]);
             f.extend(stream.to_be_bytes());
             f.extend(payload);
-            self.s.write_all(&f).await.unwrap();
+            f
         }
 
         /// The preface, with the largest windows a client may give, or HTTP/2's initial ones
@@ -1508,12 +1536,40 @@ mod tests {
 
         /// `GET path` on `stream`, with nothing more to come.
         async fn get(&mut self, stream: u32, path: &str) {
+            self.s
+                .write_all(&Self::get_frame(stream, path))
+                .await
+                .unwrap();
+        }
+
+        /// `get`'s frame.
+        fn get_frame(stream: u32, path: &str) -> Vec<u8> {
             // HPACK: :method GET, :scheme https, :path and :authority literal, not indexed.
             let mut block = vec![0x82, 0x87, 0x04, path.len() as u8];
             block.extend(path.as_bytes());
             block.extend([0x01, 1, b'x']);
-            self.frame(Self::HEADERS, 0x4 | Self::END_STREAM, stream, &block)
-                .await;
+            Self::framed(Self::HEADERS, 0x4 | Self::END_STREAM, stream, &block)
+        }
+
+        /// `GET /slow` on `stream`, reset (`CANCEL`) once the server has taken it (a PING
+        /// sent after it answered): whether the connection was still open.
+        async fn opened_and_reset(&mut self, stream: u32) -> bool {
+            let mut sent = Self::get_frame(stream, "/slow");
+            sent.extend(Self::framed(Self::PING, 0, 0, b"taken-it"));
+            if self.s.write_all(&sent).await.is_err() {
+                return false;
+            }
+            loop {
+                let Some((ty, flags, _, payload)) = self.next().await else {
+                    return false;
+                };
+                assert_ne!(ty, Self::GOAWAY, "told to go away: not the reset budget");
+                if ty == Self::PING && flags & Self::ACK != 0 && payload == b"taken-it" {
+                    break;
+                }
+            }
+            let reset = Self::framed(3, 0, stream, &8u32.to_be_bytes());
+            self.s.write_all(&reset).await.is_ok()
         }
 
         /// The next frame (type, flags, stream, payload); `None` once the connection ends.
@@ -2149,6 +2205,32 @@ mod tests {
         assert!(c.until_pinged().await.is_empty(), "answered meanwhile");
         c.frame(H2::DATA, H2::END_STREAM, 1, &[b'a'; 99]).await;
         assert_eq!(c.until_ended(3).await, [1, 3]);
+    }
+
+    /// A client that resets its streams soon after opening them, before their answers (the
+    /// rapid reset: each sets off a request to the payment API, and the reset abandons it
+    /// with its connection; paced, it passes `max_concurrent_streams` and hyper's bound on
+    /// streams reset before they are taken) is served while within its budget, and closed
+    /// once past it.
+    #[tokio::test]
+    async fn an_http2_client_that_resets_its_streams_rapidly_is_closed() {
+        let mut c = H2::connect("", false).await;
+        c.preface(false).await;
+        let mut stream = 1;
+        for _ in 0..RESET_BURST {
+            assert!(c.opened_and_reset(stream).await, "closed within its budget");
+            stream += 2;
+        }
+        c.get(stream, "/orders").await;
+        assert_eq!(c.answer(stream).await, 2, "served within its budget");
+        // Past it (one more comes every 600 ms): closed.
+        let mut more = 0;
+        while c.opened_and_reset(stream + 2).await {
+            stream += 2;
+            more += 1;
+            assert!(more < 20, "still open after {more} more resets");
+        }
+        c.served_to_its_end().await;
     }
 
     /// An HTTP/2 answer the payment API pauses in for longer than the idle timeout is not
