@@ -63,7 +63,7 @@ pub(crate) struct Activity {
     handed: [AtomicU32; 2],
     /// The epoch now: `serve_h2` in `worker` starts one every idle timeout.
     epoch: AtomicU32,
-    /// HTTP/2 streams the client reset before their answer, within [`PREMATURE`] of
+    /// HTTP/2 streams the client reset before their answer's end, within [`PREMATURE`] of
     /// opening them, as a rate: the moment (nanoseconds since `born`) by which the budget
     /// ([`RESET_BURST`] at once, one more every [`RESET_EVERY`]) would be whole again (the
     /// generic cell rate algorithm's theoretical arrival time).
@@ -73,8 +73,9 @@ pub(crate) struct Activity {
     resets_over: tokio::sync::Notify,
 }
 
-/// An HTTP/2 stream the client resets sooner than this after opening it, before its answer
-/// began, counts against its connection's reset budget (Varnish's and Envoy's threshold).
+/// An HTTP/2 stream the client resets sooner than this after opening it, before its
+/// answer's end, counts against its connection's reset budget (Varnish's and Envoy's
+/// threshold).
 pub(crate) const PREMATURE: Duration = Duration::from_secs(1);
 
 /// How many such resets a connection may make at once (Varnish's `h2_rapid_reset_limit`)...
@@ -101,7 +102,7 @@ impl Activity {
         })
     }
 
-    /// The client reset an HTTP/2 stream `age` after opening it, before its answer began:
+    /// The client reset an HTTP/2 stream `age` after opening it, before its answer's end:
     /// if that was sooner than [`PREMATURE`], it spends the connection's reset budget, and
     /// once it is spent, [`Activity::too_many_resets`] is told. (The rapid reset: each
     /// stream the client opens sets off a request to the payment API, which the reset
@@ -261,6 +262,9 @@ struct Answer {
     rest: Bytes,
     /// When its stream was opened, in nanoseconds since the connection's `born`.
     opened: u64,
+    /// Whether it came to its end (or failed: the payment API's doing, not the client's).
+    /// Let go of before, the client gave the exchange up: it reset its stream.
+    settled: AtomicBool,
 }
 
 /// The most an HTTP/2 answer hands hyper at once: HTTP/2's smallest largest frame.
@@ -280,22 +284,20 @@ impl InFlight {
         }));
         self
     }
-
-    /// The service's answer half let go of before an answer came: the client gave the
-    /// exchange up (over HTTP/2, reset its stream), which an HTTP/2 stream's tells
-    /// [`Activity::reset`].
-    pub(crate) fn unanswered(self) {
-        if let Some(a) = &self.answer {
-            let age = self.activity.nanos().saturating_sub(a.opened);
-            self.activity.reset(Duration::from_nanos(age));
-        }
-    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(epoch) = self.answer.as_ref().and_then(|a| a.handed) {
-            self.activity.taken(epoch);
+        if let Some(a) = &self.answer {
+            if let Some(epoch) = a.handed {
+                self.activity.taken(epoch);
+            }
+            if !a.settled.load(Relaxed) {
+                // Given up before its end: hyper lets go of the service's future, or of
+                // the answer's body, when the client resets the stream.
+                let age = self.activity.nanos().saturating_sub(a.opened);
+                self.activity.reset(Duration::from_nanos(age));
+            }
         }
         self.activity.ended();
     }
@@ -355,9 +357,16 @@ impl<B: Body<Data = Bytes>> Body for Tracked<B> {
             match std::task::ready!(this.body.poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => data,
-                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    Err(trailers) => {
+                        answer.settled.store(true, Relaxed);
+                        return Poll::Ready(Some(Ok(trailers)));
+                    }
                 },
-                other => return Poll::Ready(other),
+                // Its end, or the payment API's failure.
+                other => {
+                    answer.settled.store(true, Relaxed);
+                    return Poll::Ready(other);
+                }
             }
         };
         if piece.len() > PIECE {
@@ -369,7 +378,17 @@ impl<B: Body<Data = Bytes>> Body for Tracked<B> {
 
     #[inline(always)]
     fn is_end_stream(&self) -> bool {
-        self.rest().is_empty() && self.body.is_end_stream()
+        let end = self.rest().is_empty() && self.body.is_end_stream();
+        if end {
+            // hyper asks before it sends a head with no body, and after each frame.
+            if let Some(InFlight {
+                answer: Some(a), ..
+            }) = &self.in_flight
+            {
+                a.settled.store(true, Relaxed);
+            }
+        }
+        end
     }
 
     #[inline(always)]
@@ -537,26 +556,56 @@ mod tests {
         assert!(b.spend_reset(b.nanos()), "late resets spent nothing");
     }
 
-    /// An HTTP/2 exchange given up before its answer spends the reset budget; an HTTP/1
-    /// one (its connection closed) does not, nor does one whose answer came.
+    /// An HTTP/2 exchange given up before its answer's end (before the answer, or in its
+    /// body) spends the reset budget; an HTTP/1 one (its connection closed) does not, nor
+    /// does an answer that came to its end, had no body, or failed (the payment API's doing).
     #[tokio::test]
-    async fn only_an_http2_stream_given_up_before_its_answer_counts_as_a_reset() {
+    async fn only_an_http2_stream_given_up_before_its_answers_end_counts_as_a_reset() {
         let a = Activity::new();
         for _ in 0..RESET_BURST {
-            a.begin().1.unanswered();
-            let answered = a.begin().1.watched();
-            drop(Tracked::new(Full::new(Bytes::new()), Some(answered)));
+            drop(a.begin());
+            let whole = Tracked::new(Full::new(Bytes::from("ok")), Some(a.begin().1.watched()));
+            assert_eq!(&whole.collect().await.unwrap().to_bytes()[..], b"ok");
+            let empty = Tracked::new(Full::new(Bytes::new()), Some(a.begin().1.watched()));
+            assert!(empty.is_end_stream(), "a head with no body");
+            let mut failed = Tracked::new(Fails, Some(a.begin().1.watched()));
+            assert!(failed.frame().await.unwrap().is_err());
         }
-        assert!(a.spend_reset(a.nanos()), "none of those spent it");
+        assert_eq!(
+            a.resets_due.load(Relaxed),
+            0,
+            "none of those spent the budget"
+        );
+
         let a = Activity::new();
-        for _ in 0..RESET_BURST {
-            a.begin().1.watched().unanswered();
+        for _ in 0..RESET_BURST / 2 {
+            drop(a.begin().1.watched());
+            let mut cut = Tracked::new(
+                Full::new(Bytes::from(vec![0; 2 * PIECE])),
+                Some(a.begin().1.watched()),
+            );
+            assert!(cut.frame().await.is_some());
         }
         let over = a.too_many_resets();
         let mut over = std::pin::pin!(over);
         assert!(poll_once(over.as_mut()).is_pending(), "within the budget");
-        a.begin().1.watched().unanswered();
+        drop(a.begin().1.watched());
         assert!(poll_once(over.as_mut()).is_ready(), "past the budget");
+    }
+
+    /// An answer whose body fails at once.
+    struct Fails;
+
+    impl Body for Fails {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(Some(Err(std::io::ErrorKind::BrokenPipe.into())))
+        }
     }
 
     /// Polls `f` once.

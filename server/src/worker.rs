@@ -217,21 +217,7 @@ impl hyper::service::Service<Request<Incoming>> for Front {
         FrontFuture::Stack {
             fut: tower_service::Service::call(&mut stack, req),
             draining: http1.then(|| self.health.clone()),
-            in_flight: Unanswered(in_flight),
-        }
-    }
-}
-
-/// The answer's half of an exchange while the stack works on it: let go of with no answer
-/// (hyper drops the service's future when the client resets its HTTP/2 stream), the
-/// exchange was given up, which its connection's reset budget hears of (see
-/// [`Activity::reset`]).
-struct Unanswered(Option<InFlight>);
-
-impl Drop for Unanswered {
-    fn drop(&mut self) {
-        if let Some(half) = self.0.take() {
-            half.unanswered();
+            in_flight,
         }
     }
 }
@@ -241,7 +227,7 @@ pin_project_lite::pin_project! {
     #[project = FrontProj]
     enum FrontFuture<F> {
         Answered { res: Option<Response<ClientBody>> },
-        Stack { #[pin] fut: F, draining: Option<Arc<Health>>, in_flight: Unanswered },
+        Stack { #[pin] fut: F, draining: Option<Arc<Health>>, in_flight: Option<InFlight> },
     }
 }
 
@@ -271,7 +257,7 @@ where
                             .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     }
                 }
-                Poll::Ready(Ok(res.map(|b| Tracked::new(b, in_flight.0.take()))))
+                Poll::Ready(Ok(res.map(|b| Tracked::new(b, in_flight.take()))))
             }
         }
     }
@@ -1552,20 +1538,29 @@ mod tests {
         }
 
         /// `GET /slow` on `stream`, reset (`CANCEL`) once the server has taken it (a PING
-        /// sent after it answered): whether the connection was still open.
-        async fn opened_and_reset(&mut self, stream: u32) -> bool {
-            let mut sent = Self::get_frame(stream, "/slow");
+        /// sent after it answered), or, `in_body`, `GET /vast` reset once its answer's head
+        /// came: whether the connection was still open.
+        async fn opened_and_reset(&mut self, stream: u32, in_body: bool) -> bool {
+            let mut sent = Self::get_frame(stream, if in_body { "/vast" } else { "/slow" });
             sent.extend(Self::framed(Self::PING, 0, 0, b"taken-it"));
             if self.s.write_all(&sent).await.is_err() {
                 return false;
             }
-            loop {
-                let Some((ty, flags, _, payload)) = self.next().await else {
+            let mut pinged = false;
+            let mut head = !in_body;
+            while !(pinged && head) {
+                let Some((ty, flags, on, payload)) = self.next().await else {
                     return false;
                 };
                 assert_ne!(ty, Self::GOAWAY, "told to go away: not the reset budget");
-                if ty == Self::PING && flags & Self::ACK != 0 && payload == b"taken-it" {
-                    break;
+                pinged |= ty == Self::PING && flags & Self::ACK != 0 && payload == b"taken-it";
+                head |= ty == Self::HEADERS && on == stream;
+                if ty == Self::DATA && !payload.is_empty() {
+                    // The connection's window back, for the answers to come.
+                    let n = (payload.len() as u32).to_be_bytes();
+                    if self.s.write_all(&Self::framed(8, 0, 0, &n)).await.is_err() {
+                        return false;
+                    }
                 }
             }
             let reset = Self::framed(3, 0, stream, &8u32.to_be_bytes());
@@ -2207,25 +2202,30 @@ mod tests {
         assert_eq!(c.until_ended(3).await, [1, 3]);
     }
 
-    /// A client that resets its streams soon after opening them, before their answers (the
-    /// rapid reset: each sets off a request to the payment API, and the reset abandons it
-    /// with its connection; paced, it passes `max_concurrent_streams` and hyper's bound on
-    /// streams reset before they are taken) is served while within its budget, and closed
-    /// once past it.
+    /// A client that resets its streams soon after opening them, before their answers or in
+    /// their bodies (the rapid reset: each sets off a request to the payment API, and the
+    /// reset abandons it with its connection; paced, it passes `max_concurrent_streams` and
+    /// hyper's bound on streams reset before they are taken) is served while within its
+    /// budget, and closed once past it.
     #[tokio::test]
     async fn an_http2_client_that_resets_its_streams_rapidly_is_closed() {
         let mut c = H2::connect("", false).await;
         c.preface(false).await;
         let mut stream = 1;
-        for _ in 0..RESET_BURST {
-            assert!(c.opened_and_reset(stream).await, "closed within its budget");
+        for i in 0..RESET_BURST {
+            // The last one before the answer: its PING comes after the body frames before.
+            let in_body = i % 2 == 0;
+            assert!(
+                c.opened_and_reset(stream, in_body).await,
+                "closed within its budget"
+            );
             stream += 2;
         }
         c.get(stream, "/orders").await;
         assert_eq!(c.answer(stream).await, 2, "served within its budget");
         // Past it (one more comes every 600 ms): closed.
         let mut more = 0;
-        while c.opened_and_reset(stream + 2).await {
+        while c.opened_and_reset(stream + 2, more % 2 == 1).await {
             stream += 2;
             more += 1;
             assert!(more < 20, "still open after {more} more resets");
