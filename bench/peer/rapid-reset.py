@@ -72,6 +72,7 @@ def read_frame(t):
 def attack(ctx, pace, seconds):
     """(streams reset, seconds until the proxy closed the connection or None)."""
     s = socket.create_connection(("127.0.0.1", LISTEN), 5)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s.settimeout(5)
     t = ctx.wrap_socket(s, server_hostname="localhost")
     t.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0))
