@@ -182,8 +182,10 @@ impl hyper::service::Service<Request<Incoming>> for Front {
         let (reading, in_flight) = match &self.activity {
             Some(a) => {
                 let (reading, answering) = a.begin();
-                // An HTTP/2 answer is watched for a client that takes none of it.
-                let answering = if http1 {
+                // An HTTP/2 answer is watched for a client that takes none of it, and for
+                // one that gives it up (see `Activity::reset`); not a CONNECT's: hyper lets go
+                // of a 2xx one's body unread (the stream turns into a tunnel).
+                let answering = if http1 || req.method() == http::Method::CONNECT {
                     answering
                 } else {
                     answering.watched()
@@ -2231,6 +2233,33 @@ mod tests {
             assert!(more < 20, "still open after {more} more resets");
         }
         c.served_to_its_end().await;
+    }
+
+    /// A `CONNECT` the payment API answers 2xx (hyper lets go of its answer's body unread:
+    /// the stream turns into a tunnel) is not a reset, however many come.
+    #[tokio::test]
+    async fn connects_the_payment_api_accepts_are_not_resets() {
+        let mut c = H2::connect("", false).await;
+        c.preface(false).await;
+        // HPACK: :method CONNECT, :authority x:443, both literal, not indexed.
+        let mut block = vec![0x02, 7];
+        block.extend(b"CONNECT");
+        block.extend([0x01, 5]);
+        block.extend(b"x:443");
+        let mut stream = 1;
+        for _ in 0..RESET_BURST + 20 {
+            c.frame(H2::HEADERS, 0x4, stream, &block).await;
+            loop {
+                let (ty, _, on, head, _) = c.next_answering().await;
+                if ty == H2::HEADERS && on == stream {
+                    assert_eq!(head[0], 0x88, ":status 200");
+                    break;
+                }
+            }
+            stream += 2;
+        }
+        c.get(stream, "/orders").await;
+        assert_eq!(c.answer(stream).await, 2);
     }
 
     /// An HTTP/2 answer the payment API pauses in for longer than the idle timeout is not
