@@ -2206,9 +2206,9 @@ mod tests {
 
     /// A client that resets its streams soon after opening them, before their answers or in
     /// their bodies (the rapid reset: each sets off a request to the payment API, and the
-    /// reset abandons it with its connection; paced, it passes `max_concurrent_streams` and
-    /// hyper's bound on streams reset before they are taken) is served while within its
-    /// budget, and closed once past it.
+    /// reset abandons it with its connection; one at a time, it passes
+    /// `max_concurrent_streams` and h2's bound on reset streams waiting to be taken) is
+    /// served while within its budget, and closed once past it.
     #[tokio::test]
     async fn an_http2_client_that_resets_its_streams_rapidly_is_closed() {
         let mut c = H2::connect("", false).await;
