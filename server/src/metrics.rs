@@ -24,6 +24,8 @@ pub(crate) struct Metrics {
     upstream_duration: Histogram,
     upstream_responses: IntCounterVec,
     upstream_errors: IntCounterVec,
+    /// Client connections closed for what the client did: see [`Closed`].
+    closed: IntCounterVec,
     request_bytes: Histogram,
     response_bytes: Histogram,
     engine_seconds: Histogram,
@@ -126,6 +128,17 @@ impl Metrics {
                 &["code"],
             )
             .expect("static metric definition"),
+            closed: IntCounterVec::new(
+                Opts::new(
+                    "klarna_stepup_client_connections_closed_total",
+                    "Client connections the proxy closed for what the client did: stalled (took \
+                     none of an answer, or gave it no flow-control window, for \
+                     idle_timeout_secs), reset_streams (HTTP/2 streams reset soon after \
+                     opening them, past the budget)",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
             request_bytes: Histogram::with_opts(
                 HistogramOpts::new(
                     "klarna_stepup_request_body_bytes",
@@ -161,6 +174,7 @@ impl Metrics {
             Box::new(m.upstream_duration.clone()),
             Box::new(m.upstream_responses.clone()),
             Box::new(m.upstream_errors.clone()),
+            Box::new(m.closed.clone()),
             Box::new(m.request_bytes.clone()),
             Box::new(m.response_bytes.clone()),
             Box::new(m.engine_seconds.clone()),
@@ -230,5 +244,36 @@ impl Metrics {
     /// Records a request the payment API did not answer (`code` of the 502/504 JSON).
     pub fn upstream_failed(&self, code: &str) {
         self.upstream_errors.with_label_values(&[code]).inc();
+    }
+
+    /// Records a client connection closed for what its client did.
+    pub fn client_closed(&self, why: Closed) {
+        self.closed.with_label_values(&[why.label()]).inc();
+    }
+
+    /// Client connections closed for `why` so far.
+    #[cfg(test)]
+    pub fn client_closed_count(&self, why: Closed) -> u64 {
+        self.closed.with_label_values(&[why.label()]).get()
+    }
+}
+
+/// Why the proxy closed a client connection on the client's account.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Closed {
+    /// It took none of an answer (or, over HTTP/2, gave it no flow-control window) for the
+    /// idle timeout.
+    Stalled,
+    /// It reset HTTP/2 streams soon after opening them, past its budget.
+    ResetStreams,
+}
+
+impl Closed {
+    /// Its `reason` label.
+    fn label(self) -> &'static str {
+        match self {
+            Closed::Stalled => "stalled",
+            Closed::ResetStreams => "reset_streams",
+        }
     }
 }

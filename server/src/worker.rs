@@ -22,7 +22,7 @@ use super::admin::Health;
 use super::balance::{self, Balancer};
 use super::config::ProxyConfig;
 use super::idle::{Activity, InFlight, Seen, Tracked, RESET_BURST};
-use super::metrics::Metrics;
+use super::metrics::{Closed, Metrics};
 use super::park::{Lot, Parked};
 use super::pool::{Busy, OpenConnections, Pool, Pooled, PURGE_EVERY};
 use super::timed::{BodyTimeout, Timed};
@@ -475,6 +475,8 @@ struct Conn {
     idle_timeout: Duration,
     /// Plain HTTP/1 connections idle between requests, held by their socket alone.
     lot: Lot,
+    /// Where connections closed for what their client did are counted.
+    metrics: Option<Metrics>,
 }
 
 impl Conn {
@@ -514,6 +516,7 @@ impl Conn {
             tls: shared.tls.clone(),
             idle_timeout: shared.idle_timeout,
             lot: Lot::new()?,
+            metrics: shared.metrics.clone(),
         })
     }
 
@@ -568,6 +571,13 @@ impl Conn {
         LOT_AFTER.min(self.idle_timeout / 2).max(self.park_after())
     }
 
+    /// Counts a connection closed for what its client did.
+    fn closed(&self, why: Closed) {
+        if let Some(m) = &self.metrics {
+            m.client_closed(why);
+        }
+    }
+
     /// The worker's service for one connection, its exchanges told to `activity`.
     fn front_for(&self, activity: &Arc<Activity>) -> Front {
         Front {
@@ -620,15 +630,7 @@ impl Conn {
             let front = self.front_for(&activity);
             let io = TokioIo::new(Seen::new(stream, activity.clone()));
             let conn = self.http2.serve_connection(io, front);
-            serve_h2(
-                Box::new(conn),
-                stop,
-                activity,
-                watcher,
-                permit,
-                self.idle_timeout,
-            )
-            .await;
+            serve_h2(Box::new(conn), stop, activity, watcher, permit, &self).await;
         } else {
             // As a plain connection, but in this task while idle (rustls' state stays).
             serve_http1(
@@ -841,6 +843,7 @@ fn serve_http1<T: Transport>(
                 if activity.stalled(Instant::now(), conn.idle_timeout) {
                     // The client took none of its answer for the idle timeout (it stopped
                     // reading): closed, as nginx's `send_timeout` closes it.
+                    conn.closed(Closed::Stalled);
                     return;
                 }
                 if let Some(by) = head_by {
@@ -974,6 +977,9 @@ const LATE_FIRST_BYTES: Duration = Duration::from_millis(250);
 /// one of its answers for as long (it waits for the client's flow-control window; see
 /// [`Activity::next_epoch`]), though the client may still read the socket and take others.
 ///
+/// A client that resets streams past its budget (see [`Activity::reset`]) is closed at once.
+/// Each close for what the client did is counted in the worker's metrics.
+///
 /// When the worker stops, the client is told to go away at once (after [`LATE_FIRST_BYTES`]
 /// if it has sent nothing yet, as in [`drain`]), and the connection closes as above: what
 /// is in flight is finished, a client that does not answer the GOAWAY's PING does not hold
@@ -984,8 +990,9 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
     activity: Arc<Activity>,
     watcher: Watcher,
     _permit: Option<OwnedSemaphorePermit>,
-    idle_timeout: Duration,
+    served: &Conn,
 ) {
+    let idle_timeout = served.idle_timeout;
     // Held until the connection ends: the worker's shutdown waits for it.
     let _watcher = watcher;
     // The first look after a second: a request's answer may wait for the client by then.
@@ -1007,6 +1014,7 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
                 tracing::warn!(
                     "closed an HTTP/2 connection whose client reset over {RESET_BURST} streams soon after opening them"
                 );
+                served.closed(Closed::ResetStreams);
                 return;
             }
             _ = stop.wait_for(|stopped| *stopped), if !stopping => {
@@ -1021,12 +1029,14 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
         }
         let now = Instant::now();
         if activity.stalled(now, idle_timeout) {
+            served.closed(Closed::Stalled);
             return;
         }
         if now >= epoch_ends {
             if !activity.next_epoch() {
                 // An answer has waited for the client for the idle timeout at least, though
                 // the socket would take it (the client gives it no flow-control window).
+                served.closed(Closed::Stalled);
                 return;
             }
             epoch_ends = now + idle_timeout;
@@ -1257,13 +1267,23 @@ mod tests {
         more: &str,
         t: Duration,
     ) -> (Arc<Shared>, Arc<Conn>) {
+        worker_counted(upstream, more, t, false)
+    }
+
+    /// [`worker_with`], with metrics if `metrics`.
+    fn worker_counted(
+        upstream: std::net::SocketAddr,
+        more: &str,
+        t: Duration,
+        metrics: bool,
+    ) -> (Arc<Shared>, Arc<Conn>) {
         let config = ProxyConfig::parse(&format!(
             "[server]\nlisten = \"127.0.0.1:1\"\nupstream = \"{upstream}\"\n{more}"
         ))
         .unwrap();
         let balancer = Arc::new(Balancer::try_from_iter([upstream]).unwrap());
         let dialer = Dialer::new(Connector::new(None, t, t, t).unwrap(), balancer.clone());
-        let shared = Arc::new(Shared::new(&config, dialer, balancer, None, false, None));
+        let shared = Arc::new(Shared::new(&config, dialer, balancer, None, metrics, None));
         let conn = Arc::new(Conn::new(&shared).unwrap());
         (shared, conn)
     }
@@ -1342,7 +1362,8 @@ mod tests {
         /// A client of a worker in front of [`upstream`], with `more` in its `[server]`;
         /// its socket's and the served one's buffers small if asked.
         async fn connect(more: &str, small_buffers: bool) -> Client {
-            let (shared, conn) = worker_for(upstream().await, more);
+            let two = Duration::from_secs(2);
+            let (shared, conn) = worker_counted(upstream().await, more, two, true);
             let (stream, served) = socket_pair(small_buffers).await;
             let (stop_tx, stop) = watch::channel(false);
             let graceful = GracefulShutdown::new();
@@ -1451,6 +1472,8 @@ mod tests {
         s: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
         task: tokio::task::JoinHandle<()>,
         stop: watch::Sender<bool>,
+        /// The worker's connection settings, its metrics among them.
+        served: Arc<Conn>,
     }
 
     impl H2 {
@@ -1468,13 +1491,19 @@ mod tests {
         /// sent yet.
         async fn connect(more: &str, small_buffers: bool) -> H2 {
             let (acceptor, connector) = tls_pair(&[b"h2"]);
-            // The payment API's timeouts longer than its pauses (`/pause`).
-            let (_, conn) = worker_with(upstream().await, more, Duration::from_secs(5));
+            // The payment API's timeouts longer than its pauses (`/pause`); metrics on.
+            let five = Duration::from_secs(5);
+            let (_, conn) = worker_counted(upstream().await, more, five, true);
             let (tcp, served) = socket_pair(small_buffers).await;
             let (stop_tx, stop) = watch::channel(false);
             let graceful = GracefulShutdown::new();
-            let task =
-                tokio::spawn(conn.serve_tls(acceptor, served, stop, graceful.watcher(), None));
+            let task = tokio::spawn(conn.clone().serve_tls(
+                acceptor,
+                served,
+                stop,
+                graceful.watcher(),
+                None,
+            ));
             let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
             let s = connector.connect(name, tcp).await.unwrap();
             assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
@@ -1482,7 +1511,14 @@ mod tests {
                 s,
                 task,
                 stop: stop_tx,
+                served: conn,
             }
+        }
+
+        /// Connections the worker closed for `why`.
+        fn closed(&self, why: Closed) -> u64 {
+            let metrics = self.served.metrics.as_ref().expect("metrics on");
+            metrics.client_closed_count(why)
         }
 
         async fn frame(&mut self, ty: u8, flags: u8, stream: u32, payload: &[u8]) {
@@ -1875,6 +1911,14 @@ mod tests {
             "a client that reads nothing is closed"
         );
         assert_eq!(c.hyper_connections(), 0);
+        let counted = |c: &Client| {
+            c.conn
+                .metrics
+                .as_ref()
+                .unwrap()
+                .client_closed_count(Closed::Stalled)
+        };
+        assert_eq!(counted(&c), 1);
 
         let mut c = Client::connect("idle_timeout_secs = 1\n", true).await;
         c.send(HUGE_GET).await;
@@ -1895,6 +1939,7 @@ mod tests {
             }
         }
         c.get_ok().await;
+        assert_eq!(counted(&c), 0);
     }
 
     /// An HTTP/2 connection with nothing in flight for the idle timeout is told to go away
@@ -1968,6 +2013,7 @@ mod tests {
             c.task.is_finished(),
             "a client that reads nothing is closed"
         );
+        assert_eq!(c.closed(Closed::Stalled), 1, "counted");
 
         let mut c = H2::connect("idle_timeout_secs = 1\n", true).await;
         c.preface(true).await;
@@ -1988,6 +2034,7 @@ mod tests {
         assert_eq!(body, VAST);
         c.get(3, "/orders").await;
         assert_eq!(c.answer(3).await, 2);
+        assert_eq!(c.closed(Closed::Stalled), 0);
     }
 
     /// An idle HTTP/2 client that makes the server's writes block and go out again (bursts
@@ -2227,12 +2274,17 @@ mod tests {
         assert_eq!(c.answer(stream).await, 2, "served within its budget");
         // Past it (one more comes every 600 ms): closed.
         let mut more = 0;
+        assert_eq!(c.closed(Closed::ResetStreams), 0);
         while c.opened_and_reset(stream + 2, more % 2 == 1).await {
             stream += 2;
             more += 1;
             assert!(more < 20, "still open after {more} more resets");
         }
+        let served = c.served.clone();
         c.served_to_its_end().await;
+        let metrics = served.metrics.as_ref().unwrap();
+        assert_eq!(metrics.client_closed_count(Closed::ResetStreams), 1);
+        assert_eq!(metrics.client_closed_count(Closed::Stalled), 0);
     }
 
     /// A `CONNECT` the payment API answers 2xx (hyper lets go of its answer's body unread:
