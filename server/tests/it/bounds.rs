@@ -1,7 +1,8 @@
 //! The proxy bounded under real load, and honest about its own answers: upstream read, write
 //! and idle timeouts on the pooled path, the proxy's own 502/504 marked with their code
 //! (binary and tower adapter), request bodies charged to the buffer budget as they arrive and
-//! bounded by a whole-body deadline, one `serve` per address, the open-file limit, and an
+//! bounded by a whole-body deadline, a client that stops reading closed and counted, one
+//! `serve` per address, the open-file limit, and an
 //! outage of the payment API that is not an outage of the proxy. Loopback only; every wait
 //! and every loop is bounded; only processes started here are stopped, by PID.
 
@@ -173,6 +174,62 @@ async fn serve_marks_its_own_502_and_504_with_their_code_for_klarna_payments_too
     assert!(!log.contains("passed through"), "{log}");
     let log = stop_ok(&mut hung, "-TERM");
     assert!(!log.contains("passed through"), "{log}");
+}
+
+/// A client that stops reading a large answer is closed after the idle timeout, and the
+/// close is counted on `/metrics` as `stalled`; one that reads its answer is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_closes_a_client_that_stops_reading_and_counts_it() {
+    let up = upstream::start().await;
+    up.set_answer(upstream::Answer {
+        status: 200,
+        body: vec![b'a'; 16 << 20],
+        ..upstream::Answer::default()
+    });
+    let admin = free_addr();
+    let more = format!("admin = \"{admin}\"\nidle_timeout_secs = 1\n");
+    let (mut child, listen) = serve_with(&more, up.addr);
+    wait_listening(admin);
+    let page = tokio::task::spawn_blocking(move || {
+        let mut reader = TcpStream::connect(listen).unwrap();
+        reader
+            .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut stalled = TcpStream::connect(listen).unwrap();
+        stalled
+            .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        // The reader takes its whole answer meanwhile.
+        reader
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (mut got, mut buf) = (0, vec![0u8; 64 << 10]);
+        while got < 16 << 20 {
+            let n = reader.read(&mut buf).unwrap();
+            assert!(n > 0, "the reader's connection closed after {got} bytes");
+            got += n;
+        }
+        // The one that reads nothing: closed within the idle timeout and a look or two.
+        let by = Instant::now() + Duration::from_secs(8);
+        let page = loop {
+            let page = exchange(
+                admin,
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                b"",
+            );
+            if page.contains("reason=\"stalled\"} 1") || Instant::now() >= by {
+                break page;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        drop(stalled);
+        page
+    })
+    .await
+    .unwrap();
+    let line = "klarna_stepup_client_connections_closed_total{reason=\"stalled\"} 1";
+    assert!(page.contains(line), "{line} in {page}");
+    stop_ok(&mut child, "-TERM");
 }
 
 /// A payment API that answers with something that is not HTTP: the proxy's 502 says so
