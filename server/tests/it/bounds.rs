@@ -2,9 +2,9 @@
 //! and idle timeouts on the pooled path, the proxy's own 502/504 marked with their code
 //! (binary and tower adapter), request bodies charged to the buffer budget as they arrive and
 //! bounded by a whole-body deadline, a client that stops reading closed and counted, one
-//! `serve` per address, the open-file limit, and an
-//! outage of the payment API that is not an outage of the proxy. Loopback only; every wait
-//! and every loop is bounded; only processes started here are stopped, by PID.
+//! `serve` per address, the open-file limit, and an outage of the payment API that is not
+//! an outage of the proxy. Loopback only; every wait and every loop is bounded; only
+//! processes started here are stopped, by PID.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
