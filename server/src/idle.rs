@@ -21,7 +21,9 @@
 //!
 //! An HTTP/2 connection is never let go of (its state is shared by its streams), but the
 //! same record bounds it: its task closes it once nothing has been in flight for the idle
-//! timeout, or once its client has taken nothing for as long (see `serve_h2` in `worker`).
+//! timeout, or once its client has taken nothing for as long (see `serve_h2` in `worker`),
+//! or once its client has reset more streams soon after opening them than its budget
+//! allows (see [`Activity::reset`]).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
