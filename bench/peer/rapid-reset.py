@@ -15,41 +15,17 @@ by PID.
 
 Usage: bench/peer/rapid-reset.py [--pace-ms 20] [--seconds 5] BIN...
 """
-import argparse, os, socket, subprocess, sys, tempfile, threading, time
+import argparse, os, socket, sys, time
 
-from scale import h2_frame as frame, insecure_tls
+from scale import h2_frame as frame, insecure_tls, start_proxy, thread_upstream, tls_proxy_config
 
 UP, LISTEN = 18198, 18197
 accepted = 0
 
 
-def upstream():
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", UP))
-    s.listen(4096)
-
-    def serve(c):
-        f = c.makefile("rb")
-        try:
-            while f.readline():
-                while f.readline() not in (b"\r\n", b""):
-                    pass
-                time.sleep(1)
-                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        except OSError:
-            pass
-        finally:
-            c.close()
-
-    def accept():
-        global accepted
-        while True:
-            c, _ = s.accept()
-            accepted += 1
-            threading.Thread(target=serve, args=(c,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
+def count():
+    global accepted
+    accepted += 1
 
 
 def read_frame(t):
@@ -115,25 +91,11 @@ def main():
     a = p.parse_args()
     if not 0 <= a.pace_ms <= 1000 or not 0 < a.seconds <= 60:
         sys.exit("rapid-reset.py: --pace-ms 0..1000, --seconds up to 60")
-    tmp = tempfile.mkdtemp(prefix="rapid-reset-")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "2", "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem",
-                    "-subj", "/CN=localhost"], check=True, capture_output=True)
-    with open(f"{tmp}/proxy.toml", "w") as f:
-        f.write(f'[server]\nlisten = "127.0.0.1:{LISTEN}"\nupstream = "127.0.0.1:{UP}"\nthreads = 1\n'
-                f'[server.tls]\ncert = "{tmp}/cert.pem"\nkey = "{tmp}/key.pem"\n')
-    upstream()
+    tmp = tls_proxy_config(LISTEN, UP, "rapid-reset-")
+    thread_upstream(UP, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", delay=1, on_accept=count)
     for b in a.bins:
-        proxy = subprocess.Popen([b, "serve", "--config", f"{tmp}/proxy.toml"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proxy = start_proxy(b, f"{tmp}/proxy.toml", LISTEN)
         try:
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", LISTEN), 1).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            time.sleep(0.5)
             before, cpu = accepted, cpu_seconds(proxy.pid)
             reset, closed = attack(insecure_tls(h2=True), a.pace_ms, a.seconds)
             opened, cpu = accepted - before, cpu_seconds(proxy.pid) - cpu

@@ -118,6 +118,70 @@ async def hold_one(host, port, ready, release, opened, tls=None):
         writer.close()
 
 
+def thread_upstream(port, answer, delay=0.0, on_accept=None):
+    """An HTTP/1.1 upstream on 127.0.0.1:`port`, a thread per connection: each request (a
+    head, no body) answered with the bytes `answer` after `delay` seconds; `on_accept()` is
+    called for each connection it accepts."""
+    import socket, threading
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(4096)
+
+    def serve(c):
+        f = c.makefile("rb")
+        try:
+            while f.readline():
+                while f.readline() not in (b"\r\n", b""):
+                    pass
+                time.sleep(delay)
+                c.sendall(answer)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def accept():
+        while True:
+            c, _ = s.accept()
+            if on_accept:
+                on_accept()
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+
+def tls_proxy_config(listen, upstream, prefix):
+    """A temporary folder with a self-signed certificate for localhost (openssl) and a
+    `proxy.toml` for the proxy: a TLS listener on 127.0.0.1:`listen` in front of
+    127.0.0.1:`upstream`, one worker thread. Its path."""
+    import subprocess, tempfile
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem",
+                    "-subj", "/CN=localhost"], check=True, capture_output=True)
+    with open(f"{tmp}/proxy.toml", "w") as f:
+        f.write(f'[server]\nlisten = "127.0.0.1:{listen}"\nupstream = "127.0.0.1:{upstream}"\nthreads = 1\n'
+                f'[server.tls]\ncert = "{tmp}/cert.pem"\nkey = "{tmp}/key.pem"\n')
+    return tmp
+
+
+def start_proxy(binary, config, listen):
+    """`binary serve --config config`, once it accepts on 127.0.0.1:`listen` (10 s at most)
+    and has settled: its process, to stop by its PID."""
+    import socket, subprocess
+    proxy = subprocess.Popen([binary, "serve", "--config", config],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", listen), 1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    time.sleep(0.5)
+    return proxy
+
+
 def insecure_tls(h2=False):
     """A client TLS context for the loopback peers' self-signed certificates: HTTP/1.1 only,
     or HTTP/2 only."""

@@ -10,36 +10,12 @@ proxies started here are stopped by PID.
 
 Usage: bench/peer/slow-readers.py [--conns 100] [--streams 200] BIN...
 """
-import argparse, socket, subprocess, sys, tempfile, threading, time
+import argparse, socket, sys, time
 
-from scale import h2_frame as frame, insecure_tls, rss_kb
+from scale import h2_frame as frame, insecure_tls, rss_kb, start_proxy, thread_upstream, tls_proxy_config
 
 BODY = b"a" * (32 << 20)
 UP, LISTEN = 18196, 18195
-
-
-def upstream():
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", UP))
-    s.listen(1024)
-
-    def serve(c):
-        f = c.makefile("rb")
-        try:
-            while f.readline():
-                while f.readline() not in (b"\r\n", b""):
-                    pass
-                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
-        except OSError:
-            pass
-
-    def accept():
-        while True:
-            c, _ = s.accept()
-            threading.Thread(target=serve, args=(c,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
 
 
 def tls_socket(ctx):
@@ -58,14 +34,8 @@ def main():
     a = p.parse_args()
     if not 1 <= a.conns <= 1000 or not 1 <= a.streams <= 1000:
         sys.exit("slow-readers.py: --conns and --streams 1..1000")
-    tmp = tempfile.mkdtemp(prefix="slow-readers-")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "2", "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem",
-                    "-subj", "/CN=localhost"], check=True, capture_output=True)
-    with open(f"{tmp}/proxy.toml", "w") as f:
-        f.write(f'[server]\nlisten = "127.0.0.1:{LISTEN}"\nupstream = "127.0.0.1:{UP}"\nthreads = 1\n'
-                f'[server.tls]\ncert = "{tmp}/cert.pem"\nkey = "{tmp}/key.pem"\n')
-    upstream()
+    tmp = tls_proxy_config(LISTEN, UP, "slow-readers-")
+    thread_upstream(UP, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
     ctx1, ctx2 = insecure_tls(), insecure_tls(h2=True)
     def h1():
         conns = []
@@ -89,16 +59,8 @@ def main():
 
     def held_kb(b, clients):
         """The proxy's memory with `clients`' connections stalled, less its memory before."""
-        proxy = subprocess.Popen([b, "serve", "--config", f"{tmp}/proxy.toml"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proxy = start_proxy(b, f"{tmp}/proxy.toml", LISTEN)
         try:
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", LISTEN), 1).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            time.sleep(0.5)
             base = rss_kb([proxy.pid])
             held = clients()
             time.sleep(5)
