@@ -1577,8 +1577,10 @@ mod tests {
 
         /// `GET /slow` on `stream`, reset (`CANCEL`) once the server has taken it (a PING
         /// sent after it answered), or, `in_body`, `GET /vast` reset once its answer's head
-        /// came: whether the connection was still open.
-        async fn opened_and_reset(&mut self, stream: u32, in_body: bool) -> bool {
+        /// came; if `made`, not reset by the client but made to be reset by the server (a
+        /// `WINDOW_UPDATE` that overflows the stream's window, a stream error:
+        /// "MadeYouReset"). Whether the connection was still open.
+        async fn opened_and_reset(&mut self, stream: u32, in_body: bool, made: bool) -> bool {
             let mut sent = Self::get_frame(stream, if in_body { "/vast" } else { "/slow" });
             sent.extend(Self::framed(Self::PING, 0, 0, b"taken-it"));
             if self.s.write_all(&sent).await.is_err() {
@@ -1601,7 +1603,12 @@ mod tests {
                     }
                 }
             }
-            let reset = Self::framed(3, 0, stream, &8u32.to_be_bytes());
+            let reset = if made {
+                // The stream's window past 2^31 - 1: a stream error (FLOW_CONTROL_ERROR).
+                Self::framed(8, 0, stream, &0x7fff_ffffu32.to_be_bytes())
+            } else {
+                Self::framed(3, 0, stream, &8u32.to_be_bytes())
+            };
             self.s.write_all(&reset).await.is_ok()
         }
 
@@ -2258,14 +2265,30 @@ mod tests {
     /// served while within its budget, and closed once past it.
     #[tokio::test]
     async fn an_http2_client_that_resets_its_streams_rapidly_is_closed() {
+        closed_past_the_reset_budget(false).await;
+    }
+
+    /// The same with streams the client makes the server reset (a stream error after the
+    /// stream was taken: "MadeYouReset", which hyper's bound on the server's own resets
+    /// takes only at 1,024): each also sets off a request the reset abandons.
+    #[tokio::test]
+    async fn an_http2_client_that_makes_the_server_reset_its_streams_is_closed() {
+        closed_past_the_reset_budget(true).await;
+    }
+
+    /// A client resetting streams (or making the server reset them, if `made`): served
+    /// within its budget, closed once past it, the close counted.
+    async fn closed_past_the_reset_budget(made: bool) {
         let mut c = H2::connect("", false).await;
         c.preface(false).await;
         let mut stream = 1;
         for i in 0..RESET_BURST {
             // The last one before the answer: its PING comes after the body frames before.
-            let in_body = i % 2 == 0;
+            // (A stream the server is made to reset: before its answer, while its window is
+            // the whole initial one, which the `WINDOW_UPDATE` overflows.)
+            let in_body = i % 2 == 0 && !made;
             assert!(
-                c.opened_and_reset(stream, in_body).await,
+                c.opened_and_reset(stream, in_body, made).await,
                 "closed within its budget"
             );
             stream += 2;
@@ -2275,7 +2298,10 @@ mod tests {
         // Past it (one more comes every 600 ms): closed.
         let mut more = 0;
         assert_eq!(c.closed(Closed::ResetStreams), 0);
-        while c.opened_and_reset(stream + 2, more % 2 == 1).await {
+        while c
+            .opened_and_reset(stream + 2, more % 2 == 1 && !made, made)
+            .await
+        {
             stream += 2;
             more += 1;
             assert!(more < 20, "still open after {more} more resets");
