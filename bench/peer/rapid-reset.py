@@ -17,7 +17,7 @@ Usage: bench/peer/rapid-reset.py [--pace-ms 20] [--seconds 5] BIN...
 """
 import argparse, os, socket, sys, time
 
-from scale import h2_frame as frame, insecure_tls, start_proxy, thread_upstream, tls_proxy_config
+from scale import cpu_ticks, h2_frame as frame, insecure_tls, start_proxy, thread_upstream, tls_proxy_config
 
 UP, LISTEN = 18198, 18197
 accepted = 0
@@ -78,9 +78,8 @@ def attack(ctx, pace, seconds):
 
 
 def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """The CPU time, user and system, the process `pid` has used so far."""
+    return sum(cpu_ticks([pid])) / os.sysconf("SC_CLK_TCK")
 
 
 def main():
