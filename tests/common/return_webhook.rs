@@ -91,3 +91,21 @@ pub fn assert_notification_signed(headers: &http::HeaderMap, body: &[u8]) {
     m.verify_slice(&hex::decode(v1).unwrap())
         .unwrap_or_else(|_| panic!("the notification signature does not verify: {header}"));
 }
+
+/// Waits until the clock is at least `margin` seconds past, and `margin` before, a multiple of
+/// `bucket` (return tokens' expiries are rounded to it: a test that straddles a boundary would
+/// see two tokens, as documented). With the default lifetime and margin (whole hours), the
+/// expiry's boundaries fall on the clock's.
+pub async fn clear_of_bucket_boundary(bucket: u64, margin: u64) {
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let into = now % bucket;
+        if into >= margin && bucket - into > margin {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

@@ -627,23 +627,6 @@ async fn klarna_requests_keep_the_client_connection_alive() {
 // Retries
 // ---------------------------------------------------------------------------------------
 
-/// Waits until the clock is at least `margin` seconds past, and `margin` before, a multiple of
-/// `bucket` (return tokens' expiries are rounded to it: a test that straddles a boundary would
-/// see two tokens, as documented).
-async fn clear_of_bucket_boundary(bucket: u64, margin: u64) {
-    loop {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let into = now % bucket;
-        if into >= margin && bucket - into > margin {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_reaches_the_upstream_byte_identical_through_both_adapters() {
     // Without a partner reference, with the acquirer return on: the two things that used to
@@ -671,7 +654,7 @@ async fn a_retry_reaches_the_upstream_byte_identical_through_both_adapters() {
     large.extend(std::iter::repeat_n(b'p', 70 * 1024));
     large.extend_from_slice(br#""}"#);
 
-    clear_of_bucket_boundary(3600, 30).await;
+    common::return_webhook::clear_of_bucket_boundary(3600, 30).await;
     let mut first_seen = std::collections::HashMap::new();
     for (name, key) in [("keyed", Some("retry-me-1")), ("unkeyed", None)] {
         let mut headers = vec![("content-type", "application/json")];
