@@ -13,7 +13,9 @@
 # Env: CASES (default "klarna-stepup nginx floor hyper-bare hyper-stepup pingora-bare
 # pingora-stepup"; floor is server/examples/floor_proxy.rs, an HTTP/1.1 passthrough on tokio
 # and httparse alone: what the sockets and the runtime cost), STEPUP_BIN (default: the production build), NO_BUILD=1, DURATION (s,
-# default 6), PEER_PORT_BASE (default 18080; the measured proxy listens on base + 17).
+# default 6), PEER_PORT_BASE (default 18080; the measured proxy listens on base + 17),
+# REQUEST_JSON (the POST's body, default request.json; `scale.py body --bytes N --out F` makes larger
+# ones), KEEP=1 (keep each case's callgrind files, cg.<case>.<route>.*, for callgrind_annotate).
 set -euo pipefail
 die() { echo "instructions.sh: $*" >&2; exit 1; }
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,6 +43,9 @@ if [[ ${NO_BUILD:-0} != 1 ]]; then
     && cargo build --release -p klarna-stepup-server --example floor_proxy)
 fi
 BIN=${STEPUP_BIN:-$TARGET_DIR/production/klarna-stepup}
+# The POST runs from here (post.lua's directory): paths given relative to the caller's.
+[[ $BIN == /* ]] || BIN=$PWD/$BIN
+[[ -z ${REQUEST_JSON:-} || $REQUEST_JSON == /* ]] || REQUEST_JSON=$PWD/$REQUEST_JSON
 EX=$TARGET_DIR/release/examples
 mkdir -p "$RUN/upstream/logs" "$RUN/upstream/tmp" "$RUN/nginx/logs" "$RUN/nginx/tmp" "$RUN/conf"
 rm -f "$RUN"/cg.out.*
@@ -107,6 +112,9 @@ measure() {
     ir=$((ir + ${x:-0}))
   done
   (( ir > 0 )) || die "$case $path: no instructions counted (see $RUN/$case.log)"
+  if [[ ${KEEP:-0} == 1 ]]; then
+    for f in "$RUN"/cg.out.*; do mv "$f" "$RUN/cg.$case.${path//\//}.${f##*.}"; done
+  fi
   rm -f "$RUN"/cg.out.*
   echo $((ir / reqs))
 }
@@ -114,7 +122,7 @@ measure() {
 declare -A GET POST
 for c in $CASES; do
   GET[$c]=$(measure "$c" /health)
-  POST[$c]=$(cd "$HERE" && REQUEST_JSON=$HERE/request.json measure "$c" /payments "$HERE/post.lua")
+  POST[$c]=$(cd "$HERE" && REQUEST_JSON=${REQUEST_JSON:-$HERE/request.json} measure "$c" /payments "$HERE/post.lua")
   printf '%-16s GET %8s  POST %8s instructions per request\n' "$c" "${GET[$c]}" "${POST[$c]}"
 done
 
