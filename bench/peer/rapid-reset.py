@@ -13,7 +13,8 @@ began toward the upstream and abandoned.
 Loopback only; every step bounded in time and count; the proxies started here are stopped
 by PID.
 
-Usage: bench/peer/rapid-reset.py [--pace-ms 20] [--seconds 5] BIN...
+Usage: bench/peer/rapid-reset.py [--pace-ms 20] [--seconds 5] [--tls LINE]... BIN...
+(--tls: a line for every build's `[server.tls]`, e.g. "h2_reset_budget = 0".)
 """
 import argparse, os, socket, sys, time
 
@@ -86,11 +87,14 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--pace-ms", type=float, default=20)
     p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--tls", action="append", default=[], help="a [server.tls] line")
     p.add_argument("bins", nargs="+")
     a = p.parse_args()
     if not 0 <= a.pace_ms <= 1000 or not 0 < a.seconds <= 60:
         sys.exit("rapid-reset.py: --pace-ms 0..1000, --seconds up to 60")
     tmp = tls_proxy_config(LISTEN, UP, "rapid-reset-")
+    with open(f"{tmp}/proxy.toml", "a") as f:  # [server.tls] is its last table
+        f.writelines(line + "\n" for line in a.tls)
     thread_upstream(UP, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", delay=1, on_accept=count)
     for b in a.bins:
         proxy = start_proxy(b, f"{tmp}/proxy.toml", LISTEN)

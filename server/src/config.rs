@@ -318,6 +318,32 @@ pub struct ListenerTls {
     /// Offer HTTP/2 (ALPN `h2`) besides HTTP/1.1 (default true).
     #[serde(default = "yes")]
     pub h2: bool,
+    /// The most streams an HTTP/2 client may have open on one connection at once (default
+    /// 100, HAProxy's; 1 to 1000). Each may hold a payment API connection and up to 64 KiB
+    /// of its answer for a client that has not taken it.
+    #[serde(default = "default_h2_max_streams")]
+    pub h2_max_streams: u32,
+    /// HTTP/2 streams a client may reset within a second of opening them, before their
+    /// answers have ended, at once (default 100; at most 1000000): each sets off a request
+    /// to the payment API that the reset abandons. Past it and `h2_reset_refill_ms`, the
+    /// connection closes. 0 counts no resets: for a load balancer in front that carries
+    /// many clients' requests on one connection and cancels each whose client went away.
+    #[serde(default = "default_h2_reset_budget")]
+    pub h2_reset_budget: u32,
+    /// After `h2_reset_budget`, one more such reset every this many milliseconds (default
+    /// 600: 100 a minute; 1 to 3600000).
+    #[serde(default = "default_h2_reset_refill_ms")]
+    pub h2_reset_refill_ms: u64,
+}
+
+pub(crate) fn default_h2_max_streams() -> u32 {
+    100
+}
+pub(crate) fn default_h2_reset_budget() -> u32 {
+    100
+}
+pub(crate) fn default_h2_reset_refill_ms() -> u64 {
+    600
 }
 
 /// `[server.upstream_tls]`: HTTPS to the upstream, optionally with a client certificate.
@@ -577,6 +603,21 @@ impl ServerConfig {
         if let Some(tls) = &self.tls {
             file_problem(&mut p, "server.tls.cert", &tls.cert);
             file_problem(&mut p, "server.tls.key", &tls.key);
+            if !(1..=1000).contains(&tls.h2_max_streams) {
+                p.push(err(
+                    "server.tls.h2_max_streams",
+                    "must be between 1 and 1000",
+                ));
+            }
+            if tls.h2_reset_budget > 1_000_000 {
+                p.push(err("server.tls.h2_reset_budget", "must be at most 1000000"));
+            }
+            if !(1..=3_600_000).contains(&tls.h2_reset_refill_ms) {
+                p.push(err(
+                    "server.tls.h2_reset_refill_ms",
+                    "must be between 1 and 3600000",
+                ));
+            }
         }
         if let Some(t) = &self.upstream_tls {
             if t.sni.is_empty() {
@@ -718,6 +759,53 @@ mod tests {
                 "server.upstream[1]",
                 "server.threads"
             ]
+        );
+    }
+
+    /// The HTTP/2 limits: defaults, values taken, values out of range named.
+    #[test]
+    fn http2_limits_are_read_and_bounded() {
+        let with = |more: &str| {
+            // Any readable files for the certificate and key: this only parses.
+            let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+            ProxyConfig::parse(&format!(
+                "[server]\nlisten = \"127.0.0.1:8443\"\nupstream = \"127.0.0.1:9000\"\n\
+                 [server.tls]\ncert = \"{file}\"\nkey = \"{file}\"\n{more}"
+            ))
+        };
+        let tls = with("").unwrap().server.tls.unwrap();
+        assert_eq!(
+            (
+                tls.h2_max_streams,
+                tls.h2_reset_budget,
+                tls.h2_reset_refill_ms
+            ),
+            (100, 100, 600)
+        );
+        let tls = with("h2_max_streams = 250\nh2_reset_budget = 0\nh2_reset_refill_ms = 50\n")
+            .unwrap()
+            .server
+            .tls
+            .unwrap();
+        assert_eq!(
+            (
+                tls.h2_max_streams,
+                tls.h2_reset_budget,
+                tls.h2_reset_refill_ms
+            ),
+            (250, 0, 50)
+        );
+        let e = with("h2_max_streams = 0\nh2_reset_budget = 1000001\nh2_reset_refill_ms = 0\n")
+            .unwrap_err();
+        let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.tls.h2_max_streams",
+                "server.tls.h2_reset_budget",
+                "server.tls.h2_reset_refill_ms"
+            ],
+            "{e}"
         );
     }
 

@@ -67,9 +67,11 @@ pub(crate) struct Activity {
     epoch: AtomicU32,
     /// HTTP/2 streams the client reset before their answer's end, within [`PREMATURE`] of
     /// opening them, as a rate: the moment (nanoseconds since `born`) by which the budget
-    /// ([`RESET_BURST`] at once, one more every [`RESET_EVERY`]) would be whole again (the
-    /// generic cell rate algorithm's theoretical arrival time).
+    /// (`budget`) would be whole again (the generic cell rate algorithm's theoretical arrival
+    /// time).
     resets_due: AtomicU64,
+    /// The reset budget, in the form `resets_due` is checked against.
+    budget: Rate,
     /// Told once the client has reset more than its budget allows (see
     /// [`Activity::too_many_resets`]).
     resets_over: tokio::sync::Notify,
@@ -80,14 +82,55 @@ pub(crate) struct Activity {
 /// threshold).
 pub(crate) const PREMATURE: Duration = Duration::from_secs(1);
 
-/// How many such resets a connection may make at once (Varnish's `h2_rapid_reset_limit`)...
-pub(crate) const RESET_BURST: u32 = 100;
+/// How many such resets an HTTP/2 connection may make: `burst` at once, then one more every
+/// `every` (by default Varnish's `h2_rapid_reset_limit` and `h2_rapid_reset_period`: 100,
+/// then 100 a minute). A burst of 0 is no budget: resets are not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ResetBudget {
+    pub burst: u32,
+    pub every: Duration,
+}
 
-/// ...and how often one more after those (Varnish's: 100 a minute).
-pub(crate) const RESET_EVERY: Duration = Duration::from_millis(600);
+impl Default for ResetBudget {
+    /// `[server.tls]`'s defaults.
+    fn default() -> Self {
+        use super::config::{default_h2_reset_budget, default_h2_reset_refill_ms};
+        ResetBudget {
+            burst: default_h2_reset_budget(),
+            every: Duration::from_millis(default_h2_reset_refill_ms()),
+        }
+    }
+}
+
+/// A [`ResetBudget`] in nanoseconds: how far ahead of now `resets_due` may run, and by how
+/// much each reset moves it (0: no budget).
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    slack: u64,
+    every: u64,
+}
+
+impl From<ResetBudget> for Rate {
+    fn from(b: ResetBudget) -> Self {
+        let every = u64::try_from(b.every.as_nanos()).unwrap_or(u64::MAX).max(1);
+        match b.burst {
+            0 => Rate { slack: 0, every: 0 },
+            n => Rate {
+                slack: every.saturating_mul(u64::from(n - 1)),
+                every,
+            },
+        }
+    }
+}
 
 impl Activity {
+    /// A connection's record, with the default reset budget.
     pub(crate) fn new() -> Arc<Self> {
+        Self::with_budget(ResetBudget::default())
+    }
+
+    /// A connection's record; `budget` bounds its HTTP/2 client's resets.
+    pub(crate) fn with_budget(budget: ResetBudget) -> Arc<Self> {
         Arc::new(Activity {
             born: Instant::now(),
             reads: AtomicU32::new(0),
@@ -100,6 +143,7 @@ impl Activity {
             handed: [AtomicU32::new(0), AtomicU32::new(0)],
             epoch: AtomicU32::new(0),
             resets_due: AtomicU64::new(0),
+            budget: budget.into(),
             resets_over: tokio::sync::Notify::new(),
         })
     }
@@ -117,16 +161,18 @@ impl Activity {
     }
 
     /// Spends one of the reset budget at `now` (nanoseconds since `born`): `false` if none
-    /// is left. The generic cell rate algorithm: one moment kept, no counting window.
+    /// is left (never without a budget). The generic cell rate algorithm: one moment kept,
+    /// no counting window.
     fn spend_reset(&self, now: u64) -> bool {
-        let every = RESET_EVERY.as_nanos() as u64;
-        let slack = every * u64::from(RESET_BURST - 1);
-        self.resets_due
-            .fetch_update(Relaxed, Relaxed, |due| {
-                let due = due.max(now);
-                (due - now <= slack).then_some(due + every)
-            })
-            .is_ok()
+        let Rate { slack, every } = self.budget;
+        every == 0
+            || self
+                .resets_due
+                .fetch_update(Relaxed, Relaxed, |due| {
+                    let due = due.max(now);
+                    (due - now <= slack).then(|| due.saturating_add(every))
+                })
+                .is_ok()
     }
 
     /// Ready once the client has reset more HTTP/2 streams, soon after opening them, than
@@ -529,33 +575,57 @@ mod tests {
     use http_body_util::{BodyExt, Full};
     use std::future::Future;
 
-    /// The reset budget: [`RESET_BURST`] at once, then one every [`RESET_EVERY`], no more
-    /// kept than the burst however long the connection was quiet; a reset of a stream
-    /// older than [`PREMATURE`] spends none.
+    /// The reset budget: its burst at once, then one every `every`, no more kept than the
+    /// burst however long the connection was quiet; a reset of a stream older than
+    /// [`PREMATURE`] spends none. The default's (100, 600 ms) and another's alike.
     #[test]
     fn the_reset_budget_is_a_burst_then_a_rate() {
-        let a = Activity::new();
-        let every = RESET_EVERY.as_nanos() as u64;
-        let start = 3_600 * 1_000_000_000;
-        for i in 0..RESET_BURST {
-            assert!(a.spend_reset(start), "reset {i} of the burst");
-        }
-        assert!(!a.spend_reset(start), "past the burst");
-        assert!(!a.spend_reset(start + every - 1), "before the next comes");
-        assert!(a.spend_reset(start + every));
-        assert!(!a.spend_reset(start + every));
-        // Quiet for far longer than the burst takes to come back: the burst again, no more.
-        let later = start + 1_000 * every;
-        for _ in 0..RESET_BURST {
-            assert!(a.spend_reset(later));
-        }
-        assert!(!a.spend_reset(later));
+        let other = ResetBudget {
+            burst: 7,
+            every: Duration::from_millis(25),
+        };
+        for budget in [ResetBudget::default(), other] {
+            let a = Activity::with_budget(budget);
+            let every = budget.every.as_nanos() as u64;
+            let start = 3_600 * 1_000_000_000;
+            for i in 0..budget.burst {
+                assert!(a.spend_reset(start), "reset {i} of the burst");
+            }
+            assert!(!a.spend_reset(start), "past the burst");
+            assert!(!a.spend_reset(start + every - 1), "before the next comes");
+            assert!(a.spend_reset(start + every));
+            assert!(!a.spend_reset(start + every));
+            // Quiet for far longer than the burst takes to come back: the burst again.
+            let later = start + 1_000 * every;
+            for _ in 0..budget.burst {
+                assert!(a.spend_reset(later));
+            }
+            assert!(!a.spend_reset(later));
 
-        let b = Activity::new();
-        for _ in 0..2 * RESET_BURST {
-            b.reset(PREMATURE);
+            let b = Activity::with_budget(budget);
+            for _ in 0..2 * budget.burst {
+                b.reset(PREMATURE);
+            }
+            assert!(b.spend_reset(b.nanos()), "late resets spent nothing");
         }
-        assert!(b.spend_reset(b.nanos()), "late resets spent nothing");
+    }
+
+    /// A burst of 0 is no budget: however many resets come at once, none is refused.
+    #[test]
+    fn a_reset_budget_of_zero_counts_nothing() {
+        let a = Activity::with_budget(ResetBudget {
+            burst: 0,
+            every: Duration::from_millis(600),
+        });
+        for _ in 0..10_000 {
+            assert!(a.spend_reset(5));
+        }
+        let over = a.too_many_resets();
+        let mut over = std::pin::pin!(over);
+        for _ in 0..1_000 {
+            a.reset(Duration::ZERO);
+        }
+        assert!(poll_once(over.as_mut()).is_pending());
     }
 
     /// An HTTP/2 exchange given up before its answer's end (before the answer, or in its
@@ -564,7 +634,8 @@ mod tests {
     #[tokio::test]
     async fn only_an_http2_stream_given_up_before_its_answers_end_counts_as_a_reset() {
         let a = Activity::new();
-        for _ in 0..RESET_BURST {
+        let burst = ResetBudget::default().burst;
+        for _ in 0..burst {
             drop(a.begin());
             let whole = Tracked::new(Full::new(Bytes::from("ok")), Some(a.begin().1.watched()));
             assert_eq!(&whole.collect().await.unwrap().to_bytes()[..], b"ok");
@@ -580,7 +651,7 @@ mod tests {
         );
 
         let a = Activity::new();
-        for _ in 0..RESET_BURST / 2 {
+        for _ in 0..burst / 2 {
             drop(a.begin().1.watched());
             let mut cut = Tracked::new(
                 Full::new(Bytes::from(vec![0; 2 * PIECE])),

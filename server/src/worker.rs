@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use super::admin::Health;
 use super::balance::{self, Balancer};
 use super::config::ProxyConfig;
-use super::idle::{Activity, InFlight, Seen, Tracked, RESET_BURST};
+use super::idle::{Activity, InFlight, ResetBudget, Seen, Tracked};
 use super::metrics::{Closed, Metrics};
 use super::park::{Lot, Parked};
 use super::pool::{Busy, OpenConnections, Pool, Pooled, PURGE_EVERY};
@@ -281,6 +281,9 @@ pub(super) struct Shared {
     body_deadline: Duration,
     idle_timeout: Duration,
     grace: Duration,
+    /// `[server.tls]`'s HTTP/2 limits: streams open at once, and the reset budget.
+    h2_max_streams: u32,
+    h2_resets: ResetBudget,
     pub(super) health: Arc<Health>,
 }
 
@@ -322,6 +325,17 @@ impl Shared {
             body_deadline: Duration::from_millis(s.request_body_deadline_ms),
             idle_timeout: Duration::from_secs(s.idle_timeout_secs),
             grace: Duration::from_secs(s.grace_period_secs),
+            h2_max_streams: s
+                .tls
+                .as_ref()
+                .map_or_else(super::config::default_h2_max_streams, |t| t.h2_max_streams),
+            h2_resets: s
+                .tls
+                .as_ref()
+                .map_or_else(ResetBudget::default, |t| ResetBudget {
+                    burst: t.h2_reset_budget,
+                    every: Duration::from_millis(t.h2_reset_refill_ms),
+                }),
             health: Arc::new(Health::new(s.threads, balancer, upstream_connections)),
         }
     }
@@ -477,6 +491,8 @@ struct Conn {
     lot: Lot,
     /// Where connections closed for what their client did are counted.
     metrics: Option<Metrics>,
+    /// How many streams an HTTP/2 client may reset soon after opening them.
+    h2_resets: ResetBudget,
 }
 
 impl Conn {
@@ -507,7 +523,7 @@ impl Conn {
             // connection's read buffer, see `pool`). A client that opened every stream and
             // read nothing made hyper's defaults hold some 750 KB a stream, 150 MB a
             // connection; now about 200 KB a stream.
-            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_concurrent_streams(shared.h2_max_streams)
             .max_send_buf_size(H2_SEND_BUFFER);
         Ok(Conn {
             front: shared.front(),
@@ -517,6 +533,7 @@ impl Conn {
             idle_timeout: shared.idle_timeout,
             lot: Lot::new()?,
             metrics: shared.metrics.clone(),
+            h2_resets: shared.h2_resets,
         })
     }
 
@@ -625,7 +642,7 @@ impl Conn {
         else {
             return;
         };
-        let activity = Activity::new();
+        let activity = Activity::with_budget(self.h2_resets);
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
             let front = self.front_for(&activity);
             let io = TokioIo::new(Seen::new(stream, activity.clone()));
@@ -645,10 +662,6 @@ impl Conn {
         }
     }
 }
-
-/// The most streams an HTTP/2 client may have open on one connection at once (HAProxy's
-/// default; nginx's is 128, hyper's 200).
-const H2_MAX_STREAMS: u32 = 100;
 
 /// The most of an answer an HTTP/2 stream holds for the client beyond what the socket took.
 const H2_SEND_BUFFER: usize = 64 << 10;
@@ -1012,7 +1025,9 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
                 // The rapid reset (see `Activity::reset`): closed, as Varnish closes it;
                 // the streams it has in flight are its own.
                 tracing::warn!(
-                    "closed an HTTP/2 connection whose client reset over {RESET_BURST} streams soon after opening them"
+                    budget = served.h2_resets.burst,
+                    refill_ms = served.h2_resets.every.as_millis() as u64,
+                    "closed an HTTP/2 connection whose client reset more streams soon after opening them than its budget allows (server.tls.h2_reset_budget)"
                 );
                 served.closed(Closed::ResetStreams);
                 return;
@@ -2219,19 +2234,28 @@ mod tests {
         assert!(r.ends_with(std::str::from_utf8(&said).unwrap()), "{r}");
     }
 
-    /// An HTTP/2 client may have at most [`H2_MAX_STREAMS`] streams open at once: the
-    /// server's SETTINGS say so.
+    /// `[server.tls]` with `lines` (the test's listener has its own certificate: the
+    /// files named here are only parsed).
+    fn tls_table(lines: &str) -> String {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        format!("[server.tls]\ncert = \"{file}\"\nkey = \"{file}\"\n{lines}")
+    }
+
+    /// An HTTP/2 client may have at most `h2_max_streams` streams open at once (100 by
+    /// default): the server's SETTINGS say so.
     #[tokio::test]
     async fn an_http2_client_is_told_how_many_streams_it_may_open() {
-        let mut c = H2::connect("", false).await;
-        c.preface(false).await;
-        let (ty, _, _, settings) = c.next().await.unwrap();
-        assert_eq!(ty, 4, "SETTINGS first");
-        let max = settings
-            .chunks(6)
-            .find(|s| s[..2] == [0, 3])
-            .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
-        assert_eq!(max, Some(H2_MAX_STREAMS));
+        for (config, streams) in [(String::new(), 100), (tls_table("h2_max_streams = 7\n"), 7)] {
+            let mut c = H2::connect(&config, false).await;
+            c.preface(false).await;
+            let (ty, _, _, settings) = c.next().await.unwrap();
+            assert_eq!(ty, 4, "SETTINGS first");
+            let max = settings
+                .chunks(6)
+                .find(|s| s[..2] == [0, 3])
+                .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
+            assert_eq!(max, Some(streams));
+        }
     }
 
     /// Each HTTP/2 stream in flight takes a connection to the payment API, and those count
@@ -2265,7 +2289,40 @@ mod tests {
     /// served while within its budget, and closed once past it.
     #[tokio::test]
     async fn an_http2_client_that_resets_its_streams_rapidly_is_closed() {
-        closed_past_the_reset_budget(false).await;
+        closed_past_the_reset_budget(false, "").await;
+    }
+
+    /// The budget is `h2_reset_budget` at once, one more every `h2_reset_refill_ms`: with
+    /// 6 and a minute, the seventh reset closes the connection (the client sees it at its
+    /// next stream, or the one after if the server took that one in the same read).
+    #[tokio::test]
+    async fn an_http2_clients_reset_budget_is_the_configured_one() {
+        let small = tls_table("h2_reset_budget = 6\nh2_reset_refill_ms = 60000\n");
+        let past = closed_past_the_reset_budget(false, &small).await;
+        assert!(
+            (1..=2).contains(&past),
+            "closed {past} resets past the budget"
+        );
+    }
+
+    /// With `h2_reset_budget = 0` resets are not counted (a load balancer in front that
+    /// cancels many clients' requests on one connection): however many, the connection
+    /// goes on.
+    #[tokio::test]
+    async fn an_http2_client_without_a_reset_budget_is_not_closed_for_resets() {
+        let mut c = H2::connect(&tls_table("h2_reset_budget = 0\n"), false).await;
+        c.preface(false).await;
+        let mut stream = 1;
+        for i in 0..3 * ResetBudget::default().burst {
+            assert!(
+                c.opened_and_reset(stream, i % 2 == 0, false).await,
+                "closed after {i} resets"
+            );
+            stream += 2;
+        }
+        c.get(stream, "/orders").await;
+        assert_eq!(c.answer(stream).await, 2);
+        assert_eq!(c.closed(Closed::ResetStreams), 0);
     }
 
     /// The same with streams the client makes the server reset (a stream error after the
@@ -2273,16 +2330,25 @@ mod tests {
     /// takes only at 1,024): each also sets off a request the reset abandons.
     #[tokio::test]
     async fn an_http2_client_that_makes_the_server_reset_its_streams_is_closed() {
-        closed_past_the_reset_budget(true).await;
+        closed_past_the_reset_budget(true, "").await;
     }
 
-    /// A client resetting streams (or making the server reset them, if `made`): served
-    /// within its budget, closed once past it, the close counted.
-    async fn closed_past_the_reset_budget(made: bool) {
-        let mut c = H2::connect("", false).await;
+    /// A client resetting streams (or making the server reset them, if `made`) to a server
+    /// configured with `config` (its reset budget: `h2_reset_budget`, else the default's):
+    /// served within its budget, closed once past it, the close counted. How many resets
+    /// past the burst it took.
+    async fn closed_past_the_reset_budget(made: bool, config: &str) -> usize {
+        let burst = ProxyConfig::parse(&format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\n{config}"
+        ))
+        .unwrap()
+        .server
+        .tls
+        .map_or(ResetBudget::default().burst, |t| t.h2_reset_budget);
+        let mut c = H2::connect(config, false).await;
         c.preface(false).await;
         let mut stream = 1;
-        for i in 0..RESET_BURST {
+        for i in 0..burst {
             // The last one before the answer: its PING comes after the body frames before.
             // (A stream the server is made to reset: before its answer, while its window is
             // the whole initial one, which the `WINDOW_UPDATE` overflows.)
@@ -2311,6 +2377,7 @@ mod tests {
         let metrics = served.metrics.as_ref().unwrap();
         assert_eq!(metrics.client_closed_count(Closed::ResetStreams), 1);
         assert_eq!(metrics.client_closed_count(Closed::Stalled), 0);
+        more
     }
 
     /// A `CONNECT` the payment API answers 2xx (hyper lets go of its answer's body unread:
@@ -2325,7 +2392,7 @@ mod tests {
         block.extend([0x01, 5]);
         block.extend(b"x:443");
         let mut stream = 1;
-        for _ in 0..RESET_BURST + 20 {
+        for _ in 0..ResetBudget::default().burst + 20 {
             c.frame(H2::HEADERS, 0x4, stream, &block).await;
             loop {
                 let (ty, _, on, head, _) = c.next_answering().await;
