@@ -795,18 +795,29 @@ mod tests {
             ),
             (250, 0, 50)
         );
-        let e = with("h2_max_streams = 0\nh2_reset_budget = 1000001\nh2_reset_refill_ms = 0\n")
-            .unwrap_err();
-        let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "server.tls.h2_max_streams",
-                "server.tls.h2_reset_budget",
-                "server.tls.h2_reset_refill_ms"
-            ],
-            "{e}"
-        );
+        // The ends of each range are taken, one past them refused.
+        for ends in [
+            "h2_max_streams = 1\nh2_reset_refill_ms = 1\n",
+            "h2_max_streams = 1000\nh2_reset_budget = 1000000\nh2_reset_refill_ms = 3600000\n",
+        ] {
+            assert!(with(ends).is_ok(), "{ends}");
+        }
+        for past in [
+            "h2_max_streams = 0\nh2_reset_budget = 1000001\nh2_reset_refill_ms = 0\n",
+            "h2_max_streams = 1001\nh2_reset_budget = 4294967295\nh2_reset_refill_ms = 3600001\n",
+        ] {
+            let e = with(past).unwrap_err();
+            let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
+            assert_eq!(
+                keys,
+                [
+                    "server.tls.h2_max_streams",
+                    "server.tls.h2_reset_budget",
+                    "server.tls.h2_reset_refill_ms"
+                ],
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -580,11 +580,18 @@ mod tests {
     /// [`PREMATURE`] spends none. The default's (100, 600 ms) and another's alike.
     #[test]
     fn the_reset_budget_is_a_burst_then_a_rate() {
-        let other = ResetBudget {
-            burst: 7,
-            every: Duration::from_millis(25),
+        let budget = |burst, ms| ResetBudget {
+            burst,
+            every: Duration::from_millis(ms),
         };
-        for budget in [ResetBudget::default(), other] {
+        // The default, another, and the ends of the settings' ranges (the largest: no
+        // overflow of the moment kept).
+        for budget in [
+            ResetBudget::default(),
+            budget(7, 25),
+            budget(1, 1),
+            budget(1_000_000, 3_600_000),
+        ] {
             let a = Activity::with_budget(budget);
             let every = budget.every.as_nanos() as u64;
             let start = 3_600 * 1_000_000_000;
@@ -595,8 +602,8 @@ mod tests {
             assert!(!a.spend_reset(start + every - 1), "before the next comes");
             assert!(a.spend_reset(start + every));
             assert!(!a.spend_reset(start + every));
-            // Quiet for far longer than the burst takes to come back: the burst again.
-            let later = start + 1_000 * every;
+            // Quiet for longer than the whole burst takes to come back: the burst again.
+            let later = start + (u64::from(budget.burst) + 1) * every;
             for _ in 0..budget.burst {
                 assert!(a.spend_reset(later));
             }
