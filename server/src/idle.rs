@@ -75,6 +75,8 @@ pub(crate) struct Activity {
     /// Told once the client has reset more than its budget allows (see
     /// [`Activity::too_many_resets`]).
     resets_over: tokio::sync::Notify,
+    /// Whether the HTTP/2 client's frames were found a flood (see `flood`).
+    flooded: AtomicBool,
 }
 
 /// An HTTP/2 stream the client resets sooner than this after opening it, before its
@@ -145,6 +147,7 @@ impl Activity {
             resets_due: AtomicU64::new(0),
             budget: budget.into(),
             resets_over: tokio::sync::Notify::new(),
+            flooded: AtomicBool::new(false),
         })
     }
 
@@ -173,6 +176,16 @@ impl Activity {
                     (due - now <= slack).then(|| due.saturating_add(every))
                 })
                 .is_ok()
+    }
+
+    /// The HTTP/2 client's frames are a flood: its connection ends.
+    pub(crate) fn flood(&self) {
+        self.flooded.store(true, Relaxed);
+    }
+
+    /// Whether the HTTP/2 client's frames were found a flood.
+    pub(crate) fn flooded(&self) -> bool {
+        self.flooded.load(Relaxed)
     }
 
     /// Ready once the client has reset more HTTP/2 streams, soon after opening them, than

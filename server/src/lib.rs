@@ -39,6 +39,7 @@ mod admin;
 mod balance;
 mod config;
 mod error;
+mod flood;
 mod idle;
 mod limits;
 mod metrics;

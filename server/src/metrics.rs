@@ -266,6 +266,8 @@ pub(crate) enum Closed {
     Stalled,
     /// It reset HTTP/2 streams soon after opening them, past its budget.
     ResetStreams,
+    /// It sent HTTP/2 frames that carry no request, past what its requests allow.
+    Flood,
 }
 
 impl Closed {
@@ -274,6 +276,7 @@ impl Closed {
         match self {
             Closed::Stalled => "stalled",
             Closed::ResetStreams => "reset_streams",
+            Closed::Flood => "flood",
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use super::admin::Health;
 use super::balance::{self, Balancer};
 use super::config::ProxyConfig;
+use super::flood::Frames;
 use super::idle::{Activity, InFlight, ResetBudget, Seen, Tracked};
 use super::metrics::{Closed, Metrics};
 use super::park::{Lot, Parked};
@@ -645,7 +646,8 @@ impl Conn {
         let activity = Activity::with_budget(self.h2_resets);
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
             let front = self.front_for(&activity);
-            let io = TokioIo::new(Seen::new(stream, activity.clone()));
+            let io = Frames::new(Seen::new(stream, activity.clone()), activity.clone());
+            let io = TokioIo::new(io);
             let conn = self.http2.serve_connection(io, front);
             serve_h2(Box::new(conn), stop, activity, watcher, permit, &self).await;
         } else {
@@ -990,7 +992,8 @@ const LATE_FIRST_BYTES: Duration = Duration::from_millis(250);
 /// one of its answers for as long (it waits for the client's flow-control window; see
 /// [`Activity::next_epoch`]), though the client may still read the socket and take others.
 ///
-/// A client that resets streams past its budget (see [`Activity::reset`]) is closed at once.
+/// A client that resets streams past its budget (see [`Activity::reset`]) is closed at once,
+/// and so is one whose frames are a flood (see `flood`: its transport ends it).
 /// Each close for what the client did is counted in the worker's metrics.
 ///
 /// When the worker stops, the client is told to go away at once (after [`LATE_FIRST_BYTES`]
@@ -1020,7 +1023,16 @@ async fn serve_h2<C: GracefulConnection + Unpin>(
     loop {
         tokio::select! {
             biased;
-            _ = &mut *conn => return,
+            _ = &mut *conn => {
+                if activity.flooded() {
+                    // See `flood`: ended by its transport, as nginx ends it.
+                    tracing::warn!(
+                        "closed an HTTP/2 connection whose client sent frames that carry no request, past what its requests allow"
+                    );
+                    served.closed(Closed::Flood);
+                }
+                return;
+            }
             () = activity.too_many_resets() => {
                 // The rapid reset (see `Activity::reset`): closed, as Varnish closes it;
                 // the streams it has in flight are its own.
@@ -2378,6 +2390,35 @@ mod tests {
         assert_eq!(metrics.client_closed_count(Closed::ResetStreams), 1);
         assert_eq!(metrics.client_closed_count(Closed::Stalled), 0);
         more
+    }
+
+    /// A client sending HTTP/2 frames that carry no request, as fast as it can (one-byte
+    /// `WINDOW_UPDATE`s for the connection; `RST_STREAM`s of a stream already answered),
+    /// is closed once they pass nginx's rule (see `flood`), and counted: before, either
+    /// kept a worker thread busy for as long as it sent them.
+    #[tokio::test]
+    async fn an_http2_client_flooding_frames_without_requests_is_closed() {
+        for reset_answered in [false, true] {
+            let mut c = H2::connect("", false).await;
+            c.preface(false).await;
+            let one = if reset_answered {
+                c.get(1, "/orders").await;
+                assert_eq!(c.answer(1).await, 2);
+                H2::framed(3, 0, 1, &8u32.to_be_bytes())
+            } else {
+                H2::framed(8, 0, 0, &1u32.to_be_bytes())
+            };
+            let mebibyte = one.repeat((1 << 20) / one.len());
+            let mut sent = 0;
+            while c.s.write_all(&mebibyte).await.is_ok() {
+                sent += 1;
+                assert!(sent < 16, "still open after {sent} MiB");
+            }
+            assert!(sent >= 7, "closed after {sent} MiB");
+            while c.next().await.is_some() {}
+            assert_eq!(c.closed(Closed::Flood), 1);
+            c.served_to_its_end().await;
+        }
     }
 
     /// A `CONNECT` the payment API answers 2xx (hyper lets go of its answer's body unread:
