@@ -8,17 +8,12 @@
 //! for as long as it likes, and is seen nowhere (no request, no log line). nginx closes such
 //! a connection ("http2 flood detected") once the bytes it has read, divided by eight, are
 //! more than the bytes of request headers and bodies among them plus 1 MiB; so does the
-//! proxy, counting the frames as they are read ([`Frames`]).
+//! proxy, counting an HTTP/2 connection's frames as its transport reads them ([`Count`],
+//! kept by `idle::Seen`).
 //!
 //! A client's ordinary traffic is far within it: a request is mostly its headers and body;
 //! the flow-control updates of a client downloading answers are a few hundred bytes a
 //! megabyte; and the first 8 MiB of anything are free.
-
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use super::idle::Activity;
 
 /// The bytes read may be this many times what requests' headers and bodies took...
 const RATIO: u64 = 8;
@@ -94,80 +89,9 @@ impl Count {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// An HTTP/2 connection's transport, its frames counted as they are read; once they
-    /// are a flood (see the module), reads fail, which ends the connection, and `activity`
-    /// says so ([`Activity::flooded`]).
-    pub(crate) struct Frames<T> {
-        #[pin]
-        io: T,
-        count: Count,
-        activity: Arc<Activity>,
-    }
-}
-
-impl<T> Frames<T> {
-    pub(crate) fn new(io: T, activity: Arc<Activity>) -> Self {
-        Frames {
-            io,
-            count: Count::default(),
-            activity,
-        }
-    }
-}
-
-impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Frames<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.project();
-        if this.activity.flooded() {
-            return Poll::Ready(Err(flood()));
-        }
-        let before = buf.filled().len();
-        let r = this.io.poll_read(cx, buf);
-        if !this.count.read(&buf.filled()[before..]) {
-            this.activity.flood();
-            return Poll::Ready(Err(flood()));
-        }
-        r
-    }
-}
-
-fn flood() -> std::io::Error {
+/// The error a flooding connection's reads end in.
+pub(crate) fn flood() -> std::io::Error {
     std::io::Error::other("HTTP/2 flood: frames without requests")
-}
-
-impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Frames<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

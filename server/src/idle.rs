@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 
+use super::flood::{flood, Count};
+
 /// One connection's exchanges as its transport, its service and its bodies see them: one
 /// thread touches it (the worker's: the connection's task and, over HTTP/2, its streams'
 /// tasks), hence relaxed atomics.
@@ -475,6 +477,8 @@ pin_project_lite::pin_project! {
         pub(crate) io: T,
         pub(crate) unread: Bytes,
         pub(crate) activity: Arc<Activity>,
+        // An HTTP/2 connection's frames, counted as they are read (see `flood`).
+        pub(crate) frames: Option<Box<Count>>,
     }
 }
 
@@ -484,6 +488,16 @@ impl<T> Seen<T> {
             io,
             unread: Bytes::new(),
             activity,
+            frames: None,
+        }
+    }
+
+    /// An HTTP/2 connection's: once its frames are a flood (see `flood`), its reads fail,
+    /// which ends it, and `activity` says so ([`Activity::flooded`]).
+    pub(crate) fn counting_frames(io: T, activity: Arc<Activity>) -> Self {
+        Seen {
+            frames: Some(Box::default()),
+            ..Seen::new(io, activity)
         }
     }
 }
@@ -510,6 +524,14 @@ impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Seen<T> {
         };
         if buf.filled().len() > before {
             this.activity.reads.fetch_add(1, Relaxed);
+            if let Some(frames) = this.frames {
+                if !frames.read(&buf.filled()[before..]) {
+                    this.activity.flood();
+                }
+            }
+        }
+        if this.activity.flooded() {
+            return Poll::Ready(Err(flood()));
         }
         r
     }

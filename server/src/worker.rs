@@ -21,7 +21,6 @@ use tokio_rustls::TlsAcceptor;
 use super::admin::Health;
 use super::balance::{self, Balancer};
 use super::config::ProxyConfig;
-use super::flood::Frames;
 use super::idle::{Activity, InFlight, ResetBudget, Seen, Tracked};
 use super::metrics::{Closed, Metrics};
 use super::park::{Lot, Parked};
@@ -646,8 +645,7 @@ impl Conn {
         let activity = Activity::with_budget(self.h2_resets);
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
             let front = self.front_for(&activity);
-            let io = Frames::new(Seen::new(stream, activity.clone()), activity.clone());
-            let io = TokioIo::new(io);
+            let io = TokioIo::new(Seen::counting_frames(stream, activity.clone()));
             let conn = self.http2.serve_connection(io, front);
             serve_h2(Box::new(conn), stop, activity, watcher, permit, &self).await;
         } else {
@@ -750,11 +748,13 @@ fn socket_alone<T: Transport>(io: Seen<T>) -> Result<tokio::net::TcpStream, Seen
         io,
         unread,
         activity,
+        frames,
     } = io;
     io.into_socket().map_err(|io| Seen {
         io,
         unread,
         activity,
+        frames,
     })
 }
 
