@@ -1,4 +1,4 @@
-//! HTTP/2 frames that make the proxy work without a request's bytes, bounded: nginx's rule.
+//! HTTP/2 frames that make the proxy work without an exchange's bytes, bounded: nginx's rule.
 //!
 //! An HTTP/2 client can send frames that carry nothing of a request, each of which the
 //! server must read and handle: `WINDOW_UPDATE`s of one byte, `RST_STREAM`s of a stream
@@ -6,63 +6,38 @@
 //! empty `DATA`. The HTTP/2 library answers each and bounds what waits to be written, not
 //! how many come: one connection sending them as fast as it can keeps a worker thread busy
 //! for as long as it likes, and is seen nowhere (no request, no log line). nginx closes such
-//! a connection ("http2 flood detected") once the bytes it has read, divided by eight, are
-//! more than the bytes of request headers and bodies among them plus 1 MiB; so does the
-//! proxy, counting an HTTP/2 connection's frames as its transport reads them ([`Count`],
-//! kept by `idle::Seen`).
+//! a connection ("http2 flood detected") once the bytes of its frames, read and sent,
+//! divided by eight, are more than the bytes of headers and bodies among them (requests'
+//! read, answers' sent) plus 1 MiB; so does the proxy, walking an HTTP/2 connection's
+//! frames as its transport reads and writes them ([`Count`], kept by `idle::Seen`).
 //!
-//! A client's ordinary traffic is far within it: a request is mostly its headers and body;
-//! the flow-control updates of a client downloading answers are a few hundred bytes a
-//! megabyte; and the first 8 MiB of anything are free.
+//! A client's ordinary traffic is far within it: an exchange is mostly its headers and
+//! bodies, the flow-control updates of a client reading answers come with the answers'
+//! bytes, and the first 8 MiB of anything are free.
 
-/// The bytes read may be this many times what requests' headers and bodies took...
+/// The bytes of frames may be this many times those of headers and bodies...
 const RATIO: u64 = 8;
 /// ...plus this many times `RATIO` bytes.
 const FREE: u64 = 1 << 20;
 
-/// The connection preface (`PRI * HTTP/2.0…`), before the first frame.
+/// The client's connection preface (`PRI * HTTP/2.0…`), before its first frame.
 const PREFACE: u8 = 24;
 
-/// Frame types whose payload is a request's: `DATA`, `HEADERS`, `CONTINUATION`.
-fn carries_a_request(kind: u8) -> bool {
-    matches!(kind, 0x0 | 0x1 | 0x9)
-}
-
-/// What an HTTP/2 connection's frames read so far add up to.
-#[derive(Debug, Clone)]
-pub(crate) struct Count {
-    /// Bytes of the preface still to come.
-    preface: u8,
+/// Where one direction's byte stream is among its frames.
+#[derive(Debug, Clone, Default)]
+struct Walk {
     /// The frame header being read, and how much of it has come.
     head: [u8; 9],
     head_len: u8,
     /// Bytes of the current frame's payload still to come.
     payload_left: u32,
-    /// Bytes read, and bytes of requests' headers and bodies among them.
-    total: u64,
-    payload: u64,
 }
 
-impl Default for Count {
-    fn default() -> Self {
-        Count {
-            preface: PREFACE,
-            head: [0; 9],
-            head_len: 0,
-            payload_left: 0,
-            total: 0,
-            payload: 0,
-        }
-    }
-}
-
-impl Count {
-    /// Counts `bytes`, the next ones read: `false` once the connection is a flood.
-    pub(crate) fn read(&mut self, mut bytes: &[u8]) -> bool {
-        self.total = self.total.saturating_add(bytes.len() as u64);
-        let skip = usize::from(self.preface).min(bytes.len());
-        self.preface -= skip as u8;
-        bytes = &bytes[skip..];
+impl Walk {
+    /// Walks `bytes`, the next ones of the stream: the bytes of headers and bodies among
+    /// them (`DATA`, `HEADERS`, `CONTINUATION` payloads, counted as each header is seen).
+    fn walk(&mut self, mut bytes: &[u8]) -> u64 {
+        let mut payload = 0;
         while !bytes.is_empty() {
             if self.payload_left > 0 {
                 let n = bytes.len().min(self.payload_left as usize);
@@ -79,13 +54,67 @@ impl Count {
                 self.head_len = 0;
                 let h = self.head;
                 let len = u32::from_be_bytes([0, h[0], h[1], h[2]]);
-                if carries_a_request(h[3]) {
-                    self.payload += u64::from(len);
+                if matches!(h[3], 0x0 | 0x1 | 0x9) {
+                    payload += u64::from(len);
                 }
                 self.payload_left = len;
             }
         }
+        payload
+    }
+}
+
+/// What an HTTP/2 connection's frames, read and written, add up to.
+#[derive(Debug, Clone)]
+pub(crate) struct Count {
+    /// Bytes of the client's preface still to come.
+    preface: u8,
+    read: Walk,
+    written: Walk,
+    /// Bytes of frames, and of headers and bodies among them.
+    total: u64,
+    payload: u64,
+}
+
+impl Default for Count {
+    fn default() -> Self {
+        Count {
+            preface: PREFACE,
+            read: Walk::default(),
+            written: Walk::default(),
+            total: 0,
+            payload: 0,
+        }
+    }
+}
+
+impl Count {
+    /// Counts `bytes`, the next ones read: `false` once the connection is a flood.
+    pub(crate) fn read(&mut self, bytes: &[u8]) -> bool {
+        let skip = usize::from(self.preface).min(bytes.len());
+        self.preface -= skip as u8;
+        let bytes = &bytes[skip..];
+        self.total = self.total.saturating_add(bytes.len() as u64);
+        self.payload = self.payload.saturating_add(self.read.walk(bytes));
         self.total / RATIO <= self.payload.saturating_add(FREE)
+    }
+
+    /// Counts `bytes`, the next ones written (taken by the socket).
+    pub(crate) fn wrote(&mut self, bytes: &[u8]) {
+        self.total = self.total.saturating_add(bytes.len() as u64);
+        self.payload = self.payload.saturating_add(self.written.walk(bytes));
+    }
+
+    /// Counts the first `n` bytes of `bufs`, written as one.
+    pub(crate) fn wrote_vectored(&mut self, bufs: &[std::io::IoSlice<'_>], mut n: usize) {
+        for b in bufs {
+            if n == 0 {
+                break;
+            }
+            let k = n.min(b.len());
+            self.wrote(&b[..k]);
+            n -= k;
+        }
     }
 }
 
@@ -105,52 +134,81 @@ mod tests {
         f
     }
 
-    /// Frames are found however the bytes are cut: requests' headers and bodies count as
-    /// payload, the preface and other frames do not.
+    const PRI: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    /// Frames are found however the bytes are cut, read or written: headers and bodies
+    /// count as payload; the client's preface counts for nothing; other frames for their
+    /// bytes alone.
     #[test]
-    fn frames_are_counted_across_reads() {
-        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        bytes.extend(frame(0x4, &[0; 6])); // SETTINGS
-        bytes.extend(frame(0x1, &[7; 40])); // HEADERS
-        bytes.extend(frame(0x9, &[7; 3])); // CONTINUATION
-        bytes.extend(frame(0x8, &[0, 0, 0, 1])); // WINDOW_UPDATE
-        bytes.extend(frame(0x0, &[1; 1000])); // DATA
-        bytes.extend(frame(0x6, &[0; 8])); // PING
-        for cut in [1, 2, 5, 9, 10, 24, 33, 100, bytes.len()] {
+    fn frames_are_counted_across_reads_and_writes() {
+        let mut frames = frame(0x4, &[0; 6]); // SETTINGS
+        frames.extend(frame(0x1, &[7; 40])); // HEADERS
+        frames.extend(frame(0x9, &[7; 3])); // CONTINUATION
+        frames.extend(frame(0x8, &[0, 0, 0, 1])); // WINDOW_UPDATE
+        frames.extend(frame(0x0, &[1; 1000])); // DATA
+        frames.extend(frame(0x6, &[0; 8])); // PING
+        let read = [PRI, &frames].concat();
+        for cut in [1, 2, 5, 9, 10, 24, 33, 100, read.len()] {
             let mut c = Count::default();
-            for piece in bytes.chunks(cut) {
+            for piece in read.chunks(cut) {
                 assert!(c.read(piece));
             }
+            let n = frames.len() as u64;
+            assert_eq!((c.total, c.payload), (n, 1043), "read, cut {cut}");
+            let slices: Vec<_> = frames.chunks(cut).map(std::io::IoSlice::new).collect();
+            // Written as the socket takes them: all but 3 bytes, then those.
+            c.wrote_vectored(&slices, frames.len() - 3);
+            c.wrote(&frames[frames.len() - 3..]);
             assert_eq!(
                 (c.total, c.payload),
-                (bytes.len() as u64, 1043),
-                "cut {cut}"
+                (2 * n, 2 * 1043),
+                "written, cut {cut}"
             );
-            assert_eq!((c.head_len, c.payload_left, c.preface), (0, 0, 0));
+            for w in [&c.read, &c.written] {
+                assert_eq!((w.head_len, w.payload_left), (0, 0));
+            }
         }
     }
 
-    /// nginx's rule: closed once the bytes read over 8 are more than the requests' bytes
-    /// plus 1 MiB; a client whose bytes are mostly requests never is.
+    /// nginx's rule: closed once the bytes of frames over 8 are more than those of headers
+    /// and bodies plus 1 MiB (flow-control updates alone: after 8 MiB; `PING`s answered:
+    /// after 4 MiB of them); requests and answers with updates now and then never are.
     #[test]
-    fn a_flood_is_the_bytes_read_over_eight_past_the_requests_plus_a_mebibyte() {
+    fn a_flood_is_the_frames_bytes_over_eight_past_the_headers_and_bodies_plus_a_mebibyte() {
         let update = frame(0x8, &[0, 0, 0, 1]);
-        let mut c = Count::default();
-        assert!(c.read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
-        let mut sent = 24u64;
-        while c.read(&update) {
-            sent += update.len() as u64;
-            assert!(sent < 9 << 20, "not closed after {sent} bytes");
+        let ping = frame(0x6, &[0; 8]);
+        for (sent, answer, closed_after) in
+            [(&update, None, 8 << 20), (&ping, Some(&ping), 4 << 20)]
+        {
+            let mut c = Count::default();
+            assert!(c.read(PRI));
+            let mut read = 0u64;
+            while c.read(sent) {
+                read += sent.len() as u64;
+                if let Some(a) = answer {
+                    c.wrote(a);
+                }
+                assert!(
+                    read < closed_after + (1 << 20),
+                    "not closed after {read} bytes"
+                );
+            }
+            assert!(read >= closed_after - 64, "closed after {read} bytes");
         }
-        assert!(sent >= 8 << 20, "closed after {sent} bytes");
 
-        // Requests, with a flow-control update now and then: however long, never a flood.
+        // Requests, and answers the client updates the flow-control windows for: never.
         let mut c = Count::default();
-        assert!(c.read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
-        let request = frame(0x1, &[9; 30]);
-        let body = frame(0x0, &[b'x'; 1500]);
-        for i in 0..20_000 {
-            assert!(c.read(&request) && c.read(&body) && c.read(&update), "{i}");
+        assert!(c.read(PRI));
+        let request = frame(0x1, &[9; 3]);
+        let body = frame(0x0, &[b'x'; 16_384]);
+        for i in 0..2_000 {
+            assert!(c.read(&request), "{i}");
+            c.wrote(&frame(0x1, &[9; 20]));
+            for _ in 0..64 {
+                c.wrote(&body);
+                // A window update for the stream and one for the connection a frame.
+                assert!(c.read(&update) && c.read(&update), "{i}");
+            }
         }
     }
 }

@@ -574,7 +574,11 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Seen<T> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
-        Self::wrote(this.activity, this.io.poll_write(cx, buf))
+        let r = this.io.poll_write(cx, buf);
+        if let (Some(frames), Poll::Ready(Ok(n))) = (this.frames, &r) {
+            frames.wrote(&buf[..*n]);
+        }
+        Self::wrote(this.activity, r)
     }
 
     fn poll_write_vectored(
@@ -583,7 +587,11 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Seen<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
-        Self::wrote(this.activity, this.io.poll_write_vectored(cx, bufs))
+        let r = this.io.poll_write_vectored(cx, bufs);
+        if let (Some(frames), Poll::Ready(Ok(n))) = (this.frames, &r) {
+            frames.wrote_vectored(bufs, *n);
+        }
+        Self::wrote(this.activity, r)
     }
 
     fn is_write_vectored(&self) -> bool {
