@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 
-use super::flood::{flood, Count};
+use super::flood::{flood, Count, REQUEST};
 
 /// One connection's exchanges as its transport, its service and its bodies see them: one
 /// thread touches it (the worker's: the connection's task and, over HTTP/2, its streams'
@@ -79,6 +79,8 @@ pub(crate) struct Activity {
     resets_over: tokio::sync::Notify,
     /// Whether the HTTP/2 client's frames were found a flood (see `flood`).
     flooded: AtomicBool,
+    /// Bytes of request bodies the service read, over the connection's life.
+    body_read: AtomicU64,
 }
 
 /// An HTTP/2 stream the client resets sooner than this after opening it, before its
@@ -150,6 +152,7 @@ impl Activity {
             budget: budget.into(),
             resets_over: tokio::sync::Notify::new(),
             flooded: AtomicBool::new(false),
+            body_read: AtomicU64::new(0),
         })
     }
 
@@ -178,6 +181,14 @@ impl Activity {
                     (due - now <= slack).then(|| due.saturating_add(every))
                 })
                 .is_ok()
+    }
+
+    /// What the requests the service took carried, as the HTTP/2 flood bound counts it
+    /// (see `flood`): [`REQUEST`] each, and their bodies' bytes read.
+    pub(crate) fn carried(&self) -> u64 {
+        u64::from(self.begun.load(Relaxed))
+            .saturating_mul(REQUEST)
+            .saturating_add(self.body_read.load(Relaxed))
     }
 
     /// The HTTP/2 client's frames are a flood: its connection ends.
@@ -408,7 +419,15 @@ impl<B: Body<Data = Bytes>> Body for Tracked<B> {
             answer: Some(answer),
         }) = this.in_flight
         else {
-            return this.body.poll_frame(cx);
+            let polled = this.body.poll_frame(cx);
+            // A request's body: what it carried (see `Activity::carried`).
+            if let (Some(request), Poll::Ready(Some(Ok(frame)))) = (this.in_flight, &polled) {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.remaining() as u64;
+                    request.activity.body_read.fetch_add(n, Relaxed);
+                }
+            }
+            return polled;
         };
         // Polled again: what it handed before was taken.
         if let Some(epoch) = answer.handed.take() {
@@ -472,13 +491,46 @@ impl<B: Body<Data = Bytes>> Body for Tracked<B> {
 pin_project_lite::pin_project! {
     /// A connection's transport as hyper gets it: the bytes a former hyper connection read
     /// and did not parse first, and every read and write noted in the [`Activity`].
-    pub(crate) struct Seen<T> {
+    pub(crate) struct Seen<T, F = NoFrames> {
         #[pin]
         pub(crate) io: T,
         pub(crate) unread: Bytes,
         pub(crate) activity: Arc<Activity>,
-        // An HTTP/2 connection's frames, counted as they are read (see `flood`).
-        pub(crate) frames: Option<Box<Count>>,
+        // What else it does with the bytes: nothing, or count an HTTP/2 connection's frames.
+        pub(crate) frames: F,
+    }
+}
+
+/// What a transport does with its bytes besides noting them in the [`Activity`].
+pub(crate) trait Frames {
+    /// The bytes just read: `false` once the connection's frames are a flood.
+    fn read(&mut self, bytes: &[u8], activity: &Activity) -> bool;
+    /// The bytes just written (taken by the socket): the first `n` of `bufs`.
+    fn wrote(&mut self, bufs: &[std::io::IoSlice<'_>], n: usize);
+}
+
+/// An HTTP/1 connection's: nothing (and no bytes in its task).
+#[derive(Debug, Default)]
+pub(crate) struct NoFrames;
+
+impl Frames for NoFrames {
+    #[inline(always)]
+    fn read(&mut self, _: &[u8], _: &Activity) -> bool {
+        true
+    }
+
+    #[inline(always)]
+    fn wrote(&mut self, _: &[std::io::IoSlice<'_>], _: usize) {}
+}
+
+/// An HTTP/2 connection's: its frames counted (see `flood`).
+impl Frames for Box<Count> {
+    fn read(&mut self, bytes: &[u8], activity: &Activity) -> bool {
+        Count::read(self, bytes, activity.carried())
+    }
+
+    fn wrote(&mut self, bufs: &[std::io::IoSlice<'_>], n: usize) {
+        self.wrote_vectored(bufs, n);
     }
 }
 
@@ -488,21 +540,25 @@ impl<T> Seen<T> {
             io,
             unread: Bytes::new(),
             activity,
-            frames: None,
-        }
-    }
-
-    /// An HTTP/2 connection's: once its frames are a flood (see `flood`), its reads fail,
-    /// which ends it, and `activity` says so ([`Activity::flooded`]).
-    pub(crate) fn counting_frames(io: T, activity: Arc<Activity>) -> Self {
-        Seen {
-            frames: Some(Box::default()),
-            ..Seen::new(io, activity)
+            frames: NoFrames,
         }
     }
 }
 
-impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Seen<T> {
+impl<T> Seen<T, Box<Count>> {
+    /// An HTTP/2 connection's: once its frames are a flood (see `flood`), its reads fail,
+    /// which ends it, and `activity` says so ([`Activity::flooded`]).
+    pub(crate) fn counting_frames(io: T, activity: Arc<Activity>) -> Self {
+        Seen {
+            io,
+            unread: Bytes::new(),
+            activity,
+            frames: Box::default(),
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead, F: Frames> tokio::io::AsyncRead for Seen<T, F> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -524,20 +580,16 @@ impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Seen<T> {
         };
         if buf.filled().len() > before {
             this.activity.reads.fetch_add(1, Relaxed);
-            if let Some(frames) = this.frames {
-                if !frames.read(&buf.filled()[before..]) {
-                    this.activity.flood();
-                }
+            if !this.frames.read(&buf.filled()[before..], this.activity) {
+                this.activity.flood();
+                return Poll::Ready(Err(flood()));
             }
-        }
-        if this.activity.flooded() {
-            return Poll::Ready(Err(flood()));
         }
         r
     }
 }
 
-impl<T: tokio::io::AsyncWrite> Seen<T> {
+impl<T: tokio::io::AsyncWrite, F> Seen<T, F> {
     /// `r`, a write's outcome, noted: pending means hyper still holds bytes to send. A
     /// write that goes out after one that could not may be an answer's last bytes: hyper let
     /// go of the answer when it took them, but a client reading slowly gets them only now,
@@ -567,7 +619,7 @@ impl<T: tokio::io::AsyncWrite> Seen<T> {
     }
 }
 
-impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Seen<T> {
+impl<T: tokio::io::AsyncWrite, F: Frames> tokio::io::AsyncWrite for Seen<T, F> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -575,8 +627,8 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Seen<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let r = this.io.poll_write(cx, buf);
-        if let (Some(frames), Poll::Ready(Ok(n))) = (this.frames, &r) {
-            frames.wrote(&buf[..*n]);
+        if let Poll::Ready(Ok(n)) = r {
+            this.frames.wrote(&[std::io::IoSlice::new(buf)], n);
         }
         Self::wrote(this.activity, r)
     }
@@ -588,8 +640,8 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Seen<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let r = this.io.poll_write_vectored(cx, bufs);
-        if let (Some(frames), Poll::Ready(Ok(n))) = (this.frames, &r) {
-            frames.wrote_vectored(bufs, *n);
+        if let Poll::Ready(Ok(n)) = r {
+            this.frames.wrote(bufs, n);
         }
         Self::wrote(this.activity, r)
     }
@@ -714,6 +766,26 @@ mod tests {
         assert!(poll_once(over.as_mut()).is_pending(), "within the budget");
         drop(a.begin().1.watched());
         assert!(poll_once(over.as_mut()).is_ready(), "past the budget");
+    }
+
+    /// What the HTTP/2 flood bound credits a connection's requests with: each request
+    /// begun, and its body's bytes as the service reads them; not its answer's (those are
+    /// counted as they are written).
+    #[tokio::test]
+    async fn requests_and_the_bodies_read_are_what_a_connection_carried() {
+        let a = Activity::new();
+        assert_eq!(a.carried(), 0);
+        let (reading, answering) = a.begin();
+        let body = Tracked::new(Full::new(Bytes::from(vec![7; 5000])), Some(reading));
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 5000);
+        let answer = Tracked::new(
+            Full::new(Bytes::from(vec![7; 900])),
+            Some(answering.watched()),
+        );
+        assert_eq!(answer.collect().await.unwrap().to_bytes().len(), 900);
+        assert_eq!(a.carried(), REQUEST + 5000);
+        drop(a.begin());
+        assert_eq!(a.carried(), 2 * REQUEST + 5000);
     }
 
     /// An answer whose body fails at once.
