@@ -10,7 +10,7 @@
 //! frames, read and sent, divided by eight, are more than what its exchanges carried plus
 //! 1 MiB; so does the proxy ([`Count`], kept by `idle::Seen`). What an exchange carries is
 //! counted where the proxy takes it, so that a frame that does no work earns nothing: the
-//! requests the service was given ([`REQUEST`] each, for its head), the bytes of their
+//! requests the service took ([`REQUEST`] each, for its head), the bytes of their
 //! bodies it read (padding, and the data of streams already reset, never reach it), and the
 //! answers' headers and bodies sent. The close is at once, without `GOAWAY`, as a client's
 //! past its reset budget is.
@@ -22,8 +22,9 @@
 const RATIO: u64 = 8;
 /// ...plus this many times `RATIO` bytes.
 const FREE: u64 = 1 << 20;
-/// What a request given to the service earns, for its head (nginx: the request's length).
-pub(crate) const REQUEST: u64 = 1 << 10;
+/// What a request the service took earns, for its head (nginx credits the length of its
+/// `HEADERS`: a request's headers, compressed, are some tens to hundreds of bytes).
+pub(crate) const REQUEST: u64 = 256;
 
 /// The client's connection preface (`PRI * HTTP/2.0…`), before its first frame.
 const PREFACE: u8 = 24;

@@ -79,7 +79,9 @@ pub(crate) struct Activity {
     resets_over: tokio::sync::Notify,
     /// Whether the HTTP/2 client's frames were found a flood (see `flood`).
     flooded: AtomicBool,
-    /// Bytes of request bodies the service read, over the connection's life.
+    /// Requests the service took (past the head's checks), and bytes of request bodies it
+    /// read, over the connection's life.
+    taken: AtomicU32,
     body_read: AtomicU64,
 }
 
@@ -152,6 +154,7 @@ impl Activity {
             budget: budget.into(),
             resets_over: tokio::sync::Notify::new(),
             flooded: AtomicBool::new(false),
+            taken: AtomicU32::new(0),
             body_read: AtomicU64::new(0),
         })
     }
@@ -183,10 +186,15 @@ impl Activity {
                 .is_ok()
     }
 
+    /// The service took a request (its head passed the checks).
+    pub(crate) fn took(&self) {
+        self.taken.fetch_add(1, Relaxed);
+    }
+
     /// What the requests the service took carried, as the HTTP/2 flood bound counts it
     /// (see `flood`): [`REQUEST`] each, and their bodies' bytes read.
     pub(crate) fn carried(&self) -> u64 {
-        u64::from(self.begun.load(Relaxed))
+        u64::from(self.taken.load(Relaxed))
             .saturating_mul(REQUEST)
             .saturating_add(self.body_read.load(Relaxed))
     }
@@ -356,6 +364,18 @@ impl InFlight {
             opened: self.activity.nanos(),
             ..Answer::default()
         }));
+        self
+    }
+
+    /// No longer watched: a `CONNECT`'s answer, once the payment API accepted it (hyper
+    /// lets go of a 2xx one's body unread: the stream turns into a tunnel). Until then it
+    /// was, so that a client opening and resetting them spends its reset budget.
+    pub(crate) fn unwatched(mut self) -> Self {
+        if let Some(a) = self.answer.take() {
+            if let Some(epoch) = a.handed {
+                self.activity.taken(epoch);
+            }
+        }
         self
     }
 }
@@ -768,14 +788,15 @@ mod tests {
         assert!(poll_once(over.as_mut()).is_ready(), "past the budget");
     }
 
-    /// What the HTTP/2 flood bound credits a connection's requests with: each request
-    /// begun, and its body's bytes as the service reads them; not its answer's (those are
-    /// counted as they are written).
+    /// What the HTTP/2 flood bound credits a connection's requests with: each request the
+    /// service took, and its body's bytes as the service reads them; not its answer's
+    /// (those are counted as they are written).
     #[tokio::test]
     async fn requests_and_the_bodies_read_are_what_a_connection_carried() {
         let a = Activity::new();
         assert_eq!(a.carried(), 0);
         let (reading, answering) = a.begin();
+        a.took();
         let body = Tracked::new(Full::new(Bytes::from(vec![7; 5000])), Some(reading));
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 5000);
         let answer = Tracked::new(
@@ -785,6 +806,12 @@ mod tests {
         assert_eq!(answer.collect().await.unwrap().to_bytes().len(), 900);
         assert_eq!(a.carried(), REQUEST + 5000);
         drop(a.begin());
+        assert_eq!(
+            a.carried(),
+            REQUEST + 5000,
+            "a request the service did not take"
+        );
+        a.took();
         assert_eq!(a.carried(), 2 * REQUEST + 5000);
     }
 

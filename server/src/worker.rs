@@ -179,13 +179,14 @@ impl hyper::service::Service<Request<Incoming>> for Front {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let http1 = req.version() < http::Version::HTTP_2;
+        // A CONNECT the payment API accepts is no longer watched (see `InFlight::unwatched`).
+        let tunnel = !http1 && req.method() == http::Method::CONNECT;
         let (reading, in_flight) = match &self.activity {
             Some(a) => {
                 let (reading, answering) = a.begin();
                 // An HTTP/2 answer is watched for a client that takes none of it, and for
-                // one that gives it up (see `Activity::reset`); not a CONNECT's: hyper lets go
-                // of a 2xx one's body unread (the stream turns into a tunnel).
-                let answering = if http1 || req.method() == http::Method::CONNECT {
+                // one that gives it up (see `Activity::reset`).
+                let answering = if http1 {
                     answering
                 } else {
                     answering.watched()
@@ -206,6 +207,9 @@ impl hyper::service::Service<Request<Incoming>> for Front {
                 res: Some(res.map(|b| Tracked::new(b, in_flight))),
             };
         }
+        if let Some(a) = &self.activity {
+            a.took();
+        }
         let req = Request::from_parts(
             parts,
             Timed::new(
@@ -220,6 +224,7 @@ impl hyper::service::Service<Request<Incoming>> for Front {
             fut: tower_service::Service::call(&mut stack, req),
             draining: http1.then(|| self.health.clone()),
             in_flight,
+            tunnel,
         }
     }
 }
@@ -229,7 +234,7 @@ pin_project_lite::pin_project! {
     #[project = FrontProj]
     enum FrontFuture<F> {
         Answered { res: Option<Response<ClientBody>> },
-        Stack { #[pin] fut: F, draining: Option<Arc<Health>>, in_flight: Option<InFlight> },
+        Stack { #[pin] fut: F, draining: Option<Arc<Health>>, in_flight: Option<InFlight>, tunnel: bool },
     }
 }
 
@@ -248,6 +253,7 @@ where
                 fut,
                 draining,
                 in_flight,
+                tunnel,
             } => {
                 let mut res = match std::task::ready!(fut.poll(cx)) {
                     Ok(res) => res,
@@ -259,7 +265,11 @@ where
                             .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     }
                 }
-                Poll::Ready(Ok(res.map(|b| Tracked::new(b, in_flight.take()))))
+                let mut in_flight = in_flight.take();
+                if *tunnel && res.status().is_success() {
+                    in_flight = in_flight.map(InFlight::unwatched);
+                }
+                Poll::Ready(Ok(res.map(|b| Tracked::new(b, in_flight))))
             }
         }
     }
@@ -1184,7 +1194,7 @@ mod tests {
 
     /// A payment API answering `200 ok`, or [`BIG`] bytes to `/big` ([`HUGE`] to `/huge`,
     /// [`VAST`] to `/vast`); to `/early` before it has read the request's body, to `/slow`
-    /// after a second and a half; `/pause` in two parts (see [`Paused`]); to `/head/N` with
+    /// (and a `CONNECT` to `slow`) after a second and a half; `/pause` in two parts (see [`Paused`]); to `/head/N` with
     /// a head of N KiB.
     async fn upstream() -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1203,7 +1213,7 @@ mod tests {
                             http_body_util::Full::new(Bytes::from_static(b"ok")).boxed(),
                         ));
                     }
-                    if req.uri().path() == "/slow" {
+                    if req.uri().path() == "/slow" || req.uri().host() == Some("slow") {
                         tokio::time::sleep(Duration::from_millis(1500)).await;
                     }
                     if req.uri().path() == "/read" {
@@ -2420,6 +2430,48 @@ mod tests {
             assert_eq!(c.closed(Closed::Flood), 1);
             c.served_to_its_end().await;
         }
+    }
+
+    /// A `CONNECT` the client resets before the payment API accepted it is a reset like
+    /// any other: opened and reset again and again, past the budget, closed.
+    #[tokio::test]
+    async fn connects_reset_before_they_are_accepted_spend_the_reset_budget() {
+        let mut c = H2::connect("", false).await;
+        c.preface(false).await;
+        // HPACK: :method CONNECT, :authority slow:443 (answered after 1.5 s), literal.
+        let mut block = vec![0x02, 7];
+        block.extend(b"CONNECT");
+        block.extend([0x01, 8]);
+        block.extend(b"slow:443");
+        let mut stream = 1;
+        let mut reset = 0;
+        'open: loop {
+            // Opened; reset once the proxy has taken it (a PING sent after it answered).
+            let mut sent = H2::framed(H2::HEADERS, 0x4, stream, &block);
+            sent.extend(H2::framed(H2::PING, 0, 0, b"taken-it"));
+            if c.s.write_all(&sent).await.is_err() {
+                break;
+            }
+            loop {
+                match c.next().await {
+                    None => break 'open,
+                    Some((ty, flags, _, payload)) => {
+                        if ty == H2::PING && flags & H2::ACK != 0 && payload == b"taken-it" {
+                            break;
+                        }
+                    }
+                }
+            }
+            let rst = H2::framed(3, 0, stream, &8u32.to_be_bytes());
+            if c.s.write_all(&rst).await.is_err() {
+                break;
+            }
+            reset += 1;
+            stream += 2;
+            assert!(reset < ResetBudget::default().burst + 50, "still open");
+        }
+        assert!(reset > ResetBudget::default().burst, "closed after {reset}");
+        assert_eq!(c.closed(Closed::ResetStreams), 1);
     }
 
     /// A `CONNECT` the payment API answers 2xx (hyper lets go of its answer's body unread:
