@@ -166,12 +166,19 @@ def tls_proxy_config(listen, upstream, prefix):
     return tmp
 
 
-def start_proxy(binary, config, listen):
+def start_proxy(binary, config, listen, log=None):
     """`binary serve --config config`, once it accepts on 127.0.0.1:`listen` (10 s at most)
-    and has settled: its process, to stop by its PID."""
+    and has settled: its process, to stop by its PID. Its log appended to the file `log`, if
+    given (`RUST_LOG` as set, else debug for the proxy and h2), else discarded."""
     import socket, subprocess
-    proxy = subprocess.Popen([binary, "serve", "--config", config],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ)
+    err = subprocess.DEVNULL
+    if log:
+        env.setdefault("RUST_LOG", "info,klarna_stepup=debug,h2=debug")
+        err = open(log, "ab")
+    with err if log else open(os.devnull, "wb"):
+        proxy = subprocess.Popen([binary, "serve", "--config", config], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=err)
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", listen), 1).close()

@@ -2432,17 +2432,24 @@ mod tests {
         }
     }
 
+    /// A `CONNECT` request's header block: HPACK `:method CONNECT` and `:authority`, both
+    /// literal, not indexed.
+    fn connect_block(authority: &str) -> Vec<u8> {
+        let mut block = vec![0x02, 7];
+        block.extend(b"CONNECT");
+        block.extend([0x01, authority.len() as u8]);
+        block.extend(authority.as_bytes());
+        block
+    }
+
     /// A `CONNECT` the client resets before the payment API accepted it is a reset like
     /// any other: opened and reset again and again, past the budget, closed.
     #[tokio::test]
     async fn connects_reset_before_they_are_accepted_spend_the_reset_budget() {
         let mut c = H2::connect("", false).await;
         c.preface(false).await;
-        // HPACK: :method CONNECT, :authority slow:443 (answered after 1.5 s), literal.
-        let mut block = vec![0x02, 7];
-        block.extend(b"CONNECT");
-        block.extend([0x01, 8]);
-        block.extend(b"slow:443");
+        // To `slow`: answered after 1.5 s.
+        let block = connect_block("slow:443");
         let mut stream = 1;
         let mut reset = 0;
         'open: loop {
@@ -2480,11 +2487,7 @@ mod tests {
     async fn connects_the_payment_api_accepts_are_not_resets() {
         let mut c = H2::connect("", false).await;
         c.preface(false).await;
-        // HPACK: :method CONNECT, :authority x:443, both literal, not indexed.
-        let mut block = vec![0x02, 7];
-        block.extend(b"CONNECT");
-        block.extend([0x01, 5]);
-        block.extend(b"x:443");
+        let block = connect_block("x:443");
         let mut stream = 1;
         for _ in 0..ResetBudget::default().burst + 20 {
             c.frame(H2::HEADERS, 0x4, stream, &block).await;
