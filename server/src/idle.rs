@@ -23,7 +23,7 @@
 //! same record bounds it: its task closes it once nothing has been in flight for the idle
 //! timeout, or once its client has taken nothing for as long (see `serve_h2` in `worker`),
 //! or once its client has reset more streams soon after opening them than its budget
-//! allows (see [`Activity::reset`]).
+//! allows (see [`Activity::reset`]), or once its frames are a flood (see `flood`).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
