@@ -172,13 +172,13 @@ def start_proxy(binary, config, listen, log=None):
     given (`RUST_LOG` as set, else debug for the proxy and h2), else discarded."""
     import socket, subprocess
     env = dict(os.environ)
-    err = subprocess.DEVNULL
     if log:
         env.setdefault("RUST_LOG", "info,klarna_stepup=debug,h2=debug")
-        err = open(log, "ab")
-    with err if log else open(os.devnull, "wb"):
-        proxy = subprocess.Popen([binary, "serve", "--config", config], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=err)
+    err = open(log, "ab") if log else subprocess.DEVNULL
+    proxy = subprocess.Popen([binary, "serve", "--config", config], env=env,
+                             stdout=subprocess.DEVNULL, stderr=err)
+    if log:
+        err.close()  # the proxy has its own descriptor
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", listen), 1).close()

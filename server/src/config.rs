@@ -707,7 +707,7 @@ fn err(key: &str, reason: &str) -> ConfigError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The configuration reference names every key of `[server]`, and no other.
@@ -762,15 +762,20 @@ mod tests {
         );
     }
 
+    /// `[server.tls]` with `lines`, for tests that only parse it (any readable files stand
+    /// for the certificate and key; the worker's tests bring their own listener's).
+    pub(crate) fn tls_table(lines: &str) -> String {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        format!("[server.tls]\ncert = \"{file}\"\nkey = \"{file}\"\n{lines}")
+    }
+
     /// The HTTP/2 limits: defaults, values taken, values out of range named.
     #[test]
     fn http2_limits_are_read_and_bounded() {
         let with = |more: &str| {
-            // Any readable files for the certificate and key: this only parses.
-            let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
             ProxyConfig::parse(&format!(
-                "[server]\nlisten = \"127.0.0.1:8443\"\nupstream = \"127.0.0.1:9000\"\n\
-                 [server.tls]\ncert = \"{file}\"\nkey = \"{file}\"\n{more}"
+                "[server]\nlisten = \"127.0.0.1:8443\"\nupstream = \"127.0.0.1:9000\"\n{}",
+                tls_table(more)
             ))
         };
         let tls = with("").unwrap().server.tls.unwrap();

@@ -6,14 +6,14 @@
 //! The HTTP/2 library answers each and bounds what waits to be written, not how many come
 //! (it does bound small or empty `DATA` frames, refused streams and `CONTINUATION`s): one
 //! connection sending them as fast as it can keeps a worker thread busy for as long as it
-//! likes, and is seen nowhere (no request, no log line). nginx closes such a connection ("http2 flood detected") once the bytes of its
-//! frames, read and sent, divided by eight, are more than what its exchanges carried plus
-//! 1 MiB; so does the proxy ([`Count`], kept by `idle::Seen`). What an exchange carries is
-//! counted where the proxy takes it, so that a frame that does no work earns nothing: the
-//! requests the service took ([`REQUEST`] each, for its head), the bytes of their
-//! bodies it read (padding, and the data of streams already reset, never reach it), and the
-//! answers' headers and bodies sent. The close is at once, without `GOAWAY`, as a client's
-//! past its reset budget is.
+//! likes, and is seen nowhere (no request, no log line). nginx closes such a connection
+//! ("http2 flood detected") once the bytes of its frames, read and sent, divided by eight,
+//! are more than what its exchanges carried plus 1 MiB; so does the proxy ([`Count`], kept
+//! by `idle::Seen`). What an exchange carries is counted where the proxy takes it, so that
+//! a frame that does no work earns nothing: the requests the service took ([`REQUEST`]
+//! each, for its head), the bytes of their bodies it read (padding, and the data of streams
+//! already reset, never reach it), and the answers' headers and bodies sent. The close is
+//! at once, without `GOAWAY`, as a client's past its reset budget is.
 //!
 //! A client's ordinary traffic is far within it: the flow-control updates of a client
 //! reading answers come with the answers' bytes, and the first 8 MiB of anything are free.

@@ -207,7 +207,8 @@ impl hyper::service::Service<Request<Incoming>> for Front {
                 res: Some(res.map(|b| Tracked::new(b, in_flight))),
             };
         }
-        if let Some(a) = &self.activity {
+        // What the HTTP/2 flood bound credits (see `flood`); nothing an HTTP/1 one reads.
+        if let (Some(a), false) = (&self.activity, http1) {
             a.took();
         }
         let req = Request::from_parts(
@@ -1179,6 +1180,7 @@ fn accept_any<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::tls_table;
     use bytes::Bytes;
     use http_body_util::BodyExt;
 
@@ -2254,13 +2256,6 @@ mod tests {
         );
         let said = Refusal::upstream_unreadable_answer().to_json();
         assert!(r.ends_with(std::str::from_utf8(&said).unwrap()), "{r}");
-    }
-
-    /// `[server.tls]` with `lines` (the test's listener has its own certificate: the
-    /// files named here are only parsed).
-    fn tls_table(lines: &str) -> String {
-        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-        format!("[server.tls]\ncert = \"{file}\"\nkey = \"{file}\"\n{lines}")
     }
 
     /// An HTTP/2 client may have at most `h2_max_streams` streams open at once (100 by
