@@ -366,18 +366,6 @@ impl InFlight {
         }));
         self
     }
-
-    /// No longer watched: a `CONNECT`'s answer, once the payment API accepted it (hyper
-    /// lets go of a 2xx one's body unread: the stream turns into a tunnel). Until then it
-    /// was, so that a client opening and resetting them spends its reset budget.
-    pub(crate) fn unwatched(mut self) -> Self {
-        if let Some(a) = self.answer.take() {
-            if let Some(epoch) = a.handed {
-                self.activity.taken(epoch);
-            }
-        }
-        self
-    }
 }
 
 impl Drop for InFlight {

@@ -179,8 +179,6 @@ impl hyper::service::Service<Request<Incoming>> for Front {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let http1 = req.version() < http::Version::HTTP_2;
-        // A CONNECT the payment API accepts is no longer watched (see `InFlight::unwatched`).
-        let tunnel = !http1 && req.method() == http::Method::CONNECT;
         let (reading, in_flight) = match &self.activity {
             Some(a) => {
                 let (reading, answering) = a.begin();
@@ -198,8 +196,17 @@ impl hyper::service::Service<Request<Incoming>> for Front {
         let (mut parts, body) = req.into_parts();
         let target = parts.uri.path_and_query().map_or(0, |p| p.as_str().len())
             + parts.uri.authority().map_or(0, |a| a.as_str().len());
-        if let Err(r) = check_request_head(&mut parts.headers, parts.version, target, self.limits) {
-            // The body is not read: the connection cannot carry another request.
+        let checked = if parts.method == http::Method::CONNECT {
+            // Forwarded, it would reach the payment API as `CONNECT /` (origin form) and
+            // its 2xx would turn the client's connection into a tunnel the proxy does not
+            // carry: refused, as nginx does.
+            Err(Refusal::connect_not_proxied())
+        } else {
+            check_request_head(&mut parts.headers, parts.version, target, self.limits)
+        };
+        if let Err(r) = checked {
+            // The body is not read: the connection cannot carry another request (after a
+            // `CONNECT`, what follows may be a tunnel's bytes).
             let mut res = r.to_response().map(StepUpBody::full);
             res.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -225,7 +232,6 @@ impl hyper::service::Service<Request<Incoming>> for Front {
             fut: tower_service::Service::call(&mut stack, req),
             draining: http1.then(|| self.health.clone()),
             in_flight,
-            tunnel,
         }
     }
 }
@@ -235,7 +241,7 @@ pin_project_lite::pin_project! {
     #[project = FrontProj]
     enum FrontFuture<F> {
         Answered { res: Option<Response<ClientBody>> },
-        Stack { #[pin] fut: F, draining: Option<Arc<Health>>, in_flight: Option<InFlight>, tunnel: bool },
+        Stack { #[pin] fut: F, draining: Option<Arc<Health>>, in_flight: Option<InFlight> },
     }
 }
 
@@ -254,7 +260,6 @@ where
                 fut,
                 draining,
                 in_flight,
-                tunnel,
             } => {
                 let mut res = match std::task::ready!(fut.poll(cx)) {
                     Ok(res) => res,
@@ -266,10 +271,7 @@ where
                             .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     }
                 }
-                let mut in_flight = in_flight.take();
-                if *tunnel && res.status().is_success() {
-                    in_flight = in_flight.map(InFlight::unwatched);
-                }
+                let in_flight = in_flight.take();
                 Poll::Ready(Ok(res.map(|b| Tracked::new(b, in_flight))))
             }
         }
@@ -1196,7 +1198,7 @@ mod tests {
 
     /// A payment API answering `200 ok`, or [`BIG`] bytes to `/big` ([`HUGE`] to `/huge`,
     /// [`VAST`] to `/vast`); to `/early` before it has read the request's body, to `/slow`
-    /// (and a `CONNECT` to `slow`) after a second and a half; `/pause` in two parts (see [`Paused`]); to `/head/N` with
+    /// after a second and a half; `/pause` in two parts (see [`Paused`]); to `/head/N` with
     /// a head of N KiB.
     async fn upstream() -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1215,7 +1217,7 @@ mod tests {
                             http_body_util::Full::new(Bytes::from_static(b"ok")).boxed(),
                         ));
                     }
-                    if req.uri().path() == "/slow" || req.uri().host() == Some("slow") {
+                    if req.uri().path() == "/slow" {
                         tokio::time::sleep(Duration::from_millis(1500)).await;
                     }
                     if req.uri().path() == "/read" {
@@ -2438,76 +2440,55 @@ mod tests {
         }
     }
 
-    /// A `CONNECT` request's header block: HPACK `:method CONNECT` and `:authority`, both
-    /// literal, not indexed.
-    fn connect_block(authority: &str) -> Vec<u8> {
+    /// A `CONNECT` is answered 405 `method_not_allowed` by the proxy itself (the payment
+    /// API answers everything `200`), over HTTP/2 as over HTTP/1: over HTTP/2 the
+    /// connection goes on, however many come (none is a reset); over HTTP/1 it closes (what
+    /// follows a `CONNECT` may be a tunnel's bytes).
+    #[tokio::test]
+    async fn a_connect_is_refused_not_forwarded() {
+        let mut c = H2::connect("", false).await;
+        c.preface(false).await;
+        // HPACK: `:method CONNECT` and `:authority x:443`, literal, not indexed.
         let mut block = vec![0x02, 7];
         block.extend(b"CONNECT");
-        block.extend([0x01, authority.len() as u8]);
-        block.extend(authority.as_bytes());
-        block
-    }
-
-    /// A `CONNECT` the client resets before the payment API accepted it is a reset like
-    /// any other: opened and reset again and again, past the budget, closed.
-    #[tokio::test]
-    async fn connects_reset_before_they_are_accepted_spend_the_reset_budget() {
-        let mut c = H2::connect("", false).await;
-        c.preface(false).await;
-        // To `slow`: answered after 1.5 s.
-        let block = connect_block("slow:443");
-        let mut stream = 1;
-        let mut reset = 0;
-        'open: loop {
-            // Opened; reset once the proxy has taken it (a PING sent after it answered).
-            let mut sent = H2::framed(H2::HEADERS, 0x4, stream, &block);
-            sent.extend(H2::framed(H2::PING, 0, 0, b"taken-it"));
-            if c.s.write_all(&sent).await.is_err() {
-                break;
-            }
-            loop {
-                match c.next().await {
-                    None => break 'open,
-                    Some((ty, flags, _, payload)) => {
-                        if ty == H2::PING && flags & H2::ACK != 0 && payload == b"taken-it" {
-                            break;
-                        }
-                    }
-                }
-            }
-            let rst = H2::framed(3, 0, stream, &8u32.to_be_bytes());
-            if c.s.write_all(&rst).await.is_err() {
-                break;
-            }
-            reset += 1;
-            stream += 2;
-            assert!(reset < ResetBudget::default().burst + 50, "still open");
-        }
-        assert!(reset > ResetBudget::default().burst, "closed after {reset}");
-        assert_eq!(c.closed(Closed::ResetStreams), 1);
-    }
-
-    /// A `CONNECT` the payment API answers 2xx (hyper lets go of its answer's body unread:
-    /// the stream turns into a tunnel) is not a reset, however many come.
-    #[tokio::test]
-    async fn connects_the_payment_api_accepts_are_not_resets() {
-        let mut c = H2::connect("", false).await;
-        c.preface(false).await;
-        let block = connect_block("x:443");
+        block.extend([0x01, 5]);
+        block.extend(b"x:443");
         let mut stream = 1;
         for _ in 0..ResetBudget::default().burst + 20 {
             c.frame(H2::HEADERS, 0x4, stream, &block).await;
+            let mut body = Vec::new();
             loop {
-                let (ty, _, on, head, _) = c.next_answering().await;
-                if ty == H2::HEADERS && on == stream {
-                    assert_eq!(head[0], 0x88, ":status 200");
+                let (ty, _, on, payload, ends) = c.next_answering().await;
+                if on == stream && ty == H2::HEADERS {
+                    // Not `:status 200` (405 is not in HPACK's static table: its bytes
+                    // vary; the body says which refusal it is).
+                    assert_ne!(payload[0], 0x88, "the payment API's 200");
+                }
+                if on == stream && ty == H2::DATA {
+                    body.extend(payload);
+                }
+                if on == stream && ends {
                     break;
                 }
             }
+            let body = String::from_utf8(body).unwrap();
+            assert!(
+                body.contains(r#""code":"method_not_allowed","param":"CONNECT""#),
+                "{body}"
+            );
             stream += 2;
         }
         c.get(stream, "/orders").await;
         assert_eq!(c.answer(stream).await, 2);
+
+        let mut c = Client::connect("", false).await;
+        c.send(b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n")
+            .await;
+        let r = read_answers(&mut c.stream, 1).await;
+        assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+        assert!(r.contains("connection: close"), "{r}");
+        assert!(r.contains(r#""code":"method_not_allowed""#), "{r}");
+        assert!(read_answers(&mut c.stream, 1).await.is_empty(), "closed");
     }
 
     /// An HTTP/2 answer the payment API pauses in for longer than the idle timeout is not

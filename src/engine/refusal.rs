@@ -74,6 +74,9 @@ pub enum RefusalCode {
     UnsupportedContentEncoding,
     /// 400 `bad_request_head`: an HTTP/1 request head RFC 9112 says to reject.
     BadRequestHead,
+    /// 405 `method_not_allowed`: a method the proxy does not forward (`CONNECT`: it opens no
+    /// tunnels).
+    MethodNotAllowed,
     /// 431 `headers_too_large`: a request head over the proxy's limits.
     HeadersTooLarge,
     /// 408 `request_timeout`: the request body did not arrive in time.
@@ -114,6 +117,7 @@ impl RefusalCode {
             RefusalCode::UnsupportedMediaType => "unsupported_media_type",
             RefusalCode::UnsupportedContentEncoding => "unsupported_content_encoding",
             RefusalCode::BadRequestHead => "bad_request_head",
+            RefusalCode::MethodNotAllowed => "method_not_allowed",
             RefusalCode::HeadersTooLarge => "headers_too_large",
             RefusalCode::RequestTimeout => "request_timeout",
             RefusalCode::UpstreamUnreachable => "upstream_unreachable",
@@ -131,6 +135,7 @@ impl RefusalCode {
             }
             RefusalCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RefusalCode::NotFound => StatusCode::NOT_FOUND,
+            RefusalCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RefusalCode::UnsupportedMediaType | RefusalCode::UnsupportedContentEncoding => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
@@ -197,7 +202,7 @@ impl Refusal {
         }
     }
 
-    /// HTTP status: 400, 403, 404, 408, 413, 415, 431, 502, 503 or 504 (the code's).
+    /// HTTP status: 400, 403, 404, 405, 408, 413, 415, 431, 502, 503 or 504 (the code's).
     pub fn status(&self) -> StatusCode {
         self.code.status()
     }
@@ -395,6 +400,16 @@ impl Refusal {
         Refusal::invalid(RefusalCode::BadRequestHead, param, message)
     }
 
+    /// A 405 for a `CONNECT` (the proxy, like nginx, forwards requests to the payment API
+    /// and opens no tunnels). Nothing is sent upstream.
+    pub fn connect_not_proxied() -> Self {
+        Refusal::invalid(
+            RefusalCode::MethodNotAllowed,
+            "CONNECT",
+            "the proxy forwards requests to the payment API and opens no tunnels",
+        )
+    }
+
     /// A 503 with `Retry-After`: the process holds as many candidate bytes in memory as its
     /// budget allows. Nothing was sent upstream; requests already accepted are unaffected.
     pub fn overloaded() -> Self {
@@ -551,6 +566,7 @@ mod tests {
             RefusalCode::UnsupportedMediaType,
             RefusalCode::UnsupportedContentEncoding,
             RefusalCode::BadRequestHead,
+            RefusalCode::MethodNotAllowed,
             RefusalCode::HeadersTooLarge,
             RefusalCode::RequestTimeout,
             RefusalCode::UpstreamUnreachable,
