@@ -42,6 +42,9 @@ pub(crate) enum HeadReason {
     QueryField,
     MediaType,
     ContentEncoding,
+    /// `Connection` lists a header the layer reads to decide (`Content-Type`, the
+    /// idempotency key's): the payment API would not get what the layer read.
+    HopByHopRead,
 }
 
 impl HeadRefusal {
@@ -51,7 +54,7 @@ impl HeadRefusal {
         self.candidate
     }
 
-    /// The answer: 400 `non_canonical_path`, 400 `query_field`, 415
+    /// The answer: 400 `non_canonical_path`, 400 `query_field`, 400 `bad_request_head`, 415
     /// `unsupported_media_type` or 415 `unsupported_content_encoding`.
     pub fn refusal(self) -> Refusal {
         match self.reason {
@@ -59,6 +62,11 @@ impl HeadRefusal {
             HeadReason::QueryField => Refusal::query_field(),
             HeadReason::MediaType => Refusal::unsupported_media_type(),
             HeadReason::ContentEncoding => Refusal::unsupported_content_encoding(),
+            HeadReason::HopByHopRead => Refusal::bad_request_head(
+                "Connection",
+                "lists a header step-up reads (Content-Type, or the idempotency key's \
+                 header): the payment API would not get it",
+            ),
         }
     }
 }
@@ -147,6 +155,20 @@ impl StepUp {
         // A body the layer cannot read is not forwarded unread.
         if let Some(reason) = head::unreadable_request_body(headers) {
             return Route::Refused(HeadRefusal { candidate, reason });
+        }
+        // A header the layer decides by, listed in `Connection`: removed on the way, the
+        // payment API would read the request otherwise (an untyped body, which Rack reads
+        // as a form; no idempotency key). Most requests list no header at all.
+        if headers.contains_key(http::header::CONNECTION)
+            && (head::in_connection(headers, &http::header::CONTENT_TYPE)
+                || e.idempotency_header
+                    .as_ref()
+                    .is_some_and(|h| head::in_connection(headers, h)))
+        {
+            return Route::Refused(HeadRefusal {
+                candidate,
+                reason: HeadReason::HopByHopRead,
+            });
         }
         Route::Candidate(candidate)
     }
@@ -496,6 +518,56 @@ mod tests {
                 "{query}"
             );
         }
+    }
+
+    /// A header the layer decides by, listed in `Connection` (a proxy removes it on the
+    /// way), is refused: the payment API would read another request than the layer did.
+    #[test]
+    fn headers_the_layer_reads_listed_in_connection_are_refused() {
+        let e = engine("[partner_fields]\nidempotency_header = \"Idempotency-Key\"\n");
+        let uri: Uri = "/payments".parse().unwrap();
+        let head = |connection: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+            h.insert("idempotency-key", HeaderValue::from_static("k-1"));
+            h.append("connection", HeaderValue::from_static("keep-alive"));
+            h.append("connection", HeaderValue::from_static(connection));
+            h
+        };
+        for listed in [
+            "Content-Type",
+            "keep-alive, content-type",
+            "Content_Type",
+            "idempotency-key",
+            " Idempotency_Key ",
+        ] {
+            match e.classify(&Method::POST, &uri, &head(listed)) {
+                Route::Refused(r) => {
+                    let r = r.refusal();
+                    assert_eq!(
+                        (r.status().as_u16(), r.code().as_str(), r.param()),
+                        (400, "bad_request_head", Some("Connection")),
+                        "{listed}"
+                    );
+                }
+                other => panic!("{listed}: {other:?}"),
+            }
+        }
+        for listed in ["close", "x-other, te", "content-length"] {
+            assert!(
+                matches!(
+                    e.classify(&Method::POST, &uri, &head(listed)),
+                    Route::Candidate(_)
+                ),
+                "{listed}"
+            );
+        }
+        // Not a candidate route: nothing to decide, passed through.
+        let other: Uri = "/orders".parse().unwrap();
+        assert_eq!(
+            e.classify(&Method::POST, &other, &head("Content-Type")),
+            Route::PassThrough
+        );
     }
 
     #[test]

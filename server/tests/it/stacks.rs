@@ -721,6 +721,16 @@ fn corpus() -> Vec<Case> {
         post("Connection: Host", "/payments", valid.clone()),
         &[("Connection", "Host")],
     ));
+    // `Content-Type` listed in `Connection`: removed on the way, the body reaches the stacks
+    // untyped, and Rack reads it as a form.
+    c.push(with(
+        post(
+            "Connection: Content-Type, JSON that is a form too",
+            "/payments",
+            format!(r#"{{"payment_method":"klarna",{ok},"note":"&return_url={EVIL}&z="}}"#),
+        ),
+        &[("Connection", "Content-Type")],
+    ));
 
     // No Content-Type: Rack reads a POST body as a form, whatever it looks like.
     let mut untyped = post(

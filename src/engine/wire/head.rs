@@ -161,11 +161,18 @@ pub(crate) fn names_elsewhere(headers: &HeaderMap, name: &HeaderName) -> bool {
     headers
         .keys()
         .any(|k| k != name && same_header_name(k.as_str().as_bytes(), n))
-        || headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|listed| same_header_name(listed.trim_ascii(), n))
-        })
+        || in_connection(headers, name)
+}
+
+/// Whether `Connection` lists header `name` (in any spelling a server reads as it): a
+/// proxy removes it on the way (RFC 9110 section 7.6.1).
+pub(crate) fn in_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|listed| same_header_name(listed.trim_ascii(), n))
+    })
 }
 
 /// Whether a header name is step-up's: `x-klarna-stepup` or `x-klarna-stepup-*`, in
