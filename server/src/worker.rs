@@ -89,6 +89,7 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
         // A request target with an authority (HTTP/2's, or an absolute URL) names the host,
         // whatever `Host` says (RFC 9112 section 3.2.2, RFC 9113 section 8.3.1): the
         // upstream request, in origin form, carries it as its `Host`.
+        // (One with user information is refused before: see `Front::call`.)
         if let Some(host) = req
             .uri()
             .authority()
@@ -101,6 +102,13 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
             let res = self.unreachable();
             return Box::pin(std::future::ready(Ok(res)));
         };
+        // An HTTP/1.1 request has a `Host` (RFC 9112 section 3.2): an HTTP/1.0 client's
+        // without one names the payment API's address, as nginx names its upstream.
+        if !req.headers().contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(&backend.to_string()) {
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
         // Origin-form on the upstream connection.
         let target = req
             .uri()
@@ -120,7 +128,23 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
                         m.upstream_answered(res.status().as_u16(), since.elapsed());
                     }
                     let (mut parts, body) = res.into_parts();
+                    if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                        // No request it gets asks for an upgrade (`Upgrade` is hop-by-hop):
+                        // a 101 is an answer the proxy cannot carry (RFC 9110 section
+                        // 15.2.2; RFC 9113 section 8.6 has none).
+                        let r = Refusal::upstream_unreadable_answer();
+                        if let Some(m) = &metrics {
+                            m.upstream_failed(r.code().as_str());
+                        }
+                        let mut res = r.to_response().map(StepUpBody::full);
+                        res.extensions_mut().insert(r);
+                        return Ok(res);
+                    }
                     strip_hop_by_hop(&mut parts.headers);
+                    one_content_length(&mut parts.headers);
+                    // The proxy's own version, not the payment API's (RFC 9110 section
+                    // 6.2): hyper answers each client in the version it asked in.
+                    parts.version = http::Version::HTTP_11;
                     Response::from_parts(parts, StepUpBody::new(body))
                 }
                 Err(e) => {
@@ -148,6 +172,29 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
             };
             Ok(res)
         })
+    }
+}
+
+/// An answer's `Content-Length` as one value: hyper reads `5, 5` (or the same length given
+/// twice) as 5, and so must the client, but an HTTP/2 client refuses the list (RFC 9110
+/// section 8.6 allows replacing it by the one value).
+fn one_content_length(headers: &mut http::HeaderMap) {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let listed = match (values.next(), values.next()) {
+        (Some(v), None) => v.as_bytes().contains(&b','),
+        (Some(_), Some(_)) => true,
+        _ => false,
+    };
+    if !listed {
+        return;
+    }
+    let first = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.as_bytes().split(|&b| b == b',').next())
+        .map(<[u8]>::trim_ascii)
+        .and_then(|v| HeaderValue::from_bytes(v).ok());
+    if let Some(first) = first {
+        headers.insert(header::CONTENT_LENGTH, first);
     }
 }
 
@@ -201,6 +248,18 @@ impl hyper::service::Service<Request<Incoming>> for Front {
             // its 2xx would turn the client's connection into a tunnel the proxy does not
             // carry: refused, as nginx does.
             Err(Refusal::connect_not_proxied())
+        } else if parts
+            .uri
+            .authority()
+            .is_some_and(|a| a.as_str().contains('@'))
+        {
+            // `http://user:pass@host/`: user information is an error in a request target
+            // (RFC 9110 section 4.2.4; RFC 9113 section 8.3.1), and would have become part
+            // of the `Host` the payment API reads.
+            Err(Refusal::bad_request_head(
+                "Host",
+                "the request target has user information",
+            ))
         } else {
             check_request_head(&mut parts.headers, parts.version, target, self.limits)
         };

@@ -36,3 +36,4 @@ mod telemetry;
 mod tls;
 mod upgrade;
 mod upstreams;
+mod wire;

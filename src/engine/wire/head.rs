@@ -279,9 +279,11 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes the hop-by-hop headers a proxy must not forward (RFC 9110 section 7.6.1), in
 /// either direction: `Connection` and every header it names, `Keep-Alive`, `TE`, `Trailer`,
-/// `Transfer-Encoding`, `Upgrade`, `HTTP2-Settings`, and every `Proxy-*` header. For a proxy
-/// built on the tower adapter, on every request (step-up strips those of the requests it
-/// handles itself, through either adapter); the framing is the server's and client's own.
+/// `Transfer-Encoding`, `Upgrade`, `HTTP2-Settings`, and every `Proxy-*` header; and a
+/// `Content-Length` beside a `Transfer-Encoding` (RFC 9112 section 6.3). For a proxy built
+/// on the tower adapter, on every request and answer (step-up strips those of the requests
+/// it handles itself, through either adapter); the framing is the server's and client's
+/// own.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most heads carry none of them, and most of the rest only `Connection`: one look at
     // each name (no hashing) tells.
@@ -320,8 +322,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(header::CONNECTION);
     }
-    // The other fixed ones and every `Proxy-*`, those that are there.
+    // The other fixed ones and every `Proxy-*`, those that are there. A message framed by
+    // `Transfer-Encoding` loses a `Content-Length` beside it too: the length was not the
+    // body's, and the next hop frames it anew (RFC 9112 section 6.3: a sender removes it).
     if others {
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            headers.remove(header::CONTENT_LENGTH);
+        }
         while let Some(name) = headers.keys().find(|n| is_hop_by_hop(n)).cloned() {
             headers.remove(name);
         }
@@ -407,7 +414,8 @@ impl Default for HeadLimits {
 /// bounds ([`Refusal::headers_too_large`], 431); an HTTP/1.1 request without `Host`, or any
 /// request with more than one (400 [`Refusal::bad_request_head`], RFC 9112 section 3.2); a
 /// `Content-Length` given as a list: identical values (`5, 5`) are replaced by one value
-/// before the request goes anywhere, differing ones refused (RFC 9110 section 8.6).
+/// before the request goes anywhere, differing ones refused (RFC 9110 section 8.6); a
+/// `Transfer-Encoding` other than `chunked` alone (400, RFC 9112 section 6.1).
 pub fn check_request_head(
     head: &mut impl Head,
     version: http::Version,
@@ -439,6 +447,23 @@ pub fn check_request_head(
             ))
         }
         _ => {}
+    }
+    // A transfer coding other than `chunked` alone: hyper frames by the last coding and
+    // would pass the others' bytes on as the body, undecoded and unnamed (RFC 9112 section
+    // 6.1 has such a request refused).
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        if codings.next().is_some()
+            || !first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked")
+        {
+            return Err(Refusal::bad_request_head(
+                "Transfer-Encoding",
+                "only chunked is accepted",
+            ));
+        }
     }
     let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
     let listed = lengths.len() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b','));
@@ -518,8 +543,15 @@ mod tests {
         ] {
             h.append(k, http::HeaderValue::from_static(v));
         }
+        let mut framed_by_length = h.clone();
+        framed_by_length.remove("transfer-encoding");
         super::strip_hop_by_hop(&mut h);
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        // The length beside `Transfer-Encoding` goes too (RFC 9112 section 6.3).
+        assert_eq!(left, ["content-type", "host"]);
+        super::strip_hop_by_hop(&mut framed_by_length);
+        let mut left: Vec<&str> = framed_by_length.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["content-length", "content-type", "host"]);
     }
@@ -656,6 +688,23 @@ mod tests {
                 code(&mut h, Version::HTTP_11),
                 Err("bad_request_head"),
                 "{bad}"
+            );
+        }
+        for (codings, ok) in [
+            (&["chunked"][..], true),
+            (&["Chunked"], true),
+            (&["gzip, chunked"], false),
+            (&["gzip", "chunked"], false),
+            (&["chunked", "chunked"], false),
+            (&["identity"], false),
+        ] {
+            let mut pairs = vec![("host", "a")];
+            pairs.extend(codings.iter().map(|c| ("transfer-encoding", *c)));
+            let expected = if ok { Ok(()) } else { Err("bad_request_head") };
+            assert_eq!(
+                code(&mut head(&pairs), Version::HTTP_11),
+                expected,
+                "{codings:?}"
             );
         }
         let big = "x".repeat(40 * 1024);
