@@ -102,9 +102,10 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
             let res = self.unreachable();
             return Box::pin(std::future::ready(Ok(res)));
         };
-        // An HTTP/1.1 request has a `Host` (RFC 9112 section 3.2): an HTTP/1.0 client's
-        // without one names the payment API's address, as nginx names its upstream.
-        if !req.headers().contains_key(header::HOST) {
+        // An HTTP/1.1 request has a `Host` (RFC 9112 section 3.2; a client's in HTTP/1.1 was
+        // checked to): an HTTP/1.0 client's without one (or an HTTP/2 client's without
+        // `:authority`) names the payment API's address, as nginx names its upstream.
+        if req.version() != http::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
             if let Ok(host) = HeaderValue::from_str(&backend.to_string()) {
                 req.headers_mut().insert(header::HOST, host);
             }

@@ -423,53 +423,53 @@ pub fn check_request_head(
     limits: HeadLimits,
 ) -> Result<(), Refusal> {
     let headers = head.headers();
-    let size = headers
-        .iter()
-        .fold(target_len, |n, (k, v)| n + k.as_str().len() + v.len() + 4);
+    // One pass over the fields (no lookup by name): the size, and what the checks below
+    // need of `Host`, `Transfer-Encoding` and `Content-Length`.
+    let (mut size, mut hosts, mut codings, mut lengths) = (target_len, 0usize, 0usize, 0usize);
+    let (mut chunked, mut listed) = (true, false);
+    for (k, v) in headers {
+        size += k.as_str().len() + v.len() + 4;
+        if k == header::HOST {
+            hosts += 1;
+        } else if k == header::TRANSFER_ENCODING {
+            codings += 1;
+            chunked &= v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked");
+        } else if k == header::CONTENT_LENGTH {
+            lengths += 1;
+            listed |= v.as_bytes().contains(&b',');
+        }
+    }
     if size > limits.max_bytes || headers.len() > limits.max_count {
         return Err(Refusal::headers_too_large(
             limits.max_bytes,
             limits.max_count,
         ));
     }
-    let mut hosts = headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => {
-            return Err(Refusal::bad_request_head(
-                "Host",
-                "a request has at most one Host header",
-            ))
-        }
-        (None, None) if version == http::Version::HTTP_11 => {
-            return Err(Refusal::bad_request_head(
-                "Host",
-                "an HTTP/1.1 request must have a Host header",
-            ))
-        }
-        _ => {}
+    if hosts > 1 {
+        return Err(Refusal::bad_request_head(
+            "Host",
+            "a request has at most one Host header",
+        ));
+    }
+    if hosts == 0 && version == http::Version::HTTP_11 {
+        return Err(Refusal::bad_request_head(
+            "Host",
+            "an HTTP/1.1 request must have a Host header",
+        ));
     }
     // A transfer coding other than `chunked` alone: hyper frames by the last coding and
     // would pass the others' bytes on as the body, undecoded and unnamed (RFC 9112 section
     // 6.1 has such a request refused).
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(first) = codings.next() {
-        if codings.next().is_some()
-            || !first
-                .as_bytes()
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"chunked")
-        {
-            return Err(Refusal::bad_request_head(
-                "Transfer-Encoding",
-                "only chunked is accepted",
-            ));
-        }
+    if codings > 1 || (codings == 1 && !chunked) {
+        return Err(Refusal::bad_request_head(
+            "Transfer-Encoding",
+            "only chunked is accepted",
+        ));
     }
-    let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
-    let listed = lengths.len() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b','));
-    if !listed {
+    if lengths < 2 && !listed {
         return Ok(());
     }
+    let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
     let mut values = lengths
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
