@@ -100,8 +100,15 @@ pub async fn serve(
             strip_hop_by_hop(req.headers_mut());
             // A request target with an authority (HTTP/2's, or an absolute URL) names the
             // host, whatever `Host` says; the payment API is spoken to in HTTP/1.1, in origin
-            // form, so the authority goes in `Host`.
-            if let Some(host) = req.uri().authority().and_then(|a| a.as_str().parse().ok()) {
+            // form, so the authority goes in `Host` (its host and port: never user
+            // information, `http://user:pass@host/`).
+            if let Some(host) = req.uri().authority().and_then(|a| {
+                let host = match a.port() {
+                    Some(port) => format!("{}:{port}", a.host()),
+                    None => a.host().to_owned(),
+                };
+                host.parse().ok()
+            }) {
                 req.headers_mut().insert(http::header::HOST, host);
             }
             *req.version_mut() = http::Version::HTTP_11;
@@ -110,9 +117,15 @@ pub async fn serve(
                 .parse()
                 .expect("valid upstream URI");
             let res = match tokio::time::timeout(READ_TIMEOUT, client.request(req)).await {
+                // `Upgrade` is stripped: a 101 was never asked for, and cannot be carried.
+                Ok(Ok(res)) if res.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                    refused(&Refusal::upstream_unreadable_answer())
+                }
                 Ok(Ok(res)) => {
                     let (mut parts, body) = res.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
+                    // The proxy's own version, not the payment API's (RFC 9110 section 6.2).
+                    parts.version = http::Version::HTTP_11;
                     Response::from_parts(parts, body.boxed())
                 }
                 Ok(Err(e)) => refused(&upstream_refusal(&e)),

@@ -143,7 +143,7 @@ where
             .connected_to_upstream(session, reused, peer, fd, digest, &mut ctx.inner)
             .await?;
 
-        let mut req = upstream_head(session)?;
+        let mut req = upstream_head(session, peer)?;
         self.inner
             .upstream_request_filter(session, &mut req, &mut ctx.inner)
             .await?;
@@ -163,6 +163,14 @@ where
         let head = loop {
             conn.read_response_header().await.map_err(up)?;
             match conn.response_header() {
+                // No request of the exchange asks for an upgrade (`Upgrade` is stripped):
+                // a 101 is no interim answer, and what follows it is not HTTP.
+                Some(h) if h.status == http::StatusCode::SWITCHING_PROTOCOLS => {
+                    return Err(up(pingora::Error::explain(
+                        pingora::ErrorType::InvalidHTTPHeader,
+                        "a 101 nobody asked for",
+                    )))
+                }
                 Some(h) if h.status.is_informational() => continue,
                 Some(h) => break Box::new(h.clone()),
                 None => {
@@ -230,6 +238,8 @@ where
         self.inner
             .response_body_filter(session, &mut body, end, &mut ctx.inner)?;
         let body = body.unwrap_or_default();
+        // The proxy's own version, not the payment API's (RFC 9110 section 6.2).
+        head.set_version(http::Version::HTTP_11);
         let Some(conn) = rest else {
             head.remove_header(&header::TRANSFER_ENCODING);
             // 204 and 304 carry no body and no length (RFC 9110 §8.6).
@@ -264,15 +274,23 @@ where
 
 /// The client's request head as an HTTP/1.1 upstream request: without the headers of its
 /// own connection (stripped as the driver strips them, before your proxy's
-/// `upstream_request_filter` sees the head, as on Pingora's pipeline), with a `Host`.
-fn upstream_head(session: &Session) -> Result<pingora::http::RequestHeader> {
+/// `upstream_request_filter` sees the head, as on Pingora's pipeline), with a `Host`: the
+/// client's, else its target's authority, else (an HTTP/1.0 request without one) the
+/// peer's SNI name or address, as nginx names its upstream (RFC 9112 section 3.2).
+fn upstream_head(session: &Session, peer: &HttpPeer) -> Result<pingora::http::RequestHeader> {
     let mut req = session.req_header().clone();
     req.set_version(http::Version::HTTP_11);
     strip_connection_headers(&mut req);
     if !req.headers.contains_key(header::HOST) {
-        if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_owned()) {
-            req.insert_header(header::HOST, authority)?;
-        }
+        let host = match req.uri.authority() {
+            Some(authority) => authority.as_str().to_owned(),
+            None if !peer.sni().is_empty() => peer.sni().to_owned(),
+            None => match peer.address() {
+                pingora::protocols::l4::socket::SocketAddr::Inet(addr) => addr.to_string(),
+                _ => "localhost".to_owned(),
+            },
+        };
+        req.insert_header(header::HOST, host)?;
     }
     Ok(req)
 }

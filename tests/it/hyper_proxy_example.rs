@@ -92,3 +92,54 @@ async fn the_example_serves_http1_and_h2c_end_to_end() {
         .unwrap()
         .unwrap();
 }
+
+/// The example's forwarding: an answer in HTTP/1.0 goes out in the proxy's version, a
+/// `101` nobody asked for is a 502, and user information in an absolute target never
+/// reaches the payment API's `Host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_forwards_in_its_own_version_and_host() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = |upstream: std::net::SocketAddr| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(hyper_proxy::serve(
+            listener,
+            upstream.to_string(),
+            Some(StepUp::from_toml("").unwrap()),
+            std::future::pending(),
+        ));
+        addr
+    };
+    let exchange = |addr, request: &'static [u8]| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(LIMIT, s.read_to_end(&mut answer))
+            .await
+            .expect("closed")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let get = b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+    let old = upstream::start_raw(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let answer = exchange(start(old).await, get).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+
+    let switching = upstream::start_raw(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\nraw",
+    )
+    .await;
+    let answer = exchange(start(switching).await, get).await;
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+
+    let up = upstream::start().await;
+    let answer = exchange(
+        start(up.addr).await,
+        b"GET http://user:pw@api.example/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let seen = up.take_received();
+    assert_eq!(seen[0].headers["host"], "api.example");
+}

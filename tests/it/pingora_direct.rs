@@ -342,3 +342,55 @@ async fn the_direct_exchange_takes_its_attempts_from_the_server_conf() {
         "one upstream_peer per attempt"
     );
 }
+
+/// `request`'s bytes to `addr`, and what comes back until the proxy closes.
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(LIMIT, s.read_to_end(&mut answer))
+        .await
+        .expect("closed")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The direct exchange speaks HTTP/1.1 both ways: an HTTP/1.0 request without `Host`
+/// reaches the payment API with one (RFC 9112 section 3.2: it was sent without), the
+/// peer's address; an answer in HTTP/1.0 goes out in the proxy's version (RFC 9110
+/// section 6.2: it went out as HTTP/1.0 on a kept-alive HTTP/1.1 connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_exchange_speaks_http11_with_a_host_both_ways() {
+    let (up, f, _, proxy) = setup(ALPN::H1).await;
+    let mut head = format!("{} {} HTTP/1.0\r\n", f.method, f.path);
+    for (n, v) in &f.headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", f.body.len()));
+    let answer = raw_exchange(proxy, &[head.as_bytes(), &f.body].concat()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let got = up.take_received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].headers["host"], up.addr.to_string().as_str());
+
+    let old = upstream::start_raw(
+        b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .await;
+    let proxy = start_pingora(StepUpProxy::new(
+        inner(old, ALPN::H1),
+        StepUp::from_toml("").unwrap(),
+    ));
+    let mut request = format!(
+        "{} {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n",
+        f.method, f.path
+    );
+    for (n, v) in &f.headers {
+        request.push_str(&format!("{n}: {v}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", f.body.len()));
+    let answer = raw_exchange(proxy, &[request.as_bytes(), &f.body].concat()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with("{}"), "{answer}");
+}
