@@ -237,3 +237,16 @@ pub async fn send_fixture(
     .await
     .unwrap_or_else(|e| panic!("{}: {e}", f.name))
 }
+
+/// `request`'s bytes, as they are, to `addr`, and everything that comes back until the
+/// other end closes (within `limit`).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(limit, s.read_to_end(&mut answer))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}

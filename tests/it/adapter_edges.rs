@@ -149,15 +149,7 @@ async fn a_candidate_the_inner_answered_itself_is_recorded_so_in_both_adapters()
 
 /// What the Pingora adapter answers to a raw request head.
 async fn raw_head(addr: SocketAddr, head: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(LIMIT, s.read_to_end(&mut buf))
-        .await
-        .expect("answered in time")
-        .unwrap();
-    String::from_utf8_lossy(&buf).into_owned()
+    common::raw_http::raw_exchange(addr, head.as_bytes(), LIMIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

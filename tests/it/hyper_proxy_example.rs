@@ -98,7 +98,6 @@ async fn the_example_serves_http1_and_h2c_end_to_end() {
 /// reaches the payment API's `Host`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_forwards_in_its_own_version_and_host() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let start = |upstream: std::net::SocketAddr| async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -110,16 +109,8 @@ async fn the_example_forwards_in_its_own_version_and_host() {
         ));
         addr
     };
-    let exchange = |addr, request: &'static [u8]| async move {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(request).await.unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(LIMIT, s.read_to_end(&mut answer))
-            .await
-            .expect("closed")
-            .unwrap();
-        String::from_utf8_lossy(&answer).into_owned()
-    };
+    let exchange =
+        |addr, request: &'static [u8]| common::raw_http::raw_exchange(addr, request, LIMIT);
     let get = b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
     let old = upstream::start_raw(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;

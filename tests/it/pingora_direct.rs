@@ -345,15 +345,7 @@ async fn the_direct_exchange_takes_its_attempts_from_the_server_conf() {
 
 /// `request`'s bytes to `addr`, and what comes back until the proxy closes.
 async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(LIMIT, s.read_to_end(&mut answer))
-        .await
-        .expect("closed")
-        .unwrap();
-    String::from_utf8_lossy(&answer).into_owned()
+    common::raw_http::raw_exchange(addr, request, LIMIT).await
 }
 
 /// The direct exchange speaks HTTP/1.1 both ways: an HTTP/1.0 request without `Host`
