@@ -104,7 +104,7 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
         };
         // An HTTP/1.1 request has a `Host` (RFC 9112 section 3.2; a client's in HTTP/1.1 was
         // checked to): an HTTP/1.0 client's without one (or an HTTP/2 client's without
-        // `:authority`) names the payment API's address, as nginx names its upstream.
+        // `:authority`) names the payment API's address it goes to.
         if req.version() != http::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
             if let Ok(host) = HeaderValue::from_str(&backend.to_string()) {
                 req.headers_mut().insert(header::HOST, host);
@@ -125,9 +125,6 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
             let since = metrics.as_ref().map(|_| Instant::now());
             let res = match pool.send(backend, req).await {
                 Ok(res) => {
-                    if let (Some(m), Some(since)) = (&metrics, since) {
-                        m.upstream_answered(res.status().as_u16(), since.elapsed());
-                    }
                     let (mut parts, body) = res.into_parts();
                     if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
                         // No request it gets asks for an upgrade (`Upgrade` is hop-by-hop):
@@ -140,6 +137,9 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
                         let mut res = r.to_response().map(StepUpBody::full);
                         res.extensions_mut().insert(r);
                         return Ok(res);
+                    }
+                    if let (Some(m), Some(since)) = (&metrics, since) {
+                        m.upstream_answered(parts.status.as_u16(), since.elapsed());
                     }
                     strip_hop_by_hop(&mut parts.headers);
                     one_content_length(&mut parts.headers);
@@ -176,9 +176,10 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
     }
 }
 
-/// An answer's `Content-Length` as one value: hyper reads `5, 5` (or the same length given
-/// twice) as 5, and so must the client, but an HTTP/2 client refuses the list (RFC 9110
-/// section 8.6 allows replacing it by the one value).
+/// An answer's `Content-Length` given as a list of one value (`5, 5`, or `5` twice) as that
+/// value: hyper reads it as 5, and so must the client, but an HTTP/2 client refuses the
+/// list (RFC 9110 section 8.6 allows replacing it). A list of differing values (which
+/// hyper does not check on answers without a body, such as `HEAD`'s) stays as it came.
 fn one_content_length(headers: &mut http::HeaderMap) {
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
     let listed = match (values.next(), values.next()) {
@@ -189,13 +190,17 @@ fn one_content_length(headers: &mut http::HeaderMap) {
     if !listed {
         return;
     }
-    let first = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.as_bytes().split(|&b| b == b',').next())
-        .map(<[u8]>::trim_ascii)
-        .and_then(|v| HeaderValue::from_bytes(v).ok());
-    if let Some(first) = first {
-        headers.insert(header::CONTENT_LENGTH, first);
+    let mut each = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    let first = each.next().unwrap_or_default();
+    if first.is_empty() || !each.all(|v| v == first) {
+        return;
+    }
+    if let Ok(one) = HeaderValue::from_bytes(first) {
+        headers.insert(header::CONTENT_LENGTH, one);
     }
 }
 

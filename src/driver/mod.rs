@@ -467,9 +467,9 @@ impl Driver {
 
     /// Checks a request head as the binary's server does (see [`HeadLimits`]): at most one
     /// `Host` (and one in HTTP/1.1), one `Content-Length` (identical listed values are made
-    /// one), no transfer coding but `chunked`, and the size bounds (`target_len`: the request target's length). `Some`
-    /// driver, whose [`begin`](Self::begin) answers the refusal, when the head does not
-    /// hold.
+    /// one), no transfer coding but `chunked`, and the size bounds (`target_len`: the
+    /// request target's length). `Some` driver, whose [`begin`](Self::begin) answers the
+    /// refusal, when the head does not hold.
     pub fn check_head(
         step_up: &StepUp,
         head: &mut impl Head,

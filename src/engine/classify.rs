@@ -570,6 +570,23 @@ mod tests {
         );
     }
 
+    /// An idempotency key header a proxy never forwards is a configuration error.
+    #[test]
+    fn a_hop_by_hop_idempotency_header_is_refused() {
+        for name in ["Keep-Alive", "connection", "Proxy-Key", "TE"] {
+            let toml = format!("[partner_fields]\nidempotency_header = \"{name}\"\n");
+            let err = StepUp::from_toml(&toml).unwrap_err().to_string();
+            assert!(
+                err.contains("partner_fields.idempotency_header") && err.contains("hop-by-hop"),
+                "{name}: {err}"
+            );
+        }
+        assert!(
+            StepUp::from_toml("[partner_fields]\nidempotency_header = \"Idempotency-Key\"\n")
+                .is_ok()
+        );
+    }
+
     #[test]
     fn config_errors_name_every_key() {
         let err = StepUp::from_toml(

@@ -110,6 +110,16 @@ pub(super) fn compile(
     let idempotency_header = match c.partner_fields.idempotency_header.as_str() {
         "" => None,
         name => match http::HeaderName::try_from(name) {
+            // A proxy never forwards it: the key would not reach the payment API, and every
+            // request naming it in `Connection` (`Connection: keep-alive`) would be refused.
+            Ok(h) if super::head::is_hop_by_hop(&h) => {
+                p.add(
+                    "partner_fields.idempotency_header",
+                    "must not be a hop-by-hop header (Connection, Keep-Alive, TE, Trailer, \
+                     Transfer-Encoding, Upgrade, HTTP2-Settings, Proxy-*)",
+                );
+                None
+            }
             Ok(h) => Some(h),
             Err(_) => {
                 p.add(

@@ -276,7 +276,7 @@ where
 /// own connection (stripped as the driver strips them, before your proxy's
 /// `upstream_request_filter` sees the head, as on Pingora's pipeline), with a `Host`: the
 /// client's, else its target's authority, else (an HTTP/1.0 request without one) the
-/// peer's SNI name or address, as nginx names its upstream (RFC 9112 section 3.2).
+/// peer's SNI name or address (RFC 9112 section 3.2).
 fn upstream_head(session: &Session, peer: &HttpPeer) -> Result<pingora::http::RequestHeader> {
     let mut req = session.req_header().clone();
     req.set_version(http::Version::HTTP_11);

@@ -336,8 +336,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Removes from a head step-up edits the hop-by-hop headers [`strip_hop_by_hop`] removes,
-/// but `Transfer-Encoding`: the adapter's framing reads it (and the edits that set a length
-/// drop it). On the request before step-up's own edits, so that a client cannot name them
+/// but `Transfer-Encoding` (and the `Content-Length` that function drops beside it): the
+/// adapter's framing reads them (and the edits that set a length drop both). On the request before step-up's own edits, so that a client cannot name them
 /// away in `Connection`; on the answer, so that no adapter passes the payment API's on.
 pub(crate) fn strip_connection_headers(head: &mut impl Head) {
     for name in hop_by_hop_names(head.headers()) {
@@ -347,8 +347,9 @@ pub(crate) fn strip_connection_headers(head: &mut impl Head) {
     }
 }
 
-/// The names of the headers [`strip_hop_by_hop`] removes from `headers`, each once: for a
-/// head that removes its own fields (Pingora's, which keeps each name's case beside the map).
+/// The names of the hop-by-hop headers [`strip_hop_by_hop`] removes from `headers` (not
+/// the `Content-Length` it drops beside `Transfer-Encoding`), each once: for a head that
+/// removes its own fields (Pingora's, which keeps each name's case beside the map).
 fn hop_by_hop_names(headers: &HeaderMap) -> Vec<HeaderName> {
     let named: Vec<&str> = headers
         .get_all(header::CONNECTION)
@@ -368,7 +369,7 @@ fn hop_by_hop_names(headers: &HeaderMap) -> Vec<HeaderName> {
 /// Whether a header is hop-by-hop whatever `Connection` says (a name `Connection` lists
 /// is one only because `Connection` is there, which this finds).
 #[inline]
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     let name = name.as_str();
     fixed_hop_by_hop(name) || name.starts_with("proxy-")
 }
@@ -504,11 +505,23 @@ pub(crate) fn check_request_target(method: &http::Method, target: &[u8]) -> Resu
             .is_some_and(|i| i > 0 && t[..i].iter().all(u8::is_ascii_alphanumeric))
             && t.windows(3).any(|w| w == b"://")
     };
+    // User information in an absolute target (`http://user:pass@host/`) is an error (RFC
+    // 9110 section 4.2.4), and would become the `Host` the payment API reads.
+    let userinfo = |t: &[u8]| {
+        t.windows(3).position(|w| w == b"://").is_some_and(|i| {
+            let rest = &t[i + 3..];
+            let end = rest
+                .iter()
+                .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+                .unwrap_or(rest.len());
+            rest[..end].contains(&b'@')
+        })
+    };
     let ok = match target.first() {
         Some(b'/') => true,
         Some(b'*') => target.len() == 1 && method == http::Method::OPTIONS,
         Some(_) if method == http::Method::CONNECT => true,
-        Some(_) => absolute(target),
+        Some(_) => absolute(target) && !userinfo(target),
         None => false,
     };
     if ok {
@@ -516,7 +529,8 @@ pub(crate) fn check_request_target(method: &http::Method, target: &[u8]) -> Resu
     } else {
         Err(Refusal::bad_request_head(
             "request-target",
-            "the request target must be a path starting with /, an absolute URL, or *",
+            "the request target must be a path starting with /, an absolute URL without user \
+             information, or *",
         ))
     }
 }
@@ -731,6 +745,7 @@ mod tests {
             (Method::POST, "/payments"),
             (Method::GET, "/"),
             (Method::GET, "http://api.example/payments"),
+            (Method::GET, "http://api.example/x?by=a@b"),
             (Method::OPTIONS, "*"),
             (Method::CONNECT, "api.example:443"),
         ] {
@@ -742,6 +757,8 @@ mod tests {
             (Method::POST, "payments"),
             (Method::GET, "*"),
             (Method::POST, "a b://x"),
+            (Method::GET, "http://user:pw@api.example/x"),
+            (Method::POST, "http://u@api.example"),
         ] {
             let r = super::check_request_target(&m, t.as_bytes()).unwrap_err();
             assert_eq!(r.code().as_str(), "bad_request_head", "{t}");
