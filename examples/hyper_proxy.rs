@@ -97,6 +97,11 @@ pub async fn serve(
     let forward = tower::service_fn(move |mut req: Request<StepUpBody<Incoming>>| {
         let (client, upstream) = (client.clone(), upstream.clone());
         async move {
+            // A proxy to a payment API opens no tunnels: in origin form below, a `CONNECT`
+            // would reach it as `CONNECT /`.
+            if req.method() == http::Method::CONNECT {
+                return Ok::<_, Infallible>(refused(&Refusal::connect_not_proxied()));
+            }
             strip_hop_by_hop(req.headers_mut());
             // A request target with an authority (HTTP/2's, or an absolute URL) names the
             // host, whatever `Host` says; the payment API is spoken to in HTTP/1.1, in origin

@@ -94,8 +94,8 @@ async fn the_example_serves_http1_and_h2c_end_to_end() {
 }
 
 /// The example's forwarding: an answer in HTTP/1.0 goes out in the proxy's version, a
-/// `101` nobody asked for is a 502, and user information in an absolute target never
-/// reaches the payment API's `Host`.
+/// `101` nobody asked for is a 502, user information in an absolute target never reaches
+/// the payment API's `Host`, and a `CONNECT` is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_forwards_in_its_own_version_and_host() {
     let start = |upstream: std::net::SocketAddr| async move {
@@ -133,4 +133,13 @@ async fn the_example_forwards_in_its_own_version_and_host() {
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     let seen = up.take_received();
     assert_eq!(seen[0].headers["host"], "api.example");
+
+    // A `CONNECT`: refused, never forwarded.
+    let answer = exchange(
+        start(up.addr).await,
+        b"CONNECT api.example:443 HTTP/1.1\r\nHost: api.example:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+    assert!(up.take_received().is_empty());
 }
