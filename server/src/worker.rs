@@ -27,7 +27,7 @@ use super::park::{Lot, Parked};
 use super::pool::{Busy, OpenConnections, Pool, Pooled, PURGE_EVERY};
 use super::timed::{BodyTimeout, Timed};
 use super::upstream::{Dialer, UpstreamTimeout};
-use klarna_stepup::engine::{check_request_head, strip_hop_by_hop, HeadLimits};
+use klarna_stepup::engine::{check_request_head, one_content_length, strip_hop_by_hop, HeadLimits};
 use klarna_stepup::tower::{KlarnaStepUp, StepUpBody};
 use klarna_stepup::{BufferBudget, Record, Refusal, StepUp};
 
@@ -65,14 +65,24 @@ impl std::ops::Deref for Forward {
 impl Forward {
     /// No upstream address known at all: 502 at once.
     fn unreachable(&self) -> Response<UpBody> {
-        let r = Refusal::upstream_unreachable();
-        if let Some(m) = &self.metrics {
-            m.upstream_failed(r.code().as_str());
-        }
-        let mut res = r.to_response().map(StepUpBody::full);
-        res.extensions_mut().insert(r);
-        res
+        upstream_failed(&self.metrics, Refusal::upstream_unreachable())
     }
+}
+
+/// The proxy's own answer `r`, marked as such for the layer (it keeps its code in
+/// `x-klarna-stepup` and the record says so).
+fn refused(r: Refusal) -> Response<UpBody> {
+    let mut res = r.to_response().map(StepUpBody::full);
+    res.extensions_mut().insert(r);
+    res
+}
+
+/// [`refused`] for what the payment API did (or did not), counted as its failure.
+fn upstream_failed(metrics: &Option<Metrics>, r: Refusal) -> Response<UpBody> {
+    if let Some(m) = metrics {
+        m.upstream_failed(r.code().as_str());
+    }
+    refused(r)
 }
 
 impl tower_service::Service<Request<ReqBody>> for Forward {
@@ -130,13 +140,10 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
                         // No request it gets asks for an upgrade (`Upgrade` is hop-by-hop):
                         // a 101 is an answer the proxy cannot carry (RFC 9110 section
                         // 15.2.2; RFC 9113 section 8.6 has none).
-                        let r = Refusal::upstream_unreadable_answer();
-                        if let Some(m) = &metrics {
-                            m.upstream_failed(r.code().as_str());
-                        }
-                        let mut res = r.to_response().map(StepUpBody::full);
-                        res.extensions_mut().insert(r);
-                        return Ok(res);
+                        return Ok(upstream_failed(
+                            &metrics,
+                            Refusal::upstream_unreadable_answer(),
+                        ));
                     }
                     if let (Some(m), Some(since)) = (&metrics, since) {
                         m.upstream_answered(parts.status.as_u16(), since.elapsed());
@@ -148,59 +155,21 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
                     parts.version = http::Version::HTTP_11;
                     Response::from_parts(parts, StepUpBody::new(body))
                 }
-                Err(e) => {
-                    let r = if BodyTimeout::caused(&*e) {
-                        Refusal::request_timeout()
-                    } else if Busy::caused(&*e) {
-                        Refusal::overloaded()
+                Err(e) if BodyTimeout::caused(&*e) => refused(Refusal::request_timeout()),
+                Err(e) if Busy::caused(&*e) => refused(Refusal::overloaded()),
+                Err(e) => upstream_failed(
+                    &metrics,
+                    if UpstreamTimeout::caused(&*e) {
+                        Refusal::upstream_timeout()
+                    } else if crate::error::unreadable_answer(&*e) {
+                        Refusal::upstream_unreadable_answer()
                     } else {
-                        let r = if UpstreamTimeout::caused(&*e) {
-                            Refusal::upstream_timeout()
-                        } else if crate::error::unreadable_answer(&*e) {
-                            Refusal::upstream_unreadable_answer()
-                        } else {
-                            Refusal::upstream_unreachable()
-                        };
-                        if let Some(m) = &metrics {
-                            m.upstream_failed(r.code().as_str());
-                        }
-                        r
-                    };
-                    let mut res = r.to_response().map(StepUpBody::full);
-                    res.extensions_mut().insert(r);
-                    res
-                }
+                        Refusal::upstream_unreachable()
+                    },
+                ),
             };
             Ok(res)
         })
-    }
-}
-
-/// An answer's `Content-Length` given as a list of one value (`5, 5`, or `5` twice) as that
-/// value: hyper reads it as 5, and so must the client, but an HTTP/2 client refuses the
-/// list (RFC 9110 section 8.6 allows replacing it). A list of differing values (which
-/// hyper does not check on answers without a body, such as `HEAD`'s) stays as it came.
-fn one_content_length(headers: &mut http::HeaderMap) {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let listed = match (values.next(), values.next()) {
-        (Some(v), None) => v.as_bytes().contains(&b','),
-        (Some(_), Some(_)) => true,
-        _ => false,
-    };
-    if !listed {
-        return;
-    }
-    let mut each = headers
-        .get_all(header::CONTENT_LENGTH)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii);
-    let first = each.next().unwrap_or_default();
-    if first.is_empty() || !each.all(|v| v == first) {
-        return;
-    }
-    if let Ok(one) = HeaderValue::from_bytes(first) {
-        headers.insert(header::CONTENT_LENGTH, one);
     }
 }
 

@@ -57,13 +57,13 @@ pub(crate) use head::check_request_target;
 pub use head::Head;
 // The request head check of the server crate (klarna-stepup-server, which pins this crate's
 // exact version): not part of the public API.
-#[doc(hidden)]
-pub use head::check_request_head;
 pub(crate) use head::{
     answer_being_read, content_length, injected_request, mark_code, mark_passthrough, mark_relayed,
     mark_rewritten, relay_request, streamed_request, strip_connection_headers,
     strip_forged_headers,
 };
+#[doc(hidden)]
+pub use head::{check_request_head, one_content_length};
 pub use head::{strip_hop_by_hop, HeadLimits, MARKER_HEADER, STALE_RESPONSE_HEADERS};
 pub use refusal::{Refusal, RefusalCode};
 pub use request::{Exchange, RequestVerdict};

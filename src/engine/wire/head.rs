@@ -470,25 +470,63 @@ pub fn check_request_head(
     if lengths < 2 && !listed {
         return Ok(());
     }
-    let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
-    let mut values = lengths
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(|v| v.trim_ascii());
-    let first = values.next().unwrap_or_default();
-    let one =
-        !first.is_empty() && first.iter().all(u8::is_ascii_digit) && values.all(|v| v == first);
-    if !one {
-        return Err(Refusal::bad_request_head(
+    match listed_length(headers) {
+        Some(Some(one)) => {
+            head.set(header::CONTENT_LENGTH, one);
+            Ok(())
+        }
+        _ => Err(Refusal::bad_request_head(
             "Content-Length",
             "the Content-Length values differ or are not numbers",
-        ));
+        )),
     }
-    let value = HeaderValue::from_bytes(first).map_err(|_| {
-        Refusal::bad_request_head("Content-Length", "the Content-Length is not a number")
-    })?;
-    head.set(header::CONTENT_LENGTH, value);
-    Ok(())
+}
+
+/// A `Content-Length` given as a list (`5, 5`, or the field twice): `Some(Some(value))`
+/// when every listed value is the same number, `Some(None)` when they differ or are not
+/// numbers; `None` when it is no list.
+fn listed_length(headers: &HeaderMap) -> Option<Option<HeaderValue>> {
+    let mut each = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    let first = each.next()?;
+    let (mut listed, mut same) = (false, true);
+    for v in each {
+        listed = true;
+        same &= v == first;
+    }
+    if !listed {
+        return None;
+    }
+    let number = !first.is_empty() && first.iter().all(u8::is_ascii_digit);
+    Some(
+        (same && number)
+            .then(|| HeaderValue::from_bytes(first).ok())
+            .flatten(),
+    )
+}
+
+/// An answer's `Content-Length` given as a list of one value (`5, 5`, or `5` twice) as that
+/// value, as [`check_request_head`] makes a request's: the client reads it as the framing
+/// did, and an HTTP/2 client refuses a list (RFC 9110 section 8.6 allows replacing it). A
+/// list of differing values (which a client library does not check on answers without a
+/// body, such as `HEAD`'s) stays as it came.
+pub fn one_content_length(headers: &mut HeaderMap) {
+    // The usual answer: one value, no list (one look, nothing split).
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let listed = match (values.next(), values.next()) {
+        (Some(v), None) => v.as_bytes().contains(&b','),
+        (Some(_), Some(_)) => true,
+        (None, _) => false,
+    };
+    if !listed {
+        return;
+    }
+    if let Some(Some(one)) = listed_length(headers) {
+        headers.insert(header::CONTENT_LENGTH, one);
+    }
 }
 
 /// Checks a request target as it reached the adapter, per RFC 9112 section 3.2: origin-form
@@ -499,29 +537,28 @@ pub fn check_request_head(
 /// that no route check saw for what it is. hyper, under the binary, refuses those lines
 /// before they are requests.
 pub(crate) fn check_request_target(method: &http::Method, target: &[u8]) -> Result<(), Refusal> {
+    // An absolute URL, without user information (`http://user:pass@host/` is an error,
+    // RFC 9110 section 4.2.4, and would become the `Host` the payment API reads).
     let absolute = |t: &[u8]| {
-        t.iter()
+        let scheme = t
+            .iter()
             .position(|&b| b == b':')
-            .is_some_and(|i| i > 0 && t[..i].iter().all(u8::is_ascii_alphanumeric))
-            && t.windows(3).any(|w| w == b"://")
-    };
-    // User information in an absolute target (`http://user:pass@host/`) is an error (RFC
-    // 9110 section 4.2.4), and would become the `Host` the payment API reads.
-    let userinfo = |t: &[u8]| {
-        t.windows(3).position(|w| w == b"://").is_some_and(|i| {
-            let rest = &t[i + 3..];
-            let end = rest
-                .iter()
-                .position(|&b| matches!(b, b'/' | b'?' | b'#'))
-                .unwrap_or(rest.len());
-            rest[..end].contains(&b'@')
-        })
+            .is_some_and(|i| i > 0 && t[..i].iter().all(u8::is_ascii_alphanumeric));
+        let Some(i) = t.windows(3).position(|w| w == b"://") else {
+            return false;
+        };
+        let rest = &t[i + 3..];
+        let end = rest
+            .iter()
+            .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+            .unwrap_or(rest.len());
+        scheme && !rest[..end].contains(&b'@')
     };
     let ok = match target.first() {
         Some(b'/') => true,
         Some(b'*') => target.len() == 1 && method == http::Method::OPTIONS,
         Some(_) if method == http::Method::CONNECT => true,
-        Some(_) => absolute(target) && !userinfo(target),
+        Some(_) => absolute(target),
         None => false,
     };
     if ok {
@@ -736,6 +773,28 @@ mod tests {
             code(&mut head(&many), Version::HTTP_10),
             Err("headers_too_large")
         );
+    }
+
+    #[test]
+    fn an_answers_length_list_of_one_value_is_made_one() {
+        let list = |values: &[&'static str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append("content-length", http::HeaderValue::from_static(v));
+            }
+            super::one_content_length(&mut h);
+            h.get_all("content-length")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(list(&["5, 5"]), ["5"]);
+        assert_eq!(list(&["5", "5"]), ["5"]);
+        assert_eq!(list(&["5"]), ["5"]);
+        assert_eq!(list(&["5, 7"]), ["5, 7"]);
+        assert_eq!(list(&["5", "7"]), ["5", "7"]);
+        assert_eq!(list(&["x, x"]), ["x, x"]);
+        assert!(list(&[]).is_empty());
     }
 
     #[test]
