@@ -154,9 +154,10 @@ impl HealthCheck for Probe {
             let Some(path) = &self.config.path else {
                 return Ok(());
             };
-            let (mut send, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
             tokio::spawn(conn);
             let req = http::Request::get(path.as_str())
                 .header(http::header::HOST, self.host.as_str())

@@ -342,15 +342,6 @@ pub(crate) fn causes<'a>(
     })
 }
 
-/// Whether `e` or one of its causes is the payment API's answer head that hyper could not
-/// parse: not HTTP, or over the connection's read buffer.
-pub(crate) fn unreadable_answer(e: &(dyn std::error::Error + 'static)) -> bool {
-    causes(e).any(|c| {
-        c.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_parse)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,7 @@
 
 mod admin;
 mod balance;
+mod client;
 mod config;
 mod error;
 mod flood;

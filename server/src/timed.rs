@@ -47,7 +47,7 @@ pin_project_lite::pin_project! {
         // The whole body's deadline: a client that sends a byte just within each timeout
         // cannot hold its connection (and the budget its bytes take) for ever.
         until: Instant,
-        // Boxed: the body stays `Unpin` (hyper's client wants it), and a body that never
+        // Boxed: the body stays `Unpin`, and a body that never
         // waits (most: they come with the head) allocates nothing.
         sleep: Option<Pin<Box<Sleep>>>,
     }

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::rustls::{self, pki_types::ServerName};
@@ -115,10 +114,10 @@ impl Connector {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let stream = match &self.tls {
-            None => Stream::Plain(TokioIo::new(tcp)),
-            Some((connector, name)) => Stream::Tls(Box::new(TokioIo::new(
-                connector.connect(name.clone(), tcp).await?,
-            ))),
+            None => Stream::Plain(tcp),
+            Some((connector, name)) => {
+                Stream::Tls(Box::new(connector.connect(name.clone(), tcp).await?))
+            }
         };
         Ok(UpstreamIo::new(
             stream,
@@ -148,6 +147,12 @@ impl Dialer {
     /// The connect timeout (per address tried).
     pub(crate) fn connect_timeout(&self) -> Duration {
         self.connector.connect_timeout
+    }
+
+    /// How long the payment API may keep the proxy waiting for bytes: also how long a
+    /// connection stays idle in the pool.
+    pub(crate) fn read_timeout(&self) -> Duration {
+        self.connector.read_timeout
     }
 
     /// A connection to `first`, or to another healthy backend: with the address it went to.
@@ -263,8 +268,8 @@ impl rustls::client::danger::ServerCertVerifier for NoVerifier {
 }
 
 enum Stream {
-    Plain(TokioIo<TcpStream>),
-    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// A deadline that runs while one direction of the connection waits, and is cleared by
@@ -385,11 +390,24 @@ macro_rules! with_stream {
     };
 }
 
-impl Read for UpstreamIo {
+impl UpstreamIo {
+    /// Whether an idle connection is open with nothing to read: the payment API has neither
+    /// closed it nor sent anything unasked. Looks without waiting, and without a syscall
+    /// unless the socket was woken since its last read.
+    pub(crate) fn idle_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        let polled = with_stream!(self, s => Pin::new(s).poll_read(&mut cx, &mut buf));
+        polled.is_pending()
+    }
+}
+
+impl AsyncRead for UpstreamIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let polled = with_stream!(this, s => Pin::new(s).poll_read(cx, buf));
@@ -397,7 +415,7 @@ impl Read for UpstreamIo {
     }
 }
 
-impl Write for UpstreamIo {
+impl AsyncWrite for UpstreamIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

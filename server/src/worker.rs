@@ -36,7 +36,7 @@ use crate::telemetry::Telemetry;
 /// A request's body as the layer and the client see it: each wait bounded.
 type ReqBody = StepUpBody<Timed<Tracked<Incoming>>>;
 /// The payment API's answer as the layer sees it.
-type UpBody = StepUpBody<Pooled<ReqBody>>;
+type UpBody = StepUpBody<Pooled>;
 /// The answer as the layer gives it.
 type ResBody = StepUpBody<UpBody>;
 /// The answer as the client gets it, holding its half of the exchange's [`InFlight`].
@@ -50,7 +50,7 @@ struct Forward(Arc<ForwardParts>);
 
 /// One allocation shared by the clones the layer makes per request.
 struct ForwardParts {
-    pool: Arc<Pool<ReqBody>>,
+    pool: Arc<Pool>,
     balancer: Arc<Balancer>,
     metrics: Option<Metrics>,
 }
@@ -161,7 +161,7 @@ impl tower_service::Service<Request<ReqBody>> for Forward {
                     &metrics,
                     if UpstreamTimeout::caused(&*e) {
                         Refusal::upstream_timeout()
-                    } else if crate::error::unreadable_answer(&*e) {
+                    } else if crate::client::Error::unreadable(&*e) {
                         Refusal::upstream_unreadable_answer()
                     } else {
                         Refusal::upstream_unreachable()
