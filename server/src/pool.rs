@@ -856,4 +856,140 @@ mod tests {
             "connections dialed"
         );
     }
+
+    /// An upstream on loopback that answers its first request with `answer` once it has
+    /// its head (the body, if any, left unread), then, when `go` is notified, sends `rest`
+    /// and keeps the connection open (`None`: closes it).
+    async fn scripted_upstream(
+        answer: &'static [u8],
+        rest: Option<&'static [u8]>,
+    ) -> (SocketAddr, Arc<tokio::sync::Notify>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let go = Arc::new(tokio::sync::Notify::new());
+        let wait = go.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(answer).await.unwrap();
+            wait.notified().await;
+            if let Some(rest) = rest {
+                let _ = s.write_all(rest).await;
+                // Held open until the proxy closes it.
+                let _ = s.read(&mut buf).await;
+            }
+        });
+        (addr, go)
+    }
+
+    fn get() -> Request<Empty<Bytes>> {
+        Request::builder()
+            .uri("/")
+            .header("host", "x")
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    /// An answer that came whole with its head gives its connection back before its body
+    /// is read; one whose body is still to come, only at the body's end.
+    #[tokio::test]
+    async fn a_connection_goes_back_when_its_answer_is_whole() {
+        use http_body_util::BodyExt;
+        let (addr, _go) =
+            scripted_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", Some(b"")).await;
+        let pool = pool_to(addr, Duration::from_secs(1), 10);
+        let res = pool.clone().send(addr, get()).await.unwrap();
+        assert_eq!(idle(&pool), 1, "back before the body is read");
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+
+        let (addr, go) =
+            scripted_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab", Some(b"cd")).await;
+        let pool = pool_to(addr, Duration::from_secs(1), 10);
+        let res = pool.clone().send(addr, get()).await.unwrap();
+        assert_eq!(idle(&pool), 0, "held by the body");
+        go.notify_one();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "abcd");
+        assert_eq!(idle(&pool), 1, "back at the body's end");
+        assert_eq!(pool.open.open(), 1);
+    }
+
+    /// A body that sends its first bytes, then never ends.
+    struct Stuck(Option<Bytes>);
+
+    impl Body for Stuck {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            match self.0.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Poll::Pending,
+            }
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(100)
+        }
+    }
+
+    /// An answer that comes before the request's body has all been sent ends the request
+    /// (the client gets it); the connection, its request cut short, is not kept. A
+    /// connection that answered in a way that ends it (here `Connection: close`) is not
+    /// kept either.
+    #[tokio::test]
+    async fn a_connection_whose_exchange_was_cut_short_is_not_kept() {
+        use http_body_util::BodyExt;
+        let (addr, _go) =
+            scripted_upstream(b"HTTP/1.1 413 Too Large\r\ncontent-length: 0\r\n\r\n", Some(b"")).await;
+        let pool = pool_to(addr, Duration::from_secs(1), 10);
+        let req = Request::post("/")
+            .header("host", "x")
+            .body(Stuck(Some(Bytes::from_static(b"0123456789"))))
+            .unwrap();
+        let res = pool.clone().send(addr, req).await.unwrap();
+        assert_eq!(res.status(), 413);
+        assert!(res
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty());
+        assert_eq!(idle(&pool), 0, "not kept");
+        assert_eq!(pool.open.open(), 0, "closed");
+
+        let (addr, _go) = scripted_upstream(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+            Some(b""),
+        )
+        .await;
+        let pool = pool_to(addr, Duration::from_secs(1), 10);
+        let res = pool.clone().send(addr, get()).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!((idle(&pool), pool.open.open()), (0, 0), "connection: close");
+    }
+
+    /// A purge lets go of an idle connection the payment API closed, though a request took
+    /// it since the last purge.
+    #[tokio::test]
+    async fn a_purge_closes_what_the_payment_api_closed() {
+        let (addr, go) =
+            scripted_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", None).await;
+        let pool = pool_to(addr, Duration::from_secs(1), 10);
+        pool.clone().send(addr, get()).await.unwrap();
+        assert_eq!(idle(&pool), 1);
+        go.notify_one();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(pool.open.open(), 1, "not looked at yet");
+        pool.purge();
+        assert_eq!((idle(&pool), pool.open.open()), (0, 0));
+    }
 }
