@@ -183,7 +183,7 @@ impl Conn {
         w: &mut Writing,
         mut body: Pin<&mut B>,
         method: &Method,
-    ) -> Poll<Result<(Response<()>, Framing, bool), Error>>
+    ) -> Poll<Result<Head, Error>>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
@@ -216,18 +216,14 @@ impl Conn {
                 return Poll::Ready(head);
             }
             // Written, and the body has more at hand: gather it.
-            if !(written && !body_waits) {
+            if !written || body_waits {
                 return Poll::Pending;
             }
         }
     }
 
     /// Reads until the answer's head is whole (interim answers skipped).
-    fn poll_head(
-        &mut self,
-        cx: &mut Context<'_>,
-        method: &Method,
-    ) -> Poll<Result<(Response<()>, Framing, bool), Error>> {
+    fn poll_head(&mut self, cx: &mut Context<'_>, method: &Method) -> Poll<Result<Head, Error>> {
         loop {
             if !self.buf.is_empty() {
                 if let Some(head) = parse_head(&mut self.buf, method)? {
@@ -265,6 +261,9 @@ impl Conn {
         Poll::Ready(Ok(n))
     }
 }
+
+/// An answer's head, how its body is framed, and whether the connection may be kept.
+type Head = (Response<()>, Framing, bool);
 
 /// How an answer's body is framed (RFC 9112 section 6.3), and how much of it is left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,10 +354,7 @@ impl Reading {
 
 /// Parses an answer's head at the front of `buf`, taking it (and interim answers) off:
 /// `None` while it is not whole.
-fn parse_head(
-    buf: &mut BytesMut,
-    method: &Method,
-) -> Result<Option<(Response<()>, Framing, bool)>, Error> {
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
     loop {
         // Each field's name and value as offsets into the head, which is then made shared
         // bytes that the values point into (no copy).
@@ -904,7 +900,7 @@ mod tests {
         assert_eq!((&data[..], end), (&b"x"[..], true));
     }
 
-    fn head(wire: &[u8], method: Method) -> Result<Option<(Response<()>, Framing, bool)>, Error> {
+    fn head(wire: &[u8], method: Method) -> Result<Option<Head>, Error> {
         parse_head(&mut BytesMut::from(wire), &method)
     }
 

@@ -453,14 +453,14 @@ impl Pool {
                 }
                 Kind::Whole((!bytes.is_empty()).then_some(bytes))
             }
-            Answer::Reading(reading) => Kind::Reading(
+            Answer::Reading(reading) => Kind::Reading(Box::new((
                 reading,
                 GiveBack {
                     pool: self.clone(),
                     addr,
                     counted,
                 },
-            ),
+            ))),
         };
         ex.head.map(|()| Pooled(body))
     }
@@ -479,9 +479,10 @@ pub(crate) struct Pooled(Kind);
 enum Kind {
     /// Read whole with the head.
     Whole(Option<Bytes>),
-    /// Read from the connection. Dropped before its end, the connection closes: its socket
-    /// first, then its counts.
-    Reading(Reading, GiveBack),
+    /// Read from the connection (boxed: the usual answer comes whole, and what moves it
+    /// stays small). Dropped before its end, the connection closes: its socket first, then
+    /// its counts.
+    Reading(Box<(Reading, GiveBack)>),
 }
 
 impl Body for Pooled {
@@ -495,7 +496,8 @@ impl Body for Pooled {
         let kind = &mut self.get_mut().0;
         let polled = match kind {
             Kind::Whole(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Reading(reading, _) => {
+            Kind::Reading(r) => {
+                let reading = &mut r.0;
                 let polled = reading.poll_data(cx);
                 match &polled {
                     Poll::Pending => return Poll::Pending,
@@ -504,9 +506,8 @@ impl Body for Pooled {
                     _ => {
                         // The end (the connection goes back), or a broken answer (the
                         // connection goes with it).
-                        if let Kind::Reading(reading, g) =
-                            std::mem::replace(kind, Kind::Whole(None))
-                        {
+                        if let Kind::Reading(r) = std::mem::replace(kind, Kind::Whole(None)) {
+                            let (reading, g) = *r;
                             if let Some(client) = reading.into_conn() {
                                 g.pool.put(
                                     g.addr,
@@ -529,14 +530,14 @@ impl Body for Pooled {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Kind::Whole(bytes) => bytes.is_none(),
-            Kind::Reading(reading, _) => reading.is_end(),
+            Kind::Reading(r) => r.0.is_end(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         let left = match &self.0 {
             Kind::Whole(bytes) => Some(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Reading(reading, _) => reading.left(),
+            Kind::Reading(r) => r.0.left(),
         };
         left.map_or_else(SizeHint::default, SizeHint::with_exact)
     }
@@ -909,8 +910,11 @@ mod tests {
         assert_eq!(idle(&pool), 1, "back before the body is read");
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
 
-        let (addr, go) =
-            scripted_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab", Some(b"cd")).await;
+        let (addr, go) = scripted_upstream(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab",
+            Some(b"cd"),
+        )
+        .await;
         let pool = pool_to(addr, Duration::from_secs(1), 10);
         let res = pool.clone().send(addr, get()).await.unwrap();
         assert_eq!(idle(&pool), 0, "held by the body");
@@ -947,8 +951,11 @@ mod tests {
     #[tokio::test]
     async fn a_connection_whose_exchange_was_cut_short_is_not_kept() {
         use http_body_util::BodyExt;
-        let (addr, _go) =
-            scripted_upstream(b"HTTP/1.1 413 Too Large\r\ncontent-length: 0\r\n\r\n", Some(b"")).await;
+        let (addr, _go) = scripted_upstream(
+            b"HTTP/1.1 413 Too Large\r\ncontent-length: 0\r\n\r\n",
+            Some(b""),
+        )
+        .await;
         let pool = pool_to(addr, Duration::from_secs(1), 10);
         let req = Request::post("/")
             .header("host", "x")
