@@ -295,7 +295,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             others = true;
         }
     }
-    if connection {
+    // Usually `Connection` names only what goes anyway (`keep-alive`, `close`): then it
+    // alone goes, without the look for the headers it names below.
+    let names_others = connection
+        && headers.get_all(header::CONNECTION).iter().any(|value| {
+            value.to_str().is_ok_and(|v| {
+                v.split(',').map(str::trim).any(|name| {
+                    !name.is_empty()
+                        && !name.eq_ignore_ascii_case(header::HOST.as_str())
+                        && !fixed_hop_by_hop(name)
+                })
+            })
+        });
+    if connection && !names_others {
+        headers.remove(header::CONNECTION);
+    } else if connection {
         // Every header `Connection` names. Each value is cloned out (a reference count) so
         // that the map can change under the loop; `Connection` itself stays until every one
         // of its values is read. A name is looked for among the map's names (lowercase; no
