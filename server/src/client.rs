@@ -416,12 +416,19 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
         let mut headers = HeaderMap::with_capacity(count);
         let mut keep_alive = version == Version::HTTP_11;
         let mut said_close = false;
+        // The framing fields, read as they go by.
+        let mut last_coding = None;
+        let mut length = Ok(None);
         for [n0, n1, v0, v1] in at[..count].iter().map(|a| a.map(|x| x as usize)) {
             let name = HeaderName::from_bytes(&head[n0..n1])
                 .map_err(|_| Error::Unreadable("a malformed field name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
                 .map_err(|_| Error::Unreadable("a malformed field value"))?;
-            if name == header::CONNECTION {
+            if name == header::TRANSFER_ENCODING {
+                last_coding = Some(value.clone());
+            } else if name == header::CONTENT_LENGTH {
+                length = length.and_then(|l| add_length(l, &value));
+            } else if name == header::CONNECTION {
                 if said_close || has_token(&value, "close") {
                     said_close = true;
                     keep_alive = false;
@@ -431,7 +438,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
             }
             headers.append(name, value);
         }
-        let framing = framing(status, version, &headers, method)?;
+        let framing = framing(status, version, method, last_coding.as_ref(), length)?;
         let mut res = Response::new(());
         *res.status_mut() = status;
         *res.version_mut() = version;
@@ -450,17 +457,14 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
 fn framing(
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
     method: &Method,
+    last_coding: Option<&HeaderValue>,
+    length: Result<Option<u64>, ()>,
 ) -> Result<Framing, Error> {
     if matches!(status.as_u16(), 101 | 204 | 304) || method == Method::HEAD {
         return Ok(Framing::Length(0));
     }
-    if let Some(last) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
+    if let Some(last) = last_coding {
         if version == Version::HTTP_10 {
             return Err(Error::Unreadable("Transfer-Encoding in an HTTP/1.0 answer"));
         }
@@ -475,8 +479,8 @@ fn framing(
             Framing::Close
         });
     }
-    let length = content_length(headers)
-        .map_err(|()| Error::Unreadable("a Content-Length that is not one number"))?;
+    let length =
+        length.map_err(|()| Error::Unreadable("a Content-Length that is not one number"))?;
     Ok(length.map_or(Framing::Close, Framing::Length))
 }
 
@@ -812,23 +816,27 @@ impl Writer {
 /// A head's `Content-Length`, as hyper reads it: one number (a list of equal ones), or
 /// none; `Err` for anything else.
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for n in value.as_bytes().split(|b| *b == b',') {
-            let n = n.trim_ascii();
-            if n.is_empty() || !n.iter().all(u8::is_ascii_digit) {
-                return Err(());
-            }
-            let n = std::str::from_utf8(n)
-                .ok()
-                .and_then(|n| n.parse::<u64>().ok())
-                .filter(|n| *n < u64::MAX - 1)
-                .ok_or(())?;
-            if length.is_some_and(|l| l != n) {
-                return Err(());
-            }
-            length = Some(n);
+    headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .try_fold(None, add_length)
+}
+
+/// What `length` (the `Content-Length` fields before) and `value` (the next) say together:
+/// `Err` unless every number listed is the same.
+fn add_length(mut length: Option<u64>, value: &HeaderValue) -> Result<Option<u64>, ()> {
+    for n in value.as_bytes().split(|b| *b == b',') {
+        let n = n.trim_ascii();
+        // Nineteen digits at most: no overflow (hyper takes up to the largest `u64`, which
+        // no body is).
+        if n.is_empty() || n.len() > 19 || !n.iter().all(u8::is_ascii_digit) {
+            return Err(());
         }
+        let n = n.iter().fold(0, |l, d| l * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|l| l != n) {
+            return Err(());
+        }
+        length = Some(n);
     }
     Ok(length)
 }
@@ -918,6 +926,10 @@ mod tests {
         );
         assert!(framing("HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n").is_err());
         assert!(framing("HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n").is_err());
+        assert!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n").is_err()
+        );
+        assert!(framing("HTTP/1.1 200 OK\r\ncontent-length: 5,\r\n\r\n").is_err());
         assert!(
             framing("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n").is_err()
         );
