@@ -31,6 +31,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
 use tokio::io::AsyncWrite;
 
 use super::upstream::UpstreamIo;
@@ -109,6 +111,8 @@ pub(crate) struct Conn {
     read_size: usize,
     /// The most the read buffer holds (and so the longest answer head).
     max_buf: usize,
+    /// The buffer's length when it last held a head in part.
+    partial: Option<usize>,
 }
 
 /// An answer's head, and its body: whole already, or still to read.
@@ -132,6 +136,7 @@ impl Conn {
             buf: BytesMut::new(),
             read_size: FIRST_READ,
             max_buf,
+            partial: None,
         }
     }
 
@@ -143,24 +148,33 @@ impl Conn {
 
     /// `req` written (origin form, its `Host` set) and its answer's head read; the answer's
     /// body as far as it came with the head. The request's body is written while the answer
-    /// is read: an answer that comes before the request's end ends the writing (the
-    /// connection then carries nothing more).
+    /// is read, and after its head if that comes first (the answer's body then writes the
+    /// rest as it is read, as hyper's client does).
     pub(crate) async fn exchange<B>(mut self, req: Request<B>) -> Result<Exchanged, Error>
     where
-        B: Body<Data = Bytes>,
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let (mut w, method, body) = Writing::start(req);
-        let mut body = std::pin::pin!(body);
-        let (head, framing, keep_alive) =
-            poll_fn(|cx| self.poll_exchange(cx, &mut w, body.as_mut(), &method)).await?;
-        let reusable = keep_alive && w.body_done && !matches!(framing, Framing::Close);
+        let (mut w, method, mut body) = Writing::start(req);
+        let ((head, framing, keep_alive), sent) =
+            poll_fn(|cx| self.poll_exchange(cx, &mut w, &mut body, &method)).await?;
+        let sending = match sent {
+            Sent::All => Sending::Done,
+            Sent::Failed => Sending::Failed,
+            Sent::Part => Sending::Rest(Box::new(Rest {
+                w,
+                body: UnsyncBoxBody::new(BodyExt::map_err(body, Into::into)),
+            })),
+        };
+        let reusable = keep_alive && !matches!(framing, Framing::Close);
         let mut reading = Reading {
             conn: self,
             framing,
             reusable,
+            sending,
         };
-        // Read whole with its head (the usual small answer): the connection goes back now.
+        // Read whole with its head (the usual small answer): the connection goes back now
+        // (if the request is all written).
         if let Framing::Length(n) = reading.framing {
             if n <= reading.conn.buf.len() as u64 {
                 let bytes = reading.conn.buf.split_to(n as usize).freeze();
@@ -177,61 +191,52 @@ impl Conn {
         })
     }
 
+    /// Writes the request and reads the answer's head, both at once: the head, and how much
+    /// of the request was written by then. A failed write (or request body) fails the
+    /// exchange unless the answer's head is already there.
     fn poll_exchange<B>(
         &mut self,
         cx: &mut Context<'_>,
         w: &mut Writing,
-        mut body: Pin<&mut B>,
+        body: &mut B,
         method: &Method,
-    ) -> Poll<Result<Head, Error>>
+    ) -> Poll<Result<(Head, Sent), Error>>
     where
-        B: Body<Data = Bytes>,
+        B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
     {
-        loop {
-            // What the body has ready, gathered up to a bound.
-            let mut body_waits = w.body_done;
-            while !w.body_done && w.w.pending() < WRITE_GATHER && w.w.apart.is_none() {
-                match body.as_mut().poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        // Trailers are not sent (no request the proxy forwards has them).
-                        if let Ok(data) = frame.into_data() {
-                            w.data(data)?;
-                        }
-                    }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::Body(e.into()))),
-                    Poll::Ready(None) => w.end()?,
-                    Poll::Pending => {
-                        body_waits = true;
-                        break;
-                    }
-                }
-            }
-            let written = match w.w.poll_flush(&mut self.io, cx) {
-                Poll::Ready(Ok(())) => true,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
-                Poll::Pending => false,
-            };
-            if let Poll::Ready(head) = self.poll_head(cx, method) {
-                return Poll::Ready(head);
-            }
-            // Written, and the body has more at hand: gather it.
-            if !written || body_waits {
-                return Poll::Pending;
-            }
+        let wrote = w.poll_write(&mut self.io, cx, Pin::new(body));
+        match (self.poll_head(cx, method), wrote) {
+            (Poll::Ready(Ok(head)), wrote) => Poll::Ready(Ok((
+                head,
+                match wrote {
+                    Poll::Ready(Ok(())) => Sent::All,
+                    Poll::Ready(Err(_)) => Sent::Failed,
+                    Poll::Pending => Sent::Part,
+                },
+            ))),
+            (_, Poll::Ready(Err(e))) | (Poll::Ready(Err(e)), _) => Poll::Ready(Err(e)),
+            (Poll::Pending, _) => Poll::Pending,
         }
     }
 
-    /// Reads until the answer's head is whole (interim answers skipped).
+    /// Reads until the answer's head is whole (interim answers skipped). A head that came
+    /// in part is parsed again only once its end is there.
     fn poll_head(&mut self, cx: &mut Context<'_>, method: &Method) -> Poll<Result<Head, Error>> {
         loop {
-            if !self.buf.is_empty() {
+            let ended = match self.partial {
+                None => !self.buf.is_empty(),
+                Some(seen) => head_ends(&self.buf, seen),
+            };
+            if ended {
                 if let Some(head) = parse_head(&mut self.buf, method)? {
+                    self.partial = None;
                     return Poll::Ready(Ok(head));
                 }
-                if self.buf.len() >= self.max_buf {
-                    return Poll::Ready(Err(Error::Unreadable("a head over the read buffer")));
-                }
+                self.partial = Some(self.buf.len());
+            }
+            if self.buf.len() >= self.max_buf {
+                return Poll::Ready(Err(Error::Unreadable("a head over the read buffer")));
             }
             if ready!(self.poll_fill(cx))? == 0 {
                 return Poll::Ready(Err(Error::Closed));
@@ -240,7 +245,8 @@ impl Conn {
     }
 
     /// One read into the buffer, as much as it may still take: the bytes read, 0 at the
-    /// connection's end.
+    /// connection's end. A read that fills what it asked for doubles the next one's size,
+    /// one that takes less than a quarter of it halves it.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, Error>> {
         let room = self.max_buf.saturating_sub(self.buf.len());
         let want = self.read_size.min(room);
@@ -257,9 +263,43 @@ impl Conn {
         .map_err(Error::Io)?;
         if n == want {
             self.read_size = (self.read_size * 2).min(self.max_buf);
+        } else if n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(FIRST_READ);
         }
         Poll::Ready(Ok(n))
     }
+}
+
+/// Whether `buf`, of which the first `seen` bytes hold no head's end, now holds one: an
+/// empty line (CRLF or LF line ends, as httparse reads them).
+fn head_ends(buf: &[u8], seen: usize) -> bool {
+    let from = seen.saturating_sub(3);
+    let tail = &buf[from.min(buf.len())..];
+    tail.iter().enumerate().any(|(i, &b)| {
+        b == b'\n' && (tail.get(i + 1) == Some(&b'\n') || tail.get(i + 1..i + 3) == Some(b"\r\n"))
+    })
+}
+
+/// How much of the request was written when its answer's head came.
+enum Sent {
+    All,
+    Part,
+    /// Its write, or its body, failed.
+    Failed,
+}
+
+/// The rest of a request whose answer's head came before it was all written.
+struct Rest {
+    w: Writing,
+    body: UnsyncBoxBody<Bytes, BoxError>,
+}
+
+/// How far the request of an answer being read is written.
+enum Sending {
+    Done,
+    Rest(Box<Rest>),
+    /// Its write, or its body, failed: the connection carries nothing more.
+    Failed,
 }
 
 /// An answer's head, how its body is framed, and whether the connection may be kept.
@@ -279,13 +319,26 @@ enum Framing {
 pub(crate) struct Reading {
     conn: Conn,
     framing: Framing,
-    /// Whether the connection carries another exchange once the body is read.
+    /// Whether the answer lets the connection carry another exchange.
     reusable: bool,
+    /// The request, written on as the answer is read if its head came first.
+    sending: Sending,
 }
 
 impl Reading {
     /// The body's next bytes; `None` at its end.
     pub(crate) fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
+        if let Sending::Rest(rest) = &mut self.sending {
+            match rest
+                .w
+                .poll_write(&mut self.conn.io, cx, Pin::new(&mut rest.body))
+            {
+                Poll::Ready(Ok(())) => self.sending = Sending::Done,
+                // The answer is still read; the connection goes with it.
+                Poll::Ready(Err(_)) => self.sending = Sending::Failed,
+                Poll::Pending => {}
+            }
+        }
         loop {
             let buf = &mut self.conn.buf;
             match &mut self.framing {
@@ -348,7 +401,8 @@ impl Reading {
 
     /// The connection, if the body was read to its end and it carries another exchange.
     pub(crate) fn into_conn(self) -> Option<Conn> {
-        (self.reusable && self.is_end() && self.conn.buf.is_empty()).then_some(self.conn)
+        let done = matches!(self.sending, Sending::Done);
+        (done && self.reusable && self.is_end() && self.conn.buf.is_empty()).then_some(self.conn)
     }
 }
 
@@ -652,9 +706,50 @@ impl Writing {
         let writing = Writing {
             w,
             encoder,
-            body_done: encoder == Encoder::Empty,
+            // A `GET`'s body of unknown size is not sent (nor read), as hyper's client does.
+            body_done: matches!(encoder, Encoder::Empty | Encoder::Length(0)),
         };
         (writing, parts.method, body)
+    }
+
+    /// Writes what the body has ready: `Ready(Ok)` once the request is all written.
+    fn poll_write<B>(
+        &mut self,
+        io: &mut UpstreamIo,
+        cx: &mut Context<'_>,
+        mut body: Pin<&mut B>,
+    ) -> Poll<Result<(), Error>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        loop {
+            // What the body has ready, gathered up to a bound.
+            let mut body_waits = self.body_done;
+            while !self.body_done && self.w.pending() < WRITE_GATHER && self.w.apart.is_none() {
+                match body.as_mut().poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        // Trailers are not sent (no request the proxy forwards has them).
+                        if let Ok(data) = frame.into_data() {
+                            self.data(data)?;
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::Body(e.into()))),
+                    Poll::Ready(None) => self.end()?,
+                    Poll::Pending => {
+                        body_waits = true;
+                        break;
+                    }
+                }
+            }
+            ready!(self.w.poll_flush(io, cx)).map_err(Error::Io)?;
+            if self.body_done {
+                return Poll::Ready(Ok(()));
+            }
+            if body_waits {
+                return Poll::Pending;
+            }
+        }
     }
 
     fn data(&mut self, data: Bytes) -> Result<(), Error> {
@@ -1058,5 +1153,21 @@ mod tests {
             ("GET /p?q=1 HTTP/1.1\r\n\r\n".into(), Encoder::Empty),
             "an ended body sends no Transfer-Encoding"
         );
+    }
+
+    #[test]
+    fn a_heads_end_is_found_in_what_came_since_the_last_look() {
+        let head = b"HTTP/1.1 200 OK\r\na: b\r\n\r\n";
+        assert!(head_ends(head, 0));
+        // Its end split over the last look: the last three bytes seen are looked at again.
+        for seen in 0..head.len() {
+            assert!(head_ends(head, seen), "seen {seen}");
+        }
+        assert!(!head_ends(&head[..head.len() - 1], 0));
+        assert!(
+            head_ends(b"HTTP/1.1 200 OK\na: b\n\n", 10),
+            "bare line feeds"
+        );
+        assert!(!head_ends(b"HTTP/1.1 200 OK\r\na: b\r\n\r", 0));
     }
 }

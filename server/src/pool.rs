@@ -308,7 +308,7 @@ impl Pool {
         req: Request<B>,
     ) -> Result<Response<Pooled>, Error>
     where
-        B: Body<Data = Bytes> + Send + 'static,
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Error>,
     {
         let (addr, conn) = match self.take(backend) {
@@ -924,8 +924,8 @@ mod tests {
         assert_eq!(pool.open.open(), 1);
     }
 
-    /// A body that sends its first bytes, then never ends.
-    struct Stuck(Option<Bytes>);
+    /// A body that sends its first bytes, then never ends; of the size given, if any.
+    struct Stuck(Option<Bytes>, Option<u64>);
 
     impl Body for Stuck {
         type Data = Bytes;
@@ -940,7 +940,7 @@ mod tests {
             }
         }
         fn size_hint(&self) -> SizeHint {
-            SizeHint::with_exact(100)
+            self.1.map_or_else(SizeHint::default, SizeHint::with_exact)
         }
     }
 
@@ -959,7 +959,7 @@ mod tests {
         let pool = pool_to(addr, Duration::from_secs(1), 10);
         let req = Request::post("/")
             .header("host", "x")
-            .body(Stuck(Some(Bytes::from_static(b"0123456789"))))
+            .body(Stuck(Some(Bytes::from_static(b"0123456789")), Some(100)))
             .unwrap();
         let res = pool.clone().send(addr, req).await.unwrap();
         assert_eq!(res.status(), 413);
@@ -998,5 +998,139 @@ mod tests {
         assert_eq!(pool.open.open(), 1, "not looked at yet");
         pool.purge();
         assert_eq!((idle(&pool), pool.open.open()), (0, 0));
+    }
+
+    /// An upstream that reads a request's head, answers at once with `answer`, then reads
+    /// whatever else comes until the connection closes (echoing it when `echo`), and counts
+    /// the requests it got.
+    async fn early_upstream(
+        answer: &'static [u8],
+        echo: bool,
+        rcvbuf: Option<u32>,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(n) = rcvbuf {
+            socket.set_recv_buffer_size(n).unwrap();
+        }
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let listener = socket.listen(16).unwrap();
+        let heads = Arc::new(AtomicUsize::new(0));
+        let count = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = vec![0u8; 64 << 10];
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(n @ 1..) => got.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    s.write_all(answer).await.unwrap();
+                    if echo {
+                        s.write_all(&got[at..]).await.unwrap();
+                    }
+                    while let Ok(n @ 1..) = s.read(&mut buf).await {
+                        if echo {
+                            s.write_all(&buf[..n]).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (addr, heads)
+    }
+
+    /// A request whose answer's head comes before the request is all on the wire (here a
+    /// body larger than the sockets hold, the payment API reading it only after its answer):
+    /// the connection is not kept, as the payment API still waits for the rest.
+    #[tokio::test]
+    async fn a_connection_is_not_kept_before_its_request_is_written_whole() {
+        use http_body_util::{BodyExt, Full};
+        let (addr, heads) = early_upstream(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            false,
+            Some(4096),
+        )
+        .await;
+        let pool = pool_to(addr, Duration::from_secs(5), 10);
+        let big = Bytes::from(vec![b'a'; 32 << 20]);
+        let req = Request::post("/")
+            .header("host", "x")
+            .body(Full::new(big))
+            .unwrap();
+        let res = pool.clone().send(addr, req).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!((idle(&pool), pool.open.open()), (0, 0), "not kept");
+        // The next request on a new connection, not inside the first one's body.
+        let res = pool.clone().send(addr, get()).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(heads.load(Ordering::SeqCst), 2);
+    }
+
+    /// A body from a channel, of the size given.
+    struct Chan(tokio::sync::mpsc::Receiver<Bytes>, u64);
+
+    impl Body for Chan {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.1)
+        }
+    }
+
+    /// An answer whose head comes before the request's end: the request's body goes on
+    /// being written as the answer's body is read (a payment API may answer as it reads),
+    /// and with both ended the connection is kept.
+    #[tokio::test]
+    async fn a_request_is_written_on_after_an_early_answer_head() {
+        use http_body_util::BodyExt;
+        let (addr, _) =
+            early_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", true, None).await;
+        let pool = pool_to(addr, Duration::from_secs(5), 10);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(Bytes::from_static(b"hello")).await.unwrap();
+        let req = Request::post("/")
+            .header("host", "x")
+            .body(Chan(rx, 10))
+            .unwrap();
+        let res = pool.clone().send(addr, req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send(Bytes::from_static(b"world")).await.unwrap();
+        });
+        let body = tokio::time::timeout(Duration::from_secs(3), res.into_body().collect());
+        assert_eq!(body.await.unwrap().unwrap().to_bytes(), "helloworld");
+        assert_eq!(idle(&pool), 1, "kept: both ended");
+    }
+
+    /// A `GET` whose body's size is unknown goes without it (hyper's client's rule: a
+    /// `GET` is framed without a body unless its length says otherwise), and its connection is kept.
+    #[tokio::test]
+    async fn a_get_with_a_body_of_unknown_size_goes_without_it() {
+        use http_body_util::BodyExt;
+        let (addr, _go) =
+            scripted_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", Some(b"")).await;
+        let pool = pool_to(addr, Duration::from_secs(1), 10);
+        let req = Request::get("/")
+            .header("host", "x")
+            .body(Stuck(Some(Bytes::from_static(b"abc")), None))
+            .unwrap();
+        let res = pool.clone().send(addr, req).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(idle(&pool), 1);
     }
 }
