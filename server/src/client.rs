@@ -113,6 +113,9 @@ pub(crate) struct Conn {
     max_buf: usize,
     /// The buffer's length when it last held a head in part.
     partial: Option<usize>,
+    /// Bytes looked at for a head's end, or parsed (for the test that it grows linearly).
+    #[cfg(test)]
+    looked: usize,
 }
 
 /// An answer's head, and its body: whole already, or still to read.
@@ -137,6 +140,8 @@ impl Conn {
             read_size: FIRST_READ,
             max_buf,
             partial: None,
+            #[cfg(test)]
+            looked: 0,
         }
     }
 
@@ -224,6 +229,11 @@ impl Conn {
     /// in part is parsed again only once its end is there.
     fn poll_head(&mut self, cx: &mut Context<'_>, method: &Method) -> Poll<Result<Head, Error>> {
         loop {
+            #[cfg(test)]
+            {
+                let from = self.partial.map_or(0, |seen| seen.saturating_sub(3));
+                self.looked += self.buf.len().saturating_sub(from);
+            }
             let ended = match self.partial {
                 None => !self.buf.is_empty(),
                 Some(seen) => head_ends(&self.buf, seen),
@@ -233,8 +243,9 @@ impl Conn {
                     self.partial = None;
                     return Poll::Ready(Ok(head));
                 }
-                self.partial = Some(self.buf.len());
             }
+            // Looked at up to here (what is left of it after interim answers).
+            self.partial = (!self.buf.is_empty()).then_some(self.buf.len());
             if self.buf.len() >= self.max_buf {
                 return Poll::Ready(Err(Error::Unreadable("a head over the read buffer")));
             }
@@ -1169,5 +1180,46 @@ mod tests {
             "bare line feeds"
         );
         assert!(!head_ends(b"HTTP/1.1 200 OK\r\na: b\r\n\r", 0));
+    }
+
+    /// A head that comes a few bytes at a time is looked at once per byte or so, not once
+    /// per byte per read (a slow payment API cannot make the proxy parse its head over and
+    /// over).
+    #[tokio::test]
+    async fn a_head_in_many_pieces_is_looked_at_in_linear_time() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..20 {
+            head.extend_from_slice(format!("x-{i}: {}\r\n", "v".repeat(40)).as_bytes());
+        }
+        head.extend_from_slice(b"content-length: 0\r\n\r\n");
+        let len = head.len();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.set_nodelay(true).unwrap();
+            for piece in head.chunks(7) {
+                s.write_all(piece).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        });
+        let t = std::time::Duration::from_secs(5);
+        let io = crate::upstream::Connector::new(None, t, t, t)
+            .unwrap()
+            .connect(addr)
+            .await
+            .unwrap();
+        let mut conn = Conn::new(io, 64 << 10);
+        let (res, _, _) = poll_fn(|cx| conn.poll_head(cx, &Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(res.headers().len(), 21);
+        assert!(
+            conn.looked <= 3 * len,
+            "{} bytes looked at for a head of {len}",
+            conn.looked
+        );
     }
 }
