@@ -311,37 +311,33 @@ impl Pool {
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Error>,
     {
-        let (addr, conn) = match self.take(backend) {
-            Some(conn) => (backend, conn),
+        let (addr, client, counted) = match self.take(backend) {
+            Some(Conn {
+                client, counted, ..
+            }) => (backend, client, counted),
             // Boxed: the dial (connect, TLS handshake) is the largest state of this future,
             // and the future of a request on a pooled connection, moved as it is built,
             // stays small.
             None => Box::pin(self.dial(backend)).await?,
         };
-        let Conn {
-            client, counted, ..
-        } = conn;
         let exchanged = Box::pin(client.exchange(req)).await?;
         Ok(self.hold(addr, counted, exchanged))
     }
 
-    /// A new connection to `backend` (or another healthy one), and the address it went to.
-    async fn dial(&self, backend: SocketAddr) -> Result<(SocketAddr, Conn), Error> {
+    /// A new connection to `backend` (or another healthy one), the address it went to, and
+    /// what it is counted as.
+    async fn dial(&self, backend: SocketAddr) -> Result<(SocketAddr, client::Conn, Counts), Error> {
         let socket = match self.open.try_open() {
             Some(socket) => socket,
             // An idle connection closes to make room, if a pool has one.
             None => self.open.open_one(self.dialer.connect_timeout()).await?,
         };
         let (addr, io) = self.dialer.dial(backend).await?;
-        let conn = Conn {
-            client: client::Conn::new(io, UPSTREAM_READ_BUFFER),
-            counted: Counts {
-                _open: self.open.opened(),
-                _socket: socket,
-            },
-            idle_since: Instant::now(),
+        let counted = Counts {
+            _open: self.open.opened(),
+            _socket: socket,
         };
-        Ok((addr, conn))
+        Ok((addr, client::Conn::new(io, UPSTREAM_READ_BUFFER), counted))
     }
 }
 
@@ -396,9 +392,9 @@ impl Pool {
         }
     }
 
-    /// The connection back in the pool, unless more are open than may be kept, or a request
-    /// waits for one to close (then it closes).
-    fn put(&self, addr: SocketAddr, mut conn: Conn) {
+    /// The connection back in the pool, idle from now, unless more are open than may be
+    /// kept, or a request waits for one to close (then it closes).
+    fn put(&self, addr: SocketAddr, client: client::Conn, counted: Counts) {
         if self.open.over() || self.open.wanted() {
             return;
         }
@@ -427,8 +423,11 @@ impl Pool {
                 idle.len() - 1
             }
         };
-        conn.idle_since = Instant::now();
-        idle[i].conns.push(conn);
+        idle[i].conns.push(Conn {
+            client,
+            counted,
+            idle_since: Instant::now(),
+        });
     }
 
     /// The answer, its body holding the connection until its end (or the connection back
@@ -442,14 +441,7 @@ impl Pool {
         let body = match ex.body {
             Answer::Whole(bytes, conn) => {
                 if let Some(client) = conn {
-                    self.put(
-                        addr,
-                        Conn {
-                            client,
-                            counted,
-                            idle_since: Instant::now(),
-                        },
-                    );
+                    self.put(addr, client, counted);
                 }
                 Kind::Whole((!bytes.is_empty()).then_some(bytes))
             }
@@ -509,14 +501,7 @@ impl Body for Pooled {
                         if let Kind::Reading(r) = std::mem::replace(kind, Kind::Whole(None)) {
                             let (reading, g) = *r;
                             if let Some(client) = reading.into_conn() {
-                                g.pool.put(
-                                    g.addr,
-                                    Conn {
-                                        client,
-                                        counted: g.counted,
-                                        idle_since: Instant::now(),
-                                    },
-                                );
+                                g.pool.put(g.addr, client, g.counted);
                             }
                         }
                     }
