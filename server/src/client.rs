@@ -34,6 +34,8 @@ use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWrite;
+use tokio::sync::mpsc;
+use tokio_util::sync::PollSender;
 
 use super::upstream::UpstreamIo;
 
@@ -128,8 +130,12 @@ pub(crate) struct Exchanged {
 pub(crate) enum Answer {
     /// Read whole with its head; the connection, if it carries another exchange.
     Whole(Bytes, Option<Conn>),
-    /// To be read from the connection.
+    /// To be read from the connection (the request is all written).
     Reading(Reading),
+    /// Its head came before the request was all written: the rest of the request and the
+    /// answer's body are to be carried on together, by a task of their own
+    /// ([`Reading::finish`]), so that neither waits on the other.
+    Early(Reading),
 }
 
 impl Conn {
@@ -153,8 +159,8 @@ impl Conn {
 
     /// `req` written (origin form, its `Host` set) and its answer's head read; the answer's
     /// body as far as it came with the head. The request's body is written while the answer
-    /// is read, and after its head if that comes first (the answer's body then writes the
-    /// rest as it is read, as hyper's client does).
+    /// is read, and after the answer's head if that comes first ([`Answer::Early`]), as
+    /// hyper's client does.
     pub(crate) async fn exchange<B>(mut self, req: Request<B>) -> Result<Exchanged, Error>
     where
         B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -178,8 +184,13 @@ impl Conn {
             reusable,
             sending,
         };
-        // Read whole with its head (the usual small answer): the connection goes back now
-        // (if the request is all written).
+        if let Sending::Rest(_) = reading.sending {
+            return Ok(Exchanged {
+                head,
+                body: Answer::Early(reading),
+            });
+        }
+        // Read whole with its head (the usual small answer): the connection goes back now.
         if let Framing::Length(n) = reading.framing {
             if n <= reading.conn.buf.len() as u64 {
                 let bytes = reading.conn.buf.split_to(n as usize).freeze();
@@ -339,17 +350,6 @@ pub(crate) struct Reading {
 impl Reading {
     /// The body's next bytes; `None` at its end.
     pub(crate) fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
-        if let Sending::Rest(rest) = &mut self.sending {
-            match rest
-                .w
-                .poll_write(&mut self.conn.io, cx, Pin::new(&mut rest.body))
-            {
-                Poll::Ready(Ok(())) => self.sending = Sending::Done,
-                // The answer is still read; the connection goes with it.
-                Poll::Ready(Err(_)) => self.sending = Sending::Failed,
-                Poll::Pending => {}
-            }
-        }
         loop {
             let buf = &mut self.conn.buf;
             match &mut self.framing {
@@ -390,6 +390,68 @@ impl Reading {
                 }
                 return Poll::Ready(Some(Err(Error::Closed)));
             }
+        }
+    }
+
+    /// Writes what the rest of the request has ready: `Ready` once it is all written, or
+    /// failed.
+    fn poll_rest(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Sending::Rest(rest) = &mut self.sending {
+            match rest
+                .w
+                .poll_write(&mut self.conn.io, cx, Pin::new(&mut rest.body))
+            {
+                Poll::Ready(Ok(())) => self.sending = Sending::Done,
+                Poll::Ready(Err(_)) => self.sending = Sending::Failed,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// Carries on an exchange whose answer's head came before its request was all written
+    /// ([`Answer::Early`]): writes the rest of the request and sends the answer's body into
+    /// `tx` as its receiver takes it, both at once, until both have ended. The request's
+    /// writing does not wait for the client to read the answer (a client that reads only
+    /// once it has sent its body would wait for ever), nor does it stop at the answer's
+    /// end (the client's body is taken whole, as hyper's client does). The receiver gone
+    /// before the answer's end, the exchange ends there. The connection back if it can
+    /// carry another exchange.
+    pub(crate) async fn finish(mut self, tx: mpsc::Sender<Result<Bytes, Error>>) -> Option<Conn> {
+        let mut tx = Some(PollSender::new(tx));
+        let ended = poll_fn(|cx| loop {
+            let rest = self.poll_rest(cx);
+            let Some(sender) = &mut tx else {
+                return rest.map(|()| true);
+            };
+            match sender.poll_reserve(cx) {
+                Poll::Ready(Ok(())) => {}
+                // The client takes no more of the answer.
+                Poll::Ready(Err(_)) => return Poll::Ready(false),
+                Poll::Pending => return Poll::Pending,
+            }
+            match self.poll_data(cx) {
+                Poll::Ready(Some(item)) => {
+                    let broken = item.is_err();
+                    if sender.send_item(item).is_err() || broken {
+                        return Poll::Ready(false);
+                    }
+                    // Its last bytes: the receiver may go once it has them (hyper's server
+                    // drops a body once its length is written).
+                    if self.is_end() {
+                        tx = None;
+                    }
+                }
+                Poll::Ready(None) => tx = None,
+                // The slot stays reserved for the next bytes.
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await;
+        if ended {
+            self.into_conn()
+        } else {
+            None
         }
     }
 
@@ -743,6 +805,11 @@ impl Writing {
                         // Trailers are not sent (no request the proxy forwards has them).
                         if let Ok(data) = frame.into_data() {
                             self.data(data)?;
+                        }
+                        // Its length written, or its end told: the body is done (as hyper's
+                        // client, which polls it no more).
+                        if self.encoder == Encoder::Length(0) || body.is_end_stream() {
+                            self.end()?;
                         }
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::Body(e.into()))),

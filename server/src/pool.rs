@@ -67,8 +67,7 @@ pub(crate) const PURGE_EVERY: Duration = Duration::from_secs(5);
 pub(crate) struct OpenConnections {
     open: AtomicUsize,
     keep: usize,
-    /// Sockets open: from before the dial until the connection's task ends (a connection
-    /// given up still sending a request body keeps its socket).
+    /// Sockets open: from before the dial until the connection closes.
     sockets: AtomicUsize,
     most: usize,
     /// Requests waiting for a connection to close, and their wake-up.
@@ -445,6 +444,18 @@ impl Pool {
                 }
                 Kind::Whole((!bytes.is_empty()).then_some(bytes))
             }
+            Answer::Early(reading) => {
+                // The rest of the request and the answer's body, carried on by a task of
+                // their own (rare: a payment API answering before it has read the request).
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    if let Some(client) = reading.finish(tx).await {
+                        pool.put(addr, client, counted);
+                    }
+                });
+                Kind::Early(rx)
+            }
             Answer::Reading(reading) => Kind::Reading(Box::new((
                 reading,
                 GiveBack {
@@ -475,6 +486,9 @@ enum Kind {
     /// stays small). Dropped before its end, the connection closes: its socket first, then
     /// its counts.
     Reading(Box<(Reading, GiveBack)>),
+    /// Sent by the task that carries on an exchange answered before its request was all
+    /// written ([`Reading::finish`]).
+    Early(tokio::sync::mpsc::Receiver<Result<Bytes, client::Error>>),
 }
 
 impl Body for Pooled {
@@ -488,6 +502,7 @@ impl Body for Pooled {
         let kind = &mut self.get_mut().0;
         let polled = match kind {
             Kind::Whole(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Early(rx) => return rx.poll_recv(cx).map(|d| d.map(|d| d.map(Frame::data))),
             Kind::Reading(r) => {
                 let reading = &mut r.0;
                 let polled = reading.poll_data(cx);
@@ -516,6 +531,7 @@ impl Body for Pooled {
         match &self.0 {
             Kind::Whole(bytes) => bytes.is_none(),
             Kind::Reading(r) => r.0.is_end(),
+            Kind::Early(_) => false,
         }
     }
 
@@ -523,6 +539,7 @@ impl Body for Pooled {
         let left = match &self.0 {
             Kind::Whole(bytes) => Some(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Reading(r) => r.0.left(),
+            Kind::Early(_) => None,
         };
         left.map_or_else(SizeHint::default, SizeHint::with_exact)
     }
@@ -929,10 +946,31 @@ mod tests {
         }
     }
 
-    /// An answer that comes before the request's body has all been sent ends the request
-    /// (the client gets it); the connection, its request cut short, is not kept. A
-    /// connection that answered in a way that ends it (here `Connection: close`) is not
-    /// kept either.
+    /// A body that sends its first bytes, then fails when told to.
+    struct FailsLater(Option<Bytes>, tokio::sync::oneshot::Receiver<()>);
+
+    impl Body for FailsLater {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if let Some(b) = self.0.take() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
+            std::task::ready!(std::future::Future::poll(Pin::new(&mut self.1), cx)).ok();
+            Poll::Ready(Some(Err(std::io::ErrorKind::TimedOut.into())))
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(100)
+        }
+    }
+
+    /// An answer that comes before the request's body has all been sent goes to the client
+    /// at once; the connection is not kept while the request is still being written, nor
+    /// once its body failed (the payment API waits for bytes that never come). A
+    /// connection whose answer says `Connection: close` is not kept either.
     #[tokio::test]
     async fn a_connection_whose_exchange_was_cut_short_is_not_kept() {
         use http_body_util::BodyExt;
@@ -942,21 +980,24 @@ mod tests {
         )
         .await;
         let pool = pool_to(addr, Duration::from_secs(1), 10);
+        let (fail, failed) = tokio::sync::oneshot::channel();
         let req = Request::post("/")
             .header("host", "x")
-            .body(Stuck(Some(Bytes::from_static(b"0123456789")), Some(100)))
+            .body(FailsLater(Some(Bytes::from_static(b"0123456789")), failed))
             .unwrap();
         let res = pool.clone().send(addr, req).await.unwrap();
         assert_eq!(res.status(), 413);
-        assert!(res
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .is_empty());
-        assert_eq!(idle(&pool), 0, "not kept");
-        assert_eq!(pool.open.open(), 0, "closed");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.is_empty());
+        assert_eq!((idle(&pool), pool.open.open()), (0, 1), "still writing");
+        fail.send(()).unwrap();
+        for _ in 0..100 {
+            if pool.open.open() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!((idle(&pool), pool.open.open()), (0, 0), "closed");
 
         let (addr, _go) = scripted_upstream(
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
@@ -1034,7 +1075,7 @@ mod tests {
 
     /// A request whose answer's head comes before the request is all on the wire (here a
     /// body larger than the sockets hold, the payment API reading it only after its answer):
-    /// the connection is not kept, as the payment API still waits for the rest.
+    /// the connection carries no other request before the rest is written.
     #[tokio::test]
     async fn a_connection_is_not_kept_before_its_request_is_written_whole() {
         use http_body_util::{BodyExt, Full};
@@ -1052,8 +1093,8 @@ mod tests {
             .unwrap();
         let res = pool.clone().send(addr, req).await.unwrap();
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
-        assert_eq!((idle(&pool), pool.open.open()), (0, 0), "not kept");
-        // The next request on a new connection, not inside the first one's body.
+        // The next request is one of its own, not inside the first one's body (on a new
+        // connection, or on the first once its request is all written).
         let res = pool.clone().send(addr, get()).await.unwrap();
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(heads.load(Ordering::SeqCst), 2);
@@ -1117,5 +1158,124 @@ mod tests {
         let res = pool.clone().send(addr, req).await.unwrap();
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(idle(&pool), 1);
+    }
+
+    /// An upstream that reads a request's head, then at once answers `answer_len` bytes
+    /// while it reads `request_len` bytes of the request's body; the bytes it read.
+    async fn duplex_upstream(
+        answer_len: usize,
+        request_len: usize,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let read = Arc::new(AtomicUsize::new(0));
+        let count = read.clone();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (mut r, mut w) = s.into_split();
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 64 << 10];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = r.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                got.extend_from_slice(&buf[..n]);
+            }
+            let at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            count.fetch_add(got.len() - at, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {answer_len}\r\n\r\n");
+                w.write_all(head.as_bytes()).await.unwrap();
+                let _ = w.write_all(&vec![b'b'; answer_len]).await;
+                // Held open until the proxy closes it.
+                std::future::pending::<()>().await;
+            });
+            while count.load(Ordering::SeqCst) < request_len {
+                match r.read(&mut buf).await {
+                    Ok(n @ 1..) => count.fetch_add(n, Ordering::SeqCst),
+                    _ => return,
+                };
+            }
+        });
+        (addr, read)
+    }
+
+    /// A body of `len` bytes fed by a task in pieces: the task ends once all are taken.
+    fn fed(len: usize) -> (Chan, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let feeder = tokio::spawn(async move {
+            for _ in 0..len / (64 << 10) {
+                tx.send(Bytes::from(vec![b'a'; 64 << 10])).await.unwrap();
+            }
+        });
+        (Chan(rx, len as u64), feeder)
+    }
+
+    /// A payment API that answers before it has read the request, with an answer larger
+    /// than the sockets hold: the request's body is all sent though the client reads none
+    /// of the answer until it has sent its body (as a simple client does).
+    #[tokio::test]
+    async fn a_request_answered_early_is_sent_before_its_answer_is_read() {
+        use http_body_util::BodyExt;
+        const LEN: usize = 8 << 20;
+        let (addr, read) = duplex_upstream(LEN, LEN).await;
+        let pool = pool_to(addr, Duration::from_secs(5), 10);
+        let (body, feeder) = fed(LEN);
+        let req = Request::post("/").header("host", "x").body(body).unwrap();
+        let res = pool.clone().send(addr, req).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), feeder)
+            .await
+            .expect("the request's body was taken whole before its answer was read")
+            .unwrap();
+        let answer = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(answer.len(), LEN);
+        for _ in 0..100 {
+            if read.load(Ordering::SeqCst) == LEN {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(read.load(Ordering::SeqCst), LEN);
+    }
+
+    /// An answer that comes whole before the request is (a `401` at the head): the client
+    /// has it at once, and the rest of the request is still written (the client's body is
+    /// taken whole, its connection kept), then the connection goes back.
+    #[tokio::test]
+    async fn a_request_answered_whole_early_is_still_sent_whole() {
+        use http_body_util::BodyExt;
+        const LEN: usize = 4 << 20;
+        let (addr, read) = duplex_upstream(2, LEN).await;
+        let pool = pool_to(addr, Duration::from_secs(5), 10);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(Bytes::from(vec![b'a'; 64 << 10])).await.unwrap();
+        let req = Request::post("/")
+            .header("host", "x")
+            .body(Chan(rx, LEN as u64))
+            .unwrap();
+        let res = pool.clone().send(addr, req).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "bb");
+        // The rest of the body after the answer has ended.
+        for _ in 1..LEN / (64 << 10) {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                tx.send(Bytes::from(vec![b'a'; 64 << 10])),
+            )
+            .await
+            .expect("the request's body is still taken")
+            .unwrap();
+        }
+        for _ in 0..200 {
+            if read.load(Ordering::SeqCst) == LEN && idle(&pool) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            read.load(Ordering::SeqCst),
+            LEN,
+            "the request written whole"
+        );
+        assert_eq!(idle(&pool), 1, "then the connection went back");
     }
 }
