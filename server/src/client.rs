@@ -3,7 +3,9 @@
 //! body read by the body the client is sent. No task of the connection's own, no channel
 //! between the request and its connection (hyper's client connection, used before, runs as
 //! a task handed each request through a channel; its dispatcher was a third of a proxied
-//! `GET`'s instructions).
+//! `GET`'s instructions). Only an exchange answered before its request was all written is
+//! carried on by a task of its own ([`Answer::Early`]), so that the request's writing and
+//! the client's reading of the answer do not wait on each other.
 //!
 //! What is written and read is what hyper's client writes and reads (RFC 9112): the request
 //! framed by its `Content-Length`, or its body's exact size, or chunked; the answer framed
