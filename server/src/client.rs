@@ -380,12 +380,8 @@ impl Reading {
                     }
                 }
             }
-            if ready!(self.conn.poll_fill(cx)).map_err(|e| match e {
-                // A body's bytes, not a head's: the buffer is only full if not taken.
-                Error::Unreadable(_) => Error::Closed,
-                e => e,
-            })? == 0
-            {
+            // Every framing takes what is buffered before it reads: the buffer has room.
+            if ready!(self.conn.poll_fill(cx))? == 0 {
                 if self.framing == Framing::Close {
                     self.framing = Framing::Length(0);
                     return Poll::Ready(None);
@@ -488,7 +484,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
         // Each field's name and value as offsets into the head, which is then made shared
         // bytes that the values point into (no copy).
         let mut at = [[0u32; 4]; MAX_HEADERS];
-        let (len, code, reason, version, count) = {
+        let (len, status, reason, version, count) = {
             let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
             let mut res = httparse::Response::new(&mut []);
             let bytes: &[u8] = buf;
@@ -516,24 +512,18 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
                     value + f.value.len() as u32,
                 ];
             }
-            let code = res.code.unwrap_or_default();
-            let reason = res.reason.filter(|r| {
-                StatusCode::from_u16(code)
-                    .ok()
-                    .and_then(|s| s.canonical_reason())
-                    != Some(*r)
-            });
+            let status = StatusCode::from_u16(res.code.unwrap_or_default())
+                .map_err(|_| Error::Unreadable("a malformed status"))?;
+            let reason = res.reason.filter(|r| status.canonical_reason() != Some(*r));
             let reason = reason.map(|r| Bytes::copy_from_slice(r.as_bytes()));
             let version = if res.version == Some(1) {
                 Version::HTTP_11
             } else {
                 Version::HTTP_10
             };
-            (len, code, reason, version, res.headers.len())
+            (len, status, reason, version, res.headers.len())
         };
-        let status =
-            StatusCode::from_u16(code).map_err(|_| Error::Unreadable("a malformed status"))?;
-        if status.is_informational() && code != 101 {
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             // `100 Continue`, `103 Early Hints` and the like: not passed on.
             buf.advance(len);
             if buf.is_empty() {
@@ -578,7 +568,11 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
             res.extensions_mut().insert(reason);
         }
         // A `101` ends what the connection can carry (the proxy passes none on).
-        return Ok(Some((res, framing, keep_alive && code != 101)));
+        return Ok(Some((
+            res,
+            framing,
+            keep_alive && status != StatusCode::SWITCHING_PROTOCOLS,
+        )));
     }
 }
 
@@ -597,12 +591,7 @@ fn framing(
         if version == Version::HTTP_10 {
             return Err(Error::Unreadable("Transfer-Encoding in an HTTP/1.0 answer"));
         }
-        let chunked = last
-            .as_bytes()
-            .rsplit(|b| *b == b',')
-            .next()
-            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        return Ok(if chunked {
+        return Ok(if ends_in_chunked(last) {
             Framing::Chunked(Chunked::default())
         } else {
             Framing::Close
@@ -611,6 +600,15 @@ fn framing(
     let length =
         length.map_err(|()| Error::Unreadable("a Content-Length that is not one number"))?;
     Ok(length.map_or(Framing::Close, Framing::Length))
+}
+
+/// Whether a `Transfer-Encoding` value's last coding is `chunked` (what frames the body).
+fn ends_in_chunked(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .rsplit(|b| *b == b',')
+        .next()
+        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Whether a `Connection` value lists `token`.
@@ -897,21 +895,13 @@ impl Writer {
             let given = content_length(headers).ok().flatten();
             match headers.entry(header::TRANSFER_ENCODING) {
                 Entry::Occupied(mut te) => {
-                    let last = te.iter().next_back().map(|v| {
-                        v.as_bytes()
-                            .rsplit(|b| *b == b',')
-                            .next()
-                            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-                    });
-                    if last != Some(true) {
-                        let mut line = te.iter().next_back().map_or_else(Vec::new, |v| {
-                            let mut l = v.as_bytes().to_vec();
-                            l.extend_from_slice(b", ");
-                            l
-                        });
-                        line.extend_from_slice(b"chunked");
-                        if let Ok(v) = HeaderValue::from_bytes(&line) {
-                            *te.iter_mut().next_back().expect("occupied") = v;
+                    if let Some(last) = te.iter_mut().next_back() {
+                        if !ends_in_chunked(last) {
+                            let mut line = last.as_bytes().to_vec();
+                            line.extend_from_slice(b", chunked");
+                            if let Ok(v) = HeaderValue::from_bytes(&line) {
+                                *last = v;
+                            }
                         }
                     }
                     headers.remove(header::CONTENT_LENGTH);
