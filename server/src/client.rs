@@ -117,6 +117,10 @@ pub(crate) struct Conn {
     max_buf: usize,
     /// The buffer's length when it last held a head in part.
     partial: Option<usize>,
+    /// Bytes of this exchange's answer taken before its head: blank lines and interim
+    /// answers. With the head they fit the read buffer, so a payment API that sends them
+    /// without end is refused, as a head that does not end is.
+    before_head: usize,
     /// Bytes looked at for a head's end, or parsed (for the test that it grows linearly).
     #[cfg(test)]
     looked: usize,
@@ -148,6 +152,7 @@ impl Conn {
             read_size: FIRST_READ,
             max_buf,
             partial: None,
+            before_head: 0,
             #[cfg(test)]
             looked: 0,
         }
@@ -242,6 +247,25 @@ impl Conn {
     /// in part is parsed again only once its end is there.
     fn poll_head(&mut self, cx: &mut Context<'_>, method: &Method) -> Poll<Result<Head, Error>> {
         loop {
+            // Blank lines before a status line (RFC 9112 section 2.2) go as they come, not
+            // kept to be skipped again by every parse.
+            let blank = self
+                .buf
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            #[cfg(test)]
+            {
+                self.looked += blank;
+            }
+            if blank > 0 {
+                self.buf.advance(blank);
+                self.before_head += blank;
+                self.partial = self
+                    .partial
+                    .map(|seen| seen.saturating_sub(blank))
+                    .filter(|&seen| seen > 0);
+            }
             #[cfg(test)]
             {
                 let from = self.partial.map_or(0, |seen| seen.saturating_sub(3));
@@ -252,14 +276,15 @@ impl Conn {
                 Some(seen) => head_ends(&self.buf, seen),
             };
             if ended {
-                if let Some(head) = parse_head(&mut self.buf, method)? {
+                if let Some(head) = parse_head(&mut self.buf, method, &mut self.before_head)? {
                     self.partial = None;
+                    self.before_head = 0;
                     return Poll::Ready(Ok(head));
                 }
             }
             // Looked at up to here (what is left of it after interim answers).
             self.partial = (!self.buf.is_empty()).then_some(self.buf.len());
-            if self.buf.len() >= self.max_buf {
+            if self.before_head + self.buf.len() >= self.max_buf {
                 return Poll::Ready(Err(Error::Unreadable("a head over the read buffer")));
             }
             if ready!(self.poll_fill(cx))? == 0 {
@@ -479,7 +504,11 @@ impl Reading {
 
 /// Parses an answer's head at the front of `buf`, taking it (and interim answers) off:
 /// `None` while it is not whole.
-fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
+fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    before_head: &mut usize,
+) -> Result<Option<Head>, Error> {
     loop {
         // Each field's name and value as offsets into the head, which is then made shared
         // bytes that the values point into (no copy).
@@ -526,6 +555,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             // `100 Continue`, `103 Early Hints` and the like: not passed on.
             buf.advance(len);
+            *before_head += len;
             if buf.is_empty() {
                 return Ok(None);
             }
@@ -1074,7 +1104,7 @@ mod tests {
     }
 
     fn head(wire: &[u8], method: Method) -> Result<Option<Head>, Error> {
-        parse_head(&mut BytesMut::from(wire), &method)
+        parse_head(&mut BytesMut::from(wire), &method, &mut 0)
     }
 
     #[test]
@@ -1241,25 +1271,19 @@ mod tests {
         assert!(!head_ends(b"HTTP/1.1 200 OK\r\na: b\r\n\r", 0));
     }
 
-    /// A head that comes a few bytes at a time is looked at once per byte or so, not once
-    /// per byte per read (a slow payment API cannot make the proxy parse its head over and
-    /// over).
-    #[tokio::test]
-    async fn a_head_in_many_pieces_is_looked_at_in_linear_time() {
+    /// A connection to a payment API on loopback that writes `pieces` (a millisecond
+    /// apart, ignoring a closed socket) and then holds the connection a while.
+    async fn answering(pieces: Vec<Vec<u8>>) -> Conn {
         use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
-        for i in 0..20 {
-            head.extend_from_slice(format!("x-{i}: {}\r\n", "v".repeat(40)).as_bytes());
-        }
-        head.extend_from_slice(b"content-length: 0\r\n\r\n");
-        let len = head.len();
         tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             s.set_nodelay(true).unwrap();
-            for piece in head.chunks(7) {
-                s.write_all(piece).await.unwrap();
+            for piece in pieces {
+                if s.write_all(&piece).await.is_err() {
+                    return;
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
             tokio::time::sleep(std::time::Duration::from_secs(5)).await;
@@ -1270,7 +1294,64 @@ mod tests {
             .connect(addr)
             .await
             .unwrap();
-        let mut conn = Conn::new(io, 64 << 10);
+        Conn::new(io, 64 << 10)
+    }
+
+    /// Blank lines before a status line, a few bytes at a time, are each looked at once
+    /// (not parsed again with every read), and the head after them is read.
+    #[tokio::test]
+    async fn blank_lines_before_a_head_are_looked_at_once() {
+        let mut pieces = vec![b"\r\n".to_vec(); 400];
+        pieces.push(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec());
+        let sent: usize = pieces.iter().map(Vec::len).sum();
+        let mut conn = answering(pieces).await;
+        let (res, _, _) = poll_fn(|cx| conn.poll_head(cx, &Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(
+            conn.looked <= 2 * sent,
+            "{} bytes looked at for {sent} sent",
+            conn.looked
+        );
+        assert_eq!(conn.before_head, 0, "counted afresh for the next exchange");
+    }
+
+    /// Interim answers without end, or blank lines without end, are refused once they and
+    /// the head would be over the read buffer, as a head without end is: the request does
+    /// not wait on them for ever.
+    #[tokio::test]
+    async fn what_comes_before_a_head_is_bounded_by_the_read_buffer() {
+        for before in [&b"HTTP/1.1 100 Continue\r\n\r\n"[..], b"\r\n\r\n\r\n\r\n"] {
+            // 128 KiB of it, in 64 pieces: twice the read buffer.
+            let piece = before.repeat(2048 / before.len());
+            let mut conn = answering(vec![piece; 64]).await;
+            let res = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                poll_fn(|cx| conn.poll_head(cx, &Method::GET)),
+            )
+            .await
+            .expect("refused, not waited on");
+            assert!(
+                matches!(res, Err(Error::Unreadable("a head over the read buffer"))),
+                "{:?}",
+                res.map(|(h, _, _)| h.status())
+            );
+        }
+    }
+
+    /// A head that comes a few bytes at a time is looked at once per byte or so, not once
+    /// per byte per read (a slow payment API cannot make the proxy parse its head over and
+    /// over).
+    #[tokio::test]
+    async fn a_head_in_many_pieces_is_looked_at_in_linear_time() {
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..20 {
+            head.extend_from_slice(format!("x-{i}: {}\r\n", "v".repeat(40)).as_bytes());
+        }
+        head.extend_from_slice(b"content-length: 0\r\n\r\n");
+        let len = head.len();
+        let mut conn = answering(head.chunks(7).map(<[u8]>::to_vec).collect()).await;
         let (res, _, _) = poll_fn(|cx| conn.poll_head(cx, &Method::GET))
             .await
             .unwrap();

@@ -37,7 +37,10 @@ fn raw_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                     }
                     seen.lock().unwrap().push(head.clone());
                     let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    // Interim answers, more than the proxy's read buffer, and no final one.
+                    let interim = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(3000);
                     let answer: &[u8] = match path.as_str() {
+                        "/interim-forever" => &interim,
                         // Framed by chunks, with a length beside that is not the body's.
                         "/te-and-length" => {
                             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
@@ -151,6 +154,13 @@ async fn answers_and_requests_a_proxy_must_reframe_or_refuse() {
 
         // A 101 nobody asked for: not an answer the proxy carries.
         let (head, body) = exchange(listen, &get("/switching"));
+        assert!(head.starts_with("http/1.1 502"), "{head}");
+        let body = String::from_utf8(body).unwrap();
+        assert!(body.contains("upstream_unreachable"), "{body}");
+
+        // Interim answers without end: refused once they fill the read buffer, as a head
+        // without end is, not waited on until the read timeout.
+        let (head, body) = exchange(listen, &get("/interim-forever"));
         assert!(head.starts_with("http/1.1 502"), "{head}");
         let body = String::from_utf8(body).unwrap();
         assert!(body.contains("upstream_unreachable"), "{body}");
