@@ -37,7 +37,7 @@ for a in $ADAPTERS; do
   [[ -x $bin ]] || die "no $bin (build it, or drop NO_BUILD)"
   for i in $(seq "$RUNS"); do
     echo "== $a: wrapped and bare, run $i/$RUNS"
-    EXTRA_ONLY=1 STEPUP_NAME="$a-stepup" STEPUP_CMD="'$bin' \$LISTEN \$UPSTREAM" \
+    EXTRA_ONLY=1 PACED=0 STEPUP_NAME="$a-stepup" STEPUP_CMD="'$bin' \$LISTEN \$UPSTREAM" \
       EXTRA2_NAME="$a-bare" EXTRA2_CMD="'$bin' \$LISTEN \$UPSTREAM --bare" EXTRA2_PASSTHROUGH=1 \
       RESULT_TSV="$RUN/adapters/$a-$i.tsv" "$HERE/klarna-stepup.sh" > "$RUN/adapters/$a-$i.log" 2>&1 \
       || { tail -20 "$RUN/adapters/$a-$i.log" >&2; die "$a failed (log: $RUN/adapters/$a-$i.log)"; }

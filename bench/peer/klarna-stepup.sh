@@ -85,6 +85,7 @@ ratios() {
         }
         NR > 1 { rps[$1] = $4; p99[$1] = $6; err[$1] = $7; cpu[$1] = $9 }
         function info(name, a, b) {
+          if (a == "" && b == "") return
           if (!num(a) || !num(b) || b == 0) { printf "| %s | %s | %s | – | – | – |\n", name, a, b; return }
           printf "| %s | %s | %s | %.2f | – | – |\n", name, a, b, a / b
         }
@@ -97,6 +98,9 @@ ratios() {
           row("POST req/s vs nginx+Lua (f)", rps[x "2"], rps["f"], "≥ 3", ">=", 3)
           info("POST CPU µs/req vs nginx+Lua (f)", cpu[x "2"], cpu["f"])
           row("POST p99 ms vs nginx passthrough POST (e)", p99[x "2"], p99["e"], "≤ 1.0", "<=", 1.0)
+          info("GET p99 ms at a paced load vs nginx passthrough (x1p / bp)", p99[x "1p"], p99["bp"])
+          info("GET p99 ms at a paced load vs HAProxy passthrough (x1p / h1p)", p99[x "1p"], p99["h1p"])
+          info("POST p99 ms at a paced load vs nginx passthrough POST (x2p / ep)", p99[x "2p"], p99["ep"])
           e = err[x "1"] + err[x "2"]
           printf "| errors (wrk: connect, read, write, non-2xx/3xx, timeout), GET + POST | %s | %s | – | 0 | %s |\n", e, err["e"], (e == 0) ? "PASS" : "FAIL"
         }' "$tsv"

@@ -48,7 +48,7 @@ point() {  # label conns body_file
     local build=1
     (( first == 1 )) || build=0
     first=0
-    NO_BUILD=$(( build == 0 ? 1 : ${NO_BUILD:-0} )) CONNS=$conns REQUEST_JSON=$body \
+    NO_BUILD=$(( build == 0 ? 1 : ${NO_BUILD:-0} )) CONNS=$conns REQUEST_JSON=$body PACED=0 \
       RESULT_TSV="$RUN/scale/$label-$i.tsv" "$HERE/klarna-stepup.sh" > "$RUN/scale/$label-$i.log" 2>&1 \
       || { tail -20 "$RUN/scale/$label-$i.log" >&2; die "point $label failed (log: $RUN/scale/$label-$i.log)"; }
     grep -E '^\| (x1|x2|b|e|h1|h2|f) ' "$RUN/scale/$label-$i.log" | head -7 || true
