@@ -390,14 +390,23 @@ pub fn webhook(data: &[u8]) {
         "klarna-signature",
         HeaderValue::from_str(&good).expect("hex"),
     );
-    e.verify_webhook(&h, body).expect("signed webhook verifies");
+    // Signed, it verifies; unless its body names a key twice where the fields are read,
+    // which is refused whatever the signature (`duplicate_key`, the key's path named).
+    if let Err(r) = e.verify_webhook(&h, body) {
+        assert_eq!(
+            r.code(),
+            crate::RefusalCode::DuplicateKey,
+            "signed webhook: {r}"
+        );
+        assert!(r.param().is_some(), "the repeated key named");
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn seeds() {
-        let seeds: [&[u8]; 20] = [
+        let seeds: [&[u8]; 21] = [
             b"payments.json",
             b"webhooks/klarna%2e",
             b"webhooks/klarna%00.json",
@@ -418,6 +427,9 @@ mod tests {
             br#"{"payment_method":"klarna","payment_method":"card"}"#,
             br#"{"payment_method":"card","step_up_config":{"customer_interaction_config":{"return_url":"javascript:x"}}}"#,
             b"\xEF\xBB\xBF{}",
+            // A webhook whose body (after the one-byte signature) repeats a key: refused
+            // even when signed.
+            b"\x01{\"metadata\":{\"event_type\":\"x\"},\"payload\":{},\"payload\":{}}",
         ];
         for s in seeds {
             super::request(s);
