@@ -259,12 +259,10 @@ impl Conn {
                 self.looked += blank;
             }
             if blank > 0 {
+                // What is left is looked at afresh (at most once after each such run).
                 self.buf.advance(blank);
                 self.before_head += blank;
-                self.partial = self
-                    .partial
-                    .map(|seen| seen.saturating_sub(blank))
-                    .filter(|&seen| seen > 0);
+                self.partial = None;
             }
             #[cfg(test)]
             {
