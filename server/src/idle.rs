@@ -276,6 +276,17 @@ impl Activity {
         (self.in_flight.load(Relaxed) == 0).then(|| self.answered())
     }
 
+    /// When an HTTP/1 connection's next head is due: `timeout` after the connection's start
+    /// or its last answer's end (once its last bytes went out); `None` while an exchange is
+    /// in flight or bytes of an answer wait to be taken (a client that takes none of them
+    /// is closed as [`stalled`](Self::stalled) instead).
+    pub(crate) fn head_due(&self, timeout: Duration) -> Option<Instant> {
+        if self.blocked_since.load(Relaxed) != 0 {
+            return None;
+        }
+        self.quiet_since().map(|at| at + timeout)
+    }
+
     /// When the last exchange ended (the connection's start before one did).
     fn answered(&self) -> Instant {
         self.born + Duration::from_nanos(self.answered_at.load(Relaxed))

@@ -548,8 +548,10 @@ impl Conn {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            // From the connection's start or the previous answer's end to a complete head.
-            .header_read_timeout(shared.idle_timeout)
+            // The head's bound (from the connection's start or the previous answer's end
+            // to a complete head) is kept by the connection's task (see `serve_http1`):
+            // hyper's own makes a timer for every request.
+            .header_read_timeout(None::<Duration>)
             // hyper's own size bound sits above ours, so that ours answers first, with JSON;
             // beyond twice ours, hyper answers 431 itself.
             .max_buf_size((shared.limits.max_bytes * 2).max(8192));
@@ -670,9 +672,10 @@ impl Conn {
         let reads = io.activity.reads();
         let activity = io.activity.clone();
         let served = self.http1_connection(io);
+        let idle_timeout = self.idle_timeout;
         Box::pin(async move {
             let _permit = permit;
-            drain(served, activity, reads, watcher).await;
+            drain(served, activity, reads, watcher, idle_timeout).await;
         })
     }
 
@@ -865,12 +868,17 @@ fn serve_http1<T: Transport>(
             let reads = activity.reads();
             let begun = activity.begun();
             let mut served = Box::new(conn.http1_connection(io));
-            // The next look: whether it went idle, whether the head came in time, whether the
-            // client stopped reading.
-            let look = |at: Instant, head_by: Option<Instant>| head_by.map_or(at, |by| by.min(at));
-            check
-                .as_mut()
-                .reset(look(Instant::now() + conn.park_after(), head_by).into());
+            // The next look (`next_look`): whether it went idle, whether the head came in
+            // time, whether the client stopped reading.
+            check.as_mut().reset(
+                next_look(
+                    &conn,
+                    &activity,
+                    Instant::now() + conn.park_after(),
+                    head_by,
+                )
+                .into(),
+            );
             let mut parkable = true;
             // Whether `check` and `stopped` were polled since they were set: they then hold
             // this task's waker, and are only looked at (a poll at every wake-up costs more
@@ -912,21 +920,38 @@ fn serve_http1<T: Transport>(
                     if activity.begun() != begun {
                         head_by = None;
                     } else if Instant::now() >= by {
-                        // No head in time since the last answer (hyper, for a connection it
-                        // kept, says nothing either).
+                        // No head in time since the last answer before the connection was let
+                        // go of (closed without a word, as hyper closes a connection it kept).
                         return;
                     }
+                }
+                if activity
+                    .head_due(conn.idle_timeout)
+                    .is_some_and(|due| Instant::now() >= due)
+                {
+                    // No complete head within the idle timeout of the connection's start or
+                    // the last answer's end: a client sending nothing, or a head a few bytes
+                    // at a time.
+                    return;
                 }
                 if !parkable {
                     // Closing after its exchange: still looked at, for a client that stops
                     // reading.
-                    check
-                        .as_mut()
-                        .reset(look(Instant::now() + conn.park_after(), head_by).into());
+                    check.as_mut().reset(
+                        next_look(
+                            &conn,
+                            &activity,
+                            Instant::now() + conn.park_after(),
+                            head_by,
+                        )
+                        .into(),
+                    );
                     continue;
                 }
                 match activity.idle_since(Instant::now(), conn.park_after()) {
-                    Err(at) => check.as_mut().reset(look(at, head_by).into()),
+                    Err(at) => check
+                        .as_mut()
+                        .reset(next_look(&conn, &activity, at, head_by).into()),
                     Ok(_) => {
                         // hyper polled once more first: whatever it has not seen yet (a
                         // request's body given up, which closes its reading) it sees now,
@@ -939,7 +964,9 @@ fn serve_http1<T: Transport>(
                         let at = match activity.idle_since(Instant::now(), conn.park_after()) {
                             Ok(at) => at,
                             Err(at) => {
-                                check.as_mut().reset(look(at, head_by).into());
+                                check
+                                    .as_mut()
+                                    .reset(next_look(&conn, &activity, at, head_by).into());
                                 continue;
                             }
                         };
@@ -958,7 +985,7 @@ fn serve_http1<T: Transport>(
             };
             let Some(idle_since) = idle_since else {
                 // The drain's state (its timer, the watched connection) on the heap too.
-                return Box::pin(drain(*served, activity, reads, watcher)).await;
+                return Box::pin(drain(*served, activity, reads, watcher, conn.idle_timeout)).await;
             };
             // The rest of hyper's connection (its service, and the box it was in) goes here.
             let hyper::server::conn::http1::Parts {
@@ -1153,6 +1180,17 @@ enum Woke {
     Look,
 }
 
+/// When a served HTTP/1 connection is looked at next: at `at`, or sooner when its head is
+/// due (`head_by`, kept since before its hyper connection was let go of, or
+/// [`Activity::head_due`]).
+fn next_look(conn: &Conn, activity: &Activity, at: Instant, head_by: Option<Instant>) -> Instant {
+    [Some(at), head_by, activity.head_due(conn.idle_timeout)]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(at)
+}
+
 /// `b`'s content, its box freed at once (a moved-out box is freed only at the end of its
 /// scope).
 #[allow(clippy::boxed_local, reason = "the point: the box is freed here")]
@@ -1170,11 +1208,14 @@ fn unbox<T>(b: Box<T>) -> T {
 /// graceful shutdown tells it (`watcher`: the worker's [`GracefulShutdown`], which also
 /// waits for every connection); a connection is watched only from then on, as
 /// `GracefulConnection` is sealed and cannot be wrapped to wait for the first bytes itself.
+/// A head still not complete `idle_timeout` after the connection's start or its last
+/// answer's end closes it, as while it was served (see [`Activity::head_due`]).
 async fn drain<C: GracefulConnection + Unpin>(
     mut conn: C,
     activity: Arc<Activity>,
     reads: u32,
     watcher: Watcher,
+    idle_timeout: Duration,
 ) {
     // Polled on: hyper reads the first bytes as they come (and answers them).
     let first_bytes = std::future::poll_fn(|cx| {
@@ -1191,7 +1232,26 @@ async fn drain<C: GracefulConnection + Unpin>(
         return;
     }
     // The worker's shutdown is out (or comes at once): told to finish, polled to its end.
-    let _ = watcher.watch(conn).await;
+    let watched = watcher.watch(conn);
+    tokio::pin!(watched);
+    loop {
+        let due = activity.head_due(idle_timeout);
+        // While an exchange is in flight, looked at again as an idle one would be.
+        let next = due.unwrap_or_else(|| Instant::now() + PARK_AFTER.min(idle_timeout / 2));
+        if tokio::time::timeout_at(next.into(), watched.as_mut())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        if activity
+            .head_due(idle_timeout)
+            .is_some_and(|due| Instant::now() >= due)
+        {
+            // No head in time: closed (the connection goes with `watched`).
+            return;
+        }
+    }
 }
 
 /// The next connection on any of `listeners`, polled from a rotating start so that none
@@ -1805,6 +1865,29 @@ mod tests {
         c.idle().await;
         assert_eq!(c.conn.lot.len(), 1, "parked");
         c.send(&GET[..10]).await;
+        c.closes_a_second_after(answered).await;
+    }
+
+    /// A head that never completes, sent a few bytes at a time so that the connection is
+    /// never idle, is due within the idle timeout of the connection's start, and of the
+    /// last answer's end: the connection is closed then, without a word.
+    #[tokio::test]
+    async fn a_head_trickled_without_end_is_closed_at_the_idle_timeout() {
+        async fn trickle(c: &mut Client, head: &[u8]) {
+            for b in head.chunks(1) {
+                c.send(b).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+        let mut c = Client::connect("idle_timeout_secs = 1\n", false).await;
+        let start = Instant::now();
+        trickle(&mut c, &GET[..6]).await;
+        c.closes_a_second_after(start).await;
+
+        let mut c = Client::connect("idle_timeout_secs = 1\n", false).await;
+        c.get_ok().await;
+        let answered = Instant::now();
+        trickle(&mut c, &GET[..6]).await;
         c.closes_a_second_after(answered).await;
     }
 
