@@ -637,6 +637,23 @@ impl Conn {
         LOT_AFTER.min(self.idle_timeout / 2).max(self.park_after())
     }
 
+    /// When a served HTTP/1 connection is looked at next: at `at` (a [`Conn::park_after`]
+    /// from now without one), or sooner when its head is due (`head_by`, kept since before
+    /// its hyper connection was let go of, or [`Activity::head_due`]).
+    fn next_look(
+        &self,
+        activity: &Activity,
+        at: Option<Instant>,
+        head_by: Option<Instant>,
+    ) -> tokio::time::Instant {
+        let at = at.unwrap_or_else(|| Instant::now() + self.park_after());
+        [head_by, activity.head_due(self.idle_timeout)]
+            .into_iter()
+            .flatten()
+            .fold(at, Instant::min)
+            .into()
+    }
+
     /// Counts a connection closed for what its client did.
     fn closed(&self, why: Closed) {
         if let Some(m) = &self.metrics {
@@ -868,17 +885,11 @@ fn serve_http1<T: Transport>(
             let reads = activity.reads();
             let begun = activity.begun();
             let mut served = Box::new(conn.http1_connection(io));
-            // The next look (`next_look`): whether it went idle, whether the head came in
-            // time, whether the client stopped reading.
-            check.as_mut().reset(
-                next_look(
-                    &conn,
-                    &activity,
-                    Instant::now() + conn.park_after(),
-                    head_by,
-                )
-                .into(),
-            );
+            // The next look: whether it went idle, whether the head came in time, whether the
+            // client stopped reading.
+            check
+                .as_mut()
+                .reset(conn.next_look(&activity, None, head_by));
             let mut parkable = true;
             // Whether `check` and `stopped` were polled since they were set: they then hold
             // this task's waker, and are only looked at (a poll at every wake-up costs more
@@ -937,21 +948,15 @@ fn serve_http1<T: Transport>(
                 if !parkable {
                     // Closing after its exchange: still looked at, for a client that stops
                     // reading.
-                    check.as_mut().reset(
-                        next_look(
-                            &conn,
-                            &activity,
-                            Instant::now() + conn.park_after(),
-                            head_by,
-                        )
-                        .into(),
-                    );
+                    check
+                        .as_mut()
+                        .reset(conn.next_look(&activity, None, head_by));
                     continue;
                 }
                 match activity.idle_since(Instant::now(), conn.park_after()) {
                     Err(at) => check
                         .as_mut()
-                        .reset(next_look(&conn, &activity, at, head_by).into()),
+                        .reset(conn.next_look(&activity, Some(at), head_by)),
                     Ok(_) => {
                         // hyper polled once more first: whatever it has not seen yet (a
                         // request's body given up, which closes its reading) it sees now,
@@ -966,7 +971,7 @@ fn serve_http1<T: Transport>(
                             Err(at) => {
                                 check
                                     .as_mut()
-                                    .reset(next_look(&conn, &activity, at, head_by).into());
+                                    .reset(conn.next_look(&activity, Some(at), head_by));
                                 continue;
                             }
                         };
@@ -1178,17 +1183,6 @@ enum Woke {
     Stopped,
     /// Time to look whether it went idle, or whether the head came in time.
     Look,
-}
-
-/// When a served HTTP/1 connection is looked at next: at `at`, or sooner when its head is
-/// due (`head_by`, kept since before its hyper connection was let go of, or
-/// [`Activity::head_due`]).
-fn next_look(conn: &Conn, activity: &Activity, at: Instant, head_by: Option<Instant>) -> Instant {
-    [Some(at), head_by, activity.head_due(conn.idle_timeout)]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(at)
 }
 
 /// `b`'s content, its box freed at once (a moved-out box is freed only at the end of its
