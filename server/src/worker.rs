@@ -692,7 +692,7 @@ impl Conn {
         let idle_timeout = self.idle_timeout;
         Box::pin(async move {
             let _permit = permit;
-            drain(served, activity, reads, watcher, idle_timeout).await;
+            drain(served, activity, reads, watcher, idle_timeout, None).await;
         })
     }
 
@@ -990,7 +990,10 @@ fn serve_http1<T: Transport>(
             };
             let Some(idle_since) = idle_since else {
                 // The drain's state (its timer, the watched connection) on the heap too.
-                return Box::pin(drain(*served, activity, reads, watcher, conn.idle_timeout)).await;
+                // A connection served again from the lot keeps its first head's deadline.
+                let head_by = head_by.filter(|_| activity.begun() == begun);
+                let idle = conn.idle_timeout;
+                return Box::pin(drain(*served, activity, reads, watcher, idle, head_by)).await;
             };
             // The rest of hyper's connection (its service, and the box it was in) goes here.
             let hyper::server::conn::http1::Parts {
@@ -1203,14 +1206,25 @@ fn unbox<T>(b: Box<T>) -> T {
 /// waits for every connection); a connection is watched only from then on, as
 /// `GracefulConnection` is sealed and cannot be wrapped to wait for the first bytes itself.
 /// A head still not complete `idle_timeout` after the connection's start or its last
-/// answer's end closes it, as while it was served (see [`Activity::head_due`]).
+/// answer's end closes it, as while it was served (see [`Activity::head_due`]); so does
+/// the first head of a connection served again from the lot still not complete by
+/// `head_by`.
 async fn drain<C: GracefulConnection + Unpin>(
     mut conn: C,
     activity: Arc<Activity>,
     reads: u32,
     watcher: Watcher,
     idle_timeout: Duration,
+    head_by: Option<Instant>,
 ) {
+    let begun = activity.begun();
+    let due = || {
+        let head_by = head_by.filter(|_| activity.begun() == begun);
+        [head_by, activity.head_due(idle_timeout)]
+            .into_iter()
+            .flatten()
+            .min()
+    };
     // Polled on: hyper reads the first bytes as they come (and answers them).
     let first_bytes = std::future::poll_fn(|cx| {
         if Pin::new(&mut conn).poll(cx).is_ready() {
@@ -1229,19 +1243,15 @@ async fn drain<C: GracefulConnection + Unpin>(
     let watched = watcher.watch(conn);
     tokio::pin!(watched);
     loop {
-        let due = activity.head_due(idle_timeout);
         // While an exchange is in flight, looked at again as an idle one would be.
-        let next = due.unwrap_or_else(|| Instant::now() + PARK_AFTER.min(idle_timeout / 2));
+        let next = due().unwrap_or_else(|| Instant::now() + PARK_AFTER.min(idle_timeout / 2));
         if tokio::time::timeout_at(next.into(), watched.as_mut())
             .await
             .is_ok()
         {
             return;
         }
-        if activity
-            .head_due(idle_timeout)
-            .is_some_and(|due| Instant::now() >= due)
-        {
+        if due().is_some_and(|due| Instant::now() >= due) {
             // No head in time: closed (the connection goes with `watched`).
             return;
         }
@@ -1484,7 +1494,8 @@ mod tests {
         without: usize,
         /// The task that served the connection first.
         task: tokio::task::JoinHandle<()>,
-        _stop: watch::Sender<bool>,
+        /// Tells the worker to stop.
+        stop: watch::Sender<bool>,
     }
 
     impl Client {
@@ -1520,7 +1531,7 @@ mod tests {
                 shared,
                 without,
                 task,
-                _stop: stop_tx,
+                stop: stop_tx,
             }
         }
 
@@ -1882,6 +1893,27 @@ mod tests {
         c.get_ok().await;
         let answered = Instant::now();
         trickle(&mut c, &GET[..6]).await;
+        c.closes_a_second_after(answered).await;
+    }
+
+    /// A connection served again from the lot keeps its first head's deadline (the last
+    /// answer's end plus the idle timeout) when the worker stops as the head trickles in:
+    /// closed then, not an idle timeout after it came back.
+    #[tokio::test]
+    async fn a_head_trickled_from_the_lot_into_a_drain_keeps_its_deadline() {
+        let mut c = Client::connect("idle_timeout_secs = 1\n", false).await;
+        c.get_ok().await;
+        let answered = Instant::now();
+        tokio::time::sleep(c.conn.lot_after() + Duration::from_millis(100)).await;
+        assert!(c.parked(), "in the lot");
+        for (i, b) in GET[..8].iter().enumerate() {
+            // Once closed, the rest is not taken.
+            let _ = c.stream.write_all(&[*b]).await;
+            if i == 1 {
+                c.stop.send(true).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         c.closes_a_second_after(answered).await;
     }
 
