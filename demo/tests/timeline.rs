@@ -6,7 +6,10 @@
 #[path = "../../tests/common/blocking.rs"]
 #[allow(dead_code)] // a part of the shared helpers
 mod blocking;
+#[path = "../../tests/common/ports.rs"]
+mod ports;
 
+use ports::free_addr;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,13 +22,6 @@ impl Drop for Demo {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// One request on a fresh connection: the status line's code and the raw answer.
@@ -46,7 +42,7 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Stri
 
 #[test]
 fn an_order_in_the_demo_shop_has_a_timeline() {
-    let (proxy, klarna, api) = (free_port(), free_port(), free_port());
+    let (proxy, klarna, api) = (free_addr().port(), free_addr().port(), free_addr().port());
     let _demo = Demo(
         Command::new(env!("CARGO_BIN_EXE_klarna-stepup-demo"))
             .args(["--port", &proxy.to_string()])

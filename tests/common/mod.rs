@@ -5,6 +5,8 @@
 pub mod fixtures;
 #[cfg(feature = "pingora")]
 pub mod pingora_proxy;
+#[cfg_attr(not(feature = "pingora"), allow(dead_code))]
+pub mod ports;
 // Parts of these serve only the modules that need the Pingora adapter.
 #[cfg_attr(not(feature = "pingora"), allow(dead_code))]
 pub mod raw_http;

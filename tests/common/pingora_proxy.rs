@@ -11,6 +11,8 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::server::configuration::ServerConf;
 
+use super::ports::free_addr;
+
 /// The proxy an acquirer already has: one upstream, timeouts, no retry to a dead peer.
 pub struct PaymentApi {
     pub upstream: SocketAddr,
@@ -39,13 +41,6 @@ impl ProxyHttp for PaymentApi {
         e.set_retry(false);
         e
     }
-}
-
-pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// Starts a Pingora server with `proxy` on a free loopback port; it lives until the test

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::fixtures::{self, Fixture};
-use common::pingora_proxy::{free_addr, start_pingora, PaymentApi};
+use common::pingora_proxy::{start_pingora, PaymentApi};
+use common::ports::free_addr;
 use common::upstream::{self, Answer};
 use klarna_stepup::engine::MARKER_HEADER;
 use klarna_stepup::pingora::{LargeBodies, StepUpProxy};

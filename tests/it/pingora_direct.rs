@@ -323,7 +323,7 @@ impl ProxyHttp for Retrying {
 #[tokio::test]
 async fn the_direct_exchange_takes_its_attempts_from_the_server_conf() {
     // Nothing listens there: every connection attempt fails, and the inner proxy says retry.
-    let dead = common::pingora_proxy::free_addr();
+    let dead = common::ports::free_addr();
     let f = fixtures::by_name("step_up_required");
     let inner = Retrying(inner(dead, ALPN::H1));
     let conf = pingora::server::configuration::ServerConf {

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use common::pingora_proxy::{free_addr, PaymentApi};
+use common::pingora_proxy::PaymentApi;
+use common::ports::free_addr;
 use common::return_webhook::{minted_return_path, signature, step_up, COMPLETED};
 use common::upstream::{self, Answer};
 use klarna_stepup::pingora::StepUpProxy;

@@ -22,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::ports::free_addr;
 use crate::support::demo_stack::{check_timeline, DemoStack, Timeline};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -601,7 +602,7 @@ struct ChromeDriver {
 impl ChromeDriver {
     async fn start(tools: &Tools) -> Self {
         let dir = fresh_dir();
-        let port = free_port();
+        let port = free_addr().port();
         let child = Command::new(&tools.chromedriver)
             .arg(format!("--port={port}"))
             .arg(format!(
@@ -702,12 +703,4 @@ fn fresh_dir() -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     dir
-}
-
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }

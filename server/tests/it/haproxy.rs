@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::common::blocking::{exchange, wait_listening};
 use crate::common::fixtures;
 use crate::common::load::{self, Mode, Req};
+use crate::common::ports::free_addr;
 use crate::common::return_webhook::{signature, COMPLETED, RETURN_KEY, WEBHOOK_KEY};
 use crate::common::upstream::{self, Answer};
 
@@ -24,13 +25,6 @@ const CHECK: &str = "inter 100ms fastinter 100ms downinter 100ms fall 2 rise 2";
 /// Above the checks' interval × fall (200 ms), with room for a busy machine.
 const DRAIN_DELAY_MS: u64 = 800;
 const PARTNER_URL: &str = "https://shop.partner.example/done";
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("klarna-stepup-haproxy-{}", std::process::id()));

@@ -12,6 +12,7 @@ mod common {
     pub mod fixtures;
     pub mod load;
     pub mod pingora_proxy;
+    pub mod ports;
     pub mod raw_http;
     pub mod return_webhook;
     pub mod tower_proxy;

@@ -17,7 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::blocking::wait_listening;
-use crate::common::pingora_proxy::{free_addr, start_pingora, PaymentApi};
+use crate::common::pingora_proxy::{start_pingora, PaymentApi};
+use crate::common::ports::free_addr;
 use crate::common::raw_http::{raw_request, RawResponse, ReqBody};
 use crate::common::return_webhook::{signature, COMPLETED, WEBHOOK_KEY};
 use klarna_stepup::pingora::StepUpProxy;

@@ -21,13 +21,7 @@ pub fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
-/// A loopback address nothing listens on (just now).
-pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+pub use crate::common::ports::free_addr;
 
 /// The `serve` child; killed if a test fails before stopping it.
 pub struct Served(pub std::process::Child);

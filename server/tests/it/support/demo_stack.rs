@@ -122,13 +122,7 @@ pub async fn start() -> DemoStack {
 /// demo's configuration file and keys (what `./x demo` runs, in two processes); free ports;
 /// returns once the shop answers through the proxy.
 pub async fn start_binary() -> DemoStack {
-    let port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port()
-    };
-    let proxy = port();
+    let proxy = crate::common::ports::free_addr().port();
     let proxy_url = format!("http://127.0.0.1:{proxy}");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
