@@ -139,8 +139,19 @@ impl Activity {
 
     /// A connection's record; `budget` bounds its HTTP/2 client's resets.
     pub(crate) fn with_budget(budget: ResetBudget) -> Arc<Self> {
+        Self::since(Instant::now(), budget)
+    }
+
+    /// The record of a connection served again after a wait without a task (parked in the
+    /// worker's lot): quiet since its last answer's end, `quiet_since`, so that its next
+    /// head is due as it was (see [`Activity::head_due`]).
+    pub(crate) fn resumed(quiet_since: Instant) -> Arc<Self> {
+        Self::since(quiet_since.min(Instant::now()), ResetBudget::default())
+    }
+
+    fn since(born: Instant, budget: ResetBudget) -> Arc<Self> {
         Arc::new(Activity {
-            born: Instant::now(),
+            born,
             reads: AtomicU32::new(0),
             reads_at_answer: AtomicU32::new(0),
             begun: AtomicU32::new(0),
@@ -235,11 +246,6 @@ impl Activity {
         self.reads.load(Relaxed)
     }
 
-    /// Requests begun, over the socket's life.
-    pub(crate) fn begun(&self) -> u32 {
-        self.begun.load(Relaxed)
-    }
-
     /// When the connection went idle: the end of its last answer, with nothing read since,
     /// nothing in flight and nothing waiting to be written; `Err` with when to look again
     /// (at `now + every`, or when the last answer is `after` old).
@@ -277,7 +283,8 @@ impl Activity {
     }
 
     /// When an HTTP/1 connection's next head is due: `timeout` after the connection's start
-    /// or its last answer's end (once its last bytes went out); `None` while an exchange is
+    /// (see [`Activity::resumed`]) or its last answer's end (once its last bytes went out),
+    /// whichever was last; `None` while an exchange is
     /// in flight or bytes of an answer wait to be taken (a client that takes none of them
     /// is closed as [`stalled`](Self::stalled) instead).
     pub(crate) fn head_due(&self, timeout: Duration) -> Option<Instant> {

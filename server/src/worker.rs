@@ -598,7 +598,7 @@ impl Conn {
     ) {
         let Some(acceptor) = &self.tls else {
             let io = Seen::new(stream, Activity::new());
-            tokio::spawn(serve_http1(self.clone(), io, stop, watcher, permit, None));
+            tokio::spawn(serve_http1(self.clone(), io, stop, watcher, permit));
             return;
         };
         tokio::spawn(
@@ -612,16 +612,12 @@ impl Conn {
         let Ok(stream) = tokio::net::TcpStream::from_std(parked.stream) else {
             return;
         };
-        let io = Seen::new(stream, Activity::new());
-        let head_by = Some(parked.head_by);
-        tokio::spawn(serve_http1(
-            self.clone(),
-            io,
-            stop,
-            watcher,
-            parked.permit,
-            head_by,
-        ));
+        // Its last answer's end (the lot's deadline is an idle timeout after it).
+        let quiet_since = parked.head_by.checked_sub(self.idle_timeout);
+        let activity = Activity::resumed(quiet_since.unwrap_or(parked.head_by));
+        let io = Seen::new(stream, activity);
+        let permit = parked.permit;
+        tokio::spawn(serve_http1(self.clone(), io, stop, watcher, permit));
     }
 
     /// How long a plain HTTP/1 connection sits idle after an answer before its task lets go
@@ -638,20 +634,11 @@ impl Conn {
     }
 
     /// When a served HTTP/1 connection is looked at next: at `at` (a [`Conn::park_after`]
-    /// from now without one), or sooner when its head is due (`head_by`, kept since before
-    /// its hyper connection was let go of, or [`Activity::head_due`]).
-    fn next_look(
-        &self,
-        activity: &Activity,
-        at: Option<Instant>,
-        head_by: Option<Instant>,
-    ) -> tokio::time::Instant {
+    /// from now without one), or sooner when its head is due ([`Activity::head_due`]).
+    fn next_look(&self, activity: &Activity, at: Option<Instant>) -> tokio::time::Instant {
         let at = at.unwrap_or_else(|| Instant::now() + self.park_after());
-        [head_by, activity.head_due(self.idle_timeout)]
-            .into_iter()
-            .flatten()
-            .fold(at, Instant::min)
-            .into()
+        let due = activity.head_due(self.idle_timeout);
+        due.map_or(at, |due| due.min(at)).into()
     }
 
     /// Counts a connection closed for what its client did.
@@ -692,7 +679,7 @@ impl Conn {
         let idle_timeout = self.idle_timeout;
         Box::pin(async move {
             let _permit = permit;
-            drain(served, activity, reads, watcher, idle_timeout, None).await;
+            drain(served, activity, reads, watcher, idle_timeout).await;
         })
     }
 
@@ -717,15 +704,7 @@ impl Conn {
             serve_h2(Box::new(conn), stop, activity, watcher, permit, &self).await;
         } else {
             // As a plain connection, but in this task while idle (rustls' state stays).
-            serve_http1(
-                self,
-                Seen::new(stream, activity),
-                stop,
-                watcher,
-                permit,
-                None,
-            )
-            .await;
+            serve_http1(self, Seen::new(stream, activity), stop, watcher, permit).await;
         }
     }
 }
@@ -835,8 +814,9 @@ fn socket_alone<T: Transport>(io: Seen<T>) -> Result<tokio::net::TcpStream, Seen
 /// connection (see [`crate::idle`]) and waits on the socket alone; a request that comes is
 /// served by a new hyper connection. Idle until [`Conn::lot_after`], a plain connection parks
 /// its socket in the worker's [`Lot`] and ends. When the socket turns readable, the worker
-/// serves it with a new task (`head_by`: its head due by the same deadline as before, the
-/// exchange's end plus the idle timeout); when that passes, or the worker stops, it closes
+/// serves it with a new task (its head due by the same deadline as before, the exchange's
+/// end plus the idle timeout: see [`Activity::resumed`]); when that passes, or the worker
+/// stops, it closes
 /// (as hyper closes its idle connections). A TLS connection waits in its task until then
 /// (see [`Transport`]); when the worker stops, it gets the time a connection that has sent
 /// nothing yet gets to send a request (see [`drain`]).
@@ -859,7 +839,6 @@ fn serve_http1<T: Transport>(
     mut stop: watch::Receiver<bool>,
     watcher: Watcher,
     permit: Option<OwnedSemaphorePermit>,
-    mut head_by: Option<Instant>,
 ) -> impl Future<Output = ()> + Send {
     // An `async` block rather than an `async fn`: an `async fn` keeps its arguments twice in
     // its state, as it received them and as its locals.
@@ -878,18 +857,13 @@ fn serve_http1<T: Transport>(
             }
         };
         tokio::pin!(check, stopped);
-        // `head_by`, once a hyper connection has been let go: when the next head is due, until
-        // one comes (hyper's own bound is for the heads after it, from each answer's end).
         loop {
             // What this hyper connection reads, the drain looks for.
             let reads = activity.reads();
-            let begun = activity.begun();
             let mut served = Box::new(conn.http1_connection(io));
             // The next look: whether it went idle, whether the head came in time, whether the
             // client stopped reading.
-            check
-                .as_mut()
-                .reset(conn.next_look(&activity, None, head_by));
+            check.as_mut().reset(conn.next_look(&activity, None));
             let mut parkable = true;
             // Whether `check` and `stopped` were polled since they were set: they then hold
             // this task's waker, and are only looked at (a poll at every wake-up costs more
@@ -927,36 +901,23 @@ fn serve_http1<T: Transport>(
                     conn.closed(Closed::Stalled);
                     return;
                 }
-                if let Some(by) = head_by {
-                    if activity.begun() != begun {
-                        head_by = None;
-                    } else if Instant::now() >= by {
-                        // No head in time since the last answer before the connection was let
-                        // go of (closed without a word, as hyper closes a connection it kept).
-                        return;
-                    }
-                }
                 if activity
                     .head_due(conn.idle_timeout)
                     .is_some_and(|due| Instant::now() >= due)
                 {
                     // No complete head within the idle timeout of the connection's start or
                     // the last answer's end: a client sending nothing, or a head a few bytes
-                    // at a time.
+                    // at a time (closed without a word, as hyper's own timer closed it).
                     return;
                 }
                 if !parkable {
                     // Closing after its exchange: still looked at, for a client that stops
                     // reading.
-                    check
-                        .as_mut()
-                        .reset(conn.next_look(&activity, None, head_by));
+                    check.as_mut().reset(conn.next_look(&activity, None));
                     continue;
                 }
                 match activity.idle_since(Instant::now(), conn.park_after()) {
-                    Err(at) => check
-                        .as_mut()
-                        .reset(conn.next_look(&activity, Some(at), head_by)),
+                    Err(at) => check.as_mut().reset(conn.next_look(&activity, Some(at))),
                     Ok(_) => {
                         // hyper polled once more first: whatever it has not seen yet (a
                         // request's body given up, which closes its reading) it sees now,
@@ -969,9 +930,7 @@ fn serve_http1<T: Transport>(
                         let at = match activity.idle_since(Instant::now(), conn.park_after()) {
                             Ok(at) => at,
                             Err(at) => {
-                                check
-                                    .as_mut()
-                                    .reset(conn.next_look(&activity, Some(at), head_by));
+                                check.as_mut().reset(conn.next_look(&activity, Some(at)));
                                 continue;
                             }
                         };
@@ -990,10 +949,8 @@ fn serve_http1<T: Transport>(
             };
             let Some(idle_since) = idle_since else {
                 // The drain's state (its timer, the watched connection) on the heap too.
-                // A connection served again from the lot keeps its first head's deadline.
-                let head_by = head_by.filter(|_| activity.begun() == begun);
                 let idle = conn.idle_timeout;
-                return Box::pin(drain(*served, activity, reads, watcher, idle, head_by)).await;
+                return Box::pin(drain(*served, activity, reads, watcher, idle)).await;
             };
             // The rest of hyper's connection (its service, and the box it was in) goes here.
             let hyper::server::conn::http1::Parts {
@@ -1002,8 +959,8 @@ fn serve_http1<T: Transport>(
                 ..
             } = unbox(served).into_parts();
             io = parked.into_inner();
+            // When the next head is due (what `Activity::head_due` says of an idle connection).
             let by = idle_since + conn.idle_timeout;
-            head_by = Some(by);
             if read_buf.is_empty() {
                 drop(read_buf);
                 // The task waits on the socket a while: a client that comes back soon is
@@ -1032,10 +989,9 @@ fn serve_http1<T: Transport>(
                         Woke::Stopped => true,
                         Woke::Look => false,
                     };
-                    // `head_by` rather than `by`: one deadline kept across the wait, not two.
-                    let Some(by) = head_by.filter(|&by| Instant::now() < by) else {
+                    if Instant::now() >= by {
                         return io.io.close();
-                    };
+                    }
                     io = match socket_alone(io) {
                         Ok(socket) => return conn.lot.park(socket, permit, by),
                         Err(io) => io,
@@ -1206,25 +1162,15 @@ fn unbox<T>(b: Box<T>) -> T {
 /// waits for every connection); a connection is watched only from then on, as
 /// `GracefulConnection` is sealed and cannot be wrapped to wait for the first bytes itself.
 /// A head still not complete `idle_timeout` after the connection's start or its last
-/// answer's end closes it, as while it was served (see [`Activity::head_due`]); so does
-/// the first head of a connection served again from the lot still not complete by
-/// `head_by`.
+/// answer's end closes it, as while it was served (see [`Activity::head_due`]).
 async fn drain<C: GracefulConnection + Unpin>(
     mut conn: C,
     activity: Arc<Activity>,
     reads: u32,
     watcher: Watcher,
     idle_timeout: Duration,
-    head_by: Option<Instant>,
 ) {
-    let begun = activity.begun();
-    let due = || {
-        let head_by = head_by.filter(|_| activity.begun() == begun);
-        [head_by, activity.head_due(idle_timeout)]
-            .into_iter()
-            .flatten()
-            .min()
-    };
+    let due = || activity.head_due(idle_timeout);
     // Polled on: hyper reads the first bytes as they come (and answers them).
     let first_bytes = std::future::poll_fn(|cx| {
         if Pin::new(&mut conn).poll(cx).is_ready() {
@@ -1514,7 +1460,6 @@ mod tests {
                 io,
                 stop.clone(),
                 graceful.watcher(),
-                None,
                 None,
             ));
             // The worker's part: parked connections that turn readable are served.
@@ -2869,7 +2814,6 @@ mod tests {
             Seen::new(stream, Activity::new()),
             stop,
             graceful.watcher(),
-            None,
             None,
         );
         let task_size = std::mem::size_of_val(&task);
