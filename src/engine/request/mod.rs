@@ -1055,6 +1055,32 @@ mod tests {
     const HOSTILE: &str =
         r#""step_up_config":{"customer_interaction_config":{"return_url":"javascript:alert(1)"}}"#;
 
+    /// A fork is the same engine with a reference count of its own: it rewrites and refuses
+    /// as the engine it came from.
+    #[test]
+    fn a_fork_shares_no_count_and_reads_alike() {
+        let e = engine(
+            "[return_url_policy]\nallowed_hosts = [\"*.partner.example\"]\n\
+             [partner_fields]\nidempotency_header = \"Idempotency-Key\"\n",
+        );
+        let fork = e.fork();
+        assert!(!std::sync::Arc::ptr_eq(&e.inner, &fork.inner));
+        let hostile = format!(r#"{{"payment_method":"klarna",{HOSTILE}}}"#);
+        let bodies = [
+            br#"{"payment_method":"klarna","return_url":"https://shop.partner.example/done"}"#
+                .as_slice(),
+            br#"{"payment_method":"card"}"#,
+            hostile.as_bytes(),
+            b"[]",
+        ];
+        for body in bodies {
+            assert_eq!(
+                format!("{:?}", verdict(&e, body)),
+                format!("{:?}", verdict(&fork, body))
+            );
+        }
+    }
+
     #[test]
     fn bodies_not_read_strictly_are_refused() {
         let e = engine("");

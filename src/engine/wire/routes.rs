@@ -8,7 +8,7 @@ use http::Method;
 
 use crate::config::Problems;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(in crate::engine) struct RoutePattern {
     method: Method,
     pub(in crate::engine) pattern: String,
