@@ -284,9 +284,9 @@ impl Activity {
 
     /// When an HTTP/1 connection's next head is due: `timeout` after the connection's start
     /// (see [`Activity::resumed`]) or its last answer's end (once its last bytes went out),
-    /// whichever was last; `None` while an exchange is
-    /// in flight or bytes of an answer wait to be taken (a client that takes none of them
-    /// is closed as [`stalled`](Self::stalled) instead).
+    /// whichever was last; `None` while an exchange is in flight or bytes of an answer wait
+    /// to be taken (a client that takes none of them is closed as
+    /// [`stalled`](Self::stalled) instead).
     pub(crate) fn head_due(&self, timeout: Duration) -> Option<Instant> {
         if self.blocked_since.load(Relaxed) != 0 {
             return None;

@@ -614,7 +614,8 @@ impl Conn {
         let Ok(stream) = tokio::net::TcpStream::from_std(parked.stream) else {
             return;
         };
-        // Its last answer's end (the lot's deadline is an idle timeout after it).
+        // Its last answer's end: the lot's deadline is an idle timeout after it (so the
+        // subtraction cannot fail; were it to, the head would be due an idle timeout late).
         let quiet_since = parked.head_by.checked_sub(self.idle_timeout);
         let activity = Activity::resumed(quiet_since.unwrap_or(parked.head_by));
         let io = Seen::new(stream, activity);
@@ -818,10 +819,9 @@ fn socket_alone<T: Transport>(io: Seen<T>) -> Result<tokio::net::TcpStream, Seen
 /// its socket in the worker's [`Lot`] and ends. When the socket turns readable, the worker
 /// serves it with a new task (its head due by the same deadline as before, the exchange's
 /// end plus the idle timeout: see [`Activity::resumed`]); when that passes, or the worker
-/// stops, it closes
-/// (as hyper closes its idle connections). A TLS connection waits in its task until then
-/// (see [`Transport`]); when the worker stops, it gets the time a connection that has sent
-/// nothing yet gets to send a request (see [`drain`]).
+/// stops, it closes (as hyper closes its idle connections). A TLS connection waits in its
+/// task until then (see [`Transport`]); when the worker stops, it gets the time a
+/// connection that has sent nothing yet gets to send a request (see [`drain`]).
 ///
 /// hyper's connection, polled once more, is told to shut down and polled once without the
 /// shutdown: an idle one ends at once and hands back the socket and any bytes it read and
