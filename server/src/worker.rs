@@ -397,8 +397,8 @@ impl Shared {
             balancer: self.balancer.clone(),
             metrics: self.metrics.clone(),
         }));
-        // The worker's own engine: a clone would share its reference count, which every
-        // request touches, with the other workers' cores.
+        // The engine through a reference count of the worker's own: a clone would share its
+        // count, which every request touches, with the other workers' cores.
         let mut stack =
             KlarnaStepUp::new(forward, self.step_up.fork()).buffer_budget(self.budget.clone());
         let (metrics, telemetry) = (self.metrics.clone(), self.telemetry.clone());

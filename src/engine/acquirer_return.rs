@@ -44,7 +44,6 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// The validated return endpoint.
-#[derive(Clone)]
 pub(crate) struct ReturnEndpoint {
     pub base: String,
     pub path: String,

@@ -550,7 +550,7 @@ pub(super) fn iso_duration_secs(s: &str) -> Option<u64> {
 }
 
 /// A piece of the partner `redirect_url` template.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) enum TemplatePart {
     Literal(String),
     Url,

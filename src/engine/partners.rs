@@ -78,14 +78,13 @@ pub(crate) enum PartnerRef {
 }
 
 /// Where the partner's identity is read.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Source {
     Header(HeaderName),
     PathParam(String),
 }
 
 /// The compiled `[partners]`.
-#[derive(Clone)]
 pub(crate) struct Partners {
     pub source: Source,
     /// Where the identity is read, as configured, for refusals: the header, or `{param}`.
@@ -96,7 +95,6 @@ pub(crate) struct Partners {
 }
 
 /// One partner's effective policy (what its entry leaves out is the global one).
-#[derive(Clone)]
 pub(crate) struct Policy {
     pub urls: ReturnUrlPolicy,
     /// What step-up does for the partner's requests (its entry's `mode`, else the global).

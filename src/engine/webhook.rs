@@ -50,7 +50,6 @@ pub mod relay_headers {
 }
 
 /// The validated webhook settings.
-#[derive(Clone)]
 pub(crate) struct Webhooks {
     pub path: String,
     pub relay_path: String,

@@ -1055,7 +1055,7 @@ mod tests {
     const HOSTILE: &str =
         r#""step_up_config":{"customer_interaction_config":{"return_url":"javascript:alert(1)"}}"#;
 
-    /// A fork is the same engine with a reference count of its own: it rewrites and refuses
+    /// A fork is the same engine behind a reference count of its own: it rewrites and refuses
     /// as the engine it came from.
     #[test]
     fn a_fork_shares_no_count_and_reads_alike() {
@@ -1065,6 +1065,7 @@ mod tests {
         );
         let fork = e.fork();
         assert!(!std::sync::Arc::ptr_eq(&e.inner, &fork.inner));
+        assert!(std::sync::Arc::ptr_eq(&e.inner.0, &fork.inner.0));
         let hostile = format!(r#"{{"payment_method":"klarna",{HOSTILE}}}"#);
         let bodies = [
             br#"{"payment_method":"klarna","return_url":"https://shop.partner.example/done"}"#

@@ -8,7 +8,7 @@ use http::Method;
 
 use crate::config::Problems;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(in crate::engine) struct RoutePattern {
     method: Method,
     pub(in crate::engine) pattern: String,
