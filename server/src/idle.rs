@@ -46,8 +46,8 @@ pub(crate) struct Activity {
     reads: AtomicU32,
     /// `reads` when the last exchange ended.
     reads_at_answer: AtomicU32,
-    /// Requests begun, over the socket's life.
-    begun: AtomicU32,
+    /// Whether a request has begun, over the socket's life.
+    begun: AtomicBool,
     /// Halves of exchanges not yet ended: a request's body until it is read to its end or
     /// let go, its answer's body until hyper lets go of it (with the end written, or not).
     in_flight: AtomicU32,
@@ -146,7 +146,7 @@ impl Activity {
     /// worker's lot): quiet since its last answer's end, `quiet_since`, so that its next
     /// head is due as it was (see [`Activity::head_due`]).
     pub(crate) fn resumed(quiet_since: Instant) -> Arc<Self> {
-        Self::since(quiet_since.min(Instant::now()), ResetBudget::default())
+        Self::since(quiet_since, ResetBudget::default())
     }
 
     fn since(born: Instant, budget: ResetBudget) -> Arc<Self> {
@@ -154,7 +154,7 @@ impl Activity {
             born,
             reads: AtomicU32::new(0),
             reads_at_answer: AtomicU32::new(0),
-            begun: AtomicU32::new(0),
+            begun: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             answered_at: AtomicU64::new(0),
             blocked_since: AtomicU64::new(0),
@@ -231,7 +231,7 @@ impl Activity {
     /// messages, whatever else it says: an answer can end before its request's body (a
     /// payment API that answers early), and bytes of that body are not the next request.
     pub(crate) fn begin(self: &Arc<Self>) -> (InFlight, InFlight) {
-        self.begun.fetch_add(1, Relaxed);
+        self.begun.store(true, Relaxed);
         self.in_flight.fetch_add(2, Relaxed);
         let half = || InFlight {
             activity: self.clone(),
@@ -250,7 +250,7 @@ impl Activity {
     /// nothing in flight and nothing waiting to be written; `Err` with when to look again
     /// (at `now + every`, or when the last answer is `after` old).
     pub(crate) fn idle_since(&self, now: Instant, after: Duration) -> Result<Instant, Instant> {
-        let busy = self.begun.load(Relaxed) == 0
+        let busy = !self.begun.load(Relaxed)
             || self.in_flight.load(Relaxed) != 0
             || self.reads.load(Relaxed) != self.reads_at_answer.load(Relaxed)
             || self.blocked_since.load(Relaxed) != 0;

@@ -40,12 +40,16 @@ pub(crate) struct Parked {
     pub(crate) stream: std::net::TcpStream,
     /// Its place among the worker's connections (see `Shared::connections` in `worker`).
     pub(crate) permit: Option<OwnedSemaphorePermit>,
-    /// When its next request's head is due: the last exchange's end plus the idle timeout.
-    pub(crate) head_by: Instant,
+    /// Its last answer's end: its next request's head is due an idle timeout after it.
+    pub(crate) quiet_since: Instant,
 }
 
 /// One worker's parked connections (one thread uses it: the lock is never contended).
-pub(crate) struct Lot(Mutex<Inner>);
+pub(crate) struct Lot {
+    inner: Mutex<Inner>,
+    /// How long after its last answer's end a parked connection closes.
+    idle_timeout: Duration,
+}
 
 struct Inner {
     /// The lot's epoll instance, registered with the worker's runtime.
@@ -72,14 +76,15 @@ struct Inner {
 const EVENTS: usize = 256;
 
 impl Lot {
-    /// An empty lot on the current runtime.
-    pub(crate) fn new() -> io::Result<Self> {
+    /// An empty lot on the current runtime, whose connections close `idle_timeout` after
+    /// their last answer's end.
+    pub(crate) fn new(idle_timeout: Duration) -> io::Result<Self> {
         // Deprecated for any `AsRawFd` whose descriptor might change or close under it (the
         // replacement is `unsafe`, which this crate forbids); `mio::Poll` owns its epoll
         // descriptor for its whole life and always gives that one.
         #[allow(deprecated)]
         let epoll = AsyncFd::with_interest(mio::Poll::new()?, tokio::io::Interest::READABLE)?;
-        Ok(Lot(Mutex::new(Inner {
+        let inner = Mutex::new(Inner {
             epoll,
             events: Events::with_capacity(EVENTS),
             parked: Slab::new(),
@@ -89,25 +94,31 @@ impl Lot {
             armed: None,
             waker: None,
             closed: false,
-        })))
+        });
+        Ok(Lot {
+            inner,
+            idle_timeout,
+        })
     }
 
     /// The lot's state, even if a panic poisoned the lock: a lot that stopped working would
     /// hold its connections, and their places, for good.
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.0
+        self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Parks `stream` until it turns readable or `head_by` passes; closes it at once if the
-    /// worker has stopped (an idle connection closes then) or it cannot be watched.
+    /// Parks `stream`, quiet since `quiet_since` (its last answer's end), until it turns
+    /// readable or its next head is due (an idle timeout after that); closes it at once if
+    /// the worker has stopped (an idle connection closes then) or it cannot be watched.
     pub(crate) fn park(
         &self,
         stream: tokio::net::TcpStream,
         permit: Option<OwnedSemaphorePermit>,
-        head_by: Instant,
+        quiet_since: Instant,
     ) {
+        let head_by = quiet_since + self.idle_timeout;
         let Ok(stream) = stream.into_std() else {
             return;
         };
@@ -129,14 +140,15 @@ impl Lot {
         entry.insert(Parked {
             stream,
             permit,
-            head_by,
+            quiet_since,
         });
         inner.due.push(Reverse((head_by, key)));
         if inner.due.len() > 2 * inner.parked.len() + 64 {
+            let timeout = self.idle_timeout;
             inner.due = inner
                 .parked
                 .iter()
-                .map(|(key, p)| Reverse((p.head_by, key)))
+                .map(|(key, p)| Reverse((p.quiet_since + timeout, key)))
                 .collect();
         }
         if inner.armed.is_none_or(|at| head_by < at) {
@@ -197,7 +209,11 @@ impl Lot {
                 break;
             }
             inner.due.pop();
-            if inner.parked.get(key).is_some_and(|p| p.head_by <= now) {
+            if inner
+                .parked
+                .get(key)
+                .is_some_and(|p| p.quiet_since + self.idle_timeout <= now)
+            {
                 // Closed (and out of the epoll instance with its last descriptor).
                 inner.parked.remove(key);
             }
@@ -284,19 +300,20 @@ mod tests {
         from.elapsed()
     }
 
-    /// A connection parked after another with a later deadline closes at its own: the
-    /// worker, waiting for the later one, is woken to wait for it.
+    /// A connection parked after another with a later deadline closes at its own (an idle
+    /// timeout after its last answer's end): the worker, waiting for the later one, is
+    /// woken to wait for it.
     #[tokio::test]
     async fn each_parked_connection_closes_at_its_own_deadline() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let lot = Arc::new(Lot::new().unwrap());
+        let lot = Arc::new(Lot::new(Duration::from_secs(3)).unwrap());
         let _ready = watched(&lot);
         let (mut late, served) = pair(&listener).await;
-        lot.park(served, None, Instant::now() + Duration::from_secs(3));
+        lot.park(served, None, Instant::now());
         // The worker waits for the 3 s deadline.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (mut early, served) = pair(&listener).await;
-        lot.park(served, None, Instant::now() + Duration::from_millis(300));
+        lot.park(served, None, Instant::now() - Duration::from_millis(2700));
         let at = closed_after(&mut early).await;
         assert!(
             at >= Duration::from_millis(250) && at < Duration::from_millis(1000),
@@ -314,29 +331,29 @@ mod tests {
     #[tokio::test]
     async fn a_readable_connection_is_handed_back_as_it_was_parked() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let lot = Arc::new(Lot::new().unwrap());
+        let lot = Arc::new(Lot::new(Duration::from_secs(60)).unwrap());
         let mut ready = watched(&lot);
         let (mut client, mut served) = pair(&listener).await;
-        let head_by = Instant::now() + Duration::from_secs(60);
+        let quiet_since = Instant::now();
         for round in 0..500u32 {
-            lot.park(served, None, head_by);
+            lot.park(served, None, quiet_since);
             assert_eq!(lot.len(), 1);
             client.write_all(&round.to_be_bytes()).await.unwrap();
             let p = tokio::time::timeout(Duration::from_secs(5), ready.recv())
                 .await
                 .expect("handed back in time")
                 .unwrap();
-            assert_eq!(p.head_by, head_by);
+            assert_eq!(p.quiet_since, quiet_since);
             assert_eq!(lot.len(), 0);
             served = TcpStream::from_std(p.stream).unwrap();
             let mut buf = [0u8; 4];
             served.read_exact(&mut buf).await.unwrap();
             assert_eq!(u32::from_be_bytes(buf), round);
         }
-        let due = lot.0.lock().unwrap().due.len();
+        let due = lot.lock().due.len();
         assert!(due <= 64 + 1, "{due} deadlines kept for nothing parked");
 
-        lot.park(served, None, head_by);
+        lot.park(served, None, quiet_since);
         drop(client);
         let p = tokio::time::timeout(Duration::from_secs(5), ready.recv())
             .await
@@ -351,13 +368,13 @@ mod tests {
     #[tokio::test]
     async fn a_closed_lot_closes_what_it_holds_and_what_comes() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let lot = Lot::new().unwrap();
-        let head_by = Instant::now() + Duration::from_secs(60);
+        let lot = Lot::new(Duration::from_secs(60)).unwrap();
+        let quiet_since = Instant::now();
         let (mut before, served) = pair(&listener).await;
-        lot.park(served, None, head_by);
+        lot.park(served, None, quiet_since);
         lot.close();
         let (mut after, served) = pair(&listener).await;
-        lot.park(served, None, head_by);
+        lot.park(served, None, quiet_since);
         assert_eq!(lot.len(), 0);
         assert!(closed_after(&mut before).await < Duration::from_secs(1));
         assert!(closed_after(&mut after).await < Duration::from_secs(1));

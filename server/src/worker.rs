@@ -582,7 +582,7 @@ impl Conn {
             http2,
             tls: shared.tls.clone(),
             idle_timeout: shared.idle_timeout,
-            lot: Lot::new()?,
+            lot: Lot::new(shared.idle_timeout)?,
             metrics: shared.metrics.clone(),
             h2_resets: shared.h2_resets,
         })
@@ -614,11 +614,7 @@ impl Conn {
         let Ok(stream) = tokio::net::TcpStream::from_std(parked.stream) else {
             return;
         };
-        // Its last answer's end: the lot's deadline is an idle timeout after it (so the
-        // subtraction cannot fail; were it to, the head would be due an idle timeout late).
-        let quiet_since = parked.head_by.checked_sub(self.idle_timeout);
-        let activity = Activity::resumed(quiet_since.unwrap_or(parked.head_by));
-        let io = Seen::new(stream, activity);
+        let io = Seen::new(stream, Activity::resumed(parked.quiet_since));
         let permit = parked.permit;
         tokio::spawn(serve_http1(self.clone(), io, stop, watcher, permit));
     }
@@ -961,8 +957,8 @@ fn serve_http1<T: Transport>(
                 ..
             } = unbox(served).into_parts();
             io = parked.into_inner();
-            // When the next head is due (what `Activity::head_due` says of an idle connection).
-            let by = idle_since + conn.idle_timeout;
+            // The next head is due an idle timeout after `idle_since` (what
+            // `Activity::head_due` says of an idle connection).
             if read_buf.is_empty() {
                 drop(read_buf);
                 // The task waits on the socket a while: a client that comes back soon is
@@ -973,7 +969,7 @@ fn serve_http1<T: Transport>(
                 // TLS connection waits on until its deadline.
                 check
                     .as_mut()
-                    .reset(by.min(idle_since + conn.lot_after()).into());
+                    .reset((idle_since + conn.idle_timeout.min(conn.lot_after())).into());
                 loop {
                     let woke = std::future::poll_fn(|cx| {
                         if io.io.poll_sent(cx).is_ready() {
@@ -991,11 +987,11 @@ fn serve_http1<T: Transport>(
                         Woke::Stopped => true,
                         Woke::Look => false,
                     };
-                    if Instant::now() >= by {
+                    if Instant::now() >= idle_since + conn.idle_timeout {
                         return io.io.close();
                     }
                     io = match socket_alone(io) {
-                        Ok(socket) => return conn.lot.park(socket, permit, by),
+                        Ok(socket) => return conn.lot.park(socket, permit, idle_since),
                         Err(io) => io,
                     };
                     if stopping {
@@ -1004,7 +1000,9 @@ fn serve_http1<T: Transport>(
                         tokio::spawn(conn.late_first_bytes(io, watcher, permit));
                         return;
                     }
-                    check.as_mut().reset(by.into());
+                    check
+                        .as_mut()
+                        .reset((idle_since + conn.idle_timeout).into());
                 }
             } else {
                 // hyper waits for bytes only once it has read all of `unread`.
