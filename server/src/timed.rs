@@ -45,8 +45,10 @@ pin_project_lite::pin_project! {
         inner: B,
         timeout: Duration,
         // The whole body's deadline: a client that sends a byte just within each timeout
-        // cannot hold its connection (and the budget its bytes take) for ever.
-        until: Instant,
+        // cannot hold its connection (and the budget its bytes take) for ever. `None` for a
+        // body that had ended when it came (a `GET`'s: no clock read for it).
+        until: Option<Instant>,
+        whole: Duration,
         // Boxed: the body stays `Unpin`, and a body that never
         // waits (most: they come with the head) allocates nothing.
         sleep: Option<Pin<Box<Sleep>>>,
@@ -55,11 +57,16 @@ pin_project_lite::pin_project! {
 
 impl<B> Timed<B> {
     /// `inner`, each wait at most `timeout`, all of it within `whole` from now.
-    pub(crate) fn new(inner: B, timeout: Duration, whole: Duration) -> Self {
+    pub(crate) fn new(inner: B, timeout: Duration, whole: Duration) -> Self
+    where
+        B: Body,
+    {
+        let until = (!inner.is_end_stream()).then(|| Instant::now() + whole);
         Timed {
             inner,
             timeout,
-            until: Instant::now() + whole,
+            until,
+            whole,
             sleep: None,
         }
     }
@@ -84,10 +91,13 @@ where
         }
         // Armed when the body first waits, cleared by the next frame: each wait has its own
         // deadline, never later than the whole body's.
-        let (timeout, until) = (*this.timeout, *this.until);
-        let deadline = this
-            .sleep
-            .get_or_insert_with(|| Box::pin(sleep_until((Instant::now() + timeout).min(until))));
+        let (timeout, whole) = (*this.timeout, *this.whole);
+        let deadline = this.sleep.get_or_insert_with(|| {
+            let now = Instant::now();
+            // A body that said it had ended and waits after all is given its whole from now.
+            let until = *this.until.get_or_insert(now + whole);
+            Box::pin(sleep_until((now + timeout).min(until)))
+        });
         ready!(deadline.as_mut().poll(cx));
         Poll::Ready(Some(Err(Box::new(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -101,5 +111,70 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body whose next byte comes `every` after it is asked for, for ever.
+    struct Trickle {
+        every: Duration,
+        next: Option<Pin<Box<Sleep>>>,
+    }
+
+    impl Body for Trickle {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            let every = self.every;
+            let next = self
+                .next
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+            ready!(next.as_mut().poll(cx));
+            self.next = None;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
+        }
+    }
+
+    /// A body whose every byte comes within the timeout ends, in error, at the whole
+    /// body's deadline, counted from when it came (not from when it was first read); one that had ended when it came is read
+    /// to its end.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickle_within_each_timeout_ends_at_the_whole_deadline() {
+        use http_body_util::BodyExt;
+        let (timeout, whole) = (Duration::from_secs(1), Duration::from_secs(5));
+        let start = Instant::now();
+        let trickle = Trickle {
+            every: Duration::from_millis(900),
+            next: None,
+        };
+        let mut body = std::pin::pin!(Timed::new(trickle, timeout, whole));
+        // Read a while after it came, as a service that looks at the head first does.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut bytes = 0;
+        let end = tokio::time::timeout(whole * 2, async {
+            loop {
+                match body.frame().await {
+                    Some(Ok(_)) => bytes += 1,
+                    Some(Err(e)) => return e,
+                    None => unreachable!("a trickle does not end"),
+                }
+            }
+        })
+        .await
+        .expect("ended by the whole body's deadline");
+        assert!(BodyTimeout::caused(&*end), "{end}");
+        assert_eq!(start.elapsed(), whole);
+        assert_eq!(bytes, 5);
+
+        let ended = Timed::new(http_body_util::Empty::<Bytes>::new(), timeout, whole);
+        assert!(ended.until.is_none(), "no clock read for it");
+        assert!(ended.collect().await.unwrap().to_bytes().is_empty());
     }
 }
