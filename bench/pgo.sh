@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The proxy binary built with profile-guided optimisation (PGO): the production profile,
+# compiled once with instrumentation, run against a training load on loopback, and compiled
+# again with the counts it took (which branches are taken, which calls are hot), so that the
+# compiler lays out and inlines the request path as it runs. Same source, same behaviour,
+# same tests; only the machine code's layout differs.
+#
+#   bench/pgo.sh          (or ./x pgo)   ->  <target>/pgo/klarna-stepup
+#
+# The training load, against the peer harness's upstream (nginx, bench/peer/upstream.conf:
+# `/health`, and `/payments` answered with Klarna's STEP_UP_REQUIRED): plain HTTP/1 `GET`
+# and Klarna `POST` (wrk), the same over TLS (wrk), and over HTTP/2 with TLS (h2load), and a
+# `POST` passed through (a route that is not a candidate), each bounded in time or count. A path the load does not take is compiled as rarely run: the
+# load takes every protocol the proxy serves, and the Klarna rewrite both ways.
+#
+# Needs llvm-profdata of the LLVM rustc is built with (rustc -vV): the rustup component
+# llvm-tools, or Debian's llvm-<major>, installed here when missing. Two production builds
+# in target directories of their own (a few minutes each). Env: PEER_PORT_BASE (default
+# 18080; the proxies listen on base + 18 and + 19), SECS (seconds per wrk load, default 4).
+set -euo pipefail
+die() { echo "pgo.sh: $*" >&2; exit 1; }
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+PEER=$ROOT/bench/peer
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+[[ $TARGET_DIR == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
+RUN=$TARGET_DIR/pgo
+SECS=${SECS:-4}
+[[ $SECS =~ ^[0-9]+$ ]] && (( SECS >= 1 && SECS <= 60 )) || die "SECS must be 1..60"
+BASE=${PEER_PORT_BASE:-18080}
+UP=127.0.0.1:$BASE
+PLAIN=127.0.0.1:$((BASE + 18))
+TLS=127.0.0.1:$((BASE + 19))
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+
+for t in wrk h2load nginx openssl ss; do
+  command -v "$t" >/dev/null || die "$t is missing (bench/peer/setup.sh and Debian's nghttp2-client install them)"
+done
+major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+[[ -n $major ]] || die "cannot read rustc's LLVM version (rustc -vV)"
+profdata=""
+for p in "$(rustc --print sysroot)"/lib/rustlib/*/bin/llvm-profdata "llvm-profdata-$major"; do
+  if command -v "$p" >/dev/null; then profdata=$p; break; fi
+done
+[[ -n $profdata ]] || die "no llvm-profdata for LLVM $major (rustup component add llvm-tools, or Debian's llvm-$major)"
+
+port_busy() { ss -ltnH "sport = :$1" | grep -q .; }
+for p in "$BASE" "$((BASE + 18))" "$((BASE + 19))"; do
+  port_busy "$p" && die "port $p is in use (PEER_PORT_BASE=<n> moves the harness)"
+done
+
+rm -rf "$RUN/profiles" "$RUN/upstream" "$RUN/conf"
+mkdir -p "$RUN/profiles" "$RUN/upstream/logs" "$RUN/upstream/tmp" "$RUN/conf"
+
+echo "== cargo build --profile production, instrumented ($RUN/generate)"
+(cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$RUN/profiles" \
+  CARGO_TARGET_DIR="$RUN/generate" \
+  cargo build --profile production --locked -p klarna-stepup-server --bin klarna-stepup)
+BIN=$RUN/generate/production/klarna-stepup
+
+sed -e "s/127\.0\.0\.1:18080\b/$UP/g" "$PEER/upstream.conf" > "$RUN/conf/upstream.conf"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -keyout "$RUN/conf/key.pem" -out "$RUN/conf/cert.pem" -subj /CN=localhost 2>/dev/null
+printf '[server]\nlisten = "%s"\nupstream = "%s"\n' "$PLAIN" "$UP" > "$RUN/conf/plain.toml"
+printf '[server]\nlisten = "%s"\nupstream = "%s"\n[server.tls]\ncert = "%s"\nkey = "%s"\n' \
+  "$TLS" "$UP" "$RUN/conf/cert.pem" "$RUN/conf/key.pem" > "$RUN/conf/tls.toml"
+
+UP_PID=
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  if [[ -n $UP_PID ]] && kill -0 "$UP_PID" 2>/dev/null; then kill -QUIT "$UP_PID" 2>/dev/null || true; fi
+  return 0
+}
+trap cleanup EXIT
+nginx -p "$RUN/upstream/" -c "$RUN/conf/upstream.conf" -g "worker_processes 1;" \
+  || die "the upstream nginx did not start (see $RUN/upstream/logs/error.log)"
+for _ in $(seq 50); do port_busy "$BASE" && break; sleep 0.1; done
+UP_PID=$(cat "$RUN/upstream/nginx.pid")
+
+# Each process writes its counts when it exits (a SIGTERM drains, then exits).
+for cfg in plain tls; do
+  LLVM_PROFILE_FILE="$RUN/profiles/klarna-stepup-%p.profraw" \
+    "$BIN" serve --config "$RUN/conf/$cfg.toml" > "$RUN/$cfg.log" 2>&1 &
+  PIDS+=($!)
+done
+for p in "$((BASE + 18))" "$((BASE + 19))"; do
+  for _ in $(seq 100); do port_busy "$p" && break; sleep 0.1; done
+  port_busy "$p" || die "the instrumented proxy did not come up on :$p (see $RUN/*.log)"
+done
+
+echo "== training load"
+cd "$PEER"
+for url in "http://$PLAIN" "https://$TLS"; do
+  wrk -t2 -c50 -d"${SECS}s" "$url/health" | grep -E "Requests/sec|Non-2xx|errors" || true
+  wrk -t2 -c50 -d"${SECS}s" -s post.lua "$url/payments" | grep -E "Requests/sec|Non-2xx|errors" || true
+done
+# A POST on a route that is not a candidate (passed through, body and all; the upstream
+# answers 404).
+wrk -t2 -c50 -d"${SECS}s" -s post.lua "http://$PLAIN/refunds" | grep -E "Requests/sec|errors" || true
+h2load -n 20000 -c 10 -m 10 "https://$TLS/health" | grep -E "^requests:|^status codes:" || true
+h2load -n 20000 -c 10 -m 10 -d request.json -H 'content-type: application/json' \
+  "https://$TLS/payments" | grep -E "^requests:|^status codes:" || true
+cd "$ROOT"
+for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+PIDS=()
+compgen -G "$RUN/profiles/*.profraw" >/dev/null || die "the instrumented proxy wrote no profile"
+"$profdata" merge -o "$RUN/merged.profdata" "$RUN"/profiles/*.profraw
+
+echo "== cargo build --profile production, with the profile ($RUN/use)"
+(cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$RUN/merged.profdata" \
+  CARGO_TARGET_DIR="$RUN/use" \
+  cargo build --profile production --locked -p klarna-stepup-server --bin klarna-stepup)
+install -m 0755 "$RUN/use/production/klarna-stepup" "$RUN/klarna-stepup"
+echo "== $RUN/klarna-stepup"
