@@ -34,7 +34,7 @@ TLS=127.0.0.1:$((BASE + 19))
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
-for t in wrk h2load nginx openssl ss; do
+for t in wrk h2load nginx openssl ss curl; do
   command -v "$t" >/dev/null || die "$t is missing (bench/peer/setup.sh and Debian's nghttp2-client install them)"
 done
 major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
@@ -93,16 +93,28 @@ done
 
 echo "== training load"
 cd "$PEER"
+# A load whose answers are not what the proxy serves in use would train the wrong paths.
+load() {
+  local out
+  out=$("$@" 2>&1) || die "$* failed: $out"
+  echo "$out" | grep -E "Requests/sec|^requests:|^status codes:" || true
+  if [[ $1 == h2load ]]; then
+    echo "$out" | grep -qE "^status codes: [0-9]+ 2xx, 0 3xx, 0 4xx, 0 5xx" || die "not all 2xx: $*"
+    echo "$out" | grep -qE " 0 failed, 0 errored, 0 timeout" || die "errors: $*"
+  else
+    ! echo "$out" | grep -qE "Non-2xx|Socket errors" || die "errors or non-2xx answers: $*"
+  fi
+}
 for url in "http://$PLAIN" "https://$TLS"; do
-  wrk -t2 -c50 -d"${SECS}s" "$url/health" | grep -E "Requests/sec|Non-2xx|errors" || true
-  wrk -t2 -c50 -d"${SECS}s" -s post.lua "$url/payments" | grep -E "Requests/sec|Non-2xx|errors" || true
+  load wrk -t2 -c50 -d"${SECS}s" "$url/health"
+  load wrk -t2 -c50 -d"${SECS}s" -s post.lua "$url/payments"
 done
-# A POST on a route that is not a candidate (passed through, body and all; the upstream
+load h2load -n 20000 -c 10 -m 10 "https://$TLS/health"
+load h2load -n 20000 -c 10 -m 10 -d request.json -H 'content-type: application/json' \
+  "https://$TLS/payments"
+# A POST on a route that is not a candidate, passed through, body and all (the upstream
 # answers 404).
-wrk -t2 -c50 -d"${SECS}s" -s post.lua "http://$PLAIN/refunds" | grep -E "Requests/sec|errors" || true
-h2load -n 20000 -c 10 -m 10 "https://$TLS/health" | grep -E "^requests:|^status codes:" || true
-h2load -n 20000 -c 10 -m 10 -d request.json -H 'content-type: application/json' \
-  "https://$TLS/payments" | grep -E "^requests:|^status codes:" || true
+wrk -t2 -c50 -d"${SECS}s" -s post.lua "http://$PLAIN/refunds" | grep -E "Requests/sec" || true
 cd "$ROOT"
 for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
 PIDS=()
@@ -113,5 +125,19 @@ echo "== cargo build --profile production, with the profile ($RUN/use)"
 (cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$RUN/merged.profdata" \
   CARGO_TARGET_DIR="$RUN/use" \
   cargo build --profile production --locked -p klarna-stepup-server --bin klarna-stepup)
-install -m 0755 "$RUN/use/production/klarna-stepup" "$RUN/klarna-stepup"
+BIN=$RUN/use/production/klarna-stepup
+
+echo "== the built binary serves (a GET passed through, a Klarna POST rewritten)"
+"$BIN" serve --config "$RUN/conf/plain.toml" > "$RUN/check.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do port_busy "$((BASE + 18))" && break; sleep 0.1; done
+code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$PLAIN/health") || code=none
+[[ $code == 200 ]] || die "GET /health: $code (see $RUN/check.log)"
+answer=$(curl -s -m 5 -H 'content-type: application/json' --data-binary @"$PEER/request.json" \
+  "http://$PLAIN/payments") || answer=
+[[ $answer == '{"status":"pending","redirect_url":"https://pay.klarna.com/'* ]] \
+  || die "POST /payments was not rewritten (see $RUN/check.log)"
+for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+PIDS=()
+install -m 0755 "$BIN" "$RUN/klarna-stepup"
 echo "== $RUN/klarna-stepup"
