@@ -2,14 +2,15 @@
 //!
 //! Once a connection's task has let go of hyper's connection (see `serve_http1` in `worker`
 //! and [`crate::idle`]), what is left is the socket, its place among the worker's
-//! connections and the deadline of its next head. A task waiting on the socket still costs
-//! its state (640 bytes) and tokio's registration of the socket (about 260): more than nginx
-//! keeps for a whole idle connection. So once the connection has sat idle a while longer
-//! (`Conn::lot_after` in `worker`: a client that comes back sooner is served without the
-//! move), the task hands the socket to the worker's [`Lot`] and ends: an epoll instance of
-//! the lot's own (mio's), which the worker's loop watches through one tokio registration,
-//! and the deadlines in a heap. A parked connection then costs its entry here and its
-//! deadline (64 bytes) and the kernel's socket.
+//! connections and when its last answer ended (its next head is due an idle timeout after
+//! that). A task waiting on the socket still costs its state (640 bytes) and tokio's
+//! registration of the socket (about 260): more than nginx keeps for a whole idle
+//! connection. So once the connection has sat idle a while longer (`Conn::lot_after` in
+//! `worker`: a client that comes back sooner is served without the move), the task hands
+//! the socket to the worker's [`Lot`] and ends: an epoll instance of the lot's own (mio's),
+//! which the worker's loop watches through one tokio registration, and the deadlines in a
+//! heap. A parked connection then costs its entry here and its deadline (64 bytes) and the
+//! kernel's socket.
 //!
 //! When a parked socket turns readable (a request comes, or the client closes), the worker
 //! serves it with a new task; when its deadline passes, or the worker stops (after a moment
