@@ -1,5 +1,5 @@
-# Shared by bench/memory.sh and bench/peer/klarna-stepup.sh (sourced; needs ROOT and
-# TARGET_DIR set, and a `die`): which proxy to run, and stopping what the script started.
+# Shared by the scripts under bench/ (sourced; needs ROOT and TARGET_DIR set, and a `die`):
+# which proxy to run, the peer harness's upstream, and stopping what the script started.
 
 # Sets STEPUP_CMD (run with bash; it sees $BIN, $CONFIG, $LISTEN, $UPSTREAM), STEPUP_BIN and
 # `what` (a line saying what runs), from STEPUP_CMD, STEPUP_BIN or a release build (unless
@@ -32,4 +32,22 @@ stop_pid() {
   for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
+}
+
+# Starts the peer harness's upstream (nginx with bench/peer/upstream.conf, its listener
+# moved to 127.0.0.1:$1) under the prefix $2 (its config at $2/upstream.conf), and sets
+# UP_PID; stop_upstream stops it (by that PID).
+start_upstream() {
+  local port=$1 dir=$2 i
+  mkdir -p "$dir/logs" "$dir/tmp"
+  sed -e "s/127\.0\.0\.1:18080\b/127.0.0.1:$port/g" "$ROOT/bench/peer/upstream.conf" > "$dir/upstream.conf"
+  nginx -p "$dir/" -c "$dir/upstream.conf" -g "worker_processes 1;" \
+    || die "the upstream nginx did not start (see $dir/logs/error.log)"
+  for i in $(seq 50); do ss -ltnH "sport = :$port" | grep -q . && break; sleep 0.1; done
+  UP_PID=$(cat "$dir/nginx.pid")
+}
+
+stop_upstream() {
+  if [[ -n ${UP_PID:-} ]] && kill -0 "$UP_PID" 2>/dev/null; then kill -QUIT "$UP_PID" 2>/dev/null || true; fi
+  return 0
 }

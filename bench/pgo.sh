@@ -51,7 +51,7 @@ for p in "$BASE" "$((BASE + 18))" "$((BASE + 19))"; do
 done
 
 rm -rf "$RUN/profiles" "$RUN/upstream" "$RUN/conf"
-mkdir -p "$RUN/profiles" "$RUN/upstream/logs" "$RUN/upstream/tmp" "$RUN/conf"
+mkdir -p "$RUN/profiles" "$RUN/conf"
 
 echo "== cargo build --profile production, instrumented ($RUN/generate)"
 (cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$RUN/profiles" \
@@ -59,7 +59,6 @@ echo "== cargo build --profile production, instrumented ($RUN/generate)"
   cargo build --profile production --locked -p klarna-stepup-server --bin klarna-stepup)
 BIN=$RUN/generate/production/klarna-stepup
 
-sed -e "s/127\.0\.0\.1:18080\b/$UP/g" "$PEER/upstream.conf" > "$RUN/conf/upstream.conf"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -keyout "$RUN/conf/key.pem" -out "$RUN/conf/cert.pem" -subj /CN=localhost 2>/dev/null
 printf '[server]\nlisten = "%s"\nupstream = "%s"\n' "$PLAIN" "$UP" > "$RUN/conf/plain.toml"
@@ -71,14 +70,10 @@ PIDS=()
 cleanup() {
   local pid
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  if [[ -n $UP_PID ]] && kill -0 "$UP_PID" 2>/dev/null; then kill -QUIT "$UP_PID" 2>/dev/null || true; fi
-  return 0
+  stop_upstream
 }
 trap cleanup EXIT
-nginx -p "$RUN/upstream/" -c "$RUN/conf/upstream.conf" -g "worker_processes 1;" \
-  || die "the upstream nginx did not start (see $RUN/upstream/logs/error.log)"
-for _ in $(seq 50); do port_busy "$BASE" && break; sleep 0.1; done
-UP_PID=$(cat "$RUN/upstream/nginx.pid")
+start_upstream "$BASE" "$RUN/upstream"
 
 # Each process writes its counts when it exits (a SIGTERM drains, then exits).
 for cfg in plain tls; do

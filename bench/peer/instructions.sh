@@ -47,12 +47,10 @@ BIN=${STEPUP_BIN:-$TARGET_DIR/production/klarna-stepup}
 [[ $BIN == /* ]] || BIN=$PWD/$BIN
 [[ -z ${REQUEST_JSON:-} || $REQUEST_JSON == /* ]] || REQUEST_JSON=$PWD/$REQUEST_JSON
 EX=$TARGET_DIR/release/examples
-mkdir -p "$RUN/upstream/logs" "$RUN/upstream/tmp" "$RUN/nginx/logs" "$RUN/nginx/tmp" "$RUN/conf"
+mkdir -p "$RUN/nginx/logs" "$RUN/nginx/tmp" "$RUN/conf"
 rm -f "$RUN"/cg.out.*
-for c in upstream.conf peer-pass.conf; do
-  sed -e "s/127\.0\.0\.1:18080\b/$UP/g" -e "s/127\.0\.0\.1:18082\b/127.0.0.1:$PORT/g" \
-    "$HERE/$c" > "$RUN/conf/$c"
-done
+sed -e "s/127\.0\.0\.1:18080\b/$UP/g" -e "s/127\.0\.0\.1:18082\b/127.0.0.1:$PORT/g" \
+  "$HERE/peer-pass.conf" > "$RUN/conf/peer-pass.conf"
 printf '[server]\nlisten = "127.0.0.1:%s"\nupstream = "%s"\nthreads = 1\n' "$PORT" "$UP" > "$RUN/klarna-stepup.toml"
 
 port_busy() { ss -ltnH "sport = :$1" | grep -q .; }
@@ -62,14 +60,10 @@ UP_PID=
 VG_PID=
 cleanup() {
   [[ -n $VG_PID ]] && stop_pid "$VG_PID"
-  if [[ -n $UP_PID ]] && kill -0 "$UP_PID" 2>/dev/null; then kill -QUIT "$UP_PID" 2>/dev/null || true; fi
-  return 0
+  stop_upstream
 }
 trap cleanup EXIT
-nginx -p "$RUN/upstream/" -c "$RUN/conf/upstream.conf" -g "worker_processes 1;" \
-  || die "the upstream nginx did not start (see $RUN/upstream/logs/error.log)"
-for _ in $(seq 50); do port_busy "$BASE" && break; sleep 0.1; done
-UP_PID=$(cat "$RUN/upstream/nginx.pid")
+start_upstream "$BASE" "$RUN/upstream"
 
 # Sets `cmd` to CASE's command line.
 command_of() {
