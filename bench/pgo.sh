@@ -10,8 +10,9 @@
 # The training load, against the peer harness's upstream (nginx, bench/peer/upstream.conf:
 # `/health`, and `/payments` answered with Klarna's STEP_UP_REQUIRED): plain HTTP/1 `GET`
 # and Klarna `POST` (wrk), the same over TLS (wrk), and over HTTP/2 with TLS (h2load), and a
-# `POST` passed through (a route that is not a candidate), each bounded in time or count. A path the load does not take is compiled as rarely run: the
-# load takes every protocol the proxy serves, and the Klarna rewrite both ways.
+# `POST` passed through (a route that is not a candidate), each bounded in time or count. A
+# path the load does not take is compiled as rarely run: the load takes every protocol the
+# proxy serves, and the Klarna rewrite both ways.
 #
 # Needs llvm-profdata of the LLVM rustc is built with (rustc -vV): the rustup component
 # llvm-tools, or Debian's llvm-<major>, installed here when missing. Two production builds
