@@ -34,6 +34,9 @@ stop_pid() {
   wait "$pid" 2>/dev/null || true
 }
 
+# Whether anything listens on TCP port $1.
+port_busy() { ss -ltnH "sport = :$1" | grep -q .; }
+
 # Starts the peer harness's upstream (nginx with bench/peer/upstream.conf, its listener
 # moved to 127.0.0.1:$1) under the prefix $2 (its config at $2/upstream.conf), and sets
 # UP_PID; stop_upstream stops it (by that PID).
@@ -43,7 +46,7 @@ start_upstream() {
   sed -e "s/127\.0\.0\.1:18080\b/127.0.0.1:$port/g" "$ROOT/bench/peer/upstream.conf" > "$dir/upstream.conf"
   nginx -p "$dir/" -c "$dir/upstream.conf" -g "worker_processes 1;" \
     || die "the upstream nginx did not start (see $dir/logs/error.log)"
-  for i in $(seq 50); do ss -ltnH "sport = :$port" | grep -q . && break; sleep 0.1; done
+  for i in $(seq 50); do port_busy "$port" && break; sleep 0.1; done
   UP_PID=$(cat "$dir/nginx.pid")
 }
 

@@ -37,7 +37,6 @@ BODY_LIMIT=${BODY_LIMIT:-2097152}
 BUDGET=${BUDGET:-}
 
 die() { echo "memory.sh: $*" >&2; exit 1; }
-port_busy() { [[ -n $(ss -Hltn "sport = :$1" 2>/dev/null) ]]; }
 for t in python3 ss curl; do command -v "$t" >/dev/null || die "missing $t"; done
 for n in $CASES; do [[ $n =~ ^[0-9]+$ ]] && (( n <= 1000 )) || die "CASES: numbers 0..1000"; done
 

@@ -46,7 +46,6 @@ for p in "$(rustc --print sysroot)"/lib/rustlib/*/bin/llvm-profdata "llvm-profda
 done
 [[ -n $profdata ]] || die "no llvm-profdata for LLVM $major (rustup component add llvm-tools, or Debian's llvm-$major)"
 
-port_busy() { ss -ltnH "sport = :$1" | grep -q .; }
 for p in "$BASE" "$((BASE + 18))" "$((BASE + 19))"; do
   port_busy "$p" && die "port $p is in use (PEER_PORT_BASE=<n> moves the harness)"
 done

@@ -53,7 +53,6 @@ sed -e "s/127\.0\.0\.1:18080\b/$UP/g" -e "s/127\.0\.0\.1:18082\b/127.0.0.1:$PORT
   "$HERE/peer-pass.conf" > "$RUN/conf/peer-pass.conf"
 printf '[server]\nlisten = "127.0.0.1:%s"\nupstream = "%s"\nthreads = 1\n' "$PORT" "$UP" > "$RUN/klarna-stepup.toml"
 
-port_busy() { ss -ltnH "sport = :$1" | grep -q .; }
 port_busy "$BASE" && die "port $BASE is in use (PEER_PORT_BASE=<n> moves the harness)"
 port_busy "$PORT" && die "port $PORT is in use (PEER_PORT_BASE=<n> moves the harness)"
 UP_PID=

@@ -31,7 +31,6 @@
 #                        the nginx peers, and then there are no ratios).
 set -euo pipefail
 die() { echo "klarna-stepup.sh: $*" >&2; exit 1; }
-port_busy() { [[ -n $(ss -Hltn "sport = :$1" 2>/dev/null) ]]; }
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)

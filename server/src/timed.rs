@@ -143,8 +143,8 @@ mod tests {
     }
 
     /// A body whose every byte comes within the timeout ends, in error, at the whole
-    /// body's deadline, counted from when it came (not from when it was first read); one that had ended when it came is read
-    /// to its end.
+    /// body's deadline, counted from when it came (not from when it was first read); one
+    /// that had ended when it came is read to its end.
     #[tokio::test(start_paused = true)]
     async fn a_trickle_within_each_timeout_ends_at_the_whole_deadline() {
         use http_body_util::BodyExt;
